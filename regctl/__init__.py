@@ -1,0 +1,138 @@
+"""regctl: pending user registrations in Redis.
+
+The library a backend imports (no typer, no rich)::
+
+    from regctl import RegistrationManager
+    manager = RegistrationManager.from_settings()
+
+Names are imported on first use, so ``import regctl`` (and the CLI's start-up)
+costs nothing until a name is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from regctl.errors import (
+        AlreadyExists,
+        ConfigError,
+        CooldownActive,
+        DeliveryFailed,
+        InvalidInput,
+        LockHeld,
+        NotFound,
+        PermissionDenied,
+        PoolExhausted,
+        Refused,
+        RegctlError,
+        RegistrationLocked,
+        ResendLimitReached,
+        StoreFull,
+        StoreUnavailable,
+    )
+    from regctl.manager import (
+        RegistrationManager,
+    )
+    from regctl.model import (
+        Added,
+        Filter,
+        PendingRegistration,
+        Policy,
+        PurgeReport,
+        Resent,
+        SortKey,
+        Stats,
+        VerifyOutcome,
+        VerifyResult,
+    )
+    from regctl.settings import (
+        Settings,
+        load_settings,
+    )
+    from regctl.store import (
+        MemoryStore,
+        RedisStore,
+        Store,
+    )
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "AlreadyExists": "regctl.errors",
+    "ConfigError": "regctl.errors",
+    "CooldownActive": "regctl.errors",
+    "DeliveryFailed": "regctl.errors",
+    "InvalidInput": "regctl.errors",
+    "LockHeld": "regctl.errors",
+    "NotFound": "regctl.errors",
+    "PermissionDenied": "regctl.errors",
+    "PoolExhausted": "regctl.errors",
+    "Refused": "regctl.errors",
+    "RegctlError": "regctl.errors",
+    "RegistrationLocked": "regctl.errors",
+    "ResendLimitReached": "regctl.errors",
+    "StoreFull": "regctl.errors",
+    "StoreUnavailable": "regctl.errors",
+    "RegistrationManager": "regctl.manager",
+    "Added": "regctl.model",
+    "Filter": "regctl.model",
+    "PendingRegistration": "regctl.model",
+    "Policy": "regctl.model",
+    "PurgeReport": "regctl.model",
+    "Resent": "regctl.model",
+    "SortKey": "regctl.model",
+    "Stats": "regctl.model",
+    "VerifyOutcome": "regctl.model",
+    "VerifyResult": "regctl.model",
+    "Settings": "regctl.settings",
+    "load_settings": "regctl.settings",
+    "MemoryStore": "regctl.store",
+    "RedisStore": "regctl.store",
+    "Store": "regctl.store",
+}
+
+__all__ = [
+    "Added",
+    "AlreadyExists",
+    "ConfigError",
+    "CooldownActive",
+    "DeliveryFailed",
+    "Filter",
+    "InvalidInput",
+    "LockHeld",
+    "MemoryStore",
+    "NotFound",
+    "PendingRegistration",
+    "PermissionDenied",
+    "Policy",
+    "PoolExhausted",
+    "PurgeReport",
+    "RedisStore",
+    "Refused",
+    "RegctlError",
+    "RegistrationLocked",
+    "RegistrationManager",
+    "ResendLimitReached",
+    "Resent",
+    "Settings",
+    "SortKey",
+    "Stats",
+    "Store",
+    "StoreFull",
+    "StoreUnavailable",
+    "VerifyOutcome",
+    "VerifyResult",
+    "__version__",
+    "load_settings",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'regctl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

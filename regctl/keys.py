@@ -1,0 +1,87 @@
+"""The only place Redis key names are built.
+
+Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest)::
+
+    p:meta              hash    layout facts: bucket count, schema (no TTL, by design)
+    p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
+    p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
+    p:{bNN}:vok:t       string  replay marker of a successful verify call t
+
+The ``{bNN}`` hash tag puts everything of one registration into one Redis Cluster
+slot, so every script runs unchanged on Cluster. The digest of the identity (never
+the address itself) names the record, so ``{``, ``}`` or ``*`` in an email cannot
+break hash tags or patterns, and key names reveal no address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from regctl.errors import InvalidInput
+
+DEFAULT_BUCKETS = 64
+MIN_BUCKETS = 64
+MAX_BUCKETS = 4096
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe key prefix, else raise InvalidInput."""
+    if not _PREFIX_RE.fullmatch(prefix) or prefix.endswith(":"):
+        raise InvalidInput(
+            f"invalid key prefix {prefix!r}",
+            "use 1-64 characters from A-Z a-z 0-9 _ . : - starting with a letter or digit",
+        )
+    return prefix
+
+
+def digest(identity: str) -> str:
+    """The hex digest that names an identity's keys (stable across versions)."""
+    return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Key names under one prefix with a fixed number of buckets."""
+
+    prefix: str
+    buckets: int = DEFAULT_BUCKETS
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.prefix)
+        if not MIN_BUCKETS <= self.buckets <= MAX_BUCKETS:
+            raise InvalidInput(f"bucket count must be {MIN_BUCKETS}..{MAX_BUCKETS}")
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def bucket_of(self, digest_hex: str) -> int:
+        return int(digest_hex[:8], 16) % self.buckets
+
+    def tag(self, bucket: int) -> str:
+        return f"{self.prefix}:{{b{bucket:02d}}}"
+
+    def index(self, bucket: int) -> str:
+        return f"{self.tag(bucket)}:idx"
+
+    def record_base(self, bucket: int) -> str:
+        """Record keys of a bucket are this plus the digest (scripts append it)."""
+        return f"{self.tag(bucket)}:reg:"
+
+    def record(self, digest_hex: str) -> str:
+        return self.record_base(self.bucket_of(digest_hex)) + digest_hex
+
+    def verify_marker(self, digest_hex: str, token: str) -> str:
+        return f"{self.tag(self.bucket_of(digest_hex))}:vok:{token}"
+
+    def keys_for(self, digest_hex: str) -> tuple[str, str]:
+        """(record, index) of one registration; both in the same slot."""
+        bucket = self.bucket_of(digest_hex)
+        return self.record_base(bucket) + digest_hex, self.index(bucket)
+
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key under the prefix (diagnostics only)."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,120 @@
+"""Delivering a verification code: SMTP (STARTTLS or implicit TLS), console, or none.
+
+``REGCTL_MAIL_URL``:
+- ``smtp://[user:pass@]host[:port]`` — STARTTLS when the server offers it, and
+  required whenever credentials are given (a password never crosses in clear);
+- ``smtps://[user:pass@]host[:port]`` — TLS from the first byte;
+- ``console`` — the message on stderr (development; the default);
+- ``none`` — no delivery (the caller delivers the code itself).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import sys
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote, urlsplit
+
+from regctl.errors import ConfigError, DeliveryFailed, first_line
+
+DEFAULT_BODY = """\
+Hello {first_name},
+
+your verification code is {code}
+
+It is valid for {minutes} minutes. If you did not sign up, ignore this message.
+"""
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    url: str
+    sender: str
+    subject: str
+    template: Path | None = None
+    timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.url != "none"
+
+
+def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: int) -> EmailMessage:
+    template = DEFAULT_BODY
+    if config.template is not None:
+        try:
+            template = config.template.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read mail template {config.template}: {exc.strerror}"
+            ) from None
+    fields = {"first_name": first_name, "code": code, "minutes": minutes, "email": to}
+    try:
+        body = template.format_map(fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"mail template placeholder error: {exc}",
+            "use only {first_name}, {code}, {minutes} and {email}; double other braces",
+        ) from None
+    message = EmailMessage()
+    message["From"] = config.sender
+    message["To"] = to
+    message["Subject"] = config.subject
+    message["Message-ID"] = make_msgid(domain="regctl")
+    message.set_content(body)
+    return message
+
+
+def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None = None) -> None:
+    """Send ``message``; raise DeliveryFailed (the code stays valid) or ConfigError."""
+    if config.url == "none":
+        return
+    if config.url == "console":
+        out = console or sys.stderr
+        out.write(message.as_string() + "\n")
+        out.flush()
+        return
+    parts = urlsplit(config.url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(
+            f"unsupported mail URL scheme {parts.scheme!r}",
+            "use smtp://host:port, smtps://host:port, console or none",
+        )
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    context = ssl.create_default_context()
+    try:
+        if parts.scheme == "smtps":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                parts.hostname, parts.port or 465, timeout=config.timeout, context=context
+            )
+        else:
+            client = smtplib.SMTP(parts.hostname, parts.port or 587, timeout=config.timeout)
+        with client:
+            if parts.scheme == "smtp":
+                client.ehlo()
+                if client.has_extn("starttls"):
+                    client.starttls(context=context)
+                    client.ehlo()
+                elif user is not None:
+                    raise DeliveryFailed(
+                        f"mail server {parts.hostname} does not offer STARTTLS; "
+                        "refusing to send the password in clear",
+                        "use smtps:// or a server with STARTTLS",
+                    )
+            if user is not None:
+                client.login(user, password or "")
+            client.send_message(message)
+    except DeliveryFailed:
+        raise
+    except (OSError, smtplib.SMTPException) as exc:
+        raise DeliveryFailed(
+            f"the code was stored but the mail to {message['To']} failed: "
+            f"{type(exc).__name__}: {first_line(exc)}",
+            "check REGCTL_MAIL_URL, then `regctl resend` the address",
+        ) from None

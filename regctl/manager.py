@@ -1,0 +1,198 @@
+"""The pending-registration manager a backend imports.
+
+It validates input, hashes passwords and codes, and hands one atomic step to its
+store. Example (a sign-up endpoint and its verification endpoint)::
+
+    manager = RegistrationManager.from_settings()
+    added = manager.add("alice@example.com", "Alice", "Liddell", password="s3cret-pass")
+    send_mail(added.registration.email, added.code)        # the only clear copy
+    ...
+    result = manager.verify("alice@example.com", "123456")
+    if result.ok:
+        create_user(result.registration)                   # password_hash included
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterator
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from regctl import security
+from regctl.errors import ConfigError, InvalidInput
+from regctl.model import (
+    Added,
+    Filter,
+    PendingRegistration,
+    Policy,
+    PurgeReport,
+    Resent,
+    SortKey,
+    Stats,
+    VerifyResult,
+    normalize_email,
+    validate_code,
+    validate_name,
+    validate_password,
+)
+from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Store
+
+if TYPE_CHECKING:
+    from regctl.settings import Settings
+
+
+class RegistrationManager:
+    """Add, read, resend, verify and expire pending registrations."""
+
+    def __init__(
+        self, store: Store, *, secret: str | bytes | None, policy: Policy | None = None
+    ) -> None:
+        self.store = store
+        self.policy = policy or Policy()
+        self._codes = security.CodeHasher(secret) if secret is not None else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RegistrationManager:
+        """A manager on the store the settings name (env, .env, config file)."""
+        from regctl.settings import load_settings
+        from regctl.target import open_target
+
+        settings = settings or load_settings().settings
+        target = open_target(settings)
+        return cls(target.store, secret=target.secret, policy=settings.policy())
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> RegistrationManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def codes(self) -> security.CodeHasher:
+        if self._codes is None:
+            raise ConfigError(
+                "no code secret is configured",
+                "set REGCTL_CODE_SECRET (or REGCTL_CODE_SECRET_FILE) to the backend's secret",
+            )
+        return self._codes
+
+    # --- operations -------------------------------------------------------
+
+    def add(
+        self,
+        email: str,
+        first_name: str,
+        last_name: str,
+        *,
+        password: str | None = None,
+        password_hash: str | None = None,
+        token: str | None = None,
+    ) -> Added:
+        """Store a new pending registration; return it with its clear code."""
+        normalized = normalize_email(email)
+        first = validate_name(first_name, "first name")
+        last = validate_name(last_name, "last name")
+        if (password is None) == (password_hash is None):
+            raise InvalidInput("give exactly one of password and password_hash")
+        code_hasher = self.codes  # fail on missing config before the slow hash
+        pw_hash = (
+            security.check_password_hash(password_hash)
+            if password_hash is not None
+            else security.hash_password(validate_password(password or ""))
+        )
+        code = security.generate_code(self.policy.code_length)
+        new = NewRegistration(
+            email=normalized,
+            first_name=first,
+            last_name=last,
+            password_hash=pw_hash,
+            code_hash=code_hasher.digest(normalized.casefold(), code),
+        )
+        record = self.store.add(new, self.policy, token or security.new_token())
+        return Added(record, code)
+
+    def get(self, email: str) -> PendingRegistration | None:
+        return self.store.get(normalize_email(email).casefold())
+
+    def list(
+        self,
+        selection: Filter | None = None,
+        *,
+        sort: SortKey = SortKey.EXPIRES,
+        limit: int | None = None,
+    ) -> Iterator[PendingRegistration]:
+        """Stream records; by expiry in constant memory, else sorted (a heap under limit)."""
+        selection = selection or Filter()
+        if limit is not None and limit < 0:
+            raise InvalidInput("limit must be zero or more")
+        first_page = limit if limit and selection.is_empty else 500
+        rows = (r for r in self.store.scan(first_page) if selection.matches(r))
+        if sort is SortKey.EXPIRES:
+            return islice(rows, limit)
+        newest = sort is SortKey.NEWEST
+
+        def created(r: PendingRegistration) -> tuple[int, str]:
+            return (r.created_at, r.identity)
+
+        if limit is not None:
+            pick = heapq.nlargest if newest else heapq.nsmallest
+            return iter(pick(limit, rows, key=created))
+        return iter(sorted(rows, key=created, reverse=newest))
+
+    def count(self) -> int:
+        return self.store.counts().total
+
+    def counts(self) -> Counts:
+        return self.store.counts()
+
+    def stats(self, top: int = 5) -> Stats:
+        """Totals over every live record (one streaming pass)."""
+        total = locked = code_expired = soon = 0
+        domains: Counter[str] = Counter()
+        for r in self.store.scan():
+            total += 1
+            locked += r.locked
+            code_expired += r.code_expired and not r.locked
+            soon += r.ttl_ms <= 3_600_000
+            domains[r.domain] += 1
+        return Stats(total, locked, code_expired, soon, domains.most_common(top))
+
+    def resend(self, email: str, *, token: str | None = None) -> Resent:
+        """A new code for a pending registration; the old code stops working."""
+        identity = normalize_email(email).casefold()
+        code = security.generate_code(self.policy.code_length)
+        code_hash = self.codes.digest(identity, code)
+        record = self.store.resend(identity, code_hash, self.policy, token or security.new_token())
+        return Resent(record, code)
+
+    def verify(self, email: str, code: str, *, token: str | None = None) -> VerifyResult:
+        """Check a code; on success the record is consumed and returned.
+
+        ``token`` identifies this call: a retry of the same call with the same token
+        after a lost reply gets the same VERIFIED answer.
+        """
+        identity = normalize_email(email).casefold()
+        validate_code(code, self.policy.code_length)
+        candidate = self.codes.digest(identity, code)
+        return self.store.verify(identity, candidate, self.policy, token or security.new_token())
+
+    def unlock(self, email: str) -> bool:
+        return self.store.unlock(normalize_email(email).casefold())
+
+    def delete(self, email: str) -> bool:
+        return self.store.delete(normalize_email(email).casefold())
+
+    def purge(
+        self, selection: Filter | None = None, *, dry_run: bool = False, batch: int = PURGE_BATCH
+    ) -> PurgeReport:
+        """Remove expired leftovers, and the live records ``selection`` matches.
+
+        A ``Filter()`` with no criteria also walks the index for orphaned entries
+        but deletes no live record.
+        """
+        return self.store.purge(selection, dry_run, batch)

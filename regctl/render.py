@@ -1,0 +1,172 @@
+"""Records and reports as rich tables, TSV, JSON, NDJSON and CSV.
+
+Functions here return renderables or strings; printing is the CLI's job. User
+data is escaped before it meets rich markup, and no code or hash is ever
+rendered (the password hash appears only in JSON of a consumed record, when the
+caller asks for it).
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from regctl.model import PendingRegistration, Policy
+
+
+class Format(enum.StrEnum):
+    TABLE = "table"
+    WIDE = "wide"
+    JSON = "json"
+    NDJSON = "ndjson"
+    CSV = "csv"
+    NAME = "name"
+
+
+COLUMNS = ("email", "name", "status", "attempts", "resends", "expires_in")
+WIDE_COLUMNS = (*COLUMNS, "code_expires_in", "cooldown", "created", "last_sent")
+
+
+def duration(ms: int) -> str:
+    """Milliseconds as a short human duration: 45s, 12m, 3h05m, 2d4h."""
+    seconds = max(0, ms) // 1000
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s" if minutes < 10 else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def timestamp(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def record_cells(reg: PendingRegistration, policy: Policy, columns: Sequence[str]) -> list[str]:
+    """One row of plain strings (not markup) for the given columns."""
+    values = {
+        "email": reg.email,
+        "name": f"{reg.first_name} {reg.last_name}",
+        "status": reg.status(),
+        "attempts": f"{reg.attempts}/{policy.max_attempts}",
+        "resends": f"{reg.resend_count}/{policy.max_resends}",
+        "expires_in": duration(reg.ttl_ms),
+        "code_expires_in": (
+            "expired" if reg.code_expired else duration(reg.code_expires_at - reg.observed_at)
+        ),
+        "cooldown": duration(reg.cooldown_left_ms(policy)),
+        "created": timestamp(reg.created_at),
+        "last_sent": timestamp(reg.last_sent_at),
+    }
+    return [values[c] for c in columns]
+
+
+def records_table(
+    rows: Iterable[PendingRegistration], policy: Policy, *, wide: bool = False
+) -> Table:
+    columns = WIDE_COLUMNS if wide else COLUMNS
+    table = Table(*(c.replace("_", " ").upper() for c in columns), box=None, pad_edge=False)
+    for reg in rows:
+        table.add_row(*(escape(cell) for cell in record_cells(reg, policy, columns)))
+    return table
+
+
+def tsv_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[str]:
+    """Tab-separated lines; tabs and newlines inside values become spaces."""
+
+    def clean(value: str) -> str:
+        return value.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+    yield "\t".join(header)
+    for row in rows:
+        yield "\t".join(clean(v) for v in row)
+
+
+def record_tsv(
+    rows: Iterable[PendingRegistration], policy: Policy, *, wide: bool = False
+) -> Iterator[str]:
+    columns = WIDE_COLUMNS if wide else COLUMNS
+    return tsv_lines(columns, (record_cells(r, policy, columns) for r in rows))
+
+
+def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[str, Any]:
+    data = reg.public_dict()
+    data.update(
+        attempts_left=reg.attempts_left(policy),
+        resends_left=reg.resends_left(policy),
+        cooldown_ms=reg.cooldown_left_ms(policy),
+        ttl_ms=reg.ttl_ms,
+    )
+    data.update(extra)
+    return data
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_array(items: Iterable[Any]) -> Iterator[str]:
+    """A JSON array streamed in pieces, so a long list needs no memory."""
+    yield "["
+    for i, item in enumerate(items):
+        yield ("," if i else "") + to_json(item)
+    yield "]\n"
+
+
+def csv_lines(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    yield buffer.getvalue()
+    for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(row)
+        yield buffer.getvalue()
+
+
+def key_value_table(pairs: Iterable[tuple[str, str]], *, title: str | None = None) -> Table:
+    """A two-column table of labels and (escaped) values."""
+    table = Table(box=None, show_header=False, pad_edge=False, title=title, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in pairs:
+        table.add_row(escape(key), escape(value))
+    return table
+
+
+def inspect_pairs(reg: PendingRegistration, policy: Policy) -> list[tuple[str, str]]:
+    """Everything an operator needs about one registration; never a code or hash."""
+    cooldown = reg.cooldown_left_ms(policy)
+    return [
+        ("email", reg.email),
+        ("name", f"{reg.first_name} {reg.last_name}"),
+        ("status", reg.status()),
+        ("attempts", f"{reg.attempts} used, {reg.attempts_left(policy)} left"),
+        ("resends", f"{reg.resend_count} used, {reg.resends_left(policy)} left"),
+        ("cooldown", f"{duration(cooldown)} left" if cooldown else "none (can resend now)"),
+        (
+            "code",
+            "expired"
+            if reg.code_expired
+            else f"expires in {duration(reg.code_expires_at - reg.observed_at)}",
+        ),
+        ("record", f"expires in {duration(reg.ttl_ms)} ({timestamp(reg.expires_at)})"),
+        ("created", f"{timestamp(reg.created_at)} ({duration(reg.age_ms)} ago)"),
+        (
+            "last sent",
+            f"{timestamp(reg.last_sent_at)} ({duration(reg.observed_at - reg.last_sent_at)} ago)",
+        ),
+    ]

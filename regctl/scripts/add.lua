@@ -1,0 +1,28 @@
+-- Create a pending registration unless one exists; record, TTL and index in one step.
+-- KEYS: record, index   ARGV: digest, email, first, last, password_hash, code_hash,
+--                            lifetime_ms, code_lifetime_ms, schema, token, index_grace_ms
+-- Returns {status, now, fields}: status "created" or "exists".
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A replay of this same call (lost reply) is a success, not a conflict.
+  if redis.call('HGET', KEYS[1], 'at') == ARGV[10] then
+    return {'created', now, redis.call('HGETALL', KEYS[1])}
+  end
+  return {'exists', now, {}}
+end
+local expires = now + tonumber(ARGV[7])
+redis.call('HSET', KEYS[1],
+  'v', ARGV[9], 'email', ARGV[2], 'fn', ARGV[3], 'ln', ARGV[4], 'pw', ARGV[5],
+  'ch', ARGV[6], 'c', now, 'e', expires, 'ce', now + tonumber(ARGV[8]), 's', now,
+  'r', 0, 'a', 0, 'l', 0, 'at', ARGV[10])
+redis.call('PEXPIREAT', KEYS[1], expires)
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+-- The shared index outlives its longest-lived entry by a grace period, so purge
+-- can still count expired entries; an idle bucket then cleans itself up.
+local index_expires = expires + tonumber(ARGV[11])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl < 0 or now + ttl < index_expires then
+  redis.call('PEXPIREAT', KEYS[2], index_expires)
+end
+return {'created', now, redis.call('HGETALL', KEYS[1])}

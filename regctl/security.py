@@ -1,0 +1,101 @@
+"""Codes, their HMACs, and password hashing.
+
+A clear code lives only in the process that generated it; Redis stores
+HMAC-SHA256(secret, identity NUL code). Passwords are hashed with Argon2id at
+OWASP's minimum (19 MiB, t=2, p=1) or given already hashed by the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from functools import cache
+from typing import TYPE_CHECKING
+
+from regctl.errors import ConfigError, InvalidInput
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+MIN_SECRET_BYTES = 16
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+
+
+def generate_code(length: int) -> str:
+    """A uniformly random code of ``length`` digits (leading zeros included)."""
+    return f"{secrets.randbelow(10**length):0{length}d}"
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_token() -> str:
+    """An idempotency token for one call (random, not a secret)."""
+    return secrets.token_hex(16)
+
+
+class CodeHasher:
+    """Keyed digests of codes; the key never leaves this object."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: str | bytes) -> None:
+        key = secret.encode() if isinstance(secret, str) else secret
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"the code secret must be at least {MIN_SECRET_BYTES} bytes",
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "CodeHasher(<secret>)"
+
+    def digest(self, identity: str, code: str) -> str:
+        message = identity.encode() + b"\x00" + code.encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+
+@cache
+def _hasher() -> PasswordHasher:
+    from argon2 import PasswordHasher, Type
+
+    return PasswordHasher(
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_KIB,
+        parallelism=ARGON2_PARALLELISM,
+        type=Type.ID,
+    )
+
+
+def hash_password(password: str) -> str:
+    return _hasher().hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return _hasher().verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_password_hash(phc: str) -> str:
+    """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum."""
+    from argon2 import Type, extract_parameters
+    from argon2.exceptions import InvalidHashError
+
+    try:
+        params = extract_parameters(phc)
+    except (InvalidHashError, ValueError, IndexError):
+        raise InvalidInput("password hash is not an Argon2 PHC string") from None
+    if params.type is not Type.ID:
+        raise InvalidInput("password hash must be Argon2id ($argon2id$...)")
+    if params.memory_cost < ARGON2_MEMORY_KIB or params.time_cost < ARGON2_TIME_COST:
+        raise InvalidInput("password hash parameters are below OWASP's minimum (m=19456, t=2)")
+    return phc

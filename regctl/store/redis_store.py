@@ -1,0 +1,302 @@
+"""RedisStore: pending registrations in Redis, one Lua script per state change."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from regctl.connection import translated_errors
+from regctl.errors import AlreadyExists
+from regctl.keys import Keyspace, digest
+from regctl.model import (
+    SCHEMA_VERSION,
+    Filter,
+    PendingRegistration,
+    Policy,
+    PurgeReport,
+    VerifyOutcome,
+    VerifyResult,
+)
+from regctl.store.base import (
+    HOUR_MS,
+    MAX_PURGE_BATCH,
+    PAGE,
+    Counts,
+    NewRegistration,
+    resend_refusal,
+)
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+# How long a bucket's index outlives its last entry (see add.lua).
+INDEX_GRACE_MS = 3_600_000
+_SCRIPTS = (
+    "add",
+    "get",
+    "resend",
+    "verify",
+    "unlock",
+    "delete",
+    "count",
+    "page",
+    "purge_expired",
+    "purge_some",
+)
+
+
+def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
+    """A record from its Redis hash (a dict, or HGETALL's flat list from a script)."""
+    f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+    return PendingRegistration(
+        email=f["email"],
+        first_name=f["fn"],
+        last_name=f["ln"],
+        password_hash=f["pw"],
+        created_at=int(f["c"]),
+        expires_at=int(f["e"]),
+        code_expires_at=int(f["ce"]),
+        last_sent_at=int(f["s"]),
+        resend_count=int(f["r"]),
+        attempts=int(f["a"]),
+        locked=f["l"] == "1",
+        observed_at=observed_at,
+        schema=int(f.get("v", SCHEMA_VERSION)),
+    )
+
+
+class RedisStore:
+    """Pending registrations on a Redis server (standalone; Cluster-ready key layout).
+
+    Example::
+
+        store = RedisStore(redis.Redis.from_url("redis://localhost"), prefix="shop")
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "regctl",
+        buckets: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.client = client
+        self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
+        self._keyspace: Keyspace | None = None
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+        self.description = description or "redis"
+
+    # --- plumbing ---------------------------------------------------------
+
+    @property
+    def keyspace(self) -> Keyspace:
+        """The layout recorded on the server (the first writer's bucket count wins)."""
+        if self._keyspace is None:
+            with self._lock:
+                if self._keyspace is None:
+                    self._keyspace = self._load_layout()
+        return self._keyspace
+
+    def _load_layout(self) -> Keyspace:
+        want = self._wanted
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(want.meta, "buckets", want.buckets)
+            pipe.hsetnx(want.meta, "schema", SCHEMA_VERSION)
+            pipe.hget(want.meta, "buckets")
+            recorded = pipe.execute()[2]
+        return Keyspace(want.prefix, int(recorded))
+
+    def _script(self, name: str) -> Script:
+        script = self._scripts.get(name)
+        if script is None:
+            source = resources.files("regctl").joinpath(f"scripts/{name}.lua").read_text()
+            script = self._scripts[name] = self.client.register_script(source)
+        return script
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with translated_errors():
+            return self._script(name)(keys=list(keys), args=list(args))
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+    # --- operations -------------------------------------------------------
+
+    def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
+        d = digest(new.identity)
+        record, index = self.keyspace.keys_for(d)
+        status, now, fields = self._run(
+            "add",
+            (record, index),
+            (
+                d,
+                new.email,
+                new.first_name,
+                new.last_name,
+                new.password_hash,
+                new.code_hash,
+                policy.lifetime_ms,
+                policy.code_lifetime_ms,
+                SCHEMA_VERSION,
+                token,
+                INDEX_GRACE_MS,
+            ),
+        )
+        if status == "exists":
+            raise AlreadyExists(
+                f"a registration for {new.email} is already pending",
+                "use `regctl resend` to send a new code, or delete it first",
+            )
+        return decode(fields, int(now))
+
+    def get(self, identity: str) -> PendingRegistration | None:
+        now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())
+        return decode(fields, int(now)) if fields else None
+
+    def resend(
+        self, identity: str, code_hash: str, policy: Policy, token: str
+    ) -> PendingRegistration:
+        status, now, detail = self._run(
+            "resend",
+            (self.keyspace.record(digest(identity)),),
+            (
+                code_hash,
+                policy.code_lifetime_ms,
+                policy.resend_cooldown_ms,
+                policy.max_resends,
+                token,
+            ),
+        )
+        if status != "ok":
+            raise resend_refusal(status, identity, detail if status == "cooldown" else 0)
+        return decode(detail, int(now))
+
+    def verify(
+        self, identity: str, candidate_hash: str, policy: Policy, token: str
+    ) -> VerifyResult:
+        d = digest(identity)
+        record, index = self.keyspace.keys_for(d)
+        status, now, left, payload = self._run(
+            "verify",
+            (record, index, self.keyspace.verify_marker(d, token)),
+            (d, candidate_hash, policy.max_attempts, policy.replay_window_ms),
+        )
+        outcome = VerifyOutcome(status)
+        registration = decode(json.loads(payload), int(now)) if payload else None
+        return VerifyResult(outcome, int(left), registration)
+
+    def unlock(self, identity: str) -> bool:
+        return bool(self._run("unlock", (self.keyspace.record(digest(identity)),), ()))
+
+    def delete(self, identity: str) -> bool:
+        d = digest(identity)
+        return bool(self._run("delete", self.keyspace.keys_for(d), (d,)))
+
+    def counts(self) -> Counts:
+        ks = self.keyspace
+        script = self._script("count")
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(ks.buckets):
+                script(keys=[ks.index(bucket)], args=[HOUR_MS], client=pipe)
+            rows = pipe.execute()
+        return Counts(sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
+
+    # --- walking the index ------------------------------------------------
+
+    def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
+        for _bucket, _digest, fields, now in self._walk(first_page):
+            if fields:
+                yield decode(fields, now)
+
+    def _walk(self, first_page: int) -> Iterator[tuple[int, str, list[str], int]]:
+        """(bucket, digest, fields, now) of every live index entry, merged in order.
+
+        The first page of every bucket comes in one pipelined round trip; later
+        pages are fetched per bucket as the merge consumes them.
+        """
+        ks = self.keyspace
+        size = max(1, min(first_page, PAGE))
+        script = self._script("page")
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(ks.buckets):
+                script(
+                    keys=[ks.index(bucket)], args=[ks.record_base(bucket), 0, "", size], client=pipe
+                )
+            firsts = pipe.execute()
+        streams = [self._bucket_stream(bucket, first, size) for bucket, first in enumerate(firsts)]
+        for _key, entry in heapq.merge(*streams):
+            yield entry
+
+    def _bucket_stream(
+        self, bucket: int, page: list[Any], size: int
+    ) -> Iterator[tuple[tuple[int, str], tuple[int, str, list[str], int]]]:
+        ks = self.keyspace
+        while True:
+            now, rows = int(page[0]), page[1]
+            for member, score, fields in rows:
+                expires = int(float(score))
+                yield (expires, member), (bucket, member, fields, now)
+            if len(rows) < size:
+                return
+            last_member, last_score = rows[-1][0], rows[-1][1]
+            size = PAGE
+            page = self._run(
+                "page", (ks.index(bucket),), (ks.record_base(bucket), last_score, last_member, size)
+            )
+
+    # --- purge ------------------------------------------------------------
+
+    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+        ks = self.keyspace
+        batch = max(1, min(batch, MAX_PURGE_BATCH))
+        report = PurgeReport(dry_run=dry_run)
+        for bucket in range(ks.buckets):
+            args = (ks.record_base(bucket), batch, 1 if dry_run else 0)
+            while True:
+                _now, n = self._run("purge_expired", (ks.index(bucket),), args)
+                report.expired += int(n)
+                if dry_run or int(n) < batch:
+                    break
+        if selection is not None:
+            self._purge_walk(selection, report, batch)
+        return report
+
+    def _purge_walk(self, selection: Filter, report: PurgeReport, batch: int) -> None:
+        ks = self.keyspace
+        orphans: dict[int, list[str]] = {}
+        matched: dict[int, list[str]] = {}
+
+        def flush(bucket: int, mode: str, pending: dict[int, list[str]]) -> int:
+            args = pending.pop(bucket, [])
+            if not args or report.dry_run:
+                return len(args) // (2 if mode == "match" else 1)
+            return int(
+                self._run("purge_some", (ks.index(bucket),), (ks.record_base(bucket), mode, *args))
+            )
+
+        for bucket, member, fields, now in self._walk(PAGE):
+            report.scanned += 1
+            if not fields:
+                orphans.setdefault(bucket, []).append(member)
+                if len(orphans[bucket]) >= batch:
+                    report.orphans += flush(bucket, "orphan", orphans)
+            elif not selection.is_empty and selection.matches(decode(fields, now)):
+                created = dict(zip(fields[::2], fields[1::2], strict=True))["c"]
+                matched.setdefault(bucket, []).extend((member, created))
+                if len(matched[bucket]) >= 2 * batch:
+                    report.matched += flush(bucket, "match", matched)
+        for bucket in list(orphans):
+            report.orphans += flush(bucket, "orphan", orphans)
+        for bucket in list(matched):
+            report.matched += flush(bucket, "match", matched)

@@ -1,0 +1,44 @@
+"""Which store a set of settings names, opened: a configured server or the embedded one.
+
+A configured server that is down is an error, never a reason to switch stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from regctl.connection import connect, mask_url
+from regctl.server import EmbeddedServer
+from regctl.store.redis_store import RedisStore
+
+if TYPE_CHECKING:
+    from regctl.settings import Settings
+
+
+@dataclass(frozen=True)
+class Target:
+    store: RedisStore
+    secret: str | None
+    description: str
+    embedded: bool
+
+
+def open_target(settings: Settings) -> Target:
+    """Connect to the configured Redis, or start/attach the embedded server."""
+    if settings.redis_url:
+        description = mask_url(settings.redis_url)
+        client = connect(settings.redis_url, settings)
+        secret = settings.code_secret_value()
+        embedded = False
+    else:
+        server = EmbeddedServer.from_settings(settings)
+        server.ensure_running()
+        description = server.description
+        client = connect(server.url, settings)
+        secret = settings.code_secret_value() or server.code_secret()
+        embedded = True
+    store = RedisStore(
+        client, prefix=settings.prefix, buckets=settings.buckets, description=description
+    )
+    return Target(store, secret, description, embedded)

@@ -1,0 +1,495 @@
+"""The contract every store keeps: run against RedisStore and MemoryStore alike."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from regctl import (
+    AlreadyExists,
+    CooldownActive,
+    Filter,
+    InvalidInput,
+    NotFound,
+    Policy,
+    RegistrationLocked,
+    RegistrationManager,
+    ResendLimitReached,
+    SortKey,
+    VerifyOutcome,
+)
+from regctl.security import verify_password
+from tests.conftest import MakeManager
+
+EMAIL = "Alice.Liddell@Example.COM"
+
+
+def add(manager: RegistrationManager, pw_hash: str, email: str = EMAIL) -> str:
+    return manager.add(email, "Alice", "Liddell", password_hash=pw_hash).code
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
+
+
+# --- add and get ------------------------------------------------------------
+
+
+def test_add_returns_a_code_of_the_policy_length(manager: RegistrationManager, pw_hash: str):
+    added = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    assert len(added.code) == 6
+    assert added.code.isascii()
+    assert added.code.isdigit()
+
+
+def test_add_sets_lifetime_from_server_time(manager: RegistrationManager, pw_hash: str):
+    reg = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash).registration
+    assert reg.expires_at - reg.created_at == manager.policy.lifetime_ms
+    assert reg.code_expires_at - reg.created_at == manager.policy.code_lifetime_ms
+    assert reg.attempts == 0
+    assert reg.resend_count == 0
+    assert not reg.locked
+
+
+def test_add_keeps_the_address_as_given_and_finds_it_case_insensitively(
+    manager: RegistrationManager, pw_hash: str
+):
+    add(manager, pw_hash)
+    reg = manager.get("alice.liddell@example.com")
+    assert reg is not None
+    assert reg.email == "Alice.Liddell@example.com"  # the domain is normalized
+    assert reg.first_name == "Alice"
+
+
+def test_add_refuses_a_pending_address_in_any_case(manager: RegistrationManager, pw_hash: str):
+    add(manager, pw_hash)
+    with pytest.raises(AlreadyExists):
+        add(manager, pw_hash, EMAIL.upper())
+
+
+def test_add_hashes_the_password_with_argon2id(manager: RegistrationManager):
+    manager.add(EMAIL, "Alice", "Liddell", password="correct horse battery")
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password(reg.password_hash, "correct horse battery")
+    assert "correct horse" not in repr(reg)
+
+
+def test_add_accepts_a_strong_prehashed_password(manager: RegistrationManager, pw_hash: str):
+    add(manager, pw_hash)
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.password_hash == pw_hash
+
+
+@pytest.mark.parametrize(
+    "phc",
+    [
+        "not-a-hash",
+        "$argon2i$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+        "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+    ],
+)
+def test_add_rejects_weak_or_foreign_password_hashes(manager: RegistrationManager, phc: str):
+    with pytest.raises(InvalidInput):
+        manager.add(EMAIL, "Alice", "Liddell", password_hash=phc)
+    assert manager.get(EMAIL) is None
+
+
+@pytest.mark.parametrize(
+    ("email", "first", "last", "password"),
+    [
+        ("not-an-email", "A", "B", "long enough"),
+        ("a@b", "A", "B", "long enough"),
+        ("x" * 250 + "@example.com", "A", "B", "long enough"),
+        ("a{b}*@example.com\n", "A", "B", "long enough"),
+        ("ok@example.com", "", "B", "long enough"),
+        ("ok@example.com", "A" * 101, "B", "long enough"),
+        ("ok@example.com", "A\x00", "B", "long enough"),
+        ("ok@example.com", "A\u202e", "B", "long enough"),
+        ("ok@example.com", "A", "B\nC", "long enough"),
+        ("ok@example.com", "A", "B", "short"),
+        ("ok@example.com", "A", "B", "x" * 129),
+    ],
+)
+def test_add_rejects_invalid_input_and_stores_nothing(
+    manager: RegistrationManager, email: str, first: str, last: str, password: str
+):
+    with pytest.raises(InvalidInput):
+        manager.add(email, first, last, password=password)
+    assert manager.count() == 0
+
+
+def test_get_of_an_unknown_address_is_none(manager: RegistrationManager):
+    assert manager.get("nobody@example.com") is None
+
+
+# --- verify -----------------------------------------------------------------
+
+
+def test_verify_with_the_right_code_consumes_and_returns_the_record(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    result = manager.verify(EMAIL, code)
+    assert result.outcome is VerifyOutcome.VERIFIED
+    assert result.registration is not None
+    assert result.registration.email == "Alice.Liddell@example.com"
+    assert result.registration.password_hash == pw_hash
+    assert manager.get(EMAIL) is None
+    assert manager.count() == 0
+
+
+def test_verify_twice_finds_nothing_the_second_time(manager: RegistrationManager, pw_hash: str):
+    code = add(manager, pw_hash)
+    assert manager.verify(EMAIL, code).ok
+    assert manager.verify(EMAIL, code).outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_verify_of_an_unknown_address_is_not_found(manager: RegistrationManager):
+    assert manager.verify("nobody@example.com", "123456").outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_wrong_code_counts_down_attempts(manager: RegistrationManager, pw_hash: str):
+    code = add(manager, pw_hash)
+    lefts = [manager.verify(EMAIL, wrong(code)).attempts_left for _ in range(3)]
+    assert lefts == [4, 3, 2]
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 3
+
+
+def test_last_wrong_code_locks_and_right_code_no_longer_works(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    outcomes = [manager.verify(EMAIL, wrong(code)).outcome for _ in range(5)]
+    assert outcomes == [VerifyOutcome.INVALID_CODE] * 5
+    assert manager.verify(EMAIL, code).outcome is VerifyOutcome.LOCKED
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.locked
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "12345",
+        "1234567",
+        "１２３４５６",
+        "١٢٣٤٥٦",
+        "12 456",
+        "123456\n",
+        "+12345",
+        "-12345",
+        "",
+        "abcdef",
+    ],
+)
+def test_malformed_codes_are_rejected_without_costing_an_attempt(
+    manager: RegistrationManager, pw_hash: str, bad: str
+):
+    add(manager, pw_hash)
+    with pytest.raises(InvalidInput):
+        manager.verify(EMAIL, bad)
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 0
+
+
+def test_expired_code_is_refused_without_costing_an_attempt(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(code_lifetime_ms=1000))
+    code = add(manager, pw_hash)
+    time.sleep(1.1)
+    result = manager.verify(EMAIL, code)
+    assert result.outcome is VerifyOutcome.CODE_EXPIRED
+    assert result.attempts_left == 5
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 0
+
+
+def test_replay_of_the_same_verify_call_gets_the_same_answer(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    first = manager.verify(EMAIL, code, token="call-1")
+    again = manager.verify(EMAIL, code, token="call-1")
+    other = manager.verify(EMAIL, code, token="call-2")
+    assert first.ok
+    assert again.ok
+    assert again.registration is not None
+    assert again.registration.email == first.registration.email  # type: ignore[union-attr]
+    assert other.outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_fifty_concurrent_right_codes_verify_exactly_once(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    barrier = threading.Barrier(50)
+
+    def attempt(_: int) -> VerifyOutcome:
+        barrier.wait()
+        return manager.verify(EMAIL, code).outcome
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(attempt, range(50)))
+    assert outcomes.count(VerifyOutcome.VERIFIED) == 1
+    assert outcomes.count(VerifyOutcome.NOT_FOUND) == 49
+
+
+def test_concurrent_wrong_codes_never_exceed_the_attempt_budget(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    bad = wrong(code)
+    barrier = threading.Barrier(40)
+
+    def attempt(_: int) -> VerifyOutcome:
+        barrier.wait()
+        return manager.verify(EMAIL, bad).outcome
+
+    with ThreadPoolExecutor(40) as pool:
+        outcomes = list(pool.map(attempt, range(40)))
+    assert outcomes.count(VerifyOutcome.INVALID_CODE) == 5
+    assert outcomes.count(VerifyOutcome.LOCKED) == 35
+
+
+# --- resend -----------------------------------------------------------------
+
+
+def test_resend_gives_a_new_code_and_kills_the_old_one(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    old = add(manager, pw_hash)
+    new = manager.resend(EMAIL).code
+    while new == old:  # one chance in a million
+        new = manager.resend(EMAIL).code
+    assert manager.verify(EMAIL, old).outcome is VerifyOutcome.INVALID_CODE
+    assert manager.verify(EMAIL, new).ok
+
+
+def test_resend_keeps_attempts_and_lifetime(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    code = add(manager, pw_hash)
+    manager.verify(EMAIL, wrong(code))
+    before = manager.get(EMAIL)
+    after = manager.resend(EMAIL).registration
+    assert before is not None
+    assert after.attempts == 1
+    assert after.expires_at == before.expires_at
+    assert after.resend_count == 1
+
+
+def test_resend_inside_the_cooldown_is_refused_with_the_wait(
+    manager: RegistrationManager, pw_hash: str
+):
+    add(manager, pw_hash)
+    with pytest.raises(CooldownActive) as caught:
+        manager.resend(EMAIL)
+    assert 55_000 < caught.value.retry_after_ms <= 60_000
+
+
+def test_resend_stops_at_the_cap(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0, max_resends=2))
+    add(manager, pw_hash)
+    manager.resend(EMAIL)
+    manager.resend(EMAIL)
+    with pytest.raises(ResendLimitReached):
+        manager.resend(EMAIL)
+
+
+def test_resend_of_a_locked_record_is_refused(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0, max_attempts=1))
+    code = add(manager, pw_hash)
+    manager.verify(EMAIL, wrong(code))
+    with pytest.raises(RegistrationLocked):
+        manager.resend(EMAIL)
+
+
+def test_resend_of_an_unknown_address_is_not_found(manager: RegistrationManager):
+    with pytest.raises(NotFound):
+        manager.resend("nobody@example.com")
+
+
+def test_replayed_resend_counts_once(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    add(manager, pw_hash)
+    manager.resend(EMAIL, token="r1")
+    again = manager.resend(EMAIL, token="r1")
+    assert again.registration.resend_count == 1
+
+
+def test_concurrent_resends_inside_the_cooldown_send_one_code(
+    manager: RegistrationManager, pw_hash: str
+):
+    add(manager, pw_hash)
+    manager.store.unlock  # noqa: B018 - make sure the store is ready before the race
+    policy = Policy(resend_cooldown_ms=0)
+    fresh = RegistrationManager(manager.store, secret="test-secret-0123456789abcdef", policy=policy)
+    fresh.resend(EMAIL)  # last_sent is now; with the default cooldown, only waits remain
+    barrier = threading.Barrier(20)
+
+    def attempt(_: int) -> str:
+        barrier.wait()
+        try:
+            manager.resend(EMAIL)
+        except CooldownActive:
+            return "cooldown"
+        return "sent"
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+    assert results.count("sent") == 0
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.resend_count == 1
+
+
+# --- unlock, delete -----------------------------------------------------------
+
+
+def test_unlock_restores_the_attempt_budget(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(max_attempts=2))
+    code = add(manager, pw_hash)
+    manager.verify(EMAIL, wrong(code))
+    manager.verify(EMAIL, wrong(code))
+    assert manager.unlock(EMAIL)
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert not reg.locked
+    assert reg.attempts == 0
+    assert manager.verify(EMAIL, code).ok
+
+
+def test_unlock_and_delete_of_unknown_addresses_report_false(manager: RegistrationManager):
+    assert not manager.unlock("nobody@example.com")
+    assert not manager.delete("nobody@example.com")
+
+
+def test_delete_removes_the_registration(manager: RegistrationManager, pw_hash: str):
+    add(manager, pw_hash)
+    assert manager.delete(EMAIL)
+    assert manager.get(EMAIL) is None
+    assert manager.count() == 0
+
+
+# --- list, count, stats ---------------------------------------------------------
+
+
+def _populate(manager: RegistrationManager, pw_hash: str, n: int, domain: str) -> list[str]:
+    emails = [f"user{i}@{domain}" for i in range(n)]
+    for email in emails:
+        manager.add(email, "U", "Ser", password_hash=pw_hash)
+    return emails
+
+
+def test_list_streams_every_record_in_expiry_order(manager: RegistrationManager, pw_hash: str):
+    _populate(manager, pw_hash, 30, "a.example")
+    rows = list(manager.list())
+    assert len(rows) == 30
+    assert [r.expires_at for r in rows] == sorted(r.expires_at for r in rows)
+
+
+def test_list_filters_by_domain_and_limit(manager: RegistrationManager, pw_hash: str):
+    _populate(manager, pw_hash, 5, "a.example")
+    _populate(manager, pw_hash, 3, "b.example")
+    rows = list(manager.list(Filter(domain="b.example")))
+    assert sorted(r.email for r in rows) == [f"user{i}@b.example" for i in range(3)]
+    assert len(list(manager.list(limit=4))) == 4
+
+
+def test_list_filters_by_lock_state(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(max_attempts=1))
+    code = add(manager, pw_hash)
+    _populate(manager, pw_hash, 2, "a.example")
+    manager.verify(EMAIL, wrong(code))
+    assert [r.email for r in manager.list(Filter(locked=True))] == ["Alice.Liddell@example.com"]
+    assert len(list(manager.list(Filter(locked=False)))) == 2
+
+
+def test_list_filters_by_age(manager: RegistrationManager, pw_hash: str):
+    _populate(manager, pw_hash, 2, "old.example")
+    time.sleep(0.3)
+    _populate(manager, pw_hash, 1, "new.example")
+    old = list(manager.list(Filter(older_than_ms=250)))
+    new = list(manager.list(Filter(newer_than_ms=250)))
+    assert {r.domain for r in old} == {"old.example"}
+    assert {r.domain for r in new} == {"new.example"}
+
+
+def test_list_sorts_newest_first(manager: RegistrationManager, pw_hash: str):
+    for i in range(3):
+        manager.add(f"n{i}@example.com", "N", "N", password_hash=pw_hash)
+        time.sleep(0.005)
+    rows = list(manager.list(sort=SortKey.NEWEST, limit=2))
+    assert [r.email for r in rows] == ["n2@example.com", "n1@example.com"]
+
+
+def test_count_and_stats_agree_with_the_records(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(max_attempts=1))
+    code = add(manager, pw_hash)
+    _populate(manager, pw_hash, 4, "a.example")
+    manager.verify(EMAIL, wrong(code))
+    stats = manager.stats()
+    assert manager.count() == 5
+    assert stats.total == 5
+    assert stats.locked == 1
+    assert stats.expiring_within_hour == 0
+    assert stats.top_domains[0] == ("a.example", 4)
+
+
+def test_an_empty_store_lists_nothing(manager: RegistrationManager):
+    assert list(manager.list()) == []
+    assert manager.stats().total == 0
+
+
+# --- purge ----------------------------------------------------------------------
+
+
+def test_purge_removes_expired_registrations(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(lifetime_ms=1000))
+    _populate(manager, pw_hash, 3, "a.example")
+    time.sleep(1.1)
+    assert manager.get("user0@a.example") is None
+    dry = manager.purge(dry_run=True)
+    assert dry.expired == 3
+    assert manager.purge().expired == 3
+    assert manager.purge().total == 0
+
+
+def test_purge_with_a_filter_deletes_only_matching_live_records(
+    manager: RegistrationManager, pw_hash: str
+):
+    _populate(manager, pw_hash, 3, "spam.example")
+    _populate(manager, pw_hash, 2, "good.example")
+    dry = manager.purge(Filter(domain="spam.example"), dry_run=True)
+    assert dry.matched == 3
+    assert manager.count() == 5
+    report = manager.purge(Filter(domain="spam.example"), batch=2)
+    assert report.matched == 3
+    assert {r.domain for r in manager.list()} == {"good.example"}
+
+
+def test_purge_with_an_empty_filter_deletes_no_live_record(
+    manager: RegistrationManager, pw_hash: str
+):
+    _populate(manager, pw_hash, 3, "a.example")
+    report = manager.purge(Filter())
+    assert report.matched == 0
+    assert report.scanned == 3
+    assert manager.count() == 3
+
+
+def test_verify_after_expiry_is_not_found(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(lifetime_ms=1000))
+    code = add(manager, pw_hash)
+    time.sleep(1.1)
+    assert manager.verify(EMAIL, code).outcome is VerifyOutcome.NOT_FOUND
+    add(manager, pw_hash)  # the address is free again

@@ -1,0 +1,200 @@
+"""What only RedisStore can get wrong: keys, TTLs, scripts, secrets at rest, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from redis.crc import key_slot
+
+from regctl import (
+    Filter,
+    PermissionDenied,
+    Policy,
+    RedisStore,
+    RegistrationManager,
+    StoreUnavailable,
+    VerifyOutcome,
+)
+from regctl.keys import Keyspace, digest
+from regctl.settings import load_settings
+from regctl.target import open_target
+from tests.conftest import SECRET
+from tests.servers import RedisProcess
+
+HOSTILE = ["a{b}c@example.com", "x*y?z@example.com", "}{@example.com"]
+
+
+def manager_on(proc: RedisProcess, prefix: str, policy: Policy | None = None):
+    return RegistrationManager(
+        RedisStore(proc.client(), prefix=prefix), secret=SECRET, policy=policy or Policy()
+    )
+
+
+def all_keys(proc: RedisProcess, prefix: str) -> list[str]:
+    return sorted(proc.client().scan_iter(f"{prefix}:*"))
+
+
+def test_every_key_of_a_registration_lives_in_one_cluster_slot():
+    ks = Keyspace("regctl")
+    for email in ["alice@example.com", *HOSTILE, *(f"u{i}@x.example" for i in range(500))]:
+        d = digest(email)
+        record, index = ks.keys_for(d)
+        slots = {
+            key_slot(record.encode()),
+            key_slot(index.encode()),
+            key_slot(ks.verify_marker(d, "t").encode()),
+        }
+        assert len(slots) == 1
+
+
+def test_key_names_never_contain_the_address(redis_proc: RedisProcess, prefix: str, pw_hash):
+    manager = manager_on(redis_proc, prefix)
+    for email in HOSTILE:
+        manager.add(email, "H", "Ostile", password_hash=pw_hash)
+    keys = all_keys(redis_proc, prefix)
+    assert keys
+    assert not any("example" in k or "{b}" in k or "*" in k or "}{" in k for k in keys)
+    assert sorted(r.email for r in manager.list()) == sorted(HOSTILE)
+
+
+def test_every_per_registration_key_has_a_ttl_within_the_lifetime(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    policy = Policy(resend_cooldown_ms=0)
+    manager = manager_on(redis_proc, prefix, policy)
+    for i in range(20):
+        manager.add(f"u{i}@example.com", "U", "Ser", password_hash=pw_hash)
+    code = manager.add("v@example.com", "V", "Er", password_hash=pw_hash).code
+    manager.verify("v@example.com", code)
+    client = redis_proc.client()
+    for key in all_keys(redis_proc, prefix):
+        ttl = client.pttl(key)
+        if key.endswith(":meta"):
+            assert ttl == -1  # the layout record is meant to stay
+        elif ":vok:" in key:
+            assert 0 < ttl <= policy.replay_window_ms
+        elif key.endswith(":idx"):
+            assert 0 < ttl <= policy.lifetime_ms + 3_600_000
+        else:
+            assert 0 < ttl <= policy.lifetime_ms
+
+
+def test_resend_and_wrong_codes_never_extend_the_ttl(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    manager = manager_on(redis_proc, prefix, Policy(resend_cooldown_ms=0))
+    code = manager.add("a@example.com", "A", "B", password_hash=pw_hash).code
+    key = manager.store.keyspace.record(digest("a@example.com"))  # type: ignore[attr-defined]
+    client = redis_proc.client()
+    before = client.pexpiretime(key) if hasattr(client, "pexpiretime") else None
+    ttl_before = client.pttl(key)
+    time.sleep(0.05)
+    manager.resend("a@example.com")
+    manager.verify("a@example.com", f"{(int(code) + 1) % 10**6:06d}")
+    assert client.pttl(key) < ttl_before
+    if before is not None and before > 0:
+        assert client.pexpiretime(key) == before
+
+
+def test_no_clear_code_or_password_reaches_redis(fresh_redis: RedisProcess):
+    manager = manager_on(fresh_redis, "sec", Policy(resend_cooldown_ms=0))
+    secrets_seen: list[str] = []
+    for i in range(5):
+        password = f"Pa55word-{i}-unique"
+        added = manager.add(f"s{i}@example.com", "S", "Ecret", password=password)
+        resent = manager.resend(f"s{i}@example.com")
+        secrets_seen += [password, added.code, resent.code]
+    client = fresh_redis.client()
+    dump = []
+    for key in client.scan_iter("*"):
+        dump.append(key)
+        kind = client.type(key)
+        if kind == "hash":
+            dump += [str(v) for kv in client.hgetall(key).items() for v in kv]
+        elif kind == "zset":
+            dump += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "string":
+            dump.append(client.get(key) or "")
+    blob = "\n".join(dump)
+    for secret in secrets_seen:
+        # A 6-digit code could appear inside a hex digest by chance; look for it as a token.
+        assert f'"{secret}"' not in blob
+        assert f"\n{secret}\n" not in f"\n{blob}\n"
+        assert SECRET not in blob
+
+
+def test_the_first_writers_bucket_count_wins(redis_proc: RedisProcess, prefix: str, pw_hash):
+    first = RegistrationManager(
+        RedisStore(redis_proc.client(), prefix=prefix, buckets=128), secret=SECRET
+    )
+    first.add("a@example.com", "A", "B", password_hash=pw_hash)
+    second = RegistrationManager(
+        RedisStore(redis_proc.client(), prefix=prefix, buckets=64), secret=SECRET
+    )
+    assert second.store.keyspace.buckets == 128  # type: ignore[attr-defined]
+    assert second.get("a@example.com") is not None
+
+
+def test_operations_survive_a_script_flush(redis_proc: RedisProcess, prefix: str, pw_hash):
+    manager = manager_on(redis_proc, prefix)
+    code = manager.add("a@example.com", "A", "B", password_hash=pw_hash).code
+    redis_proc.client().script_flush()
+    assert manager.verify("a@example.com", code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_purge_drops_index_entries_whose_record_is_gone(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    manager = manager_on(redis_proc, prefix)
+    manager.add("a@example.com", "A", "B", password_hash=pw_hash)
+    manager.add("b@example.com", "A", "B", password_hash=pw_hash)
+    redis_proc.client().delete(manager.store.keyspace.record(digest("a@example.com")))  # type: ignore[attr-defined]
+    assert manager.count() == 2  # the index still counts it
+    report = manager.purge(Filter())
+    assert report.orphans == 1
+    assert manager.count() == 1
+
+
+def test_list_pages_across_many_records_in_order(redis_proc: RedisProcess, prefix: str, pw_hash):
+    manager = manager_on(redis_proc, prefix)
+    store = manager.store
+    for i in range(1200):
+        manager.add(f"p{i}@example.com", "P", "Age", password_hash=pw_hash)
+    rows = list(store.scan(first_page=7))
+    assert len(rows) == 1200
+    assert len({r.email for r in rows}) == 1200
+    keys = [(r.expires_at, digest(r.identity)) for r in rows]
+    assert keys == sorted(keys)
+
+
+def test_a_stopped_server_is_unavailable(tmp_path, pw_hash):
+    proc = RedisProcess(tmp_path / "r").start()
+    manager = manager_on(proc, "down")
+    proc.stop()
+    with pytest.raises(StoreUnavailable):
+        manager.add("a@example.com", "A", "B", password_hash=pw_hash)
+
+
+def test_a_wrong_password_is_permission_denied(tmp_path):
+    proc = RedisProcess(tmp_path / "r", password="right-password").start()
+    try:
+        url = f"unix://:wrong-password@{proc.socket}"
+        settings = load_settings({"redis_url": url, "code_secret": SECRET}, environ={}).settings
+        target = open_target(settings)
+        with pytest.raises(PermissionDenied):
+            target.store.counts()
+        assert "wrong-password" not in target.description
+    finally:
+        proc.stop()
+
+
+def test_import_regctl_pulls_in_neither_typer_nor_rich():
+    code = (
+        "import sys, regctl; regctl.RegistrationManager; "
+        "print(sorted(m for m in ('typer', 'rich', 'click') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
