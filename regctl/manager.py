@@ -37,7 +37,7 @@ from regctl.model import (
     validate_name,
     validate_password,
 )
-from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Store
+from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Progress, Store
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
@@ -188,11 +188,16 @@ class RegistrationManager:
         return self.store.delete(normalize_email(email).casefold())
 
     def purge(
-        self, selection: Filter | None = None, *, dry_run: bool = False, batch: int = PURGE_BATCH
+        self,
+        selection: Filter | None = None,
+        *,
+        dry_run: bool = False,
+        batch: int = PURGE_BATCH,
+        on_progress: Progress | None = None,
     ) -> PurgeReport:
         """Remove expired leftovers, and the live records ``selection`` matches.
 
         A ``Filter()`` with no criteria also walks the index for orphaned entries
         but deletes no live record.
         """
-        return self.store.purge(selection, dry_run, batch)
+        return self.store.purge(selection, dry_run, batch, on_progress)

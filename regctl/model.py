@@ -267,3 +267,18 @@ def _shown(raw: str) -> str:
     """A short, printable rendering of hostile input for an error message."""
     text = raw if len(raw) <= 60 else raw[:57] + "..."
     return repr(text)
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``1d12h`` (or plain seconds) as milliseconds."""
+    raw = text.strip().lower()
+    if raw.isascii() and raw.isdigit():
+        return int(raw) * 1000
+    match = _DURATION_RE.fullmatch(raw)
+    if not raw or match is None or not any(match.groups()):
+        raise InvalidInput(f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000

@@ -6,7 +6,7 @@ manager and own only the state transitions; each mutating call is one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +17,10 @@ PURGE_BATCH = 500
 PAGE = 500
 MAX_PURGE_BATCH = 1000
 HOUR_MS = 3_600_000
+
+
+# Called with (steps done, steps in all) as a long operation advances.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,13 @@ class Store(Protocol):
 
     def delete(self, identity: str) -> bool: ...
 
-    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+    def purge(
+        self,
+        selection: Filter | None,
+        dry_run: bool,
+        batch: int,
+        on_progress: Progress | None = None,
+    ) -> PurgeReport:
         """Remove expired leftovers, orphaned index entries, and records matching
         ``selection`` (none when it is None), in bounded batches."""
         ...

@@ -22,7 +22,7 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
-from regctl.store.base import HOUR_MS, PAGE, Counts, NewRegistration, resend_refusal
+from regctl.store.base import HOUR_MS, PAGE, Counts, NewRegistration, Progress, resend_refusal
 
 
 def _wall_clock_ms() -> int:
@@ -185,7 +185,13 @@ class MemoryStore:
             self._entries.pop(identity, None)
             return live
 
-    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+    def purge(
+        self,
+        selection: Filter | None,
+        dry_run: bool,
+        batch: int,
+        on_progress: Progress | None = None,
+    ) -> PurgeReport:
         report = PurgeReport(dry_run=dry_run)
         with self._lock:
             now = self._clock()
@@ -203,6 +209,8 @@ class MemoryStore:
             if not dry_run:
                 for identity in doomed:
                     del self._entries[identity]
+        if on_progress is not None:
+            on_progress(1, 1)
         return report
 
     def close(self) -> None:

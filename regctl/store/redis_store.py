@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from regctl.store.base import (
     PAGE,
     Counts,
     NewRegistration,
+    Progress,
     resend_refusal,
 )
 
@@ -257,10 +258,21 @@ class RedisStore:
 
     # --- purge ------------------------------------------------------------
 
-    def purge(self, selection: Filter | None, dry_run: bool, batch: int) -> PurgeReport:
+    def purge(
+        self,
+        selection: Filter | None,
+        dry_run: bool,
+        batch: int,
+        on_progress: Progress | None = None,
+    ) -> PurgeReport:
+        """Expired entries bucket by bucket, then (with a selection) one walk of the index.
+
+        Progress counts buckets, then index entries walked.
+        """
         ks = self.keyspace
         batch = max(1, min(batch, MAX_PURGE_BATCH))
         report = PurgeReport(dry_run=dry_run)
+        total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
             args = (ks.record_base(bucket), batch, 1 if dry_run else 0)
             while True:
@@ -268,11 +280,22 @@ class RedisStore:
                 report.expired += int(n)
                 if dry_run or int(n) < batch:
                     break
+            if on_progress is not None:
+                on_progress(bucket + 1, total)
         if selection is not None:
-            self._purge_walk(selection, report, batch)
+
+            def walked(n: int) -> None:
+                if on_progress is not None:
+                    on_progress(min(ks.buckets + n, total), total)
+
+            self._purge_walk(selection, report, batch, walked)
+        if on_progress is not None:
+            on_progress(total, total)
         return report
 
-    def _purge_walk(self, selection: Filter, report: PurgeReport, batch: int) -> None:
+    def _purge_walk(
+        self, selection: Filter, report: PurgeReport, batch: int, walked: Callable[[int], None]
+    ) -> None:
         ks = self.keyspace
         orphans: dict[int, list[str]] = {}
         matched: dict[int, list[str]] = {}
@@ -287,6 +310,8 @@ class RedisStore:
 
         for bucket, member, fields, now in self._walk(PAGE):
             report.scanned += 1
+            if report.scanned % PAGE == 0:
+                walked(report.scanned)
             if not fields:
                 orphans.setdefault(bucket, []).append(member)
                 if len(orphans[bucket]) >= batch:

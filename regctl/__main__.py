@@ -1,0 +1,5 @@
+"""`python -m regctl` runs the command."""
+
+from regctl.cli import main
+
+main()

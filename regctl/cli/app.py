@@ -1,0 +1,106 @@
+"""The Typer application: global options, command registration, error handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from regctl import __version__
+from regctl.cli.state import State
+from regctl.cli.status import report_error
+from regctl.render import Format
+
+HELP = """Run pending user registrations stored in Redis.
+
+With no Redis configured, regctl uses an embedded local server (see `regctl server`).
+
+Example: regctl add alice@example.com --first-name Alice --last-name Liddell
+"""
+
+
+class RegctlGroup(TyperGroup):
+    """Turns every error raised by a command into one stderr line and an exit status."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.Exit:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if type(exc).__module__.startswith("typer"):
+                raise  # usage errors: typer prints them and exits 2
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            raise typer.Exit(report_error(state, exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"regctl {__version__}")
+        raise typer.Exit()
+
+
+def main_callback(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Redis URL (default: REGCTL_REDIS_URL, REDIS_URL, or embedded)"),
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Key prefix (REGCTL_PREFIX).")] = None,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="Read settings from this .env file.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file (REGCTL_CONFIG).")
+    ] = None,
+    output: Annotated[Format | None, typer.Option("--output", "-o", help="Output format.")] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors (and requested data).")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks on errors.")] = False,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colour (also NO_COLOR).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    state = State(
+        overrides={"redis_url": url, "prefix": prefix},
+        env_file=env_file,
+        config_file=config,
+        output=output,
+        quiet=quiet,
+        debug=debug,
+        no_color=no_color,
+    )
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+def build_app() -> typer.Typer:
+    from regctl.cli.config_cmd import register as register_config
+    from regctl.cli.diagnose import register as register_diagnose
+    from regctl.cli.maintenance import register as register_maintenance
+    from regctl.cli.records import register as register_records
+    from regctl.cli.server_cmd import build as build_server
+
+    app = typer.Typer(
+        cls=RegctlGroup,
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(main_callback)
+    for register in (register_records, register_maintenance, register_diagnose, register_config):
+        register(app)
+    app.add_typer(build_server(), name="server")
+    return app

@@ -1,0 +1,147 @@
+"""Diagnostic commands: health, doctor, selftest."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from regctl import __version__
+from regctl.cli.inputs import OutputOption
+from regctl.cli.state import State
+from regctl.errors import RegctlError
+from regctl.render import Format, tsv_lines
+
+_LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
+
+
+def health(
+    ctx: typer.Context,
+    warn_latency: Annotated[float, typer.Option(help="WARNING above this round trip (ms).")] = 50,
+    crit_latency: Annotated[float, typer.Option(help="CRITICAL above this round trip (ms).")] = 500,
+    warn_memory: Annotated[
+        float, typer.Option(help="WARNING above this share of maxmemory.")
+    ] = 0.8,
+    crit_memory: Annotated[
+        float, typer.Option(help="CRITICAL above this share of maxmemory.")
+    ] = 0.95,
+    output: OutputOption = None,
+) -> None:
+    """Check Redis and the store; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    Example: regctl health -o json
+    """
+    from regctl.diagnostics import Level, Thresholds
+    from regctl.diagnostics import health as check
+
+    state: State = ctx.obj
+    limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
+    try:
+        report = check(state.store, __version__, limits)
+    except RegctlError as exc:  # no store at all (bad config): the plugin's UNKNOWN
+        state.err.print(f"UNKNOWN: {escape(exc.message)}")
+        if state.format(output) in (Format.JSON, Format.NDJSON):
+            state.json({"status": "unknown", "version": __version__, "error": exc.message})
+        raise typer.Exit(Level.UNKNOWN) from None
+    fmt = state.format(output)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(report.data)
+    elif state.is_tty:
+        table = Table("CHECK", "STATUS", "DETAIL", box=None, pad_edge=False)
+        for c in report.checks:
+            level = c.level.name.lower()
+            table.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
+        state.out.print(f"[bold]{report.level.name}[/bold] {escape(state.store_description)}")
+        state.show(table)
+    else:
+        state.lines(
+            tsv_lines(
+                ("check", "status", "detail"),
+                [(c.name, c.level.name.lower(), c.detail) for c in report.checks],
+            )
+        )
+    raise typer.Exit(report.level)
+
+
+def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
+    """Look for problems: eviction, persistence, memory, TTL-less keys, orphans, ACL, version.
+
+    Exit 1 when anything is found at warning or error level.
+
+    Example: regctl doctor
+    """
+    from regctl.diagnostics import doctor as examine
+
+    state: State = ctx.obj
+    findings = examine(state.store)
+    fmt = state.format(output)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(
+            {
+                "ok": not findings,
+                "store": state.store_description,
+                "findings": [f.__dict__ for f in findings],
+            }
+        )
+    elif state.is_tty:
+        if not findings:
+            state.say("[green]no problems found[/green]")
+        for f in findings:
+            style = {"error": "red", "warning": "yellow"}.get(f.severity, "blue")
+            state.out.print(f"[{style}]{f.severity}[/] {escape(f.message)}\n  fix: {escape(f.fix)}")
+    else:
+        state.lines(
+            tsv_lines(
+                ("severity", "code", "message", "fix"),
+                [(f.severity, f.code, f.message, f.fix) for f in findings],
+            )
+        )
+    if any(f.severity in ("error", "warning") for f in findings):
+        raise typer.Exit(1)
+
+
+def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
+    """Run the 8-step end-to-end test in a throwaway namespace (always cleaned up).
+
+    Example: regctl selftest
+    """
+    from regctl.diagnostics import selftest as run
+
+    state: State = ctx.obj
+    fmt = state.format(output)
+    steps = run(state.store, __version__)
+    ok = all(s.ok for s in steps)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(
+            {
+                "ok": ok,
+                "store": state.store_description,
+                "steps": [
+                    {"step": s.name, "ok": s.ok, "ms": round(s.ms, 3), "detail": s.detail}
+                    for s in steps
+                ],
+            }
+        )
+    elif state.is_tty:
+        table = Table("#", "STEP", "RESULT", "TIME", "DETAIL", box=None, pad_edge=False)
+        for i, s in enumerate(steps, 1):
+            result = "[green]ok[/green]" if s.ok else "[red]FAIL[/red]"
+            table.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
+        state.show(table)
+    else:
+        state.lines(
+            tsv_lines(
+                ("step", "result", "ms", "detail"),
+                [(s.name, "ok" if s.ok else "FAIL", f"{s.ms:.1f}", s.detail) for s in steps],
+            )
+        )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(health)
+    app.command()(doctor)
+    app.command()(selftest)

@@ -1,0 +1,73 @@
+"""Secrets read from people and pipes, options shared by commands, and code delivery."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from regctl.errors import InvalidInput
+from regctl.render import Format
+
+if TYPE_CHECKING:
+    from regctl.cli.state import State
+    from regctl.model import PendingRegistration
+
+OutputOption = Annotated[
+    Format | None,
+    typer.Option("--output", "-o", help="table, wide, json, ndjson, csv or name."),
+]
+EmailArg = Annotated[str, typer.Argument(help="The address, in any letter case.")]
+ShowCode = Annotated[
+    bool, typer.Option("--show-code", help="Print the new code once (for scripts).")
+]
+NoSend = Annotated[bool, typer.Option("--no-send", help="Store the code but do not mail it.")]
+
+
+def _stdin_line(what: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise InvalidInput(f"no {what} on standard input")
+    return line.rstrip("\r\n")
+
+
+def read_password(from_stdin: bool) -> str:
+    """From stdin (first line) or a hidden prompt with confirmation; never an argument."""
+    if from_stdin:
+        return _stdin_line("password")
+    if not sys.stdin.isatty():
+        raise InvalidInput(
+            "no password given", "use --password-stdin or --password-hash in scripts"
+        )
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def read_code(code: str | None) -> str:
+    """The argument, else a line on stdin (pipe), else a prompt."""
+    if code is not None:
+        return code
+    if not sys.stdin.isatty():
+        return _stdin_line("code")
+    entered: str = typer.prompt("Code")
+    return entered.strip()
+
+
+def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) -> str:
+    """Mail the code as REGCTL_MAIL_URL says; return how it went out."""
+    from regctl.mail import MailConfig, compose, deliver
+
+    settings = state.settings
+    config = MailConfig(
+        url=settings.mail_url,
+        sender=settings.mail_from,
+        subject=settings.mail_subject,
+        template=settings.mail_template,
+        timeout=settings.mail_timeout,
+    )
+    if not send or not config.enabled:
+        return "not sent"
+    minutes = max(1, (reg.code_expires_at - reg.observed_at) // 60_000)
+    deliver(config, compose(config, reg.email, reg.first_name, code, minutes))
+    return "console" if config.url == "console" else "mail"

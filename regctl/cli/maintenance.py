@@ -1,0 +1,136 @@
+"""Commands over everything pending: purge and stats."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from regctl.cli.inputs import OutputOption
+from regctl.cli.state import State
+from regctl.errors import InvalidInput
+from regctl.model import Filter, PurgeReport, normalize_domain, parse_duration
+from regctl.render import Format, key_value_table, tsv_lines
+
+
+def _summary(report: PurgeReport) -> str:
+    verb = "would purge" if report.dry_run else "purged"
+    return (
+        f"{verb} {report.total} (expired {report.expired}, orphans {report.orphans}, "
+        f"matched {report.matched}; scanned {report.scanned})"
+    )
+
+
+def purge(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str | None, typer.Option(help="Also delete live records created more than this ago.")
+    ] = None,
+    domain: Annotated[
+        str | None, typer.Option(help="Also delete live records of this domain.")
+    ] = None,
+    locked: Annotated[bool, typer.Option("--locked", help="Also delete locked records.")] = False,
+    orphans: Annotated[
+        bool, typer.Option("--orphans", help="Also walk the index for entries without a record.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete live records without asking.")
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="Entries per server step.")] = 500,
+    output: OutputOption = None,
+) -> None:
+    """Remove expired registrations and index leftovers; with filters, live records too.
+
+    Example (cron): */5 * * * * regctl purge --quiet
+    """
+    state: State = ctx.obj
+    selection = Filter(
+        domain=normalize_domain(domain) if domain else None,
+        older_than_ms=parse_duration(older_than) if older_than else None,
+        locked=True if locked else None,
+    )
+    deletes_live = not selection.is_empty and not dry_run
+    if deletes_live and not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("purge with filters deletes live registrations", "add --yes")
+        if not typer.confirm("Delete live registrations matching the filters?"):
+            raise typer.Exit(1)
+    manager = state.manager
+    walk = selection if (orphans or not selection.is_empty) else None
+    if state.err.is_terminal and not state.quiet:
+        from rich.progress import Progress
+
+        with Progress(console=state.err, transient=True) as bar:
+            task = bar.add_task("purging", total=None)
+            report = manager.purge(
+                walk,
+                dry_run=dry_run,
+                batch=batch,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    else:
+        report = manager.purge(walk, dry_run=dry_run, batch=batch)
+    fmt = state.format(output)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(
+            {
+                "ok": True,
+                "dry_run": report.dry_run,
+                "purged": report.total,
+                "by_reason": {
+                    "expired": report.expired,
+                    "orphan": report.orphans,
+                    "matched": report.matched,
+                },
+                "scanned": report.scanned,
+                "store": state.store_description,
+            }
+        )
+    else:
+        state.say(_summary(report))
+
+
+def stats(
+    ctx: typer.Context,
+    top: Annotated[int, typer.Option(min=0, max=100, help="How many top domains.")] = 5,
+    output: OutputOption = None,
+) -> None:
+    """Totals: pending, locked, code expired, expiring within an hour, top domains.
+
+    Example: regctl stats -o json
+    """
+    state: State = ctx.obj
+    result = state.manager.stats(top)
+    fmt = state.format(output)
+    pairs = [
+        ("pending", str(result.total)),
+        ("locked", str(result.locked)),
+        ("code expired", str(result.code_expired)),
+        ("expiring within 1h", str(result.expiring_within_hour)),
+    ]
+    domains = [(domain, str(n)) for domain, n in result.top_domains]
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(
+            {
+                "total": result.total,
+                "locked": result.locked,
+                "code_expired": result.code_expired,
+                "expiring_within_hour": result.expiring_within_hour,
+                "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
+                "store": state.store_description,
+            }
+        )
+    elif state.is_tty:
+        state.show(key_value_table(pairs))
+        if domains:
+            state.show(key_value_table(domains, title="\ntop domains"))
+    else:
+        rows = pairs + [(f"domain {d}", n) for d, n in domains]
+        state.lines(tsv_lines(("metric", "value"), rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(purge)
+    app.command()(stats)

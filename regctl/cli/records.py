@@ -1,0 +1,266 @@
+"""Commands on registrations: add, list, inspect, resend, verify, unlock, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from regctl.cli.inputs import (
+    EmailArg,
+    NoSend,
+    OutputOption,
+    ShowCode,
+    deliver_code,
+    read_code,
+    read_password,
+)
+from regctl.cli.state import State
+from regctl.cli.status import VERIFY_STATUS
+from regctl.errors import DeliveryFailed, NotFound
+from regctl.model import Filter, PendingRegistration, SortKey, normalize_domain, parse_duration
+from regctl.render import (
+    COLUMNS,
+    WIDE_COLUMNS,
+    Format,
+    csv_lines,
+    inspect_pairs,
+    json_array,
+    key_value_table,
+    record_cells,
+    record_json,
+    record_tsv,
+    records_table,
+    to_json,
+    tsv_lines,
+)
+
+
+def _send(
+    state: State, reg: PendingRegistration, code: str, send: bool
+) -> tuple[str, Exception | None]:
+    try:
+        return deliver_code(state, reg, code, send), None
+    except DeliveryFailed as exc:
+        return "failed", exc
+
+
+def add(
+    ctx: typer.Context,
+    email: EmailArg,
+    first_name: Annotated[str, typer.Option("--first-name", "-f", help="Given name.")],
+    last_name: Annotated[str, typer.Option("--last-name", "-l", help="Family name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin's first line.")
+    ] = False,
+    password_hash: Annotated[
+        str | None, typer.Option("--password-hash", help="An Argon2id PHC string instead.")
+    ] = None,
+    show_code: ShowCode = False,
+    no_send: NoSend = False,
+    output: OutputOption = None,
+) -> None:
+    """Add a pending registration and send its verification code.
+
+    Example: printf '%s\\n' "$PW" | regctl add bob@example.com -f Bob -l Stone --password-stdin
+    """
+    state: State = ctx.obj
+    password = None if password_hash else read_password(password_stdin)
+    added = state.manager.add(
+        email, first_name, last_name, password=password, password_hash=password_hash
+    )
+    delivery, failure = _send(state, added.registration, added.code, not no_send)
+    if state.format(output) in (Format.JSON, Format.NDJSON):
+        extra = {"code": added.code} if show_code else {}
+        state.json(
+            record_json(
+                added.registration,
+                state.manager.policy,
+                delivery=delivery,
+                store=state.store_description,
+                **extra,
+            )
+        )
+    else:
+        state.say(f"added {escape(added.registration.email)} (code {delivery})")
+        if show_code:
+            state.lines(
+                [added.code] if state.quiet or not state.is_tty else [f"code: {added.code}"]
+            )
+    if failure is not None:
+        raise failure
+
+
+def list_(
+    ctx: typer.Context,
+    domain: Annotated[str | None, typer.Option(help="Only this email domain.")] = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="Created more than this ago (2h, 1d).")
+    ] = None,
+    newer_than: Annotated[str | None, typer.Option(help="Created less than this ago.")] = None,
+    locked: Annotated[bool | None, typer.Option("--locked/--unlocked", help="Lock state.")] = None,
+    code_expired: Annotated[
+        bool | None, typer.Option("--code-expired/--code-valid", help="Code state.")
+    ] = None,
+    sort: Annotated[
+        SortKey, typer.Option(help="Order: expires, created or newest.")
+    ] = SortKey.EXPIRES,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+    output: OutputOption = None,
+) -> None:
+    """List pending registrations (streamed; empty is not an error).
+
+    Example: regctl list --older-than 2h --domain example.com -o ndjson
+    """
+    state: State = ctx.obj
+    selection = Filter(
+        domain=normalize_domain(domain) if domain else None,
+        older_than_ms=parse_duration(older_than) if older_than else None,
+        newer_than_ms=parse_duration(newer_than) if newer_than else None,
+        locked=locked,
+        code_expired=code_expired,
+    )
+    rows = state.manager.list(selection, sort=sort, limit=limit)
+    policy = state.manager.policy
+    fmt = state.format(output)
+    if fmt is Format.JSON:
+        state.write(json_array(record_json(r, policy) for r in rows))
+    elif fmt is Format.NDJSON:
+        state.write(to_json(record_json(r, policy)) + "\n" for r in rows)
+    elif fmt is Format.CSV:
+        state.write(csv_lines(WIDE_COLUMNS, (record_cells(r, policy, WIDE_COLUMNS) for r in rows)))
+    elif fmt is Format.NAME:
+        state.lines(r.email for r in rows)
+    elif state.is_tty:
+        state.show(records_table(rows, policy, wide=fmt is Format.WIDE))
+    else:
+        state.lines(record_tsv(rows, policy, wide=fmt is Format.WIDE))
+
+
+def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) -> None:
+    """Show one registration: status, attempts, resends, cooldown, code and record expiry.
+
+    Example: regctl inspect alice@example.com
+    """
+    state: State = ctx.obj
+    reg = state.manager.get(email)
+    if reg is None:
+        raise NotFound(
+            f"no pending registration for {email}", "it was verified, expired or never added"
+        )
+    policy = state.manager.policy
+    fmt = state.format(output)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json(record_json(reg, policy, store=state.store_description))
+    elif state.is_tty:
+        state.show(key_value_table(inspect_pairs(reg, policy)))
+    else:
+        state.lines(tsv_lines(("field", "value"), inspect_pairs(reg, policy)))
+
+
+def resend(
+    ctx: typer.Context,
+    email: EmailArg,
+    show_code: ShowCode = False,
+    no_send: NoSend = False,
+    output: OutputOption = None,
+) -> None:
+    """Send a new code; the old one stops working. Cooldown and cap apply.
+
+    Example: regctl resend alice@example.com
+    """
+    state: State = ctx.obj
+    resent = state.manager.resend(email)
+    reg = resent.registration
+    delivery, failure = _send(state, reg, resent.code, not no_send)
+    policy = state.manager.policy
+    if state.format(output) in (Format.JSON, Format.NDJSON):
+        extra = {"code": resent.code} if show_code else {}
+        state.json(
+            record_json(reg, policy, delivery=delivery, store=state.store_description, **extra)
+        )
+    else:
+        state.say(
+            f"new code for {escape(reg.email)} ({delivery}); "
+            f"{reg.resends_left(policy)} resends left"
+        )
+        if show_code:
+            state.lines(
+                [resent.code] if state.quiet or not state.is_tty else [f"code: {resent.code}"]
+            )
+    if failure is not None:
+        raise failure
+
+
+def verify(
+    ctx: typer.Context,
+    email: EmailArg,
+    code: Annotated[str | None, typer.Argument(help="The code; else stdin or a prompt.")] = None,
+    output: OutputOption = None,
+) -> None:
+    """Check a code; on success the registration is consumed and printed.
+
+    Example: regctl -o json verify alice@example.com 123456
+    """
+    state: State = ctx.obj
+    result = state.manager.verify(email, read_code(code))
+    status = VERIFY_STATUS[result.outcome]
+    reg = result.registration
+    if state.format(output) in (Format.JSON, Format.NDJSON):
+        data: dict[str, Any] = {
+            "ok": result.ok,
+            "reason": result.outcome.value,
+            "attempts_left": result.attempts_left,
+            "store": state.store_description,
+        }
+        if reg is not None:
+            data["registration"] = reg.public_dict(include_password_hash=True)
+        state.json(data)
+    elif reg is not None:
+        state.say(
+            f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
+        )
+        if not state.is_tty:
+            state.lines(tsv_lines(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)]))
+    if status:
+        messages = {
+            "invalid_code": f"wrong code for {email}; {result.attempts_left} attempts left",
+            "locked": f"{email} is locked after too many wrong codes — run `regctl unlock`",
+            "code_expired": f"the code for {email} has expired — run `regctl resend`",
+            "not_found": f"no pending registration for {email}",
+        }
+        state.err.print(f"Error: {escape(messages[result.outcome.value])}")
+        raise typer.Exit(status)
+
+
+def unlock(ctx: typer.Context, email: EmailArg) -> None:
+    """Clear a lockout after too many wrong codes (attempts back to zero).
+
+    Example: regctl unlock alice@example.com
+    """
+    state: State = ctx.obj
+    if not state.manager.unlock(email):
+        raise NotFound(f"no pending registration for {email}")
+    state.say(f"unlocked {escape(email)}")
+
+
+def delete(ctx: typer.Context, email: EmailArg) -> None:
+    """Delete one pending registration.
+
+    Example: regctl delete alice@example.com
+    """
+    state: State = ctx.obj
+    if not state.manager.delete(email):
+        raise NotFound(f"no pending registration for {email}")
+    state.say(f"deleted {escape(email)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(add)
+    app.command("list")(list_)
+    app.command()(inspect)
+    app.command()(resend)
+    app.command()(verify)
+    app.command()(unlock)
+    app.command()(delete)

@@ -1,0 +1,148 @@
+"""Per-invocation state: global options, settings, the store, and the consoles.
+
+Built by the app callback and stored in ``ctx.obj``; everything is opened lazily
+and closed with ``ctx.call_on_close``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regctl.render import Format, to_json
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from regctl.manager import RegistrationManager
+    from regctl.settings import LoadedSettings, Settings
+    from regctl.store.redis_store import RedisStore
+    from regctl.target import Target
+
+
+@dataclass
+class State:
+    overrides: dict[str, Any] = field(default_factory=dict)
+    env_file: Path | None = None
+    config_file: Path | None = None
+    output: Format | None = None
+    quiet: bool = False
+    debug: bool = False
+    no_color: bool = False
+    _loaded: LoadedSettings | None = None
+    _target: Target | None = None
+    _manager: RegistrationManager | None = None
+    _out: Console | None = None
+    _err: Console | None = None
+
+    # --- configuration and store -------------------------------------------
+
+    @property
+    def loaded(self) -> LoadedSettings:
+        if self._loaded is None:
+            from regctl.settings import load_settings
+
+            self._loaded = load_settings(
+                self.overrides, env_file=self.env_file, config_file=self.config_file
+            )
+        return self._loaded
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    @property
+    def target(self) -> Target:
+        if self._target is None:
+            from regctl.target import open_target
+
+            self._target = open_target(self.settings)
+            if self.err.is_terminal and not self.quiet:
+                self.err.print(f"[dim]store: {_escape(self._target.description)}[/dim]")
+        return self._target
+
+    @property
+    def store(self) -> RedisStore:
+        return self.target.store
+
+    @property
+    def manager(self) -> RegistrationManager:
+        if self._manager is None:
+            from regctl.manager import RegistrationManager
+
+            target = self.target
+            self._manager = RegistrationManager(
+                target.store, secret=target.secret, policy=self.settings.policy()
+            )
+        return self._manager
+
+    def close(self) -> None:
+        if self._target is not None:
+            self._target.store.close()
+
+    # --- output -------------------------------------------------------------
+
+    @property
+    def out(self) -> Console:
+        if self._out is None:
+            self._out = self._console(sys.stdout)
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            self._err = self._console(sys.stderr)
+        return self._err
+
+    def _console(self, stream: Any) -> Console:
+        from rich.console import Console
+
+        no_color = self.no_color or "NO_COLOR" in os.environ
+        return Console(file=stream, no_color=no_color, highlight=False, soft_wrap=True)
+
+    def format(self, local: Format | None) -> Format:
+        return local or self.output or Format.TABLE
+
+    @property
+    def is_tty(self) -> bool:
+        return self.out.is_terminal
+
+    def write(self, chunks: Iterable[str]) -> None:
+        """Plain text to stdout, exactly as given (JSON, TSV, CSV): no markup, no wrap."""
+        stream = sys.stdout
+        for chunk in chunks:
+            stream.write(chunk)
+        stream.flush()
+
+    def lines(self, lines: Iterable[str]) -> None:
+        self.write(line + "\n" for line in lines)
+
+    def json(self, data: Any) -> None:
+        self.write([to_json(data), "\n"])
+
+    def show(self, renderable: RenderableType) -> None:
+        self.out.print(renderable)
+
+    def say(self, text: str) -> None:
+        """A human message on stdout (markup allowed; user data must be escaped)."""
+        if not self.quiet:
+            self.out.print(text)
+
+    def note(self, text: str) -> None:
+        """A side remark on stderr, for people (hidden under --quiet)."""
+        if not self.quiet:
+            self.err.print(text)
+
+    @property
+    def store_description(self) -> str:
+        return self.target.description
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

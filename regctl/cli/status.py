@@ -1,0 +1,77 @@
+"""Exit statuses, and the one place errors become them.
+
+| code | meaning |
+|------|---------|
+| 0  | ok |
+| 1  | refused by a rule: wrong code, locked, cooldown, resend limit, already exists |
+| 2  | usage error or invalid input (nothing was written) |
+| 3  | not found |
+| 69 | Redis unavailable, timed out, read-only or out of memory |
+| 70 | internal error (a bug: please report it with `--debug` output) |
+| 74 | the code was stored but mail delivery failed |
+| 75 | another run holds the lock |
+| 77 | authentication or permission denied |
+| 78 | bad configuration |
+| 130 | interrupted |
+
+``health`` alone exits 0/1/2/3 = OK/WARNING/CRITICAL/UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+from regctl.errors import RegctlError
+from regctl.model import VerifyOutcome
+from regctl.render import Format, to_json
+
+if TYPE_CHECKING:
+    from regctl.cli.state import State
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    REFUSED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    UNAVAILABLE = 69
+    INTERNAL = 70
+    DELIVERY_FAILED = 74
+    LOCK_HELD = 75
+    PERMISSION = 77
+    CONFIG = 78
+    INTERRUPTED = 130
+
+
+VERIFY_STATUS = {
+    VerifyOutcome.VERIFIED: ExitStatus.OK,
+    VerifyOutcome.INVALID_CODE: ExitStatus.REFUSED,
+    VerifyOutcome.LOCKED: ExitStatus.REFUSED,
+    VerifyOutcome.CODE_EXPIRED: ExitStatus.REFUSED,
+    VerifyOutcome.NOT_FOUND: ExitStatus.NOT_FOUND,
+}
+
+
+def report_error(state: State | None, exc: BaseException) -> int:
+    """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
+    if isinstance(exc, KeyboardInterrupt):
+        sys.stderr.write("Interrupted\n")
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, RegctlError):
+        status, reason, message, hint = exc.exit_code, exc.reason, exc.message, exc.hint
+    else:
+        status, reason = ExitStatus.INTERNAL, "internal_error"
+        message = f"unexpected {type(exc).__name__}"
+        hint = "rerun with --debug and report the traceback"
+    debug = state is not None and state.debug
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    line = f"Error: {message}" + (f" — {hint}" if hint else "")
+    sys.stderr.write(" ".join(line.split()) + "\n")
+    if state is not None and state.format(None) in (Format.JSON, Format.NDJSON):
+        payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
+        sys.stdout.write(to_json(payload) + "\n")
+    return int(status)

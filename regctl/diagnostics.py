@@ -1,0 +1,455 @@
+"""Health, doctor and selftest: plain functions over a RedisStore that return data.
+
+``health`` keeps the original ``/health`` JSON shape (status, timestamp, version,
+redis{status, ping, connected_clients, used_memory_human, uptime_in_seconds},
+pending_registrations{total, redis_connected}) and adds latency, memory against
+maxmemory, eviction policy, persistence, and a status per check.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from regctl.connection import translated_errors
+from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
+from regctl.keys import Keyspace
+from regctl.model import Filter
+
+if TYPE_CHECKING:
+    from regctl.store.redis_store import RedisStore
+
+MIN_REDIS = (6, 2)
+# Every command the scripts and diagnostics send (doctor checks each one).
+REQUIRED_COMMANDS = (
+    "evalsha",
+    "eval",
+    "script|load",
+    "hsetnx",
+    "hget",
+    "ping",
+    "info",
+)
+SAFE_POLICIES = ("noeviction",)
+
+
+class Level(enum.IntEnum):
+    """Monitoring-plugin states, which are also `health`'s exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    latency_warn_ms: float = 50.0
+    latency_crit_ms: float = 500.0
+    memory_warn: float = 0.80
+    memory_crit: float = 0.95
+
+
+@dataclass
+class Check:
+    name: str
+    level: Level
+    detail: str
+
+
+@dataclass
+class Health:
+    level: Level
+    data: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+
+
+def server_facts(store: RedisStore) -> dict[str, Any]:
+    """Round-trip time (median of 5 pings) and the INFO fields regctl reports on."""
+    client = store.client
+    with translated_errors():
+        client.ping()  # connects; the samples below time round trips only
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            client.ping()
+            samples.append((time.perf_counter() - started) * 1000)
+        latency_ms = sorted(samples)[len(samples) // 2]
+        info = client.info()
+    maxmemory = int(info.get("maxmemory", 0))
+    used = int(info.get("used_memory", 0))
+    return {
+        "latency_ms": round(latency_ms, 3),
+        "version": info.get("redis_version"),
+        "mode": info.get("redis_mode", "standalone"),
+        "connected_clients": info.get("connected_clients"),
+        "used_memory": used,
+        "used_memory_human": info.get("used_memory_human"),
+        "maxmemory": maxmemory,
+        "maxmemory_human": info.get("maxmemory_human"),
+        "maxmemory_policy": info.get("maxmemory_policy"),
+        "memory_ratio": round(used / maxmemory, 4) if maxmemory else None,
+        "aof_enabled": bool(int(info.get("aof_enabled", 0))),
+        "rdb_last_save_time": info.get("rdb_last_save_time"),
+        "uptime_in_seconds": info.get("uptime_in_seconds"),
+    }
+
+
+def health(store: RedisStore, version: str, thresholds: Thresholds | None = None) -> Health:
+    """The health report; never raises for an unreachable server (that is CRITICAL)."""
+    limits = thresholds or Thresholds()
+    data: dict[str, Any] = {
+        "status": "unknown",
+        "timestamp": _now_iso(),
+        "version": version,
+        "store": store.description,
+    }
+    try:
+        facts = server_facts(store)
+        total = store.counts().total
+    except (StoreUnavailable, PermissionDenied) as exc:
+        data["redis"] = {"status": "disconnected", "ping": False, "error": exc.message}
+        data["pending_registrations"] = {"total": None, "redis_connected": False}
+        checks = [Check("connection", Level.CRITICAL, exc.message)]
+        data["status"] = Level.CRITICAL.name.lower()
+        data["checks"] = [_check_json(c) for c in checks]
+        return Health(Level.CRITICAL, data, checks)
+    data["redis"] = {"status": "connected", "ping": True, **facts}
+    data["pending_registrations"] = {"total": total, "redis_connected": True}
+    checks = list(_health_checks(facts, limits))
+    level = max((c.level for c in checks), default=Level.OK)
+    data["status"] = level.name.lower()
+    data["checks"] = [_check_json(c) for c in checks]
+    return Health(level, data, checks)
+
+
+def _check_json(check: Check) -> dict[str, str]:
+    return {"name": check.name, "status": check.level.name.lower(), "detail": check.detail}
+
+
+def _health_checks(facts: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
+    latency = facts["latency_ms"]
+    level = (
+        Level.CRITICAL
+        if latency >= limits.latency_crit_ms
+        else Level.WARNING
+        if latency >= limits.latency_warn_ms
+        else Level.OK
+    )
+    yield Check("latency", level, f"{latency:.2f} ms round trip")
+    ratio = facts["memory_ratio"]
+    if ratio is None:
+        yield Check("memory", Level.OK, f"{facts['used_memory_human']} used, no maxmemory")
+    else:
+        level = (
+            Level.CRITICAL
+            if ratio >= limits.memory_crit
+            else Level.WARNING
+            if ratio >= limits.memory_warn
+            else Level.OK
+        )
+        yield Check(
+            "memory",
+            level,
+            f"{facts['used_memory_human']} of {facts['maxmemory_human']} ({ratio:.0%})",
+        )
+    policy = facts["maxmemory_policy"]
+    if policy not in SAFE_POLICIES and facts["maxmemory"]:
+        yield Check("eviction", Level.WARNING, f"{policy} can evict pending registrations")
+    else:
+        yield Check("eviction", Level.OK, f"{policy}")
+    yield Check(
+        "persistence",
+        Level.OK if facts["aof_enabled"] else Level.WARNING,
+        "AOF on" if facts["aof_enabled"] else "AOF off: a restart may lose registrations",
+    )
+
+
+# --- doctor ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error", "warning" or "info"
+    code: str
+    message: str
+    fix: str
+
+
+def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
+    """What a careful operator would look for, each with a one-line fix."""
+    facts = server_facts(store)
+    findings: list[Finding] = []
+    version = facts["version"] or "0"
+    if _version_tuple(version) < MIN_REDIS:
+        findings.append(
+            Finding(
+                "error",
+                "server-too-old",
+                f"Redis {version} is older than 6.2",
+                "upgrade to Redis 6.2 or newer (7.x recommended)",
+            )
+        )
+    policy = facts["maxmemory_policy"]
+    if policy not in SAFE_POLICIES:
+        findings.append(
+            Finding(
+                "warning",
+                "eviction-policy",
+                f"maxmemory-policy {policy} can evict pending registrations (they all have TTLs)",
+                "set `maxmemory-policy noeviction` in redis.conf",
+            )
+        )
+    if not facts["aof_enabled"]:
+        findings.append(
+            Finding(
+                "warning",
+                "persistence-off",
+                "AOF is off: a restart can lose acknowledged sign-ups",
+                "set `appendonly yes` and `appendfsync everysec` in redis.conf",
+            )
+        )
+    ratio = facts["memory_ratio"]
+    if ratio is not None and ratio >= Thresholds().memory_warn:
+        findings.append(
+            Finding(
+                "warning",
+                "memory-high",
+                f"memory at {ratio:.0%} of maxmemory",
+                "raise maxmemory or run `regctl purge`",
+            )
+        )
+    findings += _keyspace_findings(store, scan_limit)
+    findings += _permission_findings(store)
+    return findings
+
+
+def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
+    ks = store.keyspace
+    client = store.client
+    no_ttl: list[str] = []
+    with translated_errors():
+        for n, key in enumerate(client.scan_iter(match=ks.pattern(), count=1000)):
+            if n >= scan_limit:
+                break
+            if key != ks.meta and not key.endswith(":lock") and client.pttl(key) == -1:
+                no_ttl.append(key)
+    findings = []
+    if no_ttl:
+        findings.append(
+            Finding(
+                "error",
+                "keys-without-ttl",
+                f"{len(no_ttl)} key(s) under {ks.prefix}: have no TTL (e.g. {no_ttl[0]})",
+                "they were not written by regctl; inspect and delete them",
+            )
+        )
+    report = store.purge(Filter(), dry_run=True, batch=500)
+    if report.orphans:
+        findings.append(
+            Finding(
+                "warning",
+                "index-orphans",
+                f"{report.orphans} index entr(y/ies) point to no record",
+                "run `regctl purge --orphans`",
+            )
+        )
+    return findings
+
+
+def _permission_findings(store: RedisStore) -> list[Finding]:
+    from redis.exceptions import ResponseError
+
+    client = store.client
+    try:
+        with translated_errors():
+            user = client.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+            missing = [
+                cmd
+                for cmd in REQUIRED_COMMANDS
+                if _dryrun(client, user, _dryrun_args(cmd, store.keyspace)) != "OK"
+            ]
+    except PermissionDenied as exc:
+        return [
+            Finding(
+                "info",
+                "permissions-unchecked",
+                f"could not check ACL permissions: {exc.message}",
+                "grant `acl|whoami` and `acl|dryrun` to let doctor check",
+            )
+        ]
+    except ResponseError as exc:  # servers without ACL DRYRUN (< 7.0)
+        return [
+            Finding(
+                "info",
+                "permissions-unchecked",
+                f"could not check ACL permissions: {exc}",
+                "needs Redis 7.0 or newer",
+            )
+        ]
+    return [
+        Finding(
+            "error",
+            "missing-permission",
+            f"the Redis user cannot run {cmd.upper()}",
+            f"add +{cmd} to the regctl user's ACL",
+        )
+        for cmd in missing
+    ]
+
+
+def _dryrun(client: Any, user: str, args: list[str]) -> Any:
+    return client.execute_command("ACL", "DRYRUN", user, *args)
+
+
+def _dryrun_args(cmd: str, ks: Keyspace) -> list[str]:
+    key = ks.index(0)
+    return {
+        "evalsha": ["EVALSHA", "0" * 40, "1", key],
+        "eval": ["EVAL", "return 1", "1", key],
+        "script|load": ["SCRIPT", "LOAD", "return 1"],
+        "hsetnx": ["HSETNX", ks.meta, "f", "v"],
+        "hget": ["HGET", ks.meta, "f"],
+        "ping": ["PING"],
+        "info": ["INFO"],
+    }[cmd]
+
+
+# --- selftest -------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    ms: float
+    detail: str
+
+
+def selftest(
+    store: RedisStore, version: str, on_step: Callable[[Step], None] | None = None
+) -> list[Step]:
+    """The original 8-step connection test, in a throwaway namespace that is always removed.
+
+    Cleanup runs in ``finally``, so an interrupt (Ctrl-C) leaves nothing behind either.
+    """
+    run = _SelfTest(store, version)
+    steps: list[Step] = []
+    try:
+        for name, action in run.plan():
+            started = time.perf_counter()
+            try:
+                detail, ok = action(), True
+            except (RegctlError, AssertionError) as exc:
+                detail, ok = getattr(exc, "message", str(exc)), False
+            step = Step(name, ok, (time.perf_counter() - started) * 1000, detail)
+            steps.append(step)
+            if on_step is not None:
+                on_step(step)
+    finally:
+        _drop_namespace(store, run.scratch.store.keyspace.prefix)  # type: ignore[attr-defined]
+    return steps
+
+
+class _SelfTest:
+    """The steps of `selftest`; writes go to a scratch prefix, reads to the real one."""
+
+    def __init__(self, store: RedisStore, version: str) -> None:
+        import secrets
+
+        from regctl.manager import RegistrationManager
+        from regctl.model import Policy
+        from regctl.security import generate_secret
+        from regctl.store.redis_store import RedisStore as Store
+
+        self.store = store
+        self.version = version
+        scratch_prefix = f"{store.keyspace.prefix}-selftest-{secrets.token_hex(4)}"
+        self.scratch = RegistrationManager(
+            Store(store.client, prefix=scratch_prefix, description=store.description),
+            secret=generate_secret(),
+            policy=Policy(resend_cooldown_ms=0),
+        )
+        self.real = RegistrationManager(store, secret=None)
+        self.email = f"selftest-{secrets.token_hex(4)}@example.com"
+        self.password = generate_secret()
+        self.code = ""
+
+    def plan(self) -> list[tuple[str, Callable[[], str]]]:
+        return [
+            ("health", self.health),
+            ("list pending", self.list_pending),
+            ("create", self.create),
+            ("read", self.read),
+            ("new code", self.new_code),
+            ("verify", self.verify),
+            ("purge", self.purge),
+            ("stats", self.stats),
+        ]
+
+    def health(self) -> str:
+        report = health(self.store, self.version)
+        facts = report.data["redis"]
+        if not facts.get("ping"):
+            raise StoreUnavailable(facts.get("error", "no answer"))
+        return (
+            f"Redis {facts['version']}, {facts['connected_clients']} clients, "
+            f"{facts['used_memory_human']}, up {facts['uptime_in_seconds']}s"
+        )
+
+    def list_pending(self) -> str:
+        shown = sum(1 for _ in self.real.list(limit=5))
+        return f"listed {shown} of {self.real.count()} pending"
+
+    def create(self) -> str:
+        self.code = self.scratch.add(self.email, "Self", "Test", password=self.password).code
+        return "test record created"
+
+    def read(self) -> str:
+        reg = self.scratch.get(self.email)
+        if reg is None:
+            raise AssertionError("the test record is missing")
+        return f"read back, expires in {reg.ttl_ms // 1000}s"
+
+    def new_code(self) -> str:
+        self.code = self.scratch.resend(self.email).code
+        return "code replaced"
+
+    def verify(self) -> str:
+        if not self.code:
+            raise AssertionError("no code: an earlier step failed")
+        bad = f"{(int(self.code) + 1) % 10**6:06d}"
+        if self.scratch.verify(self.email, bad).ok:
+            raise AssertionError("a wrong code was accepted")
+        right = self.scratch.verify(self.email, self.code)
+        if not right.ok:
+            raise AssertionError(f"the right code gave {right.outcome}")
+        return "wrong code refused, right code accepted"
+
+    def purge(self) -> str:
+        return f"{self.scratch.purge(Filter()).total} leftovers removed"
+
+    def stats(self) -> str:
+        return f"{self.real.count()} pending in {self.store.keyspace.prefix}"
+
+
+def _drop_namespace(store: RedisStore, prefix: str) -> None:
+    """Delete every key of a throwaway namespace (selftest's own, never the real one)."""
+    client = store.client
+    with translated_errors():
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            pipe.delete(key)  # one key per command: the keys span many cluster slots
+        pipe.execute()
