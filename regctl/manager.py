@@ -51,7 +51,8 @@ class RegistrationManager:
     ) -> None:
         self.store = store
         self.policy = policy or Policy()
-        self._codes = security.CodeHasher(secret) if secret is not None else None
+        self._secret = secret
+        self._codes: security.CodeHasher | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RegistrationManager:
@@ -74,11 +75,14 @@ class RegistrationManager:
 
     @property
     def codes(self) -> security.CodeHasher:
+        """The code hasher, built on first use so read-only work needs no secret."""
         if self._codes is None:
-            raise ConfigError(
-                "no code secret is configured",
-                "set REGCTL_CODE_SECRET (or REGCTL_CODE_SECRET_FILE) to the backend's secret",
-            )
+            if not self._secret:
+                raise ConfigError(
+                    "no code secret is configured",
+                    "set REGCTL_CODE_SECRET (or REGCTL_CODE_SECRET_FILE) to the backend's secret",
+                )
+            self._codes = security.CodeHasher(self._secret)
         return self._codes
 
     # --- operations -------------------------------------------------------

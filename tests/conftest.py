@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,59 @@ def pw_hash() -> str:
     from regctl.security import hash_password
 
     return hash_password("correct horse battery")
+
+
+@dataclass
+class Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Drives the real Typer app in-process with a private environment."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def __call__(self, *args: str, input: str | None = None, **env: str) -> Ran:
+        from typer.testing import CliRunner
+
+        from regctl.cli.app import build_app
+
+        runner = CliRunner()
+        result = runner.invoke(
+            build_app(), list(args), input=input, env={**self.env, **env}, catch_exceptions=False
+        )
+        return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def cli_env(redis_url: str, prefix: str) -> dict[str, str]:
+    return {
+        "REGCTL_REDIS_URL": redis_url,
+        "REGCTL_PREFIX": prefix,
+        "REGCTL_CODE_SECRET": SECRET,
+        "REGCTL_MAIL_URL": "none",
+        "NO_COLOR": "1",
+    }
+
+
+@pytest.fixture
+def cli(
+    redis_proc: RedisProcess, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    monkeypatch.chdir(tmp_path)  # no stray .env file
+    for name in list(os.environ):
+        if name.startswith("REGCTL_") or name.startswith("REDIS_"):
+            monkeypatch.delenv(name)
+    return Cli(cli_env(redis_proc.url, prefix))
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
