@@ -6,6 +6,7 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
     p:{bNN}:vok:t       string  replay marker of a successful verify call t
+    p:lock:name         string  a lease (purge), owned by a random token, with a TTL
 
 The ``{bNN}`` hash tag puts everything of one registration into one Redis Cluster
 slot, so every script runs unchanged on Cluster. The digest of the identity (never
@@ -57,6 +58,9 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
 
     def bucket_of(self, digest_hex: str) -> int:
         return int(digest_hex[:8], 16) % self.buckets

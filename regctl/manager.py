@@ -15,6 +15,7 @@ store. Example (a sign-up endpoint and its verification endpoint)::
 from __future__ import annotations
 
 import heapq
+import time
 from collections import Counter
 from collections.abc import Iterator
 from itertools import islice
@@ -41,6 +42,9 @@ from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Progress, St
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
+
+# A purge holds its lease this long past its last sign of progress.
+PURGE_LEASE_MS = 60_000
 
 
 class RegistrationManager:
@@ -198,10 +202,28 @@ class RegistrationManager:
         dry_run: bool = False,
         batch: int = PURGE_BATCH,
         on_progress: Progress | None = None,
+        wait: float = 0.0,
     ) -> PurgeReport:
         """Remove expired leftovers, and the live records ``selection`` matches.
 
         A ``Filter()`` with no criteria also walks the index for orphaned entries
-        but deletes no live record.
+        but deletes no live record. Two purges never overlap: the second waits up
+        to ``wait`` seconds for the first, then raises LockHeld.
         """
-        return self.store.purge(selection, dry_run, batch, on_progress)
+        if dry_run:  # changes nothing, so it needs no lock
+            return self.store.purge(selection, dry_run, batch, on_progress)
+        lease = self.store.lease("purge", PURGE_LEASE_MS, wait)
+        last_renewal = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last_renewal
+            if time.monotonic() - last_renewal > PURGE_LEASE_MS / 3000:
+                lease.renew()
+                last_renewal = time.monotonic()
+            if on_progress is not None:
+                on_progress(done, total)
+
+        try:
+            return self.store.purge(selection, False, batch, progress)
+        finally:
+            lease.release()

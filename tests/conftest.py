@@ -131,3 +131,11 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[object]:
+    from tests.smtp import SmtpServer
+
+    with SmtpServer() as server:
+        yield server

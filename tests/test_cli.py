@@ -499,3 +499,17 @@ def test_a_failed_delivery_exits_74_and_keeps_the_record(cli: Cli, unused_port: 
     assert "the code was stored but the mail" in ran.stderr
     assert cli("inspect", EMAIL).exit_code == 0
     assert cli("resend", EMAIL, REGCTL_RESEND_COOLDOWN="0").exit_code == 0
+
+
+def test_a_purge_while_another_runs_exits_75(cli: Cli, redis_proc, prefix: str):
+    from regctl import RedisStore
+
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    lease = store.lease("purge", 10_000, 0)
+    try:
+        ran = cli("purge")
+        assert ran.exit_code == 75
+        assert ran.stderr.startswith("Error: another purge is running")
+    finally:
+        lease.release()
+    assert cli("purge").exit_code == 0

@@ -13,6 +13,7 @@ from regctl import (
     CooldownActive,
     Filter,
     InvalidInput,
+    LockHeld,
     NotFound,
     Policy,
     RegistrationLocked,
@@ -493,3 +494,30 @@ def test_verify_after_expiry_is_not_found(make_manager: MakeManager, pw_hash: st
     time.sleep(1.1)
     assert manager.verify(EMAIL, code).outcome is VerifyOutcome.NOT_FOUND
     add(manager, pw_hash)  # the address is free again
+
+
+# --- the purge lock ---------------------------------------------------------------
+
+
+def test_a_purge_does_not_run_while_another_holds_the_lock(manager: RegistrationManager):
+    lease = manager.store.lease("purge", 10_000, 0)
+    try:
+        with pytest.raises(LockHeld):
+            manager.purge()
+    finally:
+        lease.release()
+    assert manager.purge().total == 0
+
+
+def test_a_purge_can_wait_for_the_lock(manager: RegistrationManager):
+    lease = manager.store.lease("purge", 10_000, 0)
+    threading.Timer(0.3, lease.release).start()
+    assert manager.purge(wait=5).total == 0
+
+
+def test_a_dry_run_needs_no_lock(manager: RegistrationManager):
+    lease = manager.store.lease("purge", 10_000, 0)
+    try:
+        assert manager.purge(dry_run=True).total == 0
+    finally:
+        lease.release()

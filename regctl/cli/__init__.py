@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def main() -> None:
     """Console-script entry point."""
-    from regctl.cli.app import build_app
+    try:
+        from regctl.cli.app import build_app
 
-    build_app()(prog_name="regctl")
+        build_app()(prog_name="regctl")
+    except KeyboardInterrupt:  # before or after a command runs; inside one, the app handles it
+        sys.stderr.write("Interrupted\n")
+        sys.exit(130)

@@ -39,6 +39,9 @@ def purge(
         bool, typer.Option("--yes", "-y", help="Delete live records without asking.")
     ] = False,
     batch: Annotated[int, typer.Option(min=1, max=1000, help="Entries per server step.")] = 500,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Wait this many seconds for a running purge.")
+    ] = 0,
     output: OutputOption = None,
 ) -> None:
     """Remove expired registrations and index leftovers; with filters, live records too.
@@ -69,9 +72,10 @@ def purge(
                 dry_run=dry_run,
                 batch=batch,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                wait=wait,
             )
     else:
-        report = manager.purge(walk, dry_run=dry_run, batch=batch)
+        report = manager.purge(walk, dry_run=dry_run, batch=batch, wait=wait)
     fmt = state.format(output)
     if fmt in (Format.JSON, Format.NDJSON):
         state.json(

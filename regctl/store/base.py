@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from regctl.errors import CooldownActive, NotFound, RegistrationLocked, ResendLimitReached
+from regctl.errors import CooldownActive, LockHeld, NotFound, RegistrationLocked, ResendLimitReached
 from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
 
 PURGE_BATCH = 500
@@ -86,7 +86,27 @@ class Store(Protocol):
         ``selection`` (none when it is None), in bounded batches."""
         ...
 
+    def lease(self, name: str, ttl_ms: int, wait_s: float) -> Lease:
+        """Hold the named lock for a while; raise LockHeld if it stays taken ``wait_s``."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Lease(Protocol):
+    """A held lock: renew it during long work, release it at the end."""
+
+    def renew(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def lock_held(name: str, wait_s: float) -> LockHeld:
+    waited = f" after waiting {wait_s:g}s" if wait_s else ""
+    return LockHeld(
+        f"another {name} is running{waited}",
+        "let it finish, or pass --wait SECONDS to queue behind it",
+    )
 
 
 def resend_refusal(status: str, email: str, wait_ms: int = 0) -> Exception:

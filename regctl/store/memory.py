@@ -22,7 +22,15 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
-from regctl.store.base import HOUR_MS, PAGE, Counts, NewRegistration, Progress, resend_refusal
+from regctl.store.base import (
+    HOUR_MS,
+    PAGE,
+    Counts,
+    NewRegistration,
+    Progress,
+    lock_held,
+    resend_refusal,
+)
 
 
 def _wall_clock_ms() -> int:
@@ -35,6 +43,21 @@ class _Entry:
     code_hash: str
     add_token: str
     resend_token: str = ""
+
+
+@dataclass
+class _MemoryLease:
+    store: MemoryStore
+    name: str
+    ttl_ms: int
+
+    def renew(self) -> None:
+        with self.store._lock:
+            self.store._leases[self.name] = self.store._clock() + self.ttl_ms
+
+    def release(self) -> None:
+        with self.store._lock:
+            self.store._leases.pop(self.name, None)
 
 
 class MemoryStore:
@@ -50,6 +73,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._markers: dict[str, tuple[int, PendingRegistration]] = {}
+        self._leases: dict[str, int] = {}
 
     def _live(self, identity: str, now: int) -> _Entry | None:
         entry = self._entries.get(identity)
@@ -212,6 +236,18 @@ class MemoryStore:
         if on_progress is not None:
             on_progress(1, 1)
         return report
+
+    def lease(self, name: str, ttl_ms: int, wait_s: float) -> _MemoryLease:
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                now = self._clock()
+                if self._leases.get(name, 0) <= now:
+                    self._leases[name] = now + ttl_ms
+                    return _MemoryLease(self, name, ttl_ms)
+            if time.monotonic() >= deadline:
+                raise lock_held(name, wait_s)
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Nothing to release; here for the Store protocol."""

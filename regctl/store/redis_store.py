@@ -5,12 +5,14 @@ from __future__ import annotations
 import heapq
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from regctl.connection import translated_errors
-from regctl.errors import AlreadyExists
+from regctl.errors import AlreadyExists, LockHeld
 from regctl.keys import Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -21,6 +23,7 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
+from regctl.security import new_token
 from regctl.store.base import (
     HOUR_MS,
     MAX_PURGE_BATCH,
@@ -28,6 +31,7 @@ from regctl.store.base import (
     Counts,
     NewRegistration,
     Progress,
+    lock_held,
     resend_refusal,
 )
 
@@ -48,6 +52,7 @@ _SCRIPTS = (
     "page",
     "purge_expired",
     "purge_some",
+    "lock",
 )
 
 
@@ -69,6 +74,21 @@ def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingR
         observed_at=observed_at,
         schema=int(f.get("v", SCHEMA_VERSION)),
     )
+
+
+@dataclass
+class _RedisLease:
+    store: RedisStore
+    key: str
+    token: str
+    ttl_ms: int
+
+    def renew(self) -> None:
+        if not self.store._run("lock", (self.key,), ("renew", self.token, self.ttl_ms)):
+            raise LockHeld("the lock expired while working; another run may have started")
+
+    def release(self) -> None:
+        self.store._run("lock", (self.key,), ("release", self.token, self.ttl_ms))
 
 
 class RedisStore:
@@ -125,6 +145,16 @@ class RedisStore:
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with translated_errors():
             return self._script(name)(keys=list(keys), args=list(args))
+
+    def lease(self, name: str, ttl_ms: int, wait_s: float) -> _RedisLease:
+        key = self.keyspace.lock(name)
+        token = new_token()
+        deadline = time.monotonic() + wait_s
+        while not self._run("lock", (key,), ("acquire", token, ttl_ms)):
+            if time.monotonic() >= deadline:
+                raise lock_held(name, wait_s)
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return _RedisLease(self, key, token, ttl_ms)
 
     def close(self) -> None:
         self.client.close()

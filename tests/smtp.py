@@ -1,0 +1,54 @@
+"""A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+from __future__ import annotations
+
+import re
+import socket
+from email import message_from_string
+from email.message import Message
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_string(envelope.content.decode()))
+        return "250 OK"
+
+    def code_for(self, email: str) -> str:
+        """The code in the newest message to ``email``."""
+        for message in reversed(self.messages):
+            if message["To"] == email:
+                body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                match = re.search(r"code is (\d+)", body)
+                assert match, body
+                return match.group(1)
+        raise AssertionError(f"no mail to {email}")
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.sink = Sink()
+        self.port = free_port()
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()

@@ -1,0 +1,113 @@
+"""The original system's 8-step flow, through the installed `regctl` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.servers import RedisProcess
+
+REGCTL = str(Path(sys.executable).parent / "regctl")
+EMAIL = "e2e@example.com"
+
+
+@pytest.fixture
+def env(redis_proc: RedisProcess, prefix: str, tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
+    return {**base, **cli_env(redis_proc.url, prefix), "REGCTL_RESEND_COOLDOWN": "0"}
+
+
+def regctl(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [REGCTL, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_eight_step_flow(env: dict[str, str]):
+    health = regctl(env, "health", "-o", "json")
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["redis"]["ping"] is True
+
+    assert regctl(env, "list", "-o", "json").stdout == "[]\n"
+
+    added = regctl(
+        env,
+        "-o",
+        "json",
+        "add",
+        EMAIL,
+        "-f",
+        "End",
+        "-l",
+        "ToEnd",
+        "--password-stdin",
+        "--show-code",
+        stdin="end-to-end-password\n",
+    )
+    assert added.returncode == 0, added.stderr
+    first_code = json.loads(added.stdout)["code"]
+
+    shown = json.loads(regctl(env, "inspect", EMAIL, "-o", "json").stdout)
+    assert shown["attempts_left"] == 5
+
+    resent = regctl(env, "-o", "json", "resend", EMAIL, "--show-code")
+    code = json.loads(resent.stdout)["code"]
+    assert json.loads(regctl(env, "inspect", EMAIL, "-o", "json").stdout)["resend_count"] == 1
+
+    bad = f"{(int(code) + 1) % 10**6:06d}"
+    assert regctl(env, "verify", EMAIL, bad).returncode == 1
+    if first_code != code:
+        assert regctl(env, "verify", EMAIL, first_code).returncode == 1
+    good = regctl(env, "-o", "json", "verify", EMAIL, code)
+    assert good.returncode == 0
+    assert json.loads(good.stdout)["registration"]["first_name"] == "End"
+
+    purged = regctl(env, "-o", "json", "purge")
+    assert json.loads(purged.stdout)["ok"] is True
+
+    stats = json.loads(regctl(env, "stats", "-o", "json").stdout)
+    assert stats["total"] == 0
+
+
+def test_python_dash_m_runs_the_command(env: dict[str, str]):
+    ran = subprocess.run(
+        [sys.executable, "-m", "regctl", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert ran.stdout.startswith("regctl ")
+
+
+def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
+    proc = subprocess.Popen(
+        [REGCTL, "verify", EMAIL],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(1.0)  # it now waits for the code on stdin
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip() == "Interrupted"

@@ -1,0 +1,122 @@
+"""Code delivery through a real SMTP server on loopback, and what output never shows."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.conftest import Cli
+from tests.smtp import SmtpServer
+
+EMAIL = "carol@example.com"
+PASSWORD = "Unique-Passw0rd-4-hygiene"
+
+
+def test_add_mails_the_code_and_the_mailed_code_verifies(cli: Cli, smtp: SmtpServer):
+    ran = cli(
+        "add",
+        EMAIL,
+        "-f",
+        "Carol",
+        "-l",
+        "Danvers",
+        "--password-stdin",
+        input=PASSWORD,
+        REGCTL_MAIL_URL=smtp.url,
+        REGCTL_MAIL_FROM="shop <a@shop.example>",
+    )
+    assert ran.exit_code == 0, ran.stderr
+    assert ran.stdout == f"added {EMAIL} (code mail)\n"
+    (message,) = smtp.sink.messages
+    assert message["To"] == EMAIL
+    assert message["From"] == "shop <a@shop.example>"
+    assert message["Subject"] == "Your verification code"
+    body = message.get_payload(decode=True).decode()
+    assert "Hello Carol," in body
+    assert "valid for 15 minutes" in body
+    assert cli("verify", EMAIL, smtp.sink.code_for(EMAIL)).exit_code == 0
+
+
+def test_a_custom_template_is_used(cli: Cli, smtp: SmtpServer, tmp_path):
+    template = tmp_path / "mail.txt"
+    template.write_text("Code {code} for {email}, {minutes} min. {{literal}}\n")
+    cli(
+        "add",
+        EMAIL,
+        "-f",
+        "C",
+        "-l",
+        "D",
+        "--password-stdin",
+        input=PASSWORD,
+        REGCTL_MAIL_URL=smtp.url,
+        REGCTL_MAIL_TEMPLATE=str(template),
+    )
+    body = smtp.sink.messages[0].get_payload(decode=True).decode()
+    assert re.fullmatch(r"Code \d{6} for carol@example\.com, 15 min\. \{literal\}\r?\n", body)
+
+
+def test_credentials_are_never_sent_without_tls(cli: Cli, smtp: SmtpServer):
+    url = f"smtp://user:s3cret@127.0.0.1:{smtp.port}"
+    ran = cli(
+        "add", EMAIL, "-f", "C", "-l", "D", "--password-stdin", input=PASSWORD, REGCTL_MAIL_URL=url
+    )
+    assert ran.exit_code == 74
+    assert "STARTTLS" in ran.stderr
+    assert "s3cret" not in ran.stderr
+    assert smtp.sink.messages == []
+
+
+def test_no_output_ever_shows_a_code_a_password_or_a_hash(cli: Cli, smtp: SmtpServer):
+    env = {"REGCTL_MAIL_URL": smtp.url, "REGCTL_RESEND_COOLDOWN": "0"}
+    outputs: list[str] = []
+
+    def run(*args: str, **kw: str) -> None:
+        for debug in ((), ("--debug",)):
+            for fmt in ((), ("-o", "json")):
+                ran = cli(*debug, *fmt, *args, **{**env, **kw})
+                outputs.append(ran.stdout + ran.stderr)
+
+    ran = cli("add", EMAIL, "-f", "C", "-l", "D", "--password-stdin", input=PASSWORD, **env)
+    outputs.append(ran.stdout + ran.stderr)
+    codes = [smtp.sink.code_for(EMAIL)]
+    run("resend", EMAIL)
+    codes += [
+        m.get_payload(decode=True).decode().split("code is ")[1][:6] for m in smtp.sink.messages
+    ]
+    for command in (
+        ("list",),
+        ("list", "-o", "wide"),
+        ("list", "-o", "csv"),
+        ("inspect", EMAIL),
+        ("stats",),
+        ("health",),
+        ("doctor",),
+        ("config",),
+        ("purge", "--dry-run"),
+    ):
+        run(*command)
+    run("verify", EMAIL, "000000" if "000000" not in codes else "999999")
+    blob = "\n".join(outputs)
+    for code in set(codes):
+        assert code not in blob
+    assert PASSWORD not in blob
+    assert "argon2" not in blob
+    assert "test-secret" not in blob
+
+
+def test_the_password_hash_is_printed_only_by_a_successful_json_verify(cli: Cli, smtp):
+    cli(
+        "add",
+        EMAIL,
+        "-f",
+        "C",
+        "-l",
+        "D",
+        "--password-stdin",
+        input=PASSWORD,
+        REGCTL_MAIL_URL=smtp.url,
+    )
+    ran = cli("-o", "json", "verify", EMAIL, smtp.sink.code_for(EMAIL))
+    assert json.loads(ran.stdout)["registration"]["password_hash"].startswith("$argon2id$")
+    assert PASSWORD not in ran.stdout
