@@ -139,32 +139,21 @@ def _check_json(check: Check) -> dict[str, str]:
     return {"name": check.name, "status": check.level.name.lower(), "detail": check.detail}
 
 
+def _grade(value: float, warn: float, crit: float) -> Level:
+    return Level.CRITICAL if value >= crit else Level.WARNING if value >= warn else Level.OK
+
+
 def _health_checks(facts: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
     latency = facts["latency_ms"]
-    level = (
-        Level.CRITICAL
-        if latency >= limits.latency_crit_ms
-        else Level.WARNING
-        if latency >= limits.latency_warn_ms
-        else Level.OK
-    )
+    level = _grade(latency, limits.latency_warn_ms, limits.latency_crit_ms)
     yield Check("latency", level, f"{latency:.2f} ms round trip")
     ratio = facts["memory_ratio"]
     if ratio is None:
         yield Check("memory", Level.OK, f"{facts['used_memory_human']} used, no maxmemory")
     else:
-        level = (
-            Level.CRITICAL
-            if ratio >= limits.memory_crit
-            else Level.WARNING
-            if ratio >= limits.memory_warn
-            else Level.OK
-        )
-        yield Check(
-            "memory",
-            level,
-            f"{facts['used_memory_human']} of {facts['maxmemory_human']} ({ratio:.0%})",
-        )
+        level = _grade(ratio, limits.memory_warn, limits.memory_crit)
+        used = f"{facts['used_memory_human']} of {facts['maxmemory_human']} ({ratio:.0%})"
+        yield Check("memory", level, used)
     policy = facts["maxmemory_policy"]
     if policy not in SAFE_POLICIES and facts["maxmemory"]:
         yield Check("eviction", Level.WARNING, f"{policy} can evict pending registrations")

@@ -92,6 +92,7 @@ class RedisProcess:
                 if self.socket.exists() and self.client().ping():
                     return self
             time.sleep(0.02)
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:

@@ -84,7 +84,7 @@ def test_add_prints_json_with_the_code_only_when_asked(cli: Cli):
     data = add(cli)
     assert data["email"] == EMAIL
     assert len(data["code"]) == 6
-    assert data["delivery"] == "not sent"
+    assert data["delivery"] == "not_sent"
     assert "password_hash" not in data
     ran = cli(
         "-o",

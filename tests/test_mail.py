@@ -26,7 +26,7 @@ def test_add_mails_the_code_and_the_mailed_code_verifies(cli: Cli, smtp: SmtpSer
         REGCTL_MAIL_FROM="shop <a@shop.example>",
     )
     assert ran.exit_code == 0, ran.stderr
-    assert ran.stdout == f"added {EMAIL} (code mail)\n"
+    assert ran.stdout == f"added {EMAIL}; code mailed\n"
     (message,) = smtp.sink.messages
     assert message["To"] == EMAIL
     assert message["From"] == "shop <a@shop.example>"

@@ -55,7 +55,7 @@ def read_code(code: str | None) -> str:
 
 
 def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) -> str:
-    """Mail the code as REGCTL_MAIL_URL says; return how it went out."""
+    """Mail the code as REGCTL_MAIL_URL says; return mail, console or not_sent."""
     from regctl.mail import MailConfig, compose, deliver
 
     settings = state.settings
@@ -67,7 +67,7 @@ def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) 
         timeout=settings.mail_timeout,
     )
     if not send or not config.enabled:
-        return "not sent"
+        return "not_sent"
     minutes = max(1, (reg.code_expires_at - reg.observed_at) // 60_000)
     deliver(config, compose(config, reg.email, reg.first_name, code, minutes))
     return "console" if config.url == "console" else "mail"

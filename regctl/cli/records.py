@@ -37,13 +37,44 @@ from regctl.render import (
 )
 
 
-def _send(
-    state: State, reg: PendingRegistration, code: str, send: bool
-) -> tuple[str, Exception | None]:
+_DELIVERY_TEXT = {
+    "mail": "code mailed",
+    "console": "code written to the console",
+    "not_sent": "code not sent",
+    "failed": "code NOT delivered",
+}
+
+
+def _deliver_and_report(
+    state: State,
+    reg: PendingRegistration,
+    code: str,
+    *,
+    send: bool,
+    show_code: bool,
+    output: Format | None,
+    summary: str,
+) -> None:
+    """Mail the code, print the outcome (the code only if asked), then raise a
+    delivery failure: the code is stored either way, so scripts still get it."""
+    failure: DeliveryFailed | None = None
     try:
-        return deliver_code(state, reg, code, send), None
+        delivery = deliver_code(state, reg, code, send)
     except DeliveryFailed as exc:
-        return "failed", exc
+        delivery, failure = "failed", exc
+    if state.format(output) in (Format.JSON, Format.NDJSON):
+        extra = {"code": code} if show_code else {}
+        state.json(
+            record_json(
+                reg, state.manager.policy, delivery=delivery, store=state.store_description, **extra
+            )
+        )
+    else:
+        state.say(f"{summary}; {_DELIVERY_TEXT[delivery]}")
+        if show_code:
+            state.lines([code] if state.quiet or not state.is_tty else [f"code: {code}"])
+    if failure is not None:
+        raise failure
 
 
 def add(
@@ -70,26 +101,16 @@ def add(
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
     )
-    delivery, failure = _send(state, added.registration, added.code, not no_send)
-    if state.format(output) in (Format.JSON, Format.NDJSON):
-        extra = {"code": added.code} if show_code else {}
-        state.json(
-            record_json(
-                added.registration,
-                state.manager.policy,
-                delivery=delivery,
-                store=state.store_description,
-                **extra,
-            )
-        )
-    else:
-        state.say(f"added {escape(added.registration.email)} (code {delivery})")
-        if show_code:
-            state.lines(
-                [added.code] if state.quiet or not state.is_tty else [f"code: {added.code}"]
-            )
-    if failure is not None:
-        raise failure
+    reg = added.registration
+    _deliver_and_report(
+        state,
+        reg,
+        added.code,
+        send=not no_send,
+        show_code=show_code,
+        output=output,
+        summary=f"added {escape(reg.email)}",
+    )
 
 
 def list_(
@@ -173,24 +194,16 @@ def resend(
     state: State = ctx.obj
     resent = state.manager.resend(email)
     reg = resent.registration
-    delivery, failure = _send(state, reg, resent.code, not no_send)
-    policy = state.manager.policy
-    if state.format(output) in (Format.JSON, Format.NDJSON):
-        extra = {"code": resent.code} if show_code else {}
-        state.json(
-            record_json(reg, policy, delivery=delivery, store=state.store_description, **extra)
-        )
-    else:
-        state.say(
-            f"new code for {escape(reg.email)} ({delivery}); "
-            f"{reg.resends_left(policy)} resends left"
-        )
-        if show_code:
-            state.lines(
-                [resent.code] if state.quiet or not state.is_tty else [f"code: {resent.code}"]
-            )
-    if failure is not None:
-        raise failure
+    left = reg.resends_left(state.manager.policy)
+    _deliver_and_report(
+        state,
+        reg,
+        resent.code,
+        send=not no_send,
+        show_code=show_code,
+        output=output,
+        summary=f"new code for {escape(reg.email)} ({left} resends left)",
+    )
 
 
 def verify(

