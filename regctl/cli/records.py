@@ -36,7 +36,6 @@ from regctl.render import (
     tsv_lines,
 )
 
-
 _DELIVERY_TEXT = {
     "mail": "code mailed",
     "console": "code written to the console",
