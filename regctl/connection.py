@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from regctl.errors import (
     ConfigError,
@@ -22,40 +23,79 @@ from regctl.errors import (
 )
 
 if TYPE_CHECKING:
-    import redis
-
     from regctl.settings import Settings
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+
+SCRIPT_DENIED = "Redis denied a command run inside a regctl script"
+
+Client = Any  # redis.Redis or redis.cluster.RedisCluster: the same command API
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed multi-host URL (Sentinel or Cluster)."""
+
+    scheme: str
+    hosts: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    path: list[str]
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
+
+
+def parse_multi(url: str) -> Endpoint:
+    """``scheme://[user:pass@]host:port[,host:port...]/path`` (urlsplit cannot do lists)."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hostlist = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hosts = []
+    for item in filter(None, hostlist.split(",")):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"invalid host:port {item!r} in {mask_url(url)}")
+        hosts.append((host.strip("[]"), int(port)))
+    if not hosts:
+        raise ConfigError(f"no host:port in {mask_url(url)}")
+    return Endpoint(
+        scheme,
+        hosts,
+        unquote(user) or None,
+        unquote(password) or None,
+        [p for p in path.split("/") if p],
+    )
 
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe to print and log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
 
 
-def connect(url: str, settings: Settings) -> redis.Redis:
-    """A client for ``url`` with a blocking pool, timeouts and bounded retries."""
-    import redis
+def _common_kwargs(settings: Settings) -> dict[str, Any]:
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
 
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"unsupported Redis URL scheme {scheme!r} in {mask_url(url)}",
-            "use redis://, rediss:// or unix://",
-        )
-    kwargs: dict[str, object] = {
-        "max_connections": settings.max_connections,
-        "timeout": settings.pool_timeout,
+    kwargs: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
         "health_check_interval": settings.health_check_interval,
@@ -66,11 +106,116 @@ def connect(url: str, settings: Settings) -> redis.Redis:
     password = settings.redis_password_value()
     if password is not None:
         kwargs["password"] = password
+    return kwargs
+
+
+def _tls_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    if settings.tls_ca_file is not None:
+        kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
+    if settings.tls_cert_file is not None:
+        kwargs["ssl_certfile"] = str(settings.tls_cert_file)
+    if settings.tls_key_file is not None:
+        kwargs["ssl_keyfile"] = str(settings.tls_key_file)
+    return kwargs
+
+
+def connect(url: str, settings: Settings) -> Client:
+    """A client for ``url``: standalone (blocking pool), Sentinel or Cluster.
+
+    A ``redis://`` URL that points at a cluster node is detected and served by
+    the cluster client.
+    """
+    scheme = url.partition("://")[0]
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"unsupported Redis URL scheme {scheme!r} in {mask_url(url)}",
+            "use redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://",
+        )
+    if scheme.endswith("+sentinel"):
+        return _sentinel(parse_multi(url), settings)
+    if scheme.endswith("+cluster"):
+        return _cluster(parse_multi(url), settings)
+    client = _standalone(url, settings)
+    if scheme != "unix" and _is_cluster_node(client):
+        client.close()
+        netloc = url.partition("://")[2].partition("/")[0]
+        return _cluster(parse_multi(f"{scheme}+cluster://{netloc}"), settings)
+    return client
+
+
+def _standalone(url: str, settings: Settings) -> Client:
+    import redis
+
+    kwargs = _common_kwargs(settings)
+    kwargs.update(max_connections=settings.max_connections, timeout=settings.pool_timeout)
+    if url.startswith("rediss://"):
+        kwargs.update(_tls_kwargs(settings))
     try:
         pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
     return redis.Redis(connection_pool=pool)
+
+
+def _is_cluster_node(client: Client) -> bool:
+    """One INFO round trip; an unreachable server is left for the first command to report."""
+    import redis.exceptions as rex
+
+    try:
+        with translated_errors():
+            return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except (StoreUnavailable, PermissionDenied, rex.ResponseError):
+        return False
+
+
+def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    kwargs = _common_kwargs(settings)
+    if endpoint.password is not None:
+        kwargs["password"] = endpoint.password
+    if endpoint.username is not None:
+        kwargs["username"] = endpoint.username
+    if endpoint.tls:
+        kwargs.update(ssl=True, **_tls_kwargs(settings))
+    with translated_errors():
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in endpoint.hosts],  # type: ignore[no-untyped-call]
+            max_connections=settings.max_connections,
+            **kwargs,
+        )
+
+
+def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
+    from redis.sentinel import Sentinel
+
+    if not endpoint.path:
+        raise ConfigError("a Sentinel URL needs the service name: redis+sentinel://h:p/mymaster")
+    service, *rest = endpoint.path
+    kwargs = _common_kwargs(settings)
+    if endpoint.password is not None:
+        kwargs["password"] = endpoint.password
+    if endpoint.username is not None:
+        kwargs["username"] = endpoint.username
+    if rest:
+        if not rest[0].isdigit():
+            raise ConfigError(f"invalid database number {rest[0]!r} in the Sentinel URL")
+        kwargs["db"] = int(rest[0])
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+    }
+    if settings.sentinel_username:
+        sentinel_kwargs["username"] = settings.sentinel_username
+    sentinel_password = settings.sentinel_password_value()
+    if sentinel_password is not None:
+        sentinel_kwargs["password"] = sentinel_password
+    if endpoint.tls:
+        kwargs.update(ssl=True, **_tls_kwargs(settings))
+        sentinel_kwargs.update(ssl=True, **_tls_kwargs(settings))
+    sentinel = Sentinel(endpoint.hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, max_connections=settings.max_connections)  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
@@ -101,13 +246,15 @@ def translated_errors() -> Iterator[None]:
         # Errors raised inside a script arrive as plain ResponseError with the code inside.
         if "OOM command not allowed" in text:
             raise _store_full() from None
+        if "can't run this command or subcommand" in text:
+            raise PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it") from None
         if "NOPERM" in text:
             raise PermissionDenied(f"Redis denied a command: {first_line(exc)}") from None
         if text.startswith(("BUSY", "READONLY")):
             raise StoreUnavailable(f"Redis cannot serve writes now: {first_line(exc)}") from None
         raise
     except rex.ConnectionError as exc:
-        if "No connection available" in str(exc):
+        if "No connection available" in str(exc) or isinstance(exc, rex.MaxConnectionsError):
             raise PoolExhausted(
                 "every pooled Redis connection stayed busy past the pool timeout",
                 "raise REGCTL_MAX_CONNECTIONS or REGCTL_POOL_TIMEOUT",

@@ -15,25 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
-from regctl.keys import Keyspace
 from regctl.model import Filter
 
 if TYPE_CHECKING:
     from regctl.store.redis_store import RedisStore
 
 MIN_REDIS = (6, 2)
-# Every command the scripts and diagnostics send (doctor checks each one).
-REQUIRED_COMMANDS = (
-    "evalsha",
-    "eval",
-    "script|load",
-    "hsetnx",
-    "hget",
-    "ping",
-    "info",
-)
 SAFE_POLICIES = ("noeviction",)
 
 
@@ -76,9 +66,8 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
 
 
-def server_facts(store: RedisStore) -> dict[str, Any]:
+def node_facts(client: Any) -> dict[str, Any]:
     """Round-trip time (median of 5 pings) and the INFO fields regctl reports on."""
-    client = store.client
     with translated_errors():
         client.ping()  # connects; the samples below time round trips only
         samples = []
@@ -86,14 +75,14 @@ def server_facts(store: RedisStore) -> dict[str, Any]:
             started = time.perf_counter()
             client.ping()
             samples.append((time.perf_counter() - started) * 1000)
-        latency_ms = sorted(samples)[len(samples) // 2]
         info = client.info()
     maxmemory = int(info.get("maxmemory", 0))
     used = int(info.get("used_memory", 0))
     return {
-        "latency_ms": round(latency_ms, 3),
+        "latency_ms": round(sorted(samples)[len(samples) // 2], 3),
         "version": info.get("redis_version"),
         "mode": info.get("redis_mode", "standalone"),
+        "role": info.get("role"),
         "connected_clients": info.get("connected_clients"),
         "used_memory": used,
         "used_memory_human": info.get("used_memory_human"),
@@ -104,6 +93,73 @@ def server_facts(store: RedisStore) -> dict[str, Any]:
         "aof_enabled": bool(int(info.get("aof_enabled", 0))),
         "rdb_last_save_time": info.get("rdb_last_save_time"),
         "uptime_in_seconds": info.get("uptime_in_seconds"),
+        "master_link_status": info.get("master_link_status"),
+    }
+
+
+def topology(store: RedisStore) -> dict[str, Any]:
+    """Every server behind the store: one for standalone and Sentinel's master, each node
+    of a Cluster (with its slots and links), plus the Sentinel view where there is one."""
+    client = store.client
+    if store.is_cluster:
+        with translated_errors():
+            described = client.cluster_nodes()
+            state = client.cluster_info()
+        nodes = []
+        for node in client.get_nodes():
+            facts = node_facts(node.redis_connection)
+            meta = described.get(node.name, {})
+            facts.update(
+                address=node.name,
+                role=node.server_type,
+                slots=sum(int(b) - int(a) + 1 for a, b in meta.get("slots", [])),
+                link=(meta.get("connected") and "connected") or "disconnected",
+            )
+            nodes.append(facts)
+        return {
+            "kind": "cluster",
+            "nodes": nodes,
+            "cluster_state": state.get("cluster_state"),
+            "slots_ok": int(state.get("cluster_slots_ok", 0)),
+        }
+    facts = node_facts(client)
+    view: dict[str, Any] = {"kind": "standalone", "nodes": [facts]}
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    if manager is not None:
+        service = client.connection_pool.service_name
+        with translated_errors():
+            master = manager.discover_master(service)
+            replicas = manager.discover_slaves(service)
+            state = manager.sentinels[0].sentinel_master(service)
+        facts["address"] = f"{master[0]}:{master[1]}"
+        view.update(
+            kind="sentinel",
+            sentinel={
+                "service": service,
+                "master": facts["address"],
+                "replicas": [f"{h}:{p}" for h, p in replicas],
+                "quorum": int(state.get("quorum", 0)),
+                "sentinels_seen": int(state.get("num-other-sentinels", 0)) + 1,
+            },
+        )
+    return view
+
+
+def _summary(view: dict[str, Any]) -> dict[str, Any]:
+    """The original /health `redis` fields, summed or worst-of over the nodes."""
+    nodes = view["nodes"]
+    if len(nodes) == 1:
+        return dict(nodes[0])
+    used = sum(n["used_memory"] for n in nodes)
+    return {
+        "mode": "cluster",
+        "version": min(n["version"] for n in nodes),
+        "latency_ms": max(n["latency_ms"] for n in nodes),
+        "connected_clients": sum(int(n["connected_clients"]) for n in nodes),
+        "used_memory": used,
+        "used_memory_human": f"{used / 1048576:.2f}M",
+        "uptime_in_seconds": min(int(n["uptime_in_seconds"]) for n in nodes),
+        "aof_enabled": all(n["aof_enabled"] for n in nodes),
     }
 
 
@@ -117,7 +173,7 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
         "store": store.description,
     }
     try:
-        facts = server_facts(store)
+        view = topology(store)
         total = store.counts().total
     except (StoreUnavailable, PermissionDenied) as exc:
         data["redis"] = {"status": "disconnected", "ping": False, "error": exc.message}
@@ -126,13 +182,42 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
         data["status"] = Level.CRITICAL.name.lower()
         data["checks"] = [_check_json(c) for c in checks]
         return Health(Level.CRITICAL, data, checks)
-    data["redis"] = {"status": "connected", "ping": True, **facts}
+    data["redis"] = {"status": "connected", "ping": True, **_summary(view)}
     data["pending_registrations"] = {"total": total, "redis_connected": True}
-    checks = list(_health_checks(facts, limits))
+    if view["kind"] != "standalone":
+        data["topology"] = view
+    checks = list(_topology_checks(view, limits))
     level = max((c.level for c in checks), default=Level.OK)
     data["status"] = level.name.lower()
     data["checks"] = [_check_json(c) for c in checks]
     return Health(level, data, checks)
+
+
+def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
+    many = len(view["nodes"]) > 1
+    for node in view["nodes"]:
+        if node["role"] in ("master", "primary"):
+            suffix = f" {node['address']}" if many else ""
+            for check in _health_checks(node, limits):
+                yield Check(check.name + suffix, check.level, check.detail)
+        elif node.get("master_link_status") not in (None, "up"):
+            yield Check(f"replica {node['address']}", Level.WARNING, "link to its primary is down")
+    if view["kind"] == "cluster":
+        ok = view["cluster_state"] == "ok" and view["slots_ok"] == 16384
+        yield Check(
+            "cluster",
+            Level.OK if ok else Level.CRITICAL,
+            f"state {view['cluster_state']}, {view['slots_ok']}/16384 slots served",
+        )
+    if view["kind"] == "sentinel":
+        sentinel = view["sentinel"]
+        enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
+        yield Check(
+            "sentinel",
+            Level.OK if enough else Level.WARNING,
+            f"master {sentinel['master']}, {len(sentinel['replicas'])} replicas, "
+            f"{sentinel['sentinels_seen']} sentinels (quorum {sentinel['quorum']})",
+        )
 
 
 def _check_json(check: Check) -> dict[str, str]:
@@ -180,7 +265,36 @@ class Finding:
 
 def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
     """What a careful operator would look for, each with a one-line fix."""
-    facts = server_facts(store)
+    view = topology(store)
+    findings: list[Finding] = []
+    for facts in view["nodes"]:
+        if facts["role"] in ("master", "primary"):
+            findings += _server_findings(facts, len(view["nodes"]) > 1)
+        elif facts.get("master_link_status") not in (None, "up"):
+            findings.append(
+                Finding(
+                    "warning",
+                    "replica-lagging",
+                    f"replica {facts['address']} lost its primary link",
+                    "check the replica's log and network; it serves stale data meanwhile",
+                )
+            )
+    if view["kind"] == "cluster" and (view["cluster_state"] != "ok" or view["slots_ok"] < 16384):
+        findings.append(
+            Finding(
+                "error",
+                "cluster-not-ok",
+                f"cluster state {view['cluster_state']}, {view['slots_ok']}/16384 slots served",
+                "run `redis-cli --cluster check` and fix the uncovered slots",
+            )
+        )
+    findings += _keyspace_findings(store, scan_limit)
+    findings += _permission_findings(store)
+    return findings
+
+
+def _server_findings(facts: dict[str, Any], named: bool) -> list[Finding]:
+    where = f" on {facts['address']}" if named else ""
     findings: list[Finding] = []
     version = facts["version"] or "0"
     if _version_tuple(version) < MIN_REDIS:
@@ -188,7 +302,7 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
             Finding(
                 "error",
                 "server-too-old",
-                f"Redis {version} is older than 6.2",
+                f"Redis {version}{where} is older than 6.2",
                 "upgrade to Redis 6.2 or newer (7.x recommended)",
             )
         )
@@ -198,7 +312,7 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
             Finding(
                 "warning",
                 "eviction-policy",
-                f"maxmemory-policy {policy} can evict pending registrations (they all have TTLs)",
+                f"maxmemory-policy {policy}{where} can evict pending registrations (all have TTLs)",
                 "set `maxmemory-policy noeviction` in redis.conf",
             )
         )
@@ -207,7 +321,7 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
             Finding(
                 "warning",
                 "persistence-off",
-                "AOF is off: a restart can lose acknowledged sign-ups",
+                f"AOF is off{where}: a restart can lose acknowledged sign-ups",
                 "set `appendonly yes` and `appendfsync everysec` in redis.conf",
             )
         )
@@ -217,12 +331,10 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
             Finding(
                 "warning",
                 "memory-high",
-                f"memory at {ratio:.0%} of maxmemory",
+                f"memory{where} at {ratio:.0%} of maxmemory",
                 "raise maxmemory or run `regctl purge`",
             )
         )
-    findings += _keyspace_findings(store, scan_limit)
-    findings += _permission_findings(store)
     return findings
 
 
@@ -234,7 +346,8 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
         for n, key in enumerate(client.scan_iter(match=ks.pattern(), count=1000)):
             if n >= scan_limit:
                 break
-            if key != ks.meta and not key.endswith(":lock") and client.pttl(key) == -1:
+            # Layout records (ours, or a killed selftest's) stay by design.
+            if not key.endswith(":meta") and client.pttl(key) == -1:
                 no_ttl.append(key)
     findings = []
     if no_ttl:
@@ -260,33 +373,15 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
 
 
 def _permission_findings(store: RedisStore) -> list[Finding]:
-    from redis.exceptions import ResponseError
-
-    client = store.client
     try:
-        with translated_errors():
-            user = client.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
-            missing = [
-                cmd
-                for cmd in REQUIRED_COMMANDS
-                if _dryrun(client, user, _dryrun_args(cmd, store.keyspace)) != "OK"
-            ]
-    except PermissionDenied as exc:
-        return [
-            Finding(
-                "info",
-                "permissions-unchecked",
-                f"could not check ACL permissions: {exc.message}",
-                "grant `acl|whoami` and `acl|dryrun` to let doctor check",
-            )
-        ]
-    except ResponseError as exc:  # servers without ACL DRYRUN (< 7.0)
+        missing = missing_commands(store.client, store.keyspace)
+    except AclUnchecked as exc:
         return [
             Finding(
                 "info",
                 "permissions-unchecked",
                 f"could not check ACL permissions: {exc}",
-                "needs Redis 7.0 or newer",
+                "grant `acl|whoami` and `acl|dryrun` (Redis 7+) to let doctor check",
             )
         ]
     return [
@@ -298,23 +393,6 @@ def _permission_findings(store: RedisStore) -> list[Finding]:
         )
         for cmd in missing
     ]
-
-
-def _dryrun(client: Any, user: str, args: list[str]) -> Any:
-    return client.execute_command("ACL", "DRYRUN", user, *args)
-
-
-def _dryrun_args(cmd: str, ks: Keyspace) -> list[str]:
-    key = ks.index(0)
-    return {
-        "evalsha": ["EVALSHA", "0" * 40, "1", key],
-        "eval": ["EVAL", "return 1", "1", key],
-        "script|load": ["SCRIPT", "LOAD", "return 1"],
-        "hsetnx": ["HSETNX", ks.meta, "f", "v"],
-        "hget": ["HGET", ks.meta, "f"],
-        "ping": ["PING"],
-        "info": ["INFO"],
-    }[cmd]
 
 
 # --- selftest -------------------------------------------------------------
@@ -366,7 +444,8 @@ class _SelfTest:
 
         self.store = store
         self.version = version
-        scratch_prefix = f"{store.keyspace.prefix}-selftest-{secrets.token_hex(4)}"
+        # Under the real prefix, so an ACL limited to `~prefix:*` covers it too.
+        scratch_prefix = f"{store.keyspace.prefix}:selftest:{secrets.token_hex(4)}"
         self.scratch = RegistrationManager(
             Store(store.client, prefix=scratch_prefix, description=store.description),
             secret=generate_secret(),

@@ -66,6 +66,8 @@ class PendingRegistration:
     locked: bool
     observed_at: int
     schema: int = SCHEMA_VERSION
+    # Replicas that acknowledged the write that returned this (None: not asked to wait).
+    replicas_acked: int | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -136,6 +138,7 @@ class VerifyResult:
     outcome: VerifyOutcome
     attempts_left: int = 0
     registration: PendingRegistration | None = None
+    replicas_acked: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -29,7 +29,6 @@ from regctl.model import Policy
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
-SECRET_FIELDS = ("code_secret", "redis_password")
 
 
 def _aliases(name: str, *legacy: str) -> AliasChoices:
@@ -48,6 +47,18 @@ class Settings(BaseSettings):
     )
     redis_password: SecretStr | None = Field(None, validation_alias=_aliases("redis_password"))
     redis_password_file: Path | None = Field(None, validation_alias=_aliases("redis_password_file"))
+    tls_ca_file: Path | None = Field(None, validation_alias=_aliases("tls_ca_file"))
+    tls_cert_file: Path | None = Field(None, validation_alias=_aliases("tls_cert_file"))
+    tls_key_file: Path | None = Field(None, validation_alias=_aliases("tls_key_file"))
+    sentinel_username: str | None = Field(None, validation_alias=_aliases("sentinel_username"))
+    sentinel_password: SecretStr | None = Field(
+        None, validation_alias=_aliases("sentinel_password")
+    )
+    sentinel_password_file: Path | None = Field(
+        None, validation_alias=_aliases("sentinel_password_file")
+    )
+    wait_replicas: int = Field(0, ge=0, le=100, validation_alias=_aliases("wait_replicas"))
+    wait_timeout: float = Field(1.0, gt=0, le=60, validation_alias=_aliases("wait_timeout"))
     max_connections: int = Field(
         50, ge=1, le=10_000, validation_alias=_aliases("max_connections", "REDIS_MAX_CONNECTIONS")
     )
@@ -121,6 +132,9 @@ class Settings(BaseSettings):
 
     def redis_password_value(self) -> str | None:
         return _secret(self.redis_password, self.redis_password_file, "Redis password")
+
+    def sentinel_password_value(self) -> str | None:
+        return _secret(self.sentinel_password, self.sentinel_password_file, "Sentinel password")
 
 
 def _secret(value: SecretStr | None, path: Path | None, what: str) -> str | None:

@@ -39,6 +39,11 @@ def open_target(settings: Settings) -> Target:
         secret = settings.code_secret_value() or server.code_secret()
         embedded = True
     store = RedisStore(
-        client, prefix=settings.prefix, buckets=settings.buckets, description=description
+        client,
+        prefix=settings.prefix,
+        buckets=settings.buckets,
+        description=description,
+        wait_replicas=settings.wait_replicas,
+        wait_timeout_ms=int(settings.wait_timeout * 1000),
     )
     return Target(store, secret, description, embedded)

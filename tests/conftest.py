@@ -5,11 +5,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from regctl import MemoryStore, Policy, RedisStore, RegistrationManager
-from tests.servers import RedisProcess
+from tests.servers import RedisCluster, RedisProcess
 
 SECRET = "test-secret-0123456789abcdef"
 _prefixes = itertools.count()
@@ -36,7 +37,23 @@ def prefix() -> str:
     return f"t{next(_prefixes)}"
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A private Redis Cluster: 3 primaries, one replica each."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+def cluster_client(cluster: RedisCluster) -> Any:
+    from redis.cluster import ClusterNode
+    from redis.cluster import RedisCluster as Client
+
+    node = cluster.nodes[0]
+    return Client(startup_nodes=[ClusterNode("127.0.0.1", node.port)], decode_responses=True)
+
+
+@pytest.fixture(params=["redis", "memory", "cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -45,14 +62,19 @@ MakeManager = Callable[..., RegistrationManager]
 
 
 @pytest.fixture
-def make_manager(store_kind: str, redis_proc: RedisProcess, prefix: str) -> Iterator[MakeManager]:
+def make_manager(
+    store_kind: str, request: pytest.FixtureRequest, prefix: str
+) -> Iterator[MakeManager]:
     """Build managers over the parametrised store kind with a given policy."""
     opened: list[RegistrationManager] = []
 
     def make(policy: Policy | None = None) -> RegistrationManager:
         store: RedisStore | MemoryStore
         if store_kind == "redis":
-            store = RedisStore(redis_proc.client(), prefix=prefix)
+            store = RedisStore(request.getfixturevalue("redis_proc").client(), prefix=prefix)
+        elif store_kind == "cluster":
+            client = cluster_client(request.getfixturevalue("redis_cluster"))
+            store = RedisStore(client, prefix=prefix)
         else:
             store = MemoryStore()
         manager = RegistrationManager(store, secret=SECRET, policy=policy or Policy())

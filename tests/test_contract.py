@@ -331,7 +331,6 @@ def test_concurrent_resends_inside_the_cooldown_send_one_code(
     manager: RegistrationManager, pw_hash: str
 ):
     add(manager, pw_hash)
-    manager.store.unlock  # noqa: B018 - make sure the store is ready before the race
     policy = Policy(resend_cooldown_ms=0)
     fresh = RegistrationManager(manager.store, secret="test-secret-0123456789abcdef", policy=policy)
     fresh.resend(EMAIL)  # last_sent is now; with the default cooldown, only waits remain

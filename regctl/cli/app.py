@@ -56,6 +56,12 @@ def main_callback(
         Path | None, typer.Option("--config", help="TOML config file (REGCTL_CONFIG).")
     ] = None,
     output: Annotated[Format | None, typer.Option("--output", "-o", help="Output format.")] = None,
+    wait_replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--wait-replicas", min=0, help="Replicas that must acknowledge add/resend/verify."
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only errors (and requested data).")
     ] = False,
@@ -71,7 +77,7 @@ def main_callback(
     ] = False,
 ) -> None:
     state = State(
-        overrides={"redis_url": url, "prefix": prefix},
+        overrides={"redis_url": url, "prefix": prefix, "wait_replicas": wait_replicas},
         env_file=env_file,
         config_file=config,
         output=output,

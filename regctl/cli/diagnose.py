@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -55,6 +55,9 @@ def health(
             table.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
         state.out.print(f"[bold]{report.level.name}[/bold] {escape(state.store_description)}")
         state.show(table)
+        view = report.data.get("topology")
+        if view is not None:
+            state.show(_nodes_table(view["nodes"]))
     else:
         state.lines(
             tsv_lines(
@@ -63,6 +66,35 @@ def health(
             )
         )
     raise typer.Exit(report.level)
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "NODE",
+        "ROLE",
+        "SLOTS",
+        "MEMORY",
+        "CLIENTS",
+        "LATENCY",
+        "LINK",
+        box=None,
+        pad_edge=False,
+        title="\nnodes",
+        title_justify="left",
+    )
+    for n in nodes:
+        link = n.get("link") or n.get("master_link_status") or ""
+        cells = (
+            n.get("address"),
+            n.get("role"),
+            n.get("slots"),
+            n.get("used_memory_human"),
+            n.get("connected_clients"),
+            f"{n.get('latency_ms', 0):.2f} ms",
+            link,
+        )
+        table.add_row(*(escape(str("" if c is None else c)) for c in cells))
+    return table
 
 
 def doctor(ctx: typer.Context, output: OutputOption = None) -> None:

@@ -44,6 +44,19 @@ _DELIVERY_TEXT = {
 }
 
 
+def _check_replicas(state: State, acked: int | None) -> dict[str, int]:
+    """Warn when fewer replicas than asked acknowledged the write (it did happen)."""
+    if acked is None:
+        return {}
+    wanted = state.settings.wait_replicas
+    if acked < wanted:
+        state.err.print(
+            f"Warning: only {acked} of {wanted} replicas acknowledged within "
+            f"{state.settings.wait_timeout:g}s; a failover now could lose this change"
+        )
+    return {"replicas_acked": acked}
+
+
 def _deliver_and_report(
     state: State,
     reg: PendingRegistration,
@@ -56,6 +69,7 @@ def _deliver_and_report(
 ) -> None:
     """Mail the code, print the outcome (the code only if asked), then raise a
     delivery failure: the code is stored either way, so scripts still get it."""
+    replicas = _check_replicas(state, reg.replicas_acked)
     failure: DeliveryFailed | None = None
     try:
         delivery = deliver_code(state, reg, code, send)
@@ -65,7 +79,12 @@ def _deliver_and_report(
         extra = {"code": code} if show_code else {}
         state.json(
             record_json(
-                reg, state.manager.policy, delivery=delivery, store=state.store_description, **extra
+                reg,
+                state.manager.policy,
+                delivery=delivery,
+                store=state.store_description,
+                **replicas,
+                **extra,
             )
         )
     else:
@@ -219,12 +238,14 @@ def verify(
     result = state.manager.verify(email, read_code(code))
     status = VERIFY_STATUS[result.outcome]
     reg = result.registration
+    replicas = _check_replicas(state, result.replicas_acked)
     if state.format(output) in (Format.JSON, Format.NDJSON):
         data: dict[str, Any] = {
             "ok": result.ok,
             "reason": result.outcome.value,
             "attempts_left": result.attempts_left,
             "store": state.store_description,
+            **replicas,
         }
         if reg is not None:
             data["registration"] = reg.public_dict(include_password_hash=True)

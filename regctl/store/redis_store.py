@@ -7,12 +7,13 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from regctl.connection import translated_errors
-from regctl.errors import AlreadyExists, LockHeld
+from regctl.acl import AclUnchecked, missing_commands
+from regctl.connection import SCRIPT_DENIED, Client, translated_errors
+from regctl.errors import AlreadyExists, LockHeld, PermissionDenied
 from regctl.keys import Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -36,7 +37,6 @@ from regctl.store.base import (
 )
 
 if TYPE_CHECKING:
-    import redis
     from redis.commands.core import Script
 
 # How long a bucket's index outlives its last entry (see add.lua).
@@ -101,11 +101,13 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         prefix: str = "regctl",
         buckets: int | None = None,
         description: str | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
@@ -113,6 +115,9 @@ class RedisStore:
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self.description = description or "redis"
+        # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     # --- plumbing ---------------------------------------------------------
 
@@ -143,8 +148,67 @@ class RedisStore:
         return script
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            with translated_errors():
+                return self._script(name)(keys=list(keys), args=list(args))
+        except PermissionDenied as exc:
+            raise self._named_denial(exc) from None
+
+    def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
+        """Redis does not say which command a script was denied; ask ACL DRYRUN."""
+        if exc.message != SCRIPT_DENIED:
+            return exc
+        try:
+            missing = missing_commands(self.client, self.keyspace)
+        except AclUnchecked:
+            return exc
+        if not missing:
+            return exc
+        names = ", ".join(m.upper() for m in missing)
+        return PermissionDenied(
+            f"the Redis user cannot run {names}",
+            f"add {' '.join('+' + m for m in missing)} to its ACL (see the README)",
+        )
+
+    def _write(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, int | None]:
+        """A state change; with ``wait_replicas``, followed by WAIT on the same connection.
+
+        Returns the script's reply and how many replicas acknowledged (None: not asked).
+        """
+        if not self.wait_replicas:
+            return self._run(name, keys, args), None
+        client = self.client
+        if self.is_cluster:  # WAIT must share the write's connection: use the owning node's
+            client = client.get_node_from_key(keys[0]).redis_connection
         with translated_errors():
-            return self._script(name)(keys=list(keys), args=list(args))
+            pipe = client.pipeline(transaction=False)
+            self._script(name)(keys=list(keys), args=list(args), client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acked = pipe.execute()
+        return reply, int(acked)
+
+    def _run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """One script over many (keys, args): one pipelined round trip on a single server.
+
+        redis-py's cluster pipeline refuses EVALSHA, so on Cluster the calls go one
+        by one (each to the node that owns its slot).
+        """
+        if self.is_cluster:
+            return [self._run(name, keys, args) for keys, args in calls]
+        script = self._script(name)
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                script(keys=list(keys), args=list(args), client=pipe)
+            return list(pipe.execute())
+
+    @property
+    def is_cluster(self) -> bool:
+        from redis.cluster import RedisCluster
+
+        return isinstance(self.client, RedisCluster)
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> _RedisLease:
         key = self.keyspace.lock(name)
@@ -158,14 +222,16 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
-        self.client.connection_pool.disconnect()
+        pool = getattr(self.client, "connection_pool", None)  # a cluster closes its own
+        if pool is not None:
+            pool.disconnect()
 
     # --- operations -------------------------------------------------------
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         d = digest(new.identity)
         record, index = self.keyspace.keys_for(d)
-        status, now, fields = self._run(
+        (status, now, fields), acked = self._write(
             "add",
             (record, index),
             (
@@ -187,7 +253,7 @@ class RedisStore:
                 f"a registration for {new.email} is already pending",
                 "use `regctl resend` to send a new code, or delete it first",
             )
-        return decode(fields, int(now))
+        return replace(decode(fields, int(now)), replicas_acked=acked)
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())
@@ -196,7 +262,7 @@ class RedisStore:
     def resend(
         self, identity: str, code_hash: str, policy: Policy, token: str
     ) -> PendingRegistration:
-        status, now, detail = self._run(
+        (status, now, detail), acked = self._write(
             "resend",
             (self.keyspace.record(digest(identity)),),
             (
@@ -209,21 +275,21 @@ class RedisStore:
         )
         if status != "ok":
             raise resend_refusal(status, identity, detail if status == "cooldown" else 0)
-        return decode(detail, int(now))
+        return replace(decode(detail, int(now)), replicas_acked=acked)
 
     def verify(
         self, identity: str, candidate_hash: str, policy: Policy, token: str
     ) -> VerifyResult:
         d = digest(identity)
         record, index = self.keyspace.keys_for(d)
-        status, now, left, payload = self._run(
+        (status, now, left, payload), acked = self._write(
             "verify",
             (record, index, self.keyspace.verify_marker(d, token)),
             (d, candidate_hash, policy.max_attempts, policy.replay_window_ms),
         )
         outcome = VerifyOutcome(status)
         registration = decode(json.loads(payload), int(now)) if payload else None
-        return VerifyResult(outcome, int(left), registration)
+        return VerifyResult(outcome, int(left), registration, acked)
 
     def unlock(self, identity: str) -> bool:
         return bool(self._run("unlock", (self.keyspace.record(digest(identity)),), ()))
@@ -234,12 +300,7 @@ class RedisStore:
 
     def counts(self) -> Counts:
         ks = self.keyspace
-        script = self._script("count")
-        with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for bucket in range(ks.buckets):
-                script(keys=[ks.index(bucket)], args=[HOUR_MS], client=pipe)
-            rows = pipe.execute()
+        rows = self._run_many("count", [((ks.index(b),), (HOUR_MS,)) for b in range(ks.buckets)])
         return Counts(sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
 
     # --- walking the index ------------------------------------------------
@@ -257,14 +318,10 @@ class RedisStore:
         """
         ks = self.keyspace
         size = max(1, min(first_page, PAGE))
-        script = self._script("page")
-        with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for bucket in range(ks.buckets):
-                script(
-                    keys=[ks.index(bucket)], args=[ks.record_base(bucket), 0, "", size], client=pipe
-                )
-            firsts = pipe.execute()
+        firsts = self._run_many(
+            "page",
+            [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
+        )
         streams = [self._bucket_stream(bucket, first, size) for bucket, first in enumerate(firsts)]
         for _key, entry in heapq.merge(*streams):
             yield entry

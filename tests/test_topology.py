@@ -1,0 +1,383 @@
+"""Cluster, Sentinel, TLS and ACL users, on real multi-process topologies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from regctl import Filter, RegistrationManager, StoreUnavailable
+from regctl.acl import REQUIRED_COMMANDS
+from regctl.settings import load_settings
+from tests.conftest import SECRET, Cli
+from tests.servers import (
+    RedisCluster,
+    RedisProcess,
+    SentinelGroup,
+    free_port,
+    make_tls_material,
+    server_version,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_redis_7 = pytest.mark.skipif(server_version() < (7,), reason="needs Redis 7")
+
+
+def manager_for(url: str, prefix: str, **settings: object) -> RegistrationManager:
+    loaded = load_settings(
+        {"redis_url": url, "prefix": prefix, "code_secret": SECRET, **settings}, environ={}
+    )
+    return RegistrationManager.from_settings(loaded.settings)
+
+
+def smoke(cli: Cli, url: str) -> None:
+    """add -> list -> verify -> purge through the CLI."""
+    env = {"REGCTL_REDIS_URL": url}
+    added = cli(
+        "-o",
+        "json",
+        "add",
+        "smoke@example.com",
+        "-f",
+        "S",
+        "-l",
+        "M",
+        "--password-stdin",
+        "--show-code",
+        input="smoke-password\n",
+        **env,
+    )
+    assert added.exit_code == 0, added.stderr
+    assert cli("list", "-o", "name", **env).stdout == "smoke@example.com\n"
+    code = json.loads(added.stdout)["code"]
+    assert cli("verify", "smoke@example.com", code, **env).exit_code == 0
+    assert cli("purge", **env).exit_code == 0
+    assert cli("list", "-o", "name", **env).stdout == ""
+
+
+# --- Cluster ------------------------------------------------------------------------
+
+
+def test_cli_smoke_on_cluster(cli: Cli, redis_cluster: RedisCluster):
+    smoke(cli, redis_cluster.url)
+
+
+def test_a_plain_url_to_a_cluster_node_is_detected(redis_cluster: RedisCluster, prefix: str):
+    url = f"redis://127.0.0.1:{redis_cluster.nodes[0].port}"
+    manager = manager_for(url, prefix)
+    assert manager.store.is_cluster  # type: ignore[attr-defined]
+    manager.close()
+
+
+@pytest.mark.slow
+def test_ten_thousand_addresses_spread_over_every_primary(
+    redis_cluster: RedisCluster, prefix: str, pw_hash: str
+):
+    manager = manager_for(redis_cluster.url, prefix)
+    for i in range(10_000):
+        manager.add(
+            f"user{i}.{i * 7919 % 10007}@d{i % 97}.example", "U", "S", password_hash=pw_hash
+        )
+    per_primary = {
+        node.port: sum(1 for _ in node.client().scan_iter(f"{prefix}:*:reg:*", count=1000))
+        for node in redis_cluster.nodes[: redis_cluster.primaries]
+    }
+    assert all(n > 1000 for n in per_primary.values()), per_primary
+    assert sum(per_primary.values()) == 10_000 == manager.count()
+    assert manager.stats().total == 10_000
+    assert manager.purge(Filter(older_than_ms=0)).matched == 10_000
+    manager.close()
+
+
+def test_health_shows_every_cluster_node(cli: Cli, redis_cluster: RedisCluster):
+    ran = cli("health", "-o", "json", REGCTL_REDIS_URL=redis_cluster.url)
+    assert ran.exit_code == 0, ran.stdout
+    data = json.loads(ran.stdout)
+    nodes = data["topology"]["nodes"]
+    assert len(nodes) == 6
+    assert sum(n["slots"] for n in nodes if n["role"] == "primary") == 16384
+    assert {c["name"] for c in data["checks"]} >= {"cluster"}
+    assert data["redis"]["mode"] == "cluster"
+
+
+def test_doctor_on_a_healthy_cluster_reports_no_cluster_fault(
+    cli: Cli, redis_cluster: RedisCluster
+):
+    data = json.loads(cli("doctor", "-o", "json", REGCTL_REDIS_URL=redis_cluster.url).stdout)
+    codes = {f["code"] for f in data["findings"]}
+    assert "cluster-not-ok" not in codes
+    assert "replica-lagging" not in codes
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "c", primaries=3, replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+def workload(
+    manager: RegistrationManager, stop: threading.Event, log: list[tuple[str, str]], pw_hash: str
+) -> None:
+    """add then verify, over and over; record each outcome or retriable failure."""
+    for i in range(100_000):
+        if stop.is_set():
+            return
+        email = f"load{i}@example.com"
+        try:
+            code = manager.add(email, "L", "D", password_hash=pw_hash).code
+        except StoreUnavailable:
+            log.append((email, "add-retriable"))
+            continue
+        token = f"verify-{i}"
+        for _attempt in range(20):  # the same call, retried with its token
+            try:
+                result = manager.verify(email, code, token=token)
+            except StoreUnavailable:
+                log.append((email, "verify-retriable"))
+                time.sleep(0.1)
+                continue
+            log.append((email, result.outcome.value))
+            break
+
+
+def run_failover(manager: RegistrationManager, pw_hash: str, failover) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    log: list[tuple[str, str]] = []
+    worker = threading.Thread(target=workload, args=(manager, stop, log, pw_hash))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(log) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = len(log)
+        failover()
+        deadline = time.monotonic() + 60
+        while sum(1 for _, o in log[before:] if o == "verified") < 100:
+            assert time.monotonic() < deadline, "operations did not resume after the failover"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(30)
+    return log
+
+
+def check_no_wrong_answers(log: list[tuple[str, str]]) -> None:
+    outcomes = Counter(o for _, o in log)
+    assert set(outcomes) <= {"verified", "add-retriable", "verify-retriable"}, outcomes
+    verified = Counter(email for email, o in log if o == "verified")
+    assert max(verified.values()) == 1
+
+
+@pytest.mark.slow
+def test_cluster_failover_under_load(own_cluster: RedisCluster, prefix: str, pw_hash: str):
+    manager = manager_for(own_cluster.url, prefix, retries=5)
+    replica = own_cluster.nodes[own_cluster.primaries]
+
+    def failover() -> None:
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        RedisCluster._wait(lambda: replica.client().info("replication")["role"] == "master")
+
+    log = run_failover(manager, pw_hash, failover)
+    check_no_wrong_answers(log)
+    manager.close()
+
+
+# --- Sentinel ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(tmp_path / "sg").start()
+    yield group
+    group.stop()
+
+
+def test_cli_smoke_on_sentinel(cli: Cli, sentinel_group: SentinelGroup):
+    smoke(cli, sentinel_group.url)
+
+
+def test_health_shows_the_sentinel_view(cli: Cli, sentinel_group: SentinelGroup):
+    data = json.loads(cli("health", "-o", "json", REGCTL_REDIS_URL=sentinel_group.url).stdout)
+    view = data["topology"]["sentinel"]
+    host, port = sentinel_group.current_master()
+    assert view["master"] == f"{host}:{port}"
+    assert view["quorum"] == 2
+    assert view["sentinels_seen"] == 3
+    assert view["replicas"] == [f"127.0.0.1:{sentinel_group.replica.port}"]
+
+
+@pytest.mark.slow
+def test_sentinel_failover_under_load(sentinel_group: SentinelGroup, prefix: str, pw_hash: str):
+    manager = manager_for(sentinel_group.url, prefix, retries=5)
+    old = sentinel_group.current_master()
+
+    def failover() -> None:
+        sentinel_group.sentinels[0].client().execute_command(
+            "SENTINEL", "FAILOVER", sentinel_group.service
+        )
+        RedisCluster._wait(lambda: sentinel_group.current_master() != old)
+
+    log = run_failover(manager, pw_hash, failover)
+    check_no_wrong_answers(log)
+    manager.close()
+
+
+def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: SentinelGroup):
+    env = {"REGCTL_REDIS_URL": sentinel_group.url}
+    ran = cli(
+        "--wait-replicas",
+        "1",
+        "-o",
+        "json",
+        "add",
+        "w@example.com",
+        "-f",
+        "W",
+        "-l",
+        "R",
+        "--password-stdin",
+        input="wait-password\n",
+        **env,
+    )
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["replicas_acked"] == 1
+    ran = cli(
+        "--wait-replicas",
+        "2",
+        "resend",
+        "w@example.com",
+        REGCTL_RESEND_COOLDOWN="0",
+        REGCTL_WAIT_TIMEOUT="0.2",
+        **env,
+    )
+    assert ran.exit_code == 0
+    assert "only 1 of 2 replicas acknowledged" in ran.stderr
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisProcess, dict[str, Path]]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a test CA")
+    material = make_tls_material(tmp_path / "tls")
+    port = free_port()
+    proc = RedisProcess(
+        tmp_path / "r",
+        port=free_port(),
+        extra=[
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(material["server.crt"]),
+            "--tls-key-file",
+            str(material["server.key"]),
+            "--tls-ca-cert-file",
+            str(material["ca.crt"]),
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
+    try:
+        proc.start()
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS")
+    proc.tls_port = port  # type: ignore[attr-defined]
+    yield proc, material
+    proc.stop()
+
+
+def test_tls_with_the_ca_works_and_without_it_fails_clearly(cli: Cli, tls_server):  # type: ignore[no-untyped-def]
+    proc, material = tls_server
+    url = f"rediss://127.0.0.1:{proc.tls_port}"
+    ok = cli(
+        "stats", "-o", "json", REGCTL_REDIS_URL=url, REGCTL_TLS_CA_FILE=str(material["ca.crt"])
+    )
+    assert ok.exit_code == 0, ok.stderr
+    bad = cli("stats", REGCTL_REDIS_URL=url, REGCTL_RETRIES="0")
+    assert bad.exit_code == 69
+    assert "certificate verify failed" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+
+
+# --- ACL least privilege ---------------------------------------------------------------
+
+
+def acl_rule(prefix: str, *, without: str = "") -> list[str]:
+    commands = [f"+{c}" for c in REQUIRED_COMMANDS if c != without]
+    return [
+        "on",
+        ">acl-password",
+        "resetkeys",
+        f"~{prefix}:*",
+        "resetchannels",
+        "-@all",
+        "+acl|whoami",
+        "+acl|dryrun",
+        *commands,
+    ]
+
+
+@needs_redis_7
+def test_a_user_limited_to_the_prefix_runs_every_command(cli: Cli, redis_proc, prefix: str):
+    redis_proc.client().acl_setuser(f"u-{prefix}", reset=True)
+    redis_proc.client().execute_command("ACL", "SETUSER", f"u-{prefix}", *acl_rule(prefix))
+    url = f"unix://u-{prefix}:acl-password@{redis_proc.socket}"
+    smoke(cli, url)
+    for command in (("stats",), ("health",), ("selftest",), ("doctor", "-o", "json")):
+        ran = cli(*command, REGCTL_REDIS_URL=url)
+        assert ran.exit_code in (0, 1), (command, ran.stdout, ran.stderr)
+        assert "NOPERM" not in ran.stdout + ran.stderr
+    findings = json.loads(cli("doctor", "-o", "json", REGCTL_REDIS_URL=url).stdout)["findings"]
+    assert "missing-permission" not in {f["code"] for f in findings}
+
+
+@needs_redis_7
+def test_a_missing_permission_exits_77_and_is_named(cli: Cli, redis_proc, prefix: str):
+    user = f"v-{prefix}"
+    redis_proc.client().execute_command("ACL", "SETUSER", user, *acl_rule(prefix, without="zadd"))
+    url = f"unix://{user}:acl-password@{redis_proc.socket}"
+    ran = cli(
+        "add",
+        "x@example.com",
+        "-f",
+        "X",
+        "-l",
+        "Y",
+        "--password-stdin",
+        input="acl-password-1\n",
+        REGCTL_REDIS_URL=url,
+    )
+    assert ran.exit_code == 77
+    assert "zadd" in ran.stderr.lower()
+    assert "acl-password" not in ran.stderr
+    data = json.loads(cli("doctor", "-o", "json", REGCTL_REDIS_URL=url).stdout)
+    missing = [f["message"] for f in data["findings"] if f["code"] == "missing-permission"]
+    assert missing == ["the Redis user cannot run ZADD"]
+
+
+def test_the_readme_acl_rule_names_every_command_regctl_sends():
+    readme = (ROOT / "README.md").read_text()
+    for command in REQUIRED_COMMANDS:
+        assert f"+{command}" in readme, command
+
+
+def test_cluster_and_sentinel_urls_are_masked(cli: Cli):
+    ran = cli(
+        "config",
+        "-o",
+        "json",
+        REGCTL_REDIS_URL="redis+sentinel://u:pw-secret@h1:26379,h2:26379/mymaster",
+    )
+    assert json.loads(ran.stdout)["redis_url"]["value"] == (
+        "redis+sentinel://u:***@h1:26379,h2:26379/mymaster"
+    )
+    assert "pw-secret" not in ran.stdout
