@@ -120,18 +120,32 @@ def _tls_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def check_url(url: str) -> None:
+    """Raise ConfigError unless ``url`` is a Redis URL regctl can use (no I/O)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ConfigError(
+            "the Redis URL must start with one of " + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    if "+" in scheme:
+        parse_multi(url)
+        return
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+
+
 def connect(url: str, settings: Settings) -> Client:
     """A client for ``url``: standalone (blocking pool), Sentinel or Cluster.
 
     A ``redis://`` URL that points at a cluster node is detected and served by
     the cluster client.
     """
+    check_url(url)
     scheme = url.partition("://")[0]
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"unsupported Redis URL scheme {scheme!r} in {mask_url(url)}",
-            "use redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://",
-        )
     if scheme.endswith("+sentinel"):
         return _sentinel(parse_multi(url), settings)
     if scheme.endswith("+cluster"):

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from regctl.settings import Settings
 
 # A purge holds its lease this long past its last sign of progress.
-PURGE_LEASE_MS = 60_000
+PURGE_LEASE_MS = 15_000
 
 
 class RegistrationManager:

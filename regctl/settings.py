@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(None, validation_alias=_aliases("data_dir"))
     redis_server: Path | None = Field(None, validation_alias=_aliases("redis_server"))
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        from regctl.connection import check_url
+
+        if not value:
+            return None
+        try:
+            check_url(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -175,7 +188,7 @@ def load_settings(
         (f"config {config_file}", _read_toml(config_file) if config_file else {}),
         (f"env file {env_file or '.env'}", _read_dotenv(env_file or Path(".env"))),
         ("environment", _read_env(env)),
-        ("flag", {k: v for k, v in (overrides or {}).items() if v is not None}),
+        ("flag", _flags(overrides or {})),
     ]
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -191,6 +204,8 @@ def load_settings(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
         origin = sources.get(field, "default")
+        if origin == "flag":  # typed on this command line: invalid input, not configuration
+            raise InvalidInput(f"invalid --{field.replace('_', '-')}: {first['msg']}") from None
         raise ConfigError(f"bad setting {field} (from {origin}): {first['msg']}") from None
     return LoadedSettings(settings, sources)
 
@@ -202,6 +217,14 @@ _FIELD_BY_ALIAS = {
     for alias in info.validation_alias.choices
     if isinstance(alias, str)
 }
+
+
+def _flags(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Flags that were given; an empty one is a mistake, not a way to unset a value."""
+    for name, value in overrides.items():
+        if value == "":
+            raise InvalidInput(f"--{name.replace('_', '-')} must not be empty")
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, str]:

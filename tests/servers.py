@@ -200,6 +200,13 @@ class RedisCluster:
         return f"redis+cluster://{hosts}"
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
         clients = [n.client() for n in self.nodes]
@@ -262,6 +269,13 @@ class SentinelGroup:
         return f"redis+sentinel://{hosts}/{self.service}"
 
     def start(self) -> SentinelGroup:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelGroup:
         self.master.start()
         self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
         self.replica.start()

@@ -1,0 +1,364 @@
+"""Faults on real redis-server processes: crashes, lost replies, stalls, full memory, pools."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from regctl import (
+    Filter,
+    Policy,
+    PoolExhausted,
+    RedisStore,
+    RegistrationManager,
+    StoreFull,
+    StoreUnavailable,
+    VerifyOutcome,
+)
+from regctl.keys import digest
+from regctl.model import SCHEMA_VERSION
+from regctl.settings import load_settings
+from regctl.target import open_target
+from tests.conftest import SECRET, Cli, cli_env
+from tests.servers import RedisProcess, server_version
+
+REGCTL = str(Path(sys.executable).parent / "regctl")
+
+
+def manager_for(url: str, prefix: str = "rel", **settings: object) -> RegistrationManager:
+    loaded = load_settings(
+        {"redis_url": url, "prefix": prefix, "code_secret": SECRET, **settings}, environ={}
+    )
+    return RegistrationManager.from_settings(loaded.settings)
+
+
+def bulk_load(store: RedisStore, n: int, pw_hash: str, domain: str = "bulk.example") -> None:
+    """n registrations through the real add script, pipelined (test set-up only)."""
+    policy = Policy()
+    ks = store.keyspace
+    for start in range(0, n, 2000):
+        calls = []
+        for i in range(start, min(n, start + 2000)):
+            email = f"u{i}@{domain}"
+            d = digest(email)
+            calls.append(
+                (
+                    ks.keys_for(d),
+                    (
+                        d,
+                        email,
+                        "U",
+                        "S",
+                        pw_hash,
+                        "0" * 64,
+                        policy.lifetime_ms,
+                        policy.code_lifetime_ms,
+                        SCHEMA_VERSION,
+                        f"t{i}",
+                        3_600_000,
+                    ),
+                )
+            )
+        store._run_many("add", calls)
+
+
+def consistent(store: RedisStore) -> tuple[int, int]:
+    """(records, index entries), asserting each record has its entry and vice versa."""
+    ks = store.keyspace
+    client = store.client
+    records = entries = 0
+    for bucket in range(ks.buckets):
+        members = client.zrange(ks.index(bucket), 0, -1)
+        entries += len(members)
+        for member in members:
+            assert client.exists(ks.record_base(bucket) + member), "index entry without record"
+    for key in client.scan_iter(f"{ks.prefix}:*:reg:*", count=1000):
+        records += 1
+        d = key.rsplit(":", 1)[1]
+        assert client.zscore(ks.index(ks.bucket_of(d)), d) is not None, "record without entry"
+    return records, entries
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    proc = RedisProcess(tmp_path / "aof", aof=True).start()
+    yield proc
+    proc.stop()
+
+
+# --- crashes and restarts -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_purge_leaves_nothing_half_deleted(aof_redis: RedisProcess, pw_hash):
+    store = RedisStore(aof_redis.client(), prefix="crash")
+    bulk_load(store, 100_000, pw_hash)
+    env = {**os.environ, **cli_env(aof_redis.url, "crash"), "REGCTL_RETRIES": "0"}
+    purge = subprocess.Popen(
+        [REGCTL, "purge", "--older-than", "0s", "--yes", "--batch", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    probe = aof_redis.client()
+    deadline = time.monotonic() + 60
+    while sum(1 for _ in probe.scan_iter("crash:*:reg:*", count=5000)) > 90_000:
+        assert time.monotonic() < deadline
+        assert purge.poll() is None
+        time.sleep(0.05)
+    aof_redis.kill()
+    _out, err = purge.communicate(timeout=60)
+    assert purge.returncode == 69
+    assert err.startswith("Error: Redis is unavailable")
+    aof_redis.start()
+    store = RedisStore(aof_redis.client(), prefix="crash")
+    records, entries = consistent(store)
+    assert 0 < records == entries < 100_000
+    rerun = subprocess.run(
+        [REGCTL, "purge", "--older-than", "0s", "--yes", "--wait", "30"],  # the dead run's lease
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert consistent(store) == (0, 0)
+
+
+def test_acknowledged_records_survive_a_restart_with_their_ttl(aof_redis: RedisProcess, pw_hash):
+    manager = manager_for(aof_redis.url)
+    for i in range(20):
+        manager.add(f"keep{i}@example.com", "K", "P", password_hash=pw_hash)
+    before = {r.email: r.expires_at for r in manager.list()}
+    aof_redis.kill()
+    aof_redis.start()
+    after = {r.email: r for r in manager.list()}
+    assert {e: r.expires_at for e, r in after.items()} == before
+    assert all(0 < r.ttl_ms <= 86_400_000 for r in after.values())
+    manager.close()
+
+
+def test_every_operation_works_after_a_restart(aof_redis: RedisProcess, pw_hash):
+    manager = manager_for(aof_redis.url, resend_cooldown=0)
+    added = manager.add("r@example.com", "R", "S", password_hash=pw_hash)
+    aof_redis.stop()
+    aof_redis.start()  # empty script cache, dropped connections
+    code = manager.resend("r@example.com").code
+    assert manager.verify("r@example.com", code).ok
+    assert added.code  # the old one was replaced
+    assert manager.purge().total == 0
+    manager.close()
+
+
+# --- a lost reply -----------------------------------------------------------------------
+
+
+class ReplyDropper:
+    """A loopback TCP proxy to a unix-socket Redis that, once armed with a marker, lets
+    the command through but drops its reply and cuts the connection."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.marker: bytes | None = None
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(str(self.target))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        with client, upstream:
+            while not self.stopped.is_set():
+                data = client.recv(65536)
+                if not data:
+                    return
+                upstream.sendall(data)
+                reply = upstream.recv(65536)
+                if self.marker is not None and self.marker in data:
+                    self.marker = None
+                    self.dropped += 1
+                    return  # the command ran; its reply is lost with the connection
+                client.sendall(reply)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+def test_a_lost_verify_reply_still_verifies_exactly_once(redis_proc: RedisProcess, pw_hash):
+    proxy = ReplyDropper(redis_proc.socket)
+    try:
+        manager = manager_for(f"redis://127.0.0.1:{proxy.port}", prefix="lost")
+        code = manager.add("lost@example.com", "L", "R", password_hash=pw_hash).code
+        proxy.marker = b"call-lost-reply"
+        result = manager.verify("lost@example.com", code, token="call-lost-reply")
+        assert proxy.dropped == 1
+        assert result.outcome is VerifyOutcome.VERIFIED
+        assert result.registration is not None
+        assert result.registration.email == "lost@example.com"
+        again = manager.verify("lost@example.com", code)
+        assert again.outcome is VerifyOutcome.NOT_FOUND
+        manager.close()
+    finally:
+        proxy.close()
+
+
+# --- stalls, pools, memory -----------------------------------------------------------------
+
+
+@pytest.fixture
+def debug_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    extra = ["--enable-debug-command", "yes"] if server_version() >= (7,) else []
+    proc = RedisProcess(tmp_path / "dbg", extra=extra).start()
+    yield proc
+    proc.stop()
+
+
+def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_redis: RedisProcess):
+    sleeper = threading.Thread(
+        target=lambda: debug_redis.client().execute_command("DEBUG", "SLEEP", "4")
+    )
+    sleeper.start()
+    time.sleep(0.2)
+    ran = cli(
+        "add",
+        "stall@example.com",
+        "-f",
+        "S",
+        "-l",
+        "T",
+        "--password-stdin",
+        input="stall-password\n",
+        REGCTL_REDIS_URL=debug_redis.url,
+        REGCTL_SOCKET_TIMEOUT="0.5",
+        REGCTL_RETRIES="1",
+    )
+    assert sleeper.is_alive()  # gave up before the stall ended
+    assert ran.exit_code == 69
+    assert ran.stderr.startswith("Error: Redis timed out")
+    sleeper.join()
+    # The queued script may run once the server wakes, but only whole: record + index.
+    store = RedisStore(debug_redis.client(), prefix=cli.env["REGCTL_PREFIX"])
+    records, entries = consistent(store)
+    assert records == entries <= 1
+
+
+def test_a_small_pool_under_200_concurrent_operations_never_overflows(
+    redis_proc: RedisProcess, pw_hash
+):
+    manager = manager_for(redis_proc.url, prefix="pool", max_connections=5, pool_timeout=5)
+    manager.add("pool@example.com", "P", "L", password_hash=pw_hash)
+
+    def op(_: int) -> str:
+        try:
+            manager.get("pool@example.com")
+        except PoolExhausted:
+            return "pool-timeout"
+        return "ok"
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(op, range(200)))
+    assert set(results) <= {"ok", "pool-timeout"}
+    assert results.count("ok") > 0
+    clients = [c for c in redis_proc.client().client_list() if c.get("name") == "regctl"]
+    assert len(clients) <= 5
+    manager.close()
+
+
+def test_an_exhausted_pool_fails_with_a_pool_timeout(redis_proc: RedisProcess):
+    manager = manager_for(redis_proc.url, prefix="pool2", max_connections=1, pool_timeout=0.2)
+    store = manager.store
+    held = store.client.connection_pool.get_connection()  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(PoolExhausted):
+            manager.count()
+    finally:
+        store.client.connection_pool.release(held)  # type: ignore[attr-defined]
+    assert manager.count() == 0
+    manager.close()
+
+
+def test_a_full_server_refuses_add_cleanly(tmp_path: Path, pw_hash):
+    proc = RedisProcess(
+        tmp_path / "full", extra=["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]
+    ).start()
+    try:
+        manager = manager_for(proc.url, prefix="full")
+        failed = None
+        for i in range(100_000):
+            try:
+                manager.add(f"f{i}@example.com", "F", "L", password_hash=pw_hash)
+            except StoreFull as exc:
+                failed = (f"f{i}@example.com", exc)
+                break
+        assert failed is not None
+        email, exc = failed
+        assert exc.exit_code == 69
+        assert "out of memory" in exc.message
+        assert manager.get(email) is None
+        records, entries = consistent(manager.store)  # type: ignore[arg-type]
+        assert records == entries == i
+        manager.close()
+    finally:
+        proc.stop()
+
+
+def test_an_evicting_policy_is_reported_by_health_and_doctor(cli: Cli, tmp_path: Path):
+    proc = RedisProcess(
+        tmp_path / "ev", extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]
+    ).start()
+    try:
+        ran = cli("health", REGCTL_REDIS_URL=proc.url)
+        assert ran.exit_code == 1
+        assert "volatile-lru can evict pending registrations" in ran.stdout
+        doctor = cli("doctor", REGCTL_REDIS_URL=proc.url)
+        assert "eviction-policy" in doctor.stdout
+    finally:
+        proc.stop()
+
+
+def test_a_down_server_gives_a_clear_error(tmp_path: Path, pw_hash):
+    proc = RedisProcess(tmp_path / "gone").start()
+    manager = manager_for(proc.url, retries=0)
+    proc.stop()
+    with pytest.raises(StoreUnavailable) as caught:
+        manager.add("x@example.com", "X", "Y", password_hash=pw_hash)
+    assert "unavailable" in caught.value.message
+    with contextlib.suppress(Exception):
+        manager.close()
+
+
+def test_purge_of_a_filter_is_consistent_per_registration(redis_proc: RedisProcess, pw_hash):
+    store = RedisStore(redis_proc.client(), prefix="pc")
+    bulk_load(store, 3000, pw_hash, "a.example")
+    bulk_load(store, 10, pw_hash, "b.example")
+    manager = RegistrationManager(store, secret=SECRET)
+    assert manager.purge(Filter(domain="a.example"), batch=7).matched == 3000
+    assert consistent(store) == (10, 10)
+    target = open_target(
+        load_settings({"redis_url": redis_proc.url, "prefix": "pc"}, environ={}).settings
+    )
+    assert target.store.counts().total == 10

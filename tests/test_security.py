@@ -1,0 +1,328 @@
+"""Hostile input, races between processes, clock skew, and secrets at rest and in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from regctl import Policy, RegistrationManager
+from regctl.security import generate_code
+from tests.conftest import SECRET, Cli, cli_env
+from tests.servers import RedisProcess
+
+REGCTL = str(Path(sys.executable).parent / "regctl")
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+hostile_text = st.one_of(
+    st.text(min_size=0, max_size=40),
+    st.text(alphabet=st.characters(categories=["Nd", "Cc", "Cf", "Zs", "Zl", "So"]), max_size=12),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "a\r\nb",
+            "{}",
+            "*",
+            "?",
+            "[x]",
+            "１２３４５６",
+            "٣٣٣٣٣٣",
+            "a" * 1_000_000,
+            "%s%n",
+            "$(reboot)",
+            "'; DROP",
+            "\u202e\u2066",
+        ]
+    ),
+)
+
+
+def keyspace_size(cli: Cli, redis_proc: RedisProcess) -> int:
+    return sum(1 for _ in redis_proc.client().scan_iter(f"{cli.env['REGCTL_PREFIX']}:*"))
+
+
+def assert_clean_refusal_or_success(ran, allowed=(0, 2)) -> None:  # type: ignore[no-untyped-def]
+    assert ran.exit_code in allowed, (ran.exit_code, ran.stderr[:300])
+    assert "Traceback" not in ran.stderr
+    if ran.exit_code:
+        assert ran.stderr.startswith("Error: ")
+        assert ran.stderr.count("\n") == 1
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+@FUZZ
+@given(email=hostile_text, first=hostile_text)
+def test_hostile_add_arguments_are_stored_safely_or_refused(cli: Cli, redis_proc, email, first):
+    before = keyspace_size(cli, redis_proc)
+    ran = cli("add", email, "-f", first, "-l", "L", "--password-stdin", input="long-enough-pw\n")
+    assert_clean_refusal_or_success(ran, allowed=(0, 1, 2))
+    if ran.exit_code == 2:
+        assert keyspace_size(cli, redis_proc) == before
+    elif ran.exit_code == 0:
+        keys = list(redis_proc.client().scan_iter(f"{cli.env['REGCTL_PREFIX']}:*"))
+        assert all(re.fullmatch(r"[A-Za-z0-9_.:{}-]+", k) for k in keys)
+        cli("delete", email)
+
+
+@FUZZ
+@given(code=hostile_text)
+def test_hostile_codes_cost_no_attempt(cli: Cli, code: str):
+    cli(
+        "add", "victim@example.com", "-f", "V", "-l", "C", "--password-stdin", input="pw-12345678\n"
+    )
+    ran = cli("verify", "victim@example.com", code)
+    if re.fullmatch(r"[0-9]{6}", code, re.ASCII):
+        return
+    assert_clean_refusal_or_success(ran, allowed=(2,))
+    shown = json.loads(cli("inspect", "victim@example.com", "-o", "json").stdout)
+    assert shown["attempts"] == 0
+
+
+@FUZZ
+@given(password=hostile_text)
+def test_hostile_passwords_are_hashed_or_refused(cli: Cli, password: str):
+    if "\n" in password or "\r" in password:
+        password = password.replace("\r", "").replace("\n", "")
+    ran = cli(
+        "add", "pw@example.com", "-f", "P", "-l", "W", "--password-stdin", input=password + "\n"
+    )
+    assert_clean_refusal_or_success(ran, allowed=(0, 2))
+    if password:
+        assert password not in ran.stdout + ran.stderr or len(password) < 4
+    cli("delete", "pw@example.com")
+
+
+@FUZZ
+@given(value=hostile_text)
+def test_hostile_prefixes_and_urls_are_refused_as_input(cli: Cli, value: str):
+    for option in ("--prefix", "--url"):
+        ran = cli(option, value, "list", "-o", "name")
+        assert_clean_refusal_or_success(ran, allowed=(0, 2, 69))
+
+
+@FUZZ
+@given(duration=hostile_text, domain=hostile_text)
+def test_hostile_filters_are_refused_cleanly(cli: Cli, duration: str, domain: str):
+    assert_clean_refusal_or_success(cli("list", "--older-than", duration), allowed=(0, 2))
+    assert_clean_refusal_or_success(cli("list", "--domain", domain), allowed=(0, 2))
+
+
+def test_a_megabyte_argument_is_refused_quickly(cli: Cli):
+    ran = cli("inspect", "a" * 1_000_000 + "@example.com")
+    assert ran.exit_code == 2
+    assert len(ran.stderr) < 300
+
+
+# --- races between processes ----------------------------------------------------------------
+
+
+@pytest.fixture
+def env(redis_proc: RedisProcess, prefix: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
+    return {**base, **cli_env(redis_proc.url, prefix)}
+
+
+def regctl(env: dict[str, str], *args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [REGCTL, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def add_with_code(env: dict[str, str], email: str) -> str:
+    ran = regctl(
+        env,
+        "-o",
+        "json",
+        "add",
+        email,
+        "-f",
+        "R",
+        "-l",
+        "C",
+        "--password-stdin",
+        "--show-code",
+        stdin="race-password\n",
+    )
+    assert ran.returncode == 0, ran.stderr
+    return str(json.loads(ran.stdout)["code"])
+
+
+@pytest.mark.slow
+def test_concurrent_verify_processes_succeed_exactly_once(env: dict[str, str]):
+    code = add_with_code(env, "race@example.com")
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda _: regctl(env, "verify", "race@example.com", code).returncode, range(8))
+        )
+    assert sorted(codes) == [0] + [3] * 7
+
+
+@pytest.mark.slow
+def test_the_old_code_never_works_once_a_resend_committed(env: dict[str, str]):
+    fast = {**env, "REGCTL_RESEND_COOLDOWN": "0"}
+    for i in range(6):
+        email = f"rr{i}@example.com"
+        old = add_with_code(fast, email)
+        with ThreadPoolExecutor(2) as pool:
+            resend = pool.submit(regctl, fast, "resend", email)
+            verify = pool.submit(regctl, fast, "verify", email, old)
+            resent, verified = resend.result().returncode, verify.result().returncode
+        assert not (
+            resent == 0 and verified == 0 and regctl(fast, "inspect", email).returncode == 0
+        )
+        if resent == 0:
+            assert regctl(fast, "verify", email, old).returncode != 0
+
+
+@pytest.mark.slow
+def test_concurrent_resends_inside_the_cooldown_send_one_code(env: dict[str, str]):
+    slow = {**env, "REGCTL_RESEND_COOLDOWN": "2"}
+    add_with_code(slow, "cool@example.com")
+    time.sleep(2.1)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda _: regctl(slow, "resend", "cool@example.com").returncode, range(8))
+        )
+    assert sorted(codes) == [0] + [1] * 7
+
+
+# --- clock skew ------------------------------------------------------------------------------
+
+
+def test_a_client_clock_hours_off_changes_no_decision(cli: Cli, monkeypatch: pytest.MonkeyPatch):
+    real_time, real_ns = time.time, time.time_ns
+    monkeypatch.setattr(time, "time", lambda: real_time() + 5 * 3600)
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() + 5 * 3600 * 10**9)
+    ran = cli(
+        "-o",
+        "json",
+        "add",
+        "skew@example.com",
+        "-f",
+        "S",
+        "-l",
+        "K",
+        "--password-stdin",
+        "--show-code",
+        input="skewed-password\n",
+    )
+    code = json.loads(ran.stdout)["code"]
+    shown = json.loads(cli("inspect", "skew@example.com", "-o", "json").stdout)
+    assert shown["ttl_ms"] > 86_000_000
+    assert shown["status"] == "pending"  # the code has not "expired"
+    assert json.loads(cli("-o", "json", "purge").stdout)["purged"] == 0
+    assert cli("verify", "skew@example.com", code).exit_code == 0
+
+
+# --- secrets at rest and in flight ----------------------------------------------------------
+
+
+@pytest.fixture
+def watched_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    proc = RedisProcess(
+        tmp_path / "w",
+        aof=True,
+        extra=["--slowlog-log-slower-than", "0", "--slowlog-max-len", "100000"],
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def test_codes_and_passwords_appear_nowhere_in_redis(watched_redis: RedisProcess):
+    captured: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with watched_redis.client().monitor() as m:
+            ready.set()
+            for event in m.listen():
+                captured.append(str(event.get("command", "")))
+                if stop.is_set():
+                    return
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    ready.wait(5)
+    manager = RegistrationManager.from_settings(
+        __import__("regctl")
+        .load_settings(
+            {"redis_url": watched_redis.url, "code_secret": SECRET, "resend_cooldown": 0},
+            environ={},
+        )
+        .settings
+    )
+    secrets_used: list[str] = []
+    for i in range(10):
+        password = f"Leak-Check-{i}-Passw0rd"
+        added = manager.add(f"s{i}@example.com", "S", "E", password=password)
+        resent = manager.resend(f"s{i}@example.com")
+        manager.verify(f"s{i}@example.com", added.code if added.code != resent.code else "000000")
+        manager.verify(f"s{i}@example.com", resent.code)
+        secrets_used += [password, added.code, resent.code]
+    manager.count()  # a last command so MONITOR has seen everything before we stop it
+    stop.set()
+    time.sleep(0.3)
+    watcher.join(2)
+    client = watched_redis.client()
+    aof = b"".join(p.read_bytes() for p in watched_redis.directory.rglob("*.aof*") if p.is_file())
+    slowlog = json.dumps(client.slowlog_get(100_000), default=str)
+    keys = " ".join(client.scan_iter("*"))
+    haystacks = {
+        "aof": aof.decode(errors="replace"),
+        "slowlog": slowlog,
+        "monitor": "\n".join(captured),
+        "keys": keys,
+    }
+    assert all(haystacks[name] for name in ("monitor", "aof", "slowlog"))
+    for name, hay in haystacks.items():
+        for secret in secrets_used:
+            # A code could occur inside a hex digest or a timestamp by chance: look for it
+            # as a token of its own.
+            assert not re.search(rf"(?<![0-9a-zA-Z]){re.escape(secret)}(?![0-9a-zA-Z])", hay), name
+        assert SECRET not in hay
+    manager.close()
+
+
+def test_codes_are_uniform_per_digit_and_keep_leading_zeros():
+    codes = [generate_code(6) for _ in range(200_000)]
+    assert all(len(c) == 6 for c in codes)
+    for position in range(6):
+        counts = Counter(c[position] for c in codes)
+        expected = len(codes) / 10
+        chi2 = sum((counts[str(d)] - expected) ** 2 / expected for d in range(10))
+        assert chi2 < 40, (position, chi2)  # 9 degrees of freedom: p < 1e-5
+    leading = sum(1 for c in codes if c[0] == "0")
+    assert 18_000 < leading < 22_000
+
+
+def test_policy_validation_refuses_nonsense():
+    from regctl import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        Policy(code_length=5)
+    with pytest.raises(InvalidInput):
+        Policy(max_attempts=0)
