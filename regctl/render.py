@@ -1,6 +1,8 @@
 """Records and reports as rich tables, TSV, JSON, NDJSON and CSV.
 
-Functions here return renderables or strings; printing is the CLI's job. User
+Functions here return renderables or strings; printing is the CLI's job. rich is
+imported only by the functions that build tables, so `--help` and `--version`
+never load it. User
 data is escaped before it meets rich markup, and no code or hash is ever
 rendered (the password hash appears only in JSON of a consumed record, when the
 caller asks for it).
@@ -14,12 +16,12 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from regctl.model import PendingRegistration, Policy
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 class Format(enum.StrEnum):
@@ -33,6 +35,27 @@ class Format(enum.StrEnum):
 
 COLUMNS = ("email", "name", "status", "attempts", "resends", "expires_in")
 WIDE_COLUMNS = (*COLUMNS, "code_expires_in", "cooldown", "created", "last_sent")
+
+
+def escape(text: str) -> str:
+    """``text`` made safe to embed in rich markup (user data is never markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def table(*headers: str, title: str | None = None, show_header: bool = True) -> Table:
+    """A borderless table in the house style."""
+    from rich.table import Table
+
+    return Table(
+        *headers,
+        box=None,
+        pad_edge=False,
+        title=title,
+        title_justify="left",
+        show_header=show_header,
+    )
 
 
 def duration(ms: int) -> str:
@@ -77,10 +100,10 @@ def records_table(
     rows: Iterable[PendingRegistration], policy: Policy, *, wide: bool = False
 ) -> Table:
     columns = WIDE_COLUMNS if wide else COLUMNS
-    table = Table(*(c.replace("_", " ").upper() for c in columns), box=None, pad_edge=False)
+    out = table(*(c.replace("_", " ").upper() for c in columns))
     for reg in rows:
-        table.add_row(*(escape(cell) for cell in record_cells(reg, policy, columns)))
-    return table
+        out.add_row(*(escape(cell) for cell in record_cells(reg, policy, columns)))
+    return out
 
 
 def tsv_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[str]:
@@ -139,12 +162,12 @@ def csv_lines(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[
 
 def key_value_table(pairs: Iterable[tuple[str, str]], *, title: str | None = None) -> Table:
     """A two-column table of labels and (escaped) values."""
-    table = Table(box=None, show_header=False, pad_edge=False, title=title, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    out = table(title=title, show_header=False)
+    out.add_column(style="bold")
+    out.add_column()
     for key, value in pairs:
-        table.add_row(escape(key), escape(value))
-    return table
+        out.add_row(escape(key), escape(value))
+    return out
 
 
 def inspect_pairs(reg: PendingRegistration, policy: Policy) -> list[tuple[str, str]]:

@@ -100,7 +100,8 @@ def build_app() -> typer.Typer:
         cls=RegctlGroup,
         help=HELP,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
+        rich_markup_mode=None,  # plain help: `--help` never loads rich
         pretty_exceptions_enable=False,
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from regctl import __version__
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.errors import RegctlError
-from regctl.render import Format, tsv_lines
+from regctl.render import Format, escape, table, tsv_lines
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
 
@@ -49,12 +50,12 @@ def health(
     if fmt in (Format.JSON, Format.NDJSON):
         state.json(report.data)
     elif state.is_tty:
-        table = Table("CHECK", "STATUS", "DETAIL", box=None, pad_edge=False)
+        checks = table("CHECK", "STATUS", "DETAIL")
         for c in report.checks:
             level = c.level.name.lower()
-            table.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
+            checks.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
         state.out.print(f"[bold]{report.level.name}[/bold] {escape(state.store_description)}")
-        state.show(table)
+        state.show(checks)
         view = report.data.get("topology")
         if view is not None:
             state.show(_nodes_table(view["nodes"]))
@@ -69,19 +70,7 @@ def health(
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
-    table = Table(
-        "NODE",
-        "ROLE",
-        "SLOTS",
-        "MEMORY",
-        "CLIENTS",
-        "LATENCY",
-        "LINK",
-        box=None,
-        pad_edge=False,
-        title="\nnodes",
-        title_justify="left",
-    )
+    out = table("NODE", "ROLE", "SLOTS", "MEMORY", "CLIENTS", "LATENCY", "LINK", title="\nnodes")
     for n in nodes:
         link = n.get("link") or n.get("master_link_status") or ""
         cells = (
@@ -93,8 +82,8 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
             f"{n.get('latency_ms', 0):.2f} ms",
             link,
         )
-        table.add_row(*(escape(str("" if c is None else c)) for c in cells))
-    return table
+        out.add_row(*(escape(str("" if c is None else c)) for c in cells))
+    return out
 
 
 def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
@@ -157,11 +146,11 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
             }
         )
     elif state.is_tty:
-        table = Table("#", "STEP", "RESULT", "TIME", "DETAIL", box=None, pad_edge=False)
+        rows = table("#", "STEP", "RESULT", "TIME", "DETAIL")
         for i, s in enumerate(steps, 1):
             result = "[green]ok[/green]" if s.ok else "[red]FAIL[/red]"
-            table.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
-        state.show(table)
+            rows.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
+        state.show(rows)
     else:
         state.lines(
             tsv_lines(

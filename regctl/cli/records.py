@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from regctl.cli.inputs import (
     EmailArg,
@@ -25,6 +24,7 @@ from regctl.render import (
     WIDE_COLUMNS,
     Format,
     csv_lines,
+    escape,
     inspect_pairs,
     json_array,
     key_value_table,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.render import Format, duration, key_value_table, tsv_lines
+from regctl.render import Format, duration, escape, key_value_table, tsv_lines
 
 
 def _server(state: State):  # type: ignore[no-untyped-def]

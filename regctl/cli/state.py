@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regctl.render import Format, to_json
+from regctl.render import Format, escape, to_json
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -62,7 +62,7 @@ class State:
 
             self._target = open_target(self.settings)
             if self.err.is_terminal and not self.quiet:
-                self.err.print(f"[dim]store: {_escape(self._target.description)}[/dim]")
+                self.err.print(f"[dim]store: {escape(self._target.description)}[/dim]")
         return self._target
 
     @property
@@ -140,9 +140,3 @@ class State:
     @property
     def store_description(self) -> str:
         return self.target.description
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
