@@ -17,12 +17,12 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from regctl import security
-from regctl.errors import ConfigError, InvalidInput
+from regctl.errors import ConfigError, InvalidInput, RegctlError
 from regctl.model import (
     Added,
     Filter,
@@ -42,6 +42,8 @@ from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Progress, St
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
+
+T = TypeVar("T")
 
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
@@ -102,6 +104,54 @@ class RegistrationManager:
         token: str | None = None,
     ) -> Added:
         """Store a new pending registration; return it with its clear code."""
+        new, code = self._prepare(email, first_name, last_name, password, password_hash)
+        record = self.store.add(new, self.policy, token or security.new_token())
+        return Added(record, code)
+
+    def add_many(
+        self, rows: Iterable[Mapping[str, str]], *, batch: int = 500
+    ) -> Iterator[Added | RegctlError]:
+        """Bulk ``add``: each row has email, first_name, last_name and password or
+        password_hash. Pipelined in batches; yields, in order, an ``Added`` or the
+        error of that row (invalid input, already exists), so one bad row stops nothing.
+        """
+        for chunk in _chunks(rows, batch):
+            prepared: list[tuple[NewRegistration, str] | RegctlError] = []
+            for row in chunk:
+                try:
+                    prepared.append(
+                        self._prepare(
+                            row.get("email", ""),
+                            row.get("first_name", ""),
+                            row.get("last_name", ""),
+                            row.get("password"),
+                            row.get("password_hash"),
+                        )
+                    )
+                except InvalidInput as exc:
+                    prepared.append(exc)
+            ready = [p for p in prepared if not isinstance(p, RegctlError)]
+            stored = iter(
+                self.store.add_many(
+                    [(new, security.new_token()) for new, _code in ready], self.policy
+                )
+            )
+            for item in prepared:
+                if isinstance(item, RegctlError):
+                    yield item
+                    continue
+                result = next(stored)
+                yield result if isinstance(result, RegctlError) else Added(result, item[1])
+
+    def _prepare(
+        self,
+        email: str,
+        first_name: str,
+        last_name: str,
+        password: str | None,
+        password_hash: str | None,
+    ) -> tuple[NewRegistration, str]:
+        """Validate and hash one registration; return it with its clear code."""
         normalized = normalize_email(email)
         first = validate_name(first_name, "first name")
         last = validate_name(last_name, "last name")
@@ -121,8 +171,7 @@ class RegistrationManager:
             password_hash=pw_hash,
             code_hash=code_hasher.digest(normalized.casefold(), code),
         )
-        record = self.store.add(new, self.policy, token or security.new_token())
-        return Added(record, code)
+        return new, code
 
     def get(self, email: str) -> PendingRegistration | None:
         return self.store.get(normalize_email(email).casefold())
@@ -227,3 +276,9 @@ class RegistrationManager:
             return self.store.purge(selection, False, batch, progress)
         finally:
             lease.release()
+
+
+def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

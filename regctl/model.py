@@ -7,6 +7,7 @@ an attempt and a bad address never reaches Redis.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -220,10 +221,17 @@ class PurgeReport:
 
 def normalize_email(raw: str) -> str:
     """Return the normalized address (email-validator, syntax only) or raise."""
-    from email_validator import EmailNotValidError, validate_email
-
     if not isinstance(raw, str) or len(raw) > MAX_EMAIL_LENGTH:
         raise InvalidInput("invalid email address: longer than 254 characters")
+    return _normalized(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(raw: str) -> str:
+    # Validation is a third of a `get`; a backend sees the same addresses again and again.
+    # (lru_cache keeps results only: an invalid address raises anew each time.)
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:

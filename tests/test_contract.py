@@ -520,3 +520,23 @@ def test_a_dry_run_needs_no_lock(manager: RegistrationManager):
         assert manager.purge(dry_run=True).total == 0
     finally:
         lease.release()
+
+
+# --- bulk add -------------------------------------------------------------------------
+
+
+def test_add_many_reports_each_row_and_stores_the_good_ones(
+    manager: RegistrationManager, pw_hash: str
+):
+    rows = [
+        {"email": "one@example.com", "first_name": "O", "last_name": "N", "password_hash": pw_hash},
+        {"email": "not-an-email", "first_name": "B", "last_name": "D", "password_hash": pw_hash},
+        {"email": "ONE@example.com", "first_name": "O", "last_name": "N", "password_hash": pw_hash},
+        {"email": "two@example.com", "first_name": "T", "last_name": "W", "password_hash": pw_hash},
+    ]
+    results = list(manager.add_many(rows, batch=3))
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Added", "InvalidInput", "AlreadyExists", "Added"]
+    assert manager.count() == 2
+    code = results[3].code  # type: ignore[union-attr]
+    assert manager.verify("two@example.com", code).ok

@@ -62,7 +62,7 @@ def purge(
             raise typer.Exit(1)
     manager = state.manager
     walk = selection if (orphans or not selection.is_empty) else None
-    if state.err.is_terminal and not state.quiet:
+    if state.err_is_tty and not state.quiet:
         from rich.progress import Progress
 
         with Progress(console=state.err, transient=True) as bar:

@@ -61,7 +61,7 @@ class State:
             from regctl.target import open_target
 
             self._target = open_target(self.settings)
-            if self.err.is_terminal and not self.quiet:
+            if self.err_is_tty and not self.quiet:
                 self.err.print(f"[dim]store: {escape(self._target.description)}[/dim]")
         return self._target
 
@@ -109,7 +109,12 @@ class State:
 
     @property
     def is_tty(self) -> bool:
-        return self.out.is_terminal
+        """stdout is a terminal (decided without loading rich, for fast pipes)."""
+        return _terminal(sys.stdout)
+
+    @property
+    def err_is_tty(self) -> bool:
+        return _terminal(sys.stderr)
 
     def write(self, chunks: Iterable[str]) -> None:
         """Plain text to stdout, exactly as given (JSON, TSV, CSV): no markup, no wrap."""
@@ -140,3 +145,11 @@ class State:
     @property
     def store_description(self) -> str:
         return self.target.description
+
+
+def _terminal(stream: Any) -> bool:
+    # FORCE_COLOR means "treat as a terminal", as rich itself reads it.
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

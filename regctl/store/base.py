@@ -6,11 +6,18 @@ manager and own only the state transitions; each mutating call is one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from regctl.errors import CooldownActive, LockHeld, NotFound, RegistrationLocked, ResendLimitReached
+from regctl.errors import (
+    AlreadyExists,
+    CooldownActive,
+    LockHeld,
+    NotFound,
+    RegistrationLocked,
+    ResendLimitReached,
+)
 from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
 
 PURGE_BATCH = 500
@@ -49,6 +56,12 @@ class Store(Protocol):
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         """Create the record; raise AlreadyExists if the identity is pending."""
+        ...
+
+    def add_many(
+        self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
+    ) -> list[PendingRegistration | AlreadyExists]:
+        """``add`` for many (registration, token) pairs, pipelined; one result each."""
         ...
 
     def get(self, identity: str) -> PendingRegistration | None: ...
@@ -106,6 +119,13 @@ def lock_held(name: str, wait_s: float) -> LockHeld:
     return LockHeld(
         f"another {name} is running{waited}",
         "let it finish, or pass --wait SECONDS to queue behind it",
+    )
+
+
+def already_exists(email: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"a registration for {email} is already pending",
+        "use `regctl resend` to send a new code, or delete it first",
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from regctl.errors import AlreadyExists
@@ -28,6 +28,7 @@ from regctl.store.base import (
     Counts,
     NewRegistration,
     Progress,
+    already_exists,
     lock_held,
     resend_refusal,
 )
@@ -86,10 +87,7 @@ class MemoryStore:
             if entry is not None:
                 if entry.add_token == token:
                     return replace(entry.record, observed_at=now)
-                raise AlreadyExists(
-                    f"a registration for {new.email} is already pending",
-                    "use `regctl resend` to send a new code, or delete it first",
-                )
+                raise already_exists(new.email)
             record = PendingRegistration(
                 email=new.email,
                 first_name=new.first_name,
@@ -107,6 +105,17 @@ class MemoryStore:
             )
             self._entries[new.identity] = _Entry(record, new.code_hash, token)
             return record
+
+    def add_many(
+        self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
+    ) -> list[PendingRegistration | AlreadyExists]:
+        results: list[PendingRegistration | AlreadyExists] = []
+        for new, token in batch:
+            try:
+                results.append(self.add(new, policy, token))
+            except AlreadyExists as exc:
+                results.append(exc)
+        return results
 
     def get(self, identity: str) -> PendingRegistration | None:
         with self._lock:

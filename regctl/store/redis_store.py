@@ -32,6 +32,7 @@ from regctl.store.base import (
     Counts,
     NewRegistration,
     Progress,
+    already_exists,
     lock_held,
     resend_refusal,
 )
@@ -228,32 +229,39 @@ class RedisStore:
 
     # --- operations -------------------------------------------------------
 
-    def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
+    def _add_call(
+        self, new: NewRegistration, policy: Policy, token: str
+    ) -> tuple[tuple[str, str], tuple[Any, ...]]:
         d = digest(new.identity)
-        record, index = self.keyspace.keys_for(d)
-        (status, now, fields), acked = self._write(
-            "add",
-            (record, index),
-            (
-                d,
-                new.email,
-                new.first_name,
-                new.last_name,
-                new.password_hash,
-                new.code_hash,
-                policy.lifetime_ms,
-                policy.code_lifetime_ms,
-                SCHEMA_VERSION,
-                token,
-                INDEX_GRACE_MS,
-            ),
+        args = (
+            d,
+            new.email,
+            new.first_name,
+            new.last_name,
+            new.password_hash,
+            new.code_hash,
+            policy.lifetime_ms,
+            policy.code_lifetime_ms,
+            SCHEMA_VERSION,
+            token,
+            INDEX_GRACE_MS,
         )
+        return self.keyspace.keys_for(d), args
+
+    def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
+        (status, now, fields), acked = self._write("add", *self._add_call(new, policy, token))
         if status == "exists":
-            raise AlreadyExists(
-                f"a registration for {new.email} is already pending",
-                "use `regctl resend` to send a new code, or delete it first",
-            )
+            raise already_exists(new.email)
         return replace(decode(fields, int(now)), replicas_acked=acked)
+
+    def add_many(
+        self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
+    ) -> list[PendingRegistration | AlreadyExists]:
+        replies = self._run_many("add", [self._add_call(new, policy, t) for new, t in batch])
+        return [
+            decode(fields, int(now)) if status == "created" else already_exists(new.email)
+            for (new, _token), (status, now, fields) in zip(batch, replies, strict=True)
+        ]
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())

@@ -1,0 +1,524 @@
+"""regctl against the bare baseline, side by side in one run.
+
+    python benchmarks/run.py            # quick: a laptop minute
+    python benchmarks/run.py --full     # 1 000 000-record bulk figures
+    python benchmarks/run.py --plot docs/performance.png --json results.json
+
+It starts its own redis-server on a unix socket in a temp dir (no persistence),
+and compares each regctl operation with raw redis-py doing the same round trips
+(and redis-benchmark for the server's own floor). Every figure is a median or
+percentile over many runs on this machine, printed with the ratio to its baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from regctl import Filter, MemoryStore, Policy, RedisStore, RegistrationManager
+from regctl.keys import digest
+from regctl.security import hash_password
+
+SECRET = "benchmark-secret-0123456789"
+HERE = Path(__file__).resolve().parent
+RESULTS: dict[str, Any] = {}
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[Path]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        from regctl.server import EmbeddedServer
+
+        binary = str(EmbeddedServer(Path(".")).binary())
+    with tempfile.TemporaryDirectory(prefix="rgb") as tmp:
+        sock = Path(tmp) / "redis.sock"
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+                "--logfile",
+                str(Path(tmp) / "log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(500):
+                with contextlib.suppress(redis.RedisError, FileNotFoundError):
+                    if sock.exists() and redis.Redis(unix_socket_path=str(sock)).ping():
+                        break
+                time.sleep(0.02)
+            yield sock
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def timings(op: Callable[[int], object], n: int) -> list[float]:
+    """Seconds per call of op(i) for i in range(n), after a short warm-up."""
+    for i in range(min(200, n)):
+        op(-1 - i)
+    out = []
+    for i in range(n):
+        started = time.perf_counter()
+        op(i)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def row(name: str, ours: list[float], base: list[float]) -> dict[str, float]:
+    result = {
+        "regctl_p50_ms": pct(ours, 0.5) * 1000,
+        "regctl_p99_ms": pct(ours, 0.99) * 1000,
+        "baseline_p50_ms": pct(base, 0.5) * 1000,
+        "baseline_p99_ms": pct(base, 0.99) * 1000,
+    }
+    result["ratio_p50"] = result["regctl_p50_ms"] / result["baseline_p50_ms"]
+    print(
+        f"  {name:<22} {result['regctl_p50_ms']:7.3f} {result['regctl_p99_ms']:7.3f}   "
+        f"{result['baseline_p50_ms']:7.3f} {result['baseline_p99_ms']:7.3f}   "
+        f"{result['ratio_p50']:5.2f}x"
+    )
+    return result
+
+
+# --- per operation --------------------------------------------------------------------------
+
+
+def per_operation(sock: Path, n: int, pw_hash: str) -> None:
+    """Each regctl call against raw redis-py sending the same script, keys and arguments
+    (EVALSHA with everything precomputed): the difference is regctl's own work."""
+    print(f"\nper operation, one thread, {n} calls each (ms)")
+    print(f"  {'operation':<22} {'p50':>7} {'p99':>7}   {'raw p50':>7} {'raw p99':>7}   ratio")
+    client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    raw = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    policy = Policy(resend_cooldown_ms=0, max_resends=10**9)
+    store = RedisStore(client, prefix="bench")
+    manager = RegistrationManager(store, secret=SECRET, policy=policy)
+    ks = store.keyspace
+    sha = {name: store._script(name).sha for name in ("add", "get", "resend", "verify")}
+    for name in sha:
+        raw.script_load(store._script(name).script)
+    codes: dict[int, str] = {}
+    out: dict[str, Any] = {}
+
+    def evalsha(name: str, keys: tuple[str, ...], *args: object) -> object:
+        return raw.evalsha(sha[name], len(keys), *keys, *args)
+
+    def raw_keys(i: int) -> tuple[str, tuple[str, str]]:
+        d = digest(f"r{abs(i) % n}@bench.example")
+        return d, ks.keys_for(d)
+
+    def add(i: int) -> None:
+        codes[i] = manager.add(f"a{i}@bench.example", "B", "E", password_hash=pw_hash).code
+
+    def raw_add(i: int) -> None:
+        d = digest(f"r{i}@bench.example")
+        evalsha(
+            "add",
+            ks.keys_for(d),
+            d,
+            f"r{i}@bench.example",
+            "B",
+            "E",
+            pw_hash,
+            "0" * 64,
+            86_400_000,
+            900_000,
+            1,
+            f"t{i}",
+            3_600_000,
+        )
+
+    out["add"] = row("add (hash excluded)", timings(add, n), timings(raw_add, n))
+    out["get"] = row(
+        "get",
+        timings(lambda i: manager.get(f"a{abs(i) % n}@bench.example"), n),
+        timings(lambda i: evalsha("get", (raw_keys(i)[1][0],)), n),
+    )
+
+    def resend(i: int) -> None:
+        codes[abs(i) % n] = manager.resend(f"a{abs(i) % n}@bench.example").code
+
+    def raw_resend(i: int) -> None:
+        evalsha("resend", (raw_keys(i)[1][0],), "1" * 64, 900_000, 0, 10**9, f"r{i}")
+
+    out["resend"] = row("resend", timings(resend, n), timings(raw_resend, n))
+
+    def verify(i: int) -> None:
+        if i >= 0:
+            assert manager.verify(f"a{i}@bench.example", codes[i]).ok
+
+    def raw_verify(i: int) -> None:
+        if i >= 0:
+            d, (record, index) = raw_keys(i)
+            marker = ks.verify_marker(d, f"v{i}")
+            evalsha("verify", (record, index, marker), d, "1" * 64, 5, 300_000)
+
+    out["verify"] = row("verify (consumes)", timings(verify, n), timings(raw_verify, n))
+    hashing = timings(lambda i: hash_password("correct horse battery"), max(20, n // 100))
+    out["argon2id_hash_p50_ms"] = pct(hashing, 0.5) * 1000
+    print(
+        f"  {'argon2id hash (m=19MiB)':<22} {out['argon2id_hash_p50_ms']:7.1f} ms p50 "
+        "(paid once per add with a clear password)"
+    )
+    memory = RegistrationManager(MemoryStore(), secret=SECRET, policy=policy)
+    mem = timings(lambda i: memory.add(f"m{i}@bench.example", "B", "E", password_hash=pw_hash), n)
+    out["memory_add_p50_ms"] = pct(mem, 0.5) * 1000
+    print(f"  {'add on MemoryStore':<22} {out['memory_add_p50_ms']:7.3f} ms p50 (no network)")
+    RESULTS["per_operation"] = out
+    manager.close()
+
+
+# --- throughput ---------------------------------------------------------------------------
+
+
+def throughput(sock: Path, seconds: float, pw_hash: str) -> None:
+    print(f"\nthroughput of get vs raw EVALSHA of the same script, {seconds:g} s a point (ops/s)")
+    out = {}
+    for threads in (1, 8, 32):
+
+        def pool() -> redis.Redis:
+            return redis.Redis(
+                connection_pool=redis.BlockingConnectionPool.from_url(
+                    f"unix://{sock}", max_connections=50, decode_responses=True
+                )
+            )
+
+        store = RedisStore(pool(), prefix="tp")
+        manager = RegistrationManager(store, secret=SECRET)
+        with contextlib.suppress(Exception):
+            manager.add("tp@bench.example", "T", "P", password_hash=pw_hash)
+        raw = pool()
+        key = store.keyspace.record(digest("tp@bench.example"))
+        sha = store._script("get").sha
+        ours = rate(lambda m=manager: m.get("tp@bench.example"), threads, seconds)
+        base = rate(lambda r=raw, k=key, h=sha: r.evalsha(h, 1, k), threads, seconds)
+        out[threads] = {"regctl": ours, "baseline": base, "ratio": base / ours}
+        print(
+            f"  {threads:>2} threads: regctl {ours:9.0f}   raw redis-py {base:9.0f}   "
+            f"raw/regctl {base / ours:4.2f}x"
+        )
+        manager.close()
+    RESULTS["throughput_get"] = out
+
+
+def rate(op: Callable[[], object], threads: int, seconds: float) -> float:
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def work(k: int) -> None:
+        while time.monotonic() < stop:
+            op()
+            counts[k] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))
+    return sum(counts) / seconds
+
+
+def redis_benchmark(sock: Path) -> None:
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        print("\nredis-benchmark: not installed, skipped")
+        return
+    ran = subprocess.run(
+        [tool, "-s", str(sock), "-n", "50000", "-c", "1", "-q", "-t", "ping,hset"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    found = dict(re.findall(r"(\w+)[^:]*: ([\d.]+) requests per second", ran.stdout))
+    RESULTS["redis_benchmark_one_client_rps"] = {k: float(v) for k, v in found.items()}
+    print("\nredis-benchmark, one client, no pipelining (the server's floor, requests/s):")
+    for name, value in found.items():
+        print(f"  {name:<8} {float(value):9.0f}  = {1000 / float(value):.3f} ms per round trip")
+
+
+# --- bulk -----------------------------------------------------------------------------------
+
+
+def bulk(sock: Path, records: int, pw_hash: str) -> None:
+    print(f"\nbulk, {records} records")
+    client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    manager = RegistrationManager(RedisStore(client, prefix="bulk"), secret=SECRET)
+    rows = (
+        {
+            "email": f"u{i}@d{i % 50}.example",
+            "first_name": "U",
+            "last_name": "S",
+            "password_hash": pw_hash,
+        }
+        for i in range(records)
+    )
+    started = time.perf_counter()
+    added = sum(1 for r in manager.add_many(rows, batch=1000) if not isinstance(r, Exception))
+    ours = added / (time.perf_counter() - started)
+    assert added == records
+    raw = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    started = time.perf_counter()
+    for start in range(0, records, 1000):
+        pipe = raw.pipeline(transaction=False)
+        for i in range(start, min(records, start + 1000)):
+            key = f"raw:{{b{i % 64:02d}}}:reg:{i}"
+            pipe.hset(key, mapping={"email": f"u{i}@d.example", "pw": pw_hash, "e": 1})
+            pipe.pexpire(key, 86_400_000)
+            pipe.zadd(f"raw:{{b{i % 64:02d}}}:idx", {str(i): 1})
+        pipe.execute()
+    base = records / (time.perf_counter() - started)
+    RESULTS["bulk_add_per_s"] = {"regctl": ours, "baseline": base, "ratio": base / ours}
+    print(
+        f"  bulk add (add_many)     regctl {ours:9.0f}/s   raw pipelined {base:9.0f}/s   "
+        f"raw/regctl {base / ours:4.2f}x"
+    )
+
+    env = {
+        **os.environ,
+        "REGCTL_REDIS_URL": f"unix://{sock}",
+        "REGCTL_PREFIX": "bulk",
+        "REGCTL_CODE_SECRET": SECRET,
+    }
+    ours_s, ours_rss = run_measured([sys.executable, "-m", "regctl", "list", "-o", "ndjson"], env)
+    base_s, base_rss = run_measured([sys.executable, "-c", RAW_EXPORT, str(sock)], env)
+    RESULTS["export_ndjson"] = {
+        "regctl_per_s": records / ours_s,
+        "regctl_peak_rss_mb": ours_rss,
+        "baseline_per_s": records / base_s,
+        "baseline_peak_rss_mb": base_rss,
+        "ratio": ours_s / base_s,
+    }
+    print(
+        f"  list -o ndjson          regctl {records / ours_s:9.0f}/s ({ours_rss:.0f} MB peak)   "
+        f"raw scan+hgetall {records / base_s:9.0f}/s ({base_rss:.0f} MB)   "
+        f"{ours_s / base_s:4.2f}x"
+    )
+
+    expired = RegistrationManager(
+        RedisStore(client, prefix="exp"), secret=SECRET, policy=Policy(lifetime_ms=1000)
+    )
+    rows = (
+        {"email": f"e{i}@x.example", "first_name": "E", "last_name": "X", "password_hash": pw_hash}
+        for i in range(records)
+    )
+    for _ in expired.add_many(rows, batch=1000):
+        pass
+    time.sleep(1.2)
+    stalls: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:
+        probe = redis.Redis(unix_socket_path=str(sock))
+        while not done.is_set():
+            started = time.perf_counter()
+            probe.ping()
+            stalls.append(time.perf_counter() - started)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=ping)
+    watcher.start()
+    started = time.perf_counter()
+    report = expired.purge(batch=1000)
+    purge_s = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    assert report.expired == records, report
+    started = time.perf_counter()
+    pipe = raw.pipeline(transaction=False)
+    for b in range(64):
+        pipe.zremrangebyscore(f"raw:{{b{b:02d}}}:idx", "-inf", "+inf")
+    pipe.execute()
+    floor_s = time.perf_counter() - started
+    RESULTS["purge_expired"] = {
+        "seconds": purge_s,
+        "per_s": records / purge_s,
+        "max_ping_ms": max(stalls) * 1000,
+        "baseline_seconds": floor_s,
+    }
+    print(
+        f"  purge of expired        {purge_s:6.2f} s ({records / purge_s:9.0f}/s), max PING "
+        f"latency meanwhile {max(stalls) * 1000:.1f} ms; raw ZREMRANGEBYSCORE floor "
+        f"{floor_s:.2f} s"
+    )
+    manager.purge(Filter(older_than_ms=0))
+
+
+RAW_EXPORT = """
+import json, sys, redis
+r = redis.Redis(unix_socket_path=sys.argv[1], decode_responses=True)
+out = sys.stdout
+keys = []
+for key in r.scan_iter("bulk:*:reg:*", count=1000):
+    keys.append(key)
+    if len(keys) == 500:
+        pipe = r.pipeline(transaction=False)
+        for k in keys: pipe.hgetall(k)
+        for h in pipe.execute(): out.write(json.dumps(h) + "\\n")
+        keys = []
+pipe = r.pipeline(transaction=False)
+for k in keys: pipe.hgetall(k)
+for h in pipe.execute(): out.write(json.dumps(h) + "\\n")
+"""
+
+
+def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child, its stdout thrown away."""
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env, check=True
+    )
+    seconds, rss_kb = ran.stdout.split()
+    return float(seconds), int(rss_kb) / 1024
+
+
+# --- CLI start-up ------------------------------------------------------------------------------
+
+
+def startup(sock: Path, runs: int) -> None:
+    print(f"\nCLI start-up, median of {runs} runs (ms)")
+    env = {**os.environ, "REGCTL_REDIS_URL": f"unix://{sock}", "REGCTL_CODE_SECRET": SECRET}
+    regctl = [sys.executable, "-m", "regctl"]
+    floor = f"import redis; redis.Redis(unix_socket_path={str(sock)!r}).hgetall('x')"
+    eager = "import typer, rich, redis, pydantic_settings, email_validator, argon2"
+    cases = {
+        "regctl --help": [*regctl, "--help"],
+        "regctl --version": [*regctl, "--version"],
+        "regctl inspect": [*regctl, "inspect", "nobody@example.com"],
+        "regctl inspect -o json": [*regctl, "-o", "json", "inspect", "nobody@example.com"],
+        "floor: python + redis": [sys.executable, "-c", floor],
+        "eager import of deps": [sys.executable, "-c", eager],
+        "bare python": [sys.executable, "-c", "pass"],
+    }
+    out = {}
+    for name, argv in cases.items():
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+            )
+            samples.append(time.perf_counter() - started)
+        out[name] = statistics.median(samples) * 1000
+    for name, ms in out.items():
+        ratio = ms / out["floor: python + redis"]
+        print(f"  {name:<24} {ms:7.1f}   {ratio:4.2f}x the python+redis floor")
+    RESULTS["startup_ms"] = out
+
+
+# --- plot ----------------------------------------------------------------------------------------
+
+
+def plot(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = RESULTS["per_operation"]
+    names = ["add", "get", "resend", "verify"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(names))
+    left.bar(
+        [i - 0.2 for i in x], [ops[n]["regctl_p50_ms"] * 1000 for n in names], 0.4, label="regctl"
+    )
+    left.bar(
+        [i + 0.2 for i in x],
+        [ops[n]["baseline_p50_ms"] * 1000 for n in names],
+        0.4,
+        label="raw redis-py, same round trips",
+    )
+    left.set_xticks(list(x), names)
+    left.set_ylabel("p50 latency (µs)")
+    left.set_title("one operation, one thread, unix socket")
+    left.legend()
+    tp = RESULTS["throughput_get"]
+    threads = sorted(tp)
+    right.plot(threads, [tp[t]["regctl"] for t in threads], "o-", label="regctl get")
+    right.plot(threads, [tp[t]["baseline"] for t in threads], "s--", label="raw HGETALL")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("threads")
+    right.set_ylabel("operations per second")
+    right.set_title("throughput")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"\nplot written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="1 000 000-record bulk figures")
+    parser.add_argument("--records", type=int, help="bulk size (default 100 000; --full 1M)")
+    parser.add_argument("--ops", type=int, default=3000, help="calls per operation")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    records = args.records or (1_000_000 if args.full else 100_000)
+    pw_hash = hash_password("correct horse battery")
+    print(
+        f"regctl benchmark on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"redis-py {redis.__version__}"
+    )
+    with redis_server() as sock:
+        server = redis.Redis(unix_socket_path=str(sock)).info("server")
+        print(f"redis-server {server['redis_version']} on a unix socket")
+        RESULTS["machine"] = {
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "redis": server["redis_version"],
+            "redis_py": redis.__version__,
+        }
+        per_operation(sock, args.ops, pw_hash)
+        throughput(sock, 2.0, pw_hash)
+        redis_benchmark(sock)
+        bulk(sock, records, pw_hash)
+        startup(sock, 15)
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS, indent=2, default=str))
+    if args.plot:
+        plot(args.plot)
+
+
+if __name__ == "__main__":
+    main()
