@@ -266,7 +266,8 @@ def redis_benchmark(sock: Path) -> None:
         check=False,
         timeout=120,
     )
-    found = dict(re.findall(r"(\w+)[^:]*: ([\d.]+) requests per second", ran.stdout))
+    text = ran.stdout.replace("\r", "\n")
+    found = dict(re.findall(r"^([A-Z_]+): ([\d.]+) requests per second", text, re.MULTILINE))
     RESULTS["redis_benchmark_one_client_rps"] = {k: float(v) for k, v in found.items()}
     print("\nredis-benchmark, one client, no pipelining (the server's floor, requests/s):")
     for name, value in found.items():

@@ -40,6 +40,8 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "zcount": ("K", "0", "1"),
     "zrangebyscore": ("K", "0", "1"),
     "scan": ("0",),
+    "xadd": ("K", "*", "f", "v"),
+    "xrevrange": ("K", "+", "-"),
 }
 
 

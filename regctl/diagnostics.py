@@ -19,6 +19,7 @@ from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
 from regctl.model import Filter
+from regctl.store.base import PURGE_BATCH
 
 if TYPE_CHECKING:
     from regctl.store.redis_store import RedisStore
@@ -359,7 +360,7 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "they were not written by regctl; inspect and delete them",
             )
         )
-    report = store.purge(Filter(), dry_run=True, batch=500)
+    report = store.purge(Filter(), dry_run=True, batch=PURGE_BATCH)
     if report.orphans:
         findings.append(
             Finding(

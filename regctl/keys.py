@@ -7,6 +7,7 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
     p:{bNN}:vok:t       string  replay marker of a successful verify call t
     p:lock:name         string  a lease (purge), owned by a random token, with a TTL
+    p:audit             stream  who did what, capped (no TTL, by design)
 
 The ``{bNN}`` hash tag puts everything of one registration into one Redis Cluster
 slot, so every script runs unchanged on Cluster. The digest of the identity (never
@@ -58,6 +59,10 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"

@@ -17,15 +17,16 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl import security
 from regctl.errors import ConfigError, InvalidInput, RegctlError
 from regctl.model import (
     Added,
     Filter,
+    ImportReport,
     PendingRegistration,
     Policy,
     PurgeReport,
@@ -38,7 +39,7 @@ from regctl.model import (
     validate_name,
     validate_password,
 )
-from regctl.store.base import PURGE_BATCH, Counts, NewRegistration, Progress, Store
+from regctl.store.base import PAGE, PURGE_BATCH, Counts, NewRegistration, Progress, Store
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
@@ -187,7 +188,7 @@ class RegistrationManager:
         selection = selection or Filter()
         if limit is not None and limit < 0:
             raise InvalidInput("limit must be zero or more")
-        first_page = limit if limit and selection.is_empty else 500
+        first_page = limit if limit and selection.is_empty else PAGE
         rows = (r for r in self.store.scan(first_page) if selection.matches(r))
         if sort is SortKey.EXPIRES:
             return islice(rows, limit)
@@ -243,6 +244,51 @@ class RegistrationManager:
 
     def delete(self, email: str) -> bool:
         return self.store.delete(normalize_email(email).casefold())
+
+    def export(self, *, include_secrets: bool = False) -> Iterator[dict[str, Any]]:
+        """Every live record as a plain dict, streamed (see regctl.transfer)."""
+        from regctl.transfer import export_record
+
+        for reg in self.store.scan():
+            yield export_record(reg, include_secrets=include_secrets)
+
+    def import_records(
+        self,
+        lines: Iterable[str],
+        *,
+        replace: bool = False,
+        dry_run: bool = False,
+        batch: int = 500,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Restore NDJSON lines of a secrets-included export, streamed in batches.
+
+        Existing registrations are kept unless ``replace``; expired ones are skipped;
+        invalid lines are counted with their line number and skipped.
+        """
+        from regctl.transfer import parse_record
+
+        report = ImportReport(dry_run=dry_run)
+        numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
+        for chunk in _chunks(numbered, batch):
+            good = []
+            for number, line in chunk:
+                try:
+                    good.append(parse_record(line))
+                except InvalidInput as exc:
+                    report.invalid += 1
+                    if len(report.errors) < 20:
+                        report.errors.append(f"line {number}: {exc.message}")
+            for status in self.store.restore(good, replace, dry_run):
+                if status == "restored":
+                    report.restored += 1
+                elif status == "exists":
+                    report.existing += 1
+                else:
+                    report.expired += 1
+            if on_progress is not None:
+                on_progress(len(chunk))
+        return report
 
     def purge(
         self,

@@ -69,6 +69,8 @@ class PendingRegistration:
     schema: int = SCHEMA_VERSION
     # Replicas that acknowledged the write that returned this (None: not asked to wait).
     replicas_acked: int | None = field(default=None, compare=False)
+    # The code's HMAC: carried only for a backup export, never shown.
+    code_hash: str = field(default="", repr=False, compare=False)
 
     @property
     def identity(self) -> str:
@@ -199,6 +201,18 @@ class Stats:
     code_expired: int
     expiring_within_hour: int
     top_domains: list[tuple[str, int]]
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import restored (or would, on a dry run) and what it refused."""
+
+    restored: int = 0
+    existing: int = 0
+    expired: int = 0
+    invalid: int = 0
+    dry_run: bool = False
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

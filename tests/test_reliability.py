@@ -238,9 +238,13 @@ def debug_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_redis: RedisProcess):
-    sleeper = threading.Thread(
-        target=lambda: debug_redis.client().execute_command("DEBUG", "SLEEP", "4")
-    )
+    def stall() -> None:  # a bare socket: a client library would time out and resend it
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.connect(str(debug_redis.socket))
+            raw.sendall(b"DEBUG SLEEP 4\r\n")
+            raw.recv(100)
+
+    sleeper = threading.Thread(target=stall)
     sleeper.start()
     time.sleep(0.2)
     ran = cli(

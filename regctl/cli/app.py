@@ -22,18 +22,25 @@ Example: regctl add alice@example.com --first-name Alice --last-name Liddell
 
 
 class RegctlGroup(TyperGroup):
-    """Turns every error raised by a command into one stderr line and an exit status."""
+    """Turns every error raised by a command into one stderr line and an exit status,
+    and records mutating commands in the audit trail with their outcome."""
 
     def invoke(self, ctx: Any) -> Any:
+        outcome = "ok"
         try:
             return super().invoke(ctx)
-        except typer.Exit:
+        except typer.Exit as done:
+            outcome = "ok" if not done.exit_code else f"exit {int(done.exit_code)}"
             raise
         except (Exception, KeyboardInterrupt) as exc:
             if type(exc).__module__.startswith("typer"):
                 raise  # usage errors: typer prints them and exits 2
+            outcome = getattr(exc, "reason", "interrupted")
             state = ctx.obj if isinstance(ctx.obj, State) else None
             raise typer.Exit(report_error(state, exc)) from None
+        finally:
+            if isinstance(ctx.obj, State):
+                ctx.obj.record_audit(outcome)
 
 
 def _version(value: bool) -> None:
@@ -95,6 +102,7 @@ def build_app() -> typer.Typer:
     from regctl.cli.maintenance import register as register_maintenance
     from regctl.cli.records import register as register_records
     from regctl.cli.server_cmd import build as build_server
+    from regctl.cli.transfer_cmd import register as register_transfer
 
     app = typer.Typer(
         cls=RegctlGroup,
@@ -107,7 +115,13 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(main_callback)
-    for register in (register_records, register_maintenance, register_diagnose, register_config):
+    for register in (
+        register_records,
+        register_maintenance,
+        register_transfer,
+        register_diagnose,
+        register_config,
+    ):
         register(app)
     app.add_typer(build_server(), name="server")
     return app

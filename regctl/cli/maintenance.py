@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +13,7 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.errors import InvalidInput
 from regctl.model import Filter, PurgeReport, normalize_domain, parse_duration
-from regctl.render import Format, key_value_table, tsv_lines
+from regctl.render import Format, escape, key_value_table, table, timestamp, tsv_lines
 
 
 def _summary(report: PurgeReport) -> str:
@@ -42,6 +44,10 @@ def purge(
     wait: Annotated[
         float, typer.Option(min=0, help="Wait this many seconds for a running purge.")
     ] = 0,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Write Prometheus textfile metrics here after a successful run."),
+    ] = None,
     output: OutputOption = None,
 ) -> None:
     """Remove expired registrations and index leftovers; with filters, live records too.
@@ -54,6 +60,19 @@ def purge(
         older_than_ms=parse_duration(older_than) if older_than else None,
         locked=True if locked else None,
     )
+    if not dry_run:
+        state.audited(
+            "purge",
+            " ".join(
+                f"{k}={v}"
+                for k, v in (
+                    ("domain", domain),
+                    ("older-than", older_than),
+                    ("locked", locked or None),
+                )
+                if v
+            ),
+        )
     deletes_live = not selection.is_empty and not dry_run
     if deletes_live and not yes:
         if not sys.stdin.isatty():
@@ -62,6 +81,7 @@ def purge(
             raise typer.Exit(1)
     manager = state.manager
     walk = selection if (orphans or not selection.is_empty) else None
+    started = time.monotonic()
     if state.err_is_tty and not state.quiet:
         from rich.progress import Progress
 
@@ -76,11 +96,17 @@ def purge(
             )
     else:
         report = manager.purge(walk, dry_run=dry_run, batch=batch, wait=wait)
+    seconds = time.monotonic() - started
+    if metrics_file is not None and not dry_run:
+        from regctl.metrics import write_purge_metrics
+
+        write_purge_metrics(metrics_file, report, seconds, manager.counts())
     fmt = state.format(output)
     if fmt in (Format.JSON, Format.NDJSON):
         state.json(
             {
                 "ok": True,
+                "duration_s": round(seconds, 3),
                 "dry_run": report.dry_run,
                 "purged": report.total,
                 "by_reason": {
@@ -135,6 +161,41 @@ def stats(
         state.lines(tsv_lines(("metric", "value"), rows))
 
 
+def audit(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Newest entries to show.")] = 50,
+    command: Annotated[str | None, typer.Option(help="Only this command (add, purge...).")] = None,
+    target: Annotated[str | None, typer.Option(help="Only targets containing this.")] = None,
+    output: OutputOption = None,
+) -> None:
+    """Show who did what: the audit trail of mutating commands, newest first.
+
+    Example: regctl audit --target alice@example.com
+    """
+    state: State = ctx.obj
+    needle = target.casefold() if target else None
+    rows = [
+        e
+        for e in state.store.audit_read(10_000 if command or needle else limit)
+        if (command is None or e.get("command") == command)
+        and (needle is None or needle in e.get("target", "").casefold())
+    ][:limit]
+    columns = ("at", "who", "command", "target", "outcome")
+    fmt = state.format(output)
+    if fmt in (Format.JSON, Format.NDJSON):
+        state.json([{**r, "at": timestamp(int(r["at"]))} for r in rows])
+        return
+    cells = [[timestamp(int(r["at"])), *(r.get(c, "") for c in columns[1:])] for r in rows]
+    if state.is_tty:
+        out = table(*(c.upper() for c in columns))
+        for row in cells:
+            out.add_row(*(escape(v) for v in row))
+        state.show(out)
+    else:
+        state.lines(tsv_lines(columns, cells))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(purge)
     app.command()(stats)
+    app.command()(audit)

@@ -17,7 +17,7 @@ from regctl.cli.inputs import (
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS
-from regctl.errors import DeliveryFailed, NotFound
+from regctl.errors import DeliveryFailed, InvalidInput, NotFound
 from regctl.model import Filter, PendingRegistration, SortKey, normalize_domain, parse_duration
 from regctl.render import (
     COLUMNS,
@@ -115,6 +115,7 @@ def add(
     Example: printf '%s\\n' "$PW" | regctl add bob@example.com -f Bob -l Stone --password-stdin
     """
     state: State = ctx.obj
+    state.audited("add", email)
     password = None if password_hash else read_password(password_stdin)
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
@@ -210,6 +211,7 @@ def resend(
     Example: regctl resend alice@example.com
     """
     state: State = ctx.obj
+    state.audited("resend", email)
     resent = state.manager.resend(email)
     reg = resent.registration
     left = reg.resends_left(state.manager.policy)
@@ -235,6 +237,7 @@ def verify(
     Example: regctl -o json verify alice@example.com 123456
     """
     state: State = ctx.obj
+    state.audited("verify", email)
     result = state.manager.verify(email, read_code(code))
     status = VERIFY_STATUS[result.outcome]
     reg = result.registration
@@ -273,17 +276,25 @@ def unlock(ctx: typer.Context, email: EmailArg) -> None:
     Example: regctl unlock alice@example.com
     """
     state: State = ctx.obj
+    state.audited("unlock", email)
     if not state.manager.unlock(email):
         raise NotFound(f"no pending registration for {email}")
     state.say(f"unlocked {escape(email)}")
 
 
-def delete(ctx: typer.Context, email: EmailArg) -> None:
-    """Delete one pending registration.
+def delete(
+    ctx: typer.Context,
+    email: EmailArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Required in production.")] = False,
+) -> None:
+    """Delete one pending registration (with REGCTL_ENV=production, only with --yes).
 
     Example: regctl delete alice@example.com
     """
     state: State = ctx.obj
+    if state.settings.env == "production" and not yes:
+        raise InvalidInput("this is production: deleting a live registration needs --yes")
+    state.audited("delete", email)
     if not state.manager.delete(email):
         raise NotFound(f"no pending registration for {email}")
     state.say(f"deleted {escape(email)}")

@@ -36,6 +36,8 @@ class State:
     _loaded: LoadedSettings | None = None
     _target: Target | None = None
     _manager: RegistrationManager | None = None
+    # (command, target) of a mutating command, for the audit trail.
+    audit_event: tuple[str, str] | None = None
     _out: Console | None = None
     _err: Console | None = None
 
@@ -62,7 +64,10 @@ class State:
 
             self._target = open_target(self.settings)
             if self.err_is_tty and not self.quiet:
-                self.err.print(f"[dim]store: {escape(self._target.description)}[/dim]")
+                where = [self._target.description, f"prefix {self.settings.prefix}"]
+                if self.settings.env:
+                    where.append(self.settings.env.upper())
+                self.err.print(f"[dim]store: {escape(' · '.join(where))}[/dim]")
         return self._target
 
     @property
@@ -79,6 +84,33 @@ class State:
                 target.store, secret=target.secret, policy=self.settings.policy()
             )
         return self._manager
+
+    def audited(self, command: str, target: str = "") -> None:
+        """Mark this invocation for the audit trail (written when it ends)."""
+        self.audit_event = (command, target)
+
+    def record_audit(self, outcome: str) -> None:
+        if self.audit_event is None or self._target is None:
+            return  # nothing reached the store
+        if outcome in ("unavailable", "pool_exhausted", "permission_denied", "interrupted"):
+            return  # the store cannot take it now; trying would only delay the exit
+        import getpass
+        import socket
+
+        from regctl.errors import RegctlError
+
+        command, target = self.audit_event
+        try:
+            self._target.store.audit_append(
+                {
+                    "who": f"{getpass.getuser()}@{socket.gethostname()}",
+                    "command": command,
+                    "target": target,
+                    "outcome": outcome,
+                }
+            )
+        except RegctlError as exc:
+            sys.stderr.write(f"Warning: the audit entry was not written: {exc.message}\n")
 
     def close(self) -> None:
         if self._target is not None:

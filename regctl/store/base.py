@@ -6,7 +6,7 @@ manager and own only the state transitions; each mutating call is one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +21,9 @@ from regctl.errors import (
 from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
 
 PURGE_BATCH = 500
-PAGE = 500
+# Records per page when walking the index: 64 buckets x PAGE records are in memory at most.
+PAGE = 250
+AUDIT_MAX = 10_000
 MAX_PURGE_BATCH = 1000
 HOUR_MS = 3_600_000
 
@@ -64,6 +66,13 @@ class Store(Protocol):
         """``add`` for many (registration, token) pairs, pipelined; one result each."""
         ...
 
+    def restore(
+        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+    ) -> list[str]:
+        """Write exported records back with their remaining lifetime; one status each:
+        "restored", "exists" (kept, unless ``replace_existing``) or "expired"."""
+        ...
+
     def get(self, identity: str) -> PendingRegistration | None: ...
 
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
@@ -101,6 +110,14 @@ class Store(Protocol):
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> Lease:
         """Hold the named lock for a while; raise LockHeld if it stays taken ``wait_s``."""
+        ...
+
+    def audit_append(self, entry: Mapping[str, str]) -> None:
+        """Append to the capped audit trail (the newest AUDIT_MAX entries are kept)."""
+        ...
+
+    def audit_read(self, count: int) -> list[dict[str, str]]:
+        """The newest ``count`` audit entries, newest first, each with its "at" (ms)."""
         ...
 
     def close(self) -> None: ...

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from regctl.errors import AlreadyExists
@@ -23,6 +24,7 @@ from regctl.model import (
     VerifyResult,
 )
 from regctl.store.base import (
+    AUDIT_MAX,
     HOUR_MS,
     PAGE,
     Counts,
@@ -75,6 +77,7 @@ class MemoryStore:
         self._entries: dict[str, _Entry] = {}
         self._markers: dict[str, tuple[int, PendingRegistration]] = {}
         self._leases: dict[str, int] = {}
+        self._audit: deque[dict[str, str]] = deque(maxlen=AUDIT_MAX)
 
     def _live(self, identity: str, now: int) -> _Entry | None:
         entry = self._entries.get(identity)
@@ -117,6 +120,24 @@ class MemoryStore:
                 results.append(exc)
         return results
 
+    def restore(
+        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+    ) -> list[str]:
+        statuses = []
+        with self._lock:
+            now = self._clock()
+            for reg in batch:
+                if reg.expires_at <= now:
+                    statuses.append("expired")
+                elif not replace_existing and self._live(reg.identity, now) is not None:
+                    statuses.append("exists")
+                else:
+                    if not dry_run:
+                        record = replace(reg, code_hash="", replicas_acked=None)
+                        self._entries[reg.identity] = _Entry(record, reg.code_hash, "")
+                    statuses.append("restored")
+        return statuses
+
     def get(self, identity: str) -> PendingRegistration | None:
         with self._lock:
             now = self._clock()
@@ -128,14 +149,14 @@ class MemoryStore:
             now = self._clock()
             live = sorted(
                 (
-                    (e.record.expires_at, digest(identity), e.record)
+                    (e.record.expires_at, digest(identity), e)
                     for identity, e in self._entries.items()
                     if e.record.expires_at > now
                 ),
                 key=lambda row: (row[0], row[1]),
             )
-        for _expires, _digest, record in live:
-            yield replace(record, observed_at=now)
+        for _expires, _digest, entry in live:
+            yield replace(entry.record, observed_at=now, code_hash=entry.code_hash)
 
     def counts(self) -> Counts:
         with self._lock:
@@ -257,6 +278,14 @@ class MemoryStore:
             if time.monotonic() >= deadline:
                 raise lock_held(name, wait_s)
             time.sleep(0.05)
+
+    def audit_append(self, entry: Mapping[str, str]) -> None:
+        with self._lock:
+            self._audit.append({"at": str(self._clock()), **entry})
+
+    def audit_read(self, count: int) -> list[dict[str, str]]:
+        with self._lock:
+            return list(reversed(self._audit))[:count]
 
     def close(self) -> None:
         """Nothing to release; here for the Store protocol."""

@@ -6,7 +6,7 @@ import heapq
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from regctl.model import (
 )
 from regctl.security import new_token
 from regctl.store.base import (
+    AUDIT_MAX,
     HOUR_MS,
     MAX_PURGE_BATCH,
     PAGE,
@@ -54,6 +55,7 @@ _SCRIPTS = (
     "purge_expired",
     "purge_some",
     "lock",
+    "restore",
 )
 
 
@@ -74,6 +76,7 @@ def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingR
         locked=f["l"] == "1",
         observed_at=observed_at,
         schema=int(f.get("v", SCHEMA_VERSION)),
+        code_hash=f.get("ch", ""),
     )
 
 
@@ -221,6 +224,15 @@ class RedisStore:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         return _RedisLease(self, key, token, ttl_ms)
 
+    def audit_append(self, entry: Mapping[str, str]) -> None:
+        with translated_errors():
+            self.client.xadd(self.keyspace.audit, dict(entry), maxlen=AUDIT_MAX, approximate=True)
+
+    def audit_read(self, count: int) -> list[dict[str, str]]:
+        with translated_errors():
+            rows = self.client.xrevrange(self.keyspace.audit, count=count)
+        return [{"at": entry_id.partition("-")[0], **fields} for entry_id, fields in rows]
+
     def close(self) -> None:
         self.client.close()
         pool = getattr(self.client, "connection_pool", None)  # a cluster closes its own
@@ -262,6 +274,44 @@ class RedisStore:
             decode(fields, int(now)) if status == "created" else already_exists(new.email)
             for (new, _token), (status, now, fields) in zip(batch, replies, strict=True)
         ]
+
+    def restore(
+        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+    ) -> list[str]:
+        calls = []
+        for reg in batch:
+            d = digest(reg.identity)
+            fields = (
+                "v",
+                reg.schema,
+                "email",
+                reg.email,
+                "fn",
+                reg.first_name,
+                "ln",
+                reg.last_name,
+                "pw",
+                reg.password_hash,
+                "ch",
+                reg.code_hash,
+                "c",
+                reg.created_at,
+                "e",
+                reg.expires_at,
+                "ce",
+                reg.code_expires_at,
+                "s",
+                reg.last_sent_at,
+                "r",
+                reg.resend_count,
+                "a",
+                reg.attempts,
+                "l",
+                int(reg.locked),
+            )
+            flags = (int(replace_existing), int(dry_run), reg.expires_at, INDEX_GRACE_MS)
+            calls.append((self.keyspace.keys_for(d), (d, *flags, *fields)))
+        return [str(status) for status in self._run_many("restore", calls)]
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())
@@ -331,6 +381,7 @@ class RedisStore:
             [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
         )
         streams = [self._bucket_stream(bucket, first, size) for bucket, first in enumerate(firsts)]
+        firsts.clear()  # each stream drops its first page once read: memory stays flat
         for _key, entry in heapq.merge(*streams):
             yield entry
 

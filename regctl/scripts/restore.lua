@@ -1,0 +1,20 @@
+-- Restore an exported registration with its remaining lifetime (server clock decides).
+-- KEYS: record, index   ARGV: digest, replace (1/0), dry_run (1/0), expires_at,
+--                              index_grace_ms, then the record's field/value pairs
+-- Returns "restored", "exists" or "expired".
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = tonumber(ARGV[4])
+if expires <= now then return 'expired' end
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+if ARGV[3] == '1' then return 'restored' end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('PEXPIREAT', KEYS[1], expires)
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+local index_expires = expires + tonumber(ARGV[5])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl < 0 or now + ttl < index_expires then
+  redis.call('PEXPIREAT', KEYS[2], index_expires)
+end
+return 'restored'

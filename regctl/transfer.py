@@ -1,0 +1,86 @@
+"""Export and import as NDJSON: one registration a line, streamed both ways.
+
+A redacted export (the default) has no password hash and no code HMAC: fit for
+sharing, not for restoring. ``include_secrets`` adds both, for backup and restore
+between servers that share the code secret. Times are ms since the epoch on the
+source server's clock; an import keeps each record's absolute expiry, so the
+remaining lifetime carries over.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from regctl.errors import InvalidInput
+from regctl.model import (
+    SCHEMA_VERSION,
+    PendingRegistration,
+    normalize_email,
+    validate_name,
+)
+from regctl.security import check_password_hash
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_INT_FIELDS = (
+    "created_at",
+    "expires_at",
+    "code_expires_at",
+    "last_sent_at",
+    "resend_count",
+    "attempts",
+)
+
+
+def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[str, Any]:
+    data = reg.public_dict(include_password_hash=include_secrets)
+    data.pop("status")
+    data["schema"] = reg.schema
+    if include_secrets:
+        data["code_hash"] = reg.code_hash
+    return data
+
+
+def parse_record(line: str) -> PendingRegistration:
+    """One NDJSON line of a secrets-included export, validated like fresh input."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        raise InvalidInput("not a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("not a JSON object")
+    if "password_hash" not in data or "code_hash" not in data:
+        raise InvalidInput("no password_hash/code_hash: export with --include-secrets to restore")
+    code_hash = data["code_hash"]
+    if not isinstance(code_hash, str) or not _HEX64.fullmatch(code_hash):
+        raise InvalidInput("code_hash is not an HMAC-SHA256 hex digest")
+    numbers = {}
+    for name in _INT_FIELDS:
+        value = data.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f"{name} must be a non-negative integer")
+        numbers[name] = value
+    if numbers["expires_at"] <= numbers["created_at"]:
+        raise InvalidInput("expires_at must be after created_at")
+    if not isinstance(data.get("locked"), bool):
+        raise InvalidInput("locked must be true or false")
+    if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise InvalidInput(f"unknown schema {data.get('schema')!r}")
+    return PendingRegistration(
+        email=normalize_email(_text(data, "email")),
+        first_name=validate_name(_text(data, "first_name"), "first name"),
+        last_name=validate_name(_text(data, "last_name"), "last name"),
+        password_hash=check_password_hash(_text(data, "password_hash")),
+        locked=data["locked"],
+        observed_at=0,
+        code_hash=code_hash,
+        **numbers,
+    )
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string")
+    return value

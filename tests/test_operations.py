@@ -1,0 +1,240 @@
+"""Operations: cron-grade purge, metrics, export/import, the audit trail, rails, deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from regctl.settings import Settings
+from tests.conftest import Cli, cli_env
+from tests.servers import RedisProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+REGCTL = str(Path(sys.executable).parent / "regctl")
+PASSWORD = "operations-password"
+
+
+def add(cli: Cli, email: str, **env: str) -> str:
+    ran = cli(
+        "-o",
+        "json",
+        "add",
+        email,
+        "-f",
+        "O",
+        "-l",
+        "P",
+        "--password-stdin",
+        "--show-code",
+        input=PASSWORD + "\n",
+        **env,
+    )
+    assert ran.exit_code == 0, ran.stderr
+    return str(json.loads(ran.stdout)["code"])
+
+
+# --- cron-grade purge -------------------------------------------------------------------------
+
+
+def test_purge_writes_prometheus_metrics_and_a_json_summary(cli: Cli, tmp_path: Path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    add(cli, "m1@example.com")
+    metrics = tmp_path / "regctl.prom"
+    ran = cli("-o", "json", "purge", "--metrics-file", str(metrics))
+    summary = json.loads(ran.stdout)
+    assert summary["ok"] is True
+    assert summary["duration_s"] >= 0
+    assert summary["by_reason"] == {"expired": 0, "orphan": 0, "matched": 0}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.read_text())
+        for s in family.samples
+    }
+    assert samples[("regctl_pending_registrations", ())] == 1
+    assert samples[("regctl_purge_removed", (("reason", "expired"),))] == 0
+    assert abs(samples[("regctl_purge_last_success_timestamp_seconds", ())] - time.time()) < 60
+
+
+def test_two_purge_processes_never_overlap(redis_proc: RedisProcess, prefix: str):
+    env = {**os.environ, **cli_env(redis_proc.url, prefix)}
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, redis; from regctl import RedisStore; "
+            f"s = RedisStore(redis.Redis(unix_socket_path={str(redis_proc.socket)!r}, "
+            f"decode_responses=True), prefix={prefix!r}); l = s.lease('purge', 10000, 0); "
+            "print('held', flush=True); time.sleep(2); l.release()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    blocked = subprocess.run(
+        [REGCTL, "purge"], env=env, capture_output=True, text=True, check=False
+    )
+    queued = subprocess.run(
+        [REGCTL, "purge", "--wait", "20"], env=env, capture_output=True, text=True, check=False
+    )
+    holder.wait(10)
+    assert blocked.returncode == 75
+    assert queued.returncode == 0, queued.stderr
+
+
+# --- export / import ------------------------------------------------------------------------
+
+
+def test_export_is_redacted_by_default(cli: Cli):
+    add(cli, "e1@example.com")
+    line = json.loads(cli("export").stdout)
+    assert line["email"] == "e1@example.com"
+    assert "password_hash" not in line
+    assert "code_hash" not in line
+
+
+def exported(text: str) -> dict[str, dict[str, object]]:
+    return {row["email"]: row for row in map(json.loads, text.splitlines())}
+
+
+def test_export_import_round_trip_onto_another_server(cli: Cli, fresh_redis: RedisProcess):
+    codes = {email: add(cli, email) for email in ("r1@example.com", "r2@example.com")}
+    cli("verify", "r1@example.com", f"{(int(codes['r1@example.com']) + 1) % 10**6:06d}")
+    dump = cli("export", "--include-secrets").stdout
+    other = {"REGCTL_REDIS_URL": fresh_redis.url}
+    dry = cli("-o", "json", "import", "-", "--dry-run", input=dump, **other)
+    assert json.loads(dry.stdout)["restored"] == 2
+    assert cli("list", "-o", "name", **other).stdout == ""
+    ran = cli("-o", "json", "import", "-", input=dump, **other)
+    assert json.loads(ran.stdout)["restored"] == 2
+    assert exported(cli("export", "--include-secrets", **other).stdout) == exported(dump)
+    source = {r["email"]: r for r in json.loads(cli("list", "-o", "json").stdout)}
+    copied = {r["email"]: r for r in json.loads(cli("list", "-o", "json", **other).stdout)}
+    for email, row in copied.items():
+        assert row["expires_at"] == source[email]["expires_at"]  # remaining lifetime kept
+        assert row["attempts"] == source[email]["attempts"]
+    # the same code secret: the mailed code still works on the new server
+    assert cli("verify", "r2@example.com", codes["r2@example.com"], **other).exit_code == 0
+
+
+def test_import_keeps_existing_records_unless_replace(cli: Cli):
+    add(cli, "x1@example.com")
+    dump = cli("export", "--include-secrets").stdout
+    kept = json.loads(cli("-o", "json", "import", "-", input=dump).stdout)
+    assert (kept["restored"], kept["existing"]) == (0, 1)
+    replaced = json.loads(cli("-o", "json", "import", "-", "--replace", input=dump).stdout)
+    assert replaced["restored"] == 1
+
+
+def test_a_redacted_or_broken_line_is_refused_by_line_number(cli: Cli):
+    add(cli, "y1@example.com")
+    redacted = cli("export").stdout
+    ran = cli("import", "-", input=redacted + "{not json}\n")
+    assert ran.exit_code == 2
+    assert "line 1: no password_hash" in ran.stderr
+    assert "line 2: not a JSON object" in ran.stderr
+
+
+# --- audit trail -----------------------------------------------------------------------------
+
+
+def test_every_mutating_command_leaves_an_audit_entry(cli: Cli):
+    env = {"REGCTL_RESEND_COOLDOWN": "0"}
+    add(cli, "a1@example.com", **env)
+    code = json.loads(cli("-o", "json", "resend", "a1@example.com", "--show-code", **env).stdout)
+    cli("verify", "a1@example.com", "000000" if code["code"] != "000000" else "111111")
+    cli("unlock", "a1@example.com")
+    cli("verify", "a1@example.com", code["code"])
+    cli("delete", "a1@example.com")
+    cli("purge", "--domain", "example.com", "--yes")
+    cli("import", "-", input="")
+    entries = json.loads(cli("audit", "-o", "json").stdout)
+    seen = [(e["command"], e["outcome"]) for e in reversed(entries)]
+    assert seen == [
+        ("add", "ok"),
+        ("resend", "ok"),
+        ("verify", "exit 1"),
+        ("unlock", "ok"),
+        ("verify", "ok"),
+        ("delete", "not_found"),
+        ("purge", "ok"),
+        ("import", "ok"),
+    ]
+    assert all("@" in e["who"] for e in entries)
+    filtered = json.loads(cli("audit", "-o", "json", "--command", "verify").stdout)
+    assert len(filtered) == 2
+
+
+# --- safety rails ------------------------------------------------------------------------------
+
+
+def test_production_needs_yes_to_delete(cli: Cli):
+    add(cli, "p1@example.com")
+    ran = cli("delete", "p1@example.com", REGCTL_ENV="production")
+    assert ran.exit_code == 2
+    assert "--yes" in ran.stderr
+    assert cli("delete", "p1@example.com", "--yes", REGCTL_ENV="production").exit_code == 0
+
+
+# --- deployment examples -----------------------------------------------------------------------
+
+
+def test_the_compose_file_uses_only_real_commands_and_settings():
+    import yaml
+    from typer.main import get_command
+
+    from regctl.cli.app import build_app
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    redis_cmd = compose["services"]["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert "healthcheck" in compose["services"]["redis"]
+    assert compose["networks"]["backend"]["internal"] is True
+    purge = compose["services"]["purge"]
+    known = {
+        alias
+        for field in Settings.model_fields.values()
+        for alias in field.validation_alias.choices  # type: ignore[union-attr]
+    }
+    assert set(purge["environment"]) <= known
+    segment = next(part for part in purge["command"][0].split(";") if "regctl" in part)
+    words = shlex.split(segment)
+    words = words[words.index("regctl") :]
+    root = get_command(build_app())
+    command = root.commands[words[2]]
+    options = {o for p in root.params + command.params for o in p.opts}
+    assert {w for w in words[1:] if w.startswith("-")} <= options
+
+
+def test_the_dockerfile_copies_what_exists_and_runs_a_real_command():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            for path in line.split()[1:-1]:
+                assert (ROOT / path).exists(), path
+    assert 'CMD ["health"]' in text
+
+
+@pytest.mark.parametrize("doc", ["docs/runbook.md"])
+def test_the_runbook_commands_exist(doc: str):
+    from typer.main import get_command
+
+    from regctl.cli.app import build_app
+
+    root = get_command(build_app())
+    text = (ROOT / doc).read_text()
+    used = {
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("regctl ") and not line.split()[1].startswith("-")
+    }
+    assert used
+    assert used <= set(root.commands), used - set(root.commands)
