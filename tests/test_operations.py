@@ -238,3 +238,42 @@ def test_the_runbook_commands_exist(doc: str):
     }
     assert used
     assert used <= set(root.commands), used - set(root.commands)
+
+
+# --- live view -------------------------------------------------------------------------------
+
+
+def test_stats_interval_prints_one_sample_per_line_when_piped(cli: Cli):
+    add(cli, "l1@example.com")
+    lines = cli("stats", "--interval", "0.1", "--count", "3").stdout.splitlines()
+    assert len(lines) == 3
+    assert all(line.split("\t")[1] == "1" for line in lines)
+    samples = [
+        json.loads(x)
+        for x in cli("-o", "json", "stats", "--interval", "0.1", "--count", "2").stdout.splitlines()
+    ]
+    assert [s["total"] for s in samples] == [1, 1]
+
+
+def test_health_interval_samples_and_exits_0(cli: Cli):
+    ran = cli("health", "--interval", "0.1", "--count", "2")
+    assert ran.exit_code == 0
+    assert [line.split("\t")[1] for line in ran.stdout.splitlines()] == ["OK", "OK"]
+
+
+def test_ctrl_c_ends_a_live_view_with_exit_0(redis_proc: RedisProcess, prefix: str):
+    import signal
+
+    env = {**os.environ, **cli_env(redis_proc.url, prefix)}
+    proc = subprocess.Popen(
+        [REGCTL, "stats", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert len(out.splitlines()) >= 2

@@ -8,12 +8,15 @@ import typer
 
 from regctl import __version__
 from regctl.cli.inputs import OutputOption
+from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
 from regctl.errors import RegctlError
-from regctl.render import Format, escape, table, tsv_lines
+from regctl.render import Format, escape, table, to_json, tsv_lines
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from regctl.diagnostics import Health
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
 
@@ -28,9 +31,13 @@ def health(
     crit_memory: Annotated[
         float, typer.Option(help="CRITICAL above this share of maxmemory.")
     ] = 0.95,
+    interval: IntervalOption = None,
+    count: CountOption = None,
     output: OutputOption = None,
 ) -> None:
     """Check Redis and the store; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    With --interval it keeps watching (one line per sample in a pipe) and exits 0.
 
     Example: regctl health -o json
     """
@@ -47,26 +54,50 @@ def health(
             state.json({"status": "unknown", "version": __version__, "error": exc.message})
         raise typer.Exit(Level.UNKNOWN) from None
     fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    as_json = fmt in (Format.JSON, Format.NDJSON)
+    if interval is not None:
+        watch(
+            state,
+            interval,
+            count,
+            lambda: check(state.store, __version__, limits),
+            lambda r: _health_view(r, state),
+            lambda r: (
+                to_json(r.data)
+                if as_json
+                else "\t".join(
+                    [
+                        r.data["timestamp"],
+                        r.level.name,
+                        *(f"{c.name}={c.level.name.lower()}" for c in r.checks),
+                    ]
+                )
+            ),
+        )
+        return
+    if as_json:
         state.json(report.data)
     elif state.is_tty:
-        checks = table("CHECK", "STATUS", "DETAIL")
-        for c in report.checks:
-            level = c.level.name.lower()
-            checks.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
-        state.out.print(f"[bold]{report.level.name}[/bold] {escape(state.store_description)}")
-        state.show(checks)
-        view = report.data.get("topology")
-        if view is not None:
-            state.show(_nodes_table(view["nodes"]))
+        state.show(_health_view(report, state))
     else:
-        state.lines(
-            tsv_lines(
-                ("check", "status", "detail"),
-                [(c.name, c.level.name.lower(), c.detail) for c in report.checks],
-            )
-        )
+        rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
+        state.lines(tsv_lines(("check", "status", "detail"), rows))
     raise typer.Exit(report.level)
+
+
+def _health_view(report: Health, state: State) -> Any:
+    from rich.console import Group
+
+    checks = table("CHECK", "STATUS", "DETAIL")
+    for c in report.checks:
+        level = c.level.name.lower()
+        checks.add_row(c.name, f"[{_LEVEL_STYLE[level]}]{level}[/]", escape(c.detail))
+    heading = f"[bold]{report.level.name}[/bold] {escape(state.store_description)}"
+    parts: list[Any] = [heading, checks]
+    view = report.data.get("topology")
+    if view is not None:
+        parts.append(_nodes_table(view["nodes"]))
+    return Group(*parts)
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> Table:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from regctl.cli.inputs import OutputOption
+from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
 from regctl.errors import InvalidInput
-from regctl.model import Filter, PurgeReport, normalize_domain, parse_duration
-from regctl.render import Format, escape, key_value_table, table, timestamp, tsv_lines
+from regctl.model import Filter, PurgeReport, Stats, normalize_domain, parse_duration
+from regctl.render import (
+    Format,
+    escape,
+    key_value_table,
+    table,
+    timestamp,
+    to_json,
+    tsv_lines,
+)
 
 
 def _summary(report: PurgeReport) -> str:
@@ -125,40 +134,71 @@ def purge(
 def stats(
     ctx: typer.Context,
     top: Annotated[int, typer.Option(min=0, max=100, help="How many top domains.")] = 5,
+    interval: IntervalOption = None,
+    count: CountOption = None,
     output: OutputOption = None,
 ) -> None:
     """Totals: pending, locked, code expired, expiring within an hour, top domains.
 
-    Example: regctl stats -o json
+    Example: regctl stats --interval 5
     """
     state: State = ctx.obj
-    result = state.manager.stats(top)
     fmt = state.format(output)
-    pairs = [
+    as_json = fmt in (Format.JSON, Format.NDJSON)
+    if interval is not None:
+        watch(
+            state,
+            interval,
+            count,
+            lambda: state.manager.stats(top),
+            _stats_view,
+            lambda s: to_json(_stats_json(s, state)) if as_json else _stats_line(s),
+        )
+        return
+    result = state.manager.stats(top)
+    if as_json:
+        state.json(_stats_json(result, state))
+    elif state.is_tty:
+        state.show(_stats_view(result))
+    else:
+        rows = _stats_pairs(result) + [(f"domain {d}", str(n)) for d, n in result.top_domains]
+        state.lines(tsv_lines(("metric", "value"), rows))
+
+
+def _stats_pairs(result: Stats) -> list[tuple[str, str]]:
+    return [
         ("pending", str(result.total)),
         ("locked", str(result.locked)),
         ("code expired", str(result.code_expired)),
         ("expiring within 1h", str(result.expiring_within_hour)),
     ]
+
+
+def _stats_json(result: Stats, state: State) -> dict[str, Any]:
+    return {
+        "timestamp": timestamp(int(time.time() * 1000)),
+        "total": result.total,
+        "locked": result.locked,
+        "code_expired": result.code_expired,
+        "expiring_within_hour": result.expiring_within_hour,
+        "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
+        "store": state.store_description,
+    }
+
+
+def _stats_line(result: Stats) -> str:
+    values = "\t".join(value for _label, value in _stats_pairs(result))
+    return f"{timestamp(int(time.time() * 1000))}\t{values}"
+
+
+def _stats_view(result: Stats) -> Any:
+    from rich.console import Group
+
     domains = [(domain, str(n)) for domain, n in result.top_domains]
-    if fmt in (Format.JSON, Format.NDJSON):
-        state.json(
-            {
-                "total": result.total,
-                "locked": result.locked,
-                "code_expired": result.code_expired,
-                "expiring_within_hour": result.expiring_within_hour,
-                "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
-                "store": state.store_description,
-            }
-        )
-    elif state.is_tty:
-        state.show(key_value_table(pairs))
-        if domains:
-            state.show(key_value_table(domains, title="\ntop domains"))
-    else:
-        rows = pairs + [(f"domain {d}", n) for d, n in domains]
-        state.lines(tsv_lines(("metric", "value"), rows))
+    parts = [key_value_table(_stats_pairs(result))]
+    if domains:
+        parts.append(key_value_table(domains, title="\ntop domains"))
+    return Group(*parts)
 
 
 def audit(

@@ -92,6 +92,8 @@ class State:
     def record_audit(self, outcome: str) -> None:
         if self.audit_event is None or self._target is None:
             return  # nothing reached the store
+        if outcome == "invalid_input":
+            return  # refused before anything happened: bad input writes nothing at all
         if outcome in ("unavailable", "pool_exhausted", "permission_denied", "interrupted"):
             return  # the store cannot take it now; trying would only delay the exit
         import getpass

@@ -226,11 +226,12 @@ class RedisStore:
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with translated_errors():
-            self.client.xadd(self.keyspace.audit, dict(entry), maxlen=AUDIT_MAX, approximate=True)
+            # The audit key needs no bucket layout: no layout round trip for it.
+            self.client.xadd(self._wanted.audit, dict(entry), maxlen=AUDIT_MAX, approximate=True)
 
     def audit_read(self, count: int) -> list[dict[str, str]]:
         with translated_errors():
-            rows = self.client.xrevrange(self.keyspace.audit, count=count)
+            rows = self.client.xrevrange(self._wanted.audit, count=count)
         return [{"at": entry_id.partition("-")[0], **fields} for entry_id, fields in rows]
 
     def close(self) -> None:
