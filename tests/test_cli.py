@@ -71,10 +71,17 @@ def test_help_lists_every_command(cli: Cli):
         assert command in ran.stdout
 
 
-def test_an_unknown_option_is_a_usage_error(cli: Cli):
+def test_an_unknown_option_is_a_one_line_usage_error(cli: Cli):
     ran = cli("list", "--bogus")
     assert ran.exit_code == 2
-    assert "bogus" in ran.stderr
+    assert ran.stderr == "Error: No such option: --bogus — see `root list --help`\n"
+
+
+def test_an_address_that_looks_like_an_option_needs_a_double_dash(cli: Cli):
+    ran = cli("inspect", "-0")
+    assert ran.exit_code == 2
+    assert ran.stderr.count("\n") == 1
+    assert cli("inspect", "--", "-0@example.com").exit_code == 3
 
 
 # --- add ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +12,7 @@ from typer.core import TyperGroup
 
 from regctl import __version__
 from regctl.cli.state import State
-from regctl.cli.status import report_error
+from regctl.cli.status import ExitStatus, report_error
 from regctl.render import Format
 
 HELP = """Run pending user registrations stored in Redis.
@@ -24,6 +26,40 @@ Example: regctl add alice@example.com --first-name Alice --last-name Liddell
 class RegctlGroup(TyperGroup):
     """Turns every error raised by a command into one stderr line and an exit status,
     and records mutating commands in the audit trail with their outcome."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Usage errors as one line too (click would print usage, a hint and the error)."""
+        run = {
+            "args": args,
+            "prog_name": prog_name,
+            "complete_var": complete_var,
+            "windows_expand_args": windows_expand_args,
+            **extra,
+        }
+        if not standalone_mode:
+            return super().main(standalone_mode=False, **run)
+        try:
+            status = super().main(standalone_mode=False, **run)
+        except typer.Abort:  # end of input or Ctrl-C at a prompt
+            sys.stderr.write("Interrupted\n")
+            sys.exit(ExitStatus.INTERRUPTED)
+        except Exception as exc:
+            if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
+                raise
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "regctl"
+            message = " ".join(str(exc.format_message()).split())
+            sys.stderr.write(f"Error: {message} — see `{where} --help`\n")
+            sys.exit(exc.exit_code)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         outcome = "ok"
