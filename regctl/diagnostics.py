@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
-from regctl.model import Filter
+from regctl.model import Filter, Policy
 from regctl.store.base import PURGE_BATCH
 
 if TYPE_CHECKING:
@@ -360,7 +360,7 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "they were not written by regctl; inspect and delete them",
             )
         )
-    report = store.purge(Filter(), dry_run=True, batch=PURGE_BATCH)
+    report = store.purge(Filter(), Policy(), dry_run=True, batch=PURGE_BATCH)
     if report.orphans:
         findings.append(
             Finding(
@@ -439,7 +439,6 @@ class _SelfTest:
         import secrets
 
         from regctl.manager import RegistrationManager
-        from regctl.model import Policy
         from regctl.security import generate_secret
         from regctl.store.redis_store import RedisStore as Store
 

@@ -6,6 +6,8 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
     p:{bNN}:vok:t       string  replay marker of a successful verify call t
+    p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
+                                the epoch); scripts/_lib.lua builds the same name
     p:lock:name         string  a lease (purge), owned by a random token, with a TTL
     p:audit             stream  who did what, capped (no TTL, by design)
 
@@ -82,6 +84,9 @@ class Keyspace:
 
     def record(self, digest_hex: str) -> str:
         return self.record_base(self.bucket_of(digest_hex)) + digest_hex
+
+    def funnel(self, bucket: int, day: int) -> str:
+        return f"{self.tag(bucket)}:funnel:{day}"
 
     def verify_marker(self, digest_hex: str, token: str) -> str:
         return f"{self.tag(self.bucket_of(digest_hex))}:vok:{token}"

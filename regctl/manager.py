@@ -14,6 +14,7 @@ store. Example (a sign-up endpoint and its verification endpoint)::
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import time
 from collections import Counter
@@ -22,10 +23,23 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl import security
-from regctl.errors import ConfigError, InvalidInput, RegctlError
+from regctl.errors import (
+    ConfigError,
+    CooldownActive,
+    DeliveryFailed,
+    InvalidInput,
+    NotFound,
+    RegctlError,
+    RegistrationLocked,
+    ResendLimitReached,
+)
 from regctl.model import (
+    AGE_BUCKETS,
+    FUNNEL_EVENTS,
     Added,
+    BulkResendReport,
     Filter,
+    FunnelDay,
     ImportReport,
     PendingRegistration,
     Policy,
@@ -209,16 +223,31 @@ class RegistrationManager:
         return self.store.counts()
 
     def stats(self, top: int = 5) -> Stats:
-        """Totals over every live record (one streaming pass)."""
+        """Totals and an age histogram over every live record (one streaming pass)."""
         total = locked = code_expired = soon = 0
         domains: Counter[str] = Counter()
+        ages = [0] * len(AGE_BUCKETS)
         for r in self.store.scan():
             total += 1
             locked += r.locked
             code_expired += r.code_expired and not r.locked
             soon += r.ttl_ms <= 3_600_000
             domains[r.domain] += 1
-        return Stats(total, locked, code_expired, soon, domains.most_common(top))
+            ages[next(i for i, (_, limit) in enumerate(AGE_BUCKETS) if r.age_ms < limit)] += 1
+        histogram = [(label, n) for (label, _), n in zip(AGE_BUCKETS, ages, strict=True)]
+        return Stats(total, locked, code_expired, soon, domains.most_common(top), histogram)
+
+    def funnel(self, days: int = 7) -> builtins.list[FunnelDay]:
+        """Per server day, newest first: created, codes sent, verified, locked, expired."""
+        from datetime import UTC, datetime
+
+        return [
+            FunnelDay(
+                datetime.fromtimestamp(day * 86_400, UTC).date().isoformat(),
+                **{event: counts.get(event, 0) for event in FUNNEL_EVENTS},
+            )
+            for day, counts in self.store.funnel_counts(days)
+        ]
 
     def resend(self, email: str, *, token: str | None = None) -> Resent:
         """A new code for a pending registration; the old code stops working."""
@@ -227,6 +256,64 @@ class RegistrationManager:
         code_hash = self.codes.digest(identity, code)
         record = self.store.resend(identity, code_hash, self.policy, token or security.new_token())
         return Resent(record, code)
+
+    def resend_many(
+        self,
+        selection: Filter,
+        *,
+        never_resent: bool = False,
+        limit: int | None = None,
+        per_second: float | None = None,
+        dry_run: bool = False,
+        deliver: Callable[[Resent], None] | None = None,
+    ) -> BulkResendReport:
+        """Resend to every registration ``selection`` matches, at most ``per_second``.
+
+        Each resend is the same atomic step as ``resend``: the cooldown and the cap
+        are checked by the store, so a stopped run can be rerun without anyone
+        getting two codes inside the cooldown (and ``never_resent`` skips those who
+        got one). A delivery that raises DeliveryFailed is counted; the run goes on.
+        """
+        report = BulkResendReport(dry_run=dry_run)
+        pause = 1.0 / per_second if per_second else 0.0
+        for reg in self.list(selection):
+            if limit is not None and report.sent >= limit:
+                break
+            if never_resent and reg.resend_count:
+                continue
+            if dry_run:
+                refusal = self._resend_refusal(reg)
+                if refusal is None:
+                    report.sent += 1
+                    report.recipients.append(reg.email)
+                else:
+                    report.skip(refusal)
+                continue
+            try:
+                resent = self.resend(reg.email)
+            except (CooldownActive, ResendLimitReached, RegistrationLocked, NotFound) as exc:
+                report.skip(exc.reason)
+                continue
+            report.recipients.append(reg.email)
+            try:
+                if deliver is not None:
+                    deliver(resent)
+                report.sent += 1
+            except DeliveryFailed:
+                report.failed += 1
+            if pause:
+                time.sleep(pause)
+        return report
+
+    def _resend_refusal(self, reg: PendingRegistration) -> str | None:
+        """Why a resend would be refused now, judged from a record (dry runs)."""
+        if reg.locked:
+            return "locked"
+        if reg.resend_count >= self.policy.max_resends:
+            return "resend_limit"
+        if reg.cooldown_left_ms(self.policy):
+            return "cooldown"
+        return None
 
     def verify(self, email: str, code: str, *, token: str | None = None) -> VerifyResult:
         """Check a code; on success the record is consumed and returned.
@@ -306,7 +393,7 @@ class RegistrationManager:
         to ``wait`` seconds for the first, then raises LockHeld.
         """
         if dry_run:  # changes nothing, so it needs no lock
-            return self.store.purge(selection, dry_run, batch, on_progress)
+            return self.store.purge(selection, self.policy, dry_run, batch, on_progress)
         lease = self.store.lease("purge", PURGE_LEASE_MS, wait)
         last_renewal = time.monotonic()
 
@@ -319,7 +406,7 @@ class RegistrationManager:
                 on_progress(done, total)
 
         try:
-            return self.store.purge(selection, False, batch, progress)
+            return self.store.purge(selection, self.policy, False, batch, progress)
         finally:
             lease.release()
 

@@ -37,6 +37,12 @@ class Policy:
     max_resends: int = 5
     # How long a successful verify can be replayed by the same call (lost reply).
     replay_window_ms: int = 5 * 60 * 1000
+    # Days the per-day funnel counters are kept (0 turns counting off).
+    funnel_days: int = 30
+
+    @property
+    def funnel_keep_ms(self) -> int:
+        return self.funnel_days * 86_400_000
 
     def __post_init__(self) -> None:
         if self.code_length not in CODE_LENGTHS:
@@ -194,6 +200,17 @@ class Filter:
         return self.code_expired is None or reg.code_expired == self.code_expired
 
 
+AGE_BUCKETS = (
+    ("< 15m", 15 * 60_000),
+    ("15m-1h", 3_600_000),
+    ("1-6h", 6 * 3_600_000),
+    ("6-12h", 12 * 3_600_000),
+    ("12-24h", 24 * 3_600_000),
+    ("> 24h", 2**62),
+)
+FUNNEL_EVENTS = ("created", "sent", "verified", "locked", "expired")
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     total: int
@@ -201,6 +218,38 @@ class Stats:
     code_expired: int
     expiring_within_hour: int
     top_domains: list[tuple[str, int]]
+    ages: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelDay:
+    """One server day of the sign-up funnel (counted atomically by the operations)."""
+
+    day: str  # ISO date, UTC
+    created: int = 0
+    sent: int = 0
+    verified: int = 0
+    locked: int = 0
+    expired: int = 0
+
+    @property
+    def conversion(self) -> float | None:
+        return self.verified / self.created if self.created else None
+
+
+@dataclass(slots=True)
+class BulkResendReport:
+    """What a bulk resend did: codes sent, and why the others were skipped."""
+
+    sent: int = 0
+    failed: int = 0
+    # by reason: cooldown, resend_limit, locked, not_found
+    skipped: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    recipients: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 @dataclass(slots=True)
@@ -307,3 +356,14 @@ def parse_duration(text: str) -> int:
         raise InvalidInput(f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
+
+
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """``10/min``, ``2/s``, ``100/h`` as events per second."""
+    count, _, unit = text.strip().lower().partition("/")
+    if not count.isascii() or not count.isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
+        raise InvalidInput(f"invalid rate {_shown(text)}", "write it like 10/min, 2/s or 100/h")
+    return int(count) / _RATE_UNITS[unit]

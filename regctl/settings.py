@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, le=100, validation_alias=_aliases("max_attempts"))
     resend_cooldown: float = Field(60, ge=0, validation_alias=_aliases("resend_cooldown"))
     max_resends: int = Field(5, ge=0, le=100, validation_alias=_aliases("max_resends"))
+    funnel_days: int = Field(30, ge=0, le=3650, validation_alias=_aliases("funnel_days"))
 
     mail_url: str = Field("console", validation_alias=_aliases("mail_url"))
     mail_from: str = Field("regctl <no-reply@localhost>", validation_alias=_aliases("mail_from"))
@@ -138,6 +139,7 @@ class Settings(BaseSettings):
             max_attempts=self.max_attempts,
             resend_cooldown_ms=int(self.resend_cooldown * 1000),
             max_resends=self.max_resends,
+            funnel_days=self.funnel_days,
         )
 
     def code_secret_value(self) -> str | None:

@@ -540,3 +540,43 @@ def test_add_many_reports_each_row_and_stores_the_good_ones(
     assert manager.count() == 2
     code = results[3].code  # type: ignore[union-attr]
     assert manager.verify("two@example.com", code).ok
+
+
+# --- funnel statistics ------------------------------------------------------------------
+
+
+def test_the_funnel_counts_each_event_once(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(max_attempts=1, resend_cooldown_ms=0))
+    codes = {e: add(manager, pw_hash, e) for e in ("a@f.example", "b@f.example", "c@f.example")}
+    manager.resend("a@f.example")
+    manager.resend("a@f.example", token="same")
+    manager.resend("a@f.example", token="same")  # a replay counts once
+    manager.verify("c@f.example", codes["c@f.example"])
+    manager.verify("b@f.example", wrong(codes["b@f.example"]))
+    today = manager.funnel(1)[0]
+    assert (today.created, today.sent, today.verified, today.locked, today.expired) == (
+        3,
+        5,
+        1,
+        1,
+        0,
+    )
+    assert today.conversion == pytest.approx(1 / 3)
+
+
+def test_the_funnel_counts_registrations_that_expired_unverified(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(lifetime_ms=1000))
+    add(manager, pw_hash, "x@f.example")
+    add(manager, pw_hash, "y@f.example")
+    time.sleep(1.1)
+    manager.purge()
+    assert manager.funnel(1)[0].expired == 2
+
+
+def test_stats_has_an_age_histogram(manager: RegistrationManager, pw_hash: str):
+    add(manager, pw_hash)
+    ages = dict(manager.stats().ages)
+    assert ages["< 15m"] == 1
+    assert sum(ages.values()) == 1

@@ -277,3 +277,73 @@ def test_ctrl_c_ends_a_live_view_with_exit_0(redis_proc: RedisProcess, prefix: s
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert len(out.splitlines()) >= 2
+
+
+# --- bulk resend -------------------------------------------------------------------------------
+
+
+def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: ignore[no-untyped-def]
+    env = {"REGCTL_RESEND_COOLDOWN": "0", "REGCTL_MAIL_URL": smtp.url}
+    for i in range(4):
+        add(cli, f"b{i}@bulk.example", REGCTL_MAIL_URL="none")
+    add(cli, "other@keep.example", REGCTL_MAIL_URL="none")
+    dry = cli("resend", "--domain", "bulk.example", "--never-resent", "--dry-run", **env)
+    assert sorted(dry.stdout.split()) == [f"b{i}@bulk.example" for i in range(4)]
+    assert smtp.sink.messages == []
+    started = time.monotonic()
+    first = json.loads(
+        cli(
+            "-o",
+            "json",
+            "resend",
+            "--domain",
+            "bulk.example",
+            "--never-resent",
+            "--limit",
+            "2",
+            "--rate",
+            "4/s",
+            **env,
+        ).stdout
+    )
+    assert first["sent"] == 2
+    assert time.monotonic() - started >= 0.25  # paced: 4/s means a pause between mails
+    rerun = json.loads(
+        cli("-o", "json", "resend", "--domain", "bulk.example", "--never-resent", **env).stdout
+    )
+    assert rerun["sent"] == 2  # only the two not reached before
+    assert sorted(first["recipients"] + rerun["recipients"]) == [
+        f"b{i}@bulk.example" for i in range(4)
+    ]
+    assert len(smtp.sink.messages) == 4
+    assert all(m["To"].endswith("@bulk.example") for m in smtp.sink.messages)
+
+
+def test_bulk_resend_skips_those_inside_the_cooldown(cli: Cli):
+    add(cli, "c1@cool.example")
+    ran = json.loads(cli("-o", "json", "resend", "--domain", "cool.example").stdout)
+    assert ran["sent"] == 0
+    assert ran["skipped"] == {"cooldown": 1}
+
+
+def test_a_resend_without_address_or_filter_is_a_usage_error(cli: Cli):
+    ran = cli("resend")
+    assert ran.exit_code == 2
+    assert "bulk resend" in ran.stderr
+
+
+# --- funnel statistics -------------------------------------------------------------------------
+
+
+def test_stats_shows_the_funnel_and_the_age_histogram(cli: Cli):
+    code = add(cli, "f1@funnel.example")
+    add(cli, "f2@funnel.example")
+    cli("verify", "f1@funnel.example", code)
+    data = json.loads(cli("stats", "-o", "json", "--days", "3").stdout)
+    today = data["funnel"][0]
+    assert (today["created"], today["sent"], today["verified"]) == (2, 2, 1)
+    assert today["conversion"] == 0.5
+    assert len(data["funnel"]) == 3
+    assert {"age": "< 15m", "count": 1} in data["ages"]
+    lines = cli("stats").stdout.splitlines()
+    assert f"funnel {today['day']} verified\t1" in lines

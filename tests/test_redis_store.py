@@ -76,6 +76,8 @@ def test_every_per_registration_key_has_a_ttl_within_the_lifetime(
             assert ttl == -1  # the layout record is meant to stay
         elif ":vok:" in key:
             assert 0 < ttl <= policy.replay_window_ms
+        elif ":funnel:" in key:
+            assert 0 < ttl <= (policy.funnel_days + 1) * 86_400_000
         elif key.endswith(":idx"):
             assert 0 < ttl <= policy.lifetime_ms + 3_600_000
         else:

@@ -25,9 +25,8 @@ from regctl import (
     StoreUnavailable,
     VerifyOutcome,
 )
-from regctl.keys import digest
-from regctl.model import SCHEMA_VERSION
 from regctl.settings import load_settings
+from regctl.store import NewRegistration
 from regctl.target import open_target
 from tests.conftest import SECRET, Cli, cli_env
 from tests.servers import RedisProcess, server_version
@@ -43,33 +42,13 @@ def manager_for(url: str, prefix: str = "rel", **settings: object) -> Registrati
 
 
 def bulk_load(store: RedisStore, n: int, pw_hash: str, domain: str = "bulk.example") -> None:
-    """n registrations through the real add script, pipelined (test set-up only)."""
-    policy = Policy()
-    ks = store.keyspace
+    """n registrations through the real add script, pipelined (no validation: set-up only)."""
     for start in range(0, n, 2000):
-        calls = []
-        for i in range(start, min(n, start + 2000)):
-            email = f"u{i}@{domain}"
-            d = digest(email)
-            calls.append(
-                (
-                    ks.keys_for(d),
-                    (
-                        d,
-                        email,
-                        "U",
-                        "S",
-                        pw_hash,
-                        "0" * 64,
-                        policy.lifetime_ms,
-                        policy.code_lifetime_ms,
-                        SCHEMA_VERSION,
-                        f"t{i}",
-                        3_600_000,
-                    ),
-                )
-            )
-        store._run_many("add", calls)
+        batch = [
+            (NewRegistration(f"u{i}@{domain}", "U", "S", pw_hash, "0" * 64), f"t{i}")
+            for i in range(start, min(n, start + 2000))
+        ]
+        store.add_many(batch, Policy())
 
 
 def consistent(store: RedisStore) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,15 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
 from regctl.errors import InvalidInput
-from regctl.model import Filter, PurgeReport, Stats, normalize_domain, parse_duration
+from regctl.model import (
+    FUNNEL_EVENTS,
+    Filter,
+    FunnelDay,
+    PurgeReport,
+    Stats,
+    normalize_domain,
+    parse_duration,
+)
 from regctl.render import (
     Format,
     escape,
@@ -134,13 +143,17 @@ def purge(
 def stats(
     ctx: typer.Context,
     top: Annotated[int, typer.Option(min=0, max=100, help="How many top domains.")] = 5,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of the funnel to show.")] = 7,
     interval: IntervalOption = None,
     count: CountOption = None,
     output: OutputOption = None,
 ) -> None:
-    """Totals: pending, locked, code expired, expiring within an hour, top domains.
+    """Totals, top domains, an age histogram, and the daily funnel with conversion.
 
-    Example: regctl stats --interval 5
+    The funnel counts, per server day: created, codes sent, verified, locked, and
+    expired unverified (counted when purge removes them).
+
+    Example: regctl stats --days 14
     """
     state: State = ctx.obj
     fmt = state.format(output)
@@ -156,12 +169,27 @@ def stats(
         )
         return
     result = state.manager.stats(top)
+    funnel = state.manager.funnel(days)
     if as_json:
-        state.json(_stats_json(result, state))
+        state.json(
+            {
+                **_stats_json(result, state),
+                "ages": [{"age": label, "count": n} for label, n in result.ages],
+                "funnel": [{**asdict(d), "conversion": d.conversion} for d in funnel],
+            }
+        )
     elif state.is_tty:
         state.show(_stats_view(result))
+        state.show(_ages_view(result))
+        state.show(_funnel_view(funnel))
     else:
         rows = _stats_pairs(result) + [(f"domain {d}", str(n)) for d, n in result.top_domains]
+        rows += [(f"age {label}", str(n)) for label, n in result.ages]
+        rows += [
+            (f"funnel {d.day} {event}", str(getattr(d, event)))
+            for d in funnel
+            for event in FUNNEL_EVENTS
+        ]
         state.lines(tsv_lines(("metric", "value"), rows))
 
 
@@ -199,6 +227,22 @@ def _stats_view(result: Stats) -> Any:
     if domains:
         parts.append(key_value_table(domains, title="\ntop domains"))
     return Group(*parts)
+
+
+def _ages_view(result: Stats) -> Any:
+    most = max((n for _, n in result.ages), default=0) or 1
+    out = table("AGE", "PENDING", "", title="\nage of pending registrations")
+    for label, n in result.ages:
+        out.add_row(label, str(n), "[cyan]" + "█" * round(30 * n / most) + "[/cyan]")
+    return out
+
+
+def _funnel_view(funnel: list[FunnelDay]) -> Any:
+    out = table("DAY", *(e.upper() for e in FUNNEL_EVENTS), "CONVERSION", title="\nfunnel")
+    for d in funnel:
+        rate = "-" if d.conversion is None else f"{d.conversion:.0%}"
+        out.add_row(d.day, *(str(getattr(d, e)) for e in FUNNEL_EVENTS), rate)
+    return out
 
 
 def audit(

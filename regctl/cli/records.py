@@ -18,7 +18,15 @@ from regctl.cli.inputs import (
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS
 from regctl.errors import DeliveryFailed, InvalidInput, NotFound
-from regctl.model import Filter, PendingRegistration, SortKey, normalize_domain, parse_duration
+from regctl.model import (
+    Filter,
+    PendingRegistration,
+    Resent,
+    SortKey,
+    normalize_domain,
+    parse_duration,
+    parse_rate,
+)
 from regctl.render import (
     COLUMNS,
     WIDE_COLUMNS,
@@ -201,16 +209,46 @@ def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) ->
 
 def resend(
     ctx: typer.Context,
-    email: EmailArg,
+    email: Annotated[
+        str | None, typer.Argument(help="The address; omit it to resend in bulk by filters.")
+    ] = None,
     show_code: ShowCode = False,
     no_send: NoSend = False,
+    older_than: Annotated[
+        str | None, typer.Option(help="Bulk: registrations created more than this ago.")
+    ] = None,
+    domain: Annotated[str | None, typer.Option(help="Bulk: only this email domain.")] = None,
+    never_resent: Annotated[
+        bool, typer.Option("--never-resent", help="Bulk: only those never sent a second code.")
+    ] = False,
+    rate: Annotated[
+        str | None, typer.Option(help="Bulk: at most this many mails, like 10/min or 2/s.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Bulk: stop after this many.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Bulk: list, send nothing.")] = False,
     output: OutputOption = None,
 ) -> None:
     """Send a new code; the old one stops working. Cooldown and cap apply.
 
-    Example: regctl resend alice@example.com
+    Without an address, resends to every registration the filters select, at the
+    given rate; stopping and rerunning never sends anyone two codes inside the cooldown.
+
+    Example: regctl resend --older-than 2h --never-resent --rate 10/min --dry-run
     """
     state: State = ctx.obj
+    if email is None:
+        _bulk_resend(
+            state,
+            older_than,
+            domain,
+            never_resent,
+            rate,
+            limit,
+            dry_run,
+            send=not no_send,
+            output=output,
+        )
+        return
     state.audited("resend", email)
     resent = state.manager.resend(email)
     reg = resent.registration
@@ -224,6 +262,59 @@ def resend(
         output=output,
         summary=f"new code for {escape(reg.email)} ({left} resends left)",
     )
+
+
+def _bulk_resend(
+    state: State,
+    older_than: str | None,
+    domain: str | None,
+    never_resent: bool,
+    rate: str | None,
+    limit: int | None,
+    dry_run: bool,
+    *,
+    send: bool,
+    output: Format | None,
+) -> None:
+    selection = Filter(
+        domain=normalize_domain(domain) if domain else None,
+        older_than_ms=parse_duration(older_than) if older_than else None,
+    )
+    if selection.is_empty and not never_resent:
+        raise InvalidInput("give an address, or filters for a bulk resend (e.g. --older-than 2h)")
+    if not dry_run:
+        state.audited("resend", f"bulk {older_than or ''} {domain or ''}".strip())
+
+    def deliver(resent: Resent) -> None:
+        deliver_code(state, resent.registration, resent.code, send)
+
+    report = state.manager.resend_many(
+        selection,
+        never_resent=never_resent,
+        limit=limit,
+        per_second=parse_rate(rate) if rate else None,
+        dry_run=dry_run,
+        deliver=deliver,
+    )
+    if state.format(output) in (Format.JSON, Format.NDJSON):
+        state.json(
+            {
+                "ok": not report.failed,
+                "dry_run": dry_run,
+                "sent": report.sent,
+                "failed": report.failed,
+                "skipped": report.skipped,
+                "recipients": report.recipients,
+            }
+        )
+    else:
+        if dry_run:
+            state.lines(report.recipients)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
+        verb = "would resend" if dry_run else "resent"
+        state.note(f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}")
+    if report.failed:
+        raise DeliveryFailed(f"{report.failed} code(s) were stored but not delivered")
 
 
 def verify(

@@ -1,9 +1,9 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
 -- KEYS: record, index   ARGV: digest, email, first, last, password_hash, code_hash,
---                            lifetime_ms, code_lifetime_ms, schema, token, index_grace_ms
+--                            lifetime_ms, code_lifetime_ms, schema, token, index_grace_ms,
+--                            funnel_keep_ms
 -- Returns {status, now, fields}: status "created" or "exists".
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- A replay of this same call (lost reply) is a success, not a conflict.
   if redis.call('HGET', KEYS[1], 'at') == ARGV[10] then
@@ -25,4 +25,6 @@ local ttl = redis.call('PTTL', KEYS[2])
 if ttl < 0 or now + ttl < index_expires then
   redis.call('PEXPIREAT', KEYS[2], index_expires)
 end
+funnel(KEYS[1], 'created', 1, tonumber(ARGV[12]), now)
+funnel(KEYS[1], 'sent', 1, tonumber(ARGV[12]), now)
 return {'created', now, redis.call('HGETALL', KEYS[1])}

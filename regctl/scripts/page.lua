@@ -2,8 +2,7 @@
 -- Record keys are the index's bucket prefix plus a digest: the same hash slot.
 -- KEYS: index   ARGV: record_base, after_score, after_digest, limit
 -- Returns {now, {{digest, expires_at, fields}, ...}}; fields empty for an orphan entry.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local after_score = tonumber(ARGV[2])
 local after = ARGV[3]
 local limit = tonumber(ARGV[4])

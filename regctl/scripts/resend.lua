@@ -1,9 +1,9 @@
 -- Replace the code: the old one is dead at once; cooldown and cap checked here.
 -- Attempts and the record's TTL are left as they are.
--- KEYS: record   ARGV: code_hash, code_lifetime_ms, cooldown_ms, max_resends, token
+-- KEYS: record   ARGV: code_hash, code_lifetime_ms, cooldown_ms, max_resends, token,
+--                funnel_keep_ms
 -- Returns {status, now, detail}: ok (fields) | not_found | locked | resend_limit | cooldown (wait ms)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', now, {}} end
 local f = redis.call('HMGET', KEYS[1], 'l', 'r', 's', 'rt')
 if f[4] == ARGV[5] then return {'ok', now, redis.call('HGETALL', KEYS[1])} end
@@ -13,4 +13,5 @@ local wait = tonumber(f[3]) + tonumber(ARGV[3]) - now
 if wait > 0 then return {'cooldown', now, wait} end
 redis.call('HSET', KEYS[1], 'ch', ARGV[1], 'ce', now + tonumber(ARGV[2]), 's', now, 'rt', ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'r', 1)
+funnel(KEYS[1], 'sent', 1, tonumber(ARGV[6]), now)
 return {'ok', now, redis.call('HGETALL', KEYS[1])}

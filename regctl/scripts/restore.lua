@@ -2,8 +2,7 @@
 -- KEYS: record, index   ARGV: digest, replace (1/0), dry_run (1/0), expires_at,
 --                              index_grace_ms, then the record's field/value pairs
 -- Returns "restored", "exists" or "expired".
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local expires = tonumber(ARGV[4])
 if expires <= now then return 'expired' end
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end

@@ -1,10 +1,10 @@
 -- Check a code and, when right, consume the record, in one step.
 -- The attempt is counted before comparing; a success leaves a short-lived marker
 -- so a replay of the same call (same token) gets the same answer.
--- KEYS: record, index, marker   ARGV: digest, candidate_hash, max_attempts, replay_ms
+-- KEYS: record, index, marker   ARGV: digest, candidate_hash, max_attempts, replay_ms,
+--                                funnel_keep_ms
 -- Returns {status, now, attempts_left, record_json}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local replay = redis.call('GET', KEYS[3])
 if replay then return {'verified', now, 0, replay} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', now, 0, ''} end
@@ -17,10 +17,14 @@ end
 local attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
 if attempts > max then
   redis.call('HSET', KEYS[1], 'l', 1)
+  funnel(KEYS[1], 'locked', 1, tonumber(ARGV[5]), now)
   return {'locked', now, 0, ''}
 end
 if f[4] ~= ARGV[2] then
-  if attempts >= max then redis.call('HSET', KEYS[1], 'l', 1) end
+  if attempts >= max then
+    redis.call('HSET', KEYS[1], 'l', 1)
+    funnel(KEYS[1], 'locked', 1, tonumber(ARGV[5]), now)
+  end
   return {'invalid_code', now, max - attempts, ''}
 end
 local all = redis.call('HGETALL', KEYS[1])
@@ -36,4 +40,5 @@ local record = cjson.encode(kept)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], record, 'PX', tonumber(ARGV[4]))
+funnel(KEYS[1], 'verified', 1, tonumber(ARGV[5]), now)
 return {'verified', now, max - attempts, record}

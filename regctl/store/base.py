@@ -100,6 +100,7 @@ class Store(Protocol):
     def purge(
         self,
         selection: Filter | None,
+        policy: Policy,
         dry_run: bool,
         batch: int,
         on_progress: Progress | None = None,
@@ -110,6 +111,11 @@ class Store(Protocol):
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> Lease:
         """Hold the named lock for a while; raise LockHeld if it stays taken ``wait_s``."""
+        ...
+
+    def funnel_counts(self, days: int) -> list[tuple[int, dict[str, int]]]:
+        """Event counts of the last ``days`` server days (days since the epoch), newest
+        first, summed over buckets."""
         ...
 
     def audit_append(self, entry: Mapping[str, str]) -> None:

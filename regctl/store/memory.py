@@ -78,6 +78,18 @@ class MemoryStore:
         self._markers: dict[str, tuple[int, PendingRegistration]] = {}
         self._leases: dict[str, int] = {}
         self._audit: deque[dict[str, str]] = deque(maxlen=AUDIT_MAX)
+        self._funnel: dict[int, dict[str, int]] = {}
+
+    def _count(self, event: str, n: int, now: int, policy: Policy) -> None:
+        """The funnel counters, as the scripts keep them (caller holds the lock)."""
+        if policy.funnel_days <= 0 or n == 0:
+            return
+        day = now // 86_400_000
+        counters = self._funnel.setdefault(day, {})
+        counters[event] = counters.get(event, 0) + n
+        oldest = day - policy.funnel_days
+        for stale in [d for d in self._funnel if d < oldest]:
+            del self._funnel[stale]
 
     def _live(self, identity: str, now: int) -> _Entry | None:
         entry = self._entries.get(identity)
@@ -107,6 +119,8 @@ class MemoryStore:
                 schema=SCHEMA_VERSION,
             )
             self._entries[new.identity] = _Entry(record, new.code_hash, token)
+            self._count("created", 1, now, policy)
+            self._count("sent", 1, now, policy)
             return record
 
     def add_many(
@@ -191,6 +205,7 @@ class MemoryStore:
             )
             entry.code_hash = code_hash
             entry.resend_token = token
+            self._count("sent", 1, now, policy)
             return replace(entry.record, observed_at=now)
 
     def verify(
@@ -213,16 +228,20 @@ class MemoryStore:
             attempts = rec.attempts + 1
             if attempts > policy.max_attempts:
                 entry.record = replace(rec, attempts=attempts, locked=True)
+                self._count("locked", 1, now, policy)
                 return VerifyResult(VerifyOutcome.LOCKED)
             if entry.code_hash != candidate_hash:
                 entry.record = replace(
                     rec, attempts=attempts, locked=attempts >= policy.max_attempts
                 )
+                if attempts >= policy.max_attempts:
+                    self._count("locked", 1, now, policy)
                 return VerifyResult(VerifyOutcome.INVALID_CODE, policy.max_attempts - attempts)
             consumed = replace(rec, attempts=attempts, observed_at=now)
             del self._entries[identity]
             self._markers = {t: m for t, m in self._markers.items() if m[0] > now}
             self._markers[token] = (now + policy.replay_window_ms, consumed)
+            self._count("verified", 1, now, policy)
             return VerifyResult(VerifyOutcome.VERIFIED, policy.max_attempts - attempts, consumed)
 
     def unlock(self, identity: str) -> bool:
@@ -242,6 +261,7 @@ class MemoryStore:
     def purge(
         self,
         selection: Filter | None,
+        policy: Policy,
         dry_run: bool,
         batch: int,
         on_progress: Progress | None = None,
@@ -263,6 +283,7 @@ class MemoryStore:
             if not dry_run:
                 for identity in doomed:
                     del self._entries[identity]
+                self._count("expired", report.expired, now, policy)
         if on_progress is not None:
             on_progress(1, 1)
         return report
@@ -278,6 +299,11 @@ class MemoryStore:
             if time.monotonic() >= deadline:
                 raise lock_held(name, wait_s)
             time.sleep(0.05)
+
+    def funnel_counts(self, days: int) -> list[tuple[int, dict[str, int]]]:
+        with self._lock:
+            today = self._clock() // 86_400_000
+            return [(d, dict(self._funnel.get(d, {}))) for d in range(today, today - days, -1)]
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with self._lock:

@@ -147,7 +147,9 @@ class RedisStore:
     def _script(self, name: str) -> Script:
         script = self._scripts.get(name)
         if script is None:
-            source = resources.files("regctl").joinpath(f"scripts/{name}.lua").read_text()
+            folder = resources.files("regctl").joinpath("scripts")
+            lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
+            source = lib + body
             script = self._scripts[name] = self.client.register_script(source)
         return script
 
@@ -224,6 +226,25 @@ class RedisStore:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         return _RedisLease(self, key, token, ttl_ms)
 
+    def funnel_counts(self, days: int) -> list[tuple[int, dict[str, int]]]:
+        ks = self.keyspace
+        with translated_errors():
+            seconds, _micros = self.client.time()
+            today = int(seconds) // 86_400
+            pipe = self.client.pipeline(transaction=False)
+            for day in range(today, today - days, -1):
+                for bucket in range(ks.buckets):
+                    pipe.hgetall(ks.funnel(bucket, day))
+            replies = iter(pipe.execute())
+        out = []
+        for day in range(today, today - days, -1):
+            totals: dict[str, int] = {}
+            for _bucket in range(ks.buckets):
+                for event, n in next(replies).items():
+                    totals[event] = totals.get(event, 0) + int(n)
+            out.append((day, totals))
+        return out
+
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with translated_errors():
             # The audit key needs no bucket layout: no layout round trip for it.
@@ -258,6 +279,7 @@ class RedisStore:
             SCHEMA_VERSION,
             token,
             INDEX_GRACE_MS,
+            policy.funnel_keep_ms,
         )
         return self.keyspace.keys_for(d), args
 
@@ -330,6 +352,7 @@ class RedisStore:
                 policy.resend_cooldown_ms,
                 policy.max_resends,
                 token,
+                policy.funnel_keep_ms,
             ),
         )
         if status != "ok":
@@ -344,7 +367,13 @@ class RedisStore:
         (status, now, left, payload), acked = self._write(
             "verify",
             (record, index, self.keyspace.verify_marker(d, token)),
-            (d, candidate_hash, policy.max_attempts, policy.replay_window_ms),
+            (
+                d,
+                candidate_hash,
+                policy.max_attempts,
+                policy.replay_window_ms,
+                policy.funnel_keep_ms,
+            ),
         )
         outcome = VerifyOutcome(status)
         registration = decode(json.loads(payload), int(now)) if payload else None
@@ -408,6 +437,7 @@ class RedisStore:
     def purge(
         self,
         selection: Filter | None,
+        policy: Policy,
         dry_run: bool,
         batch: int,
         on_progress: Progress | None = None,
@@ -421,7 +451,7 @@ class RedisStore:
         report = PurgeReport(dry_run=dry_run)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
-            args = (ks.record_base(bucket), batch, 1 if dry_run else 0)
+            args = (ks.record_base(bucket), batch, 1 if dry_run else 0, policy.funnel_keep_ms)
             while True:
                 _now, n = self._run("purge_expired", (ks.index(bucket),), args)
                 report.expired += int(n)

@@ -1,0 +1,18 @@
+-- Prepended to every regctl script when it is loaded (see RedisStore._script).
+
+-- Milliseconds on the Redis server's clock: the only clock regctl trusts.
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Count n events of one kind in today's funnel of the bucket `key` belongs to
+-- (p:{bNN}:funnel:<day>, the same hash slot), kept `keep_ms` after the day ends.
+local function funnel(key, field, n, keep_ms, now)
+  if keep_ms <= 0 or n == 0 then return end
+  local day = math.floor(now / 86400000)
+  local counters = string.match(key, '^(.*:{b%d+}):') .. ':funnel:' .. day
+  redis.call('HINCRBY', counters, field, n)
+  redis.call('PEXPIREAT', counters, (day + 1) * 86400000 + keep_ms)
+end
+
