@@ -428,7 +428,7 @@ def selftest(
             if on_step is not None:
                 on_step(step)
     finally:
-        _drop_namespace(store, run.scratch.store.keyspace.prefix)  # type: ignore[attr-defined]
+        _drop_namespace(store, run.scratch_prefix)
     return steps
 
 
@@ -445,9 +445,9 @@ class _SelfTest:
         self.store = store
         self.version = version
         # Under the real prefix, so an ACL limited to `~prefix:*` covers it too.
-        scratch_prefix = f"{store.keyspace.prefix}:selftest:{secrets.token_hex(4)}"
+        self.scratch_prefix = f"{store.keyspace.prefix}:selftest:{secrets.token_hex(4)}"
         self.scratch = RegistrationManager(
-            Store(store.client, prefix=scratch_prefix, description=store.description),
+            Store(store.client, prefix=self.scratch_prefix, description=store.description),
             secret=generate_secret(),
             policy=Policy(resend_cooldown_ms=0),
         )

@@ -9,7 +9,7 @@ import typer
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.render import Format, key_value_table, tsv_lines
+from regctl.render import key_value_table, tsv_lines
 
 
 class Shell(enum.StrEnum):
@@ -46,8 +46,7 @@ def config(ctx: typer.Context, output: OutputOption = None) -> None:
     ]
     if not settings.redis_url:
         rows.append(("store", "embedded (no Redis URL configured)", "default"))
-    fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json({name: {"value": value, "source": source} for name, value, source in rows})
     elif state.is_tty:
         state.show(key_value_table((name, f"{value}  ({source})") for name, value, source in rows))

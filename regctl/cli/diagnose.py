@@ -11,7 +11,7 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
 from regctl.errors import RegctlError
-from regctl.render import Format, escape, table, to_json, tsv_lines
+from regctl.render import escape, table, to_json, tsv_lines
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -50,11 +50,10 @@ def health(
         report = check(state.store, __version__, limits)
     except RegctlError as exc:  # no store at all (bad config): the plugin's UNKNOWN
         state.err.print(f"UNKNOWN: {escape(exc.message)}")
-        if state.format(output) in (Format.JSON, Format.NDJSON):
+        if state.wants_json(output):
             state.json({"status": "unknown", "version": __version__, "error": exc.message})
         raise typer.Exit(Level.UNKNOWN) from None
-    fmt = state.format(output)
-    as_json = fmt in (Format.JSON, Format.NDJSON)
+    as_json = state.wants_json(output)
     if interval is not None:
         watch(
             state,
@@ -128,8 +127,7 @@ def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
 
     state: State = ctx.obj
     findings = examine(state.store)
-    fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(
             {
                 "ok": not findings,
@@ -162,10 +160,9 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
     from regctl.diagnostics import selftest as run
 
     state: State = ctx.obj
-    fmt = state.format(output)
     steps = run(state.store, __version__)
     ok = all(s.ok for s in steps)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(
             {
                 "ok": ok,

@@ -24,7 +24,6 @@ from regctl.model import (
     parse_duration,
 )
 from regctl.render import (
-    Format,
     escape,
     key_value_table,
     table,
@@ -119,8 +118,7 @@ def purge(
         from regctl.metrics import write_purge_metrics
 
         write_purge_metrics(metrics_file, report, seconds, manager.counts())
-    fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(
             {
                 "ok": True,
@@ -156,8 +154,7 @@ def stats(
     Example: regctl stats --days 14
     """
     state: State = ctx.obj
-    fmt = state.format(output)
-    as_json = fmt in (Format.JSON, Format.NDJSON)
+    as_json = state.wants_json(output)
     if interval is not None:
         watch(
             state,
@@ -265,8 +262,7 @@ def audit(
         and (needle is None or needle in e.get("target", "").casefold())
     ][:limit]
     columns = ("at", "who", "command", "target", "outcome")
-    fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json([{**r, "at": timestamp(int(r["at"]))} for r in rows])
         return
     cells = [[timestamp(int(r["at"])), *(r.get(c, "") for c in columns[1:])] for r in rows]

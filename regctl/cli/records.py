@@ -83,7 +83,7 @@ def _deliver_and_report(
         delivery = deliver_code(state, reg, code, send)
     except DeliveryFailed as exc:
         delivery, failure = "failed", exc
-    if state.format(output) in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         extra = {"code": code} if show_code else {}
         state.json(
             record_json(
@@ -198,8 +198,7 @@ def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) ->
             f"no pending registration for {email}", "it was verified, expired or never added"
         )
     policy = state.manager.policy
-    fmt = state.format(output)
-    if fmt in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(record_json(reg, policy, store=state.store_description))
     elif state.is_tty:
         state.show(key_value_table(inspect_pairs(reg, policy)))
@@ -296,7 +295,7 @@ def _bulk_resend(
         dry_run=dry_run,
         deliver=deliver,
     )
-    if state.format(output) in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(
             {
                 "ok": not report.failed,
@@ -333,7 +332,7 @@ def verify(
     status = VERIFY_STATUS[result.outcome]
     reg = result.registration
     replicas = _check_replicas(state, result.replicas_acked)
-    if state.format(output) in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         data: dict[str, Any] = {
             "ok": result.ok,
             "reason": result.outcome.value,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.render import Format, duration, escape, key_value_table, tsv_lines
+from regctl.render import duration, escape, key_value_table, tsv_lines
+
+if TYPE_CHECKING:
+    from regctl.server import EmbeddedServer
 
 
-def _server(state: State):  # type: ignore[no-untyped-def]
+def _server(state: State) -> EmbeddedServer:
     from regctl.server import EmbeddedServer
 
     return EmbeddedServer.from_settings(state.settings)
@@ -46,7 +51,7 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
     """
     state: State = ctx.obj
     info = _server(state).status()
-    if state.format(output) in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(info)
     else:
         pairs = [

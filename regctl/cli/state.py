@@ -141,6 +141,9 @@ class State:
     def format(self, local: Format | None) -> Format:
         return local or self.output or Format.TABLE
 
+    def wants_json(self, local: Format | None) -> bool:
+        return self.format(local) in (Format.JSON, Format.NDJSON)
+
     @property
     def is_tty(self) -> bool:
         """stdout is a terminal (decided without loading rich, for fast pipes)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from regctl.errors import RegctlError
 from regctl.model import VerifyOutcome
-from regctl.render import Format, to_json
+from regctl.render import to_json
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
@@ -71,7 +71,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     line = f"Error: {message}" + (f" — {hint}" if hint else "")
     sys.stderr.write(" ".join(line.split()) + "\n")
-    if state is not None and state.format(None) in (Format.JSON, Format.NDJSON):
+    if state is not None and state.wants_json(None):
         payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
         sys.stdout.write(to_json(payload) + "\n")
     return int(status)

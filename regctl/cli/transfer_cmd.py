@@ -13,7 +13,7 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.errors import InvalidInput
 from regctl.model import ImportReport
-from regctl.render import Format, to_json
+from regctl.render import to_json
 
 
 def export(
@@ -58,7 +58,7 @@ def import_(
                 report = _run_import(state, handle, replace, dry_run)
         except OSError as exc:
             raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
-    if state.format(output) in (Format.JSON, Format.NDJSON):
+    if state.wants_json(output):
         state.json(
             {
                 "ok": not report.invalid,

@@ -16,3 +16,13 @@ local function funnel(key, field, n, keep_ms, now)
   redis.call('PEXPIREAT', counters, (day + 1) * 86400000 + keep_ms)
 end
 
+
+-- Let the shared index outlive its longest-lived entry by a grace period, so purge
+-- can still count expired entries; an idle bucket then cleans itself up.
+local function extend_index(index, expires, grace_ms, now)
+  local keep_until = expires + grace_ms
+  local ttl = redis.call('PTTL', index)
+  if ttl < 0 or now + ttl < keep_until then
+    redis.call('PEXPIREAT', index, keep_until)
+  end
+end

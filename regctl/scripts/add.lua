@@ -18,13 +18,7 @@ redis.call('HSET', KEYS[1],
   'r', 0, 'a', 0, 'l', 0, 'at', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], expires)
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
--- The shared index outlives its longest-lived entry by a grace period, so purge
--- can still count expired entries; an idle bucket then cleans itself up.
-local index_expires = expires + tonumber(ARGV[11])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < 0 or now + ttl < index_expires then
-  redis.call('PEXPIREAT', KEYS[2], index_expires)
-end
+extend_index(KEYS[2], expires, tonumber(ARGV[11]), now)
 funnel(KEYS[1], 'created', 1, tonumber(ARGV[12]), now)
 funnel(KEYS[1], 'sent', 1, tonumber(ARGV[12]), now)
 return {'created', now, redis.call('HGETALL', KEYS[1])}

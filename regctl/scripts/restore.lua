@@ -11,9 +11,5 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('PEXPIREAT', KEYS[1], expires)
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
-local index_expires = expires + tonumber(ARGV[5])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < 0 or now + ttl < index_expires then
-  redis.call('PEXPIREAT', KEYS[2], index_expires)
-end
+extend_index(KEYS[2], expires, tonumber(ARGV[5]), now)
 return 'restored'
