@@ -520,3 +520,18 @@ def test_a_purge_while_another_runs_exits_75(cli: Cli, redis_proc, prefix: str):
     finally:
         lease.release()
     assert cli("purge").exit_code == 0
+
+
+def test_a_bug_exits_70_with_one_line_and_no_traceback(cli: Cli, monkeypatch: pytest.MonkeyPatch):
+    from regctl.manager import RegistrationManager
+
+    def broken(self: RegistrationManager, top: int = 5) -> None:
+        raise RuntimeError("secret-bearing detail must not leak")
+
+    monkeypatch.setattr(RegistrationManager, "stats", broken)
+    ran = cli("stats")
+    assert ran.exit_code == 70
+    assert ran.stderr == (
+        "Error: unexpected RuntimeError — rerun with --debug and report the traceback\n"
+    )
+    assert "Traceback" in cli("--debug", "stats").stderr
