@@ -289,7 +289,7 @@ def normalize_email(raw: str) -> str:
     return _normalized(raw)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=16_384)
 def _normalized(raw: str) -> str:
     # Validation is a third of a `get`; a backend sees the same addresses again and again.
     # (lru_cache keeps results only: an invalid address raises anew each time.)
