@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +163,27 @@ def smtp() -> Iterator[object]:
 
     with SmtpServer() as server:
         yield server
+
+
+REGCTL = str(Path(sys.executable).parent / "regctl")
+
+
+def regctl(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed `regctl` in a subprocess (bounded in time)."""
+    return subprocess.run(
+        [REGCTL, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def subprocess_env(redis_url: str, prefix: str) -> dict[str, str]:
+    """This environment without any regctl or Redis setting, plus the test ones."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
+    return {**base, **cli_env(redis_url, prefix)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,31 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import REGCTL, regctl, subprocess_env
 from tests.servers import RedisProcess
 
-REGCTL = str(Path(sys.executable).parent / "regctl")
 EMAIL = "e2e@example.com"
 
 
 @pytest.fixture
 def env(redis_proc: RedisProcess, prefix: str, tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
-    return {**base, **cli_env(redis_proc.url, prefix), "REGCTL_RESEND_COOLDOWN": "0"}
-
-
-def regctl(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [REGCTL, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return {**subprocess_env(redis_proc.url, prefix), "REGCTL_RESEND_COOLDOWN": "0"}
 
 
 def test_the_eight_step_flow(env: dict[str, str]):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from regctl.server import EmbeddedServer
+from tests.conftest import regctl
 
-REGCTL = str(Path(sys.executable).parent / "regctl")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,18 +51,6 @@ def _pid(path: Path) -> int | None:
         return int((path / "redis.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def regctl(env: dict[str, str], *args: str, stdin: str | None = None):
-    return subprocess.run(
-        [REGCTL, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def add(env: dict[str, str], email: str) -> None:

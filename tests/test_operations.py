@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from regctl.settings import Settings
-from tests.conftest import Cli, cli_env
+from tests.conftest import REGCTL, Cli, cli_env
 from tests.servers import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-REGCTL = str(Path(sys.executable).parent / "regctl")
 PASSWORD = "operations-password"
 
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,10 +27,8 @@ from regctl import (
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
-from tests.conftest import SECRET, Cli, cli_env
+from tests.conftest import REGCTL, SECRET, Cli, cli_env
 from tests.servers import RedisProcess, server_version
-
-REGCTL = str(Path(sys.executable).parent / "regctl")
 
 
 def manager_for(url: str, prefix: str = "rel", **settings: object) -> RegistrationManager:

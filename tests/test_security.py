@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,10 +17,9 @@ from hypothesis import strategies as st
 
 from regctl import Policy, RegistrationManager
 from regctl.security import generate_code
-from tests.conftest import SECRET, Cli, cli_env
+from tests.conftest import SECRET, Cli, regctl, subprocess_env
 from tests.servers import RedisProcess
 
-REGCTL = str(Path(sys.executable).parent / "regctl")
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -135,20 +131,7 @@ def test_a_megabyte_argument_is_refused_quickly(cli: Cli):
 
 @pytest.fixture
 def env(redis_proc: RedisProcess, prefix: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGCTL_", "REDIS_"))}
-    return {**base, **cli_env(redis_proc.url, prefix)}
-
-
-def regctl(env: dict[str, str], *args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [REGCTL, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return subprocess_env(redis_proc.url, prefix)
 
 
 def add_with_code(env: dict[str, str], email: str) -> str:
