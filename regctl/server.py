@@ -168,6 +168,7 @@ class EmbeddedServer:
                 client.close()
             info.update(
                 running=True,
+                binary=server.get("executable") or info["binary"],  # what actually runs
                 pid=server.get("process_id"),
                 version=server.get("redis_version"),
                 uptime_seconds=server.get("uptime_in_seconds"),

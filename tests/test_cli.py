@@ -535,3 +535,12 @@ def test_a_bug_exits_70_with_one_line_and_no_traceback(cli: Cli, monkeypatch: py
         "Error: unexpected RuntimeError — rerun with --debug and report the traceback\n"
     )
     assert "Traceback" in cli("--debug", "stats").stderr
+
+
+def test_an_unreachable_server_prints_no_partial_list(cli: Cli, tmp_path):
+    for fmt in ("table", "json", "csv"):
+        ran = cli(
+            "list", "-o", fmt, REGCTL_REDIS_URL=f"unix://{tmp_path}/none.sock", REGCTL_RETRIES="0"
+        )
+        assert ran.exit_code == 69
+        assert ran.stdout == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -169,7 +171,7 @@ def list_(
         locked=locked,
         code_expired=code_expired,
     )
-    rows = state.manager.list(selection, sort=sort, limit=limit)
+    rows = _started(state.manager.list(selection, sort=sort, limit=limit))
     policy = state.manager.policy
     fmt = state.format(output)
     if fmt is Format.JSON:
@@ -184,6 +186,13 @@ def list_(
         state.show(records_table(rows, policy, wide=fmt is Format.WIDE))
     else:
         state.lines(record_tsv(rows, policy, wide=fmt is Format.WIDE))
+
+
+def _started(rows: Iterator[PendingRegistration]) -> Iterator[PendingRegistration]:
+    """Fetch the first record before anything is printed, so that an unreachable
+    server is an error with no half-written output (not a header, then an error)."""
+    first = next(rows, None)
+    return iter(()) if first is None else itertools.chain([first], rows)
 
 
 def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) -> None:
