@@ -254,7 +254,7 @@ def translated_errors() -> Iterator[None]:
     except rex.OutOfMemoryError:
         raise _store_full() from None
     except (rex.ReadOnlyError, rex.ClusterDownError, rex.TryAgainError) as exc:
-        raise StoreUnavailable(f"Redis cannot serve writes now: {first_line(exc)}") from None
+        raise _cannot_serve(exc) from None
     except rex.ResponseError as exc:
         text = str(exc)
         # Errors raised inside a script arrive as plain ResponseError with the code inside.
@@ -265,7 +265,7 @@ def translated_errors() -> Iterator[None]:
         if "NOPERM" in text:
             raise PermissionDenied(f"Redis denied a command: {first_line(exc)}") from None
         if text.startswith(("BUSY", "READONLY")):
-            raise StoreUnavailable(f"Redis cannot serve writes now: {first_line(exc)}") from None
+            raise _cannot_serve(exc) from None
         raise
     except rex.ConnectionError as exc:
         if "No connection available" in str(exc) or isinstance(exc, rex.MaxConnectionsError):
@@ -282,6 +282,10 @@ def translated_errors() -> Iterator[None]:
             f"Redis timed out: {first_line(exc)}",
             "the server is stalled or overloaded; see `regctl health`",
         ) from None
+
+
+def _cannot_serve(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis cannot serve writes now: {first_line(exc)}")
 
 
 def _store_full() -> StoreFull:

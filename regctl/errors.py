@@ -25,11 +25,29 @@ Outcomes of ``verify`` are values (``VerifyOutcome``), not exceptions.
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Process exit statuses of the `regctl` command (the README's table)."""
+
+    OK = 0
+    REFUSED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    UNAVAILABLE = 69
+    INTERNAL = 70
+    DELIVERY_FAILED = 74
+    LOCK_HELD = 75
+    PERMISSION = 77
+    CONFIG = 78
+    INTERRUPTED = 130
+
 
 class RegctlError(Exception):
     """Base of every regctl error; ``hint`` says what to do about it."""
 
-    exit_code = 1
+    exit_code: int = ExitStatus.REFUSED
     reason = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
@@ -41,21 +59,21 @@ class RegctlError(Exception):
 class InvalidInput(RegctlError, ValueError):
     """An argument failed validation; nothing was sent to Redis."""
 
-    exit_code = 2
+    exit_code: int = ExitStatus.USAGE
     reason = "invalid_input"
 
 
 class NotFound(RegctlError):
     """No pending registration exists for the address."""
 
-    exit_code = 3
+    exit_code: int = ExitStatus.NOT_FOUND
     reason = "not_found"
 
 
 class Refused(RegctlError):
     """A policy rule refused the operation."""
 
-    exit_code = 1
+    exit_code: int = ExitStatus.REFUSED
     reason = "refused"
 
 
@@ -82,17 +100,17 @@ class ResendLimitReached(Refused):
 class DeliveryFailed(RegctlError):
     """The code is stored but could not be delivered; a later resend can."""
 
-    exit_code = 74
+    exit_code: int = ExitStatus.DELIVERY_FAILED
     reason = "delivery_failed"
 
 
 class LockHeld(RegctlError):
-    exit_code = 75
+    exit_code: int = ExitStatus.LOCK_HELD
     reason = "lock_held"
 
 
 class StoreUnavailable(RegctlError):
-    exit_code = 69
+    exit_code: int = ExitStatus.UNAVAILABLE
     reason = "unavailable"
 
 
@@ -105,12 +123,12 @@ class StoreFull(StoreUnavailable):
 
 
 class PermissionDenied(RegctlError):
-    exit_code = 77
+    exit_code: int = ExitStatus.PERMISSION
     reason = "permission_denied"
 
 
 class ConfigError(RegctlError):
-    exit_code = 78
+    exit_code: int = ExitStatus.CONFIG
     reason = "bad_config"
 
 

@@ -12,7 +12,8 @@ from typer.core import TyperGroup
 
 from regctl import __version__
 from regctl.cli.state import State
-from regctl.cli.status import ExitStatus, report_error
+from regctl.cli.status import report_error
+from regctl.errors import ExitStatus
 from regctl.render import Format
 
 HELP = """Run pending user registrations stored in Redis.

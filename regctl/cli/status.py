@@ -19,31 +19,16 @@
 
 from __future__ import annotations
 
-import enum
 import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from regctl.errors import RegctlError
+from regctl.errors import ExitStatus, RegctlError
 from regctl.model import VerifyOutcome
 from regctl.render import to_json
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
-
-
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    REFUSED = 1
-    USAGE = 2
-    NOT_FOUND = 3
-    UNAVAILABLE = 69
-    INTERNAL = 70
-    DELIVERY_FAILED = 74
-    LOCK_HELD = 75
-    PERMISSION = 77
-    CONFIG = 78
-    INTERRUPTED = 130
 
 
 VERIFY_STATUS = {
