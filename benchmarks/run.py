@@ -47,9 +47,9 @@ RESULTS: dict[str, Any] = {}
 def redis_server() -> Iterator[Path]:
     binary = shutil.which("redis-server")
     if binary is None:
-        from regctl.server import EmbeddedServer
+        from regctl.server import find_redis_server
 
-        binary = str(EmbeddedServer(Path(".")).binary())
+        binary = str(find_redis_server())
     with tempfile.TemporaryDirectory(prefix="rgb") as tmp:
         sock = Path(tmp) / "redis.sock"
         proc = subprocess.Popen(

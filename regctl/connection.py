@@ -133,9 +133,14 @@ def check_url(url: str) -> None:
     from redis.connection import parse_url
 
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]
+        parsed = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+    if scheme == "unix" and not parsed.get("path"):
+        raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
+    database = url.partition("://")[2].partition("?")[0].partition("/")[2]
+    if scheme != "unix" and database.strip("/") and not database.strip("/").isdigit():
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: the database must be a number")
 
 
 def connect(url: str, settings: Settings) -> Client:

@@ -2,7 +2,8 @@
 
 Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest)::
 
-    p:meta              hash    layout facts: bucket count, schema (no TTL, by design)
+    p:meta              hash    layout facts: bucket count, schema, the code secret's
+                                fingerprint (no TTL, by design)
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
     p:{bNN}:vok:t       string  replay marker of a successful verify call t

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from regctl.errors import ConfigError, DeliveryFailed, first_line
+
+if TYPE_CHECKING:
+    from regctl.settings import Settings
 
 DEFAULT_BODY = """\
 Hello {first_name},
@@ -38,6 +41,16 @@ class MailConfig:
     subject: str
     template: Path | None = None
     timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailConfig:
+        return cls(
+            url=settings.mail_url,
+            sender=settings.mail_from,
+            subject=settings.mail_subject,
+            template=settings.mail_template,
+            timeout=settings.mail_timeout,
+        )
 
     @property
     def enabled(self) -> bool:

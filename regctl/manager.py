@@ -62,6 +62,9 @@ T = TypeVar("T")
 
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
+# How often a manager re-reads the store's code-secret fingerprint (a rotation
+# elsewhere is noticed within this time).
+SECRET_RECHECK_S = 60.0
 
 
 class RegistrationManager:
@@ -74,16 +77,36 @@ class RegistrationManager:
         self.policy = policy or Policy()
         self._secret = secret
         self._codes: security.CodeHasher | None = None
+        self._secret_checked_at: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> RegistrationManager:
-        """A manager on the store the settings name (env, .env, config file)."""
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        embedded: bool = False,
+        read_only: bool = False,
+    ) -> RegistrationManager:
+        """A manager on the store the settings name (flags aside: env, .env, config file).
+
+        Everything later calls need is checked here, so a backend fails at start-up:
+        the settings, and a usable code secret (unless ``read_only``). With no Redis
+        URL configured it raises ConfigError, unless ``embedded`` opts in to the
+        managed local ``redis-server`` (which this may then start).
+        """
         from regctl.settings import load_settings
         from regctl.target import open_target
 
         settings = settings or load_settings().settings
-        target = open_target(settings)
-        return cls(target.store, secret=target.secret, policy=settings.policy())
+        target = open_target(settings, allow_embedded=embedded)
+        manager = cls(target.store, secret=target.secret, policy=settings.policy())
+        if not read_only:
+            try:
+                manager.codes  # noqa: B018  # raises ConfigError without a usable secret
+            except ConfigError:
+                manager.close()
+                raise
+        return manager
 
     def close(self) -> None:
         self.store.close()
@@ -105,6 +128,41 @@ class RegistrationManager:
                 )
             self._codes = security.CodeHasher(self._secret)
         return self._codes
+
+    def _codes_of_store(self, *, writing: bool) -> security.CodeHasher:
+        """The code hasher, once the store's codes are known to use the same secret.
+
+        The first code written records the secret's fingerprint with the namespace;
+        another secret is refused before anything is counted or written, so a
+        misconfigured writer cannot lock users out with codes nobody can verify.
+        """
+        codes = self.codes
+        now = time.monotonic()
+        if self._secret_checked_at is None or now - self._secret_checked_at > SECRET_RECHECK_S:
+            mine = codes.fingerprint()
+            stored = self.store.secret_fingerprint(mine if writing else None)
+            if stored is not None and stored != mine:
+                raise ConfigError(
+                    "this store's codes were made with another code secret",
+                    "configure the secret the other writers use (REGCTL_CODE_SECRET), or "
+                    "switch the store to this one with `regctl secret rotate`",
+                )
+            self._secret_checked_at = now
+        return codes
+
+    def secret_matches(self) -> bool | None:
+        """Whether the store records this manager's code secret (None: none recorded)."""
+        stored = self.store.secret_fingerprint()
+        return None if stored is None else stored == self.codes.fingerprint()
+
+    def rotate_secret(self) -> int:
+        """Make this manager's secret the store's; return how many pending codes die.
+
+        Codes made with the old secret no longer verify; their users ask for a new one.
+        """
+        self.store.set_secret_fingerprint(self.codes.fingerprint())
+        self._secret_checked_at = time.monotonic()
+        return self.store.counts().total
 
     # --- operations -------------------------------------------------------
 
@@ -172,7 +230,7 @@ class RegistrationManager:
         last = validate_name(last_name, "last name")
         if (password is None) == (password_hash is None):
             raise InvalidInput("give exactly one of password and password_hash")
-        code_hasher = self.codes  # fail on missing config before the slow hash
+        code_hasher = self._codes_of_store(writing=True)  # fail on config before the slow hash
         pw_hash = (
             security.check_password_hash(password_hash)
             if password_hash is not None
@@ -253,7 +311,7 @@ class RegistrationManager:
         """A new code for a pending registration; the old code stops working."""
         identity = normalize_email(email).casefold()
         code = security.generate_code(self.policy.code_length)
-        code_hash = self.codes.digest(identity, code)
+        code_hash = self._codes_of_store(writing=True).digest(identity, code)
         record = self.store.resend(identity, code_hash, self.policy, token or security.new_token())
         return Resent(record, code)
 
@@ -323,7 +381,7 @@ class RegistrationManager:
         """
         identity = normalize_email(email).casefold()
         validate_code(code, self.policy.code_length)
-        candidate = self.codes.digest(identity, code)
+        candidate = self._codes_of_store(writing=False).digest(identity, code)
         return self.store.verify(identity, candidate, self.policy, token or security.new_token())
 
     def unlock(self, email: str) -> bool:

@@ -55,6 +55,11 @@ class CodeHasher:
     def __repr__(self) -> str:
         return "CodeHasher(<secret>)"
 
+    def fingerprint(self) -> str:
+        """A keyed digest that tells secrets apart without revealing them."""
+        label = b"regctl code-secret fingerprint"
+        return hmac.new(self._key, label, hashlib.sha256).hexdigest()[:32]
+
     def digest(self, identity: str, code: str) -> str:
         message = identity.encode() + b"\x00" + code.encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()

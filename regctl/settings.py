@@ -2,26 +2,34 @@
 
 Built per call by ``load_settings``; nothing is read at import time. Every field
 has a ``REGCTL_`` variable; the original system's ``REDIS_URL``,
-``REDIS_MAX_CONNECTIONS`` and ``REDIS_SOCKET_TIMEOUT`` are accepted too.
-Secrets are ``SecretStr`` and can come from a file (``*_file`` fields).
+``REDIS_MAX_CONNECTIONS`` and ``REDIS_SOCKET_TIMEOUT`` are accepted too. Nothing
+is silently ignored: an unknown ``REGCTL_`` name or config key is an error, an
+empty value is unset (and reported by ``regctl config``), and each value knows
+the variable, file and line it came from. Secrets are ``SecretStr`` and can come
+from a file (``*_file`` fields).
 """
 
 from __future__ import annotations
 
+import difflib
+import io
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+from pydantic import (
+    Field,
+    JsonValue,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from regctl.errors import ConfigError, InvalidInput
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
@@ -29,74 +37,162 @@ from regctl.model import Policy
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
+MAX_LIFETIME_S = 30 * 86_400
+MAX_CODE_LIFETIME_S = 86_400
+_POLICY = Policy()
 
 
-def _aliases(name: str, *legacy: str) -> AliasChoices:
-    return AliasChoices(ENV_PREFIX + name.upper(), *legacy, name)
+def _field(
+    default: Any,
+    meaning: str,
+    *legacy: str,
+    unset: str | None = None,
+    example: str | None = None,
+    **bounds: Any,
+) -> Any:
+    """A setting: its ``REGCTL_`` name (and any legacy names), meaning and bounds.
+
+    ``unset`` says what an unset optional setting means; ``example`` is the value
+    the generated example config file shows for it.
+    """
+    extra: dict[str, JsonValue] = {
+        "legacy": list[JsonValue](legacy),
+        "unset": unset,
+        "example": example,
+    }
+    return Field(default, description=meaning, json_schema_extra=extra, **bounds)
 
 
 class Settings(BaseSettings):
-    """Every knob regctl has, with the defaults of DESIGN.md."""
+    """Every knob regctl has; the policy defaults are ``Policy``'s."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
-    redis_url: str | None = Field(
+    redis_url: str | None = _field(
         None,
-        validation_alias=_aliases("redis_url", "REDIS_URL"),
-        description="redis://, rediss://, unix://; unset = the embedded store",
+        "`redis://`, `rediss://`, `unix://`, `redis+sentinel://`, `redis+cluster://`"
+        ' (see "Running at scale")',
+        "REDIS_URL",
+        unset="the embedded store (CLI only)",
+        example="redis://localhost:6379/0",
     )
-    redis_password: SecretStr | None = Field(None, validation_alias=_aliases("redis_password"))
-    redis_password_file: Path | None = Field(None, validation_alias=_aliases("redis_password_file"))
-    tls_ca_file: Path | None = Field(None, validation_alias=_aliases("tls_ca_file"))
-    tls_cert_file: Path | None = Field(None, validation_alias=_aliases("tls_cert_file"))
-    tls_key_file: Path | None = Field(None, validation_alias=_aliases("tls_key_file"))
-    sentinel_username: str | None = Field(None, validation_alias=_aliases("sentinel_username"))
-    sentinel_password: SecretStr | None = Field(
-        None, validation_alias=_aliases("sentinel_password")
+    redis_password: SecretStr | None = _field(
+        None, "password, if not in the URL", example="change-me"
     )
-    sentinel_password_file: Path | None = Field(
-        None, validation_alias=_aliases("sentinel_password_file")
+    redis_password_file: Path | None = _field(
+        None, "file holding the password", example="/run/secrets/redis-password"
     )
-    wait_replicas: int = Field(0, ge=0, le=100, validation_alias=_aliases("wait_replicas"))
-    wait_timeout: float = Field(1.0, gt=0, le=60, validation_alias=_aliases("wait_timeout"))
-    max_connections: int = Field(
-        50, ge=1, le=10_000, validation_alias=_aliases("max_connections", "REDIS_MAX_CONNECTIONS")
+    tls_ca_file: Path | None = _field(
+        None,
+        "CA bundle that signs the server's certificate (`rediss://`)",
+        example="/etc/ssl/redis-ca.pem",
     )
-    socket_timeout: float = Field(
-        5.0, gt=0, le=300, validation_alias=_aliases("socket_timeout", "REDIS_SOCKET_TIMEOUT")
+    tls_cert_file: Path | None = _field(
+        None, "client certificate (`rediss://`)", example="/etc/ssl/regctl.pem"
     )
-    connect_timeout: float = Field(5.0, gt=0, le=300, validation_alias=_aliases("connect_timeout"))
-    pool_timeout: float = Field(5.0, gt=0, le=300, validation_alias=_aliases("pool_timeout"))
-    retries: int = Field(2, ge=0, le=10, validation_alias=_aliases("retries"))
-    health_check_interval: int = Field(
-        30, ge=0, le=3600, validation_alias=_aliases("health_check_interval")
+    tls_key_file: Path | None = _field(
+        None, "client certificate's key (`rediss://`)", example="/etc/ssl/regctl.key"
     )
-    prefix: str = Field("regctl", validation_alias=_aliases("prefix"))
-    buckets: int = Field(
-        DEFAULT_BUCKETS, ge=MIN_BUCKETS, le=MAX_BUCKETS, validation_alias=_aliases("buckets")
+    sentinel_username: str | None = _field(None, "Sentinel-side user", example="sentinel")
+    sentinel_password: SecretStr | None = _field(
+        None, "Sentinel-side password", example="change-me"
     )
-    code_secret: SecretStr | None = Field(None, validation_alias=_aliases("code_secret"))
-    code_secret_file: Path | None = Field(None, validation_alias=_aliases("code_secret_file"))
+    sentinel_password_file: Path | None = _field(
+        None, "file holding the Sentinel-side password", example="/run/secrets/sentinel-password"
+    )
+    wait_replicas: int = _field(
+        0, "replicas that must acknowledge each add/resend/verify (`WAIT`)", ge=0, le=100
+    )
+    wait_timeout: float = _field(1.0, "seconds to wait for them", gt=0, le=60)
+    max_connections: int = _field(
+        50, "connection pool size", "REDIS_MAX_CONNECTIONS", ge=1, le=10_000
+    )
+    socket_timeout: float = _field(5.0, "seconds per reply", "REDIS_SOCKET_TIMEOUT", gt=0, le=300)
+    connect_timeout: float = _field(5.0, "seconds to connect", gt=0, le=300)
+    pool_timeout: float = _field(5.0, "seconds to wait for a free pooled connection", gt=0, le=300)
+    retries: int = _field(
+        2, "retries on connection errors and timeouts (jittered backoff)", ge=0, le=10
+    )
+    health_check_interval: int = _field(
+        30, "seconds between connection health checks (0: off)", ge=0, le=3600
+    )
+    prefix: str = _field("regctl", "key prefix: 1-64 of `A-Za-z0-9_.:-`")
+    buckets: int = _field(
+        DEFAULT_BUCKETS,
+        "hash-slot buckets of a new namespace (the first writer's count is kept)",
+        ge=MIN_BUCKETS,
+        le=MAX_BUCKETS,
+    )
+    code_secret: SecretStr | None = _field(
+        None,
+        "HMAC key for codes, at least 16 bytes; the same for every writer",
+        unset="generated (embedded store only)",
+        example="use-32-random-bytes-from-a-secret-store",
+    )
+    code_secret_file: Path | None = _field(
+        None, "file holding the code secret", example="/run/secrets/regctl-code-secret"
+    )
 
-    lifetime: float = Field(86_400, ge=1, validation_alias=_aliases("lifetime"))
-    code_lifetime: float = Field(900, ge=1, validation_alias=_aliases("code_lifetime"))
-    code_length: int = Field(6, ge=6, le=10, validation_alias=_aliases("code_length"))
-    max_attempts: int = Field(5, ge=1, le=100, validation_alias=_aliases("max_attempts"))
-    resend_cooldown: float = Field(60, ge=0, validation_alias=_aliases("resend_cooldown"))
-    max_resends: int = Field(5, ge=0, le=100, validation_alias=_aliases("max_resends"))
-    funnel_days: int = Field(30, ge=0, le=3650, validation_alias=_aliases("funnel_days"))
-
-    mail_url: str = Field("console", validation_alias=_aliases("mail_url"))
-    mail_from: str = Field("regctl <no-reply@localhost>", validation_alias=_aliases("mail_from"))
-    mail_subject: str = Field("Your verification code", validation_alias=_aliases("mail_subject"))
-    mail_template: Path | None = Field(None, validation_alias=_aliases("mail_template"))
-    mail_timeout: float = Field(10, gt=0, le=300, validation_alias=_aliases("mail_timeout"))
-
-    env: Literal["development", "staging", "production"] | None = Field(
-        None, validation_alias=_aliases("env")
+    lifetime: float = _field(
+        _POLICY.lifetime_ms / 1000,
+        "record lifetime, seconds (never extended)",
+        ge=1,
+        le=MAX_LIFETIME_S,
     )
-    data_dir: Path | None = Field(None, validation_alias=_aliases("data_dir"))
-    redis_server: Path | None = Field(None, validation_alias=_aliases("redis_server"))
+    code_lifetime: float = _field(
+        _POLICY.code_lifetime_ms / 1000,
+        "code lifetime, seconds (at most the record lifetime)",
+        ge=1,
+        le=MAX_CODE_LIFETIME_S,
+    )
+    code_length: int = _field(_POLICY.code_length, "digits per code", ge=6, le=10)
+    max_attempts: int = _field(
+        _POLICY.max_attempts, "wrong codes before the record locks", ge=1, le=100
+    )
+    resend_cooldown: float = _field(
+        _POLICY.resend_cooldown_ms / 1000,
+        "seconds between codes",
+        ge=0,
+        le=MAX_CODE_LIFETIME_S,
+    )
+    max_resends: int = _field(_POLICY.max_resends, "resends per registration", ge=0, le=100)
+    funnel_days: int = _field(
+        _POLICY.funnel_days, "days the per-day funnel counters are kept (0: off)", ge=0, le=3650
+    )
+
+    mail_url: str = _field(
+        "console", "`smtp://user:pass@host:port` (STARTTLS), `smtps://…`, `console`, `none`"
+    )
+    mail_from: str = _field("regctl <no-reply@localhost>", "sender")
+    mail_subject: str = _field("Your verification code", "subject")
+    mail_template: Path | None = _field(
+        None,
+        "body file with `{first_name}` `{code}` `{minutes}` `{email}`",
+        unset="a built-in text",
+        example="/etc/regctl/code-mail.txt",
+    )
+    mail_timeout: float = _field(10, "seconds for the SMTP conversation", gt=0, le=300)
+
+    env: Literal["development", "staging", "production"] | None = _field(
+        None,
+        "`development`, `staging` or `production` (named in the banner;"
+        " production needs `--yes` to delete)",
+        example="production",
+    )
+    data_dir: Path | None = _field(
+        None,
+        "the embedded store's home",
+        unset="the user data dir",
+        example="/var/lib/regctl",
+    )
+    redis_server: Path | None = _field(
+        None,
+        "the embedded store's `redis-server`",
+        unset="the recorded one, else PATH, else the `embedded` extra's",
+        example="/usr/bin/redis-server",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -118,6 +214,15 @@ class Settings(BaseSettings):
             return validate_prefix(value)
         except InvalidInput as exc:
             raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _check_lifetimes(self) -> Settings:
+        if self.code_lifetime > self.lifetime:
+            raise ValueError("code_lifetime must not exceed lifetime")
+        for secret in ("redis_password", "sentinel_password", "code_secret"):
+            if getattr(self, secret) is not None and getattr(self, f"{secret}_file") is not None:
+                raise ValueError(f"set {secret} or {secret}_file, not both")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -165,10 +270,19 @@ def _secret(value: SecretStr | None, path: Path | None, what: str) -> str | None
 
 @dataclass(frozen=True)
 class LoadedSettings:
-    """Settings plus, for each field that was set, where its value came from."""
+    """Settings plus, for each field that was set, where its value came from, and
+    the values that were given but not used (empty, or overridden in the same layer)."""
 
     settings: Settings
     sources: Mapping[str, str]
+    ignored: Mapping[str, list[str]] = dataclass_field(default_factory=dict)
+
+
+def env_names(name: str) -> list[str]:
+    """The environment (and .env) names of a setting: ``REGCTL_NAME`` first, then legacy ones."""
+    extra = Settings.model_fields[name].json_schema_extra
+    legacy = extra.get("legacy", []) if isinstance(extra, dict) else []
+    return [ENV_PREFIX + name.upper(), *(str(n) for n in legacy)]  # type: ignore[union-attr]
 
 
 def load_settings(
@@ -178,7 +292,11 @@ def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LoadedSettings:
-    """Merge flags, environment, .env and TOML config into validated Settings."""
+    """Merge flags > environment > .env > TOML config > defaults into validated Settings.
+
+    Every name under ``REGCTL_`` and every key of the config file must be a setting
+    (a misspelt one is a ConfigError with a did-you-mean); an empty value is unset.
+    """
     env = os.environ if environ is None else environ
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
@@ -186,66 +304,169 @@ def load_settings(
         raise ConfigError(f"config file {config_file} does not exist")
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"env file {env_file} does not exist")
-    layers: list[tuple[str, Mapping[str, Any]]] = [
-        (f"config {config_file}", _read_toml(config_file) if config_file else {}),
-        (f"env file {env_file or '.env'}", _read_dotenv(env_file or Path(".env"))),
-        ("environment", _read_env(env)),
-        ("flag", _flags(overrides or {})),
+    layers = [
+        *(_read_toml(config_file) if config_file else []),
+        *_read_dotenv(env_file or Path(".env"), explicit=env_file is not None),
+        *_named_values(((name, value, f"environment {name}") for name, value in env.items())),
+        *_flags(overrides or {}),
     ]
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for origin, values in layers:
-        for key, value in values.items():
-            name = _FIELD_BY_ALIAS.get(key.casefold(), key)
-            if name in Settings.model_fields:
-                merged[name] = value
-                sources[name] = origin
+    ignored: dict[str, list[str]] = {}
+    for given in layers:
+        if given.value == "":
+            ignored.setdefault(given.field, []).append(f"{given.origin} (empty)")
+            continue
+        previous = sources.get(given.field)
+        if previous is not None and previous.split()[0] == given.origin.split()[0]:
+            ignored.setdefault(given.field, []).append(f"{previous} (overridden)")
+        merged[given.field] = given.value
+        sources[given.field] = given.origin
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        field = ".".join(str(p) for p in first["loc"])
         origin = sources.get(field, "default")
-        if origin == "flag":  # typed on this command line: invalid input, not configuration
-            raise InvalidInput(f"invalid --{field.replace('_', '-')}: {first['msg']}") from None
-        raise ConfigError(f"bad setting {field} (from {origin}): {first['msg']}") from None
-    return LoadedSettings(settings, sources)
+        message = _plain_message(first)
+        if not field:  # a rule between settings
+            raise ConfigError(f"bad settings: {message}", "`regctl config` shows them") from None
+        if origin.startswith("flag"):  # typed on this command line: invalid input
+            raise InvalidInput(f"invalid {origin.removeprefix('flag ')}: {message}") from None
+        raise ConfigError(f"bad setting {field} (from {origin}): {message}") from None
+    return LoadedSettings(settings, sources, ignored)
 
 
-_FIELD_BY_ALIAS = {
-    alias.casefold(): name
-    for name, info in Settings.model_fields.items()
-    if isinstance(info.validation_alias, AliasChoices)
-    for alias in info.validation_alias.choices
-    if isinstance(alias, str)
+_MESSAGES = {
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "finite_number": "must be a finite number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "literal_error": "must be one of {expected}",
 }
 
 
-def _flags(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Flags that were given; an empty one is a mistake, not a way to unset a value."""
-    for name, value in overrides.items():
-        if value == "":
-            raise InvalidInput(f"--{name.replace('_', '-')} must not be empty")
-    return {k: v for k, v in overrides.items() if v is not None}
-
-
-def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
-    # Only prefixed and legacy names: a bare PREFIX or DATA_DIR is somebody else's.
-    return {
-        k: v
-        for k, v in environ.items()
-        if k.casefold() in _FIELD_BY_ALIAS and k.casefold() not in Settings.model_fields
+def _plain_message(error: Any) -> str:
+    """pydantic's error in regctl's words (no "Input should be", no "Value error,")."""
+    template = _MESSAGES.get(error["type"])
+    if template is None:
+        return str(error["msg"]).removeprefix("Value error, ")
+    bounds = {
+        k: int(v) if isinstance(v, float) and v.is_integer() else v
+        for k, v in error.get("ctx", {}).items()
     }
+    return template.format(**bounds)
 
 
-def _read_dotenv(path: Path) -> Mapping[str, Any]:
+@dataclass(frozen=True)
+class _Given:
+    field: str
+    value: Any
+    origin: str
+
+
+_FIELD_BY_ENV_NAME = {
+    env_name: name for name in Settings.model_fields for env_name in env_names(name)
+}
+# Read by load_settings itself, not a setting.
+_OTHER_ENV_NAMES = (CONFIG_ENV,)
+
+
+def _suggest(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else None
+
+
+def _named_values(items: Iterable[tuple[str, str, str]]) -> list[_Given]:
+    """Values of the environment or a .env file: ``REGCTL_*`` and the legacy names only.
+
+    Other names belong to other programs; an unknown ``REGCTL_`` name is a mistake.
+    Within the layer a ``REGCTL_`` name is applied after (so over) a legacy one.
+    """
+    legacy: list[_Given] = []
+    prefixed: list[_Given] = []
+    for name, value, origin in items:
+        upper = name.upper()
+        field = _FIELD_BY_ENV_NAME.get(upper)
+        if field is None and upper.startswith(ENV_PREFIX) and upper not in _OTHER_ENV_NAMES:
+            where = "environment" if origin.startswith("environment") else origin
+            raise ConfigError(
+                f"unknown setting {name} ({where})",
+                _suggest(upper, [*_FIELD_BY_ENV_NAME, *_OTHER_ENV_NAMES])
+                or "`regctl config` lists the settings",
+            )
+        if field is not None:
+            (prefixed if upper.startswith(ENV_PREFIX) else legacy).append(
+                _Given(field, value, origin)
+            )
+    return legacy + prefixed
+
+
+def _flags(overrides: Mapping[str, Any]) -> list[_Given]:
+    """Flags that were given; an empty one is a mistake, not a way to unset a value."""
+    given = []
+    for name, value in overrides.items():
+        flag = f"--{name.replace('_', '-')}" if name != "redis_url" else "--url"
+        if value == "":
+            raise InvalidInput(f"{flag} must not be empty")
+        if value is not None:
+            given.append(_Given(name, value, f"flag {flag}"))
+    return given
+
+
+def _read_dotenv(path: Path, *, explicit: bool) -> list[_Given]:
+    """The ``REGCTL_*`` and legacy lines of a .env file, each with its line number."""
     if not path.is_file():
-        return {}
-    return DotEnvSettingsSource(Settings, env_file=path)()
+        return []
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-
-def _read_toml(path: Path) -> Mapping[str, Any]:
+    shown = str(path) if explicit or path.is_absolute() else f"./{path}"
     try:
-        return TomlConfigSettingsSource(Settings, toml_file=path)()
-    except Exception as exc:  # tomllib's error type varies; any failure is bad config
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read env file {shown}: {exc}") from None
+    lines: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(f"env file {shown} line {binding.original.line} cannot be parsed")
+        if binding.key is not None:
+            lines[binding.key] = binding.original.line
+    values = dotenv_values(stream=io.StringIO(text))
+    return _named_values(
+        (key, value or "", f"env file {shown} line {lines[key]} ({key})")
+        for key, value in values.items()
+        if key in lines
+    )
+
+
+def _read_toml(path: Path) -> list[_Given]:
+    """A flat TOML file of setting names; any other key or a table is an error."""
+    import tomllib
+
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    given = []
+    for key, value in data.items():
+        if key not in Settings.model_fields or isinstance(value, dict):
+            what = "table" if isinstance(value, dict) else "key"
+            raise ConfigError(
+                f"unknown {what} {key!r} in config file {path}",
+                _suggest(key, Settings.model_fields) or "`regctl config` lists the settings",
+            )
+        line = _toml_line(text, key)
+        given.append(_Given(key, value, f"config file {path}" + (f" line {line}" if line else "")))
+    return given
+
+
+def _toml_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from regctl.connection import connect, mask_url
+from regctl.errors import ConfigError
 from regctl.server import EmbeddedServer
 from regctl.store.redis_store import RedisStore
 
@@ -22,18 +23,27 @@ class Target:
     secret: str | None
     description: str
     embedded: bool
+    # Set when opening this target started the embedded server: what to tell the user.
+    started: str | None = None
 
 
-def open_target(settings: Settings) -> Target:
-    """Connect to the configured Redis, or start/attach the embedded server."""
+def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
+    """Connect to the configured Redis, or (if allowed) start/attach the embedded server."""
+    started = None
     if settings.redis_url:
         description = mask_url(settings.redis_url)
         client = connect(settings.redis_url, settings)
         secret = settings.code_secret_value()
         embedded = False
+    elif not allow_embedded:
+        raise ConfigError(
+            "no Redis URL is configured",
+            "set REGCTL_REDIS_URL (or REDIS_URL), or opt in to the embedded local store",
+        )
     else:
         server = EmbeddedServer.from_settings(settings)
-        server.ensure_running()
+        if server.ensure_running():
+            started = server.started_message()
         description = server.description
         client = connect(server.url, settings)
         secret = settings.code_secret_value() or server.code_secret()
@@ -46,4 +56,4 @@ def open_target(settings: Settings) -> Target:
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=int(settings.wait_timeout * 1000),
     )
-    return Target(store, secret, description, embedded)
+    return Target(store, secret, description, embedded, started)

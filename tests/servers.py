@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from regctl.server import EmbeddedServer
+from regctl.server import find_redis_server
 
 
 def _version(binary: str) -> tuple[int, ...]:
@@ -34,7 +34,7 @@ def redis_server_binary() -> str:
         if d and os.access(Path(d) / "redis-server", os.X_OK)
     }
     with contextlib.suppress(Exception):
-        candidates.add(str(EmbeddedServer(Path(".")).binary()))
+        candidates.add(str(find_redis_server()))
     if not candidates:
         raise RuntimeError("no redis-server binary: install one or the [embedded] extra")
     return max(candidates, key=_version)

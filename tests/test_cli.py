@@ -416,8 +416,11 @@ def test_config_masks_secrets_and_names_sources(cli: Cli, tmp_path):
         REGCTL_REDIS_URL="redis://user:hunter2@localhost:6379/0",
     )
     data = json.loads(ran.stdout)
-    assert data["max_attempts"] == {"value": "7", "source": f"config {tmp_path}/regctl.toml"}
-    assert data["prefix"]["source"] == "environment"  # env beats the file
+    assert data["max_attempts"] == {
+        "value": "7",
+        "source": f"config file {tmp_path}/regctl.toml line 1",
+    }
+    assert data["prefix"]["source"] == "environment REGCTL_PREFIX"  # env beats the file
     assert data["code_secret"]["value"] == "***"
     assert data["redis_url"]["value"] == "redis://user:***@localhost:6379/0"
     assert "hunter2" not in ran.stdout
@@ -425,7 +428,7 @@ def test_config_masks_secrets_and_names_sources(cli: Cli, tmp_path):
 
 def test_flags_beat_the_environment(cli: Cli):
     data = json.loads(cli("--prefix", "fromflag", "config", "-o", "json").stdout)
-    assert data["prefix"] == {"value": "fromflag", "source": "flag"}
+    assert data["prefix"] == {"value": "fromflag", "source": "flag --prefix"}
 
 
 def test_legacy_variable_names_are_read(cli: Cli):
@@ -464,6 +467,8 @@ def test_a_wrong_redis_password_exits_77(cli: Cli, tmp_path):
         ("REGCTL_MAX_CONNECTIONS", "many"),
         ("REGCTL_PREFIX", "a b"),
         ("REGCTL_REDIS_URL", "http://x"),
+        ("REGCTL_REDIS_URL", "unix://"),
+        ("REGCTL_REDIS_URL", "redis://localhost/x"),
     ],
 )
 def test_bad_configuration_exits_78(cli: Cli, name: str, value: str):
@@ -544,3 +549,32 @@ def test_an_unreachable_server_prints_no_partial_list(cli: Cli, tmp_path):
         )
         assert ran.exit_code == 69
         assert ran.stdout == ""
+
+
+# --- the code secret -----------------------------------------------------------------
+
+OTHER_SECRET = "another-secret-0123456789abcdef"
+
+
+def test_a_writer_with_another_code_secret_exits_78_and_counts_nothing(cli: Cli):
+    code = add(cli)["code"]
+    ran = cli("verify", EMAIL, wrong(code), REGCTL_CODE_SECRET=OTHER_SECRET)
+    assert ran.exit_code == 78
+    assert ran.stderr.startswith("Error: this store's codes were made with another code secret")
+    shown = json.loads(cli("inspect", EMAIL, "-o", "json").stdout)
+    assert shown["attempts"] == 0
+    assert cli("secret", "status", REGCTL_CODE_SECRET=OTHER_SECRET).exit_code == 78
+    assert cli("secret", "status").exit_code == 0
+    assert cli("verify", EMAIL, code).exit_code == 0
+
+
+def test_rotating_the_secret_needs_yes_in_a_pipe_and_says_what_died(cli: Cli):
+    add(cli)
+    refused = cli("secret", "rotate", REGCTL_CODE_SECRET=OTHER_SECRET)
+    assert refused.exit_code == 2
+    assert "add --yes" in refused.stderr
+    ran = cli("-o", "json", "secret", "rotate", "--yes", REGCTL_CODE_SECRET=OTHER_SECRET)
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"rotated": True, "pending_codes_invalidated": 1}
+    assert cli("secret", "status", REGCTL_CODE_SECRET=OTHER_SECRET).exit_code == 0
+    assert cli("secret", "status").exit_code == 78

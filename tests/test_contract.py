@@ -10,6 +10,7 @@ import pytest
 
 from regctl import (
     AlreadyExists,
+    ConfigError,
     CooldownActive,
     Filter,
     InvalidInput,
@@ -23,7 +24,7 @@ from regctl import (
     VerifyOutcome,
 )
 from regctl.security import verify_password
-from tests.conftest import MakeManager
+from tests.conftest import SECRET, MakeManager
 
 EMAIL = "Alice.Liddell@Example.COM"
 
@@ -580,3 +581,49 @@ def test_stats_has_an_age_histogram(manager: RegistrationManager, pw_hash: str):
     ages = dict(manager.stats().ages)
     assert ages["< 15m"] == 1
     assert sum(ages.values()) == 1
+
+
+# --- the code secret --------------------------------------------------------
+
+OTHER_SECRET = "another-secret-0123456789abcdef"
+
+
+def test_a_store_refuses_a_writer_with_another_code_secret(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        other.verify(EMAIL, code)
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        other.resend(EMAIL)
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        add(other, pw_hash, "bob@example.com")
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert (reg.attempts, reg.resend_count) == (0, 0)  # nothing counted, nothing written
+    assert manager.get("bob@example.com") is None
+    assert other.secret_matches() is False
+    assert manager.secret_matches() is True
+    assert manager.verify(EMAIL, code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_reading_and_verifying_record_no_secret(manager: RegistrationManager):
+    assert manager.verify(EMAIL, "123456").outcome is VerifyOutcome.NOT_FOUND
+    assert manager.secret_matches() is None
+    other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    assert other.get(EMAIL) is None
+    assert other.secret_matches() is None
+
+
+def test_rotating_the_secret_switches_the_store_and_kills_old_codes(
+    manager: RegistrationManager, pw_hash: str
+):
+    old_code = add(manager, pw_hash)
+    other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    assert other.rotate_secret() == 1
+    assert other.verify(EMAIL, old_code).outcome is VerifyOutcome.INVALID_CODE
+    fresh = RegistrationManager(manager.store, secret=SECRET, policy=manager.policy)
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        fresh.verify(EMAIL, old_code)
+    assert other.secret_matches() is True

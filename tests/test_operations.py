@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from regctl.settings import Settings
+from regctl.settings import Settings, env_names
 from tests.conftest import REGCTL, Cli, cli_env
 from tests.servers import RedisProcess
 
@@ -198,11 +198,7 @@ def test_the_compose_file_uses_only_real_commands_and_settings():
     assert "healthcheck" in compose["services"]["redis"]
     assert compose["networks"]["backend"]["internal"] is True
     purge = compose["services"]["purge"]
-    known = {
-        alias
-        for field in Settings.model_fields.values()
-        for alias in field.validation_alias.choices  # type: ignore[union-attr]
-    }
+    known = {variable for name in Settings.model_fields for variable in env_names(name)}
     assert set(purge["environment"]) <= known
     segment = next(part for part in purge["command"][0].split(";") if "regctl" in part)
     words = shlex.split(segment)

@@ -134,11 +134,11 @@ def main_callback(
 
 
 def build_app() -> typer.Typer:
+    from regctl.cli import secret_cmd, server_cmd
     from regctl.cli.config_cmd import register as register_config
     from regctl.cli.diagnose import register as register_diagnose
     from regctl.cli.maintenance import register as register_maintenance
     from regctl.cli.records import register as register_records
-    from regctl.cli.server_cmd import build as build_server
     from regctl.cli.transfer_cmd import register as register_transfer
 
     app = typer.Typer(
@@ -160,5 +160,9 @@ def build_app() -> typer.Typer:
         register_config,
     ):
         register(app)
-    app.add_typer(build_server(), name="server")
+    for name, group in (("server", server_cmd), ("secret", secret_cmd)):
+        sub = typer.Typer(help=group.HELP, no_args_is_help=True)
+        for command in group.COMMANDS:
+            sub.command()(command)
+        app.add_typer(sub, name=name)
     return app

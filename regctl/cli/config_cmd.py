@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.render import key_value_table, tsv_lines
+
+if TYPE_CHECKING:
+    from regctl.settings import LoadedSettings
 
 
 class Shell(enum.StrEnum):
@@ -32,6 +35,12 @@ def _shown(name: str, value: Any) -> str:
     return str(value)
 
 
+def _source(loaded: LoadedSettings, name: str) -> str:
+    source = loaded.sources.get(name, "default")
+    ignored = loaded.ignored.get(name)
+    return f"{source}; ignored: {', '.join(ignored)}" if ignored else source
+
+
 def config(ctx: typer.Context, output: OutputOption = None) -> None:
     """Show the effective settings and where each came from (secrets masked).
 
@@ -41,13 +50,19 @@ def config(ctx: typer.Context, output: OutputOption = None) -> None:
     loaded = state.loaded
     settings = loaded.settings
     rows = [
-        (name, _shown(name, getattr(settings, name)), loaded.sources.get(name, "default"))
+        (name, _shown(name, getattr(settings, name)), _source(loaded, name))
         for name in type(settings).model_fields
     ]
     if not settings.redis_url:
         rows.append(("store", "embedded (no Redis URL configured)", "default"))
     if state.wants_json(output):
-        state.json({name: {"value": value, "source": source} for name, value, source in rows})
+        state.json(
+            {
+                name: {"value": value, "source": loaded.sources.get(name, "default")}
+                | ({"ignored": loaded.ignored[name]} if name in loaded.ignored else {})
+                for name, value, _ in rows
+            }
+        )
     elif state.is_tty:
         state.show(key_value_table((name, f"{value}  ({source})") for name, value, source in rows))
     else:

@@ -58,14 +58,7 @@ def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) 
     """Mail the code as REGCTL_MAIL_URL says; return mail, console or not_sent."""
     from regctl.mail import MailConfig, compose, deliver
 
-    settings = state.settings
-    config = MailConfig(
-        url=settings.mail_url,
-        sender=settings.mail_from,
-        subject=settings.mail_subject,
-        template=settings.mail_template,
-        timeout=settings.mail_timeout,
-    )
+    config = MailConfig.from_settings(state.settings)
     if not send or not config.enabled:
         return "not_sent"
     minutes = max(1, (reg.code_expires_at - reg.observed_at) // 60_000)

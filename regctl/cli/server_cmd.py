@@ -27,8 +27,10 @@ def start(ctx: typer.Context) -> None:
     """
     state: State = ctx.obj
     server = _server(state)
-    started = server.ensure_running()
-    state.say(f"{'started' if started else 'already running'}: {escape(server.description)}")
+    if server.ensure_running():
+        state.say(escape(server.started_message()))
+    else:
+        state.say(f"already running: {escape(server.description)}")
 
 
 def stop(ctx: typer.Context) -> None:
@@ -58,6 +60,7 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
             ("running", "yes" if info["running"] else "no"),
             ("binary", str(info.get("binary") or info.get("binary_error"))),
             ("version", str(info.get("version", ""))),
+            ("recorded", str(info.get("recorded") or "none yet")),
             ("pid", str(info.get("pid", ""))),
             ("socket", info["socket"]),
             ("data dir", info["data_dir"]),
@@ -72,12 +75,5 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
         raise typer.Exit(3)
 
 
-def build() -> typer.Typer:
-    group = typer.Typer(
-        help="Manage the embedded local Redis (used when no URL is configured).",
-        no_args_is_help=True,
-    )
-    group.command()(start)
-    group.command()(stop)
-    group.command()(status)
-    return group
+HELP = "Manage the embedded local Redis (used when no URL is configured)."
+COMMANDS = (start, stop, status)

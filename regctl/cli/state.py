@@ -62,7 +62,9 @@ class State:
         if self._target is None:
             from regctl.target import open_target
 
-            self._target = open_target(self.settings)
+            self._target = open_target(self.settings, allow_embedded=True)
+            if self._target.started:  # a daemon now runs on this machine: always say so
+                sys.stderr.write(f"Note: {self._target.started}\n")
             if self.err_is_tty and not self.quiet:
                 where = [self._target.description, f"prefix {self.settings.prefix}"]
                 if self.settings.env:

@@ -118,6 +118,15 @@ class Store(Protocol):
         first, summed over buckets."""
         ...
 
+    def secret_fingerprint(self, claim: str | None = None) -> str | None:
+        """The recorded fingerprint of the code secret this namespace's codes use;
+        when none is recorded yet and ``claim`` is given, record that one first."""
+        ...
+
+    def set_secret_fingerprint(self, fingerprint: str) -> None:
+        """Record another code secret's fingerprint (a deliberate rotation)."""
+        ...
+
     def audit_append(self, entry: Mapping[str, str]) -> None:
         """Append to the capped audit trail (the newest AUDIT_MAX entries are kept)."""
         ...

@@ -79,6 +79,7 @@ class MemoryStore:
         self._leases: dict[str, int] = {}
         self._audit: deque[dict[str, str]] = deque(maxlen=AUDIT_MAX)
         self._funnel: dict[int, dict[str, int]] = {}
+        self._secret_fingerprint: str | None = None
 
     def _count(self, event: str, n: int, now: int, policy: Policy) -> None:
         """The funnel counters, as the scripts keep them (caller holds the lock)."""
@@ -304,6 +305,16 @@ class MemoryStore:
         with self._lock:
             today = self._clock() // 86_400_000
             return [(d, dict(self._funnel.get(d, {}))) for d in range(today, today - days, -1)]
+
+    def secret_fingerprint(self, claim: str | None = None) -> str | None:
+        with self._lock:
+            if self._secret_fingerprint is None:
+                self._secret_fingerprint = claim
+            return self._secret_fingerprint
+
+    def set_secret_fingerprint(self, fingerprint: str) -> None:
+        with self._lock:
+            self._secret_fingerprint = fingerprint
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with self._lock:

@@ -41,6 +41,8 @@ from regctl.store.base import (
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
+# The field of the meta hash that holds the code secret's fingerprint.
+FINGERPRINT_FIELD = "code_secret_fingerprint"
 # How long a bucket's index outlives its last entry (see add.lua).
 INDEX_GRACE_MS = 3_600_000
 _SCRIPTS = (
@@ -244,6 +246,21 @@ class RedisStore:
                     totals[event] = totals.get(event, 0) + int(n)
             out.append((day, totals))
         return out
+
+    def secret_fingerprint(self, claim: str | None = None) -> str | None:
+        meta = self._wanted.meta  # like the audit key, it needs no bucket layout
+        with translated_errors():
+            stored: str | None = self.client.hget(meta, FINGERPRINT_FIELD)
+            if stored is None and claim is not None:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hsetnx(meta, FINGERPRINT_FIELD, claim)
+                pipe.hget(meta, FINGERPRINT_FIELD)
+                stored = pipe.execute()[1]
+        return stored
+
+    def set_secret_fingerprint(self, fingerprint: str) -> None:
+        with translated_errors():
+            self.client.hset(self._wanted.meta, FINGERPRINT_FIELD, fingerprint)
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with translated_errors():

@@ -1,0 +1,69 @@
+"""`regctl secret status|rotate`: which code secret the store's codes are made with."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from regctl.cli.inputs import OutputOption
+from regctl.cli.state import State
+from regctl.errors import ExitStatus, InvalidInput
+from regctl.render import escape
+
+
+def status(ctx: typer.Context, output: OutputOption = None) -> None:
+    """Say whether the configured code secret is the one the store's codes use.
+
+    Exit 0 when it is (or none is recorded yet), 78 when it is another one.
+
+    Example: regctl secret status
+    """
+    state: State = ctx.obj
+    matches = state.manager.secret_matches()
+    word = {True: "matches", False: "mismatch", None: "unrecorded"}[matches]
+    if state.wants_json(output):
+        state.json({"secret": word, "store": state.store_description})
+    else:
+        state.say(
+            {
+                "matches": "the configured code secret is the store's",
+                "mismatch": "the store's codes were made with another code secret",
+                "unrecorded": "no code secret recorded yet (the first code written records it)",
+            }[word]
+        )
+    if matches is False:
+        raise typer.Exit(ExitStatus.CONFIG)
+
+
+def rotate(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Rotate without asking.")] = False,
+    output: OutputOption = None,
+) -> None:
+    """Make the configured code secret the store's; codes made with the old one die.
+
+    Switch every writer to the new secret, then run this once; users whose code
+    died ask for a new one (resend).
+
+    Example: REGCTL_CODE_SECRET_FILE=/run/secrets/new regctl secret rotate --yes
+    """
+    state: State = ctx.obj
+    manager = state.manager
+    if manager.secret_matches() is not True and not yes:
+        question = f"Record a new code secret for {state.store_description}?"
+        if not sys.stdin.isatty():
+            raise InvalidInput("rotating the code secret kills every pending code", "add --yes")
+        if not typer.confirm(escape(question)):
+            raise typer.Exit(ExitStatus.REFUSED)
+    state.audited("secret rotate")
+    pending = manager.rotate_secret()
+    if state.wants_json(output):
+        state.json({"rotated": True, "pending_codes_invalidated": pending})
+    else:
+        state.say(f"code secret rotated; {pending} pending codes no longer verify")
+
+
+HELP = "Check or rotate the code secret the store's codes are made with."
+COMMANDS = (status, rotate)

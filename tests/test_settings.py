@@ -1,0 +1,535 @@
+"""Every setting from every source reaches what uses it; nothing is silently ignored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regctl import ConfigError, InvalidInput, RegistrationManager
+from regctl.cli.reference import EXAMPLE_CONFIG
+from regctl.connection import connect
+from regctl.mail import MailConfig
+from regctl.security import CodeHasher
+from regctl.server import EmbeddedServer
+from regctl.settings import ENV_PREFIX, LoadedSettings, Settings, env_names, load_settings
+from tests.conftest import REGCTL, SECRET, Cli
+from tests.servers import RedisProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "settingstest"
+SECRETS = ("a" * 16 + "-one", "b" * 16 + "-two", "c" * 16 + "-three", "d" * 16 + "-four")
+FLAGS = {"redis_url", "prefix", "wait_replicas"}  # the settings with a global flag
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Four distinct valid values of a setting, and how to see it where it is used."""
+
+    values: tuple[str, str, str, str]
+    seen: Callable[[Settings, Path], Any]
+    expected: Callable[[str], Any] = str
+
+
+def _manager(settings: Settings) -> RegistrationManager:
+    return RegistrationManager.from_settings(settings)
+
+
+def _pool(settings: Settings) -> Any:
+    with _manager(settings) as manager:
+        return manager.store.client.connection_pool
+
+
+def _kwarg(name: str) -> Callable[[Settings, Path], Any]:
+    return lambda s, _tmp: _pool(s).connection_kwargs[name]
+
+
+def _tls(name: str) -> Callable[[Settings, Path], Any]:
+    def seen(settings: Settings, _tmp: Path) -> Any:
+        client = connect(f"rediss://127.0.0.1:{_closed_port()}/0", settings)
+        try:
+            return client.connection_pool.connection_kwargs[name]
+        finally:
+            client.close()
+
+    return seen
+
+
+def _sentinel(name: str) -> Callable[[Settings, Path], Any]:
+    def seen(settings: Settings, _tmp: Path) -> Any:
+        client = connect(f"redis+sentinel://127.0.0.1:{_closed_port()}/mymaster", settings)
+        sentinel = client.connection_pool.sentinel_manager.sentinels[0]
+        return sentinel.connection_pool.connection_kwargs[name]
+
+    return seen
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _policy(name: str, scale: int = 1) -> Probe:
+    def seen(settings: Settings, _tmp: Path) -> Any:
+        with _manager(settings) as manager:
+            return getattr(manager.policy, name)
+
+    values = {"lifetime_ms": ("7200", "3600", "5400", "9000")}.get(
+        name, ("61", "62", "63", "64") if scale == 1000 else ("7", "8", "9", "10")
+    )
+    return Probe(values, seen, lambda v: int(float(v) * scale))  # type: ignore[arg-type]
+
+
+def _file_secret(setting: str) -> Callable[[Settings, Path], Any]:
+    def seen(settings: Settings, _tmp: Path) -> Any:
+        return getattr(settings, f"{setting}_value")()
+
+    return seen
+
+
+_PW_HASH: list[str] = []
+SECRET_FILES = ("s1.txt", "s2.txt", "s3.txt", "s4.txt")
+
+
+def _landed(settings: Settings, pattern: str) -> list[tuple[int, str]]:
+    """Add a record through a manager on these settings; which (db, prefix) holds it?
+
+    The keys found are deleted, so the next probe starts clean."""
+    import redis
+
+    with _manager(settings) as manager:
+        manager.add("probe@example.com", "P", "Q", password_hash=_PW_HASH[0])
+    found = set()
+    for db in range(7):
+        client = redis.Redis.from_url(f"{settings.redis_url}".partition("?")[0] + f"?db={db}")
+        try:
+            for key in client.scan_iter(pattern):
+                found.add((db, key.decode().split(":", 1)[0]))
+                client.delete(key)
+        finally:
+            client.close()
+    return sorted(found)
+
+
+def _buckets(settings: Settings, _tmp: Path) -> int:
+    with _manager(settings) as manager:
+        buckets = manager.store.keyspace.buckets  # records the layout of a new namespace
+        manager.store.client.delete(manager.store.keyspace.meta)
+        return buckets
+
+
+PROBES: dict[str, Probe] = {
+    "redis_url": Probe(
+        ("?db=1", "?db=2", "?db=3", "?db=4"),
+        lambda s, _t: _landed(s, f"{s.prefix}:*"),
+        lambda v: [(int(v.rpartition("=")[2]), PREFIX)],
+    ),
+    "redis_password": Probe(SECRETS, _kwarg("password")),
+    "redis_password_file": Probe(
+        SECRET_FILES, _file_secret("redis_password"), lambda v: f"secret read from {v}"
+    ),
+    "tls_ca_file": Probe(("/ca1", "/ca2", "/ca3", "/ca4"), _tls("ssl_ca_certs")),
+    "tls_cert_file": Probe(("/c1", "/c2", "/c3", "/c4"), _tls("ssl_certfile")),
+    "tls_key_file": Probe(("/k1", "/k2", "/k3", "/k4"), _tls("ssl_keyfile")),
+    "sentinel_username": Probe(("u1", "u2", "u3", "u4"), _sentinel("username")),
+    "sentinel_password": Probe(SECRETS, _sentinel("password")),
+    "sentinel_password_file": Probe(
+        SECRET_FILES, _file_secret("sentinel_password"), lambda v: f"secret read from {v}"
+    ),
+    "wait_replicas": Probe(
+        ("1", "2", "3", "4"), lambda s, _t: _manager(s).store.wait_replicas, int
+    ),
+    "wait_timeout": Probe(
+        ("0.5", "1.5", "2", "3"),
+        lambda s, _t: _manager(s).store.wait_timeout_ms,
+        lambda v: int(float(v) * 1000),
+    ),
+    "max_connections": Probe(("7", "8", "9", "10"), lambda s, _t: _pool(s).max_connections, int),
+    "socket_timeout": Probe(("1.5", "2", "3", "4"), _kwarg("socket_timeout"), float),
+    "connect_timeout": Probe(("1.5", "2", "3", "4"), _kwarg("socket_connect_timeout"), float),
+    "pool_timeout": Probe(("1.5", "2", "3", "4"), lambda s, _t: _pool(s).timeout, float),
+    "retries": Probe(("0", "1", "3", "4"), lambda s, _t: _kwarg("retry")(s, _t).get_retries(), int),
+    "health_check_interval": Probe(("0", "10", "20", "40"), _kwarg("health_check_interval"), int),
+    "prefix": Probe(
+        ("probe-a", "probe-b", "probe-c", "probe-d"),
+        lambda s, _t: _landed(s, "probe-[abcd]:*"),
+        lambda v: [(0, v)],
+    ),
+    "buckets": Probe(("65", "66", "67", "68"), _buckets, int),
+    "code_secret": Probe(
+        SECRETS,
+        lambda s, _t: _manager(s).codes.fingerprint(),
+        lambda v: CodeHasher(v).fingerprint(),
+    ),
+    "code_secret_file": Probe(
+        SECRET_FILES,
+        lambda s, _t: _manager(s).codes.fingerprint(),
+        lambda v: CodeHasher(f"secret read from {v}").fingerprint(),
+    ),
+    "lifetime": _policy("lifetime_ms", 1000),
+    "code_lifetime": _policy("code_lifetime_ms", 1000),
+    "code_length": _policy("code_length"),
+    "max_attempts": _policy("max_attempts"),
+    "resend_cooldown": _policy("resend_cooldown_ms", 1000),
+    "max_resends": _policy("max_resends"),
+    "funnel_days": _policy("funnel_days"),
+    "mail_url": Probe(
+        ("none", "console", "smtp://h1:25", "smtps://h2:465"),
+        lambda s, _t: MailConfig.from_settings(s).url,
+    ),
+    "mail_from": Probe(
+        ("a <a@x.org>", "b@x.org", "c@x.org", "d@x.org"),
+        lambda s, _t: MailConfig.from_settings(s).sender,
+    ),
+    "mail_subject": Probe(
+        ("Code", "Your code", "Hello", "Verify"),
+        lambda s, _t: MailConfig.from_settings(s).subject,
+    ),
+    "mail_template": Probe(
+        ("/t1", "/t2", "/t3", "/t4"),
+        lambda s, _t: str(MailConfig.from_settings(s).template),
+    ),
+    "mail_timeout": Probe(
+        ("1", "2", "3", "4"), lambda s, _t: MailConfig.from_settings(s).timeout, float
+    ),
+    "env": Probe(("development", "staging", "production", "staging"), lambda s, _t: s.env),
+    "data_dir": Probe(
+        ("/d1", "/d2", "/d3", "/d4"),
+        lambda s, _t: str(EmbeddedServer.from_settings(s).data_dir),
+    ),
+    "redis_server": Probe(
+        ("/b1", "/b2", "/b3", "/b4"),
+        lambda s, _t: str(EmbeddedServer.from_settings(s).binary_override),
+    ),
+}
+
+
+def test_every_setting_has_a_probe():
+    assert set(PROBES) == set(Settings.model_fields)
+
+
+@pytest.fixture
+def base(
+    redis_proc: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pw_hash: str
+) -> dict[str, str]:
+    """A working environment (server, secret) that each case overrides one setting of."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    _PW_HASH[:] = [pw_hash]
+    for n in range(1, 5):
+        (tmp_path / f"s{n}.txt").write_text(f"secret read from s{n}.txt\n")
+    return {
+        "REGCTL_REDIS_URL": redis_proc.url,
+        "REGCTL_CODE_SECRET": SECRET,
+        "REGCTL_PREFIX": PREFIX,
+    }
+
+
+def _value(name: str, raw: str, base: dict[str, str]) -> str:
+    """The value as a user writes it: URLs are the test server's with a db."""
+    return base["REGCTL_REDIS_URL"] + raw if name == "redis_url" else raw
+
+
+def _toml_literal(raw: str) -> str:
+    try:
+        float(raw)
+    except ValueError:
+        return json.dumps(raw)
+    return raw
+
+
+def _load(
+    layers: dict[str, tuple[str, str]], name: str, base: dict[str, str], tmp_path: Path
+) -> LoadedSettings:
+    """Load with ``name`` set in the given layers: layer -> (variable name, raw value)."""
+    # A secret and its file are never both set.
+    taken = {*env_names(name), f"{ENV_PREFIX}{name.removesuffix('_file').upper()}"}
+    environ = {k: v for k, v in base.items() if k not in taken}
+    overrides: dict[str, Any] = {}
+    env_file = config_file = None
+    for layer, (variable, raw) in layers.items():
+        value = _value(name, raw, base)
+        if layer == "flag":
+            overrides[name] = value
+        elif layer == "environment":
+            environ[variable] = value
+        elif layer == "env file":
+            env_file = tmp_path / "settings.env"
+            env_file.write_text(f"# regctl\n{variable}={value}\n")
+        else:
+            config_file = tmp_path / "regctl.toml"
+            config_file.write_text(f"{name} = {_toml_literal(value)}\n")
+    return load_settings(overrides, env_file=env_file, config_file=config_file, environ=environ)
+
+
+SOURCES = ["config file", "env file", "environment", "flag"]
+CASES = [
+    pytest.param(name, layer, variable, id=f"{name}-{layer}-{variable}")
+    for name in Settings.model_fields
+    for layer in SOURCES
+    if layer != "flag" or name in FLAGS
+    for variable in (env_names(name) if layer in ("environment", "env file") else [name])
+]
+
+
+@pytest.mark.parametrize(("name", "layer", "variable"), CASES)
+def test_a_setting_from_each_source_reaches_what_uses_it(
+    name: str, layer: str, variable: str, base: dict[str, str], tmp_path: Path
+):
+    probe = PROBES[name]
+    raw = probe.values[1]
+    loaded = _load({layer: (variable, raw)}, name, base, tmp_path)
+    assert probe.seen(loaded.settings, tmp_path) == probe.expected(raw)
+    source = loaded.sources[name]
+    assert source.startswith(layer)
+    assert variable in source or layer in ("flag", "config file")
+
+
+@pytest.mark.parametrize("name", list(Settings.model_fields))
+def test_flags_beat_environment_beat_env_file_beat_config_file(
+    name: str, base: dict[str, str], tmp_path: Path
+):
+    probe = PROBES[name]
+    variable = env_names(name)[0]
+    layers = [layer for layer in SOURCES if layer != "flag" or name in FLAGS]
+    for top in range(len(layers)):
+        given = {layer: (variable, probe.values[i]) for i, layer in enumerate(layers[: top + 1])}
+        loaded = _load(given, name, base, tmp_path)
+        assert probe.seen(loaded.settings, tmp_path) == probe.expected(probe.values[top]), given
+
+
+def test_the_regctl_name_beats_the_legacy_name_in_one_layer(base: dict[str, str]):
+    loaded = load_settings(
+        environ={**base, "REDIS_MAX_CONNECTIONS": "9", "REGCTL_MAX_CONNECTIONS": "7"}
+    )
+    assert loaded.settings.max_connections == 7
+    assert loaded.ignored["max_connections"] == ["environment REDIS_MAX_CONNECTIONS (overridden)"]
+
+
+# --- empty means unset --------------------------------------------------------------
+
+
+def test_an_empty_variable_does_not_override_a_lower_layer(base: dict[str, str], tmp_path: Path):
+    (tmp_path / ".env").write_text(f"REDIS_URL={base['REGCTL_REDIS_URL']}?db=3\n")
+    environ = {**base, "REGCTL_REDIS_URL": ""}
+    loaded = load_settings(environ=environ)
+    assert loaded.settings.redis_url == base["REGCTL_REDIS_URL"] + "?db=3"
+    assert loaded.sources["redis_url"] == "env file ./.env line 1 (REDIS_URL)"
+    assert loaded.ignored["redis_url"] == ["environment REGCTL_REDIS_URL (empty)"]
+
+
+def test_an_empty_url_does_not_select_the_embedded_store(cli: Cli, tmp_path: Path):
+    real_url = cli.env["REGCTL_REDIS_URL"]
+    add = ["add", "empty@example.com", "-f", "E", "-l", "U", "--password-stdin"]
+    assert cli(*add, input="a long enough password\n").exit_code == 0
+    ran = cli(
+        "list",
+        "-o",
+        "name",
+        REGCTL_REDIS_URL="",
+        REDIS_URL=real_url,
+        REGCTL_DATA_DIR=str(tmp_path / "emb"),
+    )
+    assert ran.exit_code == 0, ran.stderr
+    assert ran.stdout == "empty@example.com\n"
+    assert not (tmp_path / "emb").exists()
+
+
+def test_config_says_an_empty_variable_was_ignored(cli: Cli):
+    ran = cli("config", REGCTL_MAX_ATTEMPTS="")
+    row = next(line for line in ran.stdout.splitlines() if line.startswith("max_attempts\t"))
+    assert row == "max_attempts\t5\tdefault; ignored: environment REGCTL_MAX_ATTEMPTS (empty)"
+
+
+# --- unknown names ---------------------------------------------------------------------
+
+
+def test_an_unknown_regctl_variable_exits_78_with_a_suggestion(cli: Cli):
+    ran = cli("list", REGCTL_REDIS_ULR="redis://x")
+    assert ran.exit_code == 78
+    assert ran.stderr == (
+        "Error: unknown setting REGCTL_REDIS_ULR (environment) — did you mean REGCTL_REDIS_URL?\n"
+    )
+
+
+def test_an_unknown_regctl_key_in_the_env_file_exits_78(cli: Cli, tmp_path: Path):
+    (tmp_path / ".env").write_text("OTHER_APP=1\nREGCTL_PREFIX=x\nREGCTL_MAX_ATEMPTS=3\n")
+    ran = cli("list")
+    assert ran.exit_code == 78
+    assert (
+        "unknown setting REGCTL_MAX_ATEMPTS (env file ./.env line 3 (REGCTL_MAX_ATEMPTS))"
+        in ran.stderr
+    )
+    assert "did you mean REGCTL_MAX_ATTEMPTS?" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_atempts = 3\n", "unknown key 'max_atempts' in config file"),
+        ("[redis]\nurl = 'redis://x'\n", "unknown table 'redis' in config file"),
+        ("prefix = \n", "cannot read config file"),
+    ],
+)
+def test_an_unknown_or_broken_config_file_exits_78(
+    cli: Cli, tmp_path: Path, text: str, message: str
+):
+    (tmp_path / "regctl.toml").write_text(text)
+    ran = cli("--config", str(tmp_path / "regctl.toml"), "list")
+    assert ran.exit_code == 78
+    assert message in ran.stderr
+    assert ran.stderr.count("\n") == 1
+
+
+def test_the_example_config_file_is_complete_and_loads(tmp_path: Path):
+    text = (ROOT / EXAMPLE_CONFIG).read_text()
+    assert load_settings(config_file=ROOT / EXAMPLE_CONFIG, environ={}).settings == Settings()
+    secrets = ("redis_password", "sentinel_password", "code_secret")  # their _file forms are on
+    uncommented = tmp_path / "all.toml"
+    uncommented.write_text(
+        "\n".join(
+            line[2:]
+            if line.startswith("# ") and " = " in line and line[2:].split()[0] not in secrets
+            else line
+            for line in text.splitlines()
+        )
+    )
+    loaded = load_settings(config_file=uncommented, environ={})
+    assert set(loaded.sources) == set(Settings.model_fields) - set(secrets)
+    assert loaded.settings.redis_url == "redis://localhost:6379/0"
+
+
+# --- bounds -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REGCTL_LIFETIME", "1e300"),
+        ("REGCTL_LIFETIME", "inf"),
+        ("REGCTL_CODE_LIFETIME", "nan"),
+        ("REGCTL_RESEND_COOLDOWN", "-1"),
+        ("REGCTL_SOCKET_TIMEOUT", "0"),
+        ("REGCTL_MAX_CONNECTIONS", "1000000"),
+        ("REGCTL_CODE_LIFETIME", "90000"),
+    ],
+)
+def test_numeric_settings_are_bounded(variable: str, value: str):
+    with pytest.raises(ConfigError, match=rf"\(from environment {variable}\)"):
+        load_settings(environ={variable: value})
+
+
+def test_a_code_lifetime_longer_than_the_record_is_refused():
+    with pytest.raises(ConfigError, match="code_lifetime must not exceed lifetime"):
+        load_settings(environ={"REGCTL_LIFETIME": "600", "REGCTL_CODE_LIFETIME": "900"})
+
+
+def test_a_secret_and_its_file_together_are_refused(tmp_path: Path):
+    environ = {"REGCTL_CODE_SECRET": SECRET, "REGCTL_CODE_SECRET_FILE": str(tmp_path / "s")}
+    with pytest.raises(ConfigError, match="set code_secret or code_secret_file, not both"):
+        load_settings(environ=environ)
+
+
+def test_an_empty_flag_is_invalid_input():
+    with pytest.raises(InvalidInput, match="--url must not be empty"):
+        load_settings({"redis_url": ""}, environ={})
+
+
+# --- the library ------------------------------------------------------------------------
+
+
+def test_the_library_never_starts_the_embedded_store_implicitly(tmp_path: Path):
+    settings = load_settings({"data_dir": str(tmp_path / "emb")}, environ={}).settings
+    with pytest.raises(ConfigError, match="no Redis URL is configured"):
+        RegistrationManager.from_settings(settings)
+    assert not (tmp_path / "emb").exists()
+
+
+def test_the_library_checks_the_code_secret_at_construction(redis_proc: RedisProcess):
+    settings = load_settings({"redis_url": redis_proc.url}, environ={}).settings
+    with pytest.raises(ConfigError, match="no code secret"):
+        RegistrationManager.from_settings(settings)
+    short = load_settings({"redis_url": redis_proc.url, "code_secret": "short"}, environ={})
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        RegistrationManager.from_settings(short.settings)
+    RegistrationManager.from_settings(settings, read_only=True).close()
+
+
+def _bare(
+    tmp_path: Path, command: list[str], stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with nothing but what a container would set: HOME, and ``env``."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    variables = [f"{k}={v}" for k, v in {"HOME": str(home), **env}.items()]
+    return subprocess.run(
+        ["env", "-i", *variables, *command],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def _keys_in(redis_proc: RedisProcess, db: int) -> int:
+    """How many keys database ``db`` holds (then empties it)."""
+    client = redis_proc.client(db=db)
+    try:
+        return int(client.dbsize())
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_the_installed_command_reads_plain_redis_url(redis_proc: RedisProcess, tmp_path: Path):
+    ran = _bare(
+        tmp_path,
+        [REGCTL, "add", "envi@example.com", "-f", "E", "-l", "I", "--password-stdin"],
+        "a long enough password\n",
+        REDIS_URL=redis_proc.url + "?db=5",
+        REGCTL_CODE_SECRET=SECRET,
+        REGCTL_MAIL_URL="none",
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert _keys_in(redis_proc, 5) > 0
+    assert not any((tmp_path / "home").rglob("redis.sock"))  # no embedded server
+
+
+def test_the_library_reads_plain_redis_url_in_a_fresh_interpreter(
+    redis_proc: RedisProcess, tmp_path: Path
+):
+    code = (
+        "from regctl import RegistrationManager\n"
+        "m = RegistrationManager.from_settings()\n"
+        "m.add('lib@example.com', 'L', 'B', password='a long enough password')\n"
+        "print(m.count())\n"
+    )
+    ran = _bare(
+        tmp_path,
+        [sys.executable, "-c", code],
+        REDIS_URL=redis_proc.url + "?db=6",
+        REGCTL_CODE_SECRET=SECRET,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "1\n"
+    assert _keys_in(redis_proc, 6) > 0
+    assert not any((tmp_path / "home").rglob("redis.sock"))
+
+
+# --- the store in use --------------------------------------------------------------------
+
+
+def test_the_readme_settings_table_lists_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"| `{env_names(name)[0]}`" in readme
