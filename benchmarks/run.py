@@ -213,7 +213,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
     def raw_verify(i: int) -> None:
         if i >= 0:
             d, (record, index) = raw_keys(i)
-            marker = ks.verify_marker(d, f"v{i}")
+            marker = ks.call_marker("verify", d, f"v{i}")
             # the right code's HMAC (raw_add stored "0" * 64): the consuming path
             evalsha("verify", (record, index, marker), d, "0" * 64, 5, 300_000, keep)
 

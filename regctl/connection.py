@@ -78,17 +78,34 @@ def parse_multi(url: str) -> Endpoint:
     )
 
 
+# Query parameters that carry secrets (redis-py reads ?password=...).
+_SECRET_PARAMS = {"password", "pass", "pwd", "secret", "token", "auth"}
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print and log)."""
+    """The URL with every credential replaced by ``***`` (safe to print and log).
+
+    It errs on the side of hiding: whatever stands between ``://`` and the last
+    ``@`` is user-info (a ``/``, ``?`` or ``#`` in a password included), and the
+    values of password-like query parameters are masked too.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        if not colon and any(ch in user for ch in "/?#&="):
+            user = "***"  # not a plain user name: hide it all
+        rest = f"{user}:***@{after}" if colon else f"{user}@{after}"
+    base, question, query = rest.partition("?")
+    if question:
+        pairs = (pair.partition("=") for pair in query.split("&"))
+        query = "&".join(
+            f"{key}={'***' if key.casefold() in _SECRET_PARAMS else value}" if eq else key
+            for key, eq, value in pairs
+        )
+    return f"{scheme}://{base}{question}{query}"
 
 
 def _common_kwargs(settings: Settings) -> dict[str, Any]:
@@ -135,7 +152,9 @@ def check_url(url: str) -> None:
     try:
         parsed = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+        # redis-py's words may quote part of a password: only for a URL without one.
+        detail = str(exc) if mask_url(url) == url else "check its form"
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
     database = url.partition("://")[2].partition("?")[0].partition("/")[2]
@@ -224,6 +243,7 @@ def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
+        "retry": kwargs["retry"],  # else redis-py's own: 10 s of backoff per sentinel
     }
     if settings.sentinel_username:
         sentinel_kwargs["username"] = settings.sentinel_username
@@ -273,6 +293,14 @@ def translated_errors() -> Iterator[None]:
             raise _cannot_serve(exc) from None
         raise
     except rex.ConnectionError as exc:
+        from redis.sentinel import MasterNotFoundError
+
+        if isinstance(exc, MasterNotFoundError):  # its message lists every client's repr
+            service = str(exc).split("'")[1] if str(exc).count("'") >= 2 else "the service"
+            raise StoreUnavailable(
+                f"Redis is unavailable: no sentinel named a master for {service!r}",
+                "check that the sentinels run and the service name in the URL is right",
+            ) from None
         if "No connection available" in str(exc) or isinstance(exc, rex.MaxConnectionsError):
             raise PoolExhausted(
                 "every pooled Redis connection stayed busy past the pool timeout",

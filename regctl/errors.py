@@ -19,6 +19,7 @@ error handler, which only reads this attribute)::
      │    └── StoreFull                Redis refused a write for lack of memory
      ├── PermissionDenied         77   authentication failed or a command is not allowed
      └── ConfigError              78   settings that cannot work
+          └── SecretMismatch           the store's codes were made with another code secret
 
 Outcomes of ``verify`` are values (``VerifyOutcome``), not exceptions.
 """
@@ -130,6 +131,16 @@ class PermissionDenied(RegctlError):
 class ConfigError(RegctlError):
     exit_code: int = ExitStatus.CONFIG
     reason = "bad_config"
+
+
+class SecretMismatch(ConfigError):
+    """A code (or the store) was made with another code secret; nothing was counted."""
+
+    reason = "secret_mismatch"
+
+    def __init__(self, message: str, hint: str | None = None, attempts_left: int = 0) -> None:
+        super().__init__(message, hint)
+        self.attempts_left = attempts_left
 
 
 def first_line(exc: BaseException) -> str:

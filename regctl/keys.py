@@ -6,7 +6,8 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
                                 fingerprint (no TTL, by design)
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
-    p:{bNN}:vok:t       string  replay marker of a successful verify call t
+    p:{bNN}:once:h      string  the answer of one verify or delete call, for its replays;
+                                h digests (operation, identity, token); short TTL
     p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
                                 the epoch); scripts/_lib.lua builds the same name
     p:lock:name         string  a lease (purge), owned by a random token, with a TTL
@@ -89,8 +90,12 @@ class Keyspace:
     def funnel(self, bucket: int, day: int) -> str:
         return f"{self.tag(bucket)}:funnel:{day}"
 
-    def verify_marker(self, digest_hex: str, token: str) -> str:
-        return f"{self.tag(self.bucket_of(digest_hex))}:vok:{token}"
+    def call_marker(self, operation: str, digest_hex: str, token: str) -> str:
+        """Where one call's answer is kept for its replays: bound to the operation and
+        the identity, so a token reused for anything else names another key."""
+        call = f"{operation}\0{digest_hex}\0{token}".encode()
+        name = hashlib.blake2b(call, digest_size=16).hexdigest()
+        return f"{self.tag(self.bucket_of(digest_hex))}:once:{name}"
 
     def keys_for(self, digest_hex: str) -> tuple[str, str]:
         """(record, index) of one registration; both in the same slot."""

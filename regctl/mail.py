@@ -56,6 +56,32 @@ class MailConfig:
     def enabled(self) -> bool:
         return self.url != "none"
 
+    def check(self) -> None:
+        """Fail now (ConfigError) on what would fail at delivery: the template."""
+        if self.enabled:
+            compose(self, "check@example.com", "Check", "000000", 15)
+
+
+def check_mail_url(url: str) -> str:
+    """Return ``url`` if delivery can use it (no I/O), else raise ValueError."""
+    if url in ("none", "console"):
+        return url
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the mail URL's port is not a number") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("use smtp://[user:pass@]host[:port], smtps://…, console or none")
+    return url
+
+
+def check_header(value: str, what: str) -> str:
+    """A mail header value without line breaks or control characters (no injection)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"the mail {what} must be one line without control characters")
+    return value
+
 
 def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: int) -> EmailMessage:
     template = DEFAULT_BODY

@@ -32,6 +32,7 @@ from regctl.errors import (
     RegctlError,
     RegistrationLocked,
     ResendLimitReached,
+    SecretMismatch,
 )
 from regctl.model import (
     AGE_BUCKETS,
@@ -47,13 +48,22 @@ from regctl.model import (
     Resent,
     SortKey,
     Stats,
+    VerifyOutcome,
     VerifyResult,
     normalize_email,
     validate_code,
     validate_name,
     validate_password,
 )
-from regctl.store.base import PAGE, PURGE_BATCH, Counts, NewRegistration, Progress, Store
+from regctl.store.base import (
+    PAGE,
+    PURGE_BATCH,
+    Counts,
+    NewRegistration,
+    Progress,
+    Store,
+    other_secret,
+)
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
@@ -62,6 +72,7 @@ T = TypeVar("T")
 
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
+MAX_TOKEN_LENGTH = 128
 # How often a manager re-reads the store's code-secret fingerprint (a rotation
 # elsewhere is noticed within this time).
 SECRET_RECHECK_S = 60.0
@@ -142,12 +153,9 @@ class RegistrationManager:
             mine = codes.fingerprint()
             stored = self.store.secret_fingerprint(mine if writing else None)
             if stored is not None and stored != mine:
-                raise ConfigError(
-                    "this store's codes were made with another code secret",
-                    "configure the secret the other writers use (REGCTL_CODE_SECRET), or "
-                    "switch the store to this one with `regctl secret rotate`",
-                )
-            self._secret_checked_at = now
+                raise other_secret()
+            if stored is not None:  # until a write records one, every write tries to
+                self._secret_checked_at = now
         return codes
 
     def secret_matches(self) -> bool | None:
@@ -176,9 +184,16 @@ class RegistrationManager:
         password_hash: str | None = None,
         token: str | None = None,
     ) -> Added:
-        """Store a new pending registration; return it with its clear code."""
-        new, code = self._prepare(email, first_name, last_name, password, password_hash)
-        record = self.store.add(new, self.policy, token or security.new_token())
+        """Store a new pending registration; return it with its clear code.
+
+        ``token`` identifies this call: a retry with the same token (after a lost
+        reply) is answered as the first try was, with the same code.
+        """
+        token = _call_token(token)
+        new, code = self._prepare(
+            email, first_name, last_name, password, password_hash, token=token
+        )
+        record = self.store.add(new, self.policy, token)
         return Added(record, code)
 
     def add_many(
@@ -189,26 +204,23 @@ class RegistrationManager:
         error of that row (invalid input, already exists), so one bad row stops nothing.
         """
         for chunk in _chunks(rows, batch):
-            prepared: list[tuple[NewRegistration, str] | RegctlError] = []
+            prepared: list[tuple[NewRegistration, str, str] | RegctlError] = []
             for row in chunk:
+                token = security.new_token()
                 try:
-                    prepared.append(
-                        self._prepare(
-                            row.get("email", ""),
-                            row.get("first_name", ""),
-                            row.get("last_name", ""),
-                            row.get("password"),
-                            row.get("password_hash"),
-                        )
+                    new, code = self._prepare(
+                        row.get("email", ""),
+                        row.get("first_name", ""),
+                        row.get("last_name", ""),
+                        row.get("password"),
+                        row.get("password_hash"),
+                        token=token,
                     )
+                    prepared.append((new, code, token))
                 except InvalidInput as exc:
                     prepared.append(exc)
             ready = [p for p in prepared if not isinstance(p, RegctlError)]
-            stored = iter(
-                self.store.add_many(
-                    [(new, security.new_token()) for new, _code in ready], self.policy
-                )
-            )
+            stored = iter(self.store.add_many([(new, t) for new, _code, t in ready], self.policy))
             for item in prepared:
                 if isinstance(item, RegctlError):
                     yield item
@@ -223,8 +235,10 @@ class RegistrationManager:
         last_name: str,
         password: str | None,
         password_hash: str | None,
+        *,
+        token: str,
     ) -> tuple[NewRegistration, str]:
-        """Validate and hash one registration; return it with its clear code."""
+        """Validate and hash one registration; return it with the clear code of ``token``."""
         normalized = normalize_email(email)
         first = validate_name(first_name, "first name")
         last = validate_name(last_name, "last name")
@@ -236,13 +250,14 @@ class RegistrationManager:
             if password_hash is not None
             else security.hash_password(validate_password(password or ""))
         )
-        code = security.generate_code(self.policy.code_length)
+        identity = normalized.casefold()
+        code = code_hasher.code_for(identity, token, self.policy.code_length)
         new = NewRegistration(
             email=normalized,
             first_name=first,
             last_name=last,
             password_hash=pw_hash,
-            code_hash=code_hasher.digest(normalized.casefold(), code),
+            code_hash=code_hasher.digest(identity, code),
         )
         return new, code
 
@@ -310,9 +325,10 @@ class RegistrationManager:
     def resend(self, email: str, *, token: str | None = None) -> Resent:
         """A new code for a pending registration; the old code stops working."""
         identity = normalize_email(email).casefold()
-        code = security.generate_code(self.policy.code_length)
-        code_hash = self._codes_of_store(writing=True).digest(identity, code)
-        record = self.store.resend(identity, code_hash, self.policy, token or security.new_token())
+        token = _call_token(token)
+        codes = self._codes_of_store(writing=True)
+        code = codes.code_for(identity, token, self.policy.code_length)
+        record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
         return Resent(record, code)
 
     def resend_many(
@@ -324,15 +340,19 @@ class RegistrationManager:
         per_second: float | None = None,
         dry_run: bool = False,
         deliver: Callable[[Resent], None] | None = None,
+        max_failures: int = 3,
     ) -> BulkResendReport:
         """Resend to every registration ``selection`` matches, at most ``per_second``.
 
         Each resend is the same atomic step as ``resend``: the cooldown and the cap
         are checked by the store, so a stopped run can be rerun without anyone
         getting two codes inside the cooldown (and ``never_resent`` skips those who
-        got one). A delivery that raises DeliveryFailed is counted; the run goes on.
+        got one). A delivery that raises DeliveryFailed is counted (the code was
+        stored: that user is listed in ``undelivered``); after ``max_failures`` in a
+        row the run stops (``stopped``), so an outage costs a handful of users.
         """
         report = BulkResendReport(dry_run=dry_run)
+        failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
         for reg in self.list(selection):
             if limit is not None and report.sent >= limit:
@@ -357,8 +377,14 @@ class RegistrationManager:
                 if deliver is not None:
                     deliver(resent)
                 report.sent += 1
+                failures_in_a_row = 0
             except DeliveryFailed:
                 report.failed += 1
+                report.undelivered.append(reg.email)
+                failures_in_a_row += 1
+                if failures_in_a_row >= max_failures:
+                    report.stopped = True
+                    break
             if pause:
                 time.sleep(pause)
         return report
@@ -381,14 +407,24 @@ class RegistrationManager:
         """
         identity = normalize_email(email).casefold()
         validate_code(code, self.policy.code_length)
-        candidate = self._codes_of_store(writing=False).digest(identity, code)
-        return self.store.verify(identity, candidate, self.policy, token or security.new_token())
+        codes = self._codes_of_store(writing=False)
+        candidate = codes.digest(identity, code)
+        try:
+            return self.store.verify(identity, candidate, self.policy, _call_token(token))
+        except SecretMismatch as exc:
+            if self.store.secret_fingerprint() != codes.fingerprint():
+                raise
+            # This secret is the store's: the code predates a rotation. It is dead, like
+            # an expired one; a resend gives a new one. No attempt was counted.
+            return VerifyResult(VerifyOutcome.CODE_EXPIRED, exc.attempts_left)
 
     def unlock(self, email: str) -> bool:
         return self.store.unlock(normalize_email(email).casefold())
 
-    def delete(self, email: str) -> bool:
-        return self.store.delete(normalize_email(email).casefold())
+    def delete(self, email: str, *, token: str | None = None) -> bool:
+        """Remove a registration; True if this call (or an earlier try of it) did."""
+        identity = normalize_email(email).casefold()
+        return self.store.delete(identity, self.policy, _call_token(token))
 
     def export(self, *, include_secrets: bool = False) -> Iterator[dict[str, Any]]:
         """Every live record as a plain dict, streamed (see regctl.transfer)."""
@@ -467,6 +503,15 @@ class RegistrationManager:
             return self.store.purge(selection, self.policy, False, batch, progress)
         finally:
             lease.release()
+
+
+def _call_token(token: str | None) -> str:
+    """The caller's idempotency token, checked, or a fresh one."""
+    if token is None:
+        return security.new_token()
+    if not (0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii() and token.isprintable()):
+        raise InvalidInput(f"a token is 1-{MAX_TOKEN_LENGTH} printable ASCII characters")
+    return token
 
 
 def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -247,6 +247,10 @@ class BulkResendReport:
     skipped: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
     recipients: list[str] = field(default_factory=list)
+    # Whose new code was stored but not delivered; and whether the run stopped early
+    # because delivery kept failing (an outage), before reaching everyone.
+    undelivered: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

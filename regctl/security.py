@@ -1,16 +1,21 @@
 """Codes, their HMACs, and password hashing.
 
-A clear code lives only in the process that generated it; Redis stores
-HMAC-SHA256(secret, identity NUL code). Passwords are hashed with Argon2id at
-OWASP's minimum (19 MiB, t=2, p=1) or given already hashed by the backend.
+A clear code lives only in the process that made it; Redis stores
+HMAC-SHA256(secret, identity NUL code). A code is itself derived from the secret,
+the identity and the call's random token, so a retried call hands back the code
+that was stored, while nobody without the secret can predict one. Passwords are
+hashed with Argon2id at OWASP's minimum (19 MiB, t=2, p=1) or given already
+hashed by the backend.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regctl.errors import ConfigError, InvalidInput
@@ -19,14 +24,25 @@ if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
 MIN_SECRET_BYTES = 16
+# Hex digits of the secret's fingerprint that lead every stored code hash.
+FINGERPRINT_IN_CODE_HASH = 16
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
 
 
-def generate_code(length: int) -> str:
-    """A uniformly random code of ``length`` digits (leading zeros included)."""
-    return f"{secrets.randbelow(10**length):0{length}d}"
+def check_trusted(path: Path, what: str, *, private: bool = False) -> None:
+    """Refuse a file or folder another user could have written (or, ``private``, read):
+    regctl runs, or trusts, what it holds. Root-owned is trusted too."""
+    info = path.stat()
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"{what} {path} belongs to another user", "use one of your own, or chown it"
+        )
+    if info.st_mode & (0o077 if private else 0o022):
+        fix = ("700" if path.is_dir() else "600") if private else "go-w"
+        others = "readable or writable" if private else "writable"
+        raise ConfigError(f"{what} {path} is {others} by others", f"chmod {fix} {path}")
 
 
 def generate_secret() -> str:
@@ -41,7 +57,7 @@ def new_token() -> str:
 class CodeHasher:
     """Keyed digests of codes; the key never leaves this object."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_tag")
 
     def __init__(self, secret: str | bytes) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
@@ -51,6 +67,7 @@ class CodeHasher:
                 "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
             )
         self._key = key
+        self._tag = self.fingerprint()[:FINGERPRINT_IN_CODE_HASH]
 
     def __repr__(self) -> str:
         return "CodeHasher(<secret>)"
@@ -60,9 +77,25 @@ class CodeHasher:
         label = b"regctl code-secret fingerprint"
         return hmac.new(self._key, label, hashlib.sha256).hexdigest()[:32]
 
+    def code_for(self, identity: str, token: str, length: int) -> str:
+        """The code of one add or resend call: random to anyone without the secret,
+        and the same for a replay of that call (same identity, same token), so a retry
+        after a lost reply hands back the code that was stored."""
+        message = b"code\x00" + identity.encode() + b"\x00" + token.encode()
+        number = int.from_bytes(hmac.new(self._key, message, hashlib.sha256).digest(), "big")
+        return f"{number % 10**length:0{length}d}"
+
     def digest(self, identity: str, code: str) -> str:
+        """``fingerprint:HMAC``: the stored form of a code, which names its secret so a
+        verifier with another secret is told so instead of spending an attempt."""
         message = identity.encode() + b"\x00" + code.encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return f"{self._tag}:{hmac.new(self._key, message, hashlib.sha256).hexdigest()}"
+
+
+def split_code_hash(value: str) -> tuple[str | None, str]:
+    """(secret fingerprint, HMAC) of a stored code hash; no fingerprint in older ones."""
+    tag, sep, mac = value.rpartition(":")
+    return (tag, mac) if sep else (None, value)
 
 
 @cache

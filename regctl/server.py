@@ -86,16 +86,19 @@ class EmbeddedServer:
 
     def recorded(self) -> tuple[Path, str] | None:
         """The binary and version that last ran this data dir (None for a new one)."""
+        if not self.record_file.exists():
+            return None
+        security.check_trusted(self.record_file, "the embedded store's record")
         try:
             data = json.loads(self.record_file.read_text())
-            return Path(data["binary"]), str(data["version"])
-        except FileNotFoundError:
-            return None
+            binary, version = Path(data["binary"]), str(data["version"])
+            _version_tuple(version)
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(
                 f"{self.record_file} is unreadable",
                 "restore it, or delete it to let the next start record the binary it uses",
             ) from None
+        return binary, version
 
     def binary(self) -> tuple[Path, str]:
         """The ``redis-server`` for this data dir, and its version.
@@ -116,23 +119,23 @@ class EmbeddedServer:
             chosen = find_redis_server()
         version = _version_of(chosen)
         if recorded is not None:
-            was, now = _major(recorded[1]), _major(version)
-            upgrade = self.binary_override is not None and now > was
-            if now != was and not upgrade:
-                raise self._other_major(recorded, chosen, version)
+            was, now = _version_tuple(recorded[1]), _version_tuple(version)
+            major_upgrade = self.binary_override is not None and now[0] > was[0]
+            if now[:2] < was[:2] or (now[0] != was[0] and not major_upgrade):
+                raise self._other_version(recorded, chosen, version)
         return chosen, version
 
-    def _other_major(self, recorded: tuple[Path, str], chosen: Path, version: str) -> ConfigError:
+    def _other_version(self, recorded: tuple[Path, str], chosen: Path, version: str) -> ConfigError:
         old_path, old_version = recorded
-        if _major(version) > _major(old_version):
+        if _version_tuple(version) > _version_tuple(old_version):
             hint = (
                 f"upgrade the store once with REGCTL_REDIS_SERVER={chosen} (a newer Redis reads "
                 f"older data), or reinstall redis-server {old_version} at {old_path}"
             )
         else:
             hint = (
-                f"install redis-server {_major(old_version)}.x and point REGCTL_REDIS_SERVER at "
-                "it; an older Redis cannot read a newer one's data"
+                f"install redis-server {old_version} or newer and point REGCTL_REDIS_SERVER "
+                "at it; an older Redis cannot read a newer one's data"
             )
         return ConfigError(
             f"the embedded store at {self.data_dir} was made by redis-server {old_version} "
@@ -231,18 +234,24 @@ class EmbeddedServer:
     def code_secret(self) -> str:
         """The HMAC secret of this store, created on first use (mode 0600)."""
         self._make_dir()
-        try:
-            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self.secret_file.read_text().strip()
-        with os.fdopen(fd, "w") as out:
-            out.write(security.generate_secret() + "\n")
+        if not self.secret_file.exists():
+            # Written whole under another name, then linked: a concurrent first use
+            # finds either no file or the complete one, never an empty one.
+            draft = self.data_dir / f".code-secret.{os.getpid()}"
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(security.generate_secret() + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, self.secret_file)
+            draft.unlink()
+        security.check_trusted(self.secret_file, "the code secret file", private=True)
         return self.secret_file.read_text().strip()
 
     # --- internals --------------------------------------------------------
 
     def _make_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        security.check_trusted(self.data_dir, "the embedded store's data dir", private=True)
 
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
@@ -335,8 +344,9 @@ def _version_of(binary: Path) -> str:
     return match.group(1)
 
 
-def _major(version: str) -> int:
-    return int(version.partition(".")[0])
+def _version_tuple(version: str) -> tuple[int, int, int]:
+    major, minor, patch = (int(part) for part in version.split("."))
+    return major, minor, patch
 
 
 def _read_pid(path: Path) -> int | None:

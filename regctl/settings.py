@@ -26,6 +26,7 @@ from pydantic import (
     JsonValue,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from regctl.errors import ConfigError, InvalidInput
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
 from regctl.model import Policy
+from regctl.security import check_trusted
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
@@ -207,6 +209,20 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return value
 
+    @field_validator("mail_url")
+    @classmethod
+    def _check_mail_url(cls, value: str) -> str:
+        from regctl.mail import check_mail_url
+
+        return check_mail_url(value)
+
+    @field_validator("mail_from", "mail_subject")
+    @classmethod
+    def _check_header(cls, value: str, info: ValidationInfo) -> str:
+        from regctl.mail import check_header
+
+        return check_header(value, str(info.field_name).removeprefix("mail_"))
+
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -219,6 +235,8 @@ class Settings(BaseSettings):
     def _check_lifetimes(self) -> Settings:
         if self.code_lifetime > self.lifetime:
             raise ValueError("code_lifetime must not exceed lifetime")
+        if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
+            raise ValueError("wait_timeout must be shorter than socket_timeout")
         for secret in ("redis_password", "sentinel_password", "code_secret"):
             if getattr(self, secret) is not None and getattr(self, f"{secret}_file") is not None:
                 raise ValueError(f"set {secret} or {secret}_file, not both")
@@ -262,10 +280,13 @@ def _secret(value: SecretStr | None, path: Path | None, what: str) -> str | None
         return value.get_secret_value()
     if path is None:
         return None
+    path = path.expanduser()
     try:
         return path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the {what} file {path} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)
@@ -276,6 +297,19 @@ class LoadedSettings:
     settings: Settings
     sources: Mapping[str, str]
     ignored: Mapping[str, list[str]] = dataclass_field(default_factory=dict)
+
+    def legacy_overrides(self) -> list[str]:
+        """Where a legacy name (REDIS_URL, often set for another program) won over a
+        value given for regctl: worth a word to the user."""
+        notes = []
+        for name, origin in self.sources.items():
+            variable = origin.split()[-1].strip("()")
+            if origin.startswith(("environment", "env file")) and not variable.startswith(
+                ENV_PREFIX
+            ):
+                lost = [i for i in self.ignored.get(name, []) if not i.endswith("(empty)")]
+                notes += [f"{origin} overrides {i.removesuffix(' (overridden)')}" for i in lost]
+        return notes
 
 
 def env_names(name: str) -> list[str]:
@@ -300,10 +334,10 @@ def load_settings(
     env = os.environ if environ is None else environ
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
-    if env_file is not None and not env_file.is_file():
-        raise ConfigError(f"env file {env_file} does not exist")
+    for path, what in ((config_file, "config file"), (env_file, "env file")):
+        if path is not None and not path.is_file():
+            state = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"{what} {path} {state}")
     layers = [
         *(_read_toml(config_file) if config_file else []),
         *_read_dotenv(env_file or Path(".env"), explicit=env_file is not None),
@@ -318,8 +352,13 @@ def load_settings(
             ignored.setdefault(given.field, []).append(f"{given.origin} (empty)")
             continue
         previous = sources.get(given.field)
-        if previous is not None and previous.split()[0] == given.origin.split()[0]:
+        if previous is not None:
             ignored.setdefault(given.field, []).append(f"{previous} (overridden)")
+        sibling = _SIBLINGS.get(given.field)
+        if sibling in sources and _layer(sources[sibling]) != _layer(given.origin):
+            # A secret given here replaces a lower layer's file for it, and vice versa.
+            ignored.setdefault(sibling, []).append(f"{sources.pop(sibling)} (overridden)")
+            merged.pop(sibling)
         merged[given.field] = given.value
         sources[given.field] = given.origin
     try:
@@ -329,8 +368,10 @@ def load_settings(
         field = ".".join(str(p) for p in first["loc"])
         origin = sources.get(field, "default")
         message = _plain_message(first)
-        if not field:  # a rule between settings
-            raise ConfigError(f"bad settings: {message}", "`regctl config` shows them") from None
+        if not field:  # a rule between settings: name where each of them came from
+            named = [n for n in Settings.model_fields if re.search(rf"\b{n}\b", message)]
+            origins = ", ".join(f"{n} from {sources.get(n, 'default')}" for n in named)
+            raise ConfigError(f"bad settings: {message} ({origins})") from None
         if origin.startswith("flag"):  # typed on this command line: invalid input
             raise InvalidInput(f"invalid {origin.removeprefix('flag ')}: {message}") from None
         raise ConfigError(f"bad setting {field} (from {origin}): {message}") from None
@@ -347,6 +388,7 @@ _MESSAGES = {
     "int_from_float": "must be a whole number",
     "float_parsing": "must be a number",
     "literal_error": "must be one of {expected}",
+    "string_type": "must be a string",
 }
 
 
@@ -374,6 +416,19 @@ _FIELD_BY_ENV_NAME = {
 }
 # Read by load_settings itself, not a setting.
 _OTHER_ENV_NAMES = (CONFIG_ENV,)
+_SIBLINGS = {
+    name: other
+    for secret in ("redis_password", "sentinel_password", "code_secret")
+    for name, other in ((secret, f"{secret}_file"), (f"{secret}_file", secret))
+}
+
+
+def _layer(origin: str) -> str:
+    return origin.split(maxsplit=1)[0]
+
+
+# Settings naming a program regctl runs or a folder it creates.
+_RUNS_OR_CREATES = {"redis_server", "data_dir"}
 
 
 def _suggest(name: str, known: Iterable[str]) -> str | None:
@@ -390,17 +445,24 @@ def _named_values(items: Iterable[tuple[str, str, str]]) -> list[_Given]:
     legacy: list[_Given] = []
     prefixed: list[_Given] = []
     for name, value, origin in items:
-        upper = name.upper()
-        field = _FIELD_BY_ENV_NAME.get(upper)
-        if field is None and upper.startswith(ENV_PREFIX) and upper not in _OTHER_ENV_NAMES:
-            where = "environment" if origin.startswith("environment") else origin
+        field = _FIELD_BY_ENV_NAME.get(name)  # names are exact: REGCTL_PREFIX, not regctl_prefix
+        in_environment = origin.startswith("environment")
+        if name == CONFIG_ENV and in_environment:
+            continue  # read by load_settings itself
+        if field is None and name.upper().startswith(ENV_PREFIX):
+            where = "environment" if in_environment else origin
+            if name == CONFIG_ENV:
+                raise ConfigError(
+                    f"{CONFIG_ENV} is read from the environment only ({where})",
+                    "export it, or pass --config",
+                )
             raise ConfigError(
                 f"unknown setting {name} ({where})",
-                _suggest(upper, [*_FIELD_BY_ENV_NAME, *_OTHER_ENV_NAMES])
+                _suggest(name.upper(), [*_FIELD_BY_ENV_NAME, *_OTHER_ENV_NAMES])
                 or "`regctl config` lists the settings",
             )
         if field is not None:
-            (prefixed if upper.startswith(ENV_PREFIX) else legacy).append(
+            (prefixed if name.startswith(ENV_PREFIX) else legacy).append(
                 _Given(field, value, origin)
             )
     return legacy + prefixed
@@ -426,8 +488,9 @@ def _read_dotenv(path: Path, *, explicit: bool) -> list[_Given]:
     from dotenv.parser import parse_stream
 
     shown = str(path) if explicit or path.is_absolute() else f"./{path}"
+    check_trusted(path, "env file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read env file {shown}: {exc}") from None
     lines: dict[str, int] = {}
@@ -437,24 +500,35 @@ def _read_dotenv(path: Path, *, explicit: bool) -> list[_Given]:
         if binding.key is not None:
             lines[binding.key] = binding.original.line
     values = dotenv_values(stream=io.StringIO(text))
-    return _named_values(
+    given = _named_values(
         (key, value or "", f"env file {shown} line {lines[key]} ({key})")
         for key, value in values.items()
         if key in lines
     )
+    for value in given:
+        if not explicit and value.field in _RUNS_OR_CREATES:
+            raise ConfigError(
+                f"{value.origin.rpartition(' (')[0]} may not set {env_names(value.field)[0]}",
+                "a .env found in the current directory cannot choose a program to run or a "
+                "folder to create: set it in the environment, --env-file or the config file",
+            )
+    return given
 
 
 def _read_toml(path: Path) -> list[_Given]:
     """A flat TOML file of setting names; any other key or a table is an error."""
     import tomllib
 
+    check_trusted(path, "config file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     given = []
     for key, value in data.items():
+        if isinstance(value, bool | list):
+            raise ConfigError(f"{key} in config file {path} must be a number or a string")
         if key not in Settings.model_fields or isinstance(value, dict):
             what = "table" if isinstance(value, dict) else "key"
             raise ConfigError(

@@ -5,6 +5,7 @@ A configured server that is down is an error, never a reason to switch stores.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,11 +43,11 @@ def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
         )
     else:
         server = EmbeddedServer.from_settings(settings)
+        secret = settings.code_secret_value() or server.code_secret()  # checked before a start
         if server.ensure_running():
             started = server.started_message()
         description = server.description
         client = connect(server.url, settings)
-        secret = settings.code_secret_value() or server.code_secret()
         embedded = True
     store = RedisStore(
         client,
@@ -54,6 +55,6 @@ def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
         buckets=settings.buckets,
         description=description,
         wait_replicas=settings.wait_replicas,
-        wait_timeout_ms=int(settings.wait_timeout * 1000),
+        wait_timeout_ms=max(1, math.ceil(settings.wait_timeout * 1000)),  # WAIT 0: forever
     )
     return Target(store, secret, description, embedded, started)

@@ -22,7 +22,8 @@ from regctl.model import (
 )
 from regctl.security import check_password_hash
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+# fingerprint:hmac (regctl.security.CodeHasher.digest), or a bare HMAC of older exports.
+_CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")
 _INT_FIELDS = (
     "created_at",
     "expires_at",
@@ -53,7 +54,7 @@ def parse_record(line: str) -> PendingRegistration:
     if "password_hash" not in data or "code_hash" not in data:
         raise InvalidInput("no password_hash/code_hash: export with --include-secrets to restore")
     code_hash = data["code_hash"]
-    if not isinstance(code_hash, str) or not _HEX64.fullmatch(code_hash):
+    if not isinstance(code_hash, str) or not _CODE_HASH.fullmatch(code_hash):
         raise InvalidInput("code_hash is not an HMAC-SHA256 hex digest")
     numbers = {}
     for name in _INT_FIELDS:

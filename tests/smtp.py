@@ -20,8 +20,11 @@ def free_port() -> int:
 class Sink:
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.refusing = False  # an outage: every message refused, temporarily
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refusing:
+            return "451 4.3.0 try again later"
         self.messages.append(message_from_string(envelope.content.decode()))
         return "250 OK"
 

@@ -428,7 +428,9 @@ def test_config_masks_secrets_and_names_sources(cli: Cli, tmp_path):
 
 def test_flags_beat_the_environment(cli: Cli):
     data = json.loads(cli("--prefix", "fromflag", "config", "-o", "json").stdout)
-    assert data["prefix"] == {"value": "fromflag", "source": "flag --prefix"}
+    assert data["prefix"]["value"] == "fromflag"
+    assert data["prefix"]["source"] == "flag --prefix"
+    assert data["prefix"]["ignored"] == ["environment REGCTL_PREFIX (overridden)"]
 
 
 def test_legacy_variable_names_are_read(cli: Cli):

@@ -23,6 +23,7 @@ from regctl import (
     SortKey,
     VerifyOutcome,
 )
+from regctl.keys import Keyspace, digest
 from regctl.security import verify_password
 from tests.conftest import SECRET, MakeManager
 
@@ -622,8 +623,143 @@ def test_rotating_the_secret_switches_the_store_and_kills_old_codes(
     old_code = add(manager, pw_hash)
     other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
     assert other.rotate_secret() == 1
-    assert other.verify(EMAIL, old_code).outcome is VerifyOutcome.INVALID_CODE
+    dead = other.verify(EMAIL, old_code)  # made before the rotation: dead, not a wrong guess
+    assert (dead.outcome, dead.attempts_left) == (VerifyOutcome.CODE_EXPIRED, 5)
     fresh = RegistrationManager(manager.store, secret=SECRET, policy=manager.policy)
     with pytest.raises(ConfigError, match="made with another code secret"):
         fresh.verify(EMAIL, old_code)
     assert other.secret_matches() is True
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 0
+
+
+def test_a_stale_writer_after_a_rotation_counts_no_attempt(
+    manager: RegistrationManager, pw_hash: str
+):
+    """A process still on the old secret (it rechecks only now and then) meets a code
+    made with the new one: refused, not a wrong guess."""
+    stale = RegistrationManager(manager.store, secret=SECRET, policy=manager.policy)
+    add(stale, pw_hash, "early@example.com")  # the stale manager has checked the store
+    rotated = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    rotated.rotate_secret()
+    code = rotated.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash).code
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        stale.verify(EMAIL, code)
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 0
+    assert rotated.verify(EMAIL, code).outcome is VerifyOutcome.VERIFIED
+
+
+# --- idempotency tokens, bound to their call ------------------------------------------
+
+
+def _same_bucket_as(email: str) -> str:
+    """Another address whose keys share ``email``'s bucket (and so its hash slot)."""
+    ks = Keyspace("x")
+    bucket = ks.bucket_of(digest(email.casefold()))
+    return next(
+        other
+        for other in (f"bob{i}@example.com" for i in range(10_000))
+        if ks.bucket_of(digest(other)) == bucket
+    )
+
+
+def test_a_verify_token_reused_for_another_address_is_a_new_call(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash, "alice@example.com")
+    bob = _same_bucket_as("alice@example.com")
+    other = add(manager, pw_hash, bob)
+    assert manager.verify("alice@example.com", code, token="shared").ok
+    result = manager.verify(bob, wrong(other), token="shared")
+    assert result.outcome is VerifyOutcome.INVALID_CODE
+    assert result.registration is None
+    reg = manager.get(bob)
+    assert reg is not None
+    assert reg.attempts == 1
+
+
+def test_a_replayed_verify_counts_one_attempt_and_gets_the_first_answer(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    first = manager.verify(EMAIL, wrong(code), token="retry-me")
+    again = manager.verify(EMAIL, wrong(code), token="retry-me")
+    assert (first.outcome, first.attempts_left) == (VerifyOutcome.INVALID_CODE, 4)
+    assert (again.outcome, again.attempts_left) == (VerifyOutcome.INVALID_CODE, 4)
+    reg = manager.get(EMAIL)
+    assert reg is not None
+    assert reg.attempts == 1
+
+
+def test_a_verify_token_reused_with_another_code_is_a_new_call(
+    manager: RegistrationManager, pw_hash: str
+):
+    code = add(manager, pw_hash)
+    assert manager.verify(EMAIL, wrong(code), token="t").attempts_left == 4
+    assert manager.verify(EMAIL, wrong(wrong(code)), token="t").attempts_left == 3
+    right = manager.verify(EMAIL, code, token="t")
+    assert right.outcome is VerifyOutcome.VERIFIED
+    replay = manager.verify(EMAIL, code, token="t")
+    assert (replay.outcome, replay.attempts_left) == (VerifyOutcome.VERIFIED, 2)
+    assert replay.registration is not None
+    assert right.registration is not None
+    assert replay.registration.identity == right.registration.identity
+
+
+def test_a_replayed_add_hands_back_the_code_it_stored(manager: RegistrationManager, pw_hash: str):
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-1")
+    again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-1")
+    assert again.code == first.code
+    with pytest.raises(AlreadyExists):
+        manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-2")
+    assert manager.verify(EMAIL, again.code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_an_add_token_reused_for_another_address_adds_it_with_its_own_code(
+    manager: RegistrationManager, pw_hash: str
+):
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="same")
+    other = manager.add("bob@example.com", "Bob", "B", password_hash=pw_hash, token="same")
+    assert manager.verify("bob@example.com", other.code).outcome is VerifyOutcome.VERIFIED
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_a_replayed_resend_hands_back_the_code_that_verifies(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    old = add(manager, pw_hash)
+    first = manager.resend(EMAIL, token="resend-1")
+    again = manager.resend(EMAIL, token="resend-1")
+    assert again.code == first.code != old
+    assert again.registration.resend_count == 1
+    assert manager.verify(EMAIL, old).outcome is VerifyOutcome.INVALID_CODE
+    assert manager.verify(EMAIL, again.code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_a_replayed_delete_reports_the_deletion_it_made(manager: RegistrationManager, pw_hash: str):
+    add(manager, pw_hash)
+    assert manager.delete(EMAIL, token="del-1") is True
+    assert manager.delete(EMAIL, token="del-1") is True  # the retry after a lost reply
+    assert manager.delete(EMAIL) is False
+    assert manager.get(EMAIL) is None
+
+
+@pytest.mark.parametrize("token", ["", "x" * 129, "tab\there", "ünï"])
+def test_a_malformed_token_is_invalid_input(manager: RegistrationManager, token: str):
+    with pytest.raises(InvalidInput, match="token"):
+        manager.verify(EMAIL, "123456", token=token)
+
+
+def test_the_first_write_records_the_secret_even_after_a_verify(
+    manager: RegistrationManager, pw_hash: str
+):
+    assert manager.verify(EMAIL, "123456").outcome is VerifyOutcome.NOT_FOUND
+    add(manager, pw_hash)
+    assert manager.secret_matches() is True
+    other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    with pytest.raises(ConfigError, match="made with another code secret"):
+        add(other, pw_hash, "bob@example.com")

@@ -98,7 +98,7 @@ def test_starting_the_server_is_announced_once_on_stderr(env: dict[str, str], da
 
 def _binaries() -> dict[int, Path]:
     """One redis-server per major version available here (system and the embedded extra)."""
-    from regctl.server import _major, _version_of
+    from regctl.server import _version_of, _version_tuple
 
     found = {}
     candidates = [Path(p) / "redis-server" for p in ("/usr/bin", "/usr/local/bin")]
@@ -107,7 +107,7 @@ def _binaries() -> dict[int, Path]:
         candidates.append(Path(spec.origin).parent / "bin" / "redis-server")
     for path in candidates:
         if os.access(path, os.X_OK):
-            found.setdefault(_major(_version_of(path)), path)
+            found.setdefault(_version_tuple(_version_of(path))[0], path)
     return found
 
 
@@ -190,6 +190,35 @@ def test_an_older_major_is_refused(
     ran = regctl({**env, "REGCTL_REDIS_SERVER": str(older)}, "list")
     assert ran.returncode == 78
     assert "an older Redis cannot read a newer one's data" in ran.stderr
+
+
+def _readable_secret(data_dir: Path) -> None:
+    (data_dir / "code-secret").write_text("planted-secret-0123456789\n")
+    (data_dir / "code-secret").chmod(0o644)
+
+
+def _foreign_record(data_dir: Path) -> None:
+    (data_dir / "server.json").write_text('{"binary": "/tmp/evil", "version": "7.0.0"}')
+    os.chown(data_dir / "server.json", 65534, 65534)  # the tests run as root: plant a stranger
+
+
+@pytest.mark.parametrize(
+    ("plant", "message"),
+    [
+        (lambda d: d.chmod(0o777), "data dir {d} is readable or writable by others — chmod 700"),
+        (lambda d: d.chmod(0o755), "data dir {d} is readable or writable by others — chmod 700"),
+        (_readable_secret, "code secret file {d}/code-secret is readable or writable by others"),
+        (_foreign_record, "record {d}/server.json belongs to another user"),
+    ],
+)
+def test_an_untrustworthy_data_dir_is_refused(
+    env: dict[str, str], data_dir: Path, plant, message: str
+):
+    plant(data_dir)
+    ran = regctl(env, "list")
+    assert ran.returncode == 78
+    assert message.format(d=data_dir) in ran.stderr
+    assert not (data_dir / "redis.pid").exists()
 
 
 def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path):

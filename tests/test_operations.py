@@ -314,6 +314,24 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: 
     assert all(m["To"].endswith("@bulk.example") for m in smtp.sink.messages)
 
 
+def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, smtp):  # type: ignore[no-untyped-def]
+    env = {"REGCTL_RESEND_COOLDOWN": "0", "REGCTL_MAIL_URL": smtp.url}
+    for i in range(10):
+        add(cli, f"o{i}@outage.example", REGCTL_MAIL_URL="none")
+    smtp.sink.refusing = True
+    ran = cli("-o", "json", "resend", "--domain", "outage.example", **env)
+    assert ran.exit_code == 74
+    report = json.loads(ran.stdout)
+    assert (report["stopped"], report["failed"], report["sent"]) == (True, 3, 0)
+    assert len(report["undelivered"]) == 3
+    listed = json.loads(cli("list", "--domain", "outage.example", "-o", "json").stdout)
+    assert sum(r["resend_count"] for r in listed) == 3  # the outage cost three users a resend
+    smtp.sink.refusing = False
+    rerun = json.loads(cli("-o", "json", "resend", "--domain", "outage.example", **env).stdout)
+    assert (rerun["stopped"], rerun["failed"], rerun["sent"]) == (False, 0, 10)
+    assert {m["To"] for m in smtp.sink.messages} == {f"o{i}@outage.example" for i in range(10)}
+
+
 def test_bulk_resend_skips_those_inside_the_cooldown(cli: Cli):
     add(cli, "c1@cool.example")
     ran = json.loads(cli("-o", "json", "resend", "--domain", "cool.example").stdout)

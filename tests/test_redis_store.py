@@ -45,7 +45,7 @@ def test_every_key_of_a_registration_lives_in_one_cluster_slot():
         slots = {
             key_slot(record.encode()),
             key_slot(index.encode()),
-            key_slot(ks.verify_marker(d, "t").encode()),
+            key_slot(ks.call_marker("verify", d, "t").encode()),
         }
         assert len(slots) == 1
 
@@ -74,7 +74,7 @@ def test_every_per_registration_key_has_a_ttl_within_the_lifetime(
         ttl = client.pttl(key)
         if key.endswith(":meta"):
             assert ttl == -1  # the layout record is meant to stay
-        elif ":vok:" in key:
+        elif ":once:" in key:
             assert 0 < ttl <= policy.replay_window_ms
         elif ":funnel:" in key:
             assert 0 < ttl <= (policy.funnel_days + 1) * 86_400_000

@@ -24,6 +24,7 @@ from regctl import (
     StoreUnavailable,
     VerifyOutcome,
 )
+from regctl.keys import digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
@@ -161,12 +162,14 @@ class ReplyDropper:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # closed
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(str(self.target))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        with client, upstream:
+        with client, upstream, contextlib.suppress(OSError):  # a side closed: this pump ends
             while not self.stopped.is_set():
                 data = client.recv(65536)
                 if not data:
@@ -184,22 +187,69 @@ class ReplyDropper:
         self.listener.close()
 
 
-def test_a_lost_verify_reply_still_verifies_exactly_once(redis_proc: RedisProcess, pw_hash):
+@pytest.fixture
+def dropper(redis_proc: RedisProcess) -> Iterator[tuple[ReplyDropper, RegistrationManager]]:
+    """A manager whose connection runs through a reply-dropping proxy."""
     proxy = ReplyDropper(redis_proc.socket)
-    try:
-        manager = manager_for(f"redis://127.0.0.1:{proxy.port}", prefix="lost")
-        code = manager.add("lost@example.com", "L", "R", password_hash=pw_hash).code
-        proxy.marker = b"call-lost-reply"
-        result = manager.verify("lost@example.com", code, token="call-lost-reply")
-        assert proxy.dropped == 1
-        assert result.outcome is VerifyOutcome.VERIFIED
-        assert result.registration is not None
-        assert result.registration.email == "lost@example.com"
-        again = manager.verify("lost@example.com", code)
-        assert again.outcome is VerifyOutcome.NOT_FOUND
-        manager.close()
-    finally:
-        proxy.close()
+    manager = manager_for(f"redis://127.0.0.1:{proxy.port}", prefix="lost", resend_cooldown=0)
+    yield proxy, manager
+    manager.close()
+    proxy.close()
+
+
+def _marker(manager: RegistrationManager, operation: str, email: str, token: str) -> bytes:
+    """The bytes that only the call (operation, email, token) sends: its marker key."""
+    store = manager.store
+    assert isinstance(store, RedisStore)
+    return store.keyspace.call_marker(operation, digest(email), token).encode()
+
+
+def test_a_lost_verify_reply_still_verifies_exactly_once(dropper, pw_hash):
+    proxy, manager = dropper
+    code = manager.add("lost@example.com", "L", "R", password_hash=pw_hash).code
+    proxy.marker = _marker(manager, "verify", "lost@example.com", "call-lost-reply")
+    result = manager.verify("lost@example.com", code, token="call-lost-reply")
+    assert proxy.dropped == 1
+    assert result.outcome is VerifyOutcome.VERIFIED
+    assert result.registration is not None
+    assert result.registration.email == "lost@example.com"
+    again = manager.verify("lost@example.com", code)
+    assert again.outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_a_lost_reply_to_a_wrong_code_counts_one_attempt(dropper, pw_hash):
+    proxy, manager = dropper
+    code = manager.add("wrong@example.com", "W", "R", password_hash=pw_hash).code
+    bad = f"{(int(code) + 1) % 10**6:06d}"
+    proxy.marker = _marker(manager, "verify", "wrong@example.com", "wrong-call")
+    result = manager.verify("wrong@example.com", bad, token="wrong-call")
+    assert proxy.dropped == 1
+    assert (result.outcome, result.attempts_left) == (VerifyOutcome.INVALID_CODE, 4)
+    reg = manager.get("wrong@example.com")
+    assert reg is not None
+    assert reg.attempts == 1
+
+
+def test_a_lost_add_or_resend_reply_hands_back_a_code_that_verifies(dropper, pw_hash):
+    proxy, manager = dropper
+    proxy.marker = b"add-call-lost"  # the add script carries its token
+    added = manager.add("code@example.com", "C", "D", password_hash=pw_hash, token="add-call-lost")
+    assert proxy.dropped == 1
+    proxy.marker = b"resend-call-lost"
+    resent = manager.resend("code@example.com", token="resend-call-lost")
+    assert proxy.dropped == 2
+    assert resent.registration.resend_count == 1
+    assert manager.verify("code@example.com", added.code).outcome is VerifyOutcome.INVALID_CODE
+    assert manager.verify("code@example.com", resent.code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_a_lost_delete_reply_reports_the_deletion(dropper, pw_hash):
+    proxy, manager = dropper
+    manager.add("gone@example.com", "G", "O", password_hash=pw_hash)
+    proxy.marker = _marker(manager, "delete", "gone@example.com", "delete-call")
+    assert manager.delete("gone@example.com", token="delete-call") is True
+    assert proxy.dropped == 1
+    assert manager.get("gone@example.com") is None
 
 
 # --- stalls, pools, memory -----------------------------------------------------------------

@@ -533,3 +533,171 @@ def test_the_readme_settings_table_lists_every_setting():
     readme = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"| `{env_names(name)[0]}`" in readme
+
+
+# --- what an attacker or a slip could feed in ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("REGCTL_MAIL_URL", "smtp//mail.example.com", "bad setting mail_url"),
+        ("REGCTL_MAIL_URL", "smtp://mail:port/", "port is not a number"),
+        ("REGCTL_MAIL_SUBJECT", "Code\nBcc: x@example.com", "must be one line"),
+        ("REGCTL_MAIL_FROM", "a@example.com\r\nBcc: x@example.com", "must be one line"),
+        ("REGCTL_MAIL_TEMPLATE", "/nonexistent/template.txt", "cannot read mail template"),
+    ],
+)
+def test_mail_settings_are_checked_before_anything_is_written(
+    cli: Cli, variable: str, value: str, message: str
+):
+    add = ["add", "mail@example.com", "-f", "M", "-l", "S", "--password-stdin"]
+    ran = cli(
+        *add, input="a long enough password\n", **{"REGCTL_MAIL_URL": "console", variable: value}
+    )
+    assert ran.exit_code == 78
+    assert message in ran.stderr
+    assert cli("list", "-o", "name").stdout == ""
+
+
+def test_a_wait_timeout_must_be_shorter_than_the_socket_timeout():
+    with pytest.raises(ConfigError, match="wait_timeout must be shorter than socket_timeout"):
+        load_settings(
+            environ={
+                "REGCTL_WAIT_REPLICAS": "1",
+                "REGCTL_WAIT_TIMEOUT": "10",
+                "REGCTL_SOCKET_TIMEOUT": "5",
+            }
+        )
+
+
+def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: RedisProcess):
+    loaded = load_settings(
+        {"redis_url": redis_proc.url, "code_secret": SECRET},
+        environ={"REGCTL_WAIT_TIMEOUT": "0.0004"},
+    )
+    with RegistrationManager.from_settings(loaded.settings) as manager:
+        assert manager.store.wait_timeout_ms == 1  # WAIT n 0 would block forever
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://app:pa/ss-hunter2@localhost:6379/0",
+        "redis://app:pa#ss-hunter2@localhost:6379/0",
+        "redis://app:pa?ss-hunter2@localhost:6379/0",
+        "unix:///tmp/r.sock?password=hunter2&db=1",
+        "redis://localhost/0?password=hunter2",
+        "redis://localhost/0?username=u&password=hunter2",
+        "redis://:hunter2@localhost/0",
+        "redis+sentinel://app:hunter2@127.0.0.1:1,127.0.0.1:2/mymaster",
+        "redis+cluster://app:pa/hunter2@127.0.0.1:1,127.0.0.1:2",
+        "rediss://app:hunter2@localhost:abc/0",
+    ],
+)
+def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
+    for args in (("config",), ("-o", "json", "config"), ("list",), ("-o", "json", "health")):
+        ran = cli(*args, REGCTL_REDIS_URL=url, REGCTL_RETRIES="0", REGCTL_CONNECT_TIMEOUT="0.5")
+        assert "hunter2" not in ran.stdout + ran.stderr, (args, ran.stdout, ran.stderr)
+
+
+def test_a_secret_given_in_a_higher_layer_replaces_a_lower_layers_file(tmp_path: Path):
+    (tmp_path / "regctl.toml").write_text('code_secret_file = "/run/secrets/regctl"\n')
+    loaded = load_settings(
+        config_file=tmp_path / "regctl.toml", environ={"REGCTL_CODE_SECRET": SECRET}
+    )
+    assert loaded.settings.code_secret_value() == SECRET
+    assert loaded.settings.code_secret_file is None
+    assert loaded.ignored["code_secret_file"] == [
+        f"config file {tmp_path / 'regctl.toml'} line 1 (overridden)"
+    ]
+
+
+def test_a_secret_and_its_file_in_one_layer_name_both_sources(tmp_path: Path):
+    environ = {"REGCTL_CODE_SECRET": SECRET, "REGCTL_CODE_SECRET_FILE": str(tmp_path / "s")}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert "code_secret from environment REGCTL_CODE_SECRET" in caught.value.message
+    assert "code_secret_file from environment REGCTL_CODE_SECRET_FILE" in caught.value.message
+
+
+def test_a_legacy_name_overriding_a_config_file_is_said(cli: Cli, tmp_path: Path):
+    (tmp_path / "regctl.toml").write_text(f'redis_url = "{cli.env["REGCTL_REDIS_URL"]}"\n')
+    ran = cli(
+        "--config",
+        "regctl.toml",
+        "list",
+        REGCTL_REDIS_URL="",
+        REDIS_URL=cli.env["REGCTL_REDIS_URL"] + "?db=2",
+    )
+    assert ran.exit_code == 0, ran.stderr
+    assert "Note: environment REDIS_URL overrides config file regctl.toml line 1" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "regctl_prefix",
+            "unknown setting regctl_prefix (environment) — did you mean REGCTL_PREFIX?",
+        ),
+        ("Regctl_Config", "did you mean REGCTL_CONFIG?"),
+    ],
+)
+def test_setting_names_are_exact(cli: Cli, name: str, message: str):
+    ran = cli("list", **{name: "x"})
+    assert ran.exit_code == 78
+    assert message in ran.stderr
+
+
+def test_the_config_file_variable_cannot_hide_in_an_env_file(cli: Cli, tmp_path: Path):
+    (tmp_path / ".env").write_text("REGCTL_CONFIG=/etc/regctl.toml\n")
+    ran = cli("list")
+    assert ran.exit_code == 78
+    assert "REGCTL_CONFIG is read from the environment only" in ran.stderr
+
+
+@pytest.mark.parametrize("variable", ["REGCTL_REDIS_SERVER", "REGCTL_DATA_DIR"])
+def test_a_found_env_file_cannot_choose_a_program_or_a_folder(
+    cli: Cli, tmp_path: Path, variable: str
+):
+    (tmp_path / "evil.sh").write_text("#!/bin/sh\ntouch pwned\n")
+    (tmp_path / "evil.sh").chmod(0o755)
+    (tmp_path / ".env").write_text(f"{variable}=./evil.sh\n")
+    ran = cli("list", REGCTL_REDIS_URL="")
+    assert ran.exit_code == 78
+    assert f"./.env line 1 may not set {variable}" in ran.stderr
+    assert not (tmp_path / "pwned").exists()
+    explicit = cli("--env-file", ".env", "config", "-o", "json", REGCTL_REDIS_URL="")
+    assert explicit.exit_code == 0, explicit.stderr  # named on purpose: trusted
+
+
+@pytest.mark.parametrize("file", [".env", "regctl.toml"])
+def test_a_settings_file_others_can_write_is_refused(cli: Cli, tmp_path: Path, file: str):
+    (tmp_path / file).write_text("")
+    (tmp_path / file).chmod(0o666)
+    ran = cli("--config", "regctl.toml", "list") if file.endswith("toml") else cli("list")
+    assert ran.exit_code == 78
+    assert "is writable by others — chmod go-w" in ran.stderr
+
+
+def test_a_secret_file_that_is_not_text_exits_78(cli: Cli, tmp_path: Path):
+    (tmp_path / "secret").write_bytes(b"\xff\xfe not utf-8 \x80")
+    ran = cli(
+        "verify", "a@example.com", "123456", REGCTL_CODE_SECRET="", REGCTL_CODE_SECRET_FILE="secret"
+    )
+    assert ran.exit_code == 78
+    assert "is not UTF-8 text" in ran.stderr
+
+
+def test_toml_booleans_are_not_numbers_and_a_bom_is_fine(tmp_path: Path):
+    (tmp_path / "bool.toml").write_text("wait_replicas = true\n")
+    with pytest.raises(ConfigError, match="must be a number or a string"):
+        load_settings(config_file=tmp_path / "bool.toml", environ={})
+    (tmp_path / "bom.toml").write_bytes("\ufeffmax_attempts = 4\n".encode())
+    assert load_settings(config_file=tmp_path / "bom.toml", environ={}).settings.max_attempts == 4
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_settings(config_file=tmp_path, environ={})

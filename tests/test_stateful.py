@@ -26,6 +26,9 @@ POLICY = Policy(
     max_resends=3,
 )
 EMAILS = st.sampled_from(["a@x.example", "B@x.example", "c@y.example", "b@X.EXAMPLE"])
+# Idempotency tokens: fresh (None), or a few reused across calls, operations and
+# identities, so replays and reuse both happen.
+TOKENS = st.sampled_from([None, "t1", "t2"])
 _prefixes = itertools.count()
 
 
@@ -49,6 +52,7 @@ def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):  #
             self.memory = RegistrationManager(MemoryStore(), secret=SECRET, policy=POLICY)
             self.codes: dict[str, dict[str, str]] = {"redis": {}, "memory": {}}
             self.wrong_since_unlock: dict[str, int] = {}
+            self.wrong_calls: set[tuple[str, str, str]] = set()
             self.ttls: dict[str, int] = {}
             self.client = redis_proc.client()
             self.prefix = prefix
@@ -61,54 +65,60 @@ def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):  #
             assert results[0] == results[1], results
             return results[0]
 
-        @rule(email=EMAILS)
-        def add(self, email: str) -> None:
-            def run(m: RegistrationManager, kind: str) -> str:
-                added = m.add(email, "F", "L", password_hash=pw_hash)
+        @rule(email=EMAILS, token=TOKENS)
+        def add(self, email: str, token: str | None) -> None:
+            def run(m: RegistrationManager, kind: str) -> tuple[str, int]:
+                added = m.add(email, "F", "L", password_hash=pw_hash, token=token)
                 self.codes[kind][email.casefold()] = added.code
-                return added.registration.email
+                return added.registration.email, added.registration.attempts
 
-            if self.both(run)[0] == "ok":
-                self.wrong_since_unlock[email.casefold()] = 0
+            status, answer = self.both(run)
+            if status == "ok":  # new (0), or a replay handing back the record as it is
+                self.wrong_since_unlock[email.casefold()] = answer[1]
 
-        @rule(email=EMAILS)
-        def resend(self, email: str) -> None:
+        @rule(email=EMAILS, token=TOKENS)
+        def resend(self, email: str, token: str | None) -> None:
             def run(m: RegistrationManager, kind: str) -> int:
-                resent = m.resend(email)
+                resent = m.resend(email, token=token)
                 self.codes[kind][email.casefold()] = resent.code
                 return resent.registration.resend_count
 
             self.both(run)
 
-        @rule(email=EMAILS, right=st.booleans())
-        def verify_code(self, email: str, right: bool) -> None:
-            self.verify(email, right)
+        @rule(email=EMAILS, right=st.booleans(), token=TOKENS)
+        def verify_code(self, email: str, right: bool, token: str | None) -> None:
+            self.verify(email, right, token)
 
-        def verify(self, email: str, right: bool) -> None:
+        def verify(self, email: str, right: bool, token: str | None) -> None:
+            guesses: dict[str, str] = {}
+
             def run(m: RegistrationManager, kind: str) -> tuple[str, int]:
                 code = self.codes[kind].get(email.casefold(), "000000")
                 if not right:
                     code = f"{(int(code) + 1) % 10**6:06d}"
-                result = m.verify(email, code)
+                guesses[kind] = code
+                result = m.verify(email, code, token=token)
                 return result.outcome.value, result.attempts_left
 
             (_, (value, _left)) = self.both(run)
-            if value == "invalid_code":
+            call = (email.casefold(), token or "", guesses["redis"])
+            if value == "invalid_code" and (token is None or call not in self.wrong_calls):
                 key = email.casefold()
                 self.wrong_since_unlock[key] = self.wrong_since_unlock.get(key, 0) + 1
+                self.wrong_calls.add(call)
 
-        @rule(email=EMAILS)
-        def guess_wrong(self, email: str) -> None:  # lockouts need runs of wrong guesses
-            self.verify(email, right=False)
+        @rule(email=EMAILS, token=TOKENS)
+        def guess_wrong(self, email: str, token: str | None) -> None:  # runs of wrong guesses
+            self.verify(email, right=False, token=token)
 
         @rule(email=EMAILS)
         def unlock(self, email: str) -> None:
             if self.both(lambda m, _k: m.unlock(email)) == ("ok", True):
                 self.wrong_since_unlock[email.casefold()] = 0
 
-        @rule(email=EMAILS)
-        def delete(self, email: str) -> None:
-            self.both(lambda m, _k: m.delete(email))
+        @rule(email=EMAILS, token=TOKENS)
+        def delete(self, email: str, token: str | None) -> None:
+            self.both(lambda m, _k: m.delete(email, token=token))
 
         @rule(domain=st.sampled_from([None, "x.example", "y.example"]))
         def purge(self, domain: str | None) -> None:

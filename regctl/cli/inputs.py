@@ -54,6 +54,14 @@ def read_code(code: str | None) -> str:
     return entered.strip()
 
 
+def check_delivery(state: State, send: bool) -> None:
+    """Before any write: fail on mail settings that could not deliver the code."""
+    from regctl.mail import MailConfig
+
+    if send:
+        MailConfig.from_settings(state.settings).check()
+
+
 def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) -> str:
     """Mail the code as REGCTL_MAIL_URL says; return mail, console or not_sent."""
     from regctl.mail import MailConfig, compose, deliver

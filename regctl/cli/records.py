@@ -13,6 +13,7 @@ from regctl.cli.inputs import (
     NoSend,
     OutputOption,
     ShowCode,
+    check_delivery,
     deliver_code,
     read_code,
     read_password,
@@ -126,6 +127,7 @@ def add(
     """
     state: State = ctx.obj
     state.audited("add", email)
+    check_delivery(state, not no_send)
     password = None if password_hash else read_password(password_stdin)
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
@@ -258,6 +260,7 @@ def resend(
         )
         return
     state.audited("resend", email)
+    check_delivery(state, not no_send)
     resent = state.manager.resend(email)
     reg = resent.registration
     left = reg.resends_left(state.manager.policy)
@@ -292,6 +295,7 @@ def _bulk_resend(
         raise InvalidInput("give an address, or filters for a bulk resend (e.g. --older-than 2h)")
     if not dry_run:
         state.audited("resend", f"bulk {older_than or ''} {domain or ''}".strip())
+        check_delivery(state, send)
 
     def deliver(resent: Resent) -> None:
         deliver_code(state, resent.registration, resent.code, send)
@@ -313,6 +317,8 @@ def _bulk_resend(
                 "failed": report.failed,
                 "skipped": report.skipped,
                 "recipients": report.recipients,
+                "undelivered": report.undelivered,
+                "stopped": report.stopped,
             }
         )
     else:
@@ -322,7 +328,14 @@ def _bulk_resend(
         verb = "would resend" if dry_run else "resent"
         state.note(f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}")
     if report.failed:
-        raise DeliveryFailed(f"{report.failed} code(s) were stored but not delivered")
+        stopped = "stopped: delivery failed repeatedly; " if report.stopped else ""
+        raise DeliveryFailed(
+            f"{stopped}{report.failed} code(s) were stored but not delivered "
+            f"({', '.join(report.undelivered)})",
+            "after the outage, rerun the same command (it resumes: those already sent "
+            "are in their cooldown); --never-resent would skip the undelivered too: "
+            "resend them by name",
+        )
 
 
 def verify(

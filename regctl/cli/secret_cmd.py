@@ -51,7 +51,10 @@ def rotate(
     """
     state: State = ctx.obj
     manager = state.manager
-    if manager.secret_matches() is not True and not yes:
+    if manager.secret_matches() is True:
+        state.say("the configured code secret is already the store's; nothing changed")
+        return
+    if not yes:
         question = f"Record a new code secret for {state.store_description}?"
         if not sys.stdin.isatty():
             raise InvalidInput("rotating the code secret kills every pending code", "add --yes")

@@ -40,6 +40,8 @@ class State:
     audit_event: tuple[str, str] | None = None
     _out: Console | None = None
     _err: Console | None = None
+    # A JSON result went out: an error after it must not add a second document.
+    json_written: bool = False
 
     # --- configuration and store -------------------------------------------
 
@@ -51,6 +53,8 @@ class State:
             self._loaded = load_settings(
                 self.overrides, env_file=self.env_file, config_file=self.config_file
             )
+            for note in self._loaded.legacy_overrides():
+                sys.stderr.write(f"Note: {note}\n")
         return self._loaded
 
     @property
@@ -167,6 +171,7 @@ class State:
 
     def json(self, data: Any) -> None:
         self.write([to_json(data), "\n"])
+        self.json_written = True
 
     def show(self, renderable: RenderableType) -> None:
         self.out.print(renderable)

@@ -56,7 +56,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     line = f"Error: {message}" + (f" — {hint}" if hint else "")
     sys.stderr.write(" ".join(line.split()) + "\n")
-    if state is not None and state.wants_json(None):
+    if state is not None and state.wants_json(None) and not state.json_written:
         payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
         sys.stdout.write(to_json(payload) + "\n")
     return int(status)

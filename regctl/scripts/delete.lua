@@ -1,3 +1,8 @@
--- Remove a registration and its index entry. KEYS: record, index  ARGV: digest.
+-- Remove a registration and its index entry; a replay of the same call (lost reply)
+-- finds the call's marker and reports the deletion it made.
+-- KEYS: record, index, marker   ARGV: digest, replay_ms   Returns 1 if deleted, else 0.
+if redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
+local deleted = redis.call('DEL', KEYS[1])
+if deleted == 1 then redis.call('SET', KEYS[3], 1, 'PX', tonumber(ARGV[2])) end
+return deleted

@@ -17,6 +17,7 @@ from regctl.errors import (
     NotFound,
     RegistrationLocked,
     ResendLimitReached,
+    SecretMismatch,
 )
 from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
 
@@ -91,11 +92,16 @@ class Store(Protocol):
 
     def verify(
         self, identity: str, candidate_hash: str, policy: Policy, token: str
-    ) -> VerifyResult: ...
+    ) -> VerifyResult:
+        """Count an attempt and compare; a replay of the same call (identity, token,
+        candidate) within the replay window gets the first answer and counts nothing."""
+        ...
 
     def unlock(self, identity: str) -> bool: ...
 
-    def delete(self, identity: str) -> bool: ...
+    def delete(self, identity: str, policy: Policy, token: str) -> bool:
+        """Remove the record; True if this call (or an earlier try of it) removed it."""
+        ...
 
     def purge(
         self,
@@ -151,6 +157,15 @@ def lock_held(name: str, wait_s: float) -> LockHeld:
     return LockHeld(
         f"another {name} is running{waited}",
         "let it finish, or pass --wait SECONDS to queue behind it",
+    )
+
+
+def other_secret(attempts_left: int = 0) -> SecretMismatch:
+    return SecretMismatch(
+        "this store's codes were made with another code secret",
+        "configure the secret the other writers use (REGCTL_CODE_SECRET), or "
+        "switch the store to this one with `regctl secret rotate`",
+        attempts_left,
     )
 
 

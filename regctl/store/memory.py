@@ -23,6 +23,7 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
+from regctl.security import split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,
     HOUR_MS,
@@ -32,6 +33,7 @@ from regctl.store.base import (
     Progress,
     already_exists,
     lock_held,
+    other_secret,
     resend_refusal,
 )
 
@@ -75,7 +77,8 @@ class MemoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._markers: dict[str, tuple[int, PendingRegistration]] = {}
+        # (operation, identity, token) -> (expires at, candidate, the call's answer)
+        self._markers: dict[tuple[str, str, str], tuple[int, str, VerifyResult | None]] = {}
         self._leases: dict[str, int] = {}
         self._audit: deque[dict[str, str]] = deque(maxlen=AUDIT_MAX)
         self._funnel: dict[int, dict[str, int]] = {}
@@ -214,9 +217,12 @@ class MemoryStore:
     ) -> VerifyResult:
         with self._lock:
             now = self._clock()
-            marker = self._markers.get(token)
-            if marker is not None and marker[0] > now:
-                return VerifyResult(VerifyOutcome.VERIFIED, 0, replace(marker[1], observed_at=now))
+            first = self._replay(("verify", identity, token), now)
+            if first is not None and first[0] == candidate_hash and first[1] is not None:
+                result = first[1]
+                if result.registration is None:
+                    return result
+                return replace(result, registration=replace(result.registration, observed_at=now))
             entry = self._live(identity, now)
             if entry is None:
                 return VerifyResult(VerifyOutcome.NOT_FOUND)
@@ -226,24 +232,50 @@ class MemoryStore:
             if now >= rec.code_expires_at:
                 left = max(0, policy.max_attempts - rec.attempts)
                 return VerifyResult(VerifyOutcome.CODE_EXPIRED, left)
+            stored_tag, stored_mac = split_code_hash(entry.code_hash)
+            mine_tag, mine_mac = split_code_hash(candidate_hash)
+            if stored_tag is not None and stored_tag != mine_tag:
+                raise other_secret(policy.max_attempts - rec.attempts)
             attempts = rec.attempts + 1
             if attempts > policy.max_attempts:
                 entry.record = replace(rec, attempts=attempts, locked=True)
                 self._count("locked", 1, now, policy)
-                return VerifyResult(VerifyOutcome.LOCKED)
-            if entry.code_hash != candidate_hash:
+                result = VerifyResult(VerifyOutcome.LOCKED)
+            elif stored_mac != mine_mac:
                 entry.record = replace(
                     rec, attempts=attempts, locked=attempts >= policy.max_attempts
                 )
                 if attempts >= policy.max_attempts:
                     self._count("locked", 1, now, policy)
-                return VerifyResult(VerifyOutcome.INVALID_CODE, policy.max_attempts - attempts)
-            consumed = replace(rec, attempts=attempts, observed_at=now)
-            del self._entries[identity]
-            self._markers = {t: m for t, m in self._markers.items() if m[0] > now}
-            self._markers[token] = (now + policy.replay_window_ms, consumed)
-            self._count("verified", 1, now, policy)
-            return VerifyResult(VerifyOutcome.VERIFIED, policy.max_attempts - attempts, consumed)
+                result = VerifyResult(VerifyOutcome.INVALID_CODE, policy.max_attempts - attempts)
+            else:
+                consumed = replace(rec, attempts=attempts, observed_at=now)
+                del self._entries[identity]
+                self._count("verified", 1, now, policy)
+                left = policy.max_attempts - attempts
+                result = VerifyResult(VerifyOutcome.VERIFIED, left, consumed)
+            self._remember(("verify", identity, token), now, policy, candidate_hash, result)
+            return result
+
+    def _replay(
+        self, call: tuple[str, str, str], now: int
+    ) -> tuple[str, VerifyResult | None] | None:
+        """The kept answer of an earlier try of ``call`` (caller holds the lock)."""
+        marker = self._markers.get(call)
+        if marker is None or marker[0] <= now:
+            return None
+        return marker[1], marker[2]
+
+    def _remember(
+        self,
+        call: tuple[str, str, str],
+        now: int,
+        policy: Policy,
+        candidate: str = "",
+        result: VerifyResult | None = None,
+    ) -> None:
+        self._markers = {c: m for c, m in self._markers.items() if m[0] > now}
+        self._markers[call] = (now + policy.replay_window_ms, candidate, result)
 
     def unlock(self, identity: str) -> bool:
         with self._lock:
@@ -253,10 +285,15 @@ class MemoryStore:
             entry.record = replace(entry.record, attempts=0, locked=False)
             return True
 
-    def delete(self, identity: str) -> bool:
+    def delete(self, identity: str, policy: Policy, token: str) -> bool:
         with self._lock:
-            live = self._live(identity, self._clock()) is not None
+            now = self._clock()
+            if self._replay(("delete", identity, token), now) is not None:
+                return True
+            live = self._live(identity, now) is not None
             self._entries.pop(identity, None)
+            if live:
+                self._remember(("delete", identity, token), now, policy)
             return live
 
     def purge(

@@ -35,6 +35,7 @@ from regctl.store.base import (
     Progress,
     already_exists,
     lock_held,
+    other_secret,
     resend_refusal,
 )
 
@@ -383,7 +384,7 @@ class RedisStore:
         record, index = self.keyspace.keys_for(d)
         (status, now, left, payload), acked = self._write(
             "verify",
-            (record, index, self.keyspace.verify_marker(d, token)),
+            (record, index, self.keyspace.call_marker("verify", d, token)),
             (
                 d,
                 candidate_hash,
@@ -392,6 +393,8 @@ class RedisStore:
                 policy.funnel_keep_ms,
             ),
         )
+        if status == "wrong_secret":
+            raise other_secret(int(left))
         outcome = VerifyOutcome(status)
         registration = decode(json.loads(payload), int(now)) if payload else None
         return VerifyResult(outcome, int(left), registration, acked)
@@ -399,9 +402,10 @@ class RedisStore:
     def unlock(self, identity: str) -> bool:
         return bool(self._run("unlock", (self.keyspace.record(digest(identity)),), ()))
 
-    def delete(self, identity: str) -> bool:
+    def delete(self, identity: str, policy: Policy, token: str) -> bool:
         d = digest(identity)
-        return bool(self._run("delete", self.keyspace.keys_for(d), (d,)))
+        keys = (*self.keyspace.keys_for(d), self.keyspace.call_marker("delete", d, token))
+        return bool(self._run("delete", keys, (d, policy.replay_window_ms)))
 
     def counts(self) -> Counts:
         ks = self.keyspace
