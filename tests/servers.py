@@ -75,7 +75,9 @@ class RedisProcess:
         aof: bool = False,
         password: str | None = None,
         extra: list[str] | None = None,
+        binary: str | None = None,
     ):
+        self.binary = binary  # default: the newest redis-server found
         self.directory = directory
         self.port = port
         self.aof = aof
@@ -119,7 +121,7 @@ class RedisProcess:
             else ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         )
         return [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             *where,
             "--dir",
             str(self.directory),

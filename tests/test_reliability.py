@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 
 from regctl import (
     Filter,
@@ -356,6 +358,75 @@ def test_a_full_server_refuses_add_cleanly(tmp_path: Path, pw_hash):
         proc.stop()
 
 
+def test_a_full_server_is_still_operable(cli: Cli, tmp_path: Path):
+    """At maxmemory with noeviction: reads work, nothing writes just to start, delete and
+    purge free memory, and verify answers or refuses without counting."""
+    proc = RedisProcess(tmp_path / "oom", extra=["--maxmemory-policy", "noeviction"]).start()
+    try:
+        env = {"REGCTL_REDIS_URL": proc.url}
+        added = cli(
+            "-o",
+            "json",
+            "add",
+            "full@example.com",
+            "-f",
+            "F",
+            "-l",
+            "U",
+            "--password-stdin",
+            "--show-code",
+            input="a long enough pw\n",
+            **env,
+        )
+        code = json.loads(added.stdout)["code"]
+        for i in range(3):
+            cli(
+                "add",
+                f"other{i}@example.com",
+                "-f",
+                "O",
+                "-l",
+                "T",
+                "--password-stdin",
+                input="a long enough pw\n",
+                **env,
+            )
+        client = proc.client()
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 65_536)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("probe", "x")  # the server is full
+        for command in (
+            ["list"],
+            ["inspect", "full@example.com"],
+            ["stats"],
+            ["export"],
+            ["audit"],
+            ["-o", "json", "config"],
+        ):
+            ran = cli(*command, **env)
+            assert ran.exit_code == 0, (command, ran.stderr)
+        health = cli("health", **env)
+        assert health.exit_code == 2
+        assert "memory\tcritical" in health.stdout
+        wrong = cli("verify", "full@example.com", f"{(int(code) + 1) % 10**6:06d}", **env)
+        assert wrong.exit_code in (1, 69)
+        shown = json.loads(cli("inspect", "full@example.com", "-o", "json", **env).stdout)
+        assert shown["attempts"] == (1 if wrong.exit_code == 1 else 0)
+        if wrong.exit_code == 69:
+            assert "out of memory" in wrong.stderr
+        right = cli("verify", "full@example.com", code, **env)
+        assert right.exit_code in (0, 69)
+        still = cli("inspect", "full@example.com", **env).exit_code
+        assert still == (3 if right.exit_code == 0 else 0)  # consumed exactly when it said so
+        assert cli("delete", "other0@example.com", **env).exit_code == 0
+        assert cli("purge", **env).exit_code == 0
+        assert cli("purge", "--domain", "example.com", "--yes", **env).exit_code == 0
+        assert cli("list", "-o", "name", **env).stdout == ""  # the filtered purge took all
+        client.close()
+    finally:
+        proc.stop()
+
+
 def test_an_evicting_policy_is_reported_by_health_and_doctor(cli: Cli, tmp_path: Path):
     proc = RedisProcess(
         tmp_path / "ev", extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]
@@ -392,3 +463,42 @@ def test_purge_of_a_filter_is_consistent_per_registration(redis_proc: RedisProce
         load_settings({"redis_url": redis_proc.url, "prefix": "pc"}, environ={}).settings
     )
     assert target.store.counts().total == 10
+
+
+def test_script_flushes_in_a_loop_never_surface(redis_proc: RedisProcess, pw_hash):
+    """NOSCRIPT (a SCRIPT FLUSH, a failover to a server without the scripts) is reloaded
+    and retried everywhere: single calls, pipelines, list pages, purge batches."""
+    manager = manager_for(redis_proc.url, prefix="noscript", resend_cooldown=0)
+    store = manager.store
+    assert isinstance(store, RedisStore)
+    bulk_load(store, 3000, pw_hash, domain="ns.example")
+    stop = threading.Event()
+    flushes = 0
+
+    def flusher() -> None:
+        nonlocal flushes
+        client = redis_proc.client()
+        while not stop.is_set():
+            client.script_flush()
+            flushes += 1
+            time.sleep(0.001)
+        client.close()
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    try:
+        for _ in range(3):
+            assert sum(1 for _ in manager.list()) == 3000
+            assert manager.count() == 3000
+            assert manager.stats().total == 3000
+        code = manager.add("ns@example.com", "N", "S", password_hash=pw_hash).code
+        resent = manager.resend("ns@example.com").code
+        assert manager.verify("ns@example.com", code).outcome is VerifyOutcome.INVALID_CODE
+        assert manager.verify("ns@example.com", resent).ok
+        report = manager.purge(Filter(domain="ns.example"))
+        assert report.matched == 3000
+    finally:
+        stop.set()
+        thread.join()
+        manager.close()
+    assert flushes > 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import threading
@@ -42,6 +43,13 @@ from regctl.store.base import (
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
+# Scripts that free memory or touch only a few small keys, so a full server must still
+# run them (purge, delete, unlock, the purge lock): Redis 7's allow-oom flag.
+ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
+ALLOW_OOM_FLAG = "#!lua flags=allow-oom\n"
+# A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
+# without it) did not run: it is loaded and sent again, this many times at most.
+NOSCRIPT_TRIES = 5
 # The field of the meta hash that holds the code secret's fingerprint.
 FINGERPRINT_FIELD = "code_secret_fingerprint"
 # How long a bucket's index outlives its last entry (see add.lua).
@@ -60,6 +68,12 @@ _SCRIPTS = (
     "lock",
     "restore",
 )
+
+
+def _is_noscript(reply: Any) -> bool:
+    import redis.exceptions as rex
+
+    return isinstance(reply, rex.NoScriptError)
 
 
 def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
@@ -120,6 +134,7 @@ class RedisStore:
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
         self._keyspace: Keyspace | None = None
         self._scripts: dict[str, Script] = {}
+        self._flags_supported = True
         self._lock = threading.Lock()
         self.description = description or "redis"
         # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
@@ -130,38 +145,63 @@ class RedisStore:
 
     @property
     def keyspace(self) -> Keyspace:
-        """The layout recorded on the server (the first writer's bucket count wins)."""
+        """The layout recorded on the server (the first writer's bucket count wins).
+
+        Reading it writes nothing, so reads work on a full server; until a write
+        records a layout, the configured one is used (and looked up again next time).
+        """
         if self._keyspace is None:
-            with self._lock:
-                if self._keyspace is None:
-                    self._keyspace = self._load_layout()
+            recorded = self._recorded_buckets()
+            if recorded is None:
+                return self._wanted
+            self._keyspace = Keyspace(self._wanted.prefix, recorded)
         return self._keyspace
 
-    def _load_layout(self) -> Keyspace:
-        want = self._wanted
+    def _recorded_buckets(self) -> int | None:
         with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hsetnx(want.meta, "buckets", want.buckets)
-            pipe.hsetnx(want.meta, "schema", SCHEMA_VERSION)
-            pipe.hget(want.meta, "buckets")
-            recorded = pipe.execute()[2]
-        return Keyspace(want.prefix, int(recorded))
+            recorded = self.client.hget(self._wanted.meta, "buckets")
+        return None if recorded is None else int(recorded)
+
+    def _claim_layout(self) -> Keyspace:
+        """Before creating records: record this layout unless one is (the first wins)."""
+        if self._keyspace is None:
+            with self._lock, translated_errors():
+                want = self._wanted
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hsetnx(want.meta, "buckets", want.buckets)
+                pipe.hsetnx(want.meta, "schema", SCHEMA_VERSION)
+                pipe.hget(want.meta, "buckets")
+                self._keyspace = Keyspace(want.prefix, int(pipe.execute()[2]))
+        return self._keyspace
 
     def _script(self, name: str) -> Script:
         script = self._scripts.get(name)
         if script is None:
             folder = resources.files("regctl").joinpath("scripts")
             lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
-            source = lib + body
+            flags = ALLOW_OOM_FLAG if name in ALLOW_OOM and self._flags_supported else ""
+            source = flags + lib + body
             script = self._scripts[name] = self.client.register_script(source)
         return script
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        import redis.exceptions as rex
+
         try:
+            for _ in range(NOSCRIPT_TRIES - 1):
+                with contextlib.suppress(rex.NoScriptError), translated_errors():
+                    # (a flush between redis-py's reload and its retry: not run; again)
+                    return self._script(name)(keys=list(keys), args=list(args))
             with translated_errors():
                 return self._script(name)(keys=list(keys), args=list(args))
         except PermissionDenied as exc:
             raise self._named_denial(exc) from None
+        except rex.ResponseError as exc:
+            if name in ALLOW_OOM and self._flags_supported and "near '#'" in str(exc):
+                self._flags_supported = False  # Redis < 7 knows no script flags
+                self._scripts.pop(name, None)
+                return self._run(name, keys, args)
+            raise
 
     def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
         """Redis does not say which command a script was denied; ask ACL DRYRUN."""
@@ -189,11 +229,18 @@ class RedisStore:
         client = self.client
         if self.is_cluster:  # WAIT must share the write's connection: use the owning node's
             client = client.get_node_from_key(keys[0]).redis_connection
-        with translated_errors():
-            pipe = client.pipeline(transaction=False)
-            self._script(name)(keys=list(keys), args=list(args), client=pipe)
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, acked = pipe.execute()
+        for attempt in range(NOSCRIPT_TRIES):
+            with translated_errors():
+                pipe = client.pipeline(transaction=False)
+                self._script(name)(keys=list(keys), args=list(args), client=pipe)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                reply, acked = pipe.execute(raise_on_error=False)
+            if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
+                break  # else the script did not run (flushed meanwhile): send it again
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                with translated_errors():
+                    raise result
         return reply, int(acked)
 
     def _run_many(
@@ -211,7 +258,14 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 script(keys=list(keys), args=list(args), client=pipe)
-            return list(pipe.execute())
+            replies = list(pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if _is_noscript(reply):  # not run (flushed meanwhile): run that call again
+                replies[i] = self._run(name, *calls[i])
+            elif isinstance(reply, Exception):
+                with translated_errors():
+                    raise reply
+        return replies
 
     @property
     def is_cluster(self) -> bool:
@@ -299,7 +353,7 @@ class RedisStore:
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
         )
-        return self.keyspace.keys_for(d), args
+        return self._claim_layout().keys_for(d), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         (status, now, fields), acked = self._write("add", *self._add_call(new, policy, token))
@@ -351,7 +405,7 @@ class RedisStore:
                 int(reg.locked),
             )
             flags = (int(replace_existing), int(dry_run), reg.expires_at, INDEX_GRACE_MS)
-            calls.append((self.keyspace.keys_for(d), (d, *flags, *fields)))
+            calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
         return [str(status) for status in self._run_many("restore", calls)]
 
     def get(self, identity: str) -> PendingRegistration | None:
