@@ -7,7 +7,8 @@ replay after a lost reply is safe; that is why retries are on for all commands.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -18,6 +19,7 @@ from regctl.errors import (
     PoolExhausted,
     RegctlError,
     StoreFull,
+    StoreTimeout,
     StoreUnavailable,
     first_line,
 )
@@ -108,15 +110,64 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{base}{question}{query}"
 
 
-def _common_kwargs(settings: Settings) -> dict[str, Any]:
+# When the Redis command under way must be done (time.monotonic()); set by the
+# outermost retry loop, so a connect retried inside a command shares its deadline.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "regctl_deadline", default=None
+)
+
+
+def deadline_retry(retries: int, budget_s: float) -> Any:
+    """redis-py's Retry, bounded by one deadline per call: connect, every try and every
+    backoff together stay within ``budget_s`` (a try that starts in time may run its
+    socket timeout), instead of (retries + 1) x the socket timeout."""
+    import time
+
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
 
+    class DeadlineRetry(Retry):
+        def call_with_retry(
+            self,
+            do: Callable[[], Any],
+            fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> Any:
+            outer = _DEADLINE.get()
+            deadline = outer if outer is not None else time.monotonic() + budget_s
+            token = _DEADLINE.set(deadline) if outer is None else None
+            self._backoff.reset()  # type: ignore[no-untyped-call]
+            failures = 0
+            try:
+                while True:
+                    try:
+                        return do()
+                    except self._supported_errors as error:
+                        if is_retryable is not None and not is_retryable(error):
+                            raise
+                        failures += 1
+                        fail(error, failures) if with_failure_count else fail(error)
+                        pause = self._backoff.compute(failures)
+                        if failures > self._retries or time.monotonic() + pause >= deadline:
+                            raise
+                        time.sleep(pause)
+            finally:
+                if token is not None:
+                    _DEADLINE.reset(token)
+
+    retry = DeadlineRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries)
+    retry.budget_s = budget_s  # type: ignore[attr-defined]
+    return retry
+
+
+def _common_kwargs(settings: Settings) -> dict[str, Any]:
+    budget = settings.call_budget
     kwargs: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout,
-        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": min(settings.socket_timeout, budget),
+        "socket_connect_timeout": min(settings.connect_timeout, budget),
         "health_check_interval": settings.health_check_interval,
-        "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), settings.retries),
+        "retry": deadline_retry(settings.retries, budget),
         "decode_responses": True,
         "client_name": "regctl",
     }
@@ -311,7 +362,7 @@ def translated_errors() -> Iterator[None]:
             "check that the server is running and the URL is right",
         ) from None
     except rex.TimeoutError as exc:
-        raise StoreUnavailable(
+        raise StoreTimeout(
             f"Redis timed out: {first_line(exc)}",
             "the server is stalled or overloaded; see `regctl health`",
         ) from None

@@ -16,6 +16,7 @@ error handler, which only reads this attribute)::
      ├── LockHeld                 75   another run holds the purge lock
      ├── StoreUnavailable         69   Redis down, timed out, read-only or full
      │    ├── PoolExhausted            every pooled connection busy past the timeout
+     │    ├── StoreTimeout             no answer within the deadline (a write: outcome unknown)
      │    └── StoreFull                Redis refused a write for lack of memory
      ├── PermissionDenied         77   authentication failed or a command is not allowed
      └── ConfigError              78   settings that cannot work
@@ -117,6 +118,10 @@ class StoreUnavailable(RegctlError):
 
 class PoolExhausted(StoreUnavailable):
     reason = "pool_exhausted"
+
+
+class StoreTimeout(StoreUnavailable):
+    reason = "timeout"
 
 
 class StoreFull(StoreUnavailable):

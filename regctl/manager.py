@@ -15,6 +15,7 @@ store. Example (a sign-up endpoint and its verification endpoint)::
 from __future__ import annotations
 
 import builtins
+import contextlib
 import heapq
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from regctl.errors import (
     RegistrationLocked,
     ResendLimitReached,
     SecretMismatch,
+    StoreTimeout,
 )
 from regctl.model import (
     AGE_BUCKETS,
@@ -193,7 +195,8 @@ class RegistrationManager:
         new, code = self._prepare(
             email, first_name, last_name, password, password_hash, token=token
         )
-        record = self.store.add(new, self.policy, token)
+        with _outcome_unknown("add", new.email):
+            record = self.store.add(new, self.policy, token)
         return Added(record, code)
 
     def add_many(
@@ -328,7 +331,8 @@ class RegistrationManager:
         token = _call_token(token)
         codes = self._codes_of_store(writing=True)
         code = codes.code_for(identity, token, self.policy.code_length)
-        record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
+        with _outcome_unknown("resend", email):
+            record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
         return Resent(record, code)
 
     def resend_many(
@@ -410,7 +414,8 @@ class RegistrationManager:
         codes = self._codes_of_store(writing=False)
         candidate = codes.digest(identity, code)
         try:
-            return self.store.verify(identity, candidate, self.policy, _call_token(token))
+            with _outcome_unknown("verify", email):
+                return self.store.verify(identity, candidate, self.policy, _call_token(token))
         except SecretMismatch as exc:
             if self.store.secret_fingerprint() != codes.fingerprint():
                 raise
@@ -424,7 +429,8 @@ class RegistrationManager:
     def delete(self, email: str, *, token: str | None = None) -> bool:
         """Remove a registration; True if this call (or an earlier try of it) did."""
         identity = normalize_email(email).casefold()
-        return self.store.delete(identity, self.policy, _call_token(token))
+        with _outcome_unknown("delete", email):
+            return self.store.delete(identity, self.policy, _call_token(token))
 
     def export(self, *, include_secrets: bool = False) -> Iterator[dict[str, Any]]:
         """Every live record as a plain dict, streamed (see regctl.transfer)."""
@@ -503,6 +509,18 @@ class RegistrationManager:
             return self.store.purge(selection, self.policy, False, batch, progress)
         finally:
             lease.release()
+
+
+@contextlib.contextmanager
+def _outcome_unknown(operation: str, email: str) -> Iterator[None]:
+    """A write that timed out may have happened: say so, and how to find out."""
+    try:
+        yield
+    except StoreTimeout as exc:
+        raise StoreTimeout(
+            f"{exc.message}; the {operation} of {email} may or may not have happened",
+            f"check with `regctl inspect {email}`; retrying with the same token is safe",
+        ) from None
 
 
 def _call_token(token: str | None) -> str:

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     )
     socket_timeout: float = _field(5.0, "seconds per reply", "REDIS_SOCKET_TIMEOUT", gt=0, le=300)
     connect_timeout: float = _field(5.0, "seconds to connect", gt=0, le=300)
+    timeout: float | None = _field(
+        None,
+        "seconds one call may take in all: connect, retries and backoff",
+        unset="the socket timeout",
+        example="5",
+        gt=0,
+        le=300,
+    )
+    health_timeout: float = _field(
+        2.0, "seconds `health` waits for Redis in all (it must answer during a stall)", gt=0, le=60
+    )
     pool_timeout: float = _field(5.0, "seconds to wait for a free pooled connection", gt=0, le=300)
     retries: int = _field(
         2, "retries on connection errors and timeouts (jittered backoff)", ge=0, le=10
@@ -253,6 +264,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load_settings merges the sources itself, to know where each value came from.
         return (init_settings,)
+
+    @property
+    def call_budget(self) -> float:
+        """The total deadline of one call, in seconds."""
+        return self.timeout if self.timeout is not None else self.socket_timeout
 
     def policy(self) -> Policy:
         return Policy(

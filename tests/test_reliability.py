@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from regctl import (
     RedisStore,
     RegistrationManager,
     StoreFull,
+    StoreTimeout,
     StoreUnavailable,
     VerifyOutcome,
 )
@@ -296,6 +298,38 @@ def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_r
     store = RedisStore(debug_redis.client(), prefix=cli.env["REGCTL_PREFIX"])
     records, entries = consistent(store)
     assert records == entries <= 1
+
+
+def test_a_stopped_server_is_given_up_on_after_one_deadline(tmp_path: Path, pw_hash):
+    """SIGSTOP: the kernel still accepts connections, nothing answers. One deadline
+    bounds each call (with 2 retries, each waiting its 1 s timeout, it took over 3 s)."""
+    proc = RedisProcess(tmp_path / "stop").start()
+    opened = manager_for(proc.url, prefix="stop", socket_timeout=1, connect_timeout=1)
+    fresh = manager_for(proc.url, prefix="stop", socket_timeout=1, connect_timeout=1)
+    try:
+        opened.add("first@example.com", "F", "T", password_hash=pw_hash)  # a live connection
+        os.kill(proc.pid, signal.SIGSTOP)
+        for call in (
+            fresh.count,  # connects (accepted by the kernel), then waits
+            lambda: opened.add("stop@example.com", "S", "T", password_hash=pw_hash),
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout) as caught:
+                call()
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.5, elapsed  # one 1 s deadline, not (retries + 1) of them
+        assert "the add of stop@example.com may or may not have happened" in caught.value.message
+        assert "regctl inspect stop@example.com" in (caught.value.hint or "")
+        started = time.monotonic()
+        health = Cli(cli_env(proc.url, "stop"))("health")  # its own budget: 2 s by default
+        assert time.monotonic() - started < 5  # with the call's defaults it took over 15 s
+        assert health.exit_code == 2
+        assert "connection\tcritical\tRedis timed out" in health.stdout
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        opened.close()
+        fresh.close()
+        proc.stop()
 
 
 def test_a_small_pool_under_200_concurrent_operations_never_overflows(

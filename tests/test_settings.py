@@ -120,6 +120,19 @@ def _landed(settings: Settings, pattern: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _health_budget(settings: Settings, _tmp: Path) -> float:
+    """The call budget of the store `regctl health` checks."""
+    from regctl.cli.state import State
+
+    state = State()
+    state._loaded = LoadedSettings(settings, {})
+    try:
+        client = state.store_within(settings.health_timeout).client
+        return float(client.connection_pool.connection_kwargs["retry"].budget_s)
+    finally:
+        state.close()
+
+
 def _buckets(settings: Settings, _tmp: Path) -> int:
     with _manager(settings) as manager:
         buckets = manager.store.keyspace.buckets  # records the layout of a new namespace
@@ -156,6 +169,8 @@ PROBES: dict[str, Probe] = {
     "max_connections": Probe(("7", "8", "9", "10"), lambda s, _t: _pool(s).max_connections, int),
     "socket_timeout": Probe(("1.5", "2", "3", "4"), _kwarg("socket_timeout"), float),
     "connect_timeout": Probe(("1.5", "2", "3", "4"), _kwarg("socket_connect_timeout"), float),
+    "timeout": Probe(("1.5", "2", "3", "4"), lambda s, _t: _kwarg("retry")(s, _t).budget_s, float),
+    "health_timeout": Probe(("1", "1.5", "2.5", "3"), _health_budget, float),
     "pool_timeout": Probe(("1.5", "2", "3", "4"), lambda s, _t: _pool(s).timeout, float),
     "retries": Probe(("0", "1", "3", "4"), lambda s, _t: _kwarg("retry")(s, _t).get_retries(), int),
     "health_check_interval": Probe(("0", "10", "20", "40"), _kwarg("health_check_interval"), int),

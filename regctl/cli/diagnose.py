@@ -47,7 +47,7 @@ def health(
     state: State = ctx.obj
     limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
     try:
-        report = check(state.store, __version__, limits)
+        report = check(state.store_within(state.settings.health_timeout), __version__, limits)
     except RegctlError as exc:  # no store at all (bad config): the plugin's UNKNOWN
         state.err.print(f"UNKNOWN: {escape(exc.message)}")
         if state.wants_json(output):

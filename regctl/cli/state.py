@@ -64,17 +64,29 @@ class State:
     @property
     def target(self) -> Target:
         if self._target is None:
-            from regctl.target import open_target
-
-            self._target = open_target(self.settings, allow_embedded=True)
-            if self._target.started:  # a daemon now runs on this machine: always say so
-                sys.stderr.write(f"Note: {self._target.started}\n")
-            if self.err_is_tty and not self.quiet:
-                where = [self._target.description, f"prefix {self.settings.prefix}"]
-                if self.settings.env:
-                    where.append(self.settings.env.upper())
-                self.err.print(f"[dim]store: {escape(' · '.join(where))}[/dim]")
+            self._target = self._open(self.settings)
         return self._target
+
+    def store_within(self, seconds: float) -> RedisStore:
+        """The store on its own connection, whose every call gives up after ``seconds``
+        (health's budget: it must answer while Redis stalls)."""
+        if self._target is None:
+            budget = min(self.settings.call_budget, seconds)
+            self._target = self._open(self.settings.model_copy(update={"timeout": budget}))
+        return self._target.store
+
+    def _open(self, settings: Settings) -> Target:
+        from regctl.target import open_target
+
+        target = open_target(settings, allow_embedded=True)
+        if target.started:  # a daemon now runs on this machine: always say so
+            sys.stderr.write(f"Note: {target.started}\n")
+        if self.err_is_tty and not self.quiet:
+            where = [target.description, f"prefix {settings.prefix}"]
+            if settings.env:
+                where.append(settings.env.upper())
+            self.err.print(f"[dim]store: {escape(' · '.join(where))}[/dim]")
+        return target
 
     @property
     def store(self) -> RedisStore:
