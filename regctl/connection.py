@@ -323,8 +323,14 @@ def translated_errors() -> Iterator[None]:
             "check the username and password in the Redis URL or REGCTL_REDIS_PASSWORD",
         ) from None
     except rex.NoPermissionError as exc:
+        text = first_line(exc).partition(" script: ")[0]  # drop the script's sha and line
+        if text.startswith("the Redis user may not run"):  # a script's own check, nothing done
+            raise PermissionDenied(
+                f"{text}; nothing was changed",
+                "grant it in the user's ACL (the README lists every command regctl needs)",
+            ) from None
         raise PermissionDenied(
-            f"Redis denied a command: {first_line(exc)}",
+            f"Redis denied a command: {text}",
             "grant the regctl user the commands and keys listed in the README (ACL)",
         ) from None
     except rex.OutOfMemoryError:

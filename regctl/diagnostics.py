@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
 from regctl.model import Filter, Policy
-from regctl.store.base import PURGE_BATCH
+from regctl.store.base import PURGE_BATCH, chunks
 
 if TYPE_CHECKING:
     from regctl.store.redis_store import RedisStore
@@ -96,6 +97,24 @@ def node_facts(client: Any) -> dict[str, Any]:
         "uptime_in_seconds": info.get("uptime_in_seconds"),
         "master_link_status": info.get("master_link_status"),
     }
+
+
+def unseen_after_eviction(store: RedisStore) -> int:
+    """Records an eviction left outside the index (0 when the server cannot evict and
+    never has: then the walk costs nothing). Whole-store readers check it afterwards."""
+    with translated_errors():
+        memory, stats = (_per_node(store.client.info(part)) for part in ("memory", "stats"))
+    at_risk = any(
+        n.get("maxmemory_policy") not in SAFE_POLICIES and int(n.get("maxmemory", 0))
+        for n in memory
+    ) or any(int(n.get("evicted_keys", 0)) for n in stats)
+    return sum(1 for _ in store.unindexed()) if at_risk else 0
+
+
+def _per_node(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """INFO's fields per server (a cluster client answers {node: fields})."""
+    nested = [v for v in info.values() if isinstance(v, dict)]
+    return nested if nested and len(nested) == len(info) else [info]
 
 
 def topology(store: RedisStore) -> dict[str, Any]:
@@ -344,12 +363,15 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
     client = store.client
     no_ttl: list[str] = []
     with translated_errors():
-        for n, key in enumerate(client.scan_iter(match=ks.pattern(), count=1000)):
-            if n >= scan_limit:
-                break
-            # Layout records (ours, or a killed selftest's) stay by design.
-            if not key.endswith(":meta") and client.pttl(key) == -1:
-                no_ttl.append(key)
+        keys = islice(client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
+        for chunk in chunks(keys, 1000):  # one pipelined round trip per thousand keys
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.pttl(key)
+            for key, ttl in zip(chunk, pipe.execute(), strict=True):
+                # regctl's own lasting keys: layouts (ours, or a killed selftest's), audit
+                if ttl == -1 and not key.endswith(":meta") and key != ks.audit:
+                    no_ttl.append(key)
     findings = []
     if no_ttl:
         findings.append(
@@ -358,6 +380,17 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "keys-without-ttl",
                 f"{len(no_ttl)} key(s) under {ks.prefix}: have no TTL (e.g. {no_ttl[0]})",
                 "they were not written by regctl; inspect and delete them",
+            )
+        )
+    unindexed = sum(1 for _ in store.unindexed())
+    if unindexed:
+        findings.append(
+            Finding(
+                "error",
+                "records-unindexed",
+                f"{unindexed} record(s) missing from the index (evicted?): list, stats, "
+                "export and purge do not see them",
+                "run `regctl purge --reindex`, and set `maxmemory-policy noeviction`",
             )
         )
     report = store.purge(Filter(), Policy(), dry_run=True, batch=PURGE_BATCH)

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from regctl import security
 from regctl.errors import (
@@ -64,13 +64,13 @@ from regctl.store.base import (
     NewRegistration,
     Progress,
     Store,
+    chunks,
     other_secret,
 )
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
 
-T = TypeVar("T")
 
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
@@ -206,7 +206,7 @@ class RegistrationManager:
         password_hash. Pipelined in batches; yields, in order, an ``Added`` or the
         error of that row (invalid input, already exists), so one bad row stops nothing.
         """
-        for chunk in _chunks(rows, batch):
+        for chunk in chunks(rows, batch):
             prepared: list[tuple[NewRegistration, str, str] | RegctlError] = []
             for row in chunk:
                 token = security.new_token()
@@ -457,7 +457,7 @@ class RegistrationManager:
 
         report = ImportReport(dry_run=dry_run)
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
-        for chunk in _chunks(numbered, batch):
+        for chunk in chunks(numbered, batch):
             good = []
             for number, line in chunk:
                 try:
@@ -485,15 +485,19 @@ class RegistrationManager:
         batch: int = PURGE_BATCH,
         on_progress: Progress | None = None,
         wait: float = 0.0,
+        reindex: bool = False,
     ) -> PurgeReport:
         """Remove expired leftovers, and the live records ``selection`` matches.
 
         A ``Filter()`` with no criteria also walks the index for orphaned entries
-        but deletes no live record. Two purges never overlap: the second waits up
-        to ``wait`` seconds for the first, then raises LockHeld.
+        but deletes no live record; ``reindex`` first gives records that lost their
+        index entry (eviction) their entry back. Two purges never overlap: the second
+        waits up to ``wait`` seconds for the first, then raises LockHeld.
         """
         if dry_run:  # changes nothing, so it needs no lock
-            return self.store.purge(selection, self.policy, dry_run, batch, on_progress)
+            report = self.store.purge(selection, self.policy, dry_run, batch, on_progress)
+            report.reindexed = self.store.reindex(batch, True) if reindex else 0
+            return report
         lease = self.store.lease("purge", PURGE_LEASE_MS, wait)
         last_renewal = time.monotonic()
 
@@ -506,7 +510,10 @@ class RegistrationManager:
                 on_progress(done, total)
 
         try:
-            return self.store.purge(selection, self.policy, False, batch, progress)
+            reindexed = self.store.reindex(batch, False) if reindex else 0
+            report = self.store.purge(selection, self.policy, False, batch, progress)
+            report.reindexed = reindexed
+            return report
         finally:
             lease.release()
 
@@ -530,9 +537,3 @@ def _call_token(token: str | None) -> str:
     if not (0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii() and token.isprintable()):
         raise InvalidInput(f"a token is 1-{MAX_TOKEN_LENGTH} printable ASCII characters")
     return token
-
-
-def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

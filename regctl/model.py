@@ -277,6 +277,8 @@ class PurgeReport:
     matched: int = 0
     scanned: int = 0
     dry_run: bool = False
+    # Records outside the index given their entry back (purge's reindex step).
+    reindexed: int = 0
 
     @property
     def total(self) -> int:

@@ -536,3 +536,46 @@ def test_script_flushes_in_a_loop_never_surface(redis_proc: RedisProcess, pw_has
         thread.join()
         manager.close()
     assert flushes > 10
+
+
+def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash):
+    """allkeys-lru evicts index entries and records alike; doctor finds the records left
+    outside the index, export says it missed them, and purge --reindex brings them back."""
+    proc = RedisProcess(tmp_path / "lru", extra=["--maxmemory-policy", "allkeys-lru"]).start()
+    env = {"REGCTL_REDIS_URL": proc.url, "REGCTL_PREFIX": "lru"}
+    store = RedisStore(proc.client(), prefix="lru")
+    try:
+        bulk_load(store, 3000, pw_hash, domain="lru.example")
+        admin = proc.client()
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) * 3 // 4)
+        admin.set("pressure", "x" * 200_000)  # a write under maxmemory: keys get evicted
+        admin.config_set("maxmemory", 0)
+        ks = store.keyspace
+        admin.zrem(ks.index(0), *admin.zrange(ks.index(0), 0, 4))  # and surely a few
+
+        def outside_index() -> int:
+            records = [k for k in admin.scan_iter("lru:{b*}:reg:*")]
+            return sum(
+                1
+                for key in records
+                if admin.zscore(key.partition(":reg:")[0] + ":idx", key.rpartition(":")[2]) is None
+            )
+
+        missing = outside_index()
+        assert missing >= 5
+        findings = json.loads(cli("doctor", "-o", "json", **env).stdout)["findings"]
+        unindexed = [f for f in findings if f["code"] == "records-unindexed"]
+        assert unindexed
+        assert unindexed[0]["message"].startswith(f"{missing} record(s) missing from the index")
+        export = cli("export", **env)
+        assert f"Warning: {missing} record(s) lost their index entry" in export.stderr
+        ran = json.loads(cli("-o", "json", "purge", "--reindex", **env).stdout)
+        assert ran["reindexed"] == missing
+        assert outside_index() == 0
+        records = sum(1 for _ in admin.scan_iter("lru:{b*}:reg:*"))
+        assert len(cli("export", **env).stdout.splitlines()) == records
+        after = json.loads(cli("doctor", "-o", "json", **env).stdout)["findings"]
+        assert "records-unindexed" not in {f["code"] for f in after}
+    finally:
+        store.close()
+        proc.stop()

@@ -364,6 +364,70 @@ def test_a_missing_permission_exits_77_and_is_named(cli: Cli, redis_proc, prefix
     assert missing == ["the Redis user cannot run ZADD"]
 
 
+def _snapshot(client, prefix: str) -> dict[str, object]:
+    """Every key under the prefix with its type, content and whether it has a TTL."""
+    out: dict[str, object] = {}
+    for key in client.scan_iter(f"{prefix}:*"):
+        kind = client.type(key)
+        content = {
+            "hash": client.hgetall,
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+            "string": client.get,
+            "stream": client.xlen,
+        }[kind](key)
+        out[key] = (kind, content, client.pttl(key) > 0)
+    return out
+
+
+@needs_redis_7
+@pytest.mark.parametrize("removed", ["hset", "pexpireat", "zadd", "hincrby", "del", "zrem", "set"])
+def test_a_missing_write_permission_changes_nothing(cli: Cli, redis_proc, prefix: str, removed):
+    """Each write command taken away in turn: every command that needs it refuses with
+    exit 77 naming it, before anything is written (no record without TTL or index)."""
+    admin_env = {"REGCTL_RESEND_COOLDOWN": "0"}
+    added = cli(
+        "-o",
+        "json",
+        "add",
+        "p@example.com",
+        "-f",
+        "P",
+        "-l",
+        "Q",
+        "--password-stdin",
+        "--show-code",
+        input="acl-password-1\n",
+        **admin_env,
+    )
+    code = json.loads(added.stdout)["code"]
+    user = f"w-{prefix}-{removed}"
+    rule = [r for r in acl_rule(prefix, without=removed) if r != "+xadd"]  # no audit noise
+    redis_proc.client().execute_command("ACL", "SETUSER", user, *rule)
+    env = {"REGCTL_REDIS_URL": f"unix://{user}:acl-password@{redis_proc.socket}", **admin_env}
+    admin = redis_proc.client()
+    denied = 0
+    for command, stdin in (
+        (["add", "n@example.com", "-f", "N", "-l", "O", "--password-stdin"], "acl-password-1\n"),
+        (["resend", "p@example.com"], None),
+        (["verify", "p@example.com", f"{(int(code) + 1) % 10**6:06d}"], None),
+        (["verify", "p@example.com", code], None),
+        (["unlock", "p@example.com"], None),
+        (["delete", "p@example.com"], None),
+        (["purge", "--domain", "example.com", "--yes"], None),
+    ):
+        before = _snapshot(admin, prefix)
+        ran = cli(*command, input=stdin, **env)
+        if ran.exit_code == 77:
+            denied += 1
+            assert f"may not run {removed.upper()}" in ran.stderr, (command, ran.stderr)
+            assert _snapshot(admin, prefix) == before, command
+        else:
+            assert ran.exit_code in (0, 1, 3), (command, ran.stderr)
+    assert denied > 0
+    for key in admin.scan_iter(f"{prefix}:*"):
+        assert admin.pttl(key) > 0 or key.endswith((":meta", ":audit")), key
+
+
 def test_the_readme_acl_rule_names_every_command_regctl_sends():
     readme = (ROOT / "README.md").read_text()
     for command in REQUIRED_COMMANDS:

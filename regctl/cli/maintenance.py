@@ -35,9 +35,12 @@ from regctl.render import (
 
 def _summary(report: PurgeReport) -> str:
     verb = "would purge" if report.dry_run else "purged"
+    reindexed = ""
+    if report.reindexed:
+        reindexed = f"; {'would re-index' if report.dry_run else 're-indexed'} {report.reindexed}"
     return (
         f"{verb} {report.total} (expired {report.expired}, orphans {report.orphans}, "
-        f"matched {report.matched}; scanned {report.scanned})"
+        f"matched {report.matched}; scanned {report.scanned}){reindexed}"
     )
 
 
@@ -52,6 +55,10 @@ def purge(
     locked: Annotated[bool, typer.Option("--locked", help="Also delete locked records.")] = False,
     orphans: Annotated[
         bool, typer.Option("--orphans", help="Also walk the index for entries without a record.")
+    ] = False,
+    reindex: Annotated[
+        bool,
+        typer.Option("--reindex", help="First re-index records an eviction left outside it."),
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing.")] = False,
     yes: Annotated[
@@ -110,9 +117,10 @@ def purge(
                 batch=batch,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 wait=wait,
+                reindex=reindex,
             )
     else:
-        report = manager.purge(walk, dry_run=dry_run, batch=batch, wait=wait)
+        report = manager.purge(walk, dry_run=dry_run, batch=batch, wait=wait, reindex=reindex)
     seconds = time.monotonic() - started
     if metrics_file is not None and not dry_run:
         from regctl.metrics import write_purge_metrics
@@ -130,6 +138,7 @@ def purge(
                     "orphan": report.orphans,
                     "matched": report.matched,
                 },
+                "reindexed": report.reindexed,
                 "scanned": report.scanned,
                 "store": state.store_description,
             }

@@ -27,9 +27,17 @@ def export(
 
     Example: regctl export --include-secrets > backup.ndjson
     """
+    from regctl.diagnostics import unseen_after_eviction
+
     state: State = ctx.obj
     rows = state.manager.export(include_secrets=include_secrets)
     state.write(to_json(row) + "\n" for row in rows)
+    unseen = unseen_after_eviction(state.store)
+    if unseen:
+        sys.stderr.write(
+            f"Warning: {unseen} record(s) lost their index entry to eviction and are not in "
+            "this export — run `regctl purge --reindex`, then export again\n"
+        )
 
 
 def import_(

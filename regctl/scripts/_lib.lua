@@ -26,3 +26,16 @@ local function extend_index(index, expires, grace_ms, now)
     redis.call('PEXPIREAT', index, keep_until)
   end
 end
+
+-- Refuse, before the first write, when the user may not run every write command this
+-- script can reach (Redis 7's ACL check; older servers have no ACL of this kind to
+-- check): a denial half-way would leave a record without its TTL or index entry.
+local function allowed(specs)
+  if not redis.acl_check_cmd then return end
+  for _, spec in ipairs(specs) do
+    if not redis.acl_check_cmd(unpack(spec)) then
+      error({err = 'NOPERM the Redis user may not run ' .. string.upper(spec[1]) ..
+        ', which this regctl command needs'})
+    end
+  end
+end

@@ -3,6 +3,8 @@
 --                            lifetime_ms, code_lifetime_ms, schema, token, index_grace_ms,
 --                            funnel_keep_ms
 -- Returns {status, now, fields}: status "created" or "exists".
+allowed({{'hset', KEYS[1], 'f', 'v'}, {'pexpireat', KEYS[1], '1'}, {'zadd', KEYS[2], '1', 'm'},
+  {'pexpireat', KEYS[2], '1'}, {'hincrby', KEYS[1], 'f', '1'}})
 local now = server_now()
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- A replay of this same call (lost reply) is a success, not a conflict.

@@ -1,6 +1,7 @@
 -- A lease owned by a token: acquire (SET NX PX), renew or release only by its owner.
 -- KEYS: lock   ARGV: mode ("acquire" | "renew" | "release"), token, ttl_ms
 -- Returns 1 on success, 0 when the lock is someone else's (or gone).
+allowed({{'set', KEYS[1], 'v'}, {'pexpire', KEYS[1], '1'}, {'del', KEYS[1]}})
 if ARGV[1] == 'acquire' then
   if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', tonumber(ARGV[3])) then return 1 end
   return 0

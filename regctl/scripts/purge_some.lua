@@ -3,6 +3,7 @@
 -- mode "match":  ARGV[3..] digest, created_at pairs; delete the registration only if
 --                it is the same one (same creation time) the caller selected.
 -- KEYS: index   ARGV: record_base, mode, ...   Returns the number removed.
+allowed({{'del', ARGV[1] .. 'x'}, {'zrem', KEYS[1], 'm'}})
 local removed = 0
 if ARGV[2] == 'orphan' then
   for i = 3, #ARGV do

@@ -3,6 +3,7 @@
 -- KEYS: record   ARGV: code_hash, code_lifetime_ms, cooldown_ms, max_resends, token,
 --                funnel_keep_ms
 -- Returns {status, now, detail}: ok (fields) | not_found | locked | resend_limit | cooldown (wait ms)
+allowed({{'hset', KEYS[1], 'f', 'v'}, {'hincrby', KEYS[1], 'f', '1'}, {'pexpireat', KEYS[1], '1'}})
 local now = server_now()
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', now, {}} end
 local f = redis.call('HMGET', KEYS[1], 'l', 'r', 's', 'rt')

@@ -2,6 +2,8 @@
 -- KEYS: record, index   ARGV: digest, replace (1/0), dry_run (1/0), expires_at,
 --                              index_grace_ms, then the record's field/value pairs
 -- Returns "restored", "exists" or "expired".
+allowed({{'del', KEYS[1]}, {'hset', KEYS[1], 'f', 'v'}, {'pexpireat', KEYS[1], '1'},
+  {'zadd', KEYS[2], '1', 'm'}, {'pexpireat', KEYS[2], '1'}})
 local now = server_now()
 local expires = tonumber(ARGV[4])
 if expires <= now then return 'expired' end

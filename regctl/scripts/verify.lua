@@ -6,6 +6,8 @@
 -- KEYS: record, index, marker   ARGV: digest, candidate_hash, max_attempts, replay_ms,
 --                                funnel_keep_ms
 -- Returns {status, now, attempts_left, record_json}
+allowed({{'hincrby', KEYS[1], 'f', '1'}, {'hset', KEYS[1], 'f', 'v'}, {'del', KEYS[1]},
+  {'zrem', KEYS[2], 'm'}, {'set', KEYS[3], 'v'}, {'pexpireat', KEYS[1], '1'}})
 local now = server_now()
 local digest, candidate = ARGV[1], ARGV[2]
 local max, replay_ms, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])

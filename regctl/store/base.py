@@ -6,9 +6,10 @@ manager and own only the state transitions; each mutating call is one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from itertools import islice
+from typing import Protocol, TypeVar
 
 from regctl.errors import (
     AlreadyExists,
@@ -20,6 +21,8 @@ from regctl.errors import (
     SecretMismatch,
 )
 from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
+
+T = TypeVar("T")
 
 PURGE_BATCH = 500
 # Records per page when walking the index: 64 buckets x PAGE records are in memory at most.
@@ -115,6 +118,11 @@ class Store(Protocol):
         ``selection`` (none when it is None), in bounded batches."""
         ...
 
+    def reindex(self, batch: int, dry_run: bool) -> int:
+        """Give records that lost their index entry (eviction) their entry back; return
+        how many (on a dry run: how many would be)."""
+        ...
+
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> Lease:
         """Hold the named lock for a while; raise LockHeld if it stays taken ``wait_s``."""
         ...
@@ -150,6 +158,13 @@ class Lease(Protocol):
     def renew(self) -> None: ...
 
     def release(self) -> None: ...
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), lazily."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def lock_held(name: str, wait_s: float) -> LockHeld:

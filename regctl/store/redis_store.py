@@ -31,10 +31,12 @@ from regctl.store.base import (
     HOUR_MS,
     MAX_PURGE_BATCH,
     PAGE,
+    PURGE_BATCH,
     Counts,
     NewRegistration,
     Progress,
     already_exists,
+    chunks,
     lock_held,
     other_secret,
     resend_refusal,
@@ -67,6 +69,7 @@ _SCRIPTS = (
     "purge_some",
     "lock",
     "restore",
+    "reindex",
 )
 
 
@@ -506,6 +509,46 @@ class RedisStore:
             page = self._run(
                 "page", (ks.index(bucket),), (ks.record_base(bucket), last_score, last_member, size)
             )
+
+    # --- records outside the index (eviction) ------------------------------
+
+    def unindexed(self, limit: int | None = None) -> Iterator[tuple[int, str]]:
+        """(bucket, digest) of every record that has no index entry: invisible to list,
+        stats, export and purge. A SCAN of the prefix, checked in pipelined batches."""
+        ks = self.keyspace
+        with translated_errors():
+            keys = self.client.scan_iter(match=f"{ks.prefix}:{{b*}}:reg:*", count=1000)
+            found = 0
+            for chunk in chunks(keys, 1000):
+                pipe = self.client.pipeline(transaction=False)
+                located = []
+                for key in chunk:
+                    tag, _, member = key.rpartition(":reg:")
+                    bucket = int(tag.rpartition("{b")[2].rstrip("}"))
+                    located.append((bucket, member))
+                    pipe.zscore(ks.index(bucket), member)
+                for where, score in zip(located, pipe.execute(), strict=True):
+                    if score is None:
+                        yield where
+                        found += 1
+                        if limit is not None and found >= limit:
+                            return
+
+    def reindex(self, batch: int = PURGE_BATCH, dry_run: bool = False) -> int:
+        """Give every live record outside the index its entry back; how many were."""
+        ks = self.keyspace
+        restored = 0
+        by_bucket: dict[int, list[str]] = {}
+        for bucket, member in self.unindexed():
+            by_bucket.setdefault(bucket, []).append(member)
+        if dry_run:
+            return sum(len(members) for members in by_bucket.values())
+        for bucket, members in by_bucket.items():
+            for start in range(0, len(members), batch):
+                part = members[start : start + batch]
+                keys = (ks.index(bucket), *(ks.record_base(bucket) + m for m in part))
+                restored += int(self._run("reindex", keys, (INDEX_GRACE_MS, *part)))
+        return restored
 
     # --- purge ------------------------------------------------------------
 
