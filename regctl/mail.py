@@ -79,7 +79,7 @@ def check_mail_url(url: str) -> str:
 def check_header(value: str, what: str) -> str:
     """A mail header value without line breaks or control characters (no injection)."""
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError(f"the mail {what} must be one line without control characters")
+        raise ValueError(f"the {what} must be one line without control characters")
     return value
 
 

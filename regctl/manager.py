@@ -453,26 +453,31 @@ class RegistrationManager:
         Existing registrations are kept unless ``replace``; expired ones are skipped;
         invalid lines are counted with their line number and skipped.
         """
-        from regctl.transfer import parse_record
+        from regctl.transfer import IMPORT_MARGIN_MS, parse_record
 
         report = ImportReport(dry_run=dry_run)
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
+        max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
         for chunk in chunks(numbered, batch):
-            good = []
+            good: list[tuple[int, PendingRegistration]] = []
             for number, line in chunk:
                 try:
-                    good.append(parse_record(line))
+                    good.append((number, parse_record(line, self.policy)))
                 except InvalidInput as exc:
-                    report.invalid += 1
-                    if len(report.errors) < 20:
-                        report.errors.append(f"line {number}: {exc.message}")
-            for status in self.store.restore(good, replace, dry_run):
-                if status == "restored":
+                    report.refuse(number, exc.message)
+            records = [reg for _n, reg in good]
+            statuses = self.store.restore(records, replace, dry_run, max_ahead)
+            for (number, reg), status in zip(good, statuses, strict=True):
+                if status in ("restored", "unlocked"):
                     report.restored += 1
+                    if status == "unlocked":
+                        report.unlocked.append(reg.email)
                 elif status == "exists":
                     report.existing += 1
-                else:
+                elif status == "expired":
                     report.expired += 1
+                else:
+                    report.refuse(number, "expires further ahead than the record lifetime allows")
             if on_progress is not None:
                 on_progress(len(chunk))
         return report

@@ -256,6 +256,9 @@ class BulkResendReport:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
+MAX_IMPORT_ERRORS = 20
+
+
 @dataclass(slots=True)
 class ImportReport:
     """What an import restored (or would, on a dry run) and what it refused."""
@@ -266,6 +269,13 @@ class ImportReport:
     invalid: int = 0
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
+    # Addresses whose lockout a --replace cleared (restored over a locked record).
+    unlocked: list[str] = field(default_factory=list)
+
+    def refuse(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.errors) < MAX_IMPORT_ERRORS:
+            self.errors.append(f"line {line}: {reason}")
 
 
 @dataclass(slots=True)

@@ -37,11 +37,32 @@ COLUMNS = ("email", "name", "status", "attempts", "resends", "expires_in")
 WIDE_COLUMNS = (*COLUMNS, "code_expires_in", "cooldown", "created", "last_sent")
 
 
+def visible(text: str) -> str:
+    """``text`` with every control, escape, bidi-override and other invisible format
+    character shown as an escape (``\\x1b``, ``\\u202e``): data written by others
+    can clear a screen, retitle a window or fake a line only if it reaches a terminal
+    raw. Printable text, spaces included, is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else (f"\\U{code:08x}")
+    )
+
+
 def escape(text: str) -> str:
-    """``text`` made safe to embed in rich markup (user data is never markup)."""
+    """``text`` made safe for a terminal through rich: visible, and never markup."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(visible(text))
 
 
 def table(*headers: str, title: str | None = None, show_header: bool = True) -> Table:
@@ -107,10 +128,11 @@ def records_table(
 
 
 def tsv_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[str]:
-    """Tab-separated lines; tabs and newlines inside values become spaces."""
+    """Tab-separated lines; tabs and line breaks inside values become spaces, and
+    other control characters are shown escaped (see ``visible``)."""
 
     def clean(value: str) -> str:
-        return value.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+        return visible(value.replace("\t", " ").replace("\n", " ").replace("\r", " "))
 
     yield "\t".join(header)
     for row in rows:
@@ -148,15 +170,32 @@ def json_array(items: Iterable[Any]) -> Iterator[str]:
     yield "]\n"
 
 
-def csv_lines(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell safe to open in a spreadsheet: a would-be formula gets a leading
+    apostrophe (shown as text, not run), and control characters are made visible."""
+    text = str(value)
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
+    return visible(text)
+
+
+def csv_lines(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False
+) -> Iterator[str]:
+    """RFC 4180 CSV (quoted where needed); cells neutralised unless ``raw`` (for
+    programs that want the exact values: JSON is the other exact format)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
     yield buffer.getvalue()
     for row in rows:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(row)
+        writer.writerow(row if raw else [csv_cell(v) for v in row])
         yield buffer.getvalue()
 
 

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     )
     mail_timeout: float = _field(10, "seconds for the SMTP conversation", gt=0, le=300)
 
+    audit_label: str | None = _field(
+        None,
+        "a label added to the audit trail's `who` (the OS account is always recorded)",
+        example="deploy-42",
+    )
     env: Literal["development", "staging", "production"] | None = _field(
         None,
         "`development`, `staging` or `production` (named in the banner;"
@@ -227,12 +232,13 @@ class Settings(BaseSettings):
 
         return check_mail_url(value)
 
-    @field_validator("mail_from", "mail_subject")
+    @field_validator("mail_from", "mail_subject", "audit_label")
     @classmethod
-    def _check_header(cls, value: str, info: ValidationInfo) -> str:
+    def _check_header(cls, value: str | None, info: ValidationInfo) -> str | None:
         from regctl.mail import check_header
 
-        return check_header(value, str(info.field_name).removeprefix("mail_"))
+        what = str(info.field_name).replace("_", " ")
+        return None if value is None else check_header(value, what)
 
     @field_validator("prefix")
     @classmethod

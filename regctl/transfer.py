@@ -17,6 +17,7 @@ from regctl.errors import InvalidInput
 from regctl.model import (
     SCHEMA_VERSION,
     PendingRegistration,
+    Policy,
     normalize_email,
     validate_name,
 )
@@ -24,6 +25,10 @@ from regctl.security import check_password_hash
 
 # fingerprint:hmac (regctl.security.CodeHasher.digest), or a bare HMAC of older exports.
 _CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")
+# What an imported record's lifetimes may exceed the policy's by (clock differences
+# between the servers, rounding); times stay below 2^53 so Lua's numbers are exact.
+IMPORT_MARGIN_MS = 60_000
+MAX_TIME_MS = 2**53 - 1
 _INT_FIELDS = (
     "created_at",
     "expires_at",
@@ -43,8 +48,9 @@ def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[st
     return data
 
 
-def parse_record(line: str) -> PendingRegistration:
-    """One NDJSON line of a secrets-included export, validated like fresh input."""
+def parse_record(line: str, policy: Policy) -> PendingRegistration:
+    """One NDJSON line of a secrets-included export, validated like fresh input and
+    against ``policy``: an import cannot make what the API could not."""
     try:
         data = json.loads(line)
     except ValueError:
@@ -59,13 +65,12 @@ def parse_record(line: str) -> PendingRegistration:
     numbers = {}
     for name in _INT_FIELDS:
         value = data.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"{name} must be a non-negative integer")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIME_MS:
+            raise InvalidInput(f"{name} must be an integer from 0 to 2^53-1")
         numbers[name] = value
-    if numbers["expires_at"] <= numbers["created_at"]:
-        raise InvalidInput("expires_at must be after created_at")
     if not isinstance(data.get("locked"), bool):
         raise InvalidInput("locked must be true or false")
+    _check_against_policy(numbers, data["locked"], policy)
     if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise InvalidInput(f"unknown schema {data.get('schema')!r}")
     return PendingRegistration(
@@ -78,6 +83,22 @@ def parse_record(line: str) -> PendingRegistration:
         code_hash=code_hash,
         **numbers,
     )
+
+
+def _check_against_policy(n: dict[str, int], locked: bool, policy: Policy) -> None:
+    created, expires, sent = n["created_at"], n["expires_at"], n["last_sent_at"]
+    if not created < expires <= created + policy.lifetime_ms + IMPORT_MARGIN_MS:
+        raise InvalidInput("expires_at must be after created_at, within the record lifetime")
+    if not created <= sent <= expires:
+        raise InvalidInput("last_sent_at must lie between created_at and expires_at")
+    if not sent <= n["code_expires_at"] <= sent + policy.code_lifetime_ms + IMPORT_MARGIN_MS:
+        raise InvalidInput("code_expires_at must lie within a code lifetime of last_sent_at")
+    if not 0 <= n["resend_count"] <= policy.max_resends:
+        raise InvalidInput(f"resend_count must be 0 to {policy.max_resends}")
+    if not 0 <= n["attempts"] <= policy.max_attempts:
+        raise InvalidInput(f"attempts must be 0 to {policy.max_attempts}")
+    if (n["attempts"] >= policy.max_attempts) != locked:
+        raise InvalidInput("locked must be true exactly when attempts reached max_attempts")
 
 
 def _text(data: dict[str, Any], name: str) -> str:

@@ -133,6 +133,21 @@ def _health_budget(settings: Settings, _tmp: Path) -> float:
         state.close()
 
 
+def _audit_label(settings: Settings, _tmp: Path) -> str:
+    """The label on the audit entry a CLI invocation writes (after the OS account)."""
+    from regctl.cli.state import State
+
+    state = State()
+    state._loaded = LoadedSettings(settings, {})
+    try:
+        state.audit("probe", "label", "ok")
+        who = state.store.audit_read(1)[0]["who"]
+        state.store.client.delete(state.store.keyspace.audit)
+    finally:
+        state.close()
+    return who.rpartition(" [")[2].removesuffix("]")
+
+
 def _buckets(settings: Settings, _tmp: Path) -> int:
     with _manager(settings) as manager:
         buckets = manager.store.keyspace.buckets  # records the layout of a new namespace
@@ -216,6 +231,7 @@ PROBES: dict[str, Probe] = {
     "mail_timeout": Probe(
         ("1", "2", "3", "4"), lambda s, _t: MailConfig.from_settings(s).timeout, float
     ),
+    "audit_label": Probe(("deploy-1", "deploy-2", "cron", "manual"), _audit_label),
     "env": Probe(("development", "staging", "production", "staging"), lambda s, _t: s.env),
     "data_dir": Probe(
         ("/d1", "/d2", "/d3", "/d4"),

@@ -57,8 +57,10 @@ class RegctlGroup(TyperGroup):
                 raise
             context = getattr(exc, "ctx", None)
             where = context.command_path if context is not None else "regctl"
-            message = " ".join(str(exc.format_message()).split())
-            sys.stderr.write(f"Error: {message} — see `{where} --help`\n")
+            from regctl.render import visible
+
+            message = visible(" ".join(str(exc.format_message()).split()))
+            sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
             sys.exit(exc.exit_code)
         sys.exit(status if isinstance(status, int) else 0)
 

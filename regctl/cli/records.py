@@ -45,6 +45,7 @@ from regctl.render import (
     records_table,
     to_json,
     tsv_lines,
+    visible,
 )
 
 _DELIVERY_TEXT = {
@@ -159,6 +160,10 @@ def list_(
         SortKey, typer.Option(help="Order: expires, created or newest.")
     ] = SortKey.EXPIRES,
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+    raw_csv: Annotated[
+        bool,
+        typer.Option("--raw-csv", help="CSV cells exactly as stored (no formula guard)."),
+    ] = False,
     output: OutputOption = None,
 ) -> None:
     """List pending registrations (streamed; empty is not an error).
@@ -181,9 +186,10 @@ def list_(
     elif fmt is Format.NDJSON:
         state.write(to_json(record_json(r, policy)) + "\n" for r in rows)
     elif fmt is Format.CSV:
-        state.write(csv_lines(WIDE_COLUMNS, (record_cells(r, policy, WIDE_COLUMNS) for r in rows)))
+        cells = (record_cells(r, policy, WIDE_COLUMNS) for r in rows)
+        state.write(csv_lines(WIDE_COLUMNS, cells, raw=raw_csv))
     elif fmt is Format.NAME:
-        state.lines(r.email for r in rows)
+        state.lines(visible(r.email) for r in rows)
     elif state.is_tty:
         state.show(records_table(rows, policy, wide=fmt is Format.WIDE))
     else:

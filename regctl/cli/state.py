@@ -114,16 +114,16 @@ class State:
             return  # refused before anything happened: bad input writes nothing at all
         if outcome in ("unavailable", "pool_exhausted", "permission_denied", "interrupted"):
             return  # the store cannot take it now; trying would only delay the exit
-        import getpass
-        import socket
+        self.audit(*self.audit_event, outcome)
 
+    def audit(self, command: str, target: str, outcome: str) -> None:
+        """One entry in the audit trail, by the OS account running this (not $USER)."""
         from regctl.errors import RegctlError
 
-        command, target = self.audit_event
         try:
-            self._target.store.audit_append(
+            self.target.store.audit_append(
                 {
-                    "who": f"{getpass.getuser()}@{socket.gethostname()}",
+                    "who": _who(self.settings.audit_label),
                     "command": command,
                     "target": target,
                     "outcome": outcome,
@@ -201,6 +201,23 @@ class State:
     @property
     def store_description(self) -> str:
         return self.target.description
+
+
+def _who(label: str | None) -> str:
+    """account@host, from the process's real identity: LOGNAME and USER are whatever the
+    caller sets. sudo's invoking user and a configured label are added, never instead."""
+    import pwd
+    import socket
+
+    try:
+        account = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        account = f"uid {os.geteuid()}"
+    who = f"{account}@{socket.gethostname()}"
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and os.geteuid() == 0:
+        who += f" (sudo by {sudo_user})"
+    return f"{who} [{label}]" if label else who
 
 
 def _terminal(stream: Any) -> bool:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from regctl.errors import ExitStatus, RegctlError
 from regctl.model import VerifyOutcome
-from regctl.render import to_json
+from regctl.render import to_json, visible
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
@@ -55,7 +55,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     line = f"Error: {message}" + (f" — {hint}" if hint else "")
-    sys.stderr.write(" ".join(line.split()) + "\n")
+    sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json(None) and not state.json_written:
         payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
         sys.stdout.write(to_json(payload) + "\n")

@@ -13,7 +13,7 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.errors import InvalidInput
 from regctl.model import ImportReport
-from regctl.render import to_json
+from regctl.render import escape, to_json
 
 
 def export(
@@ -76,6 +76,7 @@ def import_(
                 "expired": report.expired,
                 "invalid": report.invalid,
                 "errors": report.errors,
+                "locks_cleared": report.unlocked,
             }
         )
     else:
@@ -85,7 +86,12 @@ def import_(
             f"{report.expired} expired and {report.invalid} invalid"
         )
         for error in report.errors:
-            state.note(f"  {error}")
+            state.note(f"  {escape(error)}")
+        if report.unlocked:
+            state.note(f"  cleared the lockout of {len(report.unlocked)}: --replace")
+    if not dry_run:
+        for email in report.unlocked:  # an operator granted fresh guesses: on the record
+            state.audit("import --replace", email, "lockout cleared")
     if report.invalid:
         raise typer.Exit(2)
 

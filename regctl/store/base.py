@@ -71,10 +71,16 @@ class Store(Protocol):
         ...
 
     def restore(
-        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+        self,
+        batch: Sequence[PendingRegistration],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
     ) -> list[str]:
         """Write exported records back with their remaining lifetime; one status each:
-        "restored", "exists" (kept, unless ``replace_existing``) or "expired"."""
+        "restored", "unlocked" (replaced a locked one), "exists" (kept, unless
+        ``replace_existing``), "expired", or "invalid" (expiring more than
+        ``max_ahead_ms`` after the server's now)."""
         ...
 
     def get(self, identity: str) -> PendingRegistration | None: ...

@@ -139,21 +139,29 @@ class MemoryStore:
         return results
 
     def restore(
-        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+        self,
+        batch: Sequence[PendingRegistration],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
     ) -> list[str]:
         statuses = []
         with self._lock:
             now = self._clock()
             for reg in batch:
-                if reg.expires_at <= now:
+                existing = self._live(reg.identity, now)
+                if reg.expires_at > now + max_ahead_ms:
+                    statuses.append("invalid")
+                elif reg.expires_at <= now:
                     statuses.append("expired")
-                elif not replace_existing and self._live(reg.identity, now) is not None:
+                elif not replace_existing and existing is not None:
                     statuses.append("exists")
                 else:
                     if not dry_run:
                         record = replace(reg, code_hash="", replicas_acked=None)
                         self._entries[reg.identity] = _Entry(record, reg.code_hash, "")
-                    statuses.append("restored")
+                    unlocks = existing is not None and existing.record.locked and not reg.locked
+                    statuses.append("unlocked" if unlocks else "restored")
         return statuses
 
     def get(self, identity: str) -> PendingRegistration | None:

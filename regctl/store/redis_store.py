@@ -374,7 +374,11 @@ class RedisStore:
         ]
 
     def restore(
-        self, batch: Sequence[PendingRegistration], replace_existing: bool, dry_run: bool
+        self,
+        batch: Sequence[PendingRegistration],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
     ) -> list[str]:
         calls = []
         for reg in batch:
@@ -407,7 +411,13 @@ class RedisStore:
                 "l",
                 int(reg.locked),
             )
-            flags = (int(replace_existing), int(dry_run), reg.expires_at, INDEX_GRACE_MS)
+            flags = (
+                int(replace_existing),
+                int(dry_run),
+                reg.expires_at,
+                INDEX_GRACE_MS,
+                max_ahead_ms,
+            )
             calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
         return [str(status) for status in self._run_many("restore", calls)]
 
