@@ -254,6 +254,8 @@ def _is_cluster_node(client: Client) -> bool:
     try:
         with translated_errors():
             return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except StoreTimeout:
+        raise  # stalled: the next command would only wait as long again
     except (StoreUnavailable, PermissionDenied, rex.ResponseError):
         return False
 
@@ -337,6 +339,11 @@ def translated_errors() -> Iterator[None]:
         raise _store_full() from None
     except (rex.ReadOnlyError, rex.ClusterDownError, rex.TryAgainError) as exc:
         raise _cannot_serve(exc) from None
+    except rex.NoScriptError:  # reloaded and resent several times: it keeps vanishing
+        raise StoreUnavailable(
+            "Redis kept losing regctl's scripts (SCRIPT FLUSH in a loop, or failovers)",
+            "find what flushes the script cache; nothing of this call was run",
+        ) from None
     except rex.ResponseError as exc:
         text = str(exc)
         # Errors raised inside a script arrive as plain ResponseError with the code inside.

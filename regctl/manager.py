@@ -30,11 +30,14 @@ from regctl.errors import (
     DeliveryFailed,
     InvalidInput,
     NotFound,
+    PoolExhausted,
     RegctlError,
     RegistrationLocked,
     ResendLimitReached,
     SecretMismatch,
+    StoreFull,
     StoreTimeout,
+    StoreUnavailable,
 )
 from regctl.model import (
     AGE_BUCKETS,
@@ -254,7 +257,7 @@ class RegistrationManager:
             else security.hash_password(validate_password(password or ""))
         )
         identity = normalized.casefold()
-        code = code_hasher.code_for(identity, token, self.policy.code_length)
+        code = code_hasher.code_for("add", identity, token, self.policy.code_length)
         new = NewRegistration(
             email=normalized,
             first_name=first,
@@ -330,7 +333,7 @@ class RegistrationManager:
         identity = normalize_email(email).casefold()
         token = _call_token(token)
         codes = self._codes_of_store(writing=True)
-        code = codes.code_for(identity, token, self.policy.code_length)
+        code = codes.code_for("resend", identity, token, self.policy.code_length)
         with _outcome_unknown("resend", email):
             record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
         return Resent(record, code)
@@ -468,7 +471,9 @@ class RegistrationManager:
             records = [reg for _n, reg in good]
             statuses = self.store.restore(records, replace, dry_run, max_ahead)
             for (number, reg), status in zip(good, statuses, strict=True):
-                if status in ("restored", "unlocked"):
+                if isinstance(status, RegctlError):
+                    report.refuse(number, f"not restored: {status.message}")
+                elif status in ("restored", "unlocked"):
                     report.restored += 1
                     if status == "unlocked":
                         report.unlocked.append(reg.email)
@@ -525,13 +530,19 @@ class RegistrationManager:
 
 @contextlib.contextmanager
 def _outcome_unknown(operation: str, email: str) -> Iterator[None]:
-    """A write that timed out may have happened: say so, and how to find out."""
+    """A write whose reply never came (a timeout, a connection lost after sending) may
+    have happened: say so, and how to find out."""
     try:
         yield
-    except StoreTimeout as exc:
+    except (PoolExhausted, StoreFull):
+        raise  # refused before anything ran
+    except StoreUnavailable as exc:
+        if "connecting" in exc.message or "nothing of this call" in exc.message:
+            raise  # never reached the server
         raise StoreTimeout(
             f"{exc.message}; the {operation} of {email} may or may not have happened",
-            f"check with `regctl inspect {email}`; retrying with the same token is safe",
+            f"check with `regctl inspect {email}`; a library call retried with the same "
+            "token= is answered as the first was",
         ) from None
 
 

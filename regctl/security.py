@@ -77,11 +77,11 @@ class CodeHasher:
         label = b"regctl code-secret fingerprint"
         return hmac.new(self._key, label, hashlib.sha256).hexdigest()[:32]
 
-    def code_for(self, identity: str, token: str, length: int) -> str:
+    def code_for(self, operation: str, identity: str, token: str, length: int) -> str:
         """The code of one add or resend call: random to anyone without the secret,
-        and the same for a replay of that call (same identity, same token), so a retry
-        after a lost reply hands back the code that was stored."""
-        message = b"code\x00" + identity.encode() + b"\x00" + token.encode()
+        and the same for a replay of that call (same operation, identity and token), so
+        a retry after a lost reply hands back the code that was stored."""
+        message = "\x00".join(("code", operation, identity, token)).encode()
         number = int.from_bytes(hmac.new(self._key, message, hashlib.sha256).digest(), "big")
         return f"{number % 10**length:0{length}d}"
 

@@ -763,3 +763,31 @@ def test_the_first_write_records_the_secret_even_after_a_verify(
     other = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
     with pytest.raises(ConfigError, match="made with another code secret"):
         add(other, pw_hash, "bob@example.com")
+
+
+def test_a_resend_with_the_adds_token_is_a_new_resend_with_a_new_code(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="same")
+    resent = manager.resend(EMAIL, token="same")
+    assert resent.code != first.code
+    assert resent.registration.resend_count == 1
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.INVALID_CODE
+    assert manager.verify(EMAIL, resent.code).ok
+
+
+def test_a_replayed_delete_of_nothing_never_deletes_a_later_record(
+    manager: RegistrationManager, pw_hash: str
+):
+    assert manager.delete(EMAIL, token="del") is False
+    add(manager, pw_hash)
+    assert manager.delete(EMAIL, token="del") is False  # the first answer, replayed
+    assert manager.get(EMAIL) is not None
+
+
+def test_a_record_read_back_carries_its_code_hash(manager: RegistrationManager, pw_hash: str):
+    added = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    got = manager.get(EMAIL)
+    assert got is not None
+    assert got.code_hash == manager.codes.digest(got.identity, added.code)

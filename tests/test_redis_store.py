@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,8 @@ def test_scripts_that_must_run_on_a_full_server_also_run_on_redis_6(tmp_path: Pa
     try:
         assert proc.client().info("server")["redis_version"].startswith("6.")
         manager = manager_on(proc, "six", Policy())
+        with ThreadPoolExecutor(16) as pool:  # many first calls at once find out together
+            assert all(pool.map(lambda _: manager.unlock("none@example.com") is False, range(64)))
         manager.add("six@example.com", "S", "X", password_hash=pw_hash)
         assert manager.unlock("six@example.com") is True
         assert manager.purge().expired == 0
@@ -220,3 +223,12 @@ def test_scripts_that_must_run_on_a_full_server_also_run_on_redis_6(tmp_path: Pa
         assert manager.delete("six@example.com", token="t") is True
     finally:
         proc.stop()
+
+
+def test_a_retried_lock_acquire_finds_the_lock_its_own(redis_proc: RedisProcess, prefix: str):
+    """The acquire ran but its reply was lost: the retry must not read it as another's."""
+    store = manager_on(redis_proc, prefix).store
+    key = store.keyspace.lock("purge")
+    assert store._run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
+    assert store._run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
+    assert store._run("lock", (key,), ("acquire", "token-2", 10_000)) == 0

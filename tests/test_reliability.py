@@ -461,6 +461,50 @@ def test_a_full_server_is_still_operable(cli: Cli, tmp_path: Path):
         proc.stop()
 
 
+def test_a_bulk_add_or_import_on_a_full_server_loses_no_result(tmp_path: Path, pw_hash):
+    """Rows the server took are reported as added, the rest as refused: no record is
+    stored with its code lost, and no import writes past maxmemory."""
+    proc = RedisProcess(tmp_path / "bulk-oom", extra=["--maxmemory-policy", "noeviction"])
+    proc.start()
+    try:
+        manager = manager_for(proc.url, prefix="boom")
+        manager.add("warm@example.com", "W", "M", password_hash=pw_hash)
+        other = manager_for(proc.url, prefix="boom2")  # its layout recorded before the squeeze
+        other.add("warm@example.com", "W", "M", password_hash=pw_hash)
+        client = proc.client()
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 150_000)
+        rows = [
+            {
+                "email": f"bulk{i}@example.com",
+                "first_name": "A" * 50,
+                "last_name": "B" * 50,
+                "password_hash": pw_hash,
+            }
+            for i in range(500)
+        ]
+        results = list(manager.add_many(rows))
+        added = [r for r in results if not isinstance(r, Exception)]
+        refused = [r for r in results if isinstance(r, StoreFull)]
+        assert len(added) + len(refused) == 500
+        assert added
+        assert refused
+        assert manager.count() == 1 + len(added)
+        client.config_set("maxmemory", 0)
+        for result in added[:20]:  # every code handed back is the stored one
+            assert manager.verify(result.registration.email, result.code).ok
+        export = [json.dumps(r) for r in manager.export(include_secrets=True)]
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1024)
+        report = other.import_records(export)
+        assert report.restored == 0
+        assert report.invalid == len(export)  # refused whole, each reported by line
+        assert "out of memory" in report.errors[0]
+        other.close()
+        manager.close()
+    finally:
+        proc.stop()
+
+
 def test_an_evicting_policy_is_reported_by_health_and_doctor(cli: Cli, tmp_path: Path):
     proc = RedisProcess(
         tmp_path / "ev", extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]
@@ -551,7 +595,14 @@ def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash
         admin.set("pressure", "x" * 200_000)  # a write under maxmemory: keys get evicted
         admin.config_set("maxmemory", 0)
         ks = store.keyspace
-        admin.zrem(ks.index(0), *admin.zrange(ks.index(0), 0, 4))  # and surely a few
+        kept = [  # and surely a few: entries whose record survived
+            (b, m)
+            for b in range(ks.buckets)
+            for m in admin.zrange(ks.index(b), 0, -1)
+            if admin.exists(ks.record_base(b) + m)
+        ][:5]
+        for bucket, member in kept:
+            admin.zrem(ks.index(bucket), member)
 
         def outside_index() -> int:
             records = [k for k in admin.scan_iter("lru:{b*}:reg:*")]

@@ -292,7 +292,7 @@ def test_codes_and_passwords_appear_nowhere_in_redis(watched_redis: RedisProcess
 
 def test_codes_are_uniform_per_digit_and_keep_leading_zeros():
     hasher = CodeHasher(SECRET)
-    codes = [hasher.code_for("alice@example.com", new_token(), 6) for _ in range(200_000)]
+    codes = [hasher.code_for("add", "alice@example.com", new_token(), 6) for _ in range(200_000)]
     assert all(len(c) == 6 for c in codes)
     for position in range(6):
         counts = Counter(c[position] for c in codes)

@@ -10,7 +10,7 @@ from regctl import __version__
 from regctl.cli.inputs import OutputOption
 from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
-from regctl.errors import RegctlError
+from regctl.errors import RegctlError, StoreUnavailable
 from regctl.render import escape, table, to_json, tsv_lines
 
 if TYPE_CHECKING:
@@ -48,6 +48,11 @@ def health(
     limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
     try:
         report = check(state.store_within(state.settings.health_timeout), __version__, limits)
+    except StoreUnavailable as exc:  # down or stalled before the checks could start
+        state.err.print(f"CRITICAL: {escape(exc.message)}")
+        if state.wants_json(output):
+            state.json({"status": "critical", "version": __version__, "error": exc.message})
+        raise typer.Exit(Level.CRITICAL) from None
     except RegctlError as exc:  # no store at all (bad config): the plugin's UNKNOWN
         state.err.print(f"UNKNOWN: {escape(exc.message)}")
         if state.wants_json(output):

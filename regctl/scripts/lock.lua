@@ -4,6 +4,8 @@
 allowed({{'set', KEYS[1], 'v'}, {'pexpire', KEYS[1], '1'}, {'del', KEYS[1]}})
 if ARGV[1] == 'acquire' then
   if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', tonumber(ARGV[3])) then return 1 end
+  -- Ours already: a retry of this acquire after its reply was lost.
+  if redis.call('GET', KEYS[1]) == ARGV[2] then return 1 end
   return 0
 end
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end

@@ -16,6 +16,7 @@ from regctl.errors import (
     CooldownActive,
     LockHeld,
     NotFound,
+    RegctlError,
     RegistrationLocked,
     ResendLimitReached,
     SecretMismatch,
@@ -66,8 +67,9 @@ class Store(Protocol):
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
-    ) -> list[PendingRegistration | AlreadyExists]:
-        """``add`` for many (registration, token) pairs, pipelined; one result each."""
+    ) -> list[PendingRegistration | RegctlError]:
+        """``add`` for many (registration, token) pairs, pipelined; one result each:
+        the record, AlreadyExists, or the error that refused that one (a full server)."""
         ...
 
     def restore(
@@ -76,8 +78,9 @@ class Store(Protocol):
         replace_existing: bool,
         dry_run: bool,
         max_ahead_ms: int,
-    ) -> list[str]:
-        """Write exported records back with their remaining lifetime; one status each:
+    ) -> list[str | RegctlError]:
+        """Write exported records back with their remaining lifetime; one status each
+        (or the error that refused that one):
         "restored", "unlocked" (replaced a locked one), "exists" (kept, unless
         ``replace_existing``), "expired", or "invalid" (expiring more than
         ``max_ahead_ms`` after the server's now)."""

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from regctl.errors import AlreadyExists
+from regctl.errors import AlreadyExists, RegctlError
 from regctl.keys import digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -129,8 +129,8 @@ class MemoryStore:
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
-    ) -> list[PendingRegistration | AlreadyExists]:
-        results: list[PendingRegistration | AlreadyExists] = []
+    ) -> list[PendingRegistration | RegctlError]:
+        results: list[PendingRegistration | RegctlError] = []
         for new, token in batch:
             try:
                 results.append(self.add(new, policy, token))
@@ -144,8 +144,8 @@ class MemoryStore:
         replace_existing: bool,
         dry_run: bool,
         max_ahead_ms: int,
-    ) -> list[str]:
-        statuses = []
+    ) -> list[str | RegctlError]:
+        statuses: list[str | RegctlError] = []
         with self._lock:
             now = self._clock()
             for reg in batch:
@@ -168,7 +168,9 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             entry = self._live(identity, now)
-            return None if entry is None else replace(entry.record, observed_at=now)
+            if entry is None:
+                return None
+            return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
 
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
         with self._lock:
@@ -296,12 +298,12 @@ class MemoryStore:
     def delete(self, identity: str, policy: Policy, token: str) -> bool:
         with self._lock:
             now = self._clock()
-            if self._replay(("delete", identity, token), now) is not None:
-                return True
+            first = self._replay(("delete", identity, token), now)
+            if first is not None:
+                return first[0] == "1"
             live = self._live(identity, now) is not None
             self._entries.pop(identity, None)
-            if live:
-                self._remember(("delete", identity, token), now, policy)
+            self._remember(("delete", identity, token), now, policy, "1" if live else "0")
             return live
 
     def purge(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import SCRIPT_DENIED, Client, translated_errors
-from regctl.errors import AlreadyExists, LockHeld, PermissionDenied
+from regctl.errors import LockHeld, PermissionDenied, RegctlError
 from regctl.keys import Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -48,7 +48,12 @@ if TYPE_CHECKING:
 # Scripts that free memory or touch only a few small keys, so a full server must still
 # run them (purge, delete, unlock, the purge lock): Redis 7's allow-oom flag.
 ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
-ALLOW_OOM_FLAG = "#!lua flags=allow-oom\n"
+# Redis 7 script flags (a first line the server reads): a flagged writing script is
+# refused whole on a full server before it starts, instead of failing part-way.
+SHEBANGS = {
+    **dict.fromkeys(("add", "resend", "verify", "restore", "reindex"), "#!lua\n"),
+    **dict.fromkeys(ALLOW_OOM, "#!lua flags=allow-oom\n"),
+}
 # A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
 # without it) did not run: it is loaded and sent again, this many times at most.
 NOSCRIPT_TRIES = 5
@@ -71,6 +76,25 @@ _SCRIPTS = (
     "restore",
     "reindex",
 )
+
+
+def _all_or_raise(replies: list[Any]) -> list[Any]:
+    """The replies of a read, or the first error among them."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _translated(exc: Exception) -> Exception:
+    """The regctl error for a redis-py error reply (or the reply itself if none fits)."""
+    try:
+        with translated_errors():
+            raise exc
+    except RegctlError as translated:
+        return translated
+    except Exception:  # untranslatable: handed back as it came
+        return exc
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -182,7 +206,7 @@ class RedisStore:
         if script is None:
             folder = resources.files("regctl").joinpath("scripts")
             lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
-            flags = ALLOW_OOM_FLAG if name in ALLOW_OOM and self._flags_supported else ""
+            flags = SHEBANGS.get(name, "") if self._flags_supported else ""
             source = flags + lib + body
             script = self._scripts[name] = self.client.register_script(source)
         return script
@@ -192,7 +216,7 @@ class RedisStore:
 
         try:
             for _ in range(NOSCRIPT_TRIES - 1):
-                with contextlib.suppress(rex.NoScriptError), translated_errors():
+                with translated_errors(), contextlib.suppress(rex.NoScriptError):
                     # (a flush between redis-py's reload and its retry: not run; again)
                     return self._script(name)(keys=list(keys), args=list(args))
             with translated_errors():
@@ -200,9 +224,9 @@ class RedisStore:
         except PermissionDenied as exc:
             raise self._named_denial(exc) from None
         except rex.ResponseError as exc:
-            if name in ALLOW_OOM and self._flags_supported and "near '#'" in str(exc):
-                self._flags_supported = False  # Redis < 7 knows no script flags
-                self._scripts.pop(name, None)
+            if name in SHEBANGS and "near '#'" in str(exc):  # Redis < 7 knows no flags
+                self._flags_supported = False
+                self._scripts.clear()
                 return self._run(name, keys, args)
             raise
 
@@ -251,24 +275,43 @@ class RedisStore:
     ) -> list[Any]:
         """One script over many (keys, args): one pipelined round trip on a single server.
 
+        Each call's reply, in order; a call the server refused (a full server, say)
+        gets its RegctlError in its place, so the others' results are not lost.
         redis-py's cluster pipeline refuses EVALSHA, so on Cluster the calls go one
         by one (each to the node that owns its slot).
         """
         if self.is_cluster:
-            return [self._run(name, keys, args) for keys, args in calls]
-        script = self._script(name)
-        with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                script(keys=list(keys), args=list(args), client=pipe)
-            replies = list(pipe.execute(raise_on_error=False))
+            return [self._reply_or_error(name, keys, args) for keys, args in calls]
+        import redis.exceptions as rex
+
+        try:
+            with translated_errors():
+                replies = list(self._pipelined(name, calls))
+        except rex.ResponseError as exc:
+            if name not in SHEBANGS or "near '#'" not in str(exc):
+                raise
+            self._flags_supported = False  # Redis < 7 knows no script flags
+            self._scripts.clear()
+            return self._run_many(name, calls)
         for i, reply in enumerate(replies):
             if _is_noscript(reply):  # not run (flushed meanwhile): run that call again
-                replies[i] = self._run(name, *calls[i])
+                replies[i] = self._reply_or_error(name, *calls[i])
             elif isinstance(reply, Exception):
-                with translated_errors():
-                    raise reply
+                replies[i] = _translated(reply)
         return replies
+
+    def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
+        script = self._script(name)
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=list(keys), args=list(args), client=pipe)
+        return pipe.execute(raise_on_error=False)
+
+    def _reply_or_error(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._run(name, keys, args)
+        except RegctlError as exc:
+            return exc
 
     @property
     def is_cluster(self) -> bool:
@@ -366,12 +409,18 @@ class RedisStore:
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
-    ) -> list[PendingRegistration | AlreadyExists]:
+    ) -> list[PendingRegistration | RegctlError]:
         replies = self._run_many("add", [self._add_call(new, policy, t) for new, t in batch])
-        return [
-            decode(fields, int(now)) if status == "created" else already_exists(new.email)
-            for (new, _token), (status, now, fields) in zip(batch, replies, strict=True)
-        ]
+        results: list[PendingRegistration | RegctlError] = []
+        for (new, _token), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, RegctlError):
+                results.append(reply)
+                continue
+            status, now, fields = reply
+            results.append(
+                decode(fields, int(now)) if status == "created" else already_exists(new.email)
+            )
+        return results
 
     def restore(
         self,
@@ -379,7 +428,7 @@ class RedisStore:
         replace_existing: bool,
         dry_run: bool,
         max_ahead_ms: int,
-    ) -> list[str]:
+    ) -> list[str | RegctlError]:
         calls = []
         for reg in batch:
             d = digest(reg.identity)
@@ -419,7 +468,10 @@ class RedisStore:
                 max_ahead_ms,
             )
             calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
-        return [str(status) for status in self._run_many("restore", calls)]
+        return [
+            status if isinstance(status, RegctlError) else str(status)
+            for status in self._run_many("restore", calls)
+        ]
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())
@@ -476,7 +528,9 @@ class RedisStore:
 
     def counts(self) -> Counts:
         ks = self.keyspace
-        rows = self._run_many("count", [((ks.index(b),), (HOUR_MS,)) for b in range(ks.buckets)])
+        rows = _all_or_raise(
+            self._run_many("count", [((ks.index(b),), (HOUR_MS,)) for b in range(ks.buckets)])
+        )
         return Counts(sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
 
     # --- walking the index ------------------------------------------------
@@ -494,9 +548,11 @@ class RedisStore:
         """
         ks = self.keyspace
         size = max(1, min(first_page, PAGE))
-        firsts = self._run_many(
-            "page",
-            [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
+        firsts = _all_or_raise(
+            self._run_many(
+                "page",
+                [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
+            )
         )
         streams = [self._bucket_stream(bucket, first, size) for bucket, first in enumerate(firsts)]
         firsts.clear()  # each stream drops its first page once read: memory stays flat
