@@ -461,13 +461,20 @@ class RegistrationManager:
         report = ImportReport(dry_run=dry_run)
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
+        store_secret = self.store.secret_fingerprint()
         for chunk in chunks(numbered, batch):
             good: list[tuple[int, PendingRegistration]] = []
             for number, line in chunk:
                 try:
-                    good.append((number, parse_record(line, self.policy)))
+                    reg = parse_record(line, self.policy)
                 except InvalidInput as exc:
                     report.refuse(number, exc.message)
+                    continue
+                tag = security.split_code_hash(reg.code_hash)[0]
+                if store_secret and tag and not store_secret.startswith(tag):
+                    report.refuse(number, "its code was made with another code secret")
+                    continue
+                good.append((number, reg))
             records = [reg for _n, reg in good]
             statuses = self.store.restore(records, replace, dry_run, max_ahead)
             for (number, reg), status in zip(good, statuses, strict=True):

@@ -553,9 +553,10 @@ def _read_toml(path: Path) -> list[_Given]:
             raise ConfigError(f"{key} in config file {path} must be a number or a string")
         if key not in Settings.model_fields or isinstance(value, dict):
             what = "table" if isinstance(value, dict) else "key"
+            plain = key.lower().removeprefix(ENV_PREFIX.lower())  # REGCTL_PREFIX, PREFIX
             raise ConfigError(
                 f"unknown {what} {key!r} in config file {path}",
-                _suggest(key, Settings.model_fields) or "`regctl config` lists the settings",
+                _suggest(plain, Settings.model_fields) or "`regctl config` lists the settings",
             )
         line = _toml_line(text, key)
         given.append(_Given(key, value, f"config file {path}" + (f" line {line}" if line else "")))

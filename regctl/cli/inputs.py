@@ -44,6 +44,21 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
+def read_secret_inputs(
+    password_stdin: bool, password_hash: str | None, hash_stdin: bool
+) -> tuple[str | None, str | None]:
+    """(password, password_hash) from the one way given; stdin keeps both out of `ps`."""
+    if password_stdin + (password_hash is not None) + hash_stdin > 1:
+        raise InvalidInput(
+            "give one of --password-stdin, --password-hash and --password-hash-stdin"
+        )
+    if hash_stdin:
+        return None, _stdin_line("password hash")
+    if password_hash is not None:
+        return None, password_hash
+    return read_password(password_stdin), None
+
+
 def read_code(code: str | None) -> str:
     """The argument, else a line on stdin (pipe), else a prompt."""
     if code is not None:

@@ -16,7 +16,7 @@ from regctl.cli.inputs import (
     check_delivery,
     deliver_code,
     read_code,
-    read_password,
+    read_secret_inputs,
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS
@@ -118,6 +118,12 @@ def add(
     password_hash: Annotated[
         str | None, typer.Option("--password-hash", help="An Argon2id PHC string instead.")
     ] = None,
+    password_hash_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-hash-stdin", help="Read the PHC string from stdin (not seen in ps)."
+        ),
+    ] = False,
     show_code: ShowCode = False,
     no_send: NoSend = False,
     output: OutputOption = None,
@@ -129,7 +135,9 @@ def add(
     state: State = ctx.obj
     state.audited("add", email)
     check_delivery(state, not no_send)
-    password = None if password_hash else read_password(password_stdin)
+    password, password_hash = read_secret_inputs(
+        password_stdin, password_hash, password_hash_stdin
+    )
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
     )

@@ -1,0 +1,356 @@
+"""Hostile data in, safe data out: what others wrote reaches no terminal or spreadsheet raw."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
+from regctl.render import csv_cell, visible
+from regctl.store import NewRegistration
+from regctl.transfer import parse_record
+from tests.conftest import REGCTL, SECRET, Cli, subprocess_env
+from tests.servers import RedisProcess
+
+# Strings a backend, an import file or a caller could hand over.
+HOSTILE = {
+    "clear-screen": "\x1b[2J\x1b[H",
+    "osc-title": "\x1b]0;pwned\x07",
+    "fake-line": "\r\x1b[31mSYSTEM: reboot now\x1b[0m",
+    "bidi": "\u202eevil\u202c",
+    "nul": "a\x00b",
+    "crlf": "a\r\nb",
+    "long": "x" * 10_000,
+    "formula": '=HYPERLINK("http://x","y")',
+    "plus": "+1+1",
+    "at": "@SUM(1)",
+    "minus": "-2",
+    "markup": "[red]x[/red]",
+    "braces": "{b01}*",
+}
+# What must never reach a terminal: ESC, BEL, NUL, the bidi override.
+RAW = ("\x1b", "\x07", "\x00", "\u202e")
+
+
+def backend_writes(store: RedisStore, pw_hash: str) -> dict[str, str]:
+    """Records written without regctl's validation (as a backend could): name -> email."""
+    emails = {}
+    for n, (name, text) in enumerate(HOSTILE.items()):
+        email = f"h{n}@hostile.example"
+        store.add(NewRegistration(email, text, text, pw_hash, "0" * 64), Policy(), f"t{n}")
+        emails[name] = email
+    store.audit_append(
+        {
+            "who": HOSTILE["osc-title"],
+            "command": "add",
+            "target": "x",
+            "outcome": HOSTILE["fake-line"],
+        }
+    )
+    return emails
+
+
+@pytest.fixture
+def hostile(cli: Cli, redis_proc: RedisProcess, pw_hash: str) -> dict[str, str]:
+    store = RedisStore(redis_proc.client(), prefix=cli.env["REGCTL_PREFIX"])
+    try:
+        return backend_writes(store, pw_hash)
+    finally:
+        store.close()
+
+
+def assert_safe(text: str, where: object) -> None:
+    for raw in RAW:
+        assert raw not in text, (where, raw)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["list", "-o", "wide"],
+        ["list", "-o", "name"],
+        ["audit"],
+        ["stats"],
+    ],
+)
+def test_piped_output_is_never_raw(cli: Cli, hostile: dict[str, str], args: list[str]):
+    ran = cli(*args)
+    assert ran.exit_code == 0, ran.stderr
+    assert_safe(ran.stdout + ran.stderr, args)
+
+
+def test_inspect_and_errors_show_hostile_names_escaped(cli: Cli, hostile: dict[str, str]):
+    for name, email in hostile.items():
+        ran = cli("inspect", email)
+        assert_safe(ran.stdout, name)
+    shown = cli("inspect", hostile["osc-title"]).stdout
+    assert "\\x1b]0;pwned\\x07" in shown
+    error = cli("inspect", "nobody\x1b[2J@hostile.example")
+    assert error.exit_code in (2, 3)
+    assert_safe(error.stderr, "error")
+
+
+def test_json_keeps_the_exact_strings(cli: Cli, hostile: dict[str, str]):
+    rows = json.loads(cli("list", "-o", "json").stdout)
+    names = {r["first_name"] for r in rows}
+    assert set(HOSTILE.values()) <= names
+
+
+def test_csv_is_safe_to_open_in_a_spreadsheet(cli: Cli, hostile: dict[str, str]):
+    text = cli("list", "-o", "csv").stdout
+    assert_safe(text, "csv")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0][0] == "email"
+    for row in rows[1:]:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    raw = list(csv.reader(io.StringIO(cli("list", "-o", "csv", "--raw-csv").stdout)))
+    assert any(cell == HOSTILE["formula"] + " " + HOSTILE["formula"] for r in raw for cell in r)
+
+
+def test_csv_cells_follow_owasp():
+    assert csv_cell("=1+1") == "'=1+1"
+    assert csv_cell("+1") == "'+1"
+    assert csv_cell("-1") == "'-1"
+    assert csv_cell("@x") == "'@x"
+    assert csv_cell("\tx") == "'\\x09x"
+    assert csv_cell("=cmd|'/Ccalc'!A0@example.com") == "'=cmd|'/Ccalc'!A0@example.com"
+    assert csv_cell("alice") == "alice"
+
+
+@pytest.mark.parametrize("text", list(HOSTILE.values()))
+def test_visible_leaves_nothing_invisible(text: str):
+    shown = visible(text)
+    assert shown.isprintable()
+    assert_safe(shown, text)
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """What a person would see: the command on a real pseudo-terminal."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [REGCTL, *args], stdin=secondary, stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(primary)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("args", [["list"], ["audit"], ["inspect", "h1@hostile.example"]])
+def test_a_terminal_sees_no_escape_from_data(cli: Cli, hostile: dict[str, str], args: list[str]):
+    env = {
+        **subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"]),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    seen = _in_a_terminal(args, env)
+    assert "pwned" in seen or "hostile" in seen  # the data is there, shown
+    assert "\x1b]0;" not in seen  # no title change
+    assert "\x1b[2J" not in seen  # no clear screen
+    assert "\u202e" not in seen
+
+
+# --- import cannot forge what the API cannot create --------------------------------
+
+
+def _line(**changes: object) -> str:
+    now = 1_800_000_000_000
+    record = {
+        "email": "imp@example.com",
+        "first_name": "I",
+        "last_name": "M",
+        "created_at": now,
+        "expires_at": now + 3_600_000,
+        "code_expires_at": now + 900_000,
+        "last_sent_at": now,
+        "resend_count": 0,
+        "attempts": 0,
+        "locked": False,
+        "schema": 1,
+        "password_hash": PW_HASH[0],
+        "code_hash": "0" * 64,
+    }
+    record.update(changes)
+    return json.dumps(record)
+
+
+PW_HASH: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _pw_hash(pw_hash: str) -> None:
+    PW_HASH[:] = [pw_hash]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"expires_at": 10**17}, "2^53"),
+        ({"expires_at": 1_800_000_000_000 + 974 * 365 * 86_400_000}, "record lifetime"),
+        ({"code_expires_at": 1_800_000_000_000 + 31 * 365 * 86_400_000}, "code lifetime"),
+        ({"last_sent_at": 1_800_000_000_000 + 7_200_000}, "last_sent_at"),
+        ({"attempts": 9}, "attempts must be 0 to 5"),
+        ({"resend_count": -1}, "resend_count"),
+        ({"attempts": 5, "locked": False}, "locked must be true exactly"),
+        ({"locked": True}, "locked must be true exactly"),
+        ({"first_name": "\x1b[2J"}, "first name"),
+        ({"expires_at": 1.5e12}, "integer"),
+        ({"locked": "yes"}, "locked"),
+    ],
+)
+def test_import_refuses_what_the_api_could_not_make(changes: dict[str, object], message: str):
+    with pytest.raises(InvalidInput, match=message.replace("^", r"\^")):
+        parse_record(_line(**changes), Policy())
+
+
+def test_the_restore_script_refuses_an_expiry_beyond_the_lifetime(redis_proc, prefix):
+    """Even past the file checks (a future-dated record): nothing without TTL or index."""
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    manager = RegistrationManager(store, secret=SECRET)
+    server_now = int(redis_proc.client().time()[0]) * 1000
+    ahead = server_now + 3 * 86_400_000  # valid in itself, but created in the future
+    line = _line(
+        created_at=ahead - 3_600_000,
+        last_sent_at=ahead - 3_600_000,
+        code_expires_at=ahead - 3_000_000,
+        expires_at=ahead,
+    )
+    report = manager.import_records([line])
+    assert (report.restored, report.invalid) == (0, 1)
+    assert "further ahead" in report.errors[0]
+    assert list(redis_proc.client().scan_iter(f"{prefix}:*:reg:*")) == []
+    store.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from(
+        [
+            "created_at",
+            "expires_at",
+            "code_expires_at",
+            "last_sent_at",
+            "resend_count",
+            "attempts",
+            "locked",
+            "email",
+            "first_name",
+            "code_hash",
+            "schema",
+        ]
+    ),
+    value=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=50),
+        st.booleans(),
+        st.none(),
+    ),
+)
+def test_import_fuzzing_never_yields_a_record_the_store_cannot_keep(field: str, value: object):
+    try:
+        line = _line(**{field: value})
+    except ValueError:  # not JSON-representable
+        return
+    try:
+        reg = parse_record(line, Policy())
+    except InvalidInput:
+        return
+    assert reg.created_at < reg.expires_at <= reg.created_at + Policy().lifetime_ms + 60_000
+    assert 0 <= reg.attempts <= Policy().max_attempts
+    assert reg.locked == (reg.attempts >= Policy().max_attempts)
+    statuses = MemoryStore(clock=lambda: reg.created_at).restore([reg], False, False, 10**12)
+    assert statuses[0] in ("restored", "expired")
+
+
+def test_the_password_hash_can_come_from_stdin(cli: Cli, pw_hash: str):
+    ran = cli(
+        "add",
+        "stdin@example.com",
+        "-f",
+        "S",
+        "-l",
+        "I",
+        "--password-hash-stdin",
+        input=pw_hash + "\n",
+    )
+    assert ran.exit_code == 0, ran.stderr
+    both = cli(
+        "add",
+        "both@example.com",
+        "-f",
+        "S",
+        "-l",
+        "I",
+        "--password-hash-stdin",
+        "--password-stdin",
+        input=pw_hash + "\n",
+    )
+    assert both.exit_code == 2
+    assert "give one of" in both.stderr
+
+
+def test_the_audit_who_is_the_os_account_not_the_environment(cli: Cli):
+    cli("delete", "nobody@example.com", LOGNAME="root\x1b[2J", USER="mallory")
+    entry = json.loads(cli("audit", "-o", "json").stdout)[0]
+    import pwd
+    import socket
+
+    account = pwd.getpwuid(os.geteuid()).pw_name
+    assert entry["who"].startswith(f"{account}@{socket.gethostname()}")
+    assert "mallory" not in entry["who"]
+    labelled = cli("delete", "nobody@example.com", REGCTL_AUDIT_LABEL="deploy-7")
+    assert labelled.exit_code == 3
+    assert json.loads(cli("audit", "-o", "json").stdout)[0]["who"].endswith("[deploy-7]")
+
+
+def test_a_replace_that_clears_a_lockout_is_counted_and_audited(cli: Cli, tmp_path: Path):
+    line = _line(
+        email="locked@example.com",
+        attempts=5,
+        locked=True,
+        created_at=int(time.time() * 1000),
+        last_sent_at=int(time.time() * 1000),
+        code_expires_at=int(time.time() * 1000) + 60_000,
+        expires_at=int(time.time() * 1000) + 3_600_000,
+    )
+    (tmp_path / "locked.ndjson").write_text(line + "\n")
+    assert cli("import", "locked.ndjson").exit_code == 0
+    fresh = json.loads(line) | {"attempts": 0, "locked": False}
+    (tmp_path / "fresh.ndjson").write_text(json.dumps(fresh) + "\n")
+    ran = json.loads(cli("-o", "json", "import", "fresh.ndjson", "--replace").stdout)
+    assert ran["locks_cleared"] == ["locked@example.com"]
+    entries = json.loads(cli("audit", "-o", "json").stdout)
+    entry = next(e for e in entries if e["command"] == "import --replace")
+    assert (entry["command"], entry["target"], entry["outcome"]) == (
+        "import --replace",
+        "locked@example.com",
+        "lockout cleared",
+    )
