@@ -29,7 +29,7 @@ _CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")
 # between the servers, rounding); times stay below 2^53 so Lua's numbers are exact.
 IMPORT_MARGIN_MS = 60_000
 MAX_TIME_MS = 2**53 - 1
-_INT_FIELDS = (
+INT_FIELDS = (
     "created_at",
     "expires_at",
     "code_expires_at",
@@ -63,7 +63,7 @@ def parse_record(line: str, policy: Policy) -> PendingRegistration:
     if not isinstance(code_hash, str) or not _CODE_HASH.fullmatch(code_hash):
         raise InvalidInput("code_hash is not an HMAC-SHA256 hex digest")
     numbers = {}
-    for name in _INT_FIELDS:
+    for name in INT_FIELDS:
         value = data.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIME_MS:
             raise InvalidInput(f"{name} must be an integer from 0 to 2^53-1")

@@ -135,9 +135,7 @@ def add(
     state: State = ctx.obj
     state.audited("add", email)
     check_delivery(state, not no_send)
-    password, password_hash = read_secret_inputs(
-        password_stdin, password_hash, password_hash_stdin
-    )
+    password, password_hash = read_secret_inputs(password_stdin, password_hash, password_hash_stdin)
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
     )
