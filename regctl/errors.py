@@ -44,6 +44,7 @@ class ExitStatus(enum.IntEnum):
     PERMISSION = 77
     CONFIG = 78
     INTERRUPTED = 130
+    CLOSED_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 
 
 class RegctlError(Exception):

@@ -791,3 +791,24 @@ def test_a_record_read_back_carries_its_code_hash(manager: RegistrationManager, 
     got = manager.get(EMAIL)
     assert got is not None
     assert got.code_hash == manager.codes.digest(got.identity, added.code)
+
+
+def test_a_backend_manager_can_record_its_calls_in_the_audit_trail(
+    manager: RegistrationManager, pw_hash: str
+):
+    audited = RegistrationManager(
+        manager.store, secret=SECRET, policy=manager.policy, audit_as="signup-api@web-3"
+    )
+    code = add(audited, pw_hash)
+    audited.verify(EMAIL, wrong(code))
+    audited.verify(EMAIL, code)
+    with pytest.raises(NotFound):
+        audited.resend(EMAIL)
+    trail = [(e["who"], e["command"], e["outcome"]) for e in manager.store.audit_read(10)]
+    assert trail == [
+        ("signup-api@web-3", "resend", "not_found"),
+        ("signup-api@web-3", "verify", "verified"),
+        ("signup-api@web-3", "verify", "invalid_code"),
+        ("signup-api@web-3", "add", "ok"),
+    ]
+    assert manager.store.audit_read(1)[0]["target"] == EMAIL

@@ -94,3 +94,46 @@ def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
     assert proc.returncode == 130
     assert "Traceback" not in err
     assert err.strip() == "Interrupted"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["list", "-o", "ndjson"],
+        ["list", "-o", "csv"],
+        ["export"],
+        ["stats"],
+        ["audit"],
+        ["config"],
+        ["health"],
+    ],
+)
+def test_a_closed_pipe_ends_any_command_quietly(
+    env: dict[str, str], redis_proc: RedisProcess, prefix: str, pw_hash: str, args: list[str]
+):
+    """`regctl ... | head -1`: the reader leaves early; no error, exit 0 or 141."""
+    from regctl import Policy, RedisStore
+    from regctl.store import NewRegistration
+
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    store.add_many(
+        [
+            (NewRegistration(f"p{i}@pipe.example", "P", "Q", pw_hash, "0" * 64), f"t{i}")
+            for i in range(3000)
+        ],
+        Policy(),
+    )
+    for i in range(200):
+        store.audit_append({"who": "w", "command": "add", "target": f"p{i}", "outcome": "ok"})
+    store.close()
+    proc = subprocess.Popen(
+        [REGCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    errors = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 141)
+    assert errors == b""

@@ -340,3 +340,22 @@ def test_a_replace_that_clears_a_lockout_is_counted_and_audited(cli: Cli, tmp_pa
         "locked@example.com",
         "lockout cleared",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "header"),
+    [
+        (["inspect", "h0@hostile.example"], ["field", "value"]),
+        (["stats"], ["metric", "value"]),
+        (["audit"], ["at", "who", "command", "target", "outcome"]),
+        (["config"], ["setting", "value", "source"]),
+    ],
+)
+def test_every_command_gives_real_csv(
+    cli: Cli, hostile: dict[str, str], args: list[str], header: list[str]
+):
+    text = cli(*args, "-o", "csv").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == header
+    assert all(len(row) == len(header) for row in rows)
+    assert_safe(text, args)

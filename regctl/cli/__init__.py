@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from regctl.errors import ExitStatus
+
 
 def main() -> None:
     """Console-script entry point."""
@@ -13,4 +15,4 @@ def main() -> None:
         build_app()(prog_name="regctl")
     except KeyboardInterrupt:  # before or after a command runs; inside one, the app handles it
         sys.stderr.write("Interrupted\n")
-        sys.exit(130)
+        sys.exit(ExitStatus.INTERRUPTED)

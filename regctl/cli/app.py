@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -71,6 +72,9 @@ class RegctlGroup(TyperGroup):
         except typer.Exit as done:
             outcome = "ok" if not done.exit_code else f"exit {int(done.exit_code)}"
             raise
+        except BrokenPipeError:
+            outcome = "closed_pipe"
+            _closed_pipe()
         except (Exception, KeyboardInterrupt) as exc:
             if type(exc).__module__.startswith("typer"):
                 raise  # usage errors: typer prints them and exits 2
@@ -80,6 +84,13 @@ class RegctlGroup(TyperGroup):
         finally:
             if isinstance(ctx.obj, State):
                 ctx.obj.record_audit(outcome)
+
+
+def _closed_pipe() -> NoReturn:
+    """The reader went away (`regctl list | head -1`): end quietly, as 128 + SIGPIPE.
+    stdout points at /dev/null first, or Python would complain again at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(ExitStatus.CLOSED_PIPE)
 
 
 def _version(value: bool) -> None:

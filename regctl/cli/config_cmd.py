@@ -9,7 +9,7 @@ import typer
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.render import key_value_table, tsv_lines
+from regctl.render import key_value_table
 
 if TYPE_CHECKING:
     from regctl.settings import LoadedSettings
@@ -66,7 +66,7 @@ def config(ctx: typer.Context, output: OutputOption = None) -> None:
     elif state.is_tty:
         state.show(key_value_table((name, f"{value}  ({source})") for name, value, source in rows))
     else:
-        state.lines(tsv_lines(("setting", "value", "source"), rows))
+        state.rows(("setting", "value", "source"), rows, output)
 
 
 def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:

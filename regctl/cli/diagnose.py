@@ -11,7 +11,7 @@ from regctl.cli.inputs import OutputOption
 from regctl.cli.live import CountOption, IntervalOption, watch
 from regctl.cli.state import State
 from regctl.errors import RegctlError, StoreUnavailable
-from regctl.render import escape, table, to_json, tsv_lines
+from regctl.render import escape, table, to_json
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -85,7 +85,7 @@ def health(
         state.show(_health_view(report, state))
     else:
         rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
-        state.lines(tsv_lines(("check", "status", "detail"), rows))
+        state.rows(("check", "status", "detail"), rows, output)
     raise typer.Exit(report.level)
 
 
@@ -147,11 +147,10 @@ def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
             style = {"error": "red", "warning": "yellow"}.get(f.severity, "blue")
             state.out.print(f"[{style}]{f.severity}[/] {escape(f.message)}\n  fix: {escape(f.fix)}")
     else:
-        state.lines(
-            tsv_lines(
-                ("severity", "code", "message", "fix"),
-                [(f.severity, f.code, f.message, f.fix) for f in findings],
-            )
+        state.rows(
+            ("severity", "code", "message", "fix"),
+            [(f.severity, f.code, f.message, f.fix) for f in findings],
+            output,
         )
     if any(f.severity in ("error", "warning") for f in findings):
         raise typer.Exit(1)
@@ -185,11 +184,10 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
             rows.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
         state.show(rows)
     else:
-        state.lines(
-            tsv_lines(
-                ("step", "result", "ms", "detail"),
-                [(s.name, "ok" if s.ok else "FAIL", f"{s.ms:.1f}", s.detail) for s in steps],
-            )
+        state.rows(
+            ("step", "result", "ms", "detail"),
+            [(s.name, "ok" if s.ok else "FAIL", f"{s.ms:.1f}", s.detail) for s in steps],
+            output,
         )
     if not ok:
         raise typer.Exit(1)

@@ -29,7 +29,6 @@ from regctl.render import (
     table,
     timestamp,
     to_json,
-    tsv_lines,
 )
 
 
@@ -196,7 +195,7 @@ def stats(
             for d in funnel
             for event in FUNNEL_EVENTS
         ]
-        state.lines(tsv_lines(("metric", "value"), rows))
+        state.rows(("metric", "value"), rows, output)
 
 
 def _stats_pairs(result: Stats) -> list[tuple[str, str]]:
@@ -281,7 +280,7 @@ def audit(
             out.add_row(*(escape(v) for v in row))
         state.show(out)
     else:
-        state.lines(tsv_lines(columns, cells))
+        state.rows(columns, cells, output)
 
 
 def register(app: typer.Typer) -> None:

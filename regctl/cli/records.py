@@ -44,7 +44,6 @@ from regctl.render import (
     record_tsv,
     records_table,
     to_json,
-    tsv_lines,
     visible,
 )
 
@@ -226,7 +225,7 @@ def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) ->
     elif state.is_tty:
         state.show(key_value_table(inspect_pairs(reg, policy)))
     else:
-        state.lines(tsv_lines(("field", "value"), inspect_pairs(reg, policy)))
+        state.rows(("field", "value"), inspect_pairs(reg, policy), output)
 
 
 def resend(
@@ -382,7 +381,7 @@ def verify(
             f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
         )
         if not state.is_tty:
-            state.lines(tsv_lines(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)]))
+            state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)], output)
     if status:
         messages = {
             "invalid_code": f"wrong code for {email}; {result.attempts_left} attempts left",

@@ -8,7 +8,7 @@ import typer
 
 from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.render import duration, escape, key_value_table, tsv_lines
+from regctl.render import duration, escape, key_value_table
 
 if TYPE_CHECKING:
     from regctl.server import EmbeddedServer
@@ -70,7 +70,7 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
         if state.is_tty:
             state.show(key_value_table(pairs))
         else:
-            state.lines(tsv_lines(("field", "value"), pairs))
+            state.rows(("field", "value"), pairs, output)
     if not info["running"]:
         raise typer.Exit(3)
 

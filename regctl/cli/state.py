@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regctl.render import Format, escape, to_json
+from regctl.render import Format, csv_lines, escape, to_json, tsv_lines
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -180,6 +180,15 @@ class State:
 
     def lines(self, lines: Iterable[str]) -> None:
         self.write(line + "\n" for line in lines)
+
+    def rows(
+        self, header: Sequence[str], rows: Iterable[Sequence[str]], local: Format | None
+    ) -> None:
+        """Rows for programs: CSV when ``-o csv`` was asked for, else TSV."""
+        if self.format(local) is Format.CSV:
+            self.write(csv_lines(header, rows))
+        else:
+            self.lines(tsv_lines(header, rows))
 
     def json(self, data: Any) -> None:
         self.write([to_json(data), "\n"])

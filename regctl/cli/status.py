@@ -13,6 +13,7 @@
 | 77 | authentication or permission denied |
 | 78 | bad configuration |
 | 130 | interrupted |
+| 141 | stdout's reader went away (a closed pipe): stopped quietly |
 
 ``health`` alone exits 0/1/2/3 = OK/WARNING/CRITICAL/UNKNOWN.
 """
