@@ -140,29 +140,6 @@ class RegistrationManager:
     def close(self) -> None:
         self.store.close()
 
-    @contextlib.contextmanager
-    def _audited(self, command: str, email: str) -> Iterator[list[str]]:
-        """With ``audit_as``: an audit entry for this call, its outcome set by the caller
-        (a failure's reason when it raises). A trail that cannot be written never fails
-        the call it describes."""
-        outcome = ["ok"]
-        try:
-            yield outcome
-        except RegctlError as exc:
-            outcome[0] = exc.reason
-            raise
-        finally:
-            if self.audit_as is not None:
-                entry = {"who": self.audit_as, "command": command, "target": email}
-                with contextlib.suppress(RegctlError):
-                    self.store.audit_append({**entry, "outcome": outcome[0]})
-
-    def __enter__(self) -> RegistrationManager:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def codes(self) -> security.CodeHasher:
         """The code hasher, built on first use so read-only work needs no secret."""
@@ -228,7 +205,7 @@ class RegistrationManager:
         new, code = self._prepare(
             email, first_name, last_name, password, password_hash, token=token
         )
-        with self._audited("add", new.email), _outcome_unknown("add", new.email):
+        with _Call(self, "add", new.email):
             record = self.store.add(new, self.policy, token)
         return Added(record, code)
 
@@ -364,7 +341,7 @@ class RegistrationManager:
         token = _call_token(token)
         codes = self._codes_of_store(writing=True)
         code = codes.code_for("resend", identity, token, self.policy.code_length)
-        with self._audited("resend", email), _outcome_unknown("resend", email):
+        with _Call(self, "resend", email):
             record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
         return Resent(record, code)
 
@@ -447,9 +424,9 @@ class RegistrationManager:
         codes = self._codes_of_store(writing=False)
         candidate = codes.digest(identity, code)
         try:
-            with self._audited("verify", email) as outcome, _outcome_unknown("verify", email):
+            with _Call(self, "verify", email) as call:
                 result = self.store.verify(identity, candidate, self.policy, _call_token(token))
-                outcome[0] = result.outcome.value
+                call.outcome = result.outcome.value
                 return result
         except SecretMismatch as exc:
             if self.store.secret_fingerprint() != codes.fingerprint():
@@ -459,17 +436,17 @@ class RegistrationManager:
             return VerifyResult(VerifyOutcome.CODE_EXPIRED, exc.attempts_left)
 
     def unlock(self, email: str) -> bool:
-        with self._audited("unlock", email) as outcome:
+        with _Call(self, "unlock", email, writes=False) as call:
             done = self.store.unlock(normalize_email(email).casefold())
-            outcome[0] = "ok" if done else "not_found"
+            call.outcome = "ok" if done else "not_found"
             return done
 
     def delete(self, email: str, *, token: str | None = None) -> bool:
         """Remove a registration; True if this call (or an earlier try of it) did."""
         identity = normalize_email(email).casefold()
-        with self._audited("delete", email) as outcome, _outcome_unknown("delete", email):
+        with _Call(self, "delete", email) as call:
             done = self.store.delete(identity, self.policy, _call_token(token))
-            outcome[0] = "ok" if done else "not_found"
+            call.outcome = "ok" if done else "not_found"
             return done
 
     def export(self, *, include_secrets: bool = False) -> Iterator[dict[str, Any]]:
@@ -572,22 +549,43 @@ class RegistrationManager:
             lease.release()
 
 
-@contextlib.contextmanager
-def _outcome_unknown(operation: str, email: str) -> Iterator[None]:
-    """A write whose reply never came (a timeout, a connection lost after sending) may
-    have happened: say so, and how to find out."""
-    try:
-        yield
-    except (PoolExhausted, StoreFull):
-        raise  # refused before anything ran
-    except StoreUnavailable as exc:
-        if "connecting" in exc.message or "nothing of this call" in exc.message:
-            raise  # never reached the server
-        raise StoreTimeout(
-            f"{exc.message}; the {operation} of {email} may or may not have happened",
-            f"check with `regctl inspect {email}`; a library call retried with the same "
-            "token= is answered as the first was",
-        ) from None
+class _Call:
+    """One state change as callers see it: an unknown outcome said plainly (a timeout,
+    a connection lost after sending), and, with ``audit_as``, an audit entry with the
+    outcome (set by the caller; a failure's reason when it raises). A trail that
+    cannot be written never fails the call it describes. A class, not a generator:
+    it is on every call's path."""
+
+    __slots__ = ("command", "email", "manager", "outcome", "writes")
+
+    def __init__(
+        self, manager: RegistrationManager, command: str, email: str, *, writes: bool = True
+    ) -> None:
+        self.manager, self.command, self.email, self.writes = manager, command, email, writes
+        self.outcome = "ok"
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, RegctlError):
+            self.outcome = exc.reason
+        if self.manager.audit_as is not None:
+            entry = {"who": self.manager.audit_as, "command": self.command, "target": self.email}
+            with contextlib.suppress(RegctlError):
+                self.manager.store.audit_append({**entry, "outcome": self.outcome})
+        if (
+            self.writes
+            and isinstance(exc, StoreUnavailable)
+            and not isinstance(exc, PoolExhausted | StoreFull)  # refused before anything ran
+            and "connecting" not in exc.message  # never reached the server
+            and "nothing of this call" not in exc.message
+        ):
+            raise StoreTimeout(
+                f"{exc.message}; the {self.command} of {self.email} may or may not have happened",
+                f"check with `regctl inspect {self.email}`; a library call retried with the "
+                "same token= is answered as the first was",
+            ) from None
 
 
 def _call_token(token: str | None) -> str:

@@ -39,6 +39,7 @@ end
 local stored_fp, stored_mac = string.match(f[4], '^(%x+):(%x+)$')
 local mine_fp, mine_mac = string.match(candidate, '^(%x+):(%x+)$')
 if stored_fp == nil then stored_mac = f[4] end
+if mine_fp == nil then mine_mac = candidate end
 if stored_fp and stored_fp ~= mine_fp then
   return {'wrong_secret', now, max - tonumber(f[2]), ''}
 end
