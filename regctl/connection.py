@@ -59,6 +59,11 @@ class Endpoint:
 
 def parse_multi(url: str) -> Endpoint:
     """``scheme://[user:pass@]host:port[,host:port...]/path`` (urlsplit cannot do lists)."""
+    if "?" in url.rpartition("@")[2]:
+        raise ConfigError(
+            f"{mask_url(url)}: a Sentinel or Cluster URL takes no ?parameters",
+            "put credentials in the URL's user-info or REGCTL_REDIS_PASSWORD",
+        )
     scheme, _, rest = url.partition("://")
     netloc, _, path = rest.partition("/")
     userinfo, _, hostlist = netloc.rpartition("@")
@@ -104,7 +109,7 @@ def mask_url(url: str) -> str:
     if question:
         pairs = (pair.partition("=") for pair in query.split("&"))
         query = "&".join(
-            f"{key}={'***' if key.casefold() in _SECRET_PARAMS else value}" if eq else key
+            f"{key}={'***' if unquote(key).casefold() in _SECRET_PARAMS else value}" if eq else key
             for key, eq, value in pairs
         )
     return f"{scheme}://{base}{question}{query}"
@@ -169,6 +174,7 @@ def _common_kwargs(settings: Settings) -> dict[str, Any]:
         "health_check_interval": settings.health_check_interval,
         "retry": deadline_retry(settings.retries, budget),
         "decode_responses": True,
+        "encoding_errors": "replace",  # bytes others wrote that are not UTF-8: shown as �
         "client_name": "regctl",
     }
     password = settings.redis_password_value()

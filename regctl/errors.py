@@ -18,6 +18,7 @@ error handler, which only reads this attribute)::
      │    ├── PoolExhausted            every pooled connection busy past the timeout
      │    ├── StoreTimeout             no answer within the deadline (a write: outcome unknown)
      │    └── StoreFull                Redis refused a write for lack of memory
+     ├── DamagedRecord            70   a stored record regctl cannot read (written by another)
      ├── PermissionDenied         77   authentication failed or a command is not allowed
      └── ConfigError              78   settings that cannot work
           └── SecretMismatch           the store's codes were made with another code secret
@@ -127,6 +128,13 @@ class StoreTimeout(StoreUnavailable):
 
 class StoreFull(StoreUnavailable):
     reason = "out_of_memory"
+
+
+class DamagedRecord(RegctlError):
+    """A stored record something else wrote, that regctl cannot read."""
+
+    exit_code: int = ExitStatus.INTERNAL
+    reason = "damaged_record"
 
 
 class PermissionDenied(RegctlError):

@@ -78,7 +78,7 @@ def check_mail_url(url: str) -> str:
 
 def check_header(value: str, what: str) -> str:
     """A mail header value without line breaks or control characters (no injection)."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if not value.isprintable():  # controls, bidi overrides, undecodable bytes
         raise ValueError(f"the {what} must be one line without control characters")
     return value
 
@@ -114,8 +114,10 @@ def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None =
     if config.url == "none":
         return
     if config.url == "console":
-        out = console or sys.stderr
-        out.write(message.as_string() + "\n")
+        from regctl.render import visible
+
+        out = console or sys.stderr  # a terminal, usually: names in it are data
+        out.write("\n".join(visible(line) for line in message.as_string().splitlines()) + "\n")
         out.flush()
         return
     parts = urlsplit(config.url)

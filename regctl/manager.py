@@ -140,6 +140,12 @@ class RegistrationManager:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> RegistrationManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def codes(self) -> security.CodeHasher:
         """The code hasher, built on first use so read-only work needs no secret."""
@@ -383,7 +389,13 @@ class RegistrationManager:
                 continue
             try:
                 resent = self.resend(reg.email)
-            except (CooldownActive, ResendLimitReached, RegistrationLocked, NotFound) as exc:
+            except (
+                CooldownActive,
+                ResendLimitReached,
+                RegistrationLocked,
+                NotFound,
+                InvalidInput,  # an address written past validation: skipped, not fatal
+            ) as exc:
                 report.skip(exc.reason)
                 continue
             report.recipients.append(reg.email)
@@ -405,6 +417,10 @@ class RegistrationManager:
 
     def _resend_refusal(self, reg: PendingRegistration) -> str | None:
         """Why a resend would be refused now, judged from a record (dry runs)."""
+        try:
+            normalize_email(reg.email)
+        except InvalidInput as exc:
+            return exc.reason
         if reg.locked:
             return "locked"
         if reg.resend_count >= self.policy.max_resends:
@@ -494,16 +510,16 @@ class RegistrationManager:
             for (number, reg), status in zip(good, statuses, strict=True):
                 if isinstance(status, RegctlError):
                     report.refuse(number, f"not restored: {status.message}")
-                elif status in ("restored", "unlocked"):
+                elif status in ("restored", "reset"):
                     report.restored += 1
-                    if status == "unlocked":
-                        report.unlocked.append(reg.email)
+                    if status == "reset":
+                        report.reset.append(reg.email)
                 elif status == "exists":
                     report.existing += 1
                 elif status == "expired":
                     report.expired += 1
                 else:
-                    report.refuse(number, "expires further ahead than the record lifetime allows")
+                    report.refuse(number, "its times lie ahead of the server's clock")
             if on_progress is not None:
                 on_progress(len(chunk))
         return report

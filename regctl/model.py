@@ -269,8 +269,8 @@ class ImportReport:
     invalid: int = 0
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
-    # Addresses whose lockout a --replace cleared (restored over a locked record).
-    unlocked: list[str] = field(default_factory=list)
+    # Addresses a --replace gave guesses or resends back to (or cleared the lock of).
+    reset: list[str] = field(default_factory=list)
 
     def refuse(self, line: int, reason: str) -> None:
         self.invalid += 1

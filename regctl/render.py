@@ -159,7 +159,20 @@ def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON; every invisible character (bidi overrides, C1 controls, line
+    separators) written as a \\u escape, so the text is exact and safe at a terminal."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text if text.isprintable() else "".join(map(_json_char, text))
+
+
+def _json_char(ch: str) -> str:
+    if ch.isprintable() or ch == " ":
+        return ch
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def json_array(items: Iterable[Any]) -> Iterator[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from functools import cache
 from pathlib import Path
@@ -123,11 +124,21 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+# $argon2id$v=19$m=..,t=..,p=..$salt$hash: ASCII digits of sane size, a salt of 8+ and
+# a hash of 16+ bytes in unpadded base64 (what argon2-cffi writes and can verify).
+_PHC = re.compile(
+    r"\$argon2id\$v=19\$m=[0-9]{1,8},t=[0-9]{1,4},p=[0-9]{1,3}"
+    r"\$[A-Za-z0-9+/]{11,}\$[A-Za-z0-9+/]{22,}"
+)
+
+
 def check_password_hash(phc: str) -> str:
     """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum."""
     from argon2 import Type, extract_parameters
     from argon2.exceptions import InvalidHashError
 
+    if not _PHC.fullmatch(phc):
+        raise InvalidInput("password hash is not an Argon2id PHC string ($argon2id$v=19$...)")
     try:
         params = extract_parameters(phc)
     except (InvalidHashError, ValueError, IndexError):

@@ -53,7 +53,7 @@ def parse_record(line: str, policy: Policy) -> PendingRegistration:
     against ``policy``: an import cannot make what the API could not."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested beyond reason
         raise InvalidInput("not a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidInput("not a JSON object")

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
+from regctl.keys import digest
 from regctl.render import csv_cell, visible
 from regctl.store import NewRegistration
 from regctl.transfer import INT_FIELDS, parse_record
@@ -244,7 +245,7 @@ def test_the_restore_script_refuses_an_expiry_beyond_the_lifetime(redis_proc, pr
     )
     report = manager.import_records([line])
     assert (report.restored, report.invalid) == (0, 1)
-    assert "further ahead" in report.errors[0]
+    assert "ahead of the server's clock" in report.errors[0]
     assert list(redis_proc.client().scan_iter(f"{prefix}:*:reg:*")) == []
     store.close()
 
@@ -332,13 +333,13 @@ def test_a_replace_that_clears_a_lockout_is_counted_and_audited(cli: Cli, tmp_pa
     fresh = json.loads(line) | {"attempts": 0, "locked": False}
     (tmp_path / "fresh.ndjson").write_text(json.dumps(fresh) + "\n")
     ran = json.loads(cli("-o", "json", "import", "fresh.ndjson", "--replace").stdout)
-    assert ran["locks_cleared"] == ["locked@example.com"]
+    assert ran["counters_reset"] == ["locked@example.com"]
     entries = json.loads(cli("audit", "-o", "json").stdout)
     entry = next(e for e in entries if e["command"] == "import --replace")
     assert (entry["command"], entry["target"], entry["outcome"]) == (
         "import --replace",
         "locked@example.com",
-        "lockout cleared",
+        "attempts or resends reset",
     )
 
 
@@ -359,3 +360,131 @@ def test_every_command_gives_real_csv(
     assert rows[0] == header
     assert all(len(row) == len(header) for row in rows)
     assert_safe(text, args)
+
+
+# --- what something else wrote into the store --------------------------------------
+
+
+def test_one_damaged_record_stops_no_command(cli: Cli, redis_proc: RedisProcess, pw_hash: str):
+    prefix = cli.env["REGCTL_PREFIX"]
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    backend_writes(store, pw_hash)
+    record = store.keyspace.record(digest("h0@hostile.example"))
+    raw = redis_proc.client()
+    raw.hset(record, "a", "abc")
+    raw.hset(store.keyspace.funnel(0, int(raw.time()[0]) // 86_400), "created", "abc")
+    raw.xadd(store.keyspace.audit, {"who": "x", "at": "1700000000000", "command": "forged"})
+    store.close()
+    for args in (["list"], ["list", "-o", "json"], ["stats"], ["export"], ["audit"]):
+        ran = cli(*args)
+        assert ran.exit_code == 0, (args, ran.stderr)
+    assert "h0@hostile.example" not in cli("list", "-o", "name").stdout
+    inspected = cli("inspect", "h0@hostile.example")
+    assert inspected.exit_code == 70
+    assert inspected.stderr.startswith("Error: the stored record of h0@hostile.example is damaged")
+    newest = json.loads(cli("audit", "-o", "json").stdout)[0]
+    assert newest["command"] == "forged"
+    assert not newest["at"].startswith("2023")  # the server's time, not the entry's own
+    raw.hset(f"{prefix}:meta", "buckets", "x")
+    broken = cli("list")
+    assert broken.exit_code == 78
+    assert "layout record" in broken.stderr
+
+
+def test_a_bulk_resend_skips_an_address_written_past_validation(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str
+):
+    store = RedisStore(redis_proc.client(), prefix=cli.env["REGCTL_PREFIX"])
+    for i in range(3):
+        store.add(
+            NewRegistration(f"ok{i}@bulk.example", "O", "K", pw_hash, "0" * 64), Policy(), f"o{i}"
+        )
+    store.add(
+        NewRegistration("evil\x1b]0;X\x07@bulk.example", "E", "V", pw_hash, "0" * 64), Policy(), "e"
+    )
+    store.close()
+    ran = cli("-o", "json", "resend", "--domain", "bulk.example", REGCTL_RESEND_COOLDOWN="0")
+    assert ran.exit_code == 0, ran.stderr
+    report = json.loads(ran.stdout)
+    assert report["sent"] == 3
+    assert report["skipped"] == {"invalid_input": 1}
+
+
+def test_json_escapes_invisible_characters(cli: Cli, hostile: dict[str, str]):
+    text = cli("list", "-o", "json").stdout
+    assert_safe(text, "json")
+    assert "\\u202e" in text
+    assert any(r["first_name"] == HOSTILE["bidi"] for r in json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:///tmp/r.sock?%70assword=hunter2",
+        "redis+cluster://127.0.0.1:1?password=hunter2",
+        "redis+sentinel://127.0.0.1:1/mymaster?password=hunter2",
+    ],
+)
+def test_query_passwords_in_any_spelling_stay_hidden(cli: Cli, url: str):
+    for args in (("config",), ("-o", "json", "list")):
+        ran = cli(*args, REGCTL_REDIS_URL=url, REGCTL_RETRIES="0")
+        assert "hunter2" not in ran.stdout + ran.stderr, (args, ran.stderr)
+
+
+def test_a_secret_file_others_can_read_is_refused(cli: Cli, tmp_path: Path):
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    (tmp_path / "secret").chmod(0o644)
+    ran = cli(
+        "verify",
+        "a@example.com",
+        "123456",
+        REGCTL_CODE_SECRET="",
+        REGCTL_CODE_SECRET_FILE=str(tmp_path / "secret"),
+    )
+    assert ran.exit_code == 78
+    assert "readable or writable by others — chmod 600" in ran.stderr
+
+
+def test_an_import_created_in_the_future_is_refused(redis_proc, prefix):
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    ahead = int(redis_proc.client().time()[0]) * 1000 + 23 * 3_600_000
+    line = _line(
+        created_at=ahead,
+        last_sent_at=ahead,
+        code_expires_at=ahead + 900_000,
+        expires_at=ahead + 3_600_000,
+    )
+    report = manager.import_records([line, "[" * 100_000])
+    assert (report.restored, report.invalid) == (0, 2)
+    assert any("line 2: not a JSON object" in e for e in report.errors)
+    manager.close()
+
+
+@pytest.mark.parametrize(
+    "phc",
+    [
+        "$argon2id$v=19$m=19456,t=2,p=1$\x00$\x1b",
+        "$argon2id$v=19$m=19456,t=2,p=1$$",
+        "$argon2id$v=19$m=99999999999999999999999,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        "$argon2id$v=19$m=١٩٤٥٦,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+    ],
+)
+def test_a_password_hash_that_could_never_verify_is_refused(phc: str):
+    from regctl.security import check_password_hash
+
+    with pytest.raises(InvalidInput):
+        check_password_hash(phc)
+
+
+def test_a_password_that_is_not_utf8_is_invalid_input(tmp_path: Path, redis_proc, prefix):
+    env = {**subprocess_env(redis_proc.url, prefix)}
+    ran = subprocess.run(
+        [REGCTL, "add", "b@example.com", "-f", "B", "-l", "Y", "--password-stdin"],
+        input=b"pass\xffword123\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert b"not UTF-8" in ran.stderr

@@ -257,6 +257,7 @@ def base(
     _PW_HASH[:] = [pw_hash]
     for n in range(1, 5):
         (tmp_path / f"s{n}.txt").write_text(f"secret read from s{n}.txt\n")
+        (tmp_path / f"s{n}.txt").chmod(0o600)  # secret files must be private
     return {
         "REGCTL_REDIS_URL": redis_proc.url,
         "REGCTL_CODE_SECRET": SECRET,
@@ -714,6 +715,7 @@ def test_a_settings_file_others_can_write_is_refused(cli: Cli, tmp_path: Path, f
 
 def test_a_secret_file_that_is_not_text_exits_78(cli: Cli, tmp_path: Path):
     (tmp_path / "secret").write_bytes(b"\xff\xfe not utf-8 \x80")
+    (tmp_path / "secret").chmod(0o600)
     ran = cli(
         "verify", "a@example.com", "123456", REGCTL_CODE_SECRET="", REGCTL_CODE_SECRET_FILE="secret"
     )

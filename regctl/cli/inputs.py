@@ -26,7 +26,11 @@ NoSend = Annotated[bool, typer.Option("--no-send", help="Store the code but do n
 
 
 def _stdin_line(what: str) -> str:
-    line = sys.stdin.readline()
+    try:
+        line = sys.stdin.readline()
+        line.encode()  # undecodable bytes may arrive as surrogates: refuse them here
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise InvalidInput(f"the {what} on standard input is not UTF-8 text") from None
     if not line:
         raise InvalidInput(f"no {what} on standard input")
     return line.rstrip("\r\n")

@@ -334,7 +334,7 @@ def _bulk_resend(
         )
     else:
         if dry_run:
-            state.lines(report.recipients)
+            state.lines(visible(email) for email in report.recipients)
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
         verb = "would resend" if dry_run else "resent"
         state.note(f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regctl.render import Format, csv_lines, escape, to_json, tsv_lines
+from regctl.render import Format, csv_lines, escape, to_json, tsv_lines, visible
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -54,7 +54,7 @@ class State:
                 self.overrides, env_file=self.env_file, config_file=self.config_file
             )
             for note in self._loaded.legacy_overrides():
-                sys.stderr.write(f"Note: {note}\n")
+                sys.stderr.write(f"Note: {visible(note)}\n")
         return self._loaded
 
     @property
@@ -80,7 +80,7 @@ class State:
 
         target = open_target(settings, allow_embedded=True)
         if target.started:  # a daemon now runs on this machine: always say so
-            sys.stderr.write(f"Note: {target.started}\n")
+            sys.stderr.write(f"Note: {visible(target.started)}\n")
         if self.err_is_tty and not self.quiet:
             where = [target.description, f"prefix {settings.prefix}"]
             if settings.env:
@@ -121,14 +121,10 @@ class State:
         from regctl.errors import RegctlError
 
         try:
-            self.target.store.audit_append(
-                {
-                    "who": _who(self.settings.audit_label),
-                    "command": command,
-                    "target": target,
-                    "outcome": outcome,
-                }
-            )
+            entry = {"who": _who(self.settings.audit_label), "command": command}
+            entry |= {"target": target, "outcome": outcome}
+            # Stored visible: a file name or address with odd bytes cannot break the trail.
+            self.target.store.audit_append({k: visible(v) for k, v in entry.items()})
         except RegctlError as exc:
             sys.stderr.write(f"Warning: the audit entry was not written: {exc.message}\n")
 

@@ -76,7 +76,7 @@ def import_(
                 "expired": report.expired,
                 "invalid": report.invalid,
                 "errors": report.errors,
-                "locks_cleared": report.unlocked,
+                "counters_reset": report.reset,
             }
         )
     else:
@@ -87,11 +87,11 @@ def import_(
         )
         for error in report.errors:
             state.note(f"  {escape(error)}")
-        if report.unlocked:
-            state.note(f"  cleared the lockout of {len(report.unlocked)}: --replace")
+        if report.reset:
+            state.note(f"  gave {len(report.reset)} back attempts or resends: --replace")
     if not dry_run:
-        for email in report.unlocked:  # an operator granted fresh guesses: on the record
-            state.audit("import --replace", email, "lockout cleared")
+        for email in report.reset:  # an operator granted fresh guesses: on the record
+            state.audit("import --replace", email, "attempts or resends reset")
     if report.invalid:
         raise typer.Exit(2)
 

@@ -26,6 +26,8 @@ from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, Verif
 T = TypeVar("T")
 
 PURGE_BATCH = 500
+# How far ahead of the server's clock an imported record's creation or sending may lie.
+CLOCK_SKEW_MS = 300_000
 # Records per page when walking the index: 64 buckets x PAGE records are in memory at most.
 PAGE = 250
 AUDIT_MAX = 10_000
@@ -81,9 +83,10 @@ class Store(Protocol):
     ) -> list[str | RegctlError]:
         """Write exported records back with their remaining lifetime; one status each
         (or the error that refused that one):
-        "restored", "unlocked" (replaced a locked one), "exists" (kept, unless
-        ``replace_existing``), "expired", or "invalid" (expiring more than
-        ``max_ahead_ms`` after the server's now)."""
+        "restored", "reset" (replaced one that had more attempts or resends used, or
+        was locked), "exists" (kept, unless ``replace_existing``), "expired", or
+        "invalid" (expiring more than ``max_ahead_ms``, or made or sent more than a
+        clock skew, after the server's now)."""
         ...
 
     def get(self, identity: str) -> PendingRegistration | None: ...

@@ -26,6 +26,7 @@ from regctl.model import (
 from regctl.security import split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,
+    CLOCK_SKEW_MS,
     HOUR_MS,
     PAGE,
     Counts,
@@ -150,7 +151,10 @@ class MemoryStore:
             now = self._clock()
             for reg in batch:
                 existing = self._live(reg.identity, now)
-                if reg.expires_at > now + max_ahead_ms:
+                if (
+                    reg.expires_at > now + max_ahead_ms
+                    or max(reg.created_at, reg.last_sent_at) > now + CLOCK_SKEW_MS
+                ):
                     statuses.append("invalid")
                 elif reg.expires_at <= now:
                     statuses.append("expired")
@@ -160,8 +164,13 @@ class MemoryStore:
                     if not dry_run:
                         record = replace(reg, code_hash="", replicas_acked=None)
                         self._entries[reg.identity] = _Entry(record, reg.code_hash, "")
-                    unlocks = existing is not None and existing.record.locked and not reg.locked
-                    statuses.append("unlocked" if unlocks else "restored")
+                    old = existing.record if existing is not None else None
+                    resets = old is not None and (
+                        (old.locked and not reg.locked)
+                        or old.attempts > reg.attempts
+                        or old.resend_count > reg.resend_count
+                    )
+                    statuses.append("reset" if resets else "restored")
         return statuses
 
     def get(self, identity: str) -> PendingRegistration | None:
@@ -369,7 +378,7 @@ class MemoryStore:
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with self._lock:
-            self._audit.append({"at": str(self._clock()), **entry})
+            self._audit.append({**entry, "at": str(self._clock())})
 
     def audit_read(self, count: int) -> list[dict[str, str]]:
         with self._lock:

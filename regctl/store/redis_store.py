@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import SCRIPT_DENIED, Client, translated_errors
-from regctl.errors import LockHeld, PermissionDenied, RegctlError
-from regctl.keys import Keyspace, digest
+from regctl.errors import ConfigError, DamagedRecord, LockHeld, PermissionDenied, RegctlError
+from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
     Filter,
@@ -25,9 +25,11 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
+from regctl.render import visible
 from regctl.security import new_token
 from regctl.store.base import (
     AUDIT_MAX,
+    CLOCK_SKEW_MS,
     HOUR_MS,
     MAX_PURGE_BATCH,
     PAGE,
@@ -104,24 +106,48 @@ def _is_noscript(reply: Any) -> bool:
 
 
 def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
-    """A record from its Redis hash (a dict, or HGETALL's flat list from a script)."""
+    """A record from its Redis hash (a dict, or HGETALL's flat list from a script).
+
+    A hash regctl cannot read (a field missing or not a number, a time beyond 2^53:
+    written by something else) raises DamagedRecord.
+    """
     f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    return PendingRegistration(
-        email=f["email"],
-        first_name=f["fn"],
-        last_name=f["ln"],
-        password_hash=f["pw"],
-        created_at=int(f["c"]),
-        expires_at=int(f["e"]),
-        code_expires_at=int(f["ce"]),
-        last_sent_at=int(f["s"]),
-        resend_count=int(f["r"]),
-        attempts=int(f["a"]),
-        locked=f["l"] == "1",
-        observed_at=observed_at,
-        schema=int(f.get("v", SCHEMA_VERSION)),
-        code_hash=f.get("ch", ""),
-    )
+    try:
+        numbers = {name: _number(f[field]) for name, field in _NUMBERS.items()}
+        return PendingRegistration(
+            email=f["email"],
+            first_name=f["fn"],
+            last_name=f["ln"],
+            password_hash=f["pw"],
+            locked=f["l"] == "1",
+            observed_at=observed_at,
+            schema=int(f.get("v", SCHEMA_VERSION)),
+            code_hash=f.get("ch", ""),
+            **numbers,
+        )
+    except (KeyError, ValueError) as exc:
+        email = visible(str(f.get("email", "?")))
+        raise DamagedRecord(
+            f"the stored record of {email} is damaged ({exc.__class__.__name__}: {exc})",
+            "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
+        ) from None
+
+
+_NUMBERS = {
+    "created_at": "c",
+    "expires_at": "e",
+    "code_expires_at": "ce",
+    "last_sent_at": "s",
+    "resend_count": "r",
+    "attempts": "a",
+}
+
+
+def _number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**53:
+        raise ValueError(f"{value} is out of range")
+    return value
 
 
 @dataclass
@@ -162,6 +188,8 @@ class RedisStore:
         self._keyspace: Keyspace | None = None
         self._scripts: dict[str, Script] = {}
         self._flags_supported = True
+        # Records a walk skipped because they could not be read (see decode).
+        self.damaged = 0
         self._lock = threading.Lock()
         self.description = description or "redis"
         # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
@@ -187,7 +215,14 @@ class RedisStore:
     def _recorded_buckets(self) -> int | None:
         with translated_errors():
             recorded = self.client.hget(self._wanted.meta, "buckets")
-        return None if recorded is None else int(recorded)
+        if recorded is None:
+            return None
+        if not recorded.isdigit() or not MIN_BUCKETS <= int(recorded) <= MAX_BUCKETS:
+            raise ConfigError(
+                f"the layout record {self._wanted.meta} is damaged (buckets {visible(recorded)!r})",
+                f"set it back to the bucket count its records use ({MIN_BUCKETS}..{MAX_BUCKETS})",
+            )
+        return int(recorded)
 
     def _claim_layout(self) -> Keyspace:
         """Before creating records: record this layout unless one is (the first wins)."""
@@ -344,7 +379,8 @@ class RedisStore:
             totals: dict[str, int] = {}
             for _bucket in range(ks.buckets):
                 for event, n in next(replies).items():
-                    totals[event] = totals.get(event, 0) + int(n)
+                    if n.isdigit():  # a counter something else overwrote is left out
+                        totals[event] = totals.get(event, 0) + int(n)
             out.append((day, totals))
         return out
 
@@ -371,7 +407,8 @@ class RedisStore:
     def audit_read(self, count: int) -> list[dict[str, str]]:
         with translated_errors():
             rows = self.client.xrevrange(self._wanted.audit, count=count)
-        return [{"at": entry_id.partition("-")[0], **fields} for entry_id, fields in rows]
+        # The server's time last: an entry cannot carry its own "at".
+        return [{**fields, "at": entry_id.partition("-")[0]} for entry_id, fields in rows]
 
     def close(self) -> None:
         self.client.close()
@@ -466,6 +503,7 @@ class RedisStore:
                 reg.expires_at,
                 INDEX_GRACE_MS,
                 max_ahead_ms,
+                CLOCK_SKEW_MS,
             )
             calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
         return [
@@ -538,7 +576,10 @@ class RedisStore:
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
         for _bucket, _digest, fields, now in self._walk(first_page):
             if fields:
-                yield decode(fields, now)
+                try:
+                    yield decode(fields, now)
+                except DamagedRecord:
+                    self.damaged += 1  # skipped: one bad hash must not stop a whole walk
 
     def _walk(self, first_page: int) -> Iterator[tuple[int, str, list[str], int]]:
         """(bucket, digest, fields, now) of every live index entry, merged in order.
