@@ -48,6 +48,17 @@ def test_version_prints_the_version(cli: Cli):
     assert ran.stdout == f"regctl {__version__}\n"
 
 
+@pytest.mark.parametrize("group", [[], ["server"], ["secret"]])
+def test_a_bare_command_or_group_prints_readable_help(cli: Cli, group: list[str]):
+    ran = cli(*group)
+    assert ran.exit_code == 0
+    first = ran.stdout.splitlines()[0]
+    assert first.startswith("Usage: ")
+    assert first.endswith(f"{' '.join(group)} [OPTIONS] COMMAND [ARGS]...".lstrip())
+    assert ran.stdout.count("\n") > 5  # laid out, not squashed into one line
+    assert ran.stderr == ""
+
+
 def test_help_lists_every_command(cli: Cli):
     ran = cli("--help")
     assert ran.exit_code == 0

@@ -57,6 +57,9 @@ class RegctlGroup(TyperGroup):
             if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
                 raise
             context = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+                sys.stdout.write(context.get_help() + "\n")  # bare `regctl`: help, not an error
+                sys.exit(ExitStatus.OK)
             where = context.command_path if context is not None else "regctl"
             from regctl.render import visible
 
