@@ -103,11 +103,12 @@ def unseen_after_eviction(store: RedisStore) -> int:
     """Records an eviction left outside the index (0 when the server cannot evict and
     never has: then the walk costs nothing). Whole-store readers check it afterwards."""
     with translated_errors():
-        memory, stats = (_per_node(store.client.info(part)) for part in ("memory", "stats"))
+        nodes = _per_node(store.client.info())  # the default sections: memory and stats
     at_risk = any(
-        n.get("maxmemory_policy") not in SAFE_POLICIES and int(n.get("maxmemory", 0))
-        for n in memory
-    ) or any(int(n.get("evicted_keys", 0)) for n in stats)
+        (n.get("maxmemory_policy") not in SAFE_POLICIES and int(n.get("maxmemory", 0)))
+        or int(n.get("evicted_keys", 0))
+        for n in nodes
+    )
     return sum(1 for _ in store.unindexed()) if at_risk else 0
 
 

@@ -102,6 +102,15 @@ class Keyspace:
         bucket = self.bucket_of(digest_hex)
         return self.record_base(bucket) + digest_hex, self.index(bucket)
 
+    def record_pattern(self) -> str:
+        """A SCAN pattern matching every record key, in any bucket (diagnostics)."""
+        return f"{self.prefix}:{{b*}}:reg:*"
+
+    def locate(self, record_key: str) -> tuple[int, str]:
+        """(bucket, digest) of a record key, the inverse of ``record``."""
+        tag, _, digest_hex = record_key.rpartition(":reg:")
+        return int(tag.rpartition("{b")[2].rstrip("}")), digest_hex
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key under the prefix (diagnostics only)."""
         return f"{self.prefix}:*"

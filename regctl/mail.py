@@ -10,12 +10,8 @@
 
 from __future__ import annotations
 
-import smtplib
-import ssl
 import sys
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -23,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 from regctl.errors import ConfigError, DeliveryFailed, first_line
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from regctl.settings import Settings
 
 DEFAULT_BODY = """\
@@ -84,6 +82,10 @@ def check_header(value: str, what: str) -> str:
 
 
 def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: int) -> EmailMessage:
+    # Imported here: settings validation imports this module on every start-up.
+    from email.message import EmailMessage
+    from email.utils import make_msgid
+
     template = DEFAULT_BODY
     if config.template is not None:
         try:
@@ -111,6 +113,9 @@ def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: in
 
 def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None = None) -> None:
     """Send ``message``; raise DeliveryFailed (the code stays valid) or ConfigError."""
+    import smtplib
+    import ssl
+
     if config.url == "none":
         return
     if config.url == "console":

@@ -104,6 +104,7 @@ class RegistrationManager:
         self._secret = secret
         self._codes: security.CodeHasher | None = None
         self._secret_checked_at: float | None = None
+        self._secret_recorded = False
 
     @classmethod
     def from_settings(
@@ -167,13 +168,14 @@ class RegistrationManager:
         """
         codes = self.codes
         now = time.monotonic()
-        if self._secret_checked_at is None or now - self._secret_checked_at > SECRET_RECHECK_S:
+        stale = self._secret_checked_at is None or now - self._secret_checked_at > SECRET_RECHECK_S
+        if stale or (writing and not self._secret_recorded):
             mine = codes.fingerprint()
             stored = self.store.secret_fingerprint(mine if writing else None)
             if stored is not None and stored != mine:
                 raise other_secret()
-            if stored is not None:  # until a write records one, every write tries to
-                self._secret_checked_at = now
+            self._secret_checked_at = now
+            self._secret_recorded = stored is not None  # else the next write records it
         return codes
 
     def secret_matches(self) -> bool | None:
@@ -188,6 +190,7 @@ class RegistrationManager:
         """
         self.store.set_secret_fingerprint(self.codes.fingerprint())
         self._secret_checked_at = time.monotonic()
+        self._secret_recorded = True
         return self.store.counts().total
 
     # --- operations -------------------------------------------------------

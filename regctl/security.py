@@ -58,7 +58,7 @@ def new_token() -> str:
 class CodeHasher:
     """Keyed digests of codes; the key never leaves this object."""
 
-    __slots__ = ("_key", "_tag")
+    __slots__ = ("_fingerprint", "_key")
 
     def __init__(self, secret: str | bytes) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
@@ -68,15 +68,15 @@ class CodeHasher:
                 "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
             )
         self._key = key
-        self._tag = self.fingerprint()[:FINGERPRINT_IN_CODE_HASH]
+        label = b"regctl code-secret fingerprint"
+        self._fingerprint = hmac.new(key, label, hashlib.sha256).hexdigest()[:32]
 
     def __repr__(self) -> str:
         return "CodeHasher(<secret>)"
 
     def fingerprint(self) -> str:
         """A keyed digest that tells secrets apart without revealing them."""
-        label = b"regctl code-secret fingerprint"
-        return hmac.new(self._key, label, hashlib.sha256).hexdigest()[:32]
+        return self._fingerprint
 
     def code_for(self, operation: str, identity: str, token: str, length: int) -> str:
         """The code of one add or resend call: random to anyone without the secret,
@@ -90,7 +90,8 @@ class CodeHasher:
         """``fingerprint:HMAC``: the stored form of a code, which names its secret so a
         verifier with another secret is told so instead of spending an attempt."""
         message = identity.encode() + b"\x00" + code.encode()
-        return f"{self._tag}:{hmac.new(self._key, message, hashlib.sha256).hexdigest()}"
+        tag = self._fingerprint[:FINGERPRINT_IN_CODE_HASH]
+        return f"{tag}:{hmac.new(self._key, message, hashlib.sha256).hexdigest()}"
 
 
 def split_code_hash(value: str) -> tuple[str | None, str]:

@@ -188,8 +188,6 @@ class RedisStore:
         self._keyspace: Keyspace | None = None
         self._scripts: dict[str, Script] = {}
         self._flags_supported = True
-        # Records a walk skipped because they could not be read (see decode).
-        self.damaged = 0
         self._lock = threading.Lock()
         self.description = description or "redis"
         # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
@@ -259,11 +257,18 @@ class RedisStore:
         except PermissionDenied as exc:
             raise self._named_denial(exc) from None
         except rex.ResponseError as exc:
-            if name in SHEBANGS and "near '#'" in str(exc):  # Redis < 7 knows no flags
-                self._flags_supported = False
-                self._scripts.clear()
+            if self._flags_refused(name, exc):
                 return self._run(name, keys, args)
             raise
+
+    def _flags_refused(self, name: str, exc: Exception) -> bool:
+        """Whether ``exc`` is a Redis 6 server failing to compile a script's flag line;
+        if so, every script is sent without flags from now on (and the call again)."""
+        if name not in SHEBANGS or "near '#'" not in str(exc):
+            return False
+        self._flags_supported = False
+        self._scripts.clear()
+        return True
 
     def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
         """Redis does not say which command a script was denied; ask ACL DRYRUN."""
@@ -291,18 +296,24 @@ class RedisStore:
         client = self.client
         if self.is_cluster:  # WAIT must share the write's connection: use the owning node's
             client = client.get_node_from_key(keys[0]).redis_connection
+        import redis.exceptions as rex
+
         for attempt in range(NOSCRIPT_TRIES):
-            with translated_errors():
-                pipe = client.pipeline(transaction=False)
-                self._script(name)(keys=list(keys), args=list(args), client=pipe)
-                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-                reply, acked = pipe.execute(raise_on_error=False)
+            try:
+                with translated_errors():
+                    pipe = client.pipeline(transaction=False)
+                    self._script(name)(keys=list(keys), args=list(args), client=pipe)
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                    reply, acked = pipe.execute(raise_on_error=False)
+            except rex.ResponseError as exc:
+                if not self._flags_refused(name, exc):
+                    raise
+                continue
             if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
                 break  # else the script did not run (flushed meanwhile): send it again
         for result in (reply, acked):
             if isinstance(result, Exception):
-                with translated_errors():
-                    raise result
+                raise _translated(result)
         return reply, int(acked)
 
     def _run_many(
@@ -323,10 +334,8 @@ class RedisStore:
             with translated_errors():
                 replies = list(self._pipelined(name, calls))
         except rex.ResponseError as exc:
-            if name not in SHEBANGS or "near '#'" not in str(exc):
+            if not self._flags_refused(name, exc):
                 raise
-            self._flags_supported = False  # Redis < 7 knows no script flags
-            self._scripts.clear()
             return self._run_many(name, calls)
         for i, reply in enumerate(replies):
             if _is_noscript(reply):  # not run (flushed meanwhile): run that call again
@@ -538,10 +547,11 @@ class RedisStore:
         self, identity: str, candidate_hash: str, policy: Policy, token: str
     ) -> VerifyResult:
         d = digest(identity)
-        record, index = self.keyspace.keys_for(d)
+        ks = self.keyspace
+        record, index = ks.keys_for(d)
         (status, now, left, payload), acked = self._write(
             "verify",
-            (record, index, self.keyspace.call_marker("verify", d, token)),
+            (record, index, ks.call_marker("verify", d, token)),
             (
                 d,
                 candidate_hash,
@@ -561,7 +571,8 @@ class RedisStore:
 
     def delete(self, identity: str, policy: Policy, token: str) -> bool:
         d = digest(identity)
-        keys = (*self.keyspace.keys_for(d), self.keyspace.call_marker("delete", d, token))
+        ks = self.keyspace
+        keys = (*ks.keys_for(d), ks.call_marker("delete", d, token))
         return bool(self._run("delete", keys, (d, policy.replay_window_ms)))
 
     def counts(self) -> Counts:
@@ -576,10 +587,8 @@ class RedisStore:
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
         for _bucket, _digest, fields, now in self._walk(first_page):
             if fields:
-                try:
+                with contextlib.suppress(DamagedRecord):  # one bad hash stops no whole walk
                     yield decode(fields, now)
-                except DamagedRecord:
-                    self.damaged += 1  # skipped: one bad hash must not stop a whole walk
 
     def _walk(self, first_page: int) -> Iterator[tuple[int, str, list[str], int]]:
         """(bucket, digest, fields, now) of every live index entry, merged in order.
@@ -595,15 +604,16 @@ class RedisStore:
                 [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
             )
         )
-        streams = [self._bucket_stream(bucket, first, size) for bucket, first in enumerate(firsts)]
+        streams = [
+            self._bucket_stream(ks, bucket, first, size) for bucket, first in enumerate(firsts)
+        ]
         firsts.clear()  # each stream drops its first page once read: memory stays flat
         for _key, entry in heapq.merge(*streams):
             yield entry
 
     def _bucket_stream(
-        self, bucket: int, page: list[Any], size: int
+        self, ks: Keyspace, bucket: int, page: list[Any], size: int
     ) -> Iterator[tuple[tuple[int, str], tuple[int, str, list[str], int]]]:
-        ks = self.keyspace
         while True:
             now, rows = int(page[0]), page[1]
             for member, score, fields in rows:
@@ -619,27 +629,20 @@ class RedisStore:
 
     # --- records outside the index (eviction) ------------------------------
 
-    def unindexed(self, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    def unindexed(self) -> Iterator[tuple[int, str]]:
         """(bucket, digest) of every record that has no index entry: invisible to list,
         stats, export and purge. A SCAN of the prefix, checked in pipelined batches."""
         ks = self.keyspace
         with translated_errors():
-            keys = self.client.scan_iter(match=f"{ks.prefix}:{{b*}}:reg:*", count=1000)
-            found = 0
+            keys = self.client.scan_iter(match=ks.record_pattern(), count=1000)
             for chunk in chunks(keys, 1000):
+                located = [ks.locate(key) for key in chunk]
                 pipe = self.client.pipeline(transaction=False)
-                located = []
-                for key in chunk:
-                    tag, _, member = key.rpartition(":reg:")
-                    bucket = int(tag.rpartition("{b")[2].rstrip("}"))
-                    located.append((bucket, member))
+                for bucket, member in located:
                     pipe.zscore(ks.index(bucket), member)
                 for where, score in zip(located, pipe.execute(), strict=True):
                     if score is None:
                         yield where
-                        found += 1
-                        if limit is not None and found >= limit:
-                            return
 
     def reindex(self, batch: int = PURGE_BATCH, dry_run: bool = False) -> int:
         """Give every live record outside the index its entry back; how many were."""
