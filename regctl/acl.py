@@ -42,6 +42,7 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "scan": ("0",),
     "xadd": ("K", "*", "f", "v"),
     "xrevrange": ("K", "+", "-"),
+    "xlen": ("K",),
 }
 
 

@@ -326,8 +326,14 @@ def translated_errors() -> Iterator[None]:
     except RegctlError:
         raise
     except (rex.AuthenticationError, rex.AuthorizationError) as exc:
+        text = first_line(exc)
+        if text.startswith(("HELLO must be called", "Authentication required")):
+            raise PermissionDenied(
+                "Redis requires a password, and none was given",
+                "put it in the Redis URL (redis://:PASSWORD@host) or REGCTL_REDIS_PASSWORD",
+            ) from None
         raise PermissionDenied(
-            f"Redis refused the credentials: {first_line(exc)}",
+            f"Redis refused the credentials: {text.rstrip('.')}",
             "check the username and password in the Redis URL or REGCTL_REDIS_PASSWORD",
         ) from None
     except rex.NoPermissionError as exc:

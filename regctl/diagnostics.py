@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
+from regctl.keys import LASTING_KINDS
 from regctl.model import Filter, Policy
 from regctl.store.base import PURGE_BATCH, chunks
 
@@ -214,6 +215,36 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
     return Health(level, data, checks)
 
 
+def nagios_line(report: Health, limits: Thresholds) -> str:
+    """The monitoring-plugin form: one status line with performance data, as Nagios,
+    Icinga and Sensu read it (`REGCTL OK - 12 pending, 0.31 ms | latency_ms=0.31;50;500`)."""
+    redis_facts = report.data.get("redis", {})
+    total = report.data.get("pending_registrations", {}).get("total")
+    problems = [f"{c.name}: {c.detail}" for c in report.checks if c.level is not Level.OK]
+    if problems:
+        text = "; ".join(problems)
+    else:
+        text = f"{total} pending, {redis_facts.get('latency_ms', 0):.2f} ms round trip"
+    perf = []
+    if "latency_ms" in redis_facts:
+        perf.append(
+            f"latency_ms={redis_facts['latency_ms']};"
+            f"{limits.latency_warn_ms:g};{limits.latency_crit_ms:g};0"
+        )
+    if total is not None:
+        perf.append(f"pending={total};;;0")
+    if redis_facts.get("memory_ratio") is not None:
+        perf.append(
+            f"memory_pct={redis_facts['memory_ratio'] * 100:.1f};"
+            f"{limits.memory_warn * 100:g};{limits.memory_crit * 100:g};0;100"
+        )
+    if "used_memory" in redis_facts:
+        perf.append(f"memory_used={redis_facts['used_memory']}B;;;0")
+    text = " ".join(text.replace("|", "/").split())  # "|" would start the performance data
+    line = f"REGCTL {report.level.name} - {text}"
+    return f"{line} | {' '.join(perf)}" if perf else line
+
+
 def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
     many = len(view["nodes"]) > 1
     for node in view["nodes"]:
@@ -362,7 +393,8 @@ def _server_findings(facts: dict[str, Any], named: bool) -> list[Finding]:
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
     ks = store.keyspace
     client = store.client
-    no_ttl: list[str] = []
+    foreign: list[str] = []  # keys regctl never writes
+    lost_ttl: list[str] = []  # regctl's own keys that should expire and will not
     with translated_errors():
         keys = islice(client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
         for chunk in chunks(keys, 1000):  # one pipelined round trip per thousand keys
@@ -370,17 +402,43 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             for key in chunk:
                 pipe.pttl(key)
             for key, ttl in zip(chunk, pipe.execute(), strict=True):
-                # regctl's own lasting keys: layouts (ours, or a killed selftest's), audit
-                if ttl == -1 and not key.endswith(":meta") and key != ks.audit:
-                    no_ttl.append(key)
+                kind = ks.kind(key)
+                if kind is None:
+                    foreign.append(key)
+                elif ttl == -1 and kind not in LASTING_KINDS:
+                    lost_ttl.append(key)
+        audit_entries = client.xlen(ks.audit)  # 0 when there is none yet
     findings = []
-    if no_ttl:
+    if lost_ttl:
         findings.append(
             Finding(
-                "error",
+                "warning",
                 "keys-without-ttl",
-                f"{len(no_ttl)} key(s) under {ks.prefix}: have no TTL (e.g. {no_ttl[0]})",
-                "they were not written by regctl; inspect and delete them",
+                f"{len(lost_ttl)} of regctl's keys under {ks.prefix}: lost their TTL and "
+                f"will never expire (e.g. {lost_ttl[0]})",
+                "something removed it (PERSIST, a restore without TTLs); `regctl purge` "
+                "removes records past their lifetime, and PEXPIRE fixes the others",
+            )
+        )
+    if foreign:
+        findings.append(
+            Finding(
+                "info",
+                "foreign-keys",
+                f"{len(foreign)} key(s) under {ks.prefix}: were not written by regctl "
+                f"(e.g. {foreign[0]}); regctl never reads them",
+                "if another application owns them, give regctl a prefix of its own (REGCTL_PREFIX)",
+            )
+        )
+    if audit_entries > store.audit_max * 1.1 + 100:  # MAXLEN ~ trims whole nodes
+        findings.append(
+            Finding(
+                "warning",
+                "audit-over-cap",
+                f"the audit trail holds {audit_entries} entries, over its cap of "
+                f"{store.audit_max} (REGCTL_AUDIT_MAX_ENTRIES)",
+                "the next audited command trims it; another regctl with a higher cap "
+                "writes here too: give them the same setting",
             )
         )
     unindexed = sum(1 for _ in store.unindexed())

@@ -114,3 +114,23 @@ class Keyspace:
     def pattern(self) -> str:
         """A SCAN pattern matching every key under the prefix (diagnostics only)."""
         return f"{self.prefix}:*"
+
+    def kind(self, key: str) -> str | None:
+        """Which of regctl's keys ``key`` is (one of KINDS), under this prefix or a
+        longer one (a selftest's namespace); None for a key regctl never writes."""
+        if not key.startswith(self.prefix + ":"):
+            return None
+        found = _KIND_RE.match(key, len(self.prefix))
+        if found is None:
+            return None
+        return next(kind for kind, text in found.groupdict().items() if text is not None)
+
+
+# Every key regctl writes, by the shape of its name's end; only meta and audit last.
+KINDS = ("meta", "audit", "lock", "record", "index", "marker", "funnel")
+LASTING_KINDS = ("meta", "audit")
+_KIND_RE = re.compile(
+    r"(?::[^{]*)?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
+    r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
+    r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
+)

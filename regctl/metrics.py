@@ -7,11 +7,23 @@ is the alert: "purge has not succeeded for 30 minutes".
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from regctl.errors import ConfigError
 from regctl.model import PurgeReport
 from regctl.store.base import Counts
+
+
+def check_metrics_path(path: Path) -> None:
+    """Before any work: the file must be one that can be written (renamed into place)."""
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"the metrics file {path} is a directory")
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write the metrics file {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the metrics file {path}: {folder} is not writable")
 
 
 def write_purge_metrics(path: Path, report: PurgeReport, seconds: float, counts: Counts) -> None:

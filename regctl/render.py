@@ -118,32 +118,29 @@ def record_cells(reg: PendingRegistration, policy: Policy, columns: Sequence[str
 
 
 def records_table(
-    rows: Iterable[PendingRegistration], policy: Policy, *, wide: bool = False
+    rows: Iterable[PendingRegistration],
+    policy: Policy,
+    columns: Sequence[str],
+    *,
+    show_header: bool = True,
 ) -> Table:
-    columns = WIDE_COLUMNS if wide else COLUMNS
-    out = table(*(c.replace("_", " ").upper() for c in columns))
+    out = table(*(c.replace("_", " ").upper() for c in columns), show_header=show_header)
     for reg in rows:
         out.add_row(*(escape(cell) for cell in record_cells(reg, policy, columns)))
     return out
 
 
-def tsv_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[str]:
-    """Tab-separated lines; tabs and line breaks inside values become spaces, and
-    other control characters are shown escaped (see ``visible``)."""
+def tsv_lines(header: Sequence[str] | None, rows: Iterable[Sequence[str]]) -> Iterator[str]:
+    """Tab-separated lines (the header first, if any); tabs and line breaks inside
+    values become spaces, and other control characters are shown escaped."""
 
     def clean(value: str) -> str:
         return visible(value.replace("\t", " ").replace("\n", " ").replace("\r", " "))
 
-    yield "\t".join(header)
+    if header is not None:
+        yield "\t".join(header)
     for row in rows:
         yield "\t".join(clean(v) for v in row)
-
-
-def record_tsv(
-    rows: Iterable[PendingRegistration], policy: Policy, *, wide: bool = False
-) -> Iterator[str]:
-    columns = WIDE_COLUMNS if wide else COLUMNS
-    return tsv_lines(columns, (record_cells(r, policy, columns) for r in rows))
 
 
 def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[str, Any]:
@@ -197,14 +194,15 @@ def csv_cell(value: Any) -> str:
 
 
 def csv_lines(
-    header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False
+    header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *, raw: bool = False
 ) -> Iterator[str]:
     """RFC 4180 CSV (quoted where needed); cells neutralised unless ``raw`` (for
     programs that want the exact values: JSON is the other exact format)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(header)
-    yield buffer.getvalue()
+    if header is not None:
+        writer.writerow(header)
+        yield buffer.getvalue()
     for row in rows:
         buffer.seek(0)
         buffer.truncate()

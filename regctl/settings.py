@@ -36,6 +36,7 @@ from regctl.errors import ConfigError, InvalidInput
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
 from regctl.model import Policy
 from regctl.security import check_trusted
+from regctl.store.base import AUDIT_MAX
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
@@ -188,6 +189,12 @@ class Settings(BaseSettings):
     )
     mail_timeout: float = _field(10, "seconds for the SMTP conversation", gt=0, le=300)
 
+    audit_max_entries: int = _field(
+        AUDIT_MAX,
+        "audit trail entries kept (the oldest are trimmed; the stream never grows past this)",
+        ge=100,
+        le=100_000_000,
+    )
     audit_label: str | None = _field(
         None,
         "a label added to the audit trail's `who` (the OS account is always recorded)",

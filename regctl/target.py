@@ -56,5 +56,6 @@ def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
         description=description,
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=max(1, math.ceil(settings.wait_timeout * 1000)),  # WAIT 0: forever
+        audit_max=settings.audit_max_entries,
     )
     return Target(store, secret, description, embedded, started)

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import pty
+import select
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +117,9 @@ class Cli:
     def __init__(self, env: dict[str, str]):
         self.env = env
 
+    def with_env(self, **env: str) -> Cli:
+        return Cli({**self.env, **env})
+
     def __call__(self, *args: str, input: str | None = None, **env: str) -> Ran:
         from typer.testing import CliRunner
 
@@ -172,15 +178,59 @@ def regctl(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The installed `regctl` in a subprocess (bounded in time)."""
+    return run([REGCTL, *args], env, stdin=stdin)
+
+
+def run(
+    argv: Sequence[str], env: dict[str, str], *, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A program in a subprocess, its output captured, bounded in time."""
     return subprocess.run(
-        [REGCTL, *args],
+        argv,
         input=stdin,
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=120,
         check=False,
     )
+
+
+@dataclass
+class Seen:
+    exit_code: int
+    output: str  # stdout and stderr, as the terminal showed them
+
+
+def at_terminal(args: Sequence[str], env: dict[str, str], *, keys: bytes = b"") -> Seen:
+    """What a person would see: the installed regctl on a real pseudo-terminal (its
+    stdin, stdout and stderr), with ``keys`` typed once output starts."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [REGCTL, *args], stdin=secondary, stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if keys:
+                os.write(primary, keys)
+                keys = b""
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(timeout=30)
+    os.close(primary)
+    return Seen(code, out.decode(errors="replace"))
 
 
 def subprocess_env(redis_url: str, prefix: str) -> dict[str, str]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from regctl.cli.config_cmd import Shell
 from regctl.cli.reference import expected_files
-from tests.conftest import Cli
+from tests.conftest import REGCTL, Cli, run, subprocess_env
+from tests.servers import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +46,83 @@ def test_ci_runs_the_readme_test_command():
     test_command = blocks[1].strip()
     assert test_command.endswith("pytest")
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+# --- examples run as written ----------------------------------------------------------
+
+
+def _help_examples() -> list[tuple[str, str]]:
+    """(command, example) for every `Example:` line in the app's help texts."""
+    from typer.main import get_command
+
+    from regctl.cli.app import build_app
+
+    found = []
+
+    def walk(command: Any, path: str) -> None:
+        for line in (command.help or "").splitlines():
+            if line.strip().startswith("Example"):
+                example = line.partition(":")[2].strip().replace("\\\\", "\\")
+                if "(cron)" in line:  # the schedule's five fields are cron's, not the shell's
+                    example = example.split(" ", 5)[5]
+                found.append((path, example))
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, f"{path} {name}".strip())
+
+    walk(get_command(build_app()), "")
+    return found
+
+
+def _sandbox(tmp_path: Path, redis_url: str, prefix: str) -> dict[str, str]:
+    """A shell environment on the test Redis, with HOME and the data dir in tmp_path."""
+    env = subprocess_env(redis_url, prefix)
+    env |= {
+        "HOME": str(tmp_path),
+        "REGCTL_DATA_DIR": str(tmp_path / "data"),
+        "PATH": f"{Path(REGCTL).parent}:{env['PATH']}",
+        "PW": "correct horse battery",
+        "CHECK_PASSWORD": "correct horse battery",
+    }
+    (tmp_path / ".local/share/bash-completion/completions").mkdir(parents=True)
+    (tmp_path / "prod.env").write_text(f"REGCTL_PREFIX={prefix}\n")
+    (tmp_path / "prod.env").chmod(0o600)
+    (tmp_path / "backup.ndjson").write_text("")
+    return env
+
+
+def _shell(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run(["bash", "-c", script], env, cwd=cwd)
+
+
+def test_every_help_example_runs_as_written(redis_proc: RedisProcess, prefix: str, tmp_path: Path):
+    examples = _help_examples()
+    assert len(examples) >= 20
+    env = _sandbox(tmp_path, redis_proc.url, prefix)
+    try:
+        for command, example in examples:
+            ran = _shell(example, env, tmp_path)
+            where = f"`regctl {command} --help`: {example}\n{ran.stderr}"
+            assert ran.returncode not in (2, 70, 127), where  # usage, bug, no such command
+            assert "Traceback" not in ran.stderr, where
+    finally:
+        _shell("regctl server stop", env, tmp_path)
+
+
+def test_the_readme_crontab_line_runs_silently(
+    redis_proc: RedisProcess, prefix: str, tmp_path: Path
+):
+    readme = (ROOT / "README.md").read_text()
+    (line,) = re.findall(r"```crontab\n(.*?)\n```", readme, re.DOTALL)
+    command = line.split(" ", 5)[5]
+    metrics = tmp_path / "regctl.prom"
+    command = command.replace("/var/lib/node_exporter/regctl.prom", str(metrics))
+    ran = _shell(command, _sandbox(tmp_path, redis_proc.url, prefix), tmp_path)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")  # no cron mail
+    assert "regctl_purge_last_success_timestamp_seconds" in metrics.read_text()
+
+
+def test_the_readme_deploy_check_passes(redis_proc: RedisProcess, prefix: str, tmp_path: Path):
+    readme = (ROOT / "README.md").read_text()
+    (script,) = [b for b in re.findall(r"```sh\n(.*?)\n```", readme, re.DOTALL) if "set -eu" in b]
+    ran = _shell(script, _sandbox(tmp_path, redis_proc.url, prefix), tmp_path)
+    assert ran.returncode == 0, ran.stderr

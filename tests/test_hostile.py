@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import os
-import pty
-import select
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from regctl.keys import digest
 from regctl.render import csv_cell, visible
 from regctl.store import NewRegistration
 from regctl.transfer import INT_FIELDS, parse_record
-from tests.conftest import REGCTL, SECRET, Cli, subprocess_env
+from tests.conftest import REGCTL, SECRET, Cli, at_terminal, subprocess_env
 from tests.servers import RedisProcess
 
 # Strings a backend, an import file or a caller could hand over.
@@ -138,32 +136,6 @@ def test_visible_leaves_nothing_invisible(text: str):
     assert_safe(shown, text)
 
 
-def _in_a_terminal(args: list[str], env: dict[str, str]) -> str:
-    """What a person would see: the command on a real pseudo-terminal."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [REGCTL, *args], stdin=secondary, stdout=secondary, stderr=secondary, env=env
-    )
-    os.close(secondary)
-    out = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([primary], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(primary)
-    return out.decode(errors="replace")
-
-
 @pytest.mark.parametrize("args", [["list"], ["audit"], ["inspect", "h1@hostile.example"]])
 def test_a_terminal_sees_no_escape_from_data(cli: Cli, hostile: dict[str, str], args: list[str]):
     env = {
@@ -171,7 +143,7 @@ def test_a_terminal_sees_no_escape_from_data(cli: Cli, hostile: dict[str, str], 
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
-    seen = _in_a_terminal(args, env)
+    seen = at_terminal(args, env).output
     assert "pwned" in seen or "hostile" in seen  # the data is there, shown
     assert "\x1b]0;" not in seen  # no title change
     assert "\x1b[2J" not in seen  # no clear screen

@@ -160,7 +160,7 @@ def test_every_mutating_command_leaves_an_audit_entry(cli: Cli):
     assert seen == [
         ("add", "ok"),
         ("resend", "ok"),
-        ("verify", "exit 1"),
+        ("verify", "invalid_code"),
         ("unlock", "ok"),
         ("verify", "ok"),
         ("delete", "not_found"),
@@ -240,12 +240,15 @@ def test_the_runbook_commands_exist(doc: str):
 
 def test_stats_interval_prints_one_sample_per_line_when_piped(cli: Cli):
     add(cli, "l1@example.com")
-    lines = cli("stats", "--interval", "0.1", "--count", "3").stdout.splitlines()
+    header, *lines = cli("stats", "--interval", "0.1", "--count", "3").stdout.splitlines()
+    assert header.startswith("timestamp\tpending\t")
     assert len(lines) == 3
     assert all(line.split("\t")[1] == "1" for line in lines)
     samples = [
         json.loads(x)
-        for x in cli("-o", "json", "stats", "--interval", "0.1", "--count", "2").stdout.splitlines()
+        for x in cli(
+            "-o", "ndjson", "stats", "--interval", "0.1", "--count", "2"
+        ).stdout.splitlines()
     ]
     assert [s["total"] for s in samples] == [1, 1]
 
@@ -253,25 +256,8 @@ def test_stats_interval_prints_one_sample_per_line_when_piped(cli: Cli):
 def test_health_interval_samples_and_exits_0(cli: Cli):
     ran = cli("health", "--interval", "0.1", "--count", "2")
     assert ran.exit_code == 0
-    assert [line.split("\t")[1] for line in ran.stdout.splitlines()] == ["OK", "OK"]
-
-
-def test_ctrl_c_ends_a_live_view_with_exit_0(redis_proc: RedisProcess, prefix: str):
-    import signal
-
-    env = {**os.environ, **cli_env(redis_proc.url, prefix)}
-    proc = subprocess.Popen(
-        [REGCTL, "stats", "--interval", "0.2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    assert len(out.splitlines()) >= 2
+    samples = ran.stdout.splitlines()[1:]
+    assert [line.split("\t")[1] for line in samples] == ["OK", "OK"]
 
 
 # --- bulk resend -------------------------------------------------------------------------------

@@ -148,6 +148,18 @@ def _audit_label(settings: Settings, _tmp: Path) -> str:
     return who.rpartition(" [")[2].removesuffix("]")
 
 
+def _audit_cap(settings: Settings, _tmp: Path) -> int:
+    """The audit trail's cap on the store a CLI invocation opens."""
+    from regctl.cli.state import State
+
+    state = State()
+    state._loaded = LoadedSettings(settings, {})
+    try:
+        return state.store.audit_max
+    finally:
+        state.close()
+
+
 def _buckets(settings: Settings, _tmp: Path) -> int:
     with _manager(settings) as manager:
         buckets = manager.store.keyspace.buckets  # records the layout of a new namespace
@@ -232,6 +244,7 @@ PROBES: dict[str, Probe] = {
         ("1", "2", "3", "4"), lambda s, _t: MailConfig.from_settings(s).timeout, float
     ),
     "audit_label": Probe(("deploy-1", "deploy-2", "cron", "manual"), _audit_label),
+    "audit_max_entries": Probe(("100", "200", "300", "400"), _audit_cap, int),
     "env": Probe(("development", "staging", "production", "staging"), lambda s, _t: s.env),
     "data_dir": Probe(
         ("/d1", "/d2", "/d3", "/d4"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -9,19 +10,21 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from regctl import __version__
 from regctl.cli.state import State
 from regctl.cli.status import report_error
-from regctl.errors import ExitStatus
-from regctl.render import Format
+from regctl.errors import ExitStatus, InvalidInput
+from regctl.render import Format, to_json
 
 HELP = """Run pending user registrations stored in Redis.
 
 With no Redis configured, regctl uses an embedded local server (see `regctl server`).
 
-Example: regctl add alice@example.com --first-name Alice --last-name Liddell
+Example: regctl list --older-than 2h
+
+The options below work anywhere on the line: `regctl purge -q --url redis://db`.
 """
 
 
@@ -48,6 +51,7 @@ class RegctlGroup(TyperGroup):
         }
         if not standalone_mode:
             return super().main(standalone_mode=False, **run)
+        as_json = _asks_json(sys.argv[1:] if args is None else list(args))
         try:
             status = super().main(standalone_mode=False, **run)
         except typer.Abort:  # end of input or Ctrl-C at a prompt
@@ -63,17 +67,26 @@ class RegctlGroup(TyperGroup):
             where = context.command_path if context is not None else "regctl"
             from regctl.render import visible
 
-            message = visible(" ".join(str(exc.format_message()).split()))
+            message = _own_words(visible(" ".join(str(exc.format_message()).split())))
             sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
+            if as_json:
+                error = {"ok": False, "reason": "usage", "message": message}
+                sys.stdout.write(to_json(error | {"exit_code": exc.exit_code}) + "\n")
             sys.exit(exc.exit_code)
         sys.exit(status if isinstance(status, int) else 0)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _hoisted(self, ctx, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
         outcome = "ok"
         try:
             return super().invoke(ctx)
         except typer.Exit as done:
-            outcome = "ok" if not done.exit_code else f"exit {int(done.exit_code)}"
+            said = ctx.obj.outcome if isinstance(ctx.obj, State) else None
+            outcome = said or ("ok" if not done.exit_code else f"exit {int(done.exit_code)}")
             raise
         except BrokenPipeError:
             outcome = "closed_pipe"
@@ -87,6 +100,141 @@ class RegctlGroup(TyperGroup):
         finally:
             if isinstance(ctx.obj, State):
                 ctx.obj.record_audit(outcome)
+
+
+# The formats of commands that do not have every one (-o name needs identifiers).
+_ALL = frozenset(Format)
+_NO_NAMES = _ALL - {Format.NAME}
+FORMATS = {
+    "export": frozenset({Format.TABLE, Format.JSON, Format.NDJSON}),
+    "completion": frozenset({Format.TABLE}),
+    **dict.fromkeys(
+        (
+            "purge",
+            "stats",
+            "audit",
+            "import",
+            "health",
+            "doctor",
+            "selftest",
+            "config",
+            "server start",
+            "server stop",
+            "server status",
+            "secret status",
+            "secret rotate",
+        ),
+        _NO_NAMES,
+    ),
+}
+
+
+class RegctlCommand(TyperCommand):
+    """A command whose help also lists the global options it accepts, and which
+    refuses an output format it does not have before it does anything."""
+
+    def invoke(self, ctx: Any) -> Any:
+        state = ctx.find_root().obj
+        path = ctx.command_path.partition(" ")[2]
+        formats = FORMATS.get(path, _ALL)
+        if isinstance(state, State) and state.output and state.output not in formats:
+            raise InvalidInput(
+                f"`regctl {path}` has no -o {state.output} output",
+                f"use {', '.join(f.value for f in Format if f in formats)}",
+            )
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        root = ctx.find_root()
+        shared = [p for p in root.command.get_params(root) if p.name not in _ROOT_ONLY]
+        with formatter.section("Global options (anywhere on the line)"):
+            formatter.write_dl([record for p in shared if (record := p.get_help_record(root))])
+
+
+_ROOT_ONLY = ("help", "install_completion", "show_completion")
+
+
+def _option_table(command: Any, ctx: typer.Context) -> dict[str, bool]:
+    """Each option name of ``command`` -> whether it takes a value."""
+    names: dict[str, bool] = {}
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption):
+            takes_value = not (param.is_flag or param.count)
+            names.update(dict.fromkeys([*param.opts, *param.secondary_opts], takes_value))
+    return names
+
+
+def _hoisted(root: TyperGroup, ctx: typer.Context, args: list[str]) -> list[str]:
+    """``args`` with the global options given after the command name moved before it,
+    so `regctl purge -q` means `regctl -q purge` (as with kubectl and gh). A command's
+    own option of the same name wins; nothing after ``--`` moves."""
+    global_options = _option_table(root, ctx)
+    command: Any = root
+    local: dict[str, bool] = global_options
+    front: list[str] = []
+    rest: list[str] = []
+    named_at: int | None = None  # the command name's place: hoisted options go before it
+    tokens = iter(args)
+    for arg in tokens:
+        if arg == "--":
+            rest += [arg, *tokens]
+            break
+        name, attached = _split_option(arg)
+        table = local if name in local else global_options if name in global_options else None
+        if table is not None and (table[name] or not attached):
+            target = rest if table is local else front
+            target.append(arg)
+            if table[name] and not attached:
+                target += list(itertools.islice(tokens, 1))  # its value
+        else:
+            rest.append(arg)
+            sub = command.get_command(ctx, arg) if isinstance(command, TyperGroup) else None
+            if sub is not None:
+                named_at = len(rest) - 1 if named_at is None else named_at
+                command, local = sub, _option_table(sub, ctx)
+    if named_at is None:
+        return args
+    return rest[:named_at] + front + rest[named_at:]
+
+
+# The range checks' wording (pydantic's, through typer) in regctl's words.
+_RANGE_WORDS = (
+    ("Input should be greater than or equal to", "must be at least"),
+    ("Input should be less than or equal to", "must be at most"),
+    ("Input should be greater than", "must be more than"),
+    ("Input should be less than", "must be less than"),
+    ("Input should be", "must be"),
+)
+
+
+def _own_words(message: str) -> str:
+    for theirs, ours in _RANGE_WORDS:
+        message = message.replace(theirs, ours)
+    return message
+
+
+def _split_option(arg: str) -> tuple[str, bool]:
+    """(option name, whether its value is attached): --url=x, -ojson, -o, --url."""
+    if arg.startswith("--"):
+        return arg.partition("=")[0], "=" in arg
+    if arg.startswith("-") and len(arg) > 2:
+        return arg[:2], True  # -ojson (or flags run together, -qy: left to click)
+    return arg, False
+
+
+def _asks_json(args: list[str]) -> bool:
+    """``-o json`` (or ndjson) anywhere before ``--``, read before click parses anything."""
+    tokens = iter(args)
+    for arg in tokens:
+        if arg == "--":
+            return False
+        name, attached = _split_option(arg)
+        if name in ("-o", "--output"):
+            value = arg[len(name) :].lstrip("=") if attached else next(tokens, None)
+            if value in ("json", "ndjson"):
+                return True
+    return False
 
 
 def _closed_pipe() -> NoReturn:
@@ -125,6 +273,9 @@ def main_callback(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only errors (and requested data).")
     ] = False,
+    no_headers: Annotated[
+        bool, typer.Option("--no-headers", help="No header line in tables, TSV and CSV.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Tracebacks on errors.")] = False,
     no_color: Annotated[
         bool, typer.Option("--no-color", help="No colour (also NO_COLOR).")
@@ -142,6 +293,7 @@ def main_callback(
         config_file=config,
         output=output,
         quiet=quiet,
+        no_headers=no_headers,
         debug=debug,
         no_color=no_color,
     )
@@ -150,12 +302,15 @@ def main_callback(
 
 
 def build_app() -> typer.Typer:
-    from regctl.cli import secret_cmd, server_cmd
-    from regctl.cli.config_cmd import register as register_config
-    from regctl.cli.diagnose import register as register_diagnose
-    from regctl.cli.maintenance import register as register_maintenance
-    from regctl.cli.records import register as register_records
-    from regctl.cli.transfer_cmd import register as register_transfer
+    from regctl.cli import (
+        config_cmd,
+        diagnose,
+        maintenance,
+        records,
+        secret_cmd,
+        server_cmd,
+        transfer_cmd,
+    )
 
     app = typer.Typer(
         cls=RegctlGroup,
@@ -168,17 +323,12 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(main_callback)
-    for register in (
-        register_records,
-        register_maintenance,
-        register_transfer,
-        register_diagnose,
-        register_config,
-    ):
-        register(app)
+    for module in (records, maintenance, transfer_cmd, diagnose, config_cmd):
+        for command in module.COMMANDS:
+            app.command(command.__name__.rstrip("_"), cls=RegctlCommand)(command)
     for name, group in (("server", server_cmd), ("secret", secret_cmd)):
-        sub = typer.Typer(help=group.HELP, no_args_is_help=True)
+        sub = typer.Typer(help=group.HELP, no_args_is_help=True, rich_markup_mode=None)
         for command in group.COMMANDS:
-            sub.command()(command)
+            sub.command(cls=RegctlCommand)(command)
         app.add_typer(sub, name=name)
     return app

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.render import key_value_table
 
@@ -41,7 +40,7 @@ def _source(loaded: LoadedSettings, name: str) -> str:
     return f"{source}; ignored: {', '.join(ignored)}" if ignored else source
 
 
-def config(ctx: typer.Context, output: OutputOption = None) -> None:
+def config(ctx: typer.Context) -> None:
     """Show the effective settings and where each came from (secrets masked).
 
     Example: regctl --env-file prod.env config
@@ -55,7 +54,7 @@ def config(ctx: typer.Context, output: OutputOption = None) -> None:
     ]
     if not settings.redis_url:
         rows.append(("store", "embedded (no Redis URL configured)", "default"))
-    if state.wants_json(output):
+    if state.wants_json():
         state.json(
             {
                 name: {"value": value, "source": loaded.sources.get(name, "default")}
@@ -63,16 +62,16 @@ def config(ctx: typer.Context, output: OutputOption = None) -> None:
                 for name, value, _ in rows
             }
         )
-    elif state.is_tty:
+    elif state.wants_table:
         state.show(key_value_table((name, f"{value}  ({source})") for name, value, source in rows))
     else:
-        state.rows(("setting", "value", "source"), rows, output)
+        state.rows(("setting", "value", "source"), rows)
 
 
 def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print the shell completion script.
 
-    Example: regctl completion bash > /etc/bash_completion.d/regctl
+    Example: regctl completion bash > ~/.local/share/bash-completion/completions/regctl
     """
     typer.echo(completion_script(shell), nl=False)
 
@@ -85,6 +84,4 @@ def completion_script(shell: Shell) -> str:
     return get_completion_script(prog_name="regctl", complete_var="_REGCTL_COMPLETE", shell=shell)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(config)
-    app.command()(completion)
+COMMANDS = (config, completion)

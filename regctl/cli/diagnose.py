@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from regctl import __version__
-from regctl.cli.inputs import OutputOption
-from regctl.cli.live import CountOption, IntervalOption, watch
+from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.state import State
-from regctl.errors import RegctlError, StoreUnavailable
-from regctl.render import escape, table, to_json
+from regctl.errors import ExitStatus, InvalidInput, RegctlError, StoreUnavailable
+from regctl.render import escape, table, visible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -33,32 +32,39 @@ def health(
     ] = 0.95,
     interval: IntervalOption = None,
     count: CountOption = None,
-    output: OutputOption = None,
+    nagios: Annotated[
+        bool,
+        typer.Option("--nagios", help="One monitoring-plugin line with performance data."),
+    ] = False,
 ) -> None:
     """Check Redis and the store; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
-    With --interval it keeps watching (one line per sample in a pipe) and exits 0.
+    --nagios prints the plugin form (`REGCTL OK - … | latency_ms=…`). With
+    --interval it keeps watching (one line per sample in a pipe) until Ctrl-C.
 
-    Example: regctl health -o json
+    Example: regctl health --nagios
     """
-    from regctl.diagnostics import Level, Thresholds
+    from regctl.diagnostics import Level, Thresholds, nagios_line
     from regctl.diagnostics import health as check
 
     state: State = ctx.obj
+    check_live(state, interval, count)
+    if nagios and (interval is not None or state.output is not None):
+        raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
     limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
     try:
         report = check(state.store_within(state.settings.health_timeout), __version__, limits)
-    except StoreUnavailable as exc:  # down or stalled before the checks could start
-        state.err.print(f"CRITICAL: {escape(exc.message)}")
-        if state.wants_json(output):
-            state.json({"status": "critical", "version": __version__, "error": exc.message})
-        raise typer.Exit(Level.CRITICAL) from None
-    except RegctlError as exc:  # no store at all (bad config): the plugin's UNKNOWN
-        state.err.print(f"UNKNOWN: {escape(exc.message)}")
-        if state.wants_json(output):
-            state.json({"status": "unknown", "version": __version__, "error": exc.message})
-        raise typer.Exit(Level.UNKNOWN) from None
-    as_json = state.wants_json(output)
+    except RegctlError as exc:
+        # Down or stalled before the checks could start: CRITICAL; no store at all
+        # (bad configuration): the plugin's UNKNOWN.
+        level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
+        if nagios:
+            state.lines([f"REGCTL {level.name} - {visible(' '.join(exc.message.split()))}"])
+        else:
+            state.err.print(f"{level.name}: {escape(exc.message)}")
+        if state.wants_json():
+            state.json({"status": level.name.lower(), "version": __version__, "error": exc.message})
+        raise typer.Exit(level) from None
     if interval is not None:
         watch(
             state,
@@ -66,27 +72,34 @@ def health(
             count,
             lambda: check(state.store, __version__, limits),
             lambda r: _health_view(r, state),
-            lambda r: (
-                to_json(r.data)
-                if as_json
-                else "\t".join(
-                    [
-                        r.data["timestamp"],
-                        r.level.name,
-                        *(f"{c.name}={c.level.name.lower()}" for c in r.checks),
-                    ]
-                )
-            ),
+            lambda r: r.data,
+            _health_cells,
         )
         return
-    if as_json:
+    if nagios:
+        state.lines([visible(nagios_line(report, limits))])
+    elif state.wants_json():
         state.json(report.data)
-    elif state.is_tty:
+    elif state.wants_table:
         state.show(_health_view(report, state))
     else:
         rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
-        state.rows(("check", "status", "detail"), rows, output)
+        state.rows(("check", "status", "detail"), rows)
     raise typer.Exit(report.level)
+
+
+def _health_cells(report: Health) -> list[tuple[str, str]]:
+    """The columns of a streamed sample: the same ones whatever the checks found."""
+    facts = report.data.get("redis", {})
+    total = report.data.get("pending_registrations", {}).get("total")
+    problems = [c.name for c in report.checks if c.level.name != "OK"]
+    return [
+        ("status", report.level.name),
+        ("latency_ms", str(facts.get("latency_ms", ""))),
+        ("pending", "" if total is None else str(total)),
+        ("used_memory", str(facts.get("used_memory", ""))),
+        ("problems", ",".join(problems)),
+    ]
 
 
 def _health_view(report: Health, state: State) -> Any:
@@ -121,7 +134,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
     return out
 
 
-def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
+def doctor(ctx: typer.Context) -> None:
     """Look for problems: eviction, persistence, memory, TTL-less keys, orphans, ACL, version.
 
     Exit 1 when anything is found at warning or error level.
@@ -132,16 +145,17 @@ def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
 
     state: State = ctx.obj
     findings = examine(state.store)
-    if state.wants_json(output):
+    problems = any(f.severity in ("error", "warning") for f in findings)
+    if state.wants_json():
         state.json(
             {
-                "ok": not findings,
+                "ok": not problems,
                 "store": state.store_description,
                 "findings": [f.__dict__ for f in findings],
             }
         )
-    elif state.is_tty:
-        if not findings:
+    elif state.wants_table:
+        if not problems:
             state.say("[green]no problems found[/green]")
         for f in findings:
             style = {"error": "red", "warning": "yellow"}.get(f.severity, "blue")
@@ -150,13 +164,12 @@ def doctor(ctx: typer.Context, output: OutputOption = None) -> None:
         state.rows(
             ("severity", "code", "message", "fix"),
             [(f.severity, f.code, f.message, f.fix) for f in findings],
-            output,
         )
-    if any(f.severity in ("error", "warning") for f in findings):
-        raise typer.Exit(1)
+    if problems:
+        raise typer.Exit(ExitStatus.REFUSED)
 
 
-def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
+def selftest(ctx: typer.Context) -> None:
     """Run the 8-step end-to-end test in a throwaway namespace (always cleaned up).
 
     Example: regctl selftest
@@ -166,7 +179,7 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
     state: State = ctx.obj
     steps = run(state.store, __version__)
     ok = all(s.ok for s in steps)
-    if state.wants_json(output):
+    if state.wants_json():
         state.json(
             {
                 "ok": ok,
@@ -177,7 +190,7 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
                 ],
             }
         )
-    elif state.is_tty:
+    elif state.wants_table:
         rows = table("#", "STEP", "RESULT", "TIME", "DETAIL")
         for i, s in enumerate(steps, 1):
             result = "[green]ok[/green]" if s.ok else "[red]FAIL[/red]"
@@ -187,13 +200,9 @@ def selftest(ctx: typer.Context, output: OutputOption = None) -> None:
         state.rows(
             ("step", "result", "ms", "detail"),
             [(s.name, "ok" if s.ok else "FAIL", f"{s.ms:.1f}", s.detail) for s in steps],
-            output,
         )
     if not ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.REFUSED)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(health)
-    app.command()(doctor)
-    app.command()(selftest)
+COMMANDS = (health, doctor, selftest)

@@ -8,16 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from regctl.errors import InvalidInput
-from regctl.render import Format
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
     from regctl.model import PendingRegistration
 
-OutputOption = Annotated[
-    Format | None,
-    typer.Option("--output", "-o", help="table, wide, json, ndjson, csv or name."),
-]
 EmailArg = Annotated[str, typer.Argument(help="The address, in any letter case.")]
 ShowCode = Annotated[
     bool, typer.Option("--show-code", help="Print the new code once (for scripts).")

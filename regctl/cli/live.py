@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from regctl.errors import InvalidInput
+from regctl.render import Format, escape, timestamp
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
 
 IntervalOption = Annotated[
     float | None,
-    typer.Option(min=0.1, help="Repeat every N seconds (Ctrl-C stops; exit 0)."),
+    typer.Option(min=0.1, help="Repeat every N seconds (Ctrl-C stops: exit 130)."),
 ]
 CountOption = Annotated[
     int | None, typer.Option(min=1, help="With --interval: stop after this many samples.")
 ]
+
+
+def check_live(state: State, interval: float | None, count: int | None) -> None:
+    """Before any work: --count means nothing alone, and a stream of samples is NDJSON."""
+    if count is not None and interval is None:
+        raise InvalidInput("--count needs --interval", "add --interval 5 (seconds)")
+    if interval is not None and state.format() is Format.JSON:
+        raise InvalidInput(
+            "--interval writes one JSON object per sample", "use -o ndjson for the stream"
+        )
 
 
 def watch(
@@ -25,29 +38,44 @@ def watch(
     interval: float,
     count: int | None,
     sample: Callable[[], Any],
-    as_table: Callable[[Any], Any],
-    as_line: Callable[[Any], str],
+    view: Callable[[Any], Any],
+    data: Callable[[Any], dict[str, Any]],
+    cells: Callable[[Any], Sequence[tuple[str, str]]],
 ) -> None:
-    """Take ``sample()`` every ``interval`` seconds until Ctrl-C or ``count`` samples."""
+    """Take ``sample()`` every ``interval`` seconds until ``count`` samples, or until
+    Ctrl-C (which exits 130, as interrupted commands do). At a terminal each sample is
+    ``view``, the one-shot view, under a line with its time; ``-o ndjson`` writes
+    ``data`` one object a line; otherwise ``cells``' values are one TSV or CSV row a
+    sample, after a header of their names (the first column is the sample's time)."""
     taken = 0
-    try:
-        if state.is_tty:
-            from rich.live import Live
+    if state.wants_table:
+        from rich.console import Group
+        from rich.live import Live
 
-            with Live(console=state.out, auto_refresh=False) as live:
-                while count is None or taken < count:
-                    live.update(as_table(sample()), refresh=True)
-                    taken += 1
-                    _pause(interval, count, taken)
+        with Live(console=state.out, auto_refresh=False) as live:
+            while True:
+                taken, result = taken + 1, sample()
+                of = f" of {count}" if count else ""
+                heading = (
+                    f"[dim]{escape(_now())} · sample {taken}{of} · every {interval:g}s"
+                    f" · Ctrl-C stops[/dim]"
+                )
+                live.update(Group(heading, view(result)), refresh=True)
+                if count is not None and taken >= count:
+                    return
+                time.sleep(interval)
+    while True:
+        taken, result = taken + 1, sample()
+        if state.wants_json():
+            state.json(data(result))
         else:
-            while count is None or taken < count:
-                state.lines([as_line(sample())])
-                taken += 1
-                _pause(interval, count, taken)
-    except KeyboardInterrupt:
-        return  # watching ends with Ctrl-C: that is success
-
-
-def _pause(interval: float, count: int | None, taken: int) -> None:
-    if count is None or taken < count:
+            pairs = [("timestamp", _now()), *cells(result)]
+            header = [name for name, _ in pairs] if taken == 1 else None
+            state.rows(header, [[value for _, value in pairs]])
+        if count is not None and taken >= count:
+            return
         time.sleep(interval)
+
+
+def _now() -> str:
+    return timestamp(int(time.time() * 1000))

@@ -10,10 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from regctl.cli.inputs import OutputOption
-from regctl.cli.live import CountOption, IntervalOption, watch
+from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.state import State
-from regctl.errors import InvalidInput
+from regctl.errors import ExitStatus, InvalidInput
 from regctl.model import (
     FUNNEL_EVENTS,
     Filter,
@@ -28,19 +27,21 @@ from regctl.render import (
     key_value_table,
     table,
     timestamp,
-    to_json,
+    visible,
 )
 
 
-def _summary(report: PurgeReport) -> str:
+def _summary(report: PurgeReport, walked: bool) -> str:
     verb = "would purge" if report.dry_run else "purged"
-    reindexed = ""
-    if report.reindexed:
-        reindexed = f"; {'would re-index' if report.dry_run else 're-indexed'} {report.reindexed}"
-    return (
+    text = (
         f"{verb} {report.total} (expired {report.expired}, orphans {report.orphans}, "
-        f"matched {report.matched}; scanned {report.scanned}){reindexed}"
+        f"matched {report.matched})"
     )
+    if walked:  # only a walk examines live entries; expired ones are found by score
+        text += f"; examined {report.scanned} live"
+    if report.reindexed:
+        text += f"; {'would re-index' if report.dry_run else 're-indexed'} {report.reindexed}"
+    return text
 
 
 def purge(
@@ -71,11 +72,10 @@ def purge(
         Path | None,
         typer.Option(help="Write Prometheus textfile metrics here after a successful run."),
     ] = None,
-    output: OutputOption = None,
 ) -> None:
     """Remove expired registrations and index leftovers; with filters, live records too.
 
-    Example (cron): */5 * * * * regctl purge --quiet
+    Example (cron): */5 * * * * regctl purge --quiet --wait 60
     """
     state: State = ctx.obj
     selection = Filter(
@@ -96,54 +96,62 @@ def purge(
                 if v
             ),
         )
-    deletes_live = not selection.is_empty and not dry_run
-    if deletes_live and not yes:
-        if not sys.stdin.isatty():
-            raise InvalidInput("purge with filters deletes live registrations", "add --yes")
-        if not typer.confirm("Delete live registrations matching the filters?"):
-            raise typer.Exit(1)
+    if metrics_file is not None:
+        from regctl.metrics import check_metrics_path
+
+        check_metrics_path(metrics_file)
     manager = state.manager
     walk = selection if (orphans or not selection.is_empty) else None
-    started = time.monotonic()
-    if state.err_is_tty and not state.quiet:
-        from rich.progress import Progress
+    if not selection.is_empty and not dry_run and not yes:
+        _confirm_live_deletes(state, walk)
 
-        with Progress(console=state.err, transient=True) as bar:
-            task = bar.add_task("purging", total=None)
-            report = manager.purge(
+    def run(dry: bool) -> PurgeReport:
+        with state.progress("examined") as tally:
+            return manager.purge(
                 walk,
-                dry_run=dry_run,
+                dry_run=dry,
                 batch=batch,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                on_progress=tally.at,
                 wait=wait,
                 reindex=reindex,
             )
-    else:
-        report = manager.purge(walk, dry_run=dry_run, batch=batch, wait=wait, reindex=reindex)
+
+    started = time.monotonic()
+    report = run(dry_run)
     seconds = time.monotonic() - started
     if metrics_file is not None and not dry_run:
         from regctl.metrics import write_purge_metrics
 
         write_purge_metrics(metrics_file, report, seconds, manager.counts())
-    if state.wants_json(output):
-        state.json(
-            {
-                "ok": True,
-                "duration_s": round(seconds, 3),
-                "dry_run": report.dry_run,
-                "purged": report.total,
-                "by_reason": {
-                    "expired": report.expired,
-                    "orphan": report.orphans,
-                    "matched": report.matched,
-                },
-                "reindexed": report.reindexed,
-                "scanned": report.scanned,
-                "store": state.store_description,
-            }
-        )
-    else:
-        state.say(_summary(report))
+    data = {
+        "ok": True,
+        "duration_s": round(seconds, 3),
+        "dry_run": report.dry_run,
+        "purged": report.total,
+        "by_reason": {
+            "expired": report.expired,
+            "orphan": report.orphans,
+            "matched": report.matched,
+        },
+        "reindexed": report.reindexed,
+        "scanned": report.scanned,
+        "store": state.store_description,
+    }
+    state.result(data, _summary(report, walk is not None))
+
+
+def _confirm_live_deletes(state: State, walk: Filter | None) -> None:
+    """Ask at a terminal, naming how many live records and which store; refuse elsewhere."""
+    if not sys.stdin.isatty():
+        raise InvalidInput("purge with filters deletes live registrations", "add --yes")
+    with state.progress("counting") as tally:
+        matched = state.manager.purge(walk, dry_run=True, on_progress=tally.at).matched
+    if not matched:
+        return  # nothing live to delete: the expired leftovers go without a question
+    where = f"{state.store_description} (prefix {state.settings.prefix})"
+    question = f"Delete {matched:,} live registrations from {where}?"
+    if not typer.confirm(visible(question)):
+        raise typer.Exit(ExitStatus.REFUSED)
 
 
 def stats(
@@ -152,7 +160,6 @@ def stats(
     days: Annotated[int, typer.Option(min=1, max=3650, help="Days of the funnel to show.")] = 7,
     interval: IntervalOption = None,
     count: CountOption = None,
-    output: OutputOption = None,
 ) -> None:
     """Totals, top domains, an age histogram, and the daily funnel with conversion.
 
@@ -162,40 +169,56 @@ def stats(
     Example: regctl stats --days 14
     """
     state: State = ctx.obj
-    as_json = state.wants_json(output)
+    check_live(state, interval, count)
+    manager = state.manager
+
+    def sample() -> tuple[Stats, list[FunnelDay]]:
+        return manager.stats(top), manager.funnel(days)
+
     if interval is not None:
-        watch(
-            state,
-            interval,
-            count,
-            lambda: state.manager.stats(top),
-            _stats_view,
-            lambda s: to_json(_stats_json(s, state)) if as_json else _stats_line(s),
-        )
+        watch(state, interval, count, sample, _view, _data, lambda s: _stats_pairs(s[0]))
         return
-    result = state.manager.stats(top)
-    funnel = state.manager.funnel(days)
-    if as_json:
-        state.json(
-            {
-                **_stats_json(result, state),
-                "ages": [{"age": label, "count": n} for label, n in result.ages],
-                "funnel": [{**asdict(d), "conversion": d.conversion} for d in funnel],
-            }
-        )
-    elif state.is_tty:
-        state.show(_stats_view(result))
-        state.show(_ages_view(result))
-        state.show(_funnel_view(funnel))
+    result = sample()
+    if state.wants_json():
+        state.json({**_data(result), "store": state.store_description})
+    elif state.wants_table:
+        state.show(_view(result))
     else:
-        rows = _stats_pairs(result) + [(f"domain {d}", str(n)) for d, n in result.top_domains]
-        rows += [(f"age {label}", str(n)) for label, n in result.ages]
-        rows += [
-            (f"funnel {d.day} {event}", str(getattr(d, event)))
-            for d in funnel
-            for event in FUNNEL_EVENTS
-        ]
-        state.rows(("metric", "value"), rows, output)
+        state.rows(("metric", "value"), _stats_rows(result))
+
+
+def _data(sample: tuple[Stats, list[FunnelDay]]) -> dict[str, Any]:
+    result, funnel = sample
+    return {
+        "timestamp": timestamp(int(time.time() * 1000)),
+        "total": result.total,
+        "locked": result.locked,
+        "code_expired": result.code_expired,
+        "expiring_within_hour": result.expiring_within_hour,
+        "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
+        "ages": [{"age": label, "count": n} for label, n in result.ages],
+        "funnel": [{**asdict(d), "conversion": d.conversion} for d in funnel],
+    }
+
+
+def _stats_rows(sample: tuple[Stats, list[FunnelDay]]) -> list[tuple[str, str]]:
+    result, funnel = sample
+    rows = _stats_pairs(result)
+    rows += [(f"domain {d}", str(n)) for d, n in result.top_domains]
+    rows += [(f"age {label}", str(n)) for label, n in result.ages]
+    rows += [
+        (f"funnel {d.day} {event}", str(getattr(d, event)))
+        for d in funnel
+        for event in FUNNEL_EVENTS
+    ]
+    return rows
+
+
+def _view(sample: tuple[Stats, list[FunnelDay]]) -> Any:
+    from rich.console import Group
+
+    result, funnel = sample
+    return Group(_stats_view(result), _ages_view(result), _funnel_view(funnel))
 
 
 def _stats_pairs(result: Stats) -> list[tuple[str, str]]:
@@ -205,23 +228,6 @@ def _stats_pairs(result: Stats) -> list[tuple[str, str]]:
         ("code expired", str(result.code_expired)),
         ("expiring within 1h", str(result.expiring_within_hour)),
     ]
-
-
-def _stats_json(result: Stats, state: State) -> dict[str, Any]:
-    return {
-        "timestamp": timestamp(int(time.time() * 1000)),
-        "total": result.total,
-        "locked": result.locked,
-        "code_expired": result.code_expired,
-        "expiring_within_hour": result.expiring_within_hour,
-        "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
-        "store": state.store_description,
-    }
-
-
-def _stats_line(result: Stats) -> str:
-    values = "\t".join(value for _label, value in _stats_pairs(result))
-    return f"{timestamp(int(time.time() * 1000))}\t{values}"
 
 
 def _stats_view(result: Stats) -> Any:
@@ -255,7 +261,6 @@ def audit(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Newest entries to show.")] = 50,
     command: Annotated[str | None, typer.Option(help="Only this command (add, purge...).")] = None,
     target: Annotated[str | None, typer.Option(help="Only targets containing this.")] = None,
-    output: OutputOption = None,
 ) -> None:
     """Show who did what: the audit trail of mutating commands, newest first.
 
@@ -270,20 +275,17 @@ def audit(
         and (needle is None or needle in e.get("target", "").casefold())
     ][:limit]
     columns = ("at", "who", "command", "target", "outcome")
-    if state.wants_json(output):
+    if state.wants_json():
         state.json([{**r, "at": timestamp(int(r["at"]))} for r in rows])
         return
     cells = [[timestamp(int(r["at"])), *(r.get(c, "") for c in columns[1:])] for r in rows]
-    if state.is_tty:
+    if state.wants_table:
         out = table(*(c.upper() for c in columns))
         for row in cells:
             out.add_row(*(escape(v) for v in row))
         state.show(out)
     else:
-        state.rows(columns, cells, output)
+        state.rows(columns, cells)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(purge)
-    app.command()(stats)
-    app.command()(audit)
+COMMANDS = (purge, stats, audit)

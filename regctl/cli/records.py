@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -11,7 +12,6 @@ import typer
 from regctl.cli.inputs import (
     EmailArg,
     NoSend,
-    OutputOption,
     ShowCode,
     check_delivery,
     deliver_code,
@@ -20,7 +20,7 @@ from regctl.cli.inputs import (
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS
-from regctl.errors import DeliveryFailed, InvalidInput, NotFound
+from regctl.errors import DeliveryFailed, ExitStatus, InvalidInput, NotFound
 from regctl.model import (
     Filter,
     PendingRegistration,
@@ -34,14 +34,12 @@ from regctl.render import (
     COLUMNS,
     WIDE_COLUMNS,
     Format,
-    csv_lines,
     escape,
     inspect_pairs,
     json_array,
     key_value_table,
     record_cells,
     record_json,
-    record_tsv,
     records_table,
     to_json,
     visible,
@@ -53,6 +51,10 @@ _DELIVERY_TEXT = {
     "not_sent": "code not sent",
     "failed": "code NOT delivered",
 }
+
+
+def _attempts(left: int | None) -> str:
+    return "no attempts left" if not left else f"{left} attempt{'s' if left > 1 else ''} left"
 
 
 def _check_replicas(state: State, acked: int | None) -> dict[str, int]:
@@ -75,7 +77,6 @@ def _deliver_and_report(
     *,
     send: bool,
     show_code: bool,
-    output: Format | None,
     summary: str,
 ) -> None:
     """Mail the code, print the outcome (the code only if asked), then raise a
@@ -86,22 +87,18 @@ def _deliver_and_report(
         delivery = deliver_code(state, reg, code, send)
     except DeliveryFailed as exc:
         delivery, failure = "failed", exc
-    if state.wants_json(output):
-        extra = {"code": code} if show_code else {}
-        state.json(
-            record_json(
-                reg,
-                state.manager.policy,
-                delivery=delivery,
-                store=state.store_description,
-                **replicas,
-                **extra,
-            )
-        )
-    else:
-        state.say(f"{summary}; {_DELIVERY_TEXT[delivery]}")
-        if show_code:
-            state.lines([code] if state.quiet or not state.is_tty else [f"code: {code}"])
+    extra = {"code": code} if show_code else {}
+    data = record_json(
+        reg,
+        state.manager.policy,
+        delivery=delivery,
+        store=state.store_description,
+        **replicas,
+        **extra,
+    )
+    state.result(data, f"{summary}; {_DELIVERY_TEXT[delivery]}", [reg.email])
+    if show_code and state.format() in (Format.TABLE, Format.WIDE):
+        state.lines([code] if state.quiet or not state.is_tty else [f"code: {code}"])
     if failure is not None:
         raise failure
 
@@ -125,7 +122,6 @@ def add(
     ] = False,
     show_code: ShowCode = False,
     no_send: NoSend = False,
-    output: OutputOption = None,
 ) -> None:
     """Add a pending registration and send its verification code.
 
@@ -145,7 +141,6 @@ def add(
         added.code,
         send=not no_send,
         show_code=show_code,
-        output=output,
         summary=f"added {escape(reg.email)}",
     )
 
@@ -164,12 +159,20 @@ def list_(
     sort: Annotated[
         SortKey, typer.Option(help="Order: expires, created or newest.")
     ] = SortKey.EXPIRES,
-    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--field",
+            "-F",
+            help=f"Only these columns, in this order (repeat or comma-separate): "
+            f"{', '.join(WIDE_COLUMNS)}.",
+        ),
+    ] = None,
     raw_csv: Annotated[
         bool,
         typer.Option("--raw-csv", help="CSV cells exactly as stored (no formula guard)."),
     ] = False,
-    output: OutputOption = None,
 ) -> None:
     """List pending registrations (streamed; empty is not an error).
 
@@ -183,22 +186,41 @@ def list_(
         locked=locked,
         code_expired=code_expired,
     )
+    fmt = state.format()
+    columns = _columns(field, fmt)
+    if raw_csv and fmt is not Format.CSV:
+        raise InvalidInput("--raw-csv needs -o csv")
     rows = _started(state.manager.list(selection, sort=sort, limit=limit))
     policy = state.manager.policy
-    fmt = state.format(output)
     if fmt is Format.JSON:
         state.write(json_array(record_json(r, policy) for r in rows))
     elif fmt is Format.NDJSON:
         state.write(to_json(record_json(r, policy)) + "\n" for r in rows)
-    elif fmt is Format.CSV:
-        cells = (record_cells(r, policy, WIDE_COLUMNS) for r in rows)
-        state.write(csv_lines(WIDE_COLUMNS, cells, raw=raw_csv))
     elif fmt is Format.NAME:
         state.lines(visible(r.email) for r in rows)
-    elif state.is_tty:
-        state.show(records_table(rows, policy, wide=fmt is Format.WIDE))
+    elif state.wants_table:  # a table needs every row: count them as they come
+        with state.progress("reading") as tally:
+            table = records_table(
+                tally.track(rows), policy, columns, show_header=not state.no_headers
+            )
+        state.show(table)
     else:
-        state.lines(record_tsv(rows, policy, wide=fmt is Format.WIDE))
+        state.rows(columns, (record_cells(r, policy, columns) for r in rows), raw=raw_csv)
+
+
+def _columns(fields: list[str] | None, fmt: Format) -> tuple[str, ...]:
+    """The columns --field names (checked before anything is read), else the format's."""
+    if not fields:
+        return WIDE_COLUMNS if fmt in (Format.WIDE, Format.CSV) else COLUMNS
+    if fmt in (Format.JSON, Format.NDJSON, Format.NAME):
+        raise InvalidInput(f"--field selects columns of table, wide and csv output, not {fmt}")
+    names = tuple(n.strip() for f in fields for n in f.split(","))
+    unknown = [n for n in names if n not in WIDE_COLUMNS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {unknown[0]!r}", f"choose from {', '.join(WIDE_COLUMNS)}"
+        )
+    return names
 
 
 def _started(rows: Iterator[PendingRegistration]) -> Iterator[PendingRegistration]:
@@ -208,7 +230,7 @@ def _started(rows: Iterator[PendingRegistration]) -> Iterator[PendingRegistratio
     return iter(()) if first is None else itertools.chain([first], rows)
 
 
-def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) -> None:
+def inspect(ctx: typer.Context, email: EmailArg) -> None:
     """Show one registration: status, attempts, resends, cooldown, code and record expiry.
 
     Example: regctl inspect alice@example.com
@@ -220,12 +242,14 @@ def inspect(ctx: typer.Context, email: EmailArg, output: OutputOption = None) ->
             f"no pending registration for {email}", "it was verified, expired or never added"
         )
     policy = state.manager.policy
-    if state.wants_json(output):
+    if state.wants_json():
         state.json(record_json(reg, policy, store=state.store_description))
-    elif state.is_tty:
+    elif state.format() is Format.NAME:
+        state.lines([visible(reg.email)])
+    elif state.wants_table:
         state.show(key_value_table(inspect_pairs(reg, policy)))
     else:
-        state.rows(("field", "value"), inspect_pairs(reg, policy), output)
+        state.rows(("field", "value"), inspect_pairs(reg, policy))
 
 
 def resend(
@@ -247,7 +271,6 @@ def resend(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Bulk: stop after this many.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Bulk: list, send nothing.")] = False,
-    output: OutputOption = None,
 ) -> None:
     """Send a new code; the old one stops working. Cooldown and cap apply.
 
@@ -257,6 +280,20 @@ def resend(
     Example: regctl resend --older-than 2h --never-resent --rate 10/min --dry-run
     """
     state: State = ctx.obj
+    bulk_only = {
+        "--older-than": older_than is not None,
+        "--domain": domain is not None,
+        "--never-resent": never_resent,
+        "--rate": rate is not None,
+        "--limit": limit is not None,
+        "--dry-run": dry_run,
+    }
+    given = [name for name, set_ in bulk_only.items() if set_]
+    if email is not None and given:
+        raise InvalidInput(
+            f"{', '.join(given)} select registrations for a bulk resend, not one address",
+            "drop the address to resend in bulk, or drop the option",
+        )
     if email is None:
         _bulk_resend(
             state,
@@ -267,7 +304,6 @@ def resend(
             limit,
             dry_run,
             send=not no_send,
-            output=output,
         )
         return
     state.audited("resend", email)
@@ -281,7 +317,6 @@ def resend(
         resent.code,
         send=not no_send,
         show_code=show_code,
-        output=output,
         summary=f"new code for {escape(reg.email)} ({left} resends left)",
     )
 
@@ -296,7 +331,6 @@ def _bulk_resend(
     dry_run: bool,
     *,
     send: bool,
-    output: Format | None,
 ) -> None:
     selection = Filter(
         domain=normalize_domain(domain) if domain else None,
@@ -319,7 +353,7 @@ def _bulk_resend(
         dry_run=dry_run,
         deliver=deliver,
     )
-    if state.wants_json(output):
+    if state.wants_json():
         state.json(
             {
                 "ok": not report.failed,
@@ -332,6 +366,8 @@ def _bulk_resend(
                 "stopped": report.stopped,
             }
         )
+    elif state.format() is Format.NAME:
+        state.lines(visible(email) for email in report.recipients)
     else:
         if dry_run:
             state.lines(visible(email) for email in report.recipients)
@@ -353,7 +389,6 @@ def verify(
     ctx: typer.Context,
     email: EmailArg,
     code: Annotated[str | None, typer.Argument(help="The code; else stdin or a prompt.")] = None,
-    output: OutputOption = None,
 ) -> None:
     """Check a code; on success the registration is consumed and printed.
 
@@ -365,31 +400,30 @@ def verify(
     status = VERIFY_STATUS[result.outcome]
     reg = result.registration
     replicas = _check_replicas(state, result.replicas_acked)
-    if state.wants_json(output):
-        data: dict[str, Any] = {
-            "ok": result.ok,
-            "reason": result.outcome.value,
-            "attempts_left": result.attempts_left,
-            "store": state.store_description,
-            **replicas,
-        }
-        if reg is not None:
-            data["registration"] = reg.public_dict(include_password_hash=True)
-        state.json(data)
-    elif reg is not None:
-        state.say(
-            f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
-        )
-        if not state.is_tty:
-            state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)], output)
+    data: dict[str, Any] = {
+        "ok": result.ok,
+        "reason": result.outcome.value,
+        "attempts_left": result.attempts_left,
+        "store": state.store_description,
+        **replicas,
+    }
+    if reg is not None:
+        data["registration"] = reg.public_dict(include_password_hash=True)
+        message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
+        state.result(data | {"email": reg.email}, message, [reg.email])
+        if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
+            state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
+    elif state.format() in (Format.JSON, Format.NDJSON, Format.CSV):
+        state.result(data, "")
     if status:
         messages = {
-            "invalid_code": f"wrong code for {email}; {result.attempts_left} attempts left",
+            "invalid_code": f"wrong code for {email}; {_attempts(result.attempts_left)}",
             "locked": f"{email} is locked after too many wrong codes — run `regctl unlock`",
             "code_expired": f"the code for {email} has expired — run `regctl resend`",
             "not_found": f"no pending registration for {email}",
         }
         state.err.print(f"Error: {escape(messages[result.outcome.value])}")
+        state.outcome = result.outcome.value
         raise typer.Exit(status)
 
 
@@ -402,7 +436,8 @@ def unlock(ctx: typer.Context, email: EmailArg) -> None:
     state.audited("unlock", email)
     if not state.manager.unlock(email):
         raise NotFound(f"no pending registration for {email}")
-    state.say(f"unlocked {escape(email)}")
+    data = {"ok": True, "unlocked": email, "store": state.store_description}
+    state.result(data, f"unlocked {escape(email)}", [email])
 
 
 def delete(
@@ -410,24 +445,23 @@ def delete(
     email: EmailArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Required in production.")] = False,
 ) -> None:
-    """Delete one pending registration (with REGCTL_ENV=production, only with --yes).
+    """Delete one pending registration (with REGCTL_ENV=production: asked at a
+    terminal, else only with --yes).
 
     Example: regctl delete alice@example.com
     """
     state: State = ctx.obj
     if state.settings.env == "production" and not yes:
-        raise InvalidInput("this is production: deleting a live registration needs --yes")
+        if not sys.stdin.isatty():
+            raise InvalidInput("this is production: deleting a live registration needs --yes")
+        where = f"{state.store_description} (prefix {state.settings.prefix}, production)"
+        if not typer.confirm(visible(f"Delete {email} from {where}?")):
+            raise typer.Exit(ExitStatus.REFUSED)
     state.audited("delete", email)
     if not state.manager.delete(email):
         raise NotFound(f"no pending registration for {email}")
-    state.say(f"deleted {escape(email)}")
+    data = {"ok": True, "deleted": email, "store": state.store_description}
+    state.result(data, f"deleted {escape(email)}", [email])
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(add)
-    app.command("list")(list_)
-    app.command()(inspect)
-    app.command()(resend)
-    app.command()(verify)
-    app.command()(unlock)
-    app.command()(delete)
+COMMANDS = (add, list_, inspect, resend, verify, unlock, delete)

@@ -59,7 +59,8 @@ def markdown_reference() -> str:
     from regctl.cli.app import build_app
 
     root = get_command(build_app())
-    lines = ["Global options (before the command):", "", *_options(root), ""]
+    lines = ["Global options (anywhere on the line: `regctl purge -q` is `regctl -q purge`):"]
+    lines += ["", *_options(root), ""]
     lines += _walk(root, [])
     return "\n".join(lines).rstrip() + "\n"
 

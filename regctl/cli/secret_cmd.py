@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
 from regctl.errors import ExitStatus, InvalidInput
 from regctl.render import escape
 
 
-def status(ctx: typer.Context, output: OutputOption = None) -> None:
+def status(ctx: typer.Context) -> None:
     """Say whether the configured code secret is the one the store's codes use.
 
     Exit 0 when it is (or none is recorded yet), 78 when it is another one.
@@ -23,16 +22,12 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
     state: State = ctx.obj
     matches = state.manager.secret_matches()
     word = {True: "matches", False: "mismatch", None: "unrecorded"}[matches]
-    if state.wants_json(output):
-        state.json({"secret": word, "store": state.store_description})
-    else:
-        state.say(
-            {
-                "matches": "the configured code secret is the store's",
-                "mismatch": "the store's codes were made with another code secret",
-                "unrecorded": "no code secret recorded yet (the first code written records it)",
-            }[word]
-        )
+    message = {
+        "matches": "the configured code secret is the store's",
+        "mismatch": "the store's codes were made with another code secret",
+        "unrecorded": "no code secret recorded yet (the first code written records it)",
+    }[word]
+    state.result({"secret": word, "store": state.store_description}, message)
     if matches is False:
         raise typer.Exit(ExitStatus.CONFIG)
 
@@ -40,7 +35,6 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
 def rotate(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Rotate without asking.")] = False,
-    output: OutputOption = None,
 ) -> None:
     """Make the configured code secret the store's; codes made with the old one die.
 
@@ -52,7 +46,8 @@ def rotate(
     state: State = ctx.obj
     manager = state.manager
     if manager.secret_matches() is True:
-        state.say("the configured code secret is already the store's; nothing changed")
+        message = "the configured code secret is already the store's; nothing changed"
+        state.result({"rotated": False, "pending_codes_invalidated": 0}, message)
         return
     if not yes:
         question = f"Record a new code secret for {state.store_description}?"
@@ -62,10 +57,8 @@ def rotate(
             raise typer.Exit(ExitStatus.REFUSED)
     state.audited("secret rotate")
     pending = manager.rotate_secret()
-    if state.wants_json(output):
-        state.json({"rotated": True, "pending_codes_invalidated": pending})
-    else:
-        state.say(f"code secret rotated; {pending} pending codes no longer verify")
+    data = {"rotated": True, "pending_codes_invalidated": pending}
+    state.result(data, f"code secret rotated; {pending} pending codes no longer verify")
 
 
 HELP = "Check or rotate the code secret the store's codes are made with."

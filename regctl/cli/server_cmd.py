@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
+from regctl.errors import ExitStatus
 from regctl.render import duration, escape, key_value_table
 
 if TYPE_CHECKING:
@@ -27,10 +27,9 @@ def start(ctx: typer.Context) -> None:
     """
     state: State = ctx.obj
     server = _server(state)
-    if server.ensure_running():
-        state.say(escape(server.started_message()))
-    else:
-        state.say(f"already running: {escape(server.description)}")
+    started = server.ensure_running()
+    message = server.started_message() if started else f"already running: {server.description}"
+    state.result({"started": started, "store": server.description}, escape(message))
 
 
 def stop(ctx: typer.Context) -> None:
@@ -41,10 +40,11 @@ def stop(ctx: typer.Context) -> None:
     state: State = ctx.obj
     server = _server(state)
     stopped = server.stop()
-    state.say(f"{'stopped' if stopped else 'not running'}: {escape(server.description)}")
+    message = f"{'stopped' if stopped else 'not running'}: {server.description}"
+    state.result({"stopped": stopped, "store": server.description}, escape(message))
 
 
-def status(ctx: typer.Context, output: OutputOption = None) -> None:
+def status(ctx: typer.Context) -> None:
     """Show the embedded server: binary, version, pid, socket, data size, uptime.
 
     Exit 0 when it runs, 3 when it does not.
@@ -53,7 +53,7 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
     """
     state: State = ctx.obj
     info = _server(state).status()
-    if state.wants_json(output):
+    if state.wants_json():
         state.json(info)
     else:
         pairs = [
@@ -65,14 +65,18 @@ def status(ctx: typer.Context, output: OutputOption = None) -> None:
             ("socket", info["socket"]),
             ("data dir", info["data_dir"]),
             ("data size", f"{info['data_bytes'] / 1024:.1f} KiB"),
-            ("uptime", duration(int(info.get("uptime_seconds") or 0) * 1000)),
+            ("uptime", _uptime(info.get("uptime_seconds"))),
         ]
-        if state.is_tty:
+        if state.wants_table:
             state.show(key_value_table(pairs))
         else:
-            state.rows(("field", "value"), pairs, output)
+            state.rows(("field", "value"), pairs)
     if not info["running"]:
-        raise typer.Exit(3)
+        raise typer.Exit(ExitStatus.NOT_FOUND)
+
+
+def _uptime(seconds: int | None) -> str:
+    return "not running" if seconds is None else duration(int(seconds) * 1000)
 
 
 HELP = "Manage the embedded local Redis (used when no URL is configured)."

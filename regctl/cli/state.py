@@ -6,14 +6,18 @@ and closed with ``ctx.call_on_close``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.render import Format, csv_lines, escape, to_json, tsv_lines, visible
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -31,6 +35,7 @@ class State:
     config_file: Path | None = None
     output: Format | None = None
     quiet: bool = False
+    no_headers: bool = False
     debug: bool = False
     no_color: bool = False
     _loaded: LoadedSettings | None = None
@@ -38,6 +43,8 @@ class State:
     _manager: RegistrationManager | None = None
     # (command, target) of a mutating command, for the audit trail.
     audit_event: tuple[str, str] | None = None
+    # The outcome to record when the command ends with its own exit status (a reason).
+    outcome: str | None = None
     _out: Console | None = None
     _err: Console | None = None
     # A JSON result went out: an error after it must not add a second document.
@@ -152,16 +159,21 @@ class State:
         no_color = self.no_color or "NO_COLOR" in os.environ
         return Console(file=stream, no_color=no_color, highlight=False, soft_wrap=True)
 
-    def format(self, local: Format | None) -> Format:
-        return local or self.output or Format.TABLE
+    def format(self) -> Format:
+        return self.output or Format.TABLE
 
-    def wants_json(self, local: Format | None) -> bool:
-        return self.format(local) in (Format.JSON, Format.NDJSON)
+    def wants_json(self) -> bool:
+        return self.format() in (Format.JSON, Format.NDJSON)
 
     @property
     def is_tty(self) -> bool:
         """stdout is a terminal (decided without loading rich, for fast pipes)."""
         return _terminal(sys.stdout)
+
+    @property
+    def wants_table(self) -> bool:
+        """A table for people: stdout is a terminal and no program format was asked for."""
+        return self.is_tty and self.format() in (Format.TABLE, Format.WIDE)
 
     @property
     def err_is_tty(self) -> bool:
@@ -178,13 +190,30 @@ class State:
         self.write(line + "\n" for line in lines)
 
     def rows(
-        self, header: Sequence[str], rows: Iterable[Sequence[str]], local: Format | None
+        self, header: Sequence[str] | None, rows: Iterable[Sequence[str]], *, raw: bool = False
     ) -> None:
-        """Rows for programs: CSV when ``-o csv`` was asked for, else TSV."""
-        if self.format(local) is Format.CSV:
-            self.write(csv_lines(header, rows))
+        """Rows for programs: CSV when ``-o csv`` was asked for (cells exactly as they
+        are when ``raw``), else TSV; the header line unless --no-headers."""
+        shown = None if self.no_headers or header is None else header
+        if self.format() is Format.CSV:
+            self.write(csv_lines(shown, rows, raw=raw))
         else:
-            self.lines(tsv_lines(header, rows))
+            self.lines(tsv_lines(shown, rows))
+
+    def result(self, data: Mapping[str, Any], message: str, names: Iterable[str] = ()) -> None:
+        """A command's outcome in the format asked for: ``data`` as the JSON document,
+        or as one CSV/TSV row of its plain fields; ``names`` one a line for ``-o name``;
+        else ``message`` for people (markup allowed; data in it escaped)."""
+        fmt = self.format()
+        if fmt in (Format.JSON, Format.NDJSON):
+            self.json(data)
+        elif fmt is Format.NAME:
+            self.lines(visible(name) for name in names)
+        elif fmt is Format.CSV:
+            plain = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+            self.rows(tuple(plain), [[_cell(v) for v in plain.values()]])
+        else:
+            self.say(message)
 
     def json(self, data: Any) -> None:
         self.write([to_json(data), "\n"])
@@ -207,6 +236,89 @@ class State:
     def store_description(self) -> str:
         return self.target.description
 
+    @contextlib.contextmanager
+    def progress(self, what: str, total: int | None = None) -> Iterator[Tally]:
+        """Count long work. At a terminal (stderr, without --quiet): a live count with
+        rate, and a bar and ETA when ``total`` is known, then a one-line summary; in
+        pipes and cron, nothing. Interrupted, it says how far it got."""
+        tally = Tally(what, total)
+        if self.err_is_tty and not self.quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=self.err, transient=True) as bar:
+                task = bar.add_task(tally.line(), total=total or None)
+                tally.on_change = lambda: bar.update(
+                    task, completed=tally.weight, total=tally.total, description=tally.line()
+                )
+                try:
+                    yield tally
+                except KeyboardInterrupt:
+                    bar.stop()
+                    self.err.print(escape(tally.summary(interrupted=True)))
+                    raise
+                bar.stop()
+                self.err.print(escape(tally.summary()))
+        else:
+            try:
+                yield tally
+            except KeyboardInterrupt:
+                self.err.print(escape(tally.summary(interrupted=True)))
+                raise
+
+
+@dataclass
+class Tally:
+    """How far a long command got: items done, and their weight (bytes, when the
+    total is a size) for the bar; what ``State.progress`` shows."""
+
+    what: str
+    total: int | None
+    done: int = 0
+    weight: int = 0
+    on_change: Callable[[], None] | None = None
+    _started: float = field(default_factory=time.monotonic)
+    _shown: float = 0.0
+
+    def add(self, n: int = 1, weight: int | None = None) -> None:
+        self.done += n
+        self.weight += n if weight is None else weight
+        now = time.monotonic()
+        if self.on_change is not None and now - self._shown >= 0.1:  # 10 redraws a second
+            self._shown = now
+            self.on_change()
+
+    def at(self, done: int, total: int | None = None) -> None:
+        """Progress reported as a running count (and total, once known)."""
+        if total is not None:
+            self.total = total
+        self.add(done - self.done)
+
+    def track(self, items: Iterable[T], weight: Callable[[T], int] | None = None) -> Iterator[T]:
+        for item in items:
+            yield item
+            self.add(1, None if weight is None else weight(item))
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self._started, 1e-6)
+
+    def line(self) -> str:
+        return f"{self.what}: {self.done:,} ({self.rate:,.0f}/s)"
+
+    def summary(self, *, interrupted: bool = False) -> str:
+        seconds = time.monotonic() - self._started
+        if interrupted:
+            return f"interrupted: {self.what} {self.done:,} before Ctrl-C ({seconds:.1f}s)"
+        return f"{self.what}: {self.done:,} in {seconds:.1f}s ({self.rate:,.0f}/s)"
+
+
+def _cell(value: Any) -> str:
+    """A JSON scalar as a CSV cell: true/false as JSON writes them, null as empty."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
 
 def _who(label: str | None) -> str:
     """account@host, from the process's real identity: LOGNAME and USER are whatever the
@@ -226,8 +338,6 @@ def _who(label: str | None) -> str:
 
 
 def _terminal(stream: Any) -> bool:
-    # FORCE_COLOR means "treat as a terminal", as rich itself reads it.
-    if os.environ.get("FORCE_COLOR"):
-        return True
+    # Only a real terminal: FORCE_COLOR adds colour (rich reads it), never a table shape.
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

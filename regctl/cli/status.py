@@ -57,7 +57,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     line = f"Error: {message}" + (f" — {hint}" if hint else "")
     sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
-    if state is not None and state.wants_json(None) and not state.json_written:
+    if state is not None and state.wants_json() and not state.json_written:
         payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
         sys.stdout.write(to_json(payload) + "\n")
     return int(status)

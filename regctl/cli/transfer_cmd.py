@@ -9,11 +9,10 @@ from typing import Annotated
 
 import typer
 
-from regctl.cli.inputs import OutputOption
 from regctl.cli.state import State
-from regctl.errors import InvalidInput
+from regctl.errors import ExitStatus, InvalidInput
 from regctl.model import ImportReport
-from regctl.render import escape, to_json
+from regctl.render import Format, escape, json_array, to_json
 
 
 def export(
@@ -25,13 +24,22 @@ def export(
 ) -> None:
     """Write every pending registration as NDJSON to stdout (redacted by default).
 
+    With -o json, one JSON array instead. At a terminal, stderr shows the count,
+    rate and time left, then a summary.
+
     Example: regctl export --include-secrets > backup.ndjson
     """
     from regctl.diagnostics import unseen_after_eviction
 
     state: State = ctx.obj
-    rows = state.manager.export(include_secrets=include_secrets)
-    state.write(to_json(row) + "\n" for row in rows)
+    manager = state.manager
+    total = manager.counts().total  # index entries: an estimate, for the time left
+    with state.progress("exported", total) as tally:
+        rows = tally.track(manager.export(include_secrets=include_secrets))
+        if state.format() is Format.JSON:
+            state.write(json_array(rows))
+        else:
+            state.write(to_json(row) + "\n" for row in rows)
     unseen = unseen_after_eviction(state.store)
     if unseen:
         sys.stderr.write(
@@ -47,44 +55,42 @@ def import_(
     ],
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite pending ones.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and count only.")] = False,
-    output: OutputOption = None,
 ) -> None:
     """Restore registrations with their remaining lifetimes; existing ones are kept.
 
     Exit 2 if any line was invalid (the valid ones are imported).
 
-    Example: regctl --url redis://new-host import backup.ndjson
+    Example: regctl import backup.ndjson --dry-run
     """
     state: State = ctx.obj
     if not dry_run:
         state.audited("import", source)
     if source == "-":
-        report = _run_import(state, sys.stdin, replace, dry_run)
+        report = _run_import(state, sys.stdin, None, replace, dry_run)
     else:
         try:
-            with Path(source).open(encoding="utf-8", errors="replace") as handle:
-                report = _run_import(state, handle, replace, dry_run)
+            path = Path(source)
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                report = _run_import(state, handle, path.stat().st_size, replace, dry_run)
         except OSError as exc:
             raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
-    if state.wants_json(output):
-        state.json(
-            {
-                "ok": not report.invalid,
-                "dry_run": report.dry_run,
-                "restored": report.restored,
-                "existing": report.existing,
-                "expired": report.expired,
-                "invalid": report.invalid,
-                "errors": report.errors,
-                "counters_reset": report.reset,
-            }
-        )
-    else:
-        verb = "would restore" if dry_run else "restored"
-        state.say(
-            f"{verb} {report.restored}; kept {report.existing} existing; skipped "
-            f"{report.expired} expired and {report.invalid} invalid"
-        )
+    data = {
+        "ok": not report.invalid,
+        "dry_run": report.dry_run,
+        "restored": report.restored,
+        "existing": report.existing,
+        "expired": report.expired,
+        "invalid": report.invalid,
+        "errors": report.errors,
+        "counters_reset": report.reset,
+    }
+    verb = "would restore" if dry_run else "restored"
+    state.result(
+        data,
+        f"{verb} {report.restored}; kept {report.existing} existing; skipped "
+        f"{report.expired} expired and {report.invalid} invalid",
+    )
+    if not state.wants_json():
         for error in report.errors:
             state.note(f"  {escape(error)}")
         if report.reset:
@@ -93,25 +99,17 @@ def import_(
         for email in report.reset:  # an operator granted fresh guesses: on the record
             state.audit("import --replace", email, "attempts or resends reset")
     if report.invalid:
-        raise typer.Exit(2)
+        state.outcome = f"{report.invalid} invalid lines"
+        raise typer.Exit(ExitStatus.USAGE)
 
 
-def _run_import(state: State, handle: Iterable[str], replace: bool, dry_run: bool) -> ImportReport:
-    manager = state.manager
-    if not (state.err_is_tty and not state.quiet):
-        return manager.import_records(handle, replace=replace, dry_run=dry_run)
-    from rich.progress import Progress
-
-    with Progress(console=state.err, transient=True) as bar:
-        task = bar.add_task("importing", total=None)
-        return manager.import_records(
-            handle,
-            replace=replace,
-            dry_run=dry_run,
-            on_progress=lambda n: bar.advance(task, n),
-        )
+def _run_import(
+    state: State, handle: Iterable[str], size: int | None, replace: bool, dry_run: bool
+) -> ImportReport:
+    """Import with a count at a terminal; for a file, a bar and time left by its size."""
+    with state.progress("lines read", size) as tally:
+        lines = tally.track(handle, weight=len) if size else tally.track(handle)
+        return state.manager.import_records(lines, replace=replace, dry_run=dry_run)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(export)
-    app.command("import")(import_)
+COMMANDS = (export, import_)

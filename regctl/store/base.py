@@ -154,7 +154,8 @@ class Store(Protocol):
         ...
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
-        """Append to the capped audit trail (the newest AUDIT_MAX entries are kept)."""
+        """Append to the capped audit trail (about the newest ``audit_max`` entries,
+        AUDIT_MAX unless the store was given another cap, are kept)."""
         ...
 
     def audit_read(self, count: int) -> list[dict[str, str]]:

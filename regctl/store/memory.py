@@ -74,14 +74,16 @@ class MemoryStore:
 
     description = "memory"
 
-    def __init__(self, clock: Callable[[], int] = _wall_clock_ms) -> None:
+    def __init__(
+        self, clock: Callable[[], int] = _wall_clock_ms, *, audit_max: int = AUDIT_MAX
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         # (operation, identity, token) -> (expires at, candidate, the call's answer)
         self._markers: dict[tuple[str, str, str], tuple[int, str, VerifyResult | None]] = {}
         self._leases: dict[str, int] = {}
-        self._audit: deque[dict[str, str]] = deque(maxlen=AUDIT_MAX)
+        self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
         self._secret_fingerprint: str | None = None
 

@@ -182,6 +182,7 @@ class RedisStore:
         description: str | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        audit_max: int = AUDIT_MAX,
     ) -> None:
         self.client = client
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
@@ -193,6 +194,7 @@ class RedisStore:
         # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self.audit_max = audit_max  # the audit stream's cap (MAXLEN ~)
 
     # --- plumbing ---------------------------------------------------------
 
@@ -411,7 +413,8 @@ class RedisStore:
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with translated_errors():
             # The audit key needs no bucket layout: no layout round trip for it.
-            self.client.xadd(self._wanted.audit, dict(entry), maxlen=AUDIT_MAX, approximate=True)
+            audit, cap = self._wanted.audit, self.audit_max
+            self.client.xadd(audit, dict(entry), maxlen=cap, approximate=True)
 
     def audit_read(self, count: int) -> list[dict[str, str]]:
         with translated_errors():

@@ -1,0 +1,345 @@
+"""The command in pipes, terminals and scripts: global options anywhere, one JSON
+document, doctor's knowledge of regctl's own keys, formats, live views, messages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+
+import pytest
+import redis
+
+from regctl.render import COLUMNS
+from tests.conftest import REGCTL, Cli, at_terminal, regctl, subprocess_env
+from tests.servers import RedisProcess
+from tests.test_cli import EMAIL, PASSWORD, add
+
+
+def client_of(proc: RedisProcess) -> redis.Redis:
+    return proc.client()
+
+
+# --- global options anywhere on the line --------------------------------------------
+
+
+def test_global_options_work_after_the_command(cli: Cli, redis_proc: RedisProcess):
+    add(cli)
+    ran = cli("purge", "--quiet", "--url", redis_proc.url, "--prefix", cli.env["REGCTL_PREFIX"])
+    assert (ran.exit_code, ran.stdout, ran.stderr) == (0, "", "")
+    listed = cli("list", "-q", "--output", "name")
+    assert listed.stdout == EMAIL + "\n"
+
+
+def test_an_option_after_double_dash_is_an_argument(cli: Cli):
+    ran = cli("list", "--", "-q")
+    assert ran.exit_code == 2
+    assert "unexpected extra argument" in ran.stderr
+
+
+def test_a_global_option_given_twice_takes_the_last(cli: Cli):
+    add(cli)
+    ran = cli("-o", "json", "inspect", EMAIL, "-o", "name")
+    assert ran.stdout == EMAIL + "\n"
+
+
+def test_command_help_lists_the_global_options(cli: Cli):
+    ran = cli("purge", "--help")
+    section = ran.stdout.partition("Global options (anywhere on the line):")[2]
+    for option in ("--url", "--prefix", "-q, --quiet", "-o, --output", "--no-headers"):
+        assert option in section
+
+
+# --- one JSON document, wherever -o json is --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("inspect", "nobody@example.com", "-o", "json"),
+        ("-o", "json", "inspect", "nobody@example.com"),
+        ("inspect", "nobody@example.com", "--output=json"),
+        ("inspect", "nobody@example.com", "-ojson"),
+    ],
+)
+def test_an_error_is_one_json_object_wherever_json_was_asked_for(cli: Cli, args):
+    ran = cli(*args)
+    assert ran.exit_code == 3
+    assert json.loads(ran.stdout) == {
+        "ok": False,
+        "reason": "not_found",
+        "message": "no pending registration for nobody@example.com",
+        "exit_code": 3,
+    }
+
+
+def test_a_usage_error_in_json_mode_is_a_json_object_too(cli: Cli):
+    ran = cli("list", "--bogus", "-o", "json")
+    assert ran.exit_code == 2
+    error = json.loads(ran.stdout)
+    assert (error["ok"], error["reason"], error["exit_code"]) == (False, "usage", 2)
+    assert "--bogus" in error["message"]
+    assert ran.stderr.startswith("Error: No such option: --bogus")
+
+
+# --- doctor knows regctl's own keys ---------------------------------------------------------
+
+
+def _findings(cli: Cli) -> dict[str, dict]:
+    ran = cli("doctor", "-o", "json")
+    return {f["code"]: f for f in json.loads(ran.stdout)["findings"]}
+
+
+def test_doctor_accepts_regctls_own_keys_after_audited_commands(cli: Cli):
+    add(cli)
+    cli("unlock", EMAIL)
+    cli("purge")
+    findings = _findings(cli)
+    assert "keys-without-ttl" not in findings
+    assert "foreign-keys" not in findings
+
+
+def test_doctor_tells_foreign_keys_from_regctls_keys_that_lost_their_ttl(
+    cli: Cli, redis_proc: RedisProcess
+):
+    prefix = cli.env["REGCTL_PREFIX"]
+    add(cli)
+    client = client_of(redis_proc)
+    client.set(f"{prefix}:someone-elses", "x")
+    findings = _findings(cli)
+    foreign = findings["foreign-keys"]
+    assert foreign["severity"] == "info"  # not a problem: doctor still passes on it
+    assert "delete" not in foreign["fix"]
+    assert "keys-without-ttl" not in findings
+
+    (record,) = client.keys(f"{prefix}:{{b*}}:reg:*")
+    client.persist(record)
+    lost = _findings(cli)["keys-without-ttl"]
+    assert lost["severity"] == "warning"
+    assert "regctl's keys" in lost["message"]
+    assert "delete" not in lost["fix"]
+
+
+def test_the_audit_trail_is_capped_as_configured(cli: Cli, redis_proc: RedisProcess):
+    prefix = cli.env["REGCTL_PREFIX"]
+    client = client_of(redis_proc)
+    for i in range(300):
+        client.xadd(f"{prefix}:audit", {"who": "w", "command": "add", "target": str(i)})
+    assert "audit-over-cap" in _findings(cli.with_env(REGCTL_AUDIT_MAX_ENTRIES="100"))
+    cli("unlock", "nobody@example.com", REGCTL_AUDIT_MAX_ENTRIES="100")  # audited: trims
+    assert client.xlen(f"{prefix}:audit") <= 200  # MAXLEN ~ keeps whole stream nodes
+    assert "audit-over-cap" not in _findings(cli.with_env(REGCTL_AUDIT_MAX_ENTRIES="100"))
+
+
+# --- formats mean what they say ----------------------------------------------------------
+
+
+def test_name_prints_the_address_for_every_command_about_one_record(cli: Cli):
+    ran = cli("add", EMAIL, "-f", "A", "-l", "L", "--password-stdin", "-o", "name", input=PASSWORD)
+    assert ran.stdout == EMAIL + "\n"
+    for command in ("inspect", "unlock", "delete"):
+        assert cli(command, EMAIL, "-o", "name").stdout == EMAIL + "\n", command
+
+
+def test_csv_of_a_mutating_command_is_csv(cli: Cli):
+    ran = cli(
+        "add",
+        EMAIL,
+        "-f",
+        "A",
+        "-l",
+        "L",
+        "--password-stdin",
+        "--show-code",
+        "-o",
+        "csv",
+        input=PASSWORD,
+    )
+    (row,) = csv.DictReader(io.StringIO(ran.stdout))
+    assert row["email"] == EMAIL
+    assert row["delivery"] == "not_sent"
+    assert len(row["code"]) == 6
+    purged = next(csv.DictReader(io.StringIO(cli("purge", "-o", "csv").stdout)))
+    assert purged["ok"] == "true"
+    assert purged["purged"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("purge", "-o", "name"), "`regctl purge` has no -o name output"),
+        (("export", "-o", "csv"), "`regctl export` has no -o csv output"),
+        (("stats", "-o", "name"), "`regctl stats` has no -o name output"),
+        (("list", "-o", "json", "--field", "email"), "--field selects columns"),
+        (("list", "--raw-csv"), "--raw-csv needs -o csv"),
+        (("list", "--field", "password"), "unknown field 'password'"),
+        (("list", "--limit", "0"), "Invalid value for '--limit': must be at least 1"),
+        (("resend", EMAIL, "--older-than", "2h"), "--older-than select registrations"),
+        (("stats", "--count", "3"), "--count needs --interval"),
+        (("stats", "--interval", "1", "-o", "json"), "use -o ndjson"),
+        (("health", "--nagios", "-o", "json"), "--nagios is an output of its own"),
+    ],
+)
+def test_a_format_or_option_that_cannot_apply_is_refused_before_anything_runs(
+    cli: Cli, redis_proc: RedisProcess, args: tuple[str, ...], refused: str
+):
+    add(cli)
+    before = client_of(redis_proc).dbsize()
+    ran = cli(*args)
+    assert ran.exit_code == 2
+    assert refused in ran.stderr
+    assert client_of(redis_proc).dbsize() == before  # nothing written, not even audit
+
+
+def test_no_headers_and_fields_for_scripts(cli: Cli):
+    add(cli)
+    ran = cli("list", "--no-headers", "--field", "status,email")
+    assert ran.stdout == f"pending\t{EMAIL}\n"
+    ran = cli("list", "-o", "csv", "--no-headers", "-F", "email")
+    assert ran.stdout.splitlines() == [EMAIL]  # (the runner reads \r\n as \n)
+    assert cli("config", "--no-headers").stdout.startswith("redis_url\t")
+
+
+def test_force_color_in_a_pipe_keeps_the_pipe_shape(cli: Cli):
+    add(cli)
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    ran = regctl(env | {"FORCE_COLOR": "1"}, "list")
+    assert ran.stdout.splitlines()[0] == "\t".join(COLUMNS)
+    assert "\x1b[" not in ran.stdout
+
+
+# --- monitoring and live views ----------------------------------------------------------------
+
+
+def test_health_nagios_is_one_status_line_with_performance_data(cli: Cli):
+    add(cli)
+    ran = cli("health", "--nagios", "--warn-latency", "40")
+    assert ran.exit_code == 0
+    (line,) = ran.stdout.splitlines()
+    status, _, perf = line.partition(" | ")
+    assert status.startswith("REGCTL OK - 1 pending, ")
+    fields = dict(item.split("=", 1) for item in perf.split())
+    assert fields["pending"] == "1;;;0"
+    assert fields["latency_ms"].split(";")[1:3] == ["40", "500"]
+    assert int(fields["memory_used"].split("B")[0]) > 0
+
+
+def test_health_nagios_says_critical_for_a_server_that_is_down(cli: Cli, tmp_path):
+    ran = cli("health", "--nagios", REGCTL_REDIS_URL=f"unix://{tmp_path}/none.sock")
+    assert ran.exit_code == 2
+    assert ran.stdout.startswith("REGCTL CRITICAL - connection: Redis is unavailable")
+    assert ran.stdout.count("\n") == 1
+
+
+def test_a_streamed_live_view_starts_with_a_header_and_stamps_each_sample(cli: Cli):
+    ran = cli("stats", "--interval", "0.1", "--count", "2")
+    header, *samples = ran.stdout.splitlines()
+    assert header.split("\t")[:2] == ["timestamp", "pending"]
+    assert len(samples) == 2
+    assert all(s.split("\t")[0].startswith("20") for s in samples)
+    health = cli("health", "--interval", "0.1", "--count", "2", "-o", "csv").stdout
+    assert health.splitlines()[0] == "timestamp,status,latency_ms,pending,used_memory,problems"
+    ndjson = cli("stats", "--interval", "0.1", "--count", "2", "-o", "ndjson").stdout
+    assert [json.loads(line)["total"] for line in ndjson.splitlines()] == [0, 0]
+
+
+def test_ctrl_c_ends_a_live_view_with_exit_130(cli: Cli):
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    proc = subprocess.Popen(
+        [REGCTL, "stats", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the header: it is running
+    proc.stdout.readline()  # a sample
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert proc.communicate(timeout=30)[1].strip().endswith("Interrupted")
+
+
+def test_the_terminal_view_of_stats_is_the_whole_view_with_its_time(cli: Cli):
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    seen = at_terminal(["stats", "--interval", "0.1", "--count", "1"], env | {"COLUMNS": "150"})
+    assert seen.exit_code == 0
+    assert "sample 1 of 1 · every 0.1s" in seen.output
+    for part in ("pending", "age of pending registrations", "funnel"):
+        assert part in seen.output
+
+
+# --- validated before writing --------------------------------------------------------------
+
+
+def test_a_bad_metrics_file_is_refused_before_the_purge(cli: Cli, tmp_path, redis_proc):
+    add(cli)
+    before = client_of(redis_proc).dbsize()
+    ran = cli("purge", "--metrics-file", str(tmp_path / "missing" / "regctl.prom"))
+    assert ran.exit_code == 78
+    assert "no directory" in ran.stderr
+    assert client_of(redis_proc).dbsize() == before  # no purge ran, no audit entry
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+LIBRARY_WORDING = ("Value error", "Input should be", "HELLO", "Traceback", "Exception", "errno")
+
+
+def test_error_messages_are_regctls_own_words(cli: Cli, tmp_path, redis_proc):
+    code = add(cli)["code"]
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    runs = [
+        cli("verify", EMAIL, wrong),
+        cli("--url", "http://x", "list"),
+        cli("list", REGCTL_REDIS_URL="unix://"),
+        cli("list", REGCTL_REDIS_URL=f"unix://{tmp_path}/none.sock"),
+        cli("list", REGCTL_MAX_ATTEMPTS="many"),
+        cli("list", REGCTL_LIFETIME="-1"),
+        cli("list", "--older-than", "2 weeks"),
+        cli("add", "not-an-address", "-f", "A", "-l", "B", "--password-stdin", input=PASSWORD),
+        cli("inspect", "nobody@example.com"),
+        cli("import", str(tmp_path / "missing.ndjson")),
+        cli("audit", "--limit", "0"),
+        cli("stats", "--top", "1000"),
+    ]
+    for ran in runs:
+        assert ran.stderr.startswith("Error: "), ran.stderr
+        assert ran.stderr.count("\n") == 1, ran.stderr
+        for words in LIBRARY_WORDING:
+            assert words not in ran.stderr, ran.stderr
+    assert runs[0].stderr == f"Error: wrong code for {EMAIL}; 4 attempts left\n"
+    assert "invalid --url" in runs[1].stderr
+    assert runs[2].exit_code == 78  # a configuration mistake, not an outage
+
+
+def test_a_missing_redis_password_is_named(cli: Cli, tmp_path):
+    proc = RedisProcess(tmp_path / "auth", password="sekret").start()
+    try:
+        ran = cli("list", REGCTL_REDIS_URL=f"unix://{proc.socket}")  # no password in it
+        assert ran.exit_code == 77
+        assert ran.stderr.startswith("Error: Redis requires a password, and none was given")
+    finally:
+        proc.stop()
+
+
+def test_the_audit_trail_records_a_wrong_code_by_its_reason(cli: Cli):
+    code = add(cli)["code"]
+    cli("verify", EMAIL, f"{(int(code) + 1) % 10**6:06d}")
+    cli("purge", "--dry-run")
+    entries = json.loads(cli("audit", "-o", "json").stdout)
+    assert [(e["command"], e["outcome"]) for e in entries] == [
+        ("verify", "invalid_code"),
+        ("add", "ok"),
+    ]
+
+
+def test_one_attempt_left_is_singular(cli: Cli):
+    code = add(cli)["code"]
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for _ in range(3):
+        cli("verify", EMAIL, wrong)
+    assert cli("verify", EMAIL, wrong).stderr == f"Error: wrong code for {EMAIL}; 1 attempt left\n"
