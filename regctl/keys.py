@@ -9,7 +9,8 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
     p:{bNN}:once:h      string  the answer of one verify or delete call, for its replays;
                                 h digests (operation, identity, token); short TTL
     p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
-                                the epoch); scripts/_lib.lua builds the same name
+                                the epoch); scripts declare D-1, D, D+1 by the
+                                client's clock and the server's clock picks one
     p:lock:name         string  a lease (purge), owned by a random token, with a TTL
     p:audit             stream  who did what, capped (no TTL, by design)
 
@@ -89,6 +90,11 @@ class Keyspace:
 
     def funnel(self, bucket: int, day: int) -> str:
         return f"{self.tag(bucket)}:funnel:{day}"
+
+    def funnel_around(self, bucket: int, day: int) -> tuple[str, str, str]:
+        """The bucket's funnel counters of the day before ``day``, ``day`` and the day
+        after: what a counting script declares, the server's clock picking one."""
+        return self.funnel(bucket, day - 1), self.funnel(bucket, day), self.funnel(bucket, day + 1)
 
     def call_marker(self, operation: str, digest_hex: str, token: str) -> str:
         """Where one call's answer is kept for its replays: bound to the operation and

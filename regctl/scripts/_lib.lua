@@ -6,12 +6,18 @@ local function server_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Count n events of one kind in today's funnel of the bucket `key` belongs to
--- (p:{bNN}:funnel:<day>, the same hash slot), kept `keep_ms` after the day ends.
-local function funnel(key, field, n, keep_ms, now)
+-- Count n events of one kind in the bucket's funnel counters of the server's day,
+-- kept `keep_ms` after the day ends. The caller declares the bucket's counters of
+-- the day before, the day and the day after `client_day` (its own clock) as the last
+-- three KEYS (p:{bNN}:funnel:<day>, the record's hash slot); the server's clock picks
+-- one. A client clock more than a day off counts nothing rather than touch a key it
+-- did not declare.
+local function funnel(field, n, keep_ms, client_day, now)
   if keep_ms <= 0 or n == 0 then return end
   local day = math.floor(now / 86400000)
-  local counters = string.match(key, '^(.*:{b%d+}):') .. ':funnel:' .. day
+  local offset = day - client_day
+  if offset < -1 or offset > 1 then return end
+  local counters = KEYS[#KEYS - 1 + offset]
   redis.call('HINCRBY', counters, field, n)
   redis.call('PEXPIREAT', counters, (day + 1) * 86400000 + keep_ms)
 end

@@ -1,11 +1,12 @@
--- One page of a bucket's live records in (expires_at, digest) order after a cursor.
--- Record keys are the index's bucket prefix plus a digest: the same hash slot.
--- KEYS: index   ARGV: record_base, after_score, after_digest, limit
--- Returns {now, {{digest, expires_at, fields}, ...}}; fields empty for an orphan entry.
+-- One page of a bucket's live index entries in (expires_at, digest) order after a
+-- cursor, on the server's clock. Only the index is read: the caller fetches the
+-- records it names (their keys declared), so every key is routed and migrated right.
+-- KEYS: index   ARGV: after_score, after_digest, limit
+-- Returns {now, {digest, expires_at, digest, expires_at, ...}}
 local now = server_now()
-local after_score = tonumber(ARGV[2])
-local after = ARGV[3]
-local limit = tonumber(ARGV[4])
+local after_score = tonumber(ARGV[1])
+local after = ARGV[2]
+local limit = tonumber(ARGV[3])
 local min = '(' .. now
 local skip_ties = false
 if after_score > now then
@@ -14,14 +15,15 @@ if after_score > now then
 end
 local out = {}
 local offset = 0
-while #out < limit do
+while #out < 2 * limit do
   local rows = redis.call('ZRANGEBYSCORE', KEYS[1], min, '+inf', 'WITHSCORES', 'LIMIT', offset, limit)
   local n = #rows / 2
   for i = 1, #rows, 2 do
     local member, score = rows[i], rows[i + 1]
     if not (skip_ties and tonumber(score) == after_score and member <= after) then
-      out[#out + 1] = {member, score, redis.call('HGETALL', ARGV[1] .. member)}
-      if #out >= limit then break end
+      out[#out + 1] = member
+      out[#out + 1] = score
+      if #out >= 2 * limit then break end
     end
   end
   if n < limit then break end

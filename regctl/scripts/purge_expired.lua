@@ -1,16 +1,28 @@
--- Remove up to ARGV[2] index entries whose lifetime is over (and their records, should
--- any remain), so each call is short; the caller loops until fewer come back.
--- KEYS: index   ARGV: record_base, batch, dry_run (1 = only count), funnel_keep_ms
--- Returns {now, removed_or_counted}
-allowed({{'del', ARGV[1] .. 'x'}, {'zrem', KEYS[1], 'm'}, {'hincrby', KEYS[1], 'f', '1'},
-  {'pexpireat', KEYS[1], '1'}})
+-- A bucket's index entries whose lifetime is over, in short steps.
+-- mode "count":  KEYS: index                 Returns {now, how many}
+-- mode "list":   KEYS: index                 ARGV: mode, batch
+--                Returns {now, {digest, ...}}: the oldest `batch` of them
+-- mode "remove": KEYS: index, the record of each digest, funnel x3
+--                ARGV: mode, funnel_keep_ms, client_day, digest...
+--                Removes each entry still expired (and its record, should it remain);
+--                returns {now, how many}
 local now = server_now()
-if ARGV[3] == '1' then return {now, redis.call('ZCOUNT', KEYS[1], '-inf', now)} end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #rows do
-  redis.call('DEL', ARGV[1] .. rows[i])
+local mode = ARGV[1]
+if mode == 'count' then return {now, redis.call('ZCOUNT', KEYS[1], '-inf', now)} end
+if mode == 'list' then
+  return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))}
 end
-if #rows > 0 then redis.call('ZREM', KEYS[1], unpack(rows)) end
+allowed({{'del', KEYS[1]}, {'zrem', KEYS[1], 'm'}, {'hincrby', KEYS[#KEYS], 'f', '1'},
+  {'pexpireat', KEYS[#KEYS], '1'}})
+local removed = 0
+for i = 4, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now then
+    redis.call('DEL', KEYS[i - 2])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
 -- Entries still in the index at expiry were never verified: the funnel's drop-outs.
-funnel(KEYS[1], 'expired', #rows, tonumber(ARGV[4]), now)
-return {now, #rows}
+funnel('expired', removed, tonumber(ARGV[2]), tonumber(ARGV[3]), now)
+return {now, removed}

@@ -3,14 +3,15 @@
 -- kept under the call's marker (named by identity and token), so a replay of the
 -- same call with the same code gets the same answer and counts no second attempt;
 -- the same token with another code is a new call.
--- KEYS: record, index, marker   ARGV: digest, candidate_hash, max_attempts, replay_ms,
---                                funnel_keep_ms
+-- KEYS: record, index, marker, funnel x3   ARGV: digest, candidate_hash, max_attempts,
+--                                           replay_ms, funnel_keep_ms, client_day
 -- Returns {status, now, attempts_left, record_json}
 allowed({{'hincrby', KEYS[1], 'f', '1'}, {'hset', KEYS[1], 'f', 'v'}, {'del', KEYS[1]},
   {'zrem', KEYS[2], 'm'}, {'set', KEYS[3], 'v'}, {'pexpireat', KEYS[1], '1'}})
 local now = server_now()
 local digest, candidate = ARGV[1], ARGV[2]
 local max, replay_ms, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local client_day = tonumber(ARGV[6])
 
 local first = redis.call('GET', KEYS[3])
 if first then
@@ -25,7 +26,7 @@ end
 
 local function lock()
   redis.call('HSET', KEYS[1], 'l', 1)
-  funnel(KEYS[1], 'locked', 1, keep_ms, now)
+  funnel('locked', 1, keep_ms, client_day, now)
 end
 
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', now, 0, ''} end
@@ -64,5 +65,5 @@ end
 local record = cjson.encode(kept)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], digest)
-funnel(KEYS[1], 'verified', 1, keep_ms, now)
+funnel('verified', 1, keep_ms, client_day, now)
 return answer('verified', max - attempts, record)

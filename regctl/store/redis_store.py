@@ -99,6 +99,16 @@ def _translated(exc: Exception) -> Exception:
         return exc
 
 
+def _client_day() -> int:
+    """Today by this machine's clock: which funnel counters a script declares (the
+    server's clock picks among the day before, this day and the day after)."""
+    return int(time.time()) // 86_400
+
+
+def _funnel_keys(ks: Keyspace, digest_hex: str) -> tuple[str, str, str]:
+    return ks.funnel_around(ks.bucket_of(digest_hex), _client_day())
+
+
 def _is_noscript(reply: Any) -> bool:
     import redis.exceptions as rex
 
@@ -432,7 +442,7 @@ class RedisStore:
 
     def _add_call(
         self, new: NewRegistration, policy: Policy, token: str
-    ) -> tuple[tuple[str, str], tuple[Any, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         d = digest(new.identity)
         args = (
             d,
@@ -447,8 +457,10 @@ class RedisStore:
             token,
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
+            _client_day(),
         )
-        return self._claim_layout().keys_for(d), args
+        ks = self._claim_layout()
+        return (*ks.keys_for(d), *_funnel_keys(ks, d)), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         (status, now, fields), acked = self._write("add", *self._add_call(new, policy, token))
@@ -530,9 +542,11 @@ class RedisStore:
     def resend(
         self, identity: str, code_hash: str, policy: Policy, token: str
     ) -> PendingRegistration:
+        d = digest(identity)
+        ks = self.keyspace
         (status, now, detail), acked = self._write(
             "resend",
-            (self.keyspace.record(digest(identity)),),
+            (ks.record(d), *_funnel_keys(ks, d)),
             (
                 code_hash,
                 policy.code_lifetime_ms,
@@ -540,6 +554,7 @@ class RedisStore:
                 policy.max_resends,
                 token,
                 policy.funnel_keep_ms,
+                _client_day(),
             ),
         )
         if status != "ok":
@@ -554,13 +569,14 @@ class RedisStore:
         record, index = ks.keys_for(d)
         (status, now, left, payload), acked = self._write(
             "verify",
-            (record, index, ks.call_marker("verify", d, token)),
+            (record, index, ks.call_marker("verify", d, token), *_funnel_keys(ks, d)),
             (
                 d,
                 candidate_hash,
                 policy.max_attempts,
                 policy.replay_window_ms,
                 policy.funnel_keep_ms,
+                _client_day(),
             ),
         )
         if status == "wrong_secret":
@@ -593,7 +609,7 @@ class RedisStore:
                 with contextlib.suppress(DamagedRecord):  # one bad hash stops no whole walk
                     yield decode(fields, now)
 
-    def _walk(self, first_page: int) -> Iterator[tuple[int, str, list[str], int]]:
+    def _walk(self, first_page: int) -> Iterator[tuple[int, str, dict[str, str], int]]:
         """(bucket, digest, fields, now) of every live index entry, merged in order.
 
         The first page of every bucket comes in one pipelined round trip; later
@@ -602,33 +618,41 @@ class RedisStore:
         ks = self.keyspace
         size = max(1, min(first_page, PAGE))
         firsts = _all_or_raise(
-            self._run_many(
-                "page",
-                [((ks.index(b),), (ks.record_base(b), 0, "", size)) for b in range(ks.buckets)],
-            )
+            self._run_many("page", [((ks.index(b),), (0, "", size)) for b in range(ks.buckets)])
         )
+        records = self._records(ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
         streams = [
-            self._bucket_stream(ks, bucket, first, size) for bucket, first in enumerate(firsts)
+            self._bucket_stream(ks, bucket, first, fields, size)
+            for bucket, (first, fields) in enumerate(zip(firsts, records, strict=True))
         ]
         firsts.clear()  # each stream drops its first page once read: memory stays flat
+        records.clear()
         for _key, entry in heapq.merge(*streams):
             yield entry
 
     def _bucket_stream(
-        self, ks: Keyspace, bucket: int, page: list[Any], size: int
-    ) -> Iterator[tuple[tuple[int, str], tuple[int, str, list[str], int]]]:
+        self, ks: Keyspace, bucket: int, page: list[Any], records: list[Any], size: int
+    ) -> Iterator[tuple[tuple[int, str], tuple[int, str, Any, int]]]:
         while True:
             now, rows = int(page[0]), page[1]
-            for member, score, fields in rows:
-                expires = int(float(score))
-                yield (expires, member), (bucket, member, fields, now)
-            if len(rows) < size:
+            for member, score, fields in zip(rows[::2], rows[1::2], records, strict=True):
+                yield (int(float(score)), member), (bucket, member, fields, now)
+            if len(rows) < 2 * size:
                 return
-            last_member, last_score = rows[-1][0], rows[-1][1]
             size = PAGE
-            page = self._run(
-                "page", (ks.index(bucket),), (ks.record_base(bucket), last_score, last_member, size)
-            )
+            page = self._run("page", (ks.index(bucket),), (rows[-1], rows[-2], size))
+            records = self._records(ks, [(bucket, page[1][::2])])[0]
+
+    def _records(self, ks: Keyspace, wanted: Sequence[tuple[int, Sequence[str]]]) -> list[Any]:
+        """The fields of each (bucket, digests)' records, in one pipelined round trip;
+        empty for a record gone since its index entry was read (verified, or an orphan)."""
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, members in wanted:
+                for member in members:
+                    pipe.hgetall(ks.record_base(bucket) + member)
+            replies = iter(pipe.execute())
+        return [[next(replies) for _ in members] for _bucket, members in wanted]
 
     # --- records outside the index (eviction) ------------------------------
 
@@ -682,12 +706,7 @@ class RedisStore:
         report = PurgeReport(dry_run=dry_run)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
-            args = (ks.record_base(bucket), batch, 1 if dry_run else 0, policy.funnel_keep_ms)
-            while True:
-                _now, n = self._run("purge_expired", (ks.index(bucket),), args)
-                report.expired += int(n)
-                if dry_run or int(n) < batch:
-                    break
+            report.expired += self._purge_expired(ks, bucket, policy, dry_run, batch)
             if on_progress is not None:
                 on_progress(bucket + 1, total)
         if selection is not None:
@@ -701,6 +720,26 @@ class RedisStore:
             on_progress(total, total)
         return report
 
+    def _purge_expired(
+        self, ks: Keyspace, bucket: int, policy: Policy, dry_run: bool, batch: int
+    ) -> int:
+        """A bucket's expired entries removed (or counted): a batch listed, then removed
+        with their records declared; the script re-checks each entry is still expired."""
+        index = ks.index(bucket)
+        if dry_run:
+            return int(self._run("purge_expired", (index,), ("count",))[1])
+        removed = 0
+        while True:
+            listed = self._run("purge_expired", (index,), ("list", batch))[1]
+            if not listed:
+                return removed
+            keys = (index, *(ks.record_base(bucket) + d for d in listed))
+            funnel = ks.funnel_around(bucket, _client_day())
+            args = ("remove", policy.funnel_keep_ms, _client_day(), *listed)
+            removed += int(self._run("purge_expired", (*keys, *funnel), args)[1])
+            if len(listed) < batch:
+                return removed
+
     def _purge_walk(
         self, selection: Filter, report: PurgeReport, batch: int, walked: Callable[[int], None]
     ) -> None:
@@ -710,11 +749,11 @@ class RedisStore:
 
         def flush(bucket: int, mode: str, pending: dict[int, list[str]]) -> int:
             args = pending.pop(bucket, [])
+            step = 2 if mode == "match" else 1
             if not args or report.dry_run:
-                return len(args) // (2 if mode == "match" else 1)
-            return int(
-                self._run("purge_some", (ks.index(bucket),), (ks.record_base(bucket), mode, *args))
-            )
+                return len(args) // step
+            records = (ks.record_base(bucket) + digest for digest in args[::step])
+            return int(self._run("purge_some", (ks.index(bucket), *records), (mode, *args)))
 
         for bucket, member, fields, now in self._walk(PAGE):
             report.scanned += 1
@@ -725,8 +764,7 @@ class RedisStore:
                 if len(orphans[bucket]) >= batch:
                     report.orphans += flush(bucket, "orphan", orphans)
             elif not selection.is_empty and selection.matches(decode(fields, now)):
-                created = dict(zip(fields[::2], fields[1::2], strict=True))["c"]
-                matched.setdefault(bucket, []).extend((member, created))
+                matched.setdefault(bucket, []).extend((member, fields["c"]))
                 if len(matched[bucket]) >= 2 * batch:
                     report.matched += flush(bucket, "match", matched)
         for bucket in list(orphans):
