@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from regctl.errors import (
     ConfigError,
+    NotServing,
     PermissionDenied,
     PoolExhausted,
     RegctlError,
@@ -349,7 +350,14 @@ def translated_errors() -> Iterator[None]:
         ) from None
     except rex.OutOfMemoryError:
         raise _store_full() from None
-    except (rex.ReadOnlyError, rex.ClusterDownError, rex.TryAgainError) as exc:
+    except (
+        rex.ReadOnlyError,
+        rex.ClusterDownError,
+        rex.TryAgainError,
+        rex.MovedError,
+        rex.AskError,
+        rex.ClusterError,  # redis-py's redirections ran out (TTL exhausted)
+    ) as exc:
         raise _cannot_serve(exc) from None
     except rex.NoScriptError:  # reloaded and resent several times: it keeps vanishing
         raise StoreUnavailable(
@@ -365,7 +373,7 @@ def translated_errors() -> Iterator[None]:
             raise PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it") from None
         if "NOPERM" in text:
             raise PermissionDenied(f"Redis denied a command: {first_line(exc)}") from None
-        if text.startswith(("BUSY", "READONLY")):
+        if text.startswith(_NOT_SERVING) or "WAIT cannot be used with replica" in text:
             raise _cannot_serve(exc) from None
         raise
     except rex.ConnectionError as exc:
@@ -393,8 +401,34 @@ def translated_errors() -> Iterator[None]:
         ) from None
 
 
-def _cannot_serve(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"Redis cannot serve writes now: {first_line(exc)}")
+# Error replies that mean "not here, not now" (a script's inner error arrives as text).
+_NOT_SERVING = ("BUSY", "READONLY", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK ")
+
+
+def _cannot_serve(exc: BaseException) -> NotServing:
+    return NotServing(
+        f"Redis cannot serve this call now: {first_line(exc)}",
+        "a failover or a slot migration is under way, or too few replicas are up; "
+        "nothing was changed: try again",
+    )
+
+
+@contextlib.contextmanager
+def call_deadline(budget_s: float) -> Iterator[float]:
+    """The deadline of the call under way (monotonic), set here if none is: every
+    retry inside it, redis-py's and regctl's own, shares it."""
+    import time
+
+    outer = _DEADLINE.get()
+    if outer is not None:
+        yield outer
+        return
+    deadline = time.monotonic() + budget_s
+    token = _DEADLINE.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _store_full() -> StoreFull:

@@ -118,6 +118,13 @@ class StoreUnavailable(RegctlError):
     reason = "unavailable"
 
 
+class NotServing(StoreUnavailable):
+    """The server cannot take this call now, and nothing of it ran: a replica after a
+    failover (READONLY), too few replicas (NOREPLICAS), a slot moving or migrating
+    (MOVED, ASK, TRYAGAIN), a cluster without a quorum, a busy script. The store
+    rediscovers the topology and tries again until the call's deadline."""
+
+
 class PoolExhausted(StoreUnavailable):
     reason = "pool_exhausted"
 

@@ -57,5 +57,6 @@ def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=max(1, math.ceil(settings.wait_timeout * 1000)),  # WAIT 0: forever
         audit_max=settings.audit_max_entries,
+        call_budget_s=settings.call_budget,
     )
     return Target(store, secret, description, embedded, started)

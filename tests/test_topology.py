@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -445,3 +446,95 @@ def test_cluster_and_sentinel_urls_are_masked(cli: Cli):
         "redis+sentinel://u:***@h1:26379,h2:26379/mymaster"
     )
     assert "pw-secret" not in ran.stdout
+
+
+# --- slot migration ------------------------------------------------------------------------
+
+
+def _in_bucket(bucket: int, count: int, start: int = 0) -> list[str]:
+    """``count`` addresses whose records fall in ``bucket``."""
+    from regctl.keys import DEFAULT_BUCKETS, Keyspace, digest
+
+    ks = Keyspace("x", DEFAULT_BUCKETS)
+    found: list[str] = []
+    for i in itertools.count(start):
+        email = f"move{i}@example.com"
+        if ks.bucket_of(digest(email)) == bucket:
+            found.append(email)
+            if len(found) == count:
+                return found
+    raise AssertionError("unreachable")
+
+
+def _migrate_slot(cluster: RedisCluster, slot: int, pace_s: float) -> None:
+    """Move one slot to another primary key by key, slowly, as a reshard does."""
+    primaries = [n.client() for n in cluster.nodes[: cluster.primaries]]
+    owner = next(c for c in primaries if c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+    target = next(c for c in primaries if c is not owner)
+    owner_id, target_id = (c.execute_command("CLUSTER", "MYID") for c in (owner, target))
+    target_port = target.connection_pool.connection_kwargs["port"]
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner_id)
+    owner.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while keys := owner.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 5):
+        owner.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+        time.sleep(pace_s)
+    for client in primaries:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_a_bucket_slot_migrates_under_traffic_unseen_by_callers(
+    tmp_path: Path, prefix: str, pw_hash: str, wait_replicas: int
+):
+    """A reshard moves a populated bucket's slot while its registrations are resent,
+    guessed at and verified: no caller sees an error, nothing is verified twice, no
+    key is left behind (a key written on the wrong node would stop the MIGRATE)."""
+    from redis.cluster import key_slot
+
+    from regctl.keys import Keyspace
+
+    cluster = RedisCluster(tmp_path / "c", primaries=2, replicas=wait_replicas).start()
+    try:
+        manager = manager_for(
+            cluster.url, prefix, retries=5, resend_cooldown=0, wait_replicas=wait_replicas
+        )
+        emails = _in_bucket(0, 120)
+        codes = {e: manager.add(e, "M", "V", password_hash=pw_hash).code for e in emails}
+        slot = key_slot(Keyspace(prefix).index(0).encode())
+        errors: list[BaseException] = []
+        verified: Counter[str] = Counter()
+        started = threading.Event()
+
+        def traffic(mine: list[str]) -> None:
+            try:
+                for email in mine:
+                    started.set()
+                    code = manager.resend(email).code  # the old code dies here
+                    assert manager.verify(email, codes[email]).outcome.value in (
+                        "invalid_code",
+                        "code_expired",
+                    )
+                    result = manager.verify(email, code)
+                    if result.ok:
+                        verified[email] += 1
+                    manager.add(email, "M", "V", password_hash=pw_hash)  # back, for list
+                    time.sleep(0.01)
+            except BaseException as exc:  # every failure is the test's business
+                errors.append(exc)
+
+        workers = [threading.Thread(target=traffic, args=(emails[i::2],)) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        started.wait(30)
+        _migrate_slot(cluster, slot, pace_s=0.1)  # 2-3 s: longer than redis-py retries
+        for worker in workers:
+            worker.join(120)
+        assert errors == []
+        assert verified == Counter(dict.fromkeys(emails, 1))
+        listed = {r.email for r in manager.list()}
+        assert listed == set(emails)  # every one added back, once, in the moved slot
+        assert manager.counts().total == len(emails)
+        manager.close()
+    finally:
+        cluster.stop()

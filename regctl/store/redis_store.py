@@ -10,11 +10,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.acl import AclUnchecked, missing_commands
-from regctl.connection import SCRIPT_DENIED, Client, translated_errors
-from regctl.errors import ConfigError, DamagedRecord, LockHeld, PermissionDenied, RegctlError
+from regctl.connection import SCRIPT_DENIED, Client, call_deadline, translated_errors
+from regctl.errors import (
+    ConfigError,
+    DamagedRecord,
+    LockHeld,
+    NotServing,
+    PermissionDenied,
+    RegctlError,
+)
 from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -43,6 +50,8 @@ from regctl.store.base import (
     other_secret,
     resend_refusal,
 )
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
@@ -193,6 +202,7 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         audit_max: int = AUDIT_MAX,
+        call_budget_s: float = 5.0,
     ) -> None:
         self.client = client
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
@@ -205,6 +215,9 @@ class RedisStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.audit_max = audit_max  # the audit stream's cap (MAXLEN ~)
+        # How long one call may keep trying while the server cannot serve it (failover,
+        # migrating slot): the call's whole deadline, shared with redis-py's retries.
+        self.call_budget_s = call_budget_s
 
     # --- plumbing ---------------------------------------------------------
 
@@ -256,7 +269,39 @@ class RedisStore:
             script = self._scripts[name] = self.client.register_script(source)
         return script
 
+    def _served(self, call: Callable[[], T]) -> T:
+        """``call()``, tried again while the server cannot serve it (a failover, a
+        migrating slot, too few replicas), the topology rediscovered between tries,
+        until the call's deadline. Nothing of a refused try ran: trying again is safe."""
+        with call_deadline(self.call_budget_s) as deadline:
+            pause = 0.02
+            while True:
+                try:
+                    return call()
+                except NotServing:
+                    if time.monotonic() + pause >= deadline:
+                        raise
+                    self._rediscover()
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.5)
+
+    def _rediscover(self) -> None:
+        """Forget where the data was: the cluster's slot map, or the Sentinel master
+        (its pooled connections are dropped as they come back)."""
+        from redis.sentinel import SentinelConnectionPool
+
+        if self.is_cluster:
+            with contextlib.suppress(Exception):  # the next try says what is wrong
+                self.client.nodes_manager.initialize()
+            return
+        pool = getattr(self.client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            pool.reset()  # type: ignore[no-untyped-call]
+
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._served(lambda: self._run_once(name, keys, args))
+
+    def _run_once(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         import redis.exceptions as rex
 
         try:
@@ -270,7 +315,7 @@ class RedisStore:
             raise self._named_denial(exc) from None
         except rex.ResponseError as exc:
             if self._flags_refused(name, exc):
-                return self._run(name, keys, args)
+                return self._run_once(name, keys, args)
             raise
 
     def _flags_refused(self, name: str, exc: Exception) -> bool:
@@ -305,11 +350,18 @@ class RedisStore:
         """
         if not self.wait_replicas:
             return self._run(name, keys, args), None
-        client = self.client
-        if self.is_cluster:  # WAIT must share the write's connection: use the owning node's
-            client = client.get_node_from_key(keys[0]).redis_connection
+        return self._served(lambda: self._write_and_wait(name, keys, args))
+
+    def _write_and_wait(
+        self, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> tuple[Any, int]:
+        """The script, then WAIT on the same connection: on Cluster, the connection of
+        the node that owns the slot now (the slot map is refreshed after a MOVED)."""
         import redis.exceptions as rex
 
+        client = self.client
+        if self.is_cluster:
+            client = client.get_node_from_key(keys[0]).redis_connection
         for attempt in range(NOSCRIPT_TRIES):
             try:
                 with translated_errors():
@@ -349,11 +401,12 @@ class RedisStore:
             if not self._flags_refused(name, exc):
                 raise
             return self._run_many(name, calls)
-        for i, reply in enumerate(replies):
-            if _is_noscript(reply):  # not run (flushed meanwhile): run that call again
-                replies[i] = self._reply_or_error(name, *calls[i])
-            elif isinstance(reply, Exception):
-                replies[i] = _translated(reply)
+        for i, raw in enumerate(replies):
+            reply = _translated(raw) if isinstance(raw, Exception) else raw
+            if _is_noscript(raw) or isinstance(reply, NotServing):
+                replies[i] = self._reply_or_error(name, *calls[i])  # not run: again, alone
+            else:
+                replies[i] = reply
         return replies
 
     def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
