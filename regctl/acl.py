@@ -43,6 +43,7 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "xadd": ("K", "*", "f", "v"),
     "xrevrange": ("K", "+", "-"),
     "xlen": ("K",),
+    "type": ("K",),
 }
 
 

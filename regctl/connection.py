@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from urllib.parse import unquote
 
 from regctl.errors import (
     ConfigError,
+    DamagedRecord,
     NotServing,
     PermissionDenied,
     PoolExhausted,
@@ -314,7 +317,131 @@ def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
         kwargs.update(ssl=True, **_tls_kwargs(settings))
         sentinel_kwargs.update(ssl=True, **_tls_kwargs(settings))
     sentinel = Sentinel(endpoint.hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-    return sentinel.master_for(service, max_connections=settings.max_connections)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(service, max_connections=settings.max_connections)  # type: ignore[no-untyped-call]
+    watcher = SwitchWatcher(sentinel, service, client.connection_pool)
+    watcher.start()
+    _WATCHERS[client.connection_pool] = watcher
+    return client
+
+
+# Sentinel events about a failover of a service (published by the sentinel running it)
+# and how long writes wait on each: from the replica's selection (before it is
+# promoted) to the switch's announcement, writes to the old master would be lost.
+_FAILOVER_BEGINS = ("+selected-slave", "+failover-state-send-slaveof-noone")
+_FAILOVER_ENDS = (
+    "+switch-master",
+    "-failover-abort-not-elected",
+    "-failover-abort-slave-timeout",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-master-is-back",
+)
+# The longest a write waits for a switch that was begun (a failover that neither ends
+# nor aborts in this time is not happening any more).
+FAILOVER_PAUSE_S = 10.0
+
+
+class SwitchWatcher:
+    """Follows one service's failovers as its sentinels announce them, one listener
+    thread per sentinel (only the one running a failover announces its start).
+
+    From the replica's selection until the switch, writes wait (``failing_over``):
+    the old master would take them and lose them when it turns replica. On the switch
+    the pool learns the new master at once (idle connections to the old one are
+    closed, busy ones when they come back) and the announcing sentinel is asked first
+    from then on. Without this, pooled connections would keep writing to the demoted
+    master for about ten seconds, and every one of those writes would be lost."""
+
+    def __init__(self, sentinel: Any, service: str, pool: Any) -> None:
+        self.sentinel, self.service, self.pool = sentinel, service, pool
+        self.stopped = threading.Event()
+        self._paused_until = 0.0
+        self.switches = 0  # how many switches it has applied (diagnostics, tests)
+        self._threads = [
+            threading.Thread(
+                target=self._follow, args=(s,), name=f"regctl-sentinel-{service}", daemon=True
+            )
+            for s in sentinel.sentinels
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def failing_over(self) -> bool:
+        import time
+
+        return time.monotonic() < self._paused_until
+
+    def _follow(self, sentinel: Any) -> None:
+        while not self.stopped.is_set():
+            with contextlib.suppress(Exception):  # the sentinel is away: listen again soon
+                self._listen(sentinel)
+            self.stopped.wait(0.5)
+
+    def _listen(self, sentinel: Any) -> None:
+        import time
+
+        pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(*_FAILOVER_BEGINS, *_FAILOVER_ENDS)
+            while not self.stopped.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is None or self._service_of(message) != self.service:
+                    continue
+                channel = _text(message["channel"])
+                if channel in _FAILOVER_BEGINS:
+                    self._paused_until = time.monotonic() + FAILOVER_PAUSE_S
+                    continue
+                if channel == "+switch-master":
+                    self._switched(sentinel)
+                self._paused_until = 0.0
+        finally:
+            pubsub.close()
+
+    @staticmethod
+    def _service_of(message: dict[str, Any]) -> str:
+        """+switch-master: "<service> <old ip> <port> <new ip> <port>"; the others:
+        "<kind> <name> <ip> <port> @ <service> <ip> <port>"."""
+        text = _text(message["data"])
+        return text.partition(" @ ")[2].split(" ")[0] if " @ " in text else text.split(" ")[0]
+
+    def _switched(self, announcer: Any) -> None:
+        order = self.sentinel.sentinels
+        with contextlib.suppress(ValueError):
+            order.insert(0, order.pop(order.index(announcer)))
+        with contextlib.suppress(Exception):  # no master named yet: the next call asks
+            self.pool.get_master_address()
+        self.switches += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# The watcher of each Sentinel pool, stopped when its store is closed.
+_WATCHERS: weakref.WeakKeyDictionary[Any, SwitchWatcher] = weakref.WeakKeyDictionary()
+
+
+def _watcher(client: Client) -> SwitchWatcher | None:
+    pool = getattr(client, "connection_pool", None)  # (a cluster client has none)
+    return None if pool is None else _WATCHERS.get(pool)
+
+
+def failing_over(client: Client) -> bool:
+    """Whether a Sentinel failover of ``client``'s service is under way (writes wait)."""
+    watcher = _watcher(client)
+    return watcher is not None and watcher.failing_over
+
+
+def stop_watching(client: Client) -> None:
+    """Stop the Sentinel switch watcher of ``client``, if it has one."""
+    watcher = _watcher(client)
+    if watcher is not None:
+        watcher.stop()
 
 
 @contextlib.contextmanager
@@ -373,6 +500,12 @@ def translated_errors() -> Iterator[None]:
             raise PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it") from None
         if "NOPERM" in text:
             raise PermissionDenied(f"Redis denied a command: {first_line(exc)}") from None
+        if text.startswith("WRONGTYPE"):
+            raise DamagedRecord(
+                "a key under regctl's prefix holds another kind of value than regctl "
+                "writes there (WRONGTYPE)",
+                "`regctl doctor` names it; something else writes under this prefix",
+            ) from None
         if text.startswith(_NOT_SERVING) or "WAIT cannot be used with replica" in text:
             raise _cannot_serve(exc) from None
         raise
@@ -393,6 +526,11 @@ def translated_errors() -> Iterator[None]:
         raise StoreUnavailable(
             f"Redis is unavailable: {first_line(exc)}",
             "check that the server is running and the URL is right",
+        ) from None
+    except rex.InvalidResponse:
+        raise StoreUnavailable(
+            "the server does not answer in the Redis protocol",
+            "check the host and port in the Redis URL",
         ) from None
     except rex.TimeoutError as exc:
         raise StoreTimeout(

@@ -9,6 +9,7 @@ maxmemory, eviction policy, persistence, and a status per check.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
-from regctl.errors import PermissionDenied, RegctlError, StoreUnavailable
-from regctl.keys import LASTING_KINDS
+from regctl.errors import InvalidInput, PermissionDenied, RegctlError, StoreUnavailable
+from regctl.keys import KINDS, LASTING_KINDS
+from regctl.manager import PURGE_LEASE_MS
 from regctl.model import Filter, Policy
+from regctl.render import plural
+from regctl.settings import MAX_LIFETIME_S
 from regctl.store.base import PURGE_BATCH, chunks
 
 if TYPE_CHECKING:
@@ -45,6 +49,16 @@ class Thresholds:
     latency_crit_ms: float = 500.0
     memory_warn: float = 0.80
     memory_crit: float = 0.95
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not math.isfinite(value) or value < 0:
+                what = name.replace("_ms", "").replace("_", " ")
+                raise InvalidInput(f"the {what} threshold must be a number, 0 or more")
+        if self.latency_warn_ms > self.latency_crit_ms:
+            raise InvalidInput("the latency warning must not be above the critical one")
+        if self.memory_warn > self.memory_crit or self.memory_crit > 1:
+            raise InvalidInput("memory shares must be warning <= critical <= 1 (of maxmemory)")
 
 
 @dataclass
@@ -390,25 +404,62 @@ def _server_findings(facts: dict[str, Any], named: bool) -> list[Finding]:
     return findings
 
 
+# How long regctl ever lets a key of a kind live: a lease is renewed well within a
+# minute; a record lives its lifetime at most (plus a second of clock rounding).
+_LONGEST_TTL_MS = {"lock": 10 * PURGE_LEASE_MS, "record": MAX_LIFETIME_S * 1000 + 1000}
+
+
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
     ks = store.keyspace
     client = store.client
     foreign: list[str] = []  # keys regctl never writes
     lost_ttl: list[str] = []  # regctl's own keys that should expire and will not
+    too_long: list[str] = []  # ... that will, but much later than regctl ever sets
+    wrong_type: list[str] = []  # ... that hold another kind of value than regctl's
     with translated_errors():
         keys = islice(client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
         for chunk in chunks(keys, 1000):  # one pipelined round trip per thousand keys
             pipe = client.pipeline(transaction=False)
             for key in chunk:
                 pipe.pttl(key)
-            for key, ttl in zip(chunk, pipe.execute(), strict=True):
+                pipe.type(key)
+            replies = pipe.execute()
+            for key, ttl, kind_of in zip(chunk, replies[::2], replies[1::2], strict=True):
                 kind = ks.kind(key)
                 if kind is None:
                     foreign.append(key)
+                elif kind_of != KINDS[kind]:
+                    wrong_type.append(key)
                 elif ttl == -1 and kind not in LASTING_KINDS:
                     lost_ttl.append(key)
-        audit_entries = client.xlen(ks.audit)  # 0 when there is none yet
+                elif ttl > _LONGEST_TTL_MS.get(kind, ttl):
+                    too_long.append(key)
     findings = []
+    if wrong_type:
+        findings.append(
+            Finding(
+                "error",
+                "wrong-type",
+                f"another kind of value than regctl writes: {plural(len(wrong_type), 'key')} "
+                f"(e.g. {wrong_type[0]}); the commands that read them fail",
+                "something else writes under regctl's prefix: give one of them another "
+                "prefix, then remove that key",
+            )
+        )
+        return findings  # the checks below read those keys: they would only fail
+    if too_long:
+        findings.append(
+            Finding(
+                "warning",
+                "ttl-too-long",
+                f"expiring far later than regctl ever sets: {plural(len(too_long), 'key')} "
+                f"(e.g. {too_long[0]}); a lock like that keeps purge out (exit 75)",
+                "a lock is a lease, not data: once no purge runs, delete it; records "
+                "are removed by `regctl purge` when their lifetime ends",
+            )
+        )
+    with translated_errors():
+        audit_entries = client.xlen(ks.audit)  # 0 when there is none yet
     if lost_ttl:
         findings.append(
             Finding(
@@ -425,7 +476,7 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             Finding(
                 "info",
                 "foreign-keys",
-                f"{len(foreign)} key(s) under {ks.prefix}: were not written by regctl "
+                f"not written by regctl: {plural(len(foreign), 'key')} under {ks.prefix}: "
                 f"(e.g. {foreign[0]}); regctl never reads them",
                 "if another application owns them, give regctl a prefix of its own (REGCTL_PREFIX)",
             )
@@ -447,8 +498,8 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             Finding(
                 "error",
                 "records-unindexed",
-                f"{unindexed} record(s) missing from the index (evicted?): list, stats, "
-                "export and purge do not see them",
+                f"missing from the index (evicted?): {plural(unindexed, 'record')}; list, "
+                "stats, export and purge do not see them",
                 "run `regctl purge --reindex`, and set `maxmemory-policy noeviction`",
             )
         )
@@ -458,7 +509,7 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             Finding(
                 "warning",
                 "index-orphans",
-                f"{report.orphans} index entr(y/ies) point to no record",
+                f"pointing to no record: {plural(report.orphans, 'index entry')}",
                 "run `regctl purge --orphans`",
             )
         )

@@ -165,5 +165,17 @@ class SecretMismatch(ConfigError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type name), for one-line errors."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+    """The first line of an exception's message, in plain words for a one-line error:
+    no class names or errno numbers (`ConnectionRefusedError: [Errno 111] Connection
+    refused` is `Connection refused`; redis-py's `Error 111 connecting to h:p.
+    Connection refused.` is `cannot connect to h:p: connection refused`)."""
+    import re
+
+    text = (str(exc).splitlines() or ["no details"])[0]
+    text = re.sub(r"\b[A-Za-z]*(?:Error|error|Exception): ", "", text)
+    text = re.sub(r"\[Errno -?\d+\] ", "", text)
+    connecting = re.fullmatch(r"Error -?\d+ connecting to (.+?)\. (.+?)\.?", text)
+    if connecting:
+        where, why = connecting.groups()
+        text = f"cannot connect to {where}: {why[:1].lower()}{why[1:]}"
+    return text

@@ -123,7 +123,7 @@ class Keyspace:
 
     def kind(self, key: str) -> str | None:
         """Which of regctl's keys ``key`` is (one of KINDS), under this prefix or a
-        longer one (a selftest's namespace); None for a key regctl never writes."""
+        selftest's namespace below it; None for a key regctl never writes."""
         if not key.startswith(self.prefix + ":"):
             return None
         found = _KIND_RE.match(key, len(self.prefix))
@@ -132,11 +132,20 @@ class Keyspace:
         return next(kind for kind, text in found.groupdict().items() if text is not None)
 
 
-# Every key regctl writes, by the shape of its name's end; only meta and audit last.
-KINDS = ("meta", "audit", "lock", "record", "index", "marker", "funnel")
+# Every key regctl writes, by the shape of its name's end, with its Redis type; only
+# meta and audit last.
+KINDS = {
+    "meta": "hash",
+    "audit": "stream",
+    "lock": "string",
+    "record": "hash",
+    "index": "zset",
+    "marker": "string",
+    "funnel": "hash",
+}
 LASTING_KINDS = ("meta", "audit")
 _KIND_RE = re.compile(
-    r"(?::[^{]*)?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
+    r"(?::selftest:[0-9a-f]{8})?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
     r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
     r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
 )

@@ -68,7 +68,7 @@ def check_mail_url(url: str) -> str:
     try:
         parts.port  # noqa: B018  # raises ValueError on a bad port
     except ValueError:
-        raise ValueError("the mail URL's port is not a number") from None
+        raise ValueError("the mail URL's port must be a number from 1 to 65535") from None
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
         raise ValueError("use smtp://[user:pass@]host[:port], smtps://…, console or none")
     return url
@@ -81,27 +81,55 @@ def check_header(value: str, what: str) -> str:
     return value
 
 
+def check_sender(value: str) -> str:
+    """A From: an address with an @, a name before it if any (`regctl <a@b.org>`)."""
+    from email.utils import parseaddr
+
+    _name, address = parseaddr(value)
+    if "@" not in address.strip("@") or " " in address:
+        raise ValueError("the sender must be an address, like regctl <no-reply@example.com>")
+    return value
+
+
+# The placeholders a mail template may use, as plain names ({first_name.x} would
+# reach into Python objects); {code} is required: a code mail without it is useless.
+PLACEHOLDERS = ("first_name", "code", "minutes", "email")
+
+
+def _template_text(path: Path) -> str:
+    """The template's text, checked: UTF-8, only PLACEHOLDERS, and {code} among them."""
+    from string import Formatter
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read mail template {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the mail template {path} is not UTF-8 text") from None
+    hint = "use only {first_name}, {code}, {minutes} and {email}; double other braces"
+    try:
+        names = [field for _, field, _, _ in Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        raise ConfigError(f"mail template {path}: {exc}", hint) from None
+    unknown = [name for name in names if name not in PLACEHOLDERS]
+    if unknown:
+        raise ConfigError(f"mail template {path}: unknown placeholder {{{unknown[0]}}}", hint)
+    if "code" not in names:
+        raise ConfigError(f"mail template {path} has no {{code}}", "the mail must carry the code")
+    return text
+
+
 def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: int) -> EmailMessage:
     # Imported here: settings validation imports this module on every start-up.
     from email.message import EmailMessage
     from email.utils import make_msgid
 
-    template = DEFAULT_BODY
-    if config.template is not None:
-        try:
-            template = config.template.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read mail template {config.template}: {exc.strerror}"
-            ) from None
+    template = DEFAULT_BODY if config.template is None else _template_text(config.template)
     fields = {"first_name": first_name, "code": code, "minutes": minutes, "email": to}
     try:
         body = template.format_map(fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"mail template placeholder error: {exc}",
-            "use only {first_name}, {code}, {minutes} and {email}; double other braces",
-        ) from None
+    except ValueError as exc:  # a bad format spec: {minutes:zz}
+        raise ConfigError(f"mail template: {exc}") from None
     message = EmailMessage()
     message["From"] = config.sender
     message["To"] = to

@@ -378,8 +378,8 @@ class RegistrationManager:
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
         for reg in self.list(selection):
-            if limit is not None and report.sent >= limit:
-                break
+            if limit is not None and report.sent + report.failed >= limit:
+                break  # (a code stored but not delivered counts: it was a new code)
             if never_resent and reg.resend_count:
                 continue
             if dry_run:

@@ -58,6 +58,14 @@ def _escaped(ch: str) -> str:
     )
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 code``, ``2 codes``, ``1,204 codes``: a count and its noun, agreed."""
+    if n == 1:
+        return f"1 {noun}"
+    many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n:,} {many}"
+
+
 def escape(text: str) -> str:
     """``text`` made safe for a terminal through rich: visible, and never markup."""
     from rich.markup import escape as rich_escape
@@ -170,14 +178,6 @@ def _json_char(ch: str) -> str:
         return f"\\u{code:04x}"
     code -= 0x10000  # outside the BMP: a surrogate pair, as JSON spells it
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
-def json_array(items: Iterable[Any]) -> Iterator[str]:
-    """A JSON array streamed in pieces, so a long list needs no memory."""
-    yield "["
-    for i, item in enumerate(items):
-        yield ("," if i else "") + to_json(item)
-    yield "]\n"
 
 
 # A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).

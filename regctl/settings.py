@@ -191,7 +191,7 @@ class Settings(BaseSettings):
 
     audit_max_entries: int = _field(
         AUDIT_MAX,
-        "audit trail entries kept (the oldest are trimmed; the stream never grows past this)",
+        "audit trail entries kept (about: the oldest are trimmed in whole stream nodes)",
         ge=100,
         le=100_000_000,
     )
@@ -246,6 +246,13 @@ class Settings(BaseSettings):
 
         what = str(info.field_name).replace("_", " ")
         return None if value is None else check_header(value, what)
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_sender(cls, value: str) -> str:
+        from regctl.mail import check_sender
+
+        return check_sender(value)
 
     @field_validator("prefix")
     @classmethod

@@ -203,12 +203,20 @@ class Seen:
     output: str  # stdout and stderr, as the terminal showed them
 
 
-def at_terminal(args: Sequence[str], env: dict[str, str], *, keys: bytes = b"") -> Seen:
+def at_terminal(
+    args: Sequence[str], env: dict[str, str], *, keys: bytes = b"", stdout: Path | None = None
+) -> Seen:
     """What a person would see: the installed regctl on a real pseudo-terminal (its
-    stdin, stdout and stderr), with ``keys`` typed once output starts."""
+    stdin, stdout and stderr; stdout into a file instead when given, as with `>`), with
+    ``keys`` typed once output starts."""
     primary, secondary = pty.openpty()
+    out_file = None if stdout is None else stdout.open("wb")
     proc = subprocess.Popen(
-        [REGCTL, *args], stdin=secondary, stdout=secondary, stderr=secondary, env=env
+        [REGCTL, *args],
+        stdin=secondary,
+        stdout=secondary if out_file is None else out_file,
+        stderr=secondary,
+        env=env,
     )
     os.close(secondary)
     out = b""
@@ -230,6 +238,8 @@ def at_terminal(args: Sequence[str], env: dict[str, str], *, keys: bytes = b"") 
             break
     code = proc.wait(timeout=30)
     os.close(primary)
+    if out_file is not None:
+        out_file.close()
     return Seen(code, out.decode(errors="replace"))
 
 

@@ -248,7 +248,9 @@ def test_verify_reads_the_code_from_stdin(cli: Cli):
     code = add(cli)["code"]
     ran = cli("verify", EMAIL, input=code + "\n")
     assert ran.exit_code == 0
-    assert ran.stdout.startswith(f"verified {EMAIL}")
+    header, row = ran.stdout.splitlines()  # in a pipe: the consumed record, as TSV
+    assert header.startswith("email\tname\tstatus")
+    assert row.startswith(f"{EMAIL}\tAlice Liddell\t")
     assert "argon2" not in ran.stdout
 
 
@@ -510,6 +512,8 @@ def test_a_missing_code_secret_exits_78_before_anything_is_written(cli: Cli):
 
 def test_a_failed_delivery_exits_74_and_keeps_the_record(cli: Cli, unused_port: int):
     ran = cli(
+        "-o",
+        "json",
         "add",
         EMAIL,
         "-f",
@@ -523,6 +527,9 @@ def test_a_failed_delivery_exits_74_and_keeps_the_record(cli: Cli, unused_port: 
     )
     assert ran.exit_code == 74
     assert "the code was stored but the mail" in ran.stderr
+    data = json.loads(ran.stdout)  # one document that says both: stored, not delivered
+    assert (data["ok"], data["reason"], data["exit_code"]) == (False, "delivery_failed", 74)
+    assert (data["email"], data["delivery"]) == (EMAIL, "failed")
     assert cli("inspect", EMAIL).exit_code == 0
     assert cli("resend", EMAIL, REGCTL_RESEND_COOLDOWN="0").exit_code == 0
 

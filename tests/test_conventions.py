@@ -176,10 +176,9 @@ def test_csv_of_a_mutating_command_is_csv(cli: Cli):
         (("list", "--raw-csv"), "--raw-csv needs -o csv"),
         (("list", "--field", "password"), "unknown field 'password'"),
         (("list", "--limit", "0"), "Invalid value for '--limit': must be at least 1"),
-        (("resend", EMAIL, "--older-than", "2h"), "--older-than select registrations"),
+        (("resend", EMAIL, "--older-than", "2h"), "--older-than selects registrations"),
         (("stats", "--count", "3"), "--count needs --interval"),
         (("stats", "--interval", "1", "-o", "json"), "use -o ndjson"),
-        (("health", "--nagios", "-o", "json"), "--nagios is an output of its own"),
     ],
 )
 def test_a_format_or_option_that_cannot_apply_is_refused_before_anything_runs(
@@ -343,3 +342,106 @@ def test_one_attempt_left_is_singular(cli: Cli):
     for _ in range(3):
         cli("verify", EMAIL, wrong)
     assert cli("verify", EMAIL, wrong).stderr == f"Error: wrong code for {EMAIL}; 1 attempt left\n"
+
+
+# --- at a terminal, with stdout redirected ---------------------------------------------------
+
+
+def _terminal_env(cli: Cli) -> dict[str, str]:
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    return env | {"COLUMNS": "150"}
+
+
+def test_export_at_a_terminal_writes_its_data_to_stdout_and_progress_to_the_terminal(
+    cli: Cli, tmp_path
+):
+    for i in range(3):
+        add(cli, f"t{i}@example.com")
+    target = tmp_path / "backup.ndjson"
+    seen = at_terminal(["export"], _terminal_env(cli), stdout=target)
+    assert seen.exit_code == 0
+    assert len(target.read_text().splitlines()) == 3
+    assert "t0@example.com" not in seen.output  # no record reached the screen
+    assert "exported: 3" in seen.output  # the summary did
+
+
+def test_a_confirmation_asks_on_the_terminal_not_into_the_output(cli: Cli, tmp_path):
+    add(cli, "x@drop.example")
+    target = tmp_path / "purge.json"
+    seen = at_terminal(
+        ["-o", "json", "purge", "--domain", "drop.example"],
+        _terminal_env(cli),
+        keys=b"y\n",
+        stdout=target,
+    )
+    assert seen.exit_code == 0
+    assert "Delete 1 live registration from unix://" in seen.output
+    assert json.loads(target.read_text())["by_reason"]["matched"] == 1  # one clean document
+
+
+def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):
+    add(cli, "x@drop.example")
+    env = _terminal_env(cli)
+    declined = at_terminal(["purge", "--domain", "drop.example"], env, keys=b"n\n")
+    assert declined.exit_code == 1
+    assert "nothing changed" in declined.output
+    abandoned = at_terminal(["verify", "x@drop.example"], env, keys=b"\x04")  # Ctrl-D
+    assert abandoned.exit_code == 130
+    entries = json.loads(cli("audit", "-o", "json").stdout)
+    assert [e["command"] for e in entries] == ["add"]
+    assert cli("inspect", "x@drop.example").exit_code == 0
+
+
+# --- more that cannot apply, refused ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("list", "--domain", ""), "--domain must not be empty"),
+        (("inspect", ""), "EMAIL must not be empty"),
+        (("list", "-o"), "-o needs a value"),
+        (("resend", "--older-than", "1h", "--show-code"), "--show-code prints one code"),
+        (("health", "--warn-latency", "600"), "latency warning must not be above"),
+        (("export", "-o", "table"), "`regctl export` has no -o table output"),
+    ],
+)
+def test_an_empty_or_conflicting_value_is_a_usage_error(cli: Cli, args, refused):
+    ran = cli(*args)
+    assert ran.exit_code == 2
+    assert refused in ran.stderr
+
+
+def test_short_flags_run_together_after_the_command(cli: Cli):
+    add(cli)
+    assert cli("list", "-qo", "name").stdout == EMAIL + "\n"
+
+
+def test_a_usage_error_of_a_nagios_check_is_unknown(cli: Cli):
+    ran = cli("health", "--nagios", "--warn-latency", "x")
+    assert ran.exit_code == 3
+    assert ran.stdout.startswith("REGCTL UNKNOWN - ")
+    ran = cli("health", "--nagios", "--warn-latency", "600", "--prefix", "a|b")
+    assert ran.exit_code == 3
+    assert cli("health", "--nagios", "-o", "json").exit_code == 3
+    assert "|" not in ran.stdout  # nothing a runner would take for performance data
+
+
+def test_a_key_of_another_type_is_named_not_a_crash(cli: Cli, redis_proc: RedisProcess):
+    prefix = cli.env["REGCTL_PREFIX"]
+    client_of(redis_proc).set(f"{prefix}:audit", "not a stream")
+    ran = cli("add", EMAIL, "-f", "A", "-l", "L", "--password-stdin", input=PASSWORD)
+    assert ran.exit_code == 0  # stored; only its audit entry could not be written
+    assert ran.stderr.startswith("Warning: the audit entry was not written: a key under")
+    assert _findings(cli)["wrong-type"]["severity"] == "error"
+
+
+def test_doctor_does_not_take_another_applications_keys_for_regctls(
+    cli: Cli, redis_proc: RedisProcess
+):
+    prefix = cli.env["REGCTL_PREFIX"]
+    client = client_of(redis_proc)
+    client.set(f"{prefix}:sessions:meta", "x")
+    assert "foreign-keys" in _findings(cli)
+    client.set(f"{prefix}:lock:purge", "held", ex=10 * 365 * 86400)
+    assert "ttl-too-long" in _findings(cli)

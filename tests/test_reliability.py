@@ -613,9 +613,11 @@ def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash
         findings = json.loads(cli("doctor", "-o", "json", **env).stdout)["findings"]
         unindexed = [f for f in findings if f["code"] == "records-unindexed"]
         assert unindexed
-        assert unindexed[0]["message"].startswith(f"{missing} record(s) missing from the index")
+        assert unindexed[0]["message"].startswith(
+            f"missing from the index (evicted?): {missing} records"
+        )
         export = cli("export", **env)
-        assert f"Warning: {missing} record(s) lost their index entry" in export.stderr
+        assert f"Warning: not in this export: {missing} records whose index" in export.stderr
         ran = json.loads(cli("-o", "json", "purge", "--reindex", **env).stdout)
         assert ran["reindexed"] == missing
         assert outside_index() == 0

@@ -587,15 +587,22 @@ def test_the_readme_settings_table_lists_every_setting():
     ("variable", "value", "message"),
     [
         ("REGCTL_MAIL_URL", "smtp//mail.example.com", "bad setting mail_url"),
-        ("REGCTL_MAIL_URL", "smtp://mail:port/", "port is not a number"),
+        ("REGCTL_MAIL_URL", "smtp://mail:port/", "port must be a number from 1 to 65535"),
         ("REGCTL_MAIL_SUBJECT", "Code\nBcc: x@example.com", "must be one line"),
         ("REGCTL_MAIL_FROM", "a@example.com\r\nBcc: x@example.com", "must be one line"),
         ("REGCTL_MAIL_TEMPLATE", "/nonexistent/template.txt", "cannot read mail template"),
+        ("REGCTL_MAIL_FROM", "not an address <<", "the sender must be an address"),
+        ("REGCTL_MAIL_TEMPLATE", b"Hello {first_name}", "has no {code}"),
+        ("REGCTL_MAIL_TEMPLATE", b"{code} {first_name.__class__}", "unknown placeholder"),
+        ("REGCTL_MAIL_TEMPLATE", b"{code} \xff\xfe", "is not UTF-8 text"),
     ],
 )
 def test_mail_settings_are_checked_before_anything_is_written(
-    cli: Cli, variable: str, value: str, message: str
+    cli: Cli, variable: str, value: str | bytes, message: str, tmp_path: Path
 ):
+    if isinstance(value, bytes):  # a template's content
+        (tmp_path / "template.txt").write_bytes(value)
+        value = str(tmp_path / "template.txt")
     add = ["add", "mail@example.com", "-f", "M", "-l", "S", "--password-stdin"]
     ran = cli(
         *add, input="a long enough password\n", **{"REGCTL_MAIL_URL": "console", variable: value}

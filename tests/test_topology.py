@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -227,6 +228,44 @@ def test_sentinel_failover_under_load(sentinel_group: SentinelGroup, prefix: str
 
     log = run_failover(manager, pw_hash, failover)
     check_no_wrong_answers(log)
+    manager.close()
+
+
+@pytest.mark.slow
+def test_a_planned_sentinel_failover_brings_nothing_verified_back(
+    sentinel_group: SentinelGroup, prefix: str, pw_hash: str
+):
+    """SENTINEL FAILOVER while registrations made before it are verified: the old
+    master stays writable until it turns replica; whatever it took after the switch
+    is lost then, so a verify it answered would come back pending (a second account).
+    The client must stop writing there as soon as the switch is announced."""
+    manager = manager_for(sentinel_group.url, prefix, retries=5)
+    emails = [f"early{i}@example.com" for i in range(400)]
+    codes = {e: manager.add(e, "E", "V", password_hash=pw_hash).code for e in emails}
+    old = sentinel_group.current_master()
+    pair = (sentinel_group.master, sentinel_group.replica)
+    old_master = next(p for p in pair if p.port == old[1])
+    RedisCluster._wait(  # every record on the replica too, before anything moves
+        lambda: len({p.client().dbsize() for p in pair}) == 1
+    )
+    verified: list[str] = []
+    for i, email in enumerate(emails):
+        if i == 20:
+            sentinel_group.sentinels[0].client().execute_command(
+                "SENTINEL", "FAILOVER", sentinel_group.service
+            )
+        with contextlib.suppress(StoreUnavailable):  # the switch itself: retried below
+            if manager.verify(email, codes[email], token=f"t{i}").ok:
+                verified.append(email)
+        time.sleep(0.03)  # ~12 s of verifies: across the switch and the old master's end
+    RedisCluster._wait(  # the old master turned replica and resynced: its writes are gone
+        lambda: old_master.client().info("replication").get("master_link_status") == "up",
+        timeout=60,
+    )
+    assert sentinel_group.current_master() != old
+    assert len(verified) > 300
+    back = [email for email in verified if manager.get(email) is not None]
+    assert back == []
     manager.close()
 
 

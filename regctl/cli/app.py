@@ -7,21 +7,22 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from regctl import __version__
-from regctl.cli.state import State
-from regctl.cli.status import report_error
-from regctl.errors import ExitStatus, InvalidInput
+from regctl.cli.state import State, closed_pipe
+from regctl.cli.status import interrupted, report_error
+from regctl.errors import ExitStatus, InvalidInput, RegctlError
 from regctl.render import Format, to_json
 
 HELP = """Run pending user registrations stored in Redis.
 
 With no Redis configured, regctl uses an embedded local server (see `regctl server`).
 
+\b
 Example: regctl list --older-than 2h
 
 The options below work anywhere on the line: `regctl purge -q --url redis://db`.
@@ -51,12 +52,16 @@ class RegctlGroup(TyperGroup):
         }
         if not standalone_mode:
             return super().main(standalone_mode=False, **run)
-        as_json = _asks_json(sys.argv[1:] if args is None else list(args))
+        argv = sys.argv[1:] if args is None else list(args)
+        _reopen_closed_streams()
         try:
             status = super().main(standalone_mode=False, **run)
+        except BrokenPipeError:  # help or version into a closed pipe
+            closed_pipe()
         except typer.Abort:  # end of input or Ctrl-C at a prompt
-            sys.stderr.write("Interrupted\n")
-            sys.exit(ExitStatus.INTERRUPTED)
+            sys.exit(interrupted(_asks_json(argv)))
+        except RegctlError as exc:  # found while reading the line, before any command
+            sys.exit(report_error(None, exc))
         except Exception as exc:
             if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
                 raise
@@ -64,15 +69,7 @@ class RegctlGroup(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
                 sys.stdout.write(context.get_help() + "\n")  # bare `regctl`: help, not an error
                 sys.exit(ExitStatus.OK)
-            where = context.command_path if context is not None else "regctl"
-            from regctl.render import visible
-
-            message = _own_words(visible(" ".join(str(exc.format_message()).split())))
-            sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
-            if as_json:
-                error = {"ok": False, "reason": "usage", "message": message}
-                sys.stdout.write(to_json(error | {"exit_code": exc.exit_code}) + "\n")
-            sys.exit(exc.exit_code)
+            sys.exit(_usage_error(exc, context, argv))
         sys.exit(status if isinstance(status, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -90,10 +87,14 @@ class RegctlGroup(TyperGroup):
             raise
         except BrokenPipeError:
             outcome = "closed_pipe"
-            _closed_pipe()
+            closed_pipe()
+        except typer.Abort:
+            outcome = "interrupted"
+            raise
         except (Exception, KeyboardInterrupt) as exc:
             if type(exc).__module__.startswith("typer"):
-                raise  # usage errors: typer prints them and exits 2
+                outcome = "invalid_input"  # a usage error: nothing ran
+                raise  # typer's usage errors: main() prints them and exits 2
             outcome = getattr(exc, "reason", "interrupted")
             state = ctx.obj if isinstance(ctx.obj, State) else None
             raise typer.Exit(report_error(state, exc)) from None
@@ -106,7 +107,7 @@ class RegctlGroup(TyperGroup):
 _ALL = frozenset(Format)
 _NO_NAMES = _ALL - {Format.NAME}
 FORMATS = {
-    "export": frozenset({Format.TABLE, Format.JSON, Format.NDJSON}),
+    "export": frozenset({Format.JSON, Format.NDJSON}),  # (no -o: NDJSON)
     "completion": frozenset({Format.TABLE}),
     **dict.fromkeys(
         (
@@ -134,6 +135,11 @@ class RegctlCommand(TyperCommand):
     refuses an output format it does not have before it does anything."""
 
     def invoke(self, ctx: Any) -> Any:
+        for param in self.params:  # `--domain "$D"` with D unset must not mean "all"
+            value = ctx.params.get(param.name)
+            if value == "" or (isinstance(value, list | tuple) and "" in value):
+                shown = param.opts[0] if isinstance(param, TyperOption) else param.name.upper()
+                raise InvalidInput(f"{shown} must not be empty")
         state = ctx.find_root().obj
         path = ctx.command_path.partition(" ")[2]
         formats = FORMATS.get(path, _ALL)
@@ -146,19 +152,31 @@ class RegctlCommand(TyperCommand):
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         super().format_options(ctx, formatter)
-        root = ctx.find_root()
-        shared = [p for p in root.command.get_params(root) if p.name not in _ROOT_ONLY]
-        with formatter.section("Global options (anywhere on the line)"):
-            formatter.write_dl([record for p in shared if (record := p.get_help_record(root))])
+        _global_options_help(ctx, formatter)
+
+
+class RegctlSubgroup(TyperGroup):
+    """`regctl server`, `regctl secret`: their help lists the global options too."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        _global_options_help(ctx, formatter)
+
+
+def _global_options_help(ctx: Any, formatter: Any) -> None:
+    root = ctx.find_root()
+    shared = [p for p in root.command.get_params(root) if p.name not in _ROOT_ONLY]
+    with formatter.section("Global options (anywhere on the line)"):
+        formatter.write_dl([record for p in shared if (record := p.get_help_record(root))])
 
 
 _ROOT_ONLY = ("help", "install_completion", "show_completion")
 
 
-def _option_table(command: Any, ctx: typer.Context) -> dict[str, bool]:
-    """Each option name of ``command`` -> whether it takes a value."""
+def _option_table(params: Any) -> dict[str, bool]:
+    """Each option name among ``params`` -> whether it takes a value."""
     names: dict[str, bool] = {}
-    for param in command.get_params(ctx):
+    for param in params:
         if isinstance(param, TyperOption):
             takes_value = not (param.is_flag or param.count)
             names.update(dict.fromkeys([*param.opts, *param.secondary_opts], takes_value))
@@ -169,13 +187,18 @@ def _hoisted(root: TyperGroup, ctx: typer.Context, args: list[str]) -> list[str]
     """``args`` with the global options given after the command name moved before it,
     so `regctl purge -q` means `regctl -q purge` (as with kubectl and gh). A command's
     own option of the same name wins; nothing after ``--`` moves."""
-    global_options = _option_table(root, ctx)
+    global_options = {  # (not --install-completion: it would run for any command)
+        name: takes
+        for param in root.get_params(ctx)
+        if isinstance(param, TyperOption) and param.name not in _ROOT_ONLY
+        for name, takes in _option_table([param]).items()
+    }
     command: Any = root
     local: dict[str, bool] = global_options
     front: list[str] = []
     rest: list[str] = []
     named_at: int | None = None  # the command name's place: hoisted options go before it
-    tokens = iter(args)
+    tokens = iter(_flags_apart(args, {**global_options, **_all_local(root, ctx)}))
     for arg in tokens:
         if arg == "--":
             rest += [arg, *tokens]
@@ -183,16 +206,17 @@ def _hoisted(root: TyperGroup, ctx: typer.Context, args: list[str]) -> list[str]
         name, attached = _split_option(arg)
         table = local if name in local else global_options if name in global_options else None
         if table is not None and (table[name] or not attached):
+            value = list(itertools.islice(tokens, 1)) if table[name] and not attached else []
+            if table[name] and not attached and not value:
+                raise InvalidInput(f"{arg} needs a value")
             target = rest if table is local else front
-            target.append(arg)
-            if table[name] and not attached:
-                target += list(itertools.islice(tokens, 1))  # its value
+            target += [arg, *value]
         else:
             rest.append(arg)
             sub = command.get_command(ctx, arg) if isinstance(command, TyperGroup) else None
             if sub is not None:
                 named_at = len(rest) - 1 if named_at is None else named_at
-                command, local = sub, _option_table(sub, ctx)
+                command, local = sub, _option_table(sub.get_params(ctx))
     if named_at is None:
         return args
     return rest[:named_at] + front + rest[named_at:]
@@ -205,6 +229,8 @@ _RANGE_WORDS = (
     ("Input should be greater than", "must be more than"),
     ("Input should be less than", "must be less than"),
     ("Input should be", "must be"),
+    ("Value error, ", ""),
+    ("Missing command.", "a command is missing"),
 )
 
 
@@ -212,6 +238,76 @@ def _own_words(message: str) -> str:
     for theirs, ours in _RANGE_WORDS:
         message = message.replace(theirs, ours)
     return message
+
+
+def _reopen_closed_streams() -> None:
+    """`regctl purge >&-` (stdout closed, not a pipe): the work still runs, its output
+    goes nowhere, as it would into a closed pipe."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+
+def _usage_error(exc: Any, context: Any, argv: list[str]) -> int:
+    """One line on stderr (and the JSON error object, or the plugin's UNKNOWN line for
+    `health --nagios`); click would print usage, a hint and the error."""
+    from regctl.render import visible
+
+    status = int(exc.exit_code)
+    message = _own_words(visible(" ".join(str(exc.format_message()).split())))
+    where = context.command_path if context is not None else "regctl"
+    sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
+    if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:
+        sys.stdout.write(f"REGCTL UNKNOWN - {message.replace('|', '/')}\n")
+        return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN
+    if _asks_json(argv):
+        error = {"ok": False, "reason": "usage", "message": message, "exit_code": status}
+        sys.stdout.write(to_json(error) + "\n")
+    return status
+
+
+def _all_local(group: Any, ctx: typer.Context) -> dict[str, bool]:
+    """The options of every command under ``group`` (for splitting -qy apart)."""
+    names: dict[str, bool] = {}
+    for name in group.list_commands(ctx):
+        sub = group.get_command(ctx, name)
+        if isinstance(sub, TyperGroup):
+            names |= _all_local(sub, ctx)
+        elif sub is not None:
+            names |= _option_table(sub.get_params(ctx))
+    return names
+
+
+def _flags_apart(args: list[str], options: dict[str, bool]) -> list[str]:
+    """Short flags run together (`-qy`, `-qo json`) written one by one, as click
+    would read them, so each can be placed; anything else is left as it is."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            parts = _short_run(arg, options)
+            if parts is not None:
+                out += parts
+                continue
+        out.append(arg)
+    return out
+
+
+def _short_run(arg: str, options: dict[str, bool]) -> list[str] | None:
+    """`-qy` -> [-q, -y]; `-qojson` -> [-q, -ojson]; None unless the first letters are
+    known flags (`-ojson` alone is an option with its value, not a run)."""
+    parts = []
+    for i, letter in enumerate(arg[1:], 1):
+        name = f"-{letter}"
+        if name not in options:
+            return None
+        if options[name]:  # takes a value: the rest of the token is it
+            parts.append(name + arg[i + 1 :])
+            break
+        parts.append(name)
+    return parts if len(parts) > 1 else None
 
 
 def _split_option(arg: str) -> tuple[str, bool]:
@@ -226,22 +322,14 @@ def _split_option(arg: str) -> tuple[str, bool]:
 def _asks_json(args: list[str]) -> bool:
     """``-o json`` (or ndjson) anywhere before ``--``, read before click parses anything."""
     tokens = iter(args)
+    value = None  # the last -o wins, as when click parses it
     for arg in tokens:
         if arg == "--":
-            return False
+            break
         name, attached = _split_option(arg)
         if name in ("-o", "--output"):
             value = arg[len(name) :].lstrip("=") if attached else next(tokens, None)
-            if value in ("json", "ndjson"):
-                return True
-    return False
-
-
-def _closed_pipe() -> NoReturn:
-    """The reader went away (`regctl list | head -1`): end quietly, as 128 + SIGPIPE.
-    stdout points at /dev/null first, or Python would complain again at exit."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(ExitStatus.CLOSED_PIPE)
+    return value in ("json", "ndjson")
 
 
 def _version(value: bool) -> None:
@@ -327,7 +415,9 @@ def build_app() -> typer.Typer:
         for command in module.COMMANDS:
             app.command(command.__name__.rstrip("_"), cls=RegctlCommand)(command)
     for name, group in (("server", server_cmd), ("secret", secret_cmd)):
-        sub = typer.Typer(help=group.HELP, no_args_is_help=True, rich_markup_mode=None)
+        sub = typer.Typer(
+            cls=RegctlSubgroup, help=group.HELP, no_args_is_help=True, rich_markup_mode=None
+        )
         for command in group.COMMANDS:
             sub.command(cls=RegctlCommand)(command)
         app.add_typer(sub, name=name)

@@ -43,6 +43,7 @@ def _source(loaded: LoadedSettings, name: str) -> str:
 def config(ctx: typer.Context) -> None:
     """Show the effective settings and where each came from (secrets masked).
 
+    \b
     Example: regctl --env-file prod.env config
     """
     state: State = ctx.obj
@@ -71,6 +72,7 @@ def config(ctx: typer.Context) -> None:
 def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print the shell completion script.
 
+    \b
     Example: regctl completion bash > ~/.local/share/bash-completion/completions/regctl
     """
     typer.echo(completion_script(shell), nl=False)

@@ -42,16 +42,23 @@ def health(
     --nagios prints the plugin form (`REGCTL OK - … | latency_ms=…`). With
     --interval it keeps watching (one line per sample in a pipe) until Ctrl-C.
 
+    \b
     Example: regctl health --nagios
     """
     from regctl.diagnostics import Level, Thresholds, nagios_line
     from regctl.diagnostics import health as check
 
     state: State = ctx.obj
-    check_live(state, interval, count)
-    if nagios and (interval is not None or state.output is not None):
-        raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
-    limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
+    try:
+        check_live(state, interval, count)
+        if nagios and (interval is not None or state.output is not None):
+            raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
+        limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
+    except InvalidInput as exc:
+        if not nagios:
+            raise
+        state.lines([_plugin_line(Level.UNKNOWN, exc.message)])  # a bad check is UNKNOWN
+        raise typer.Exit(Level.UNKNOWN) from None
     try:
         report = check(state.store_within(state.settings.health_timeout), __version__, limits)
     except RegctlError as exc:
@@ -59,14 +66,14 @@ def health(
         # (bad configuration): the plugin's UNKNOWN.
         level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
         if nagios:
-            state.lines([f"REGCTL {level.name} - {visible(' '.join(exc.message.split()))}"])
+            state.lines([_plugin_line(level, exc.message)])
         else:
             state.err.print(f"{level.name}: {escape(exc.message)}")
         if state.wants_json():
             state.json({"status": level.name.lower(), "version": __version__, "error": exc.message})
         raise typer.Exit(level) from None
     if interval is not None:
-        watch(
+        last = watch(
             state,
             interval,
             count,
@@ -75,7 +82,7 @@ def health(
             lambda r: r.data,
             _health_cells,
         )
-        return
+        raise typer.Exit(last.level if count is not None else 0)  # (Ctrl-C exits 130)
     if nagios:
         state.lines([visible(nagios_line(report, limits))])
     elif state.wants_json():
@@ -86,6 +93,11 @@ def health(
         rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
         state.rows(("check", "status", "detail"), rows)
     raise typer.Exit(report.level)
+
+
+def _plugin_line(level: Any, message: str) -> str:
+    """A status line with no performance data ("|" would start it)."""
+    return f"REGCTL {level.name} - {visible(' '.join(message.replace('|', '/').split()))}"
 
 
 def _health_cells(report: Health) -> list[tuple[str, str]]:
@@ -139,6 +151,7 @@ def doctor(ctx: typer.Context) -> None:
 
     Exit 1 when anything is found at warning or error level.
 
+    \b
     Example: regctl doctor
     """
     from regctl.diagnostics import doctor as examine
@@ -172,6 +185,7 @@ def doctor(ctx: typer.Context) -> None:
 def selftest(ctx: typer.Context) -> None:
     """Run the 8-step end-to-end test in a throwaway namespace (always cleaned up).
 
+    \b
     Example: regctl selftest
     """
     from regctl.diagnostics import selftest as run

@@ -39,7 +39,7 @@ def read_password(from_stdin: bool) -> str:
         raise InvalidInput(
             "no password given", "use --password-stdin or --password-hash in scripts"
         )
-    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     return password
 
 
@@ -64,7 +64,7 @@ def read_code(code: str | None) -> str:
         return code
     if not sys.stdin.isatty():
         return _stdin_line("code")
-    entered: str = typer.prompt("Code")
+    entered: str = typer.prompt("Code", err=True)
     return entered.strip()
 
 

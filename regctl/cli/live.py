@@ -41,18 +41,20 @@ def watch(
     view: Callable[[Any], Any],
     data: Callable[[Any], dict[str, Any]],
     cells: Callable[[Any], Sequence[tuple[str, str]]],
-) -> None:
+) -> Any:
     """Take ``sample()`` every ``interval`` seconds until ``count`` samples, or until
     Ctrl-C (which exits 130, as interrupted commands do). At a terminal each sample is
     ``view``, the one-shot view, under a line with its time; ``-o ndjson`` writes
     ``data`` one object a line; otherwise ``cells``' values are one TSV or CSV row a
-    sample, after a header of their names (the first column is the sample's time)."""
+    sample, after a header of their names (the first column is the sample's time).
+    Returns the last sample."""
     taken = 0
     if state.wants_table:
         from rich.console import Group
         from rich.live import Live
 
-        with Live(console=state.out, auto_refresh=False) as live:
+        # The whole view, however tall (rich would cut it to the screen with "...").
+        with Live(console=state.out, auto_refresh=False, vertical_overflow="visible") as live:
             while True:
                 taken, result = taken + 1, sample()
                 of = f" of {count}" if count else ""
@@ -62,7 +64,7 @@ def watch(
                 )
                 live.update(Group(heading, view(result)), refresh=True)
                 if count is not None and taken >= count:
-                    return
+                    return result
                 time.sleep(interval)
     while True:
         taken, result = taken + 1, sample()
@@ -70,10 +72,10 @@ def watch(
             state.json(data(result))
         else:
             pairs = [("timestamp", _now()), *cells(result)]
-            header = [name for name, _ in pairs] if taken == 1 else None
+            header = [name.replace(" ", "_") for name, _ in pairs] if taken == 1 else None
             state.rows(header, [[value for _, value in pairs]])
         if count is not None and taken >= count:
-            return
+            return result
         time.sleep(interval)
 
 

@@ -12,7 +12,7 @@ import typer
 
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.state import State
-from regctl.errors import ExitStatus, InvalidInput
+from regctl.errors import InvalidInput
 from regctl.model import (
     FUNNEL_EVENTS,
     Filter,
@@ -25,9 +25,9 @@ from regctl.model import (
 from regctl.render import (
     escape,
     key_value_table,
+    plural,
     table,
     timestamp,
-    visible,
 )
 
 
@@ -75,6 +75,7 @@ def purge(
 ) -> None:
     """Remove expired registrations and index leftovers; with filters, live records too.
 
+    \b
     Example (cron): */5 * * * * regctl purge --quiet --wait 60
     """
     state: State = ctx.obj
@@ -83,7 +84,15 @@ def purge(
         older_than_ms=parse_duration(older_than) if older_than else None,
         locked=True if locked else None,
     )
-    if not dry_run:
+    if metrics_file is not None:
+        from regctl.metrics import check_metrics_path
+
+        check_metrics_path(metrics_file)
+    manager = state.manager
+    walk = selection if (orphans or not selection.is_empty) else None
+    if not selection.is_empty and not dry_run and not yes:
+        _confirm_live_deletes(state, walk)
+    if not dry_run:  # (after the question: a declined purge changed nothing)
         state.audited(
             "purge",
             " ".join(
@@ -96,14 +105,6 @@ def purge(
                 if v
             ),
         )
-    if metrics_file is not None:
-        from regctl.metrics import check_metrics_path
-
-        check_metrics_path(metrics_file)
-    manager = state.manager
-    walk = selection if (orphans or not selection.is_empty) else None
-    if not selection.is_empty and not dry_run and not yes:
-        _confirm_live_deletes(state, walk)
 
     def run(dry: bool) -> PurgeReport:
         with state.progress("examined") as tally:
@@ -142,16 +143,15 @@ def purge(
 
 def _confirm_live_deletes(state: State, walk: Filter | None) -> None:
     """Ask at a terminal, naming how many live records and which store; refuse elsewhere."""
+    refusal = "purge with filters deletes live registrations"
     if not sys.stdin.isatty():
-        raise InvalidInput("purge with filters deletes live registrations", "add --yes")
+        raise InvalidInput(refusal, "add --yes")
     with state.progress("counting") as tally:
         matched = state.manager.purge(walk, dry_run=True, on_progress=tally.at).matched
     if not matched:
         return  # nothing live to delete: the expired leftovers go without a question
     where = f"{state.store_description} (prefix {state.settings.prefix})"
-    question = f"Delete {matched:,} live registrations from {where}?"
-    if not typer.confirm(visible(question)):
-        raise typer.Exit(ExitStatus.REFUSED)
+    state.confirm(f"Delete {plural(matched, 'live registration')} from {where}?", refusal)
 
 
 def stats(
@@ -166,6 +166,7 @@ def stats(
     The funnel counts, per server day: created, codes sent, verified, locked, and
     expired unverified (counted when purge removes them).
 
+    \b
     Example: regctl stats --days 14
     """
     state: State = ctx.obj
@@ -264,6 +265,7 @@ def audit(
 ) -> None:
     """Show who did what: the audit trail of mutating commands, newest first.
 
+    \b
     Example: regctl audit --target alice@example.com
     """
     state: State = ctx.obj

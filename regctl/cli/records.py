@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -20,7 +19,7 @@ from regctl.cli.inputs import (
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS
-from regctl.errors import DeliveryFailed, ExitStatus, InvalidInput, NotFound
+from regctl.errors import DeliveryFailed, InvalidInput, NotFound
 from regctl.model import (
     Filter,
     PendingRegistration,
@@ -36,8 +35,8 @@ from regctl.render import (
     Format,
     escape,
     inspect_pairs,
-    json_array,
     key_value_table,
+    plural,
     record_cells,
     record_json,
     records_table,
@@ -51,10 +50,6 @@ _DELIVERY_TEXT = {
     "not_sent": "code not sent",
     "failed": "code NOT delivered",
 }
-
-
-def _attempts(left: int | None) -> str:
-    return "no attempts left" if not left else f"{left} attempt{'s' if left > 1 else ''} left"
 
 
 def _check_replicas(state: State, acked: int | None) -> dict[str, int]:
@@ -87,7 +82,10 @@ def _deliver_and_report(
         delivery = deliver_code(state, reg, code, send)
     except DeliveryFailed as exc:
         delivery, failure = "failed", exc
-    extra = {"code": code} if show_code else {}
+    extra: dict[str, Any] = {"code": code} if show_code else {}
+    if failure is not None:  # stored, not delivered: one document that says both
+        extra |= {"ok": False, "reason": failure.reason, "message": failure.message}
+        extra["exit_code"] = int(failure.exit_code)
     data = record_json(
         reg,
         state.manager.policy,
@@ -125,6 +123,7 @@ def add(
 ) -> None:
     """Add a pending registration and send its verification code.
 
+    \b
     Example: printf '%s\\n' "$PW" | regctl add bob@example.com -f Bob -l Stone --password-stdin
     """
     state: State = ctx.obj
@@ -176,6 +175,7 @@ def list_(
 ) -> None:
     """List pending registrations (streamed; empty is not an error).
 
+    \b
     Example: regctl list --older-than 2h --domain example.com -o ndjson
     """
     state: State = ctx.obj
@@ -193,7 +193,7 @@ def list_(
     rows = _started(state.manager.list(selection, sort=sort, limit=limit))
     policy = state.manager.policy
     if fmt is Format.JSON:
-        state.write(json_array(record_json(r, policy) for r in rows))
+        state.json_array(record_json(r, policy) for r in rows)
     elif fmt is Format.NDJSON:
         state.write(to_json(record_json(r, policy)) + "\n" for r in rows)
     elif fmt is Format.NAME:
@@ -233,6 +233,7 @@ def _started(rows: Iterator[PendingRegistration]) -> Iterator[PendingRegistratio
 def inspect(ctx: typer.Context, email: EmailArg) -> None:
     """Show one registration: status, attempts, resends, cooldown, code and record expiry.
 
+    \b
     Example: regctl inspect alice@example.com
     """
     state: State = ctx.obj
@@ -269,7 +270,9 @@ def resend(
     rate: Annotated[
         str | None, typer.Option(help="Bulk: at most this many mails, like 10/min or 2/s.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Bulk: stop after this many.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Bulk: stop after this many new codes.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Bulk: list, send nothing.")] = False,
 ) -> None:
     """Send a new code; the old one stops working. Cooldown and cap apply.
@@ -277,9 +280,12 @@ def resend(
     Without an address, resends to every registration the filters select, at the
     given rate; stopping and rerunning never sends anyone two codes inside the cooldown.
 
+    \b
     Example: regctl resend --older-than 2h --never-resent --rate 10/min --dry-run
     """
     state: State = ctx.obj
+    if email is None and show_code:
+        raise InvalidInput("--show-code prints one code: give the address")
     bulk_only = {
         "--older-than": older_than is not None,
         "--domain": domain is not None,
@@ -291,7 +297,8 @@ def resend(
     given = [name for name, set_ in bulk_only.items() if set_]
     if email is not None and given:
         raise InvalidInput(
-            f"{', '.join(given)} select registrations for a bulk resend, not one address",
+            f"{' and '.join(given)} {'selects' if len(given) == 1 else 'select'} "
+            "registrations for a bulk resend, not one address",
             "drop the address to resend in bulk, or drop the option",
         )
     if email is None:
@@ -377,7 +384,7 @@ def _bulk_resend(
     if report.failed:
         stopped = "stopped: delivery failed repeatedly; " if report.stopped else ""
         raise DeliveryFailed(
-            f"{stopped}{report.failed} code(s) were stored but not delivered "
+            f"{stopped}stored but not delivered: {plural(report.failed, 'code')} "
             f"({', '.join(report.undelivered)})",
             "after the outage, rerun the same command (it resumes: those already sent "
             "are in their cooldown); --never-resent would skip the undelivered too: "
@@ -392,11 +399,13 @@ def verify(
 ) -> None:
     """Check a code; on success the registration is consumed and printed.
 
+    \b
     Example: regctl -o json verify alice@example.com 123456
     """
     state: State = ctx.obj
-    state.audited("verify", email)
-    result = state.manager.verify(email, read_code(code))
+    candidate = read_code(code)
+    state.audited("verify", email)  # (after the prompt: an abandoned one changed nothing)
+    result = state.manager.verify(email, candidate)
     status = VERIFY_STATUS[result.outcome]
     reg = result.registration
     replicas = _check_replicas(state, result.replicas_acked)
@@ -410,14 +419,18 @@ def verify(
     if reg is not None:
         data["registration"] = reg.public_dict(include_password_hash=True)
         message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
-        state.result(data | {"email": reg.email}, message, [reg.email])
         if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
+            # In a pipe: the consumed record as TSV, for the script that creates the user.
             state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
+        else:
+            state.result(data | {"email": reg.email}, message, [reg.email])
     elif state.format() in (Format.JSON, Format.NDJSON, Format.CSV):
         state.result(data, "")
     if status:
         messages = {
-            "invalid_code": f"wrong code for {email}; {_attempts(result.attempts_left)}",
+            "invalid_code": (
+                f"wrong code for {email}; {plural(result.attempts_left, 'attempt')} left"
+            ),
             "locked": f"{email} is locked after too many wrong codes — run `regctl unlock`",
             "code_expired": f"the code for {email} has expired — run `regctl resend`",
             "not_found": f"no pending registration for {email}",
@@ -430,6 +443,7 @@ def verify(
 def unlock(ctx: typer.Context, email: EmailArg) -> None:
     """Clear a lockout after too many wrong codes (attempts back to zero).
 
+    \b
     Example: regctl unlock alice@example.com
     """
     state: State = ctx.obj
@@ -448,15 +462,18 @@ def delete(
     """Delete one pending registration (with REGCTL_ENV=production: asked at a
     terminal, else only with --yes).
 
+    \b
     Example: regctl delete alice@example.com
     """
     state: State = ctx.obj
     if state.settings.env == "production" and not yes:
-        if not sys.stdin.isatty():
-            raise InvalidInput("this is production: deleting a live registration needs --yes")
+        if state.manager.get(email) is None:  # nothing to ask about
+            raise NotFound(f"no pending registration for {email}")
         where = f"{state.store_description} (prefix {state.settings.prefix}, production)"
-        if not typer.confirm(visible(f"Delete {email} from {where}?")):
-            raise typer.Exit(ExitStatus.REFUSED)
+        state.confirm(
+            f"Delete {email} from {where}?",
+            "this is production: deleting a live registration needs --yes",
+        )
     state.audited("delete", email)
     if not state.manager.delete(email):
         raise NotFound(f"no pending registration for {email}")

@@ -45,7 +45,7 @@ def _walk(group: Any, path: list[str]) -> list[str]:
             continue
         out.append(f"### `regctl {' '.join(full)}`")
         out.append("")
-        out.append((command.help or "").strip())
+        out.append((command.help or "").replace("\b\n", "").strip())
         options = _options(command)
         if options:
             out += ["", *options]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from regctl.cli.state import State
-from regctl.errors import ExitStatus, InvalidInput
-from regctl.render import escape
+from regctl.errors import ExitStatus
+from regctl.render import plural
 
 
 def status(ctx: typer.Context) -> None:
@@ -17,6 +16,7 @@ def status(ctx: typer.Context) -> None:
 
     Exit 0 when it is (or none is recorded yet), 78 when it is another one.
 
+    \b
     Example: regctl secret status
     """
     state: State = ctx.obj
@@ -41,6 +41,7 @@ def rotate(
     Switch every writer to the new secret, then run this once; users whose code
     died ask for a new one (resend).
 
+    \b
     Example: REGCTL_CODE_SECRET_FILE=/run/secrets/new regctl secret rotate --yes
     """
     state: State = ctx.obj
@@ -50,15 +51,16 @@ def rotate(
         state.result({"rotated": False, "pending_codes_invalidated": 0}, message)
         return
     if not yes:
-        question = f"Record a new code secret for {state.store_description}?"
-        if not sys.stdin.isatty():
-            raise InvalidInput("rotating the code secret kills every pending code", "add --yes")
-        if not typer.confirm(escape(question)):
-            raise typer.Exit(ExitStatus.REFUSED)
+        codes = plural(manager.counts().total, "pending code")
+        where = f"{state.store_description} (prefix {state.settings.prefix})"
+        state.confirm(
+            f"Rotate the code secret of {where}? {codes} stop working.",
+            "rotating the code secret kills every pending code",
+        )
     state.audited("secret rotate")
     pending = manager.rotate_secret()
     data = {"rotated": True, "pending_codes_invalidated": pending}
-    state.result(data, f"code secret rotated; {pending} pending codes no longer verify")
+    state.result(data, f"code secret rotated; no longer verifying: {plural(pending, 'code')}")
 
 
 HELP = "Check or rotate the code secret the store's codes are made with."

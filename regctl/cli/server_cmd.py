@@ -23,6 +23,7 @@ def _server(state: State) -> EmbeddedServer:
 def start(ctx: typer.Context) -> None:
     """Start the embedded server (it also starts on first use).
 
+    \b
     Example: regctl server start
     """
     state: State = ctx.obj
@@ -35,6 +36,7 @@ def start(ctx: typer.Context) -> None:
 def stop(ctx: typer.Context) -> None:
     """Stop the embedded server; its data stays in the data dir.
 
+    \b
     Example: regctl server stop
     """
     state: State = ctx.obj
@@ -49,6 +51,7 @@ def status(ctx: typer.Context) -> None:
 
     Exit 0 when it runs, 3 when it does not.
 
+    \b
     Example: regctl server status -o json
     """
     state: State = ctx.obj

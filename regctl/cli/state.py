@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from regctl.errors import ExitStatus, InvalidInput
 from regctl.render import Format, csv_lines, escape, to_json, tsv_lines, visible
 
 T = TypeVar("T")
@@ -119,7 +120,7 @@ class State:
             return  # nothing reached the store
         if outcome == "invalid_input":
             return  # refused before anything happened: bad input writes nothing at all
-        if outcome in ("unavailable", "pool_exhausted", "permission_denied", "interrupted"):
+        if outcome in ("unavailable", "pool_exhausted", "permission_denied"):
             return  # the store cannot take it now; trying would only delay the exit
         self.audit(*self.audit_event, outcome)
 
@@ -157,7 +158,21 @@ class State:
         from rich.console import Console
 
         no_color = self.no_color or "NO_COLOR" in os.environ
-        return Console(file=stream, no_color=no_color, highlight=False, soft_wrap=True)
+        console = Console(file=stream, no_color=no_color, highlight=False, soft_wrap=True)
+        console.on_broken_pipe = closed_pipe  # type: ignore[method-assign]  # rich exits 1
+        return console
+
+    def confirm(self, question: str, without_terminal: str) -> None:
+        """Ask ``question`` on stderr at a terminal; anything but yes ends the command
+        (exit 1, nothing changed). Without a terminal: refused, pointing at --yes."""
+        import typer
+
+        if not sys.stdin.isatty():
+            raise InvalidInput(without_terminal, "add --yes")
+        if not typer.confirm(visible(question), err=True):
+            sys.stderr.write("nothing changed\n")
+            self.outcome = "declined"
+            raise typer.Exit(ExitStatus.REFUSED)
 
     def format(self) -> Format:
         return self.output or Format.TABLE
@@ -215,6 +230,20 @@ class State:
         else:
             self.say(message)
 
+    def json_array(self, items: Iterable[Any]) -> None:
+        """A JSON array streamed item by item (a long list needs no memory). Cut short
+        by Ctrl-C or an error, it is closed all the same: still one JSON document, the
+        exit status saying it is partial."""
+        self.json_written = True
+        stream = sys.stdout
+        stream.write("[")
+        try:
+            for i, item in enumerate(items):
+                stream.write(("," if i else "") + to_json(item))
+        finally:
+            stream.write("]\n")
+            stream.flush()
+
     def json(self, data: Any) -> None:
         self.write([to_json(data), "\n"])
         self.json_written = True
@@ -246,7 +275,14 @@ class State:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=self.err, transient=True) as bar:
+            # (rich's default would capture stdout meanwhile: the data would reach stderr)
+            with Progress(
+                *columns,
+                console=self.err,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as bar:
                 task = bar.add_task(tally.line(), total=total or None)
                 tally.on_change = lambda: bar.update(
                     task, completed=tally.weight, total=tally.total, description=tally.line()
@@ -311,6 +347,13 @@ class Tally:
         if interrupted:
             return f"interrupted: {self.what} {self.done:,} before Ctrl-C ({seconds:.1f}s)"
         return f"{self.what}: {self.done:,} in {seconds:.1f}s ({self.rate:,.0f}/s)"
+
+
+def closed_pipe() -> NoReturn:
+    """The reader went away (`regctl list | head -1`): end quietly, as 128 + SIGPIPE.
+    stdout points at /dev/null first, or Python would complain again at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(ExitStatus.CLOSED_PIPE)
 
 
 def _cell(value: Any) -> str:

@@ -41,11 +41,20 @@ VERIFY_STATUS = {
 }
 
 
+def interrupted(as_json: bool) -> int:
+    """Ctrl-C (or end of input at a prompt): say so, in JSON too when asked; exit 130."""
+    sys.stderr.write("Interrupted\n")
+    if as_json:
+        status = int(ExitStatus.INTERRUPTED)
+        error = {"ok": False, "reason": "interrupted", "message": "interrupted"}
+        sys.stdout.write(to_json(error | {"exit_code": status}) + "\n")
+    return ExitStatus.INTERRUPTED
+
+
 def report_error(state: State | None, exc: BaseException) -> int:
     """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
     if isinstance(exc, KeyboardInterrupt):
-        sys.stderr.write("Interrupted\n")
-        return ExitStatus.INTERRUPTED
+        return interrupted(state is not None and state.wants_json() and not state.json_written)
     if isinstance(exc, RegctlError):
         status, reason, message, hint = exc.exit_code, exc.reason, exc.message, exc.hint
     else:

@@ -12,7 +12,7 @@ import typer
 from regctl.cli.state import State
 from regctl.errors import ExitStatus, InvalidInput
 from regctl.model import ImportReport
-from regctl.render import Format, escape, json_array, to_json
+from regctl.render import Format, escape, plural, to_json
 
 
 def export(
@@ -27,6 +27,7 @@ def export(
     With -o json, one JSON array instead. At a terminal, stderr shows the count,
     rate and time left, then a summary.
 
+    \b
     Example: regctl export --include-secrets > backup.ndjson
     """
     from regctl.diagnostics import unseen_after_eviction
@@ -37,14 +38,14 @@ def export(
     with state.progress("exported", total) as tally:
         rows = tally.track(manager.export(include_secrets=include_secrets))
         if state.format() is Format.JSON:
-            state.write(json_array(rows))
+            state.json_array(rows)
         else:
             state.write(to_json(row) + "\n" for row in rows)
     unseen = unseen_after_eviction(state.store)
     if unseen:
         sys.stderr.write(
-            f"Warning: {unseen} record(s) lost their index entry to eviction and are not in "
-            "this export — run `regctl purge --reindex`, then export again\n"
+            f"Warning: not in this export: {plural(unseen, 'record')} whose index entry "
+            "eviction removed — run `regctl purge --reindex`, then export again\n"
         )
 
 
@@ -60,6 +61,7 @@ def import_(
 
     Exit 2 if any line was invalid (the valid ones are imported).
 
+    \b
     Example: regctl import backup.ndjson --dry-run
     """
     state: State = ctx.obj

@@ -13,7 +13,14 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.acl import AclUnchecked, missing_commands
-from regctl.connection import SCRIPT_DENIED, Client, call_deadline, translated_errors
+from regctl.connection import (
+    SCRIPT_DENIED,
+    Client,
+    call_deadline,
+    failing_over,
+    stop_watching,
+    translated_errors,
+)
 from regctl.errors import (
     ConfigError,
     DamagedRecord,
@@ -277,6 +284,8 @@ class RedisStore:
             pause = 0.02
             while True:
                 try:
+                    if failing_over(self.client):  # the old master would lose it: wait
+                        raise NotServing("a Sentinel failover is under way")
                     return call()
                 except NotServing:
                     if time.monotonic() + pause >= deadline:
@@ -486,6 +495,7 @@ class RedisStore:
         return [{**fields, "at": entry_id.partition("-")[0]} for entry_id, fields in rows]
 
     def close(self) -> None:
+        stop_watching(self.client)
         self.client.close()
         pool = getattr(self.client, "connection_pool", None)  # a cluster closes its own
         if pool is not None:
