@@ -142,9 +142,14 @@ def topology(store: RedisStore) -> dict[str, Any]:
             described = client.cluster_nodes()
             state = client.cluster_info()
         nodes = []
+        open_slots = []
         for node in client.get_nodes():
             facts = node_facts(node.redis_connection)
             meta = described.get(node.name, {})
+            open_slots += [
+                {"slot": int(m["slot"]), "state": m["state"], "node": node.name}
+                for m in _own_migrations(node.redis_connection)
+            ]
             facts.update(
                 address=node.name,
                 role=node.server_type,
@@ -152,11 +157,18 @@ def topology(store: RedisStore) -> dict[str, Any]:
                 link=(meta.get("connected") and "connected") or "disconnected",
             )
             nodes.append(facts)
+        primaries = {m["node_id"] for m in described.values() if "master" in m["flags"]}
+        backed = {m["master_id"] for m in described.values() if "slave" in m["flags"]}
         return {
             "kind": "cluster",
             "nodes": nodes,
             "cluster_state": state.get("cluster_state"),
             "slots_ok": int(state.get("cluster_slots_ok", 0)),
+            # A reshard under way, or one that stopped half-way and left slots open.
+            "open_slots": open_slots,
+            "failed_nodes": [a for a, m in described.items() if "fail" in m["flags"]],
+            "primaries_without_replica": len(primaries - backed),
+            "any_replica": bool(backed),
         }
     facts = node_facts(client)
     view: dict[str, Any] = {"kind": "standalone", "nodes": [facts]}
@@ -179,6 +191,14 @@ def topology(store: RedisStore) -> dict[str, Any]:
             },
         )
     return view
+
+
+def _own_migrations(node_client: Any) -> list[dict[str, Any]]:
+    """The slots this node is migrating or importing (only its own line says so)."""
+    with translated_errors():
+        described = node_client.execute_command("CLUSTER NODES")
+    mine: dict[str, Any] = next((m for m in described.values() if "myself" in m["flags"]), {})
+    return list(mine.get("migrations", []))
 
 
 def _summary(view: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +295,18 @@ def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check
             Level.OK if ok else Level.CRITICAL,
             f"state {view['cluster_state']}, {view['slots_ok']}/16384 slots served",
         )
+        if view["open_slots"]:
+            yield Check(
+                "slots",
+                Level.WARNING,
+                f"{_open_slots_text(view['open_slots'])}: calls in them wait for the move",
+            )
+        if view["failed_nodes"]:
+            yield Check(
+                "nodes",
+                Level.WARNING,
+                f"marked failed: {', '.join(view['failed_nodes'])}",
+            )
     if view["kind"] == "sentinel":
         sentinel = view["sentinel"]
         enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
@@ -354,8 +386,52 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
                 "run `redis-cli --cluster check` and fix the uncovered slots",
             )
         )
+    if view["kind"] == "cluster":
+        findings += _cluster_findings(view)
     findings += _keyspace_findings(store, scan_limit)
     findings += _permission_findings(store)
+    return findings
+
+
+def _open_slots_text(open_slots: list[dict[str, Any]]) -> str:
+    shown = ", ".join(f"{o['slot']} {o['state']} on {o['node']}" for o in open_slots[:4])
+    more = f" and {len(open_slots) - 4} more" if len(open_slots) > 4 else ""
+    return f"open: slot {shown}{more}"
+
+
+def _cluster_findings(view: dict[str, Any]) -> list[Finding]:
+    findings = []
+    if view["open_slots"]:
+        findings.append(
+            Finding(
+                "warning",
+                "slots-open",
+                f"{_open_slots_text(view['open_slots'])} (a reshard under way, or one "
+                "that stopped half-way)",
+                "if no reshard is running, finish it: `redis-cli --cluster fix`",
+            )
+        )
+    if view["failed_nodes"]:
+        findings.append(
+            Finding(
+                "error",
+                "nodes-failed",
+                f"marked failed by the cluster: {', '.join(view['failed_nodes'])}",
+                "bring them back, or `CLUSTER FORGET` them on every node once replaced",
+            )
+        )
+    if view["primaries_without_replica"]:
+        alone = plural(view["primaries_without_replica"], "primary")
+        findings.append(
+            Finding(
+                # A cluster built without replicas is a choice; one losing them is not.
+                "warning" if view["any_replica"] else "info",
+                "primaries-without-replica",
+                f"without a replica: {alone}; a crash there loses its slots' data "
+                "and stops them until it returns",
+                "add a replica to each primary (`redis-cli --cluster add-node --cluster-slave`)",
+            )
+        )
     return findings
 
 

@@ -577,3 +577,27 @@ def test_a_bucket_slot_migrates_under_traffic_unseen_by_callers(
         manager.close()
     finally:
         cluster.stop()
+
+
+def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cli: Cli):
+    cluster = RedisCluster(tmp_path / "open", primaries=2).start()
+    try:
+        owner, target = (n.client() for n in cluster.nodes[:2])
+        slot = 0  # the first primary's
+        target_id = target.execute_command("CLUSTER", "MYID")
+        owner.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        env = {"REGCTL_REDIS_URL": cluster.url}
+        health = json.loads(cli("health", "-o", "json", **env).stdout)
+        slots = next(c for c in health["checks"] if c["name"] == "slots")
+        assert slots["status"] == "warning"
+        assert "slot 0 migrating on 127.0.0.1:" in slots["detail"]
+        findings = {
+            f["code"]: f for f in json.loads(cli("doctor", "-o", "json", **env).stdout)["findings"]
+        }
+        assert findings["slots-open"]["severity"] == "warning"
+        assert findings["primaries-without-replica"]["severity"] == "info"  # built so
+        owner.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        health = json.loads(cli("health", "-o", "json", **env).stdout)
+        assert "slots" not in {c["name"] for c in health["checks"]}
+    finally:
+        cluster.stop()
