@@ -317,11 +317,48 @@ def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
         kwargs.update(ssl=True, **_tls_kwargs(settings))
         sentinel_kwargs.update(ssl=True, **_tls_kwargs(settings))
     sentinel = Sentinel(endpoint.hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(service, max_connections=settings.max_connections)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        connection_pool_class=_waiting_sentinel_pool(),
+        max_connections=settings.max_connections,
+        pool_timeout=settings.pool_timeout,
+    )
     watcher = SwitchWatcher(sentinel, service, client.connection_pool)
     watcher.start()
     _WATCHERS[client.connection_pool] = watcher
     return client
+
+
+def _waiting_sentinel_pool() -> type:
+    """redis-py's Sentinel pool fails at once when every connection is busy; this one
+    waits up to REGCTL_POOL_TIMEOUT for one to come back, as the standalone pool does."""
+    from redis.sentinel import SentinelConnectionPool
+
+    class WaitingSentinelPool(SentinelConnectionPool):
+        def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+            self._wait_s = kwargs.pop("pool_timeout")
+            super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+            self._slots = threading.BoundedSemaphore(self.max_connections)
+
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if not self._slots.acquire(timeout=self._wait_s):
+                import redis.exceptions as rex
+
+                raise rex.ConnectionError("No connection available.")  # -> PoolExhausted
+            try:
+                return super().get_connection(*args, **kwargs)
+            except BaseException:
+                self._slots.release()
+                raise
+
+        def release(self, connection: Any) -> None:
+            try:
+                super().release(connection)
+            finally:
+                with contextlib.suppress(ValueError):  # released twice: no extra slot
+                    self._slots.release()
+
+    return WaitingSentinelPool
 
 
 # Sentinel events about a failover of a service (published by the sentinel running it)

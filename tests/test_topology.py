@@ -601,3 +601,30 @@ def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cl
         assert "slots" not in {c["name"] for c in health["checks"]}
     finally:
         cluster.stop()
+
+
+def test_a_sentinel_pool_waits_for_a_free_connection(
+    sentinel_group: SentinelGroup, prefix: str, pw_hash: str
+):
+    """8 threads on 2 connections: calls wait their turn (REGCTL_POOL_TIMEOUT), as on
+    a standalone server, instead of failing at once."""
+    manager = manager_for(sentinel_group.url, prefix, max_connections=2, pool_timeout=30)
+    errors: list[BaseException] = []
+
+    def calls(worker: int) -> None:
+        try:
+            for i in range(25):
+                email = f"pool{worker}-{i}@example.com"
+                manager.add(email, "P", "W", password_hash=pw_hash)
+                assert manager.get(email) is not None
+        except BaseException as exc:  # every failure is the test's business
+            errors.append(exc)
+
+    threads = [threading.Thread(target=calls, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert manager.counts().total == 200
+    manager.close()
