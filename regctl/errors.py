@@ -125,6 +125,14 @@ class NotServing(StoreUnavailable):
     rediscovers the topology and tries again until the call's deadline."""
 
 
+class NotReplicated(StoreUnavailable):
+    """With ``wait_replicas``: the change was made on the primary, but fewer replicas
+    than asked acknowledged it, so a failover could undo it. Never reported as a
+    success; the store replays the call (its token makes that safe) until the deadline."""
+
+    reason = "not_replicated"
+
+
 class PoolExhausted(StoreUnavailable):
     reason = "pool_exhausted"
 

@@ -288,17 +288,21 @@ def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: Sentin
     )
     assert ran.exit_code == 0, ran.stderr
     assert json.loads(ran.stdout)["replicas_acked"] == 1
-    ran = cli(
+    ran = cli(  # one replica, two asked for: never a success
         "--wait-replicas",
         "2",
+        "-o",
+        "json",
         "resend",
         "w@example.com",
         REGCTL_RESEND_COOLDOWN="0",
         REGCTL_WAIT_TIMEOUT="0.2",
+        REGCTL_TIMEOUT="1",
         **env,
     )
-    assert ran.exit_code == 0
-    assert "only 1 of 2 replicas acknowledged" in ran.stderr
+    assert ran.exit_code == 69
+    assert "only 1 of 2 replicas acknowledged it" in ran.stderr
+    assert json.loads(ran.stdout)["ok"] is False
 
 
 # --- TLS ------------------------------------------------------------------------------

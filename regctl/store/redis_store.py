@@ -25,6 +25,7 @@ from regctl.errors import (
     ConfigError,
     DamagedRecord,
     LockHeld,
+    NotReplicated,
     NotServing,
     PermissionDenied,
     RegctlError,
@@ -287,7 +288,7 @@ class RedisStore:
                     if failing_over(self.client):  # the old master would lose it: wait
                         raise NotServing("a Sentinel failover is under way")
                     return call()
-                except NotServing:
+                except (NotServing, NotReplicated):  # (a replay of a made change is safe)
                     if time.monotonic() + pause >= deadline:
                         raise
                     self._rediscover()
@@ -387,6 +388,14 @@ class RedisStore:
         for result in (reply, acked):
             if isinstance(result, Exception):
                 raise _translated(result)
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(
+                f"the change was made on the primary, but only {int(acked)} of "
+                f"{self.wait_replicas} replicas acknowledged it within "
+                f"{self.wait_timeout_ms} ms: a failover now could undo it",
+                "retry the same call once the replicas are back (the library: with the "
+                "same token=, which is answered as the first was)",
+            )
         return reply, int(acked)
 
     def _run_many(
