@@ -143,12 +143,17 @@ def topology(store: RedisStore) -> dict[str, Any]:
             state = client.cluster_info()
         nodes = []
         open_slots = []
+        unreachable = []  # reported, not raised: one node down is what doctor is for
         for node in client.get_nodes():
-            facts = node_facts(node.redis_connection)
+            try:
+                facts = node_facts(node.redis_connection)
+                migrations = _own_migrations(node.redis_connection)
+            except StoreUnavailable as exc:
+                unreachable.append({"address": node.name, "error": exc.message})
+                continue
             meta = described.get(node.name, {})
             open_slots += [
-                {"slot": int(m["slot"]), "state": m["state"], "node": node.name}
-                for m in _own_migrations(node.redis_connection)
+                {"slot": int(m["slot"]), "state": m["state"], "node": node.name} for m in migrations
             ]
             facts.update(
                 address=node.name,
@@ -167,6 +172,7 @@ def topology(store: RedisStore) -> dict[str, Any]:
             # A reshard under way, or one that stopped half-way and left slots open.
             "open_slots": open_slots,
             "failed_nodes": [a for a, m in described.items() if "fail" in m["flags"]],
+            "unreachable": unreachable,
             "primaries_without_replica": len(primaries - backed),
             "any_replica": bool(backed),
         }
@@ -230,7 +236,7 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
     }
     try:
         view = topology(store)
-        total = store.counts().total
+        total = _total(store, view)
     except (StoreUnavailable, PermissionDenied) as exc:
         data["redis"] = {"status": "disconnected", "ping": False, "error": exc.message}
         data["pending_registrations"] = {"total": None, "redis_connected": False}
@@ -279,6 +285,16 @@ def nagios_line(report: Health, limits: Thresholds) -> str:
     return f"{line} | {' '.join(perf)}" if perf else line
 
 
+def _total(store: RedisStore, view: dict[str, Any]) -> int | None:
+    """Pending registrations; None when a cluster node is down (reported on its own)."""
+    try:
+        return store.counts().total
+    except StoreUnavailable:
+        if not view.get("unreachable"):
+            raise
+        return None
+
+
 def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
     many = len(view["nodes"]) > 1
     for node in view["nodes"]:
@@ -307,6 +323,8 @@ def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check
                 Level.WARNING,
                 f"marked failed: {', '.join(view['failed_nodes'])}",
             )
+        for node in view["unreachable"]:
+            yield Check(f"node {node['address']}", Level.CRITICAL, node["error"])
     if view["kind"] == "sentinel":
         sentinel = view["sentinel"]
         enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
@@ -388,8 +406,20 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
         )
     if view["kind"] == "cluster":
         findings += _cluster_findings(view)
-    findings += _keyspace_findings(store, scan_limit)
-    findings += _permission_findings(store)
+    try:
+        findings += _keyspace_findings(store, scan_limit)
+        findings += _permission_findings(store)
+    except StoreUnavailable as exc:
+        if not view.get("unreachable"):
+            raise
+        findings.append(
+            Finding(
+                "warning",
+                "keys-unchecked",
+                f"the keys could not be checked with a node down: {exc.message}",
+                "run `regctl doctor` again once every node answers",
+            )
+        )
     return findings
 
 
@@ -400,7 +430,15 @@ def _open_slots_text(open_slots: list[dict[str, Any]]) -> str:
 
 
 def _cluster_findings(view: dict[str, Any]) -> list[Finding]:
-    findings = []
+    findings = [
+        Finding(
+            "error",
+            "node-unreachable",
+            f"node {node['address']} does not answer: {node['error']}",
+            "bring it back; until then its slots are not served, unless a replica takes over",
+        )
+        for node in view["unreachable"]
+    ]
     if view["open_slots"]:
         findings.append(
             Finding(

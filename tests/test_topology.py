@@ -632,3 +632,22 @@ def test_a_sentinel_pool_waits_for_a_free_connection(
     assert errors == []
     assert manager.counts().total == 200
     manager.close()
+
+
+def test_doctor_and_health_report_a_cluster_node_that_is_down(tmp_path: Path, cli: Cli):
+    cluster = RedisCluster(tmp_path / "down", primaries=3).start()
+    try:
+        env = {"REGCTL_REDIS_URL": cluster.url, "REGCTL_RETRIES": "0"}
+        assert cli("doctor", "-o", "json", **env).exit_code in (0, 1)
+        down = cluster.nodes[2]
+        down.kill()
+        ran = cli("doctor", "-o", "json", **env)
+        assert ran.exit_code == 1, ran.stderr  # a report, not "Redis unavailable" (69)
+        codes = {f["code"] for f in json.loads(ran.stdout)["findings"]}
+        assert "node-unreachable" in codes
+        health = cli("health", "-o", "json", **env)
+        assert health.exit_code == 2  # CRITICAL
+        names = {c["name"] for c in json.loads(health.stdout)["checks"]}
+        assert f"node 127.0.0.1:{down.port}" in names
+    finally:
+        cluster.stop()
