@@ -529,7 +529,8 @@ def translated_errors() -> Iterator[None]:
             "find what flushes the script cache; nothing of this call was run",
         ) from None
     except rex.ResponseError as exc:
-        text = str(exc)
+        # (a pipeline's reply says "Command # 3 (HGETALL k) of pipeline caused error: …")
+        text = str(exc).rpartition("of pipeline caused error: ")[2]
         # Errors raised inside a script arrive as plain ResponseError with the code inside.
         if "OOM command not allowed" in text:
             raise _store_full() from None
@@ -563,6 +564,11 @@ def translated_errors() -> Iterator[None]:
         raise StoreUnavailable(
             f"Redis is unavailable: {first_line(exc)}",
             "check that the server is running and the URL is right",
+        ) from None
+    except rex.RedisClusterException as exc:  # no node of the cluster answered
+        raise StoreUnavailable(
+            f"Redis is unavailable: no node of the cluster answered ({first_line(exc)})",
+            "check that the nodes run and the host:port list in the URL",
         ) from None
     except rex.InvalidResponse:
         raise StoreUnavailable(

@@ -555,32 +555,33 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "error",
                 "wrong-type",
                 f"another kind of value than regctl writes: {plural(len(wrong_type), 'key')} "
-                f"(e.g. {wrong_type[0]}); the commands that read them fail",
+                f"({_some(wrong_type)}); the commands that read them fail",
                 "something else writes under regctl's prefix: give one of them another "
-                "prefix, then remove that key",
+                "prefix, then remove those keys",
             )
         )
-        return findings  # the checks below read those keys: they would only fail
     if too_long:
         findings.append(
             Finding(
                 "warning",
                 "ttl-too-long",
                 f"expiring far later than regctl ever sets: {plural(len(too_long), 'key')} "
-                f"(e.g. {too_long[0]}); a lock like that keeps purge out (exit 75)",
+                f"({_some(too_long)}); a lock like that keeps purge out (exit 75)",
                 "a lock is a lease, not data: once no purge runs, delete it; records "
                 "are removed by `regctl purge` when their lifetime ends",
             )
         )
-    with translated_errors():
-        audit_entries = client.xlen(ks.audit)  # 0 when there is none yet
+    audit_entries = 0
+    if ks.audit not in wrong_type:
+        with translated_errors():
+            audit_entries = client.xlen(ks.audit)  # 0 when there is none yet
     if lost_ttl:
         findings.append(
             Finding(
                 "warning",
                 "keys-without-ttl",
-                f"{len(lost_ttl)} of regctl's keys under {ks.prefix}: lost their TTL and "
-                f"will never expire (e.g. {lost_ttl[0]})",
+                f"lost their TTL and will never expire: {plural(len(lost_ttl), 'key')} of "
+                f"regctl's ({_some(lost_ttl)})",
                 "something removed it (PERSIST, a restore without TTLs); `regctl purge` "
                 "removes records past their lifetime, and PEXPIRE fixes the others",
             )
@@ -590,8 +591,8 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             Finding(
                 "info",
                 "foreign-keys",
-                f"not written by regctl: {plural(len(foreign), 'key')} under {ks.prefix}: "
-                f"(e.g. {foreign[0]}); regctl never reads them",
+                f"not written by regctl: {plural(len(foreign), 'key')} under the prefix "
+                f"({_some(foreign)}); regctl never reads them",
                 "if another application owns them, give regctl a prefix of its own (REGCTL_PREFIX)",
             )
         )
@@ -606,6 +607,8 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "writes here too: give them the same setting",
             )
         )
+    if wrong_type:
+        return findings  # the checks below read those keys: they would only fail
     unindexed = sum(1 for _ in store.unindexed())
     if unindexed:
         findings.append(
@@ -628,6 +631,12 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             )
         )
     return findings
+
+
+def _some(keys: list[str], shown: int = 5) -> str:
+    """The first few of ``keys``, named (and how many more)."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _permission_findings(store: RedisStore) -> list[Finding]:

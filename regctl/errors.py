@@ -182,8 +182,8 @@ def first_line(exc: BaseException) -> str:
     text = (str(exc).splitlines() or ["no details"])[0]
     text = re.sub(r"\b[A-Za-z]*(?:Error|error|Exception): ", "", text)
     text = re.sub(r"\[Errno -?\d+\] ", "", text)
-    connecting = re.fullmatch(r"Error -?\d+ connecting to (.+?)\. (.+?)\.?", text)
-    if connecting:
-        where, why = connecting.groups()
-        text = f"cannot connect to {where}: {why[:1].lower()}{why[1:]}"
-    return text
+    return re.sub(
+        r"Error -?\d+ connecting to (\S+?)\. ([^.]+)\.?",
+        lambda m: f"cannot connect to {m[1]}: {m[2][:1].lower()}{m[2][1:]}",
+        text,
+    )

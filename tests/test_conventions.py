@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import signal
 import subprocess
 
@@ -118,7 +119,7 @@ def test_doctor_tells_foreign_keys_from_regctls_keys_that_lost_their_ttl(
     client.persist(record)
     lost = _findings(cli)["keys-without-ttl"]
     assert lost["severity"] == "warning"
-    assert "regctl's keys" in lost["message"]
+    assert "key of regctl's" in lost["message"]
     assert "delete" not in lost["fix"]
 
 
@@ -445,3 +446,59 @@ def test_doctor_does_not_take_another_applications_keys_for_regctls(
     assert "foreign-keys" in _findings(cli)
     client.set(f"{prefix}:lock:purge", "held", ex=10 * 365 * 86400)
     assert "ttl-too-long" in _findings(cli)
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["list", "--help"]])
+def test_help_and_version_into_a_closed_pipe_end_quietly(cli: Cli, args: list[str]):
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before regctl writes a byte
+    proc = subprocess.run(
+        [REGCTL, *args], stdout=write, stderr=subprocess.PIPE, env=env, timeout=60, check=False
+    )
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+
+
+def test_a_declined_question_in_json_mode_is_one_json_document(cli: Cli, tmp_path):
+    add(cli, "x@drop.example")
+    target = tmp_path / "out.json"
+    seen = at_terminal(
+        ["-o", "json", "purge", "--domain", "drop.example"],
+        _terminal_env(cli),
+        keys=b"n\n",
+        stdout=target,
+    )
+    assert seen.exit_code == 1
+    assert json.loads(target.read_text())["reason"] == "declined"
+
+
+def test_a_missing_value_is_a_json_error_or_a_plugin_line(cli: Cli):
+    ran = cli("-o", "json", "list", "--limit")
+    assert ran.exit_code == 2
+    assert json.loads(ran.stdout)["message"] == "--limit needs a value"
+    ran = cli("health", "--nagios", "--warn-latency")
+    assert (ran.exit_code, ran.stdout) == (3, "REGCTL UNKNOWN - --warn-latency needs a value\n")
+
+
+def test_a_cluster_nobody_answers_is_critical_not_a_crash(cli: Cli, unused_port: int):
+    url = f"redis+cluster://127.0.0.1:{unused_port}"
+    ran = cli("health", "--nagios", REGCTL_REDIS_URL=url)
+    assert ran.exit_code == 2
+    assert ran.stdout.startswith("REGCTL CRITICAL - ")
+    assert "Exception" not in ran.stdout
+    listed = cli("list", REGCTL_REDIS_URL=url)
+    assert listed.exit_code == 69
+    assert "no node of the cluster answered" in listed.stderr
+
+
+def test_a_record_of_another_type_is_named_in_a_pipelined_read(cli: Cli, redis_proc):
+    from regctl.keys import Keyspace, digest
+
+    add(cli)
+    record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))
+    client_of(redis_proc).delete(record)
+    client_of(redis_proc).set(record, "x")
+    ran = cli("list")
+    assert ran.exit_code == 70
+    assert ran.stderr.startswith("Error: a key under regctl's prefix holds another kind")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -58,18 +59,25 @@ class RegctlGroup(TyperGroup):
             status = super().main(standalone_mode=False, **run)
         except BrokenPipeError:  # help or version into a closed pipe
             closed_pipe()
+        except SystemExit:
+            if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click met a closed pipe
+                closed_pipe()
+            raise
         except typer.Abort:  # end of input or Ctrl-C at a prompt
             sys.exit(interrupted(_asks_json(argv)))
         except RegctlError as exc:  # found while reading the line, before any command
-            sys.exit(report_error(None, exc))
+            sys.exit(_usage_error(exc.message, exc.exit_code, None, argv))
         except Exception as exc:
             if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
                 raise
             context = getattr(exc, "ctx", None)
             if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
-                sys.stdout.write(context.get_help() + "\n")  # bare `regctl`: help, not an error
-                sys.exit(ExitStatus.OK)
-            sys.exit(_usage_error(exc, context, argv))
+                with contextlib.suppress(BrokenPipeError):  # bare `regctl`: help, not an error
+                    sys.stdout.write(context.get_help() + "\n")
+                    sys.stdout.flush()
+                    sys.exit(ExitStatus.OK)
+                closed_pipe()
+            sys.exit(_usage_error(str(exc.format_message()), exc.exit_code, context, argv))
         sys.exit(status if isinstance(status, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -249,13 +257,12 @@ def _reopen_closed_streams() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
-def _usage_error(exc: Any, context: Any, argv: list[str]) -> int:
+def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     """One line on stderr (and the JSON error object, or the plugin's UNKNOWN line for
     `health --nagios`); click would print usage, a hint and the error."""
     from regctl.render import visible
 
-    status = int(exc.exit_code)
-    message = _own_words(visible(" ".join(str(exc.format_message()).split())))
+    message = _own_words(visible(" ".join(text.split())))
     where = context.command_path if context is not None else "regctl"
     sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
     if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:

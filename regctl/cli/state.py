@@ -172,6 +172,9 @@ class State:
         if not typer.confirm(visible(question), err=True):
             sys.stderr.write("nothing changed\n")
             self.outcome = "declined"
+            if self.wants_json():
+                declined = {"ok": False, "reason": "declined", "message": "nothing changed"}
+                self.json(declined | {"exit_code": int(ExitStatus.REFUSED)})
             raise typer.Exit(ExitStatus.REFUSED)
 
     def format(self) -> Format:
