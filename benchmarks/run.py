@@ -160,10 +160,14 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
         raw.script_load(store._script(name).script)
     codes: dict[int, str] = {}
     out: dict[str, Any] = {}
-    keep = policy.funnel_keep_ms  # the scripts' last argument: funnel counters kept this long
+    keep = policy.funnel_keep_ms  # funnel counters are kept this long
+    day = int(time.time()) // 86_400  # the counting scripts declare this day's counters
 
     def evalsha(name: str, keys: tuple[str, ...], *args: object) -> object:
         return raw.evalsha(sha[name], len(keys), *keys, *args)
+
+    def funnel(d: str) -> tuple[str, str, str]:
+        return ks.funnel_around(ks.bucket_of(d), day)
 
     def raw_keys(i: int) -> tuple[str, tuple[str, str]]:
         d = digest(f"r{abs(i) % n}@bench.example")
@@ -176,7 +180,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
         d = digest(f"r{i}@bench.example")
         evalsha(
             "add",
-            ks.keys_for(d),
+            (*ks.keys_for(d), *funnel(d)),
             d,
             f"r{i}@bench.example",
             "B",
@@ -189,6 +193,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
             f"t{i}",
             3_600_000,
             keep,
+            day,
         )
 
     out["add"] = row("add (hash excluded)", paired(add, raw_add, n))
@@ -205,7 +210,8 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
         codes[abs(i) % n] = manager.resend(f"a{abs(i) % n}@bench.example").code
 
     def raw_resend(i: int) -> None:
-        evalsha("resend", (raw_keys(i)[1][0],), "0" * 64, 900_000, 0, 10**9, f"r{i}", keep)
+        d, (record, _index) = raw_keys(i)
+        evalsha("resend", (record, *funnel(d)), "0" * 64, 900_000, 0, 10**9, f"r{i}", keep, day)
 
     out["resend"] = row("resend", paired(resend, raw_resend, n))
 
@@ -218,7 +224,8 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
             d, (record, index) = raw_keys(i)
             marker = ks.call_marker("verify", d, f"v{i}")
             # the right code's HMAC (raw_add stored "0" * 64): the consuming path
-            evalsha("verify", (record, index, marker), d, "0" * 64, 5, 300_000, keep)
+            keys = (record, index, marker, *funnel(d))
+            evalsha("verify", keys, d, "0" * 64, 5, 300_000, keep, day)
 
     out["verify"] = row("verify (consumes)", paired(verify, raw_verify, n))
     hashing = timings(lambda i: hash_password("correct horse battery"), max(20, n // 100))
