@@ -19,13 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
-from regctl.errors import InvalidInput, PermissionDenied, RegctlError, StoreUnavailable
+from regctl.errors import (
+    InvalidInput,
+    NotServing,
+    PermissionDenied,
+    RegctlError,
+    StoreUnavailable,
+)
 from regctl.keys import KINDS, LASTING_KINDS
 from regctl.manager import PURGE_LEASE_MS
 from regctl.model import Filter, Policy
 from regctl.render import plural
 from regctl.settings import MAX_LIFETIME_S
 from regctl.store.base import PURGE_BATCH, chunks
+from regctl.store.redis_store import node_migrations
 
 if TYPE_CHECKING:
     from regctl.store.redis_store import RedisStore
@@ -147,7 +154,7 @@ def topology(store: RedisStore) -> dict[str, Any]:
         for node in client.get_nodes():
             try:
                 facts = node_facts(node.redis_connection)
-                migrations = _own_migrations(node.redis_connection)
+                migrations = node_migrations(node.redis_connection)
             except StoreUnavailable as exc:
                 unreachable.append({"address": node.name, "error": exc.message})
                 continue
@@ -197,14 +204,6 @@ def topology(store: RedisStore) -> dict[str, Any]:
             },
         )
     return view
-
-
-def _own_migrations(node_client: Any) -> list[dict[str, Any]]:
-    """The slots this node is migrating or importing (only its own line says so)."""
-    with translated_errors():
-        described = node_client.execute_command("CLUSTER NODES")
-    mine: dict[str, Any] = next((m for m in described.values() if "myself" in m["flags"]), {})
-    return list(mine.get("migrations", []))
 
 
 def _summary(view: dict[str, Any]) -> dict[str, Any]:
@@ -620,7 +619,10 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
                 "run `regctl purge --reindex`, and set `maxmemory-policy noeviction`",
             )
         )
-    report = store.purge(Filter(), Policy(), dry_run=True, batch=PURGE_BATCH)
+    try:
+        report = store.purge(Filter(), Policy(), dry_run=True, batch=PURGE_BATCH)
+    except NotServing:  # slots on the move: reported as open slots; orphans wait for it
+        return findings
     if report.orphans:
         findings.append(
             Finding(

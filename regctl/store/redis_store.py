@@ -116,6 +116,14 @@ def _translated(exc: Exception) -> Exception:
         return exc
 
 
+def node_migrations(node_client: Any) -> list[dict[str, Any]]:
+    """The slots a Cluster node is migrating or importing (its own line says so)."""
+    with translated_errors():
+        described = node_client.execute_command("CLUSTER NODES")
+    mine: dict[str, Any] = next((m for m in described.values() if "myself" in m["flags"]), {})
+    return list(mine.get("migrations", []))
+
+
 def _client_day() -> int:
     """Today by this machine's clock: which funnel counters a script declares (the
     server's clock picks among the day before, this day and the day after)."""
@@ -774,6 +782,8 @@ class RedisStore:
         Progress counts buckets, then index entries walked.
         """
         ks = self.keyspace
+        if selection is not None and self.is_cluster:
+            self._refuse_during_reshard()
         batch = max(1, min(batch, MAX_PURGE_BATCH))
         report = PurgeReport(dry_run=dry_run)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
@@ -791,6 +801,22 @@ class RedisStore:
         if on_progress is not None:
             on_progress(total, total)
         return report
+
+    def _refuse_during_reshard(self) -> None:
+        """A walk of the index (orphans, filters) waits for a reshard to end: records
+        on their way between nodes are not what an orphan or a match looks like."""
+        moving = [
+            m["slot"]
+            for node in self.client.get_primaries()
+            for m in node_migrations(node.redis_connection)
+        ]
+        if moving:
+            raise NotServing(
+                f"slots are moving between Cluster nodes (slot {moving[0]} and "
+                f"{len(moving) - 1} more): a walk of the index waits for the reshard",
+                "run it again once `regctl health` shows no open slot; expired "
+                "entries need no walk: `regctl purge` without --orphans or filters runs",
+            )
 
     def _purge_expired(
         self, ks: Keyspace, bucket: int, policy: Policy, dry_run: bool, batch: int
