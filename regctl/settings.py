@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     prefix: str = _field("regctl", "key prefix: 1-64 of `A-Za-z0-9_.:-`")
     buckets: int = _field(
         DEFAULT_BUCKETS,
-        "hash-slot buckets of a new namespace (the first writer's count is kept)",
+        "hash-slot buckets of a new namespace (the first writer's count is kept; others refused)",
         ge=MIN_BUCKETS,
         le=MAX_BUCKETS,
     )

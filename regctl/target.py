@@ -52,7 +52,8 @@ def open_target(settings: Settings, *, allow_embedded: bool = False) -> Target:
     store = RedisStore(
         client,
         prefix=settings.prefix,
-        buckets=settings.buckets,
+        # Only a count asked for is checked against the stored layout.
+        buckets=settings.buckets if "buckets" in settings.model_fields_set else None,
         description=description,
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=max(1, math.ceil(settings.wait_timeout * 1000)),  # WAIT 0: forever

@@ -502,3 +502,20 @@ def test_a_record_of_another_type_is_named_in_a_pipelined_read(cli: Cli, redis_p
     ran = cli("list")
     assert ran.exit_code == 70
     assert ran.stderr.startswith("Error: a key under regctl's prefix holds another kind")
+
+
+# --- the bucket count -----------------------------------------------------------------------
+
+
+def test_a_bucket_count_unlike_the_stored_layout_is_refused_and_can_be_moved(cli: Cli):
+    add(cli)
+    ran = cli("list", REGCTL_BUCKETS="128")
+    assert ran.exit_code == 78
+    assert "has 64 buckets; REGCTL_BUCKETS asks for 128" in ran.stderr
+    # The documented way: export, then import under a new prefix with the new count.
+    backup = cli("export", "--include-secrets").stdout
+    moved = cli("import", "-", "--prefix", "moved", REGCTL_BUCKETS="128", input=backup)
+    assert moved.exit_code == 0, moved.stderr
+    assert cli("list", "-o", "name", "--prefix", "moved").stdout == EMAIL + "\n"
+    assert cli("list", "--prefix", "moved", REGCTL_BUCKETS="128").exit_code == 0
+    assert cli("list", "--prefix", "moved", REGCTL_BUCKETS="64").exit_code == 78

@@ -222,6 +222,8 @@ class RedisStore:
     ) -> None:
         self.client = client
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
+        # A bucket count asked for (not the default) must be the stored layout's.
+        self._asked_buckets = buckets
         self._keyspace: Keyspace | None = None
         self._scripts: dict[str, Script] = {}
         self._flags_supported = True
@@ -248,8 +250,21 @@ class RedisStore:
             recorded = self._recorded_buckets()
             if recorded is None:
                 return self._wanted
-            self._keyspace = Keyspace(self._wanted.prefix, recorded)
+            self._keyspace = self._layout(recorded)
         return self._keyspace
+
+    def _layout(self, recorded: int) -> Keyspace:
+        """The stored layout; refused when another bucket count was asked for: records
+        are where the stored count puts them, and a setting is never silently ignored."""
+        asked = self._asked_buckets
+        if asked is not None and asked != recorded:
+            raise ConfigError(
+                f"the store under prefix {self._wanted.prefix} has {recorded} buckets; "
+                f"REGCTL_BUCKETS asks for {asked}",
+                f"unset REGCTL_BUCKETS, or move the records to a new prefix with {asked} "
+                "buckets (README: changing the bucket count)",
+            )
+        return Keyspace(self._wanted.prefix, recorded)
 
     def _recorded_buckets(self) -> int | None:
         with translated_errors():
@@ -272,7 +287,7 @@ class RedisStore:
                 pipe.hsetnx(want.meta, "buckets", want.buckets)
                 pipe.hsetnx(want.meta, "schema", SCHEMA_VERSION)
                 pipe.hget(want.meta, "buckets")
-                self._keyspace = Keyspace(want.prefix, int(pipe.execute()[2]))
+                self._keyspace = self._layout(int(pipe.execute()[2]))
         return self._keyspace
 
     def _script(self, name: str) -> Script:
