@@ -12,6 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from regctl import (
+    ConfigError,
     Filter,
     PermissionDenied,
     Policy,
@@ -133,11 +134,12 @@ def test_the_first_writers_bucket_count_wins(redis_proc: RedisProcess, prefix: s
         RedisStore(redis_proc.client(), prefix=prefix, buckets=128), secret=SECRET
     )
     first.add("a@example.com", "A", "B", password_hash=pw_hash)
-    second = RegistrationManager(
-        RedisStore(redis_proc.client(), prefix=prefix, buckets=64), secret=SECRET
-    )
-    assert second.store.keyspace.buckets == 128  # type: ignore[attr-defined]
-    assert second.get("a@example.com") is not None
+    default = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    assert default.store.keyspace.buckets == 128  # type: ignore[attr-defined]
+    assert default.get("a@example.com") is not None
+    other = RedisStore(redis_proc.client(), prefix=prefix, buckets=64)
+    with pytest.raises(ConfigError, match="has 128 buckets; REGCTL_BUCKETS asks for 64"):
+        other.keyspace  # noqa: B018  # asked for another count: refused, not overridden
 
 
 def test_operations_survive_a_script_flush(redis_proc: RedisProcess, prefix: str, pw_hash):
