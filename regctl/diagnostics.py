@@ -192,7 +192,9 @@ def topology(store: RedisStore) -> dict[str, Any]:
             master = manager.discover_master(service)
             replicas = manager.discover_slaves(service)
             state = manager.sentinels[0].sentinel_master(service)
+            known = manager.sentinels[0].sentinel_slaves(service)
         facts["address"] = f"{master[0]}:{master[1]}"
+        silent = [_address(s) for s in manager.sentinels if not _answers(s)]
         view.update(
             kind="sentinel",
             sentinel={
@@ -200,10 +202,29 @@ def topology(store: RedisStore) -> dict[str, Any]:
                 "master": facts["address"],
                 "replicas": [f"{h}:{p}" for h, p in replicas],
                 "quorum": int(state.get("quorum", 0)),
-                "sentinels_seen": int(state.get("num-other-sentinels", 0)) + 1,
+                # Counted by asking each (one sentinel's view lags a death by seconds).
+                "sentinels_seen": len(manager.sentinels) - len(silent),
+                "sentinels_down": silent,
+                "replicas_down": [
+                    f"{r['ip']}:{r['port']}"
+                    for r in known
+                    if r.get("is_sdown") or r.get("is_odown") or r.get("is_disconnected")
+                ],
             },
         )
     return view
+
+
+def _answers(sentinel: Any) -> bool:
+    try:
+        return bool(sentinel.ping())
+    except Exception:  # down, refusing, or not a sentinel: it does not answer
+        return False
+
+
+def _address(sentinel: Any) -> str:
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 def _summary(view: dict[str, Any]) -> dict[str, Any]:
@@ -327,11 +348,15 @@ def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check
     if view["kind"] == "sentinel":
         sentinel = view["sentinel"]
         enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
+        down = [f"sentinel {a} does not answer" for a in sentinel["sentinels_down"]]
+        down += [f"replica {a} is down" for a in sentinel["replicas_down"]]
+        level = Level.WARNING if down or not enough else Level.OK
         yield Check(
             "sentinel",
-            Level.OK if enough else Level.WARNING,
+            level,
             f"master {sentinel['master']}, {len(sentinel['replicas'])} replicas, "
-            f"{sentinel['sentinels_seen']} sentinels (quorum {sentinel['quorum']})",
+            f"{sentinel['sentinels_seen']} sentinels (quorum {sentinel['quorum']})"
+            + "".join(f"; {d}" for d in down),
         )
 
 

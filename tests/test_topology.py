@@ -656,3 +656,24 @@ def test_doctor_and_health_report_a_cluster_node_that_is_down(tmp_path: Path, cl
         assert f"node 127.0.0.1:{down.port}" in names
     finally:
         cluster.stop()
+
+
+def test_health_names_a_silent_sentinel_and_a_dead_replica(cli: Cli, sentinel_group: SentinelGroup):
+    env = {"REGCTL_REDIS_URL": sentinel_group.url}
+    silent = sentinel_group.sentinels[2]
+    silent.stop()
+    data = json.loads(cli("health", "-o", "json", **env).stdout)
+    assert data["topology"]["sentinel"]["sentinels_seen"] == 2  # each asked, not one's view
+    check = next(c for c in data["checks"] if c["name"] == "sentinel")
+    assert check["status"] == "warning"
+    assert f"sentinel 127.0.0.1:{silent.port} does not answer" in check["detail"]
+    sentinel_group.replica.stop()
+    deadline = time.monotonic() + 60
+    while True:  # the sentinels mark it down after down-after-milliseconds
+        data = json.loads(cli("health", "-o", "json", **env).stdout)
+        if data["topology"]["sentinel"]["replicas_down"]:
+            break
+        assert time.monotonic() < deadline, "the sentinels never saw the replica go"
+        time.sleep(0.5)
+    check = next(c for c in data["checks"] if c["name"] == "sentinel")
+    assert f"replica 127.0.0.1:{sentinel_group.replica.port} is down" in check["detail"]
