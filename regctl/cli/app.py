@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +15,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from regctl import __version__
 from regctl.cli.state import State, closed_pipe
-from regctl.cli.status import interrupted, report_error
+from regctl.cli.status import failure, interrupted, plugin_line, report_error
 from regctl.errors import ExitStatus, InvalidInput, RegctlError
 from regctl.render import Format, to_json
 
@@ -195,18 +195,14 @@ def _hoisted(root: TyperGroup, ctx: typer.Context, args: list[str]) -> list[str]
     """``args`` with the global options given after the command name moved before it,
     so `regctl purge -q` means `regctl -q purge` (as with kubectl and gh). A command's
     own option of the same name wins; nothing after ``--`` moves."""
-    global_options = {  # (not --install-completion: it would run for any command)
-        name: takes
-        for param in root.get_params(ctx)
-        if isinstance(param, TyperOption) and param.name not in _ROOT_ONLY
-        for name, takes in _option_table([param]).items()
-    }
+    # (not --install-completion: it would run for any command)
+    global_options = _option_table(p for p in root.get_params(ctx) if p.name not in _ROOT_ONLY)
     command: Any = root
     local: dict[str, bool] = global_options
     front: list[str] = []
     rest: list[str] = []
     named_at: int | None = None  # the command name's place: hoisted options go before it
-    tokens = iter(_flags_apart(args, {**global_options, **_all_local(root, ctx)}))
+    tokens = iter(_flags_apart(args, lambda: {**global_options, **_all_local(root, ctx)}))
     for arg in tokens:
         if arg == "--":
             rest += [arg, *tokens]
@@ -266,11 +262,10 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     where = context.command_path if context is not None else "regctl"
     sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
     if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:
-        sys.stdout.write(f"REGCTL UNKNOWN - {message.replace('|', '/')}\n")
+        sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
         return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN
     if _asks_json(argv):
-        error = {"ok": False, "reason": "usage", "message": message, "exit_code": status}
-        sys.stdout.write(to_json(error) + "\n")
+        sys.stdout.write(to_json(failure("usage", message, status)) + "\n")
     return status
 
 
@@ -286,14 +281,17 @@ def _all_local(group: Any, ctx: typer.Context) -> dict[str, bool]:
     return names
 
 
-def _flags_apart(args: list[str], options: dict[str, bool]) -> list[str]:
+def _flags_apart(args: list[str], all_options: Callable[[], dict[str, bool]]) -> list[str]:
     """Short flags run together (`-qy`, `-qo json`) written one by one, as click
-    would read them, so each can be placed; anything else is left as it is."""
+    would read them, so each can be placed; anything else is left as it is. Every
+    command's options are gathered only when such a run is there."""
     out: list[str] = []
+    options: dict[str, bool] | None = None
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
         if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            options = all_options() if options is None else options
             parts = _short_run(arg, options)
             if parts is not None:
                 out += parts

@@ -9,6 +9,7 @@ import typer
 from regctl import __version__
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.state import State
+from regctl.cli.status import plugin_line
 from regctl.errors import ExitStatus, InvalidInput, RegctlError, StoreUnavailable
 from regctl.render import escape, table, visible
 
@@ -57,7 +58,7 @@ def health(
     except InvalidInput as exc:
         if not nagios:
             raise
-        state.lines([_plugin_line(Level.UNKNOWN, exc.message)])  # a bad check is UNKNOWN
+        state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])  # a bad check is UNKNOWN
         raise typer.Exit(Level.UNKNOWN) from None
     try:
         report = check(state.store_within(state.settings.health_timeout), __version__, limits)
@@ -66,7 +67,7 @@ def health(
         # (bad configuration): the plugin's UNKNOWN.
         level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
         if nagios:
-            state.lines([_plugin_line(level, exc.message)])
+            state.lines([plugin_line(level.name, exc.message)])
         else:
             state.err.print(f"{level.name}: {escape(exc.message)}")
         if state.wants_json():
@@ -93,11 +94,6 @@ def health(
         rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
         state.rows(("check", "status", "detail"), rows)
     raise typer.Exit(report.level)
-
-
-def _plugin_line(level: Any, message: str) -> str:
-    """A status line with no performance data ("|" would start it)."""
-    return f"REGCTL {level.name} - {visible(' '.join(message.replace('|', '/').split()))}"
 
 
 def _health_cells(report: Health) -> list[tuple[str, str]]:

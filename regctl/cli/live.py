@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -48,35 +49,35 @@ def watch(
     ``data`` one object a line; otherwise ``cells``' values are one TSV or CSV row a
     sample, after a header of their names (the first column is the sample's time).
     Returns the last sample."""
-    taken = 0
-    if state.wants_table:
-        from rich.console import Group
-        from rich.live import Live
+    with contextlib.ExitStack() as stack:
+        live = None
+        if state.wants_table:
+            from rich.console import Group
+            from rich.live import Live
 
-        # The whole view, however tall (rich would cut it to the screen with "...").
-        with Live(console=state.out, auto_refresh=False, vertical_overflow="visible") as live:
-            while True:
-                taken, result = taken + 1, sample()
+            # The whole view, however tall (rich would cut it to the screen with "...").
+            live = stack.enter_context(
+                Live(console=state.out, auto_refresh=False, vertical_overflow="visible")
+            )
+        taken = 0
+        while True:
+            taken, result = taken + 1, sample()
+            if live is not None:
                 of = f" of {count}" if count else ""
                 heading = (
                     f"[dim]{escape(_now())} · sample {taken}{of} · every {interval:g}s"
                     f" · Ctrl-C stops[/dim]"
                 )
                 live.update(Group(heading, view(result)), refresh=True)
-                if count is not None and taken >= count:
-                    return result
-                time.sleep(interval)
-    while True:
-        taken, result = taken + 1, sample()
-        if state.wants_json():
-            state.json(data(result))
-        else:
-            pairs = [("timestamp", _now()), *cells(result)]
-            header = [name.replace(" ", "_") for name, _ in pairs] if taken == 1 else None
-            state.rows(header, [[value for _, value in pairs]])
-        if count is not None and taken >= count:
-            return result
-        time.sleep(interval)
+            elif state.wants_json():
+                state.json(data(result))
+            else:
+                pairs = [("timestamp", _now()), *cells(result)]
+                header = [name.replace(" ", "_") for name, _ in pairs] if taken == 1 else None
+                state.rows(header, [[value for _, value in pairs]])
+            if count is not None and taken >= count:
+                return result
+            time.sleep(interval)
 
 
 def _now() -> str:

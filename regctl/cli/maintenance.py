@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,6 @@ import typer
 
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.state import State
-from regctl.errors import InvalidInput
 from regctl.model import (
     FUNNEL_EVENTS,
     Filter,
@@ -144,8 +142,7 @@ def purge(
 def _confirm_live_deletes(state: State, walk: Filter | None) -> None:
     """Ask at a terminal, naming how many live records and which store; refuse elsewhere."""
     refusal = "purge with filters deletes live registrations"
-    if not sys.stdin.isatty():
-        raise InvalidInput(refusal, "add --yes")
+    state.require_terminal(refusal)  # before counting: nobody would see the question
     with state.progress("counting") as tally:
         matched = state.manager.purge(walk, dry_run=True, on_progress=tally.at).matched
     if not matched:

@@ -18,7 +18,7 @@ from regctl.cli.inputs import (
     read_secret_inputs,
 )
 from regctl.cli.state import State
-from regctl.cli.status import VERIFY_STATUS
+from regctl.cli.status import VERIFY_STATUS, failure
 from regctl.errors import DeliveryFailed, InvalidInput, NotFound
 from regctl.model import (
     Filter,
@@ -70,15 +70,14 @@ def _deliver_and_report(
     """Mail the code, print the outcome (the code only if asked), then raise a
     delivery failure: the code is stored either way, so scripts still get it."""
     replicas = _replicas(reg.replicas_acked)
-    failure: DeliveryFailed | None = None
+    undelivered: DeliveryFailed | None = None
     try:
         delivery = deliver_code(state, reg, code, send)
     except DeliveryFailed as exc:
-        delivery, failure = "failed", exc
+        delivery, undelivered = "failed", exc
     extra: dict[str, Any] = {"code": code} if show_code else {}
-    if failure is not None:  # stored, not delivered: one document that says both
-        extra |= {"ok": False, "reason": failure.reason, "message": failure.message}
-        extra["exit_code"] = int(failure.exit_code)
+    if undelivered is not None:  # stored, not delivered: one document that says both
+        extra |= failure(undelivered.reason, undelivered.message, undelivered.exit_code)
     data = record_json(
         reg,
         state.manager.policy,
@@ -90,8 +89,8 @@ def _deliver_and_report(
     state.result(data, f"{summary}; {_DELIVERY_TEXT[delivery]}", [reg.email])
     if show_code and state.format() in (Format.TABLE, Format.WIDE):
         state.lines([code] if state.quiet or not state.is_tty else [f"code: {code}"])
-    if failure is not None:
-        raise failure
+    if undelivered is not None:
+        raise undelivered
 
 
 def add(

@@ -162,19 +162,24 @@ class State:
         console.on_broken_pipe = closed_pipe  # type: ignore[method-assign]  # rich exits 1
         return console
 
+    def require_terminal(self, without_terminal: str) -> None:
+        """Nobody to ask (a script, cron): refused, pointing at --yes."""
+        if not sys.stdin.isatty():
+            raise InvalidInput(without_terminal, "add --yes")
+
     def confirm(self, question: str, without_terminal: str) -> None:
         """Ask ``question`` on stderr at a terminal; anything but yes ends the command
         (exit 1, nothing changed). Without a terminal: refused, pointing at --yes."""
         import typer
 
-        if not sys.stdin.isatty():
-            raise InvalidInput(without_terminal, "add --yes")
+        self.require_terminal(without_terminal)
         if not typer.confirm(visible(question), err=True):
             sys.stderr.write("nothing changed\n")
             self.outcome = "declined"
             if self.wants_json():
-                declined = {"ok": False, "reason": "declined", "message": "nothing changed"}
-                self.json(declined | {"exit_code": int(ExitStatus.REFUSED)})
+                from regctl.cli.status import failure
+
+                self.json(failure("declined", "nothing changed", ExitStatus.REFUSED))
             raise typer.Exit(ExitStatus.REFUSED)
 
     def format(self) -> Format:
@@ -268,13 +273,18 @@ class State:
     def store_description(self) -> str:
         return self.target.description
 
+    @property
+    def shows_progress(self) -> bool:
+        """Progress is drawn on stderr at a terminal, never under --quiet."""
+        return self.err_is_tty and not self.quiet
+
     @contextlib.contextmanager
     def progress(self, what: str, total: int | None = None) -> Iterator[Tally]:
         """Count long work. At a terminal (stderr, without --quiet): a live count with
         rate, and a bar and ETA when ``total`` is known, then a one-line summary; in
         pipes and cron, nothing. Interrupted, it says how far it got."""
         tally = Tally(what, total)
-        if self.err_is_tty and not self.quiet:
+        if self.shows_progress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from regctl.errors import ExitStatus, RegctlError
 from regctl.model import VerifyOutcome
@@ -41,13 +41,22 @@ VERIFY_STATUS = {
 }
 
 
+def failure(reason: str, message: str, status: int) -> dict[str, Any]:
+    """The JSON error object, one shape for every failure."""
+    return {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
+
+
+def plugin_line(level: str, message: str) -> str:
+    """A monitoring-plugin status line without performance data ("|" would start it)."""
+    return f"REGCTL {level} - {visible(' '.join(message.replace('|', '/').split()))}"
+
+
 def interrupted(as_json: bool) -> int:
     """Ctrl-C (or end of input at a prompt): say so, in JSON too when asked; exit 130."""
     sys.stderr.write("Interrupted\n")
     if as_json:
-        status = int(ExitStatus.INTERRUPTED)
-        error = {"ok": False, "reason": "interrupted", "message": "interrupted"}
-        sys.stdout.write(to_json(error | {"exit_code": status}) + "\n")
+        error = failure("interrupted", "interrupted", ExitStatus.INTERRUPTED)
+        sys.stdout.write(to_json(error) + "\n")
     return ExitStatus.INTERRUPTED
 
 
@@ -67,6 +76,5 @@ def report_error(state: State | None, exc: BaseException) -> int:
     line = f"Error: {message}" + (f" — {hint}" if hint else "")
     sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json() and not state.json_written:
-        payload = {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
-        sys.stdout.write(to_json(payload) + "\n")
+        sys.stdout.write(to_json(failure(reason, message, status)) + "\n")
     return int(status)

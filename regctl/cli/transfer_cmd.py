@@ -34,7 +34,8 @@ def export(
 
     state: State = ctx.obj
     manager = state.manager
-    total = manager.counts().total  # index entries: an estimate, for the time left
+    # Index entries, an estimate for the time left: counted only when it is shown.
+    total = manager.counts().total if state.shows_progress else None
     with state.progress("exported", total) as tally:
         rows = tally.track(manager.export(include_secrets=include_secrets))
         if state.format() is Format.JSON:
