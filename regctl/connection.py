@@ -272,6 +272,7 @@ def _is_cluster_node(client: Client) -> bool:
 
 def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.connection import BlockingConnectionPool, SSLConnection
 
     kwargs = _common_kwargs(settings)
     if endpoint.password is not None:
@@ -279,11 +280,19 @@ def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
     if endpoint.username is not None:
         kwargs["username"] = endpoint.username
     if endpoint.tls:
-        kwargs.update(ssl=True, **_tls_kwargs(settings))
+        kwargs.update(connection_class=SSLConnection, **_tls_kwargs(settings))
+    (host, port), *others = endpoint.hosts
     with translated_errors():
+        # redis-py builds each node's pool itself and honours connection_pool_class only
+        # for a client made from a URL: the first host is given as one (credentials and
+        # TLS travel in kwargs), so node pools wait up to REGCTL_POOL_TIMEOUT for a free
+        # connection, as the standalone pool does, instead of failing at once.
         return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in endpoint.hosts],  # type: ignore[no-untyped-call]
+            url=f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}",
+            startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
+            connection_pool_class=BlockingConnectionPool,
             max_connections=settings.max_connections,
+            timeout=settings.pool_timeout,
             **kwargs,
         )
 

@@ -151,6 +151,7 @@ def topology(store: RedisStore) -> dict[str, Any]:
         nodes = []
         open_slots = []
         unreachable = []  # reported, not raised: one node down is what doctor is for
+        other_masters = []
         for node in client.get_nodes():
             try:
                 facts = node_facts(node.redis_connection)
@@ -159,6 +160,8 @@ def topology(store: RedisStore) -> dict[str, Any]:
                 unreachable.append({"address": node.name, "error": exc.message})
                 continue
             meta = described.get(node.name, {})
+            if facts["role"] == "master" and "slave" in meta.get("flags", ""):
+                other_masters.append(node.name)
             open_slots += [
                 {"slot": int(m["slot"]), "state": m["state"], "node": node.name} for m in migrations
             ]
@@ -180,11 +183,14 @@ def topology(store: RedisStore) -> dict[str, Any]:
             "open_slots": open_slots,
             "failed_nodes": [a for a, m in described.items() if "fail" in m["flags"]],
             "unreachable": unreachable,
+            "other_masters": other_masters,
             "primaries_without_replica": len(primaries - backed),
             "any_replica": bool(backed),
         }
     facts = node_facts(client)
-    view: dict[str, Any] = {"kind": "standalone", "nodes": [facts]}
+    # Split brain: a node the topology holds for a replica that takes writes (promoted
+    # by hand, or an old master never told); whatever it takes is lost.
+    view: dict[str, Any] = {"kind": "standalone", "nodes": [facts], "other_masters": []}
     manager = getattr(client.connection_pool, "sentinel_manager", None)
     if manager is not None:
         service = client.connection_pool.service_name
@@ -211,8 +217,25 @@ def topology(store: RedisStore) -> dict[str, Any]:
                     if r.get("is_sdown") or r.get("is_odown") or r.get("is_disconnected")
                 ],
             },
+            other_masters=[
+                f"{r['ip']}:{r['port']}"
+                for r in known
+                if _claims_master(r["ip"], int(r["port"]), manager.connection_kwargs)
+            ],
         )
     return view
+
+
+def _claims_master(host: str, port: int, kwargs: dict[str, Any]) -> bool:
+    import redis
+
+    node = redis.Redis(host=host, port=port, **{**kwargs, "retry": None})
+    try:
+        return bool(node.info("replication").get("role") == "master")
+    except Exception:  # down or refusing: the sentinels' own view reports that
+        return False
+    finally:
+        node.close()
 
 
 def _answers(sentinel: Any) -> bool:
@@ -345,6 +368,8 @@ def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check
             )
         for node in view["unreachable"]:
             yield Check(f"node {node['address']}", Level.CRITICAL, node["error"])
+    if view["other_masters"]:
+        yield Check("masters", Level.CRITICAL, _split_brain_text(view["other_masters"]))
     if view["kind"] == "sentinel":
         sentinel = view["sentinel"]
         enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
@@ -430,6 +455,16 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
         )
     if view["kind"] == "cluster":
         findings += _cluster_findings(view)
+    if view["other_masters"]:
+        findings.append(
+            Finding(
+                "error",
+                "split-brain",
+                _split_brain_text(view["other_masters"]),
+                "make it a replica again (`REPLICAOF host port`; on Cluster `CLUSTER "
+                "REPLICATE id`); writes it took are lost",
+            )
+        )
     try:
         findings += _keyspace_findings(store, scan_limit)
         findings += _permission_findings(store)
@@ -445,6 +480,10 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
             )
         )
     return findings
+
+
+def _split_brain_text(addresses: list[str]) -> str:
+    return f"held for replicas but acting as master: {', '.join(addresses)}"
 
 
 def _open_slots_text(open_slots: list[dict[str, Any]]) -> str:

@@ -612,12 +612,14 @@ def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cl
         cluster.stop()
 
 
-def test_a_sentinel_pool_waits_for_a_free_connection(
-    sentinel_group: SentinelGroup, prefix: str, pw_hash: str
+@pytest.mark.parametrize("topology", ["sentinel_group", "redis_cluster"])
+def test_sentinel_and_cluster_pools_wait_for_a_free_connection(
+    topology: str, request: pytest.FixtureRequest, prefix: str, pw_hash: str
 ):
-    """8 threads on 2 connections: calls wait their turn (REGCTL_POOL_TIMEOUT), as on
-    a standalone server, instead of failing at once."""
-    manager = manager_for(sentinel_group.url, prefix, max_connections=2, pool_timeout=30)
+    """8 threads on 2 connections (per node): calls wait their turn
+    (REGCTL_POOL_TIMEOUT), as on a standalone server, instead of failing at once."""
+    url = request.getfixturevalue(topology).url
+    manager = manager_for(url, prefix, max_connections=2, pool_timeout=30)
     errors: list[BaseException] = []
 
     def calls(worker: int) -> None:
@@ -677,3 +679,22 @@ def test_health_names_a_silent_sentinel_and_a_dead_replica(cli: Cli, sentinel_gr
         time.sleep(0.5)
     check = next(c for c in data["checks"] if c["name"] == "sentinel")
     assert f"replica 127.0.0.1:{sentinel_group.replica.port} is down" in check["detail"]
+
+
+def test_health_and_doctor_name_a_replica_acting_as_master(cli: Cli, sentinel_group: SentinelGroup):
+    """Split brain: the sentinels' replica, promoted by hand, takes writes that are lost."""
+    env = {"REGCTL_REDIS_URL": sentinel_group.url}
+    replica = f"127.0.0.1:{sentinel_group.replica.port}"
+    for _ in range(5):  # the sentinels turn it back into a replica within seconds
+        sentinel_group.replica.client().replicaof("NO", "ONE")
+        health = cli("health", "-o", "json", **env)
+        doctor = cli("doctor", "-o", "json", **env)
+        checks = {c["name"]: c for c in json.loads(health.stdout)["checks"]}
+        findings = {f["code"]: f for f in json.loads(doctor.stdout)["findings"]}
+        if "masters" in checks and "split-brain" in findings:
+            break
+    assert health.exit_code == 2, health.stdout
+    assert checks["masters"]["status"] == "critical"
+    assert replica in checks["masters"]["detail"]
+    assert doctor.exit_code == 1
+    assert replica in findings["split-brain"]["message"]
