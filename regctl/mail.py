@@ -147,7 +147,7 @@ def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None =
     if config.url == "none":
         return
     if config.url == "console":
-        from regctl.render import visible
+        from regctl.text import visible
 
         out = console or sys.stderr  # a terminal, usually: names in it are data
         out.write("\n".join(visible(line) for line in message.as_string().splitlines()) + "\n")

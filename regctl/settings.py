@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        from regctl.connection import check_url
+        from regctl.urls import check_url
 
         if not value:
             return None

@@ -9,10 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from regctl.connection import connect, mask_url
+from regctl.connection import connect
 from regctl.errors import ConfigError
 from regctl.server import EmbeddedServer
 from regctl.store.redis_store import RedisStore
+from regctl.urls import mask_url
 
 if TYPE_CHECKING:
     from regctl.settings import Settings

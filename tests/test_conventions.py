@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import redis
 
-from regctl.render import COLUMNS
+from regctl.cli.render import COLUMNS
 from tests.conftest import REGCTL, Cli, at_terminal, regctl, subprocess_env
 from tests.servers import RedisProcess
 from tests.test_cli import EMAIL, PASSWORD, add

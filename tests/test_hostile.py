@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
+from regctl.cli.render import csv_cell
 from regctl.keys import digest
-from regctl.render import csv_cell, visible
 from regctl.store import NewRegistration
+from regctl.text import visible
 from regctl.transfer import INT_FIELDS, parse_record
 from tests.conftest import REGCTL, SECRET, Cli, at_terminal, subprocess_env
 from tests.servers import RedisProcess

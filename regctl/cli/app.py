@@ -14,10 +14,10 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from regctl import __version__
+from regctl.cli.render import Format, to_json
 from regctl.cli.state import State, closed_pipe
 from regctl.cli.status import failure, interrupted, plugin_line, report_error
 from regctl.errors import ExitStatus, InvalidInput, RegctlError
-from regctl.render import Format, to_json
 
 HELP = """Run pending user registrations stored in Redis.
 
@@ -256,7 +256,7 @@ def _reopen_closed_streams() -> None:
 def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     """One line on stderr (and the JSON error object, or the plugin's UNKNOWN line for
     `health --nagios`); click would print usage, a hint and the error."""
-    from regctl.render import visible
+    from regctl.text import visible
 
     message = _own_words(visible(" ".join(text.split())))
     where = context.command_path if context is not None else "regctl"

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from regctl.cli.render import key_value_table
 from regctl.cli.state import State
-from regctl.render import key_value_table
 
 if TYPE_CHECKING:
     from regctl.settings import LoadedSettings
@@ -23,7 +23,7 @@ class Shell(enum.StrEnum):
 def _shown(name: str, value: Any) -> str:
     from pydantic import SecretStr
 
-    from regctl.connection import mask_url
+    from regctl.urls import mask_url
 
     if value is None:
         return ""

@@ -8,10 +8,11 @@ import typer
 
 from regctl import __version__
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
+from regctl.cli.render import escape, table
 from regctl.cli.state import State
 from regctl.cli.status import plugin_line
 from regctl.errors import ExitStatus, InvalidInput, RegctlError, StoreUnavailable
-from regctl.render import escape, table, visible
+from regctl.text import visible
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from regctl.cli.render import Format, escape, timestamp
 from regctl.errors import InvalidInput
-from regctl.render import Format, escape, timestamp
 
 if TYPE_CHECKING:
     from regctl.cli.state import State

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
+from regctl.cli.render import escape, key_value_table, table, timestamp
 from regctl.cli.state import State
 from regctl.model import (
     FUNNEL_EVENTS,
@@ -20,13 +21,7 @@ from regctl.model import (
     normalize_domain,
     parse_duration,
 )
-from regctl.render import (
-    escape,
-    key_value_table,
-    plural,
-    table,
-    timestamp,
-)
+from regctl.text import plural
 
 
 def _summary(report: PurgeReport, walked: bool) -> str:

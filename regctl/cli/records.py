@@ -17,6 +17,18 @@ from regctl.cli.inputs import (
     read_code,
     read_secret_inputs,
 )
+from regctl.cli.render import (
+    COLUMNS,
+    WIDE_COLUMNS,
+    Format,
+    escape,
+    inspect_pairs,
+    key_value_table,
+    record_cells,
+    record_json,
+    records_table,
+    to_json,
+)
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS, failure
 from regctl.errors import DeliveryFailed, InvalidInput, NotFound
@@ -29,20 +41,7 @@ from regctl.model import (
     parse_duration,
     parse_rate,
 )
-from regctl.render import (
-    COLUMNS,
-    WIDE_COLUMNS,
-    Format,
-    escape,
-    inspect_pairs,
-    key_value_table,
-    plural,
-    record_cells,
-    record_json,
-    records_table,
-    to_json,
-    visible,
-)
+from regctl.text import plural, visible
 
 _DELIVERY_TEXT = {
     "mail": "code mailed",

@@ -8,7 +8,7 @@ import typer
 
 from regctl.cli.state import State
 from regctl.errors import ExitStatus
-from regctl.render import plural
+from regctl.text import plural
 
 
 def status(ctx: typer.Context) -> None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from regctl.cli.render import Format, csv_lines, escape, to_json, tsv_lines
 from regctl.errors import ExitStatus, InvalidInput
-from regctl.render import Format, csv_lines, escape, to_json, tsv_lines, visible
+from regctl.text import visible
 
 T = TypeVar("T")
 

@@ -24,9 +24,10 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from regctl.cli.render import to_json
 from regctl.errors import ExitStatus, RegctlError
 from regctl.model import VerifyOutcome
-from regctl.render import to_json, visible
+from regctl.text import visible
 
 if TYPE_CHECKING:
     from regctl.cli.state import State

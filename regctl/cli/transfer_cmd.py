@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 
+from regctl.cli.render import Format, escape, to_json
 from regctl.cli.state import State
 from regctl.errors import ExitStatus, InvalidInput
 from regctl.model import ImportReport
-from regctl.render import Format, escape, plural, to_json
+from regctl.text import plural
 
 
 def export(

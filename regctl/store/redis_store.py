@@ -40,7 +40,6 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
-from regctl.render import visible
 from regctl.security import new_token
 from regctl.store.base import (
     AUDIT_MAX,
@@ -58,6 +57,7 @@ from regctl.store.base import (
     other_secret,
     resend_refusal,
 )
+from regctl.text import visible
 
 T = TypeVar("T")
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from regctl.model import PendingRegistration, Policy
+from regctl.text import visible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -35,35 +36,6 @@ class Format(enum.StrEnum):
 
 COLUMNS = ("email", "name", "status", "attempts", "resends", "expires_in")
 WIDE_COLUMNS = (*COLUMNS, "code_expires_in", "cooldown", "created", "last_sent")
-
-
-def visible(text: str) -> str:
-    """``text`` with every control, escape, bidi-override and other invisible format
-    character shown as an escape (``\\x1b``, ``\\u202e``): data written by others
-    can clear a screen, retitle a window or fake a line only if it reaches a terminal
-    raw. Printable text, spaces included, is returned as it is."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or ch == " " else _escaped(ch) for ch in text)
-
-
-def _escaped(ch: str) -> str:
-    code = ord(ch)
-    return (
-        f"\\x{code:02x}"
-        if code < 0x100
-        else f"\\u{code:04x}"
-        if code < 0x10000
-        else (f"\\U{code:08x}")
-    )
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 code``, ``2 codes``, ``1,204 codes``: a count and its noun, agreed."""
-    if n == 1:
-        return f"1 {noun}"
-    many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
-    return f"{n:,} {many}"
 
 
 def escape(text: str) -> str:

@@ -1,0 +1,238 @@
+"""`health`: the original ``/health`` JSON shape (status, timestamp, version,
+redis{status, ping, connected_clients, used_memory_human, uptime_in_seconds},
+pending_registrations{total, redis_connected}) plus latency, memory against maxmemory,
+eviction policy, persistence, topology, and a monitoring-plugin level per check."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from regctl.diagnostics.topology import SAFE_POLICIES, open_slots_text, split_brain_text, topology
+from regctl.errors import (
+    InvalidInput,
+    PermissionDenied,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from regctl.store.redis_store import RedisStore
+
+
+class Level(enum.IntEnum):
+    """Monitoring-plugin states, which are also `health`'s exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    latency_warn_ms: float = 50.0
+    latency_crit_ms: float = 500.0
+    memory_warn: float = 0.80
+    memory_crit: float = 0.95
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not math.isfinite(value) or value < 0:
+                what = name.replace("_ms", "").replace("_", " ")
+                raise InvalidInput(f"the {what} threshold must be a number, 0 or more")
+        if self.latency_warn_ms > self.latency_crit_ms:
+            raise InvalidInput("the latency warning must not be above the critical one")
+        if self.memory_warn > self.memory_crit or self.memory_crit > 1:
+            raise InvalidInput("memory shares must be warning <= critical <= 1 (of maxmemory)")
+
+
+@dataclass
+class Check:
+    name: str
+    level: Level
+    detail: str
+
+
+@dataclass
+class Health:
+    level: Level
+    data: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _summary(view: dict[str, Any]) -> dict[str, Any]:
+    """The original /health `redis` fields, summed or worst-of over the nodes."""
+    nodes = view["nodes"]
+    if len(nodes) == 1:
+        return dict(nodes[0])
+    used = sum(n["used_memory"] for n in nodes)
+    return {
+        "mode": "cluster",
+        "version": min(n["version"] for n in nodes),
+        "latency_ms": max(n["latency_ms"] for n in nodes),
+        "connected_clients": sum(int(n["connected_clients"]) for n in nodes),
+        "used_memory": used,
+        "used_memory_human": f"{used / 1048576:.2f}M",
+        "uptime_in_seconds": min(int(n["uptime_in_seconds"]) for n in nodes),
+        "aof_enabled": all(n["aof_enabled"] for n in nodes),
+    }
+
+
+def health(store: RedisStore, version: str, thresholds: Thresholds | None = None) -> Health:
+    """The health report; never raises for an unreachable server (that is CRITICAL)."""
+    limits = thresholds or Thresholds()
+    data: dict[str, Any] = {
+        "status": "unknown",
+        "timestamp": _now_iso(),
+        "version": version,
+        "store": store.description,
+    }
+    try:
+        view = topology(store)
+        total = _total(store, view)
+    except (StoreUnavailable, PermissionDenied) as exc:
+        data["redis"] = {"status": "disconnected", "ping": False, "error": exc.message}
+        data["pending_registrations"] = {"total": None, "redis_connected": False}
+        checks = [Check("connection", Level.CRITICAL, exc.message)]
+        data["status"] = Level.CRITICAL.name.lower()
+        data["checks"] = [_check_json(c) for c in checks]
+        return Health(Level.CRITICAL, data, checks)
+    data["redis"] = {"status": "connected", "ping": True, **_summary(view)}
+    data["pending_registrations"] = {"total": total, "redis_connected": True}
+    if view["kind"] != "standalone":
+        data["topology"] = view
+    checks = list(_topology_checks(view, limits))
+    level = max((c.level for c in checks), default=Level.OK)
+    data["status"] = level.name.lower()
+    data["checks"] = [_check_json(c) for c in checks]
+    return Health(level, data, checks)
+
+
+def nagios_line(report: Health, limits: Thresholds) -> str:
+    """The monitoring-plugin form: one status line with performance data, as Nagios,
+    Icinga and Sensu read it (`REGCTL OK - 12 pending, 0.31 ms | latency_ms=0.31;50;500`)."""
+    redis_facts = report.data.get("redis", {})
+    total = report.data.get("pending_registrations", {}).get("total")
+    problems = [f"{c.name}: {c.detail}" for c in report.checks if c.level is not Level.OK]
+    if problems:
+        text = "; ".join(problems)
+    else:
+        text = f"{total} pending, {redis_facts.get('latency_ms', 0):.2f} ms round trip"
+    perf = []
+    if "latency_ms" in redis_facts:
+        perf.append(
+            f"latency_ms={redis_facts['latency_ms']};"
+            f"{limits.latency_warn_ms:g};{limits.latency_crit_ms:g};0"
+        )
+    if total is not None:
+        perf.append(f"pending={total};;;0")
+    if redis_facts.get("memory_ratio") is not None:
+        perf.append(
+            f"memory_pct={redis_facts['memory_ratio'] * 100:.1f};"
+            f"{limits.memory_warn * 100:g};{limits.memory_crit * 100:g};0;100"
+        )
+    if "used_memory" in redis_facts:
+        perf.append(f"memory_used={redis_facts['used_memory']}B;;;0")
+    text = " ".join(text.replace("|", "/").split())  # "|" would start the performance data
+    line = f"REGCTL {report.level.name} - {text}"
+    return f"{line} | {' '.join(perf)}" if perf else line
+
+
+def _total(store: RedisStore, view: dict[str, Any]) -> int | None:
+    """Pending registrations; None when a cluster node is down (reported on its own)."""
+    try:
+        return store.counts().total
+    except StoreUnavailable:
+        if not view.get("unreachable"):
+            raise
+        return None
+
+
+def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
+    many = len(view["nodes"]) > 1
+    for node in view["nodes"]:
+        if node["role"] in ("master", "primary"):
+            suffix = f" {node['address']}" if many else ""
+            for check in _health_checks(node, limits):
+                yield Check(check.name + suffix, check.level, check.detail)
+        elif node.get("master_link_status") not in (None, "up"):
+            yield Check(f"replica {node['address']}", Level.WARNING, "link to its primary is down")
+    if view["kind"] == "cluster":
+        ok = view["cluster_state"] == "ok" and view["slots_ok"] == 16384
+        yield Check(
+            "cluster",
+            Level.OK if ok else Level.CRITICAL,
+            f"state {view['cluster_state']}, {view['slots_ok']}/16384 slots served",
+        )
+        if view["open_slots"]:
+            yield Check(
+                "slots",
+                Level.WARNING,
+                f"{open_slots_text(view['open_slots'])}: calls in them wait for the move",
+            )
+        if view["failed_nodes"]:
+            yield Check(
+                "nodes",
+                Level.WARNING,
+                f"marked failed: {', '.join(view['failed_nodes'])}",
+            )
+        for node in view["unreachable"]:
+            yield Check(f"node {node['address']}", Level.CRITICAL, node["error"])
+    if view["other_masters"]:
+        yield Check("masters", Level.CRITICAL, split_brain_text(view["other_masters"]))
+    if view["kind"] == "sentinel":
+        sentinel = view["sentinel"]
+        enough = sentinel["sentinels_seen"] >= sentinel["quorum"]
+        down = [f"sentinel {a} does not answer" for a in sentinel["sentinels_down"]]
+        down += [f"replica {a} is down" for a in sentinel["replicas_down"]]
+        level = Level.WARNING if down or not enough else Level.OK
+        yield Check(
+            "sentinel",
+            level,
+            f"master {sentinel['master']}, {len(sentinel['replicas'])} replicas, "
+            f"{sentinel['sentinels_seen']} sentinels (quorum {sentinel['quorum']})"
+            + "".join(f"; {d}" for d in down),
+        )
+
+
+def _check_json(check: Check) -> dict[str, str]:
+    return {"name": check.name, "status": check.level.name.lower(), "detail": check.detail}
+
+
+def _grade(value: float, warn: float, crit: float) -> Level:
+    return Level.CRITICAL if value >= crit else Level.WARNING if value >= warn else Level.OK
+
+
+def _health_checks(facts: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
+    latency = facts["latency_ms"]
+    level = _grade(latency, limits.latency_warn_ms, limits.latency_crit_ms)
+    yield Check("latency", level, f"{latency:.2f} ms round trip")
+    ratio = facts["memory_ratio"]
+    if ratio is None:
+        yield Check("memory", Level.OK, f"{facts['used_memory_human']} used, no maxmemory")
+    else:
+        level = _grade(ratio, limits.memory_warn, limits.memory_crit)
+        used = f"{facts['used_memory_human']} of {facts['maxmemory_human']} ({ratio:.0%})"
+        yield Check("memory", level, used)
+    policy = facts["maxmemory_policy"]
+    if policy not in SAFE_POLICIES and facts["maxmemory"]:
+        yield Check("eviction", Level.WARNING, f"{policy} can evict pending registrations")
+    else:
+        yield Check("eviction", Level.OK, f"{policy}")
+    # Persistence is a configuration choice, not a live fault: reported here, flagged by doctor.
+    yield Check(
+        "persistence",
+        Level.OK,
+        "AOF on" if facts["aof_enabled"] else "AOF off (see `regctl doctor`)",
+    )
+
+
+# --- doctor ---------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Text shown to people: data made visible (never raw control characters), counts
+with their noun. Used by the core's messages and by the CLI's renderers alike."""
+
+from __future__ import annotations
+
+
+def visible(text: str) -> str:
+    """``text`` with every control, escape, bidi-override and other invisible format
+    character shown as an escape (``\\x1b``, ``\\u202e``): data written by others
+    can clear a screen, retitle a window or fake a line only if it reaches a terminal
+    raw. Printable text, spaces included, is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else (f"\\U{code:08x}")
+    )
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 code``, ``2 codes``, ``1,204 codes``: a count and its noun, agreed."""
+    if n == 1:
+        return f"1 {noun}"
+    many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n:,} {many}"
