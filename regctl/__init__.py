@@ -44,13 +44,12 @@ if TYPE_CHECKING:
         Filter,
         PendingRegistration,
         Policy,
-        PurgeReport,
         Resent,
         SortKey,
-        Stats,
         VerifyOutcome,
         VerifyResult,
     )
+    from regctl.reports import PurgeReport, Stats
     from regctl.settings import (
         Settings,
         load_settings,

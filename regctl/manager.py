@@ -40,25 +40,23 @@ from regctl.errors import (
     StoreUnavailable,
 )
 from regctl.model import (
-    AGE_BUCKETS,
-    FUNNEL_EVENTS,
     Added,
-    BulkResendReport,
     Filter,
-    FunnelDay,
-    ImportReport,
     PendingRegistration,
     Policy,
-    PurgeReport,
     Resent,
     SortKey,
-    Stats,
     VerifyOutcome,
     VerifyResult,
-    normalize_email,
-    validate_code,
-    validate_name,
-    validate_password,
+)
+from regctl.reports import (
+    AGE_BUCKETS,
+    FUNNEL_EVENTS,
+    BulkResendReport,
+    FunnelDay,
+    ImportReport,
+    PurgeReport,
+    Stats,
 )
 from regctl.store.base import (
     PAGE,
@@ -70,6 +68,7 @@ from regctl.store.base import (
     chunks,
     other_secret,
 )
+from regctl.validation import normalize_email, validate_code, validate_name, validate_password
 
 if TYPE_CHECKING:
     from regctl.settings import Settings

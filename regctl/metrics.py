@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from regctl.errors import ConfigError
-from regctl.model import PurgeReport
+from regctl.reports import PurgeReport
 from regctl.store.base import Counts
 
 

@@ -14,14 +14,9 @@ import re
 from typing import Any
 
 from regctl.errors import InvalidInput
-from regctl.model import (
-    SCHEMA_VERSION,
-    PendingRegistration,
-    Policy,
-    normalize_email,
-    validate_name,
-)
+from regctl.model import SCHEMA_VERSION, PendingRegistration, Policy
 from regctl.security import check_password_hash
+from regctl.validation import normalize_email, validate_name
 
 # fingerprint:hmac (regctl.security.CodeHasher.digest), or a bare HMAC of older exports.
 _CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")

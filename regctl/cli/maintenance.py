@@ -12,16 +12,10 @@ import typer
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import escape, key_value_table, table, timestamp
 from regctl.cli.state import State
-from regctl.model import (
-    FUNNEL_EVENTS,
-    Filter,
-    FunnelDay,
-    PurgeReport,
-    Stats,
-    normalize_domain,
-    parse_duration,
-)
+from regctl.model import Filter
+from regctl.reports import FUNNEL_EVENTS, FunnelDay, PurgeReport, Stats
 from regctl.text import plural
+from regctl.validation import normalize_domain, parse_duration
 
 
 def _summary(report: PurgeReport, walked: bool) -> str:

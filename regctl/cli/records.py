@@ -32,16 +32,9 @@ from regctl.cli.render import (
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS, failure
 from regctl.errors import DeliveryFailed, InvalidInput, NotFound
-from regctl.model import (
-    Filter,
-    PendingRegistration,
-    Resent,
-    SortKey,
-    normalize_domain,
-    parse_duration,
-    parse_rate,
-)
+from regctl.model import Filter, PendingRegistration, Resent, SortKey
 from regctl.text import plural, visible
+from regctl.validation import normalize_domain, parse_duration, parse_rate
 
 _DELIVERY_TEXT = {
     "mail": "code mailed",

@@ -12,7 +12,7 @@ import typer
 from regctl.cli.render import Format, escape, to_json
 from regctl.cli.state import State
 from regctl.errors import ExitStatus, InvalidInput
-from regctl.model import ImportReport
+from regctl.reports import ImportReport
 from regctl.text import plural
 
 

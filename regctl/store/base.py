@@ -21,7 +21,8 @@ from regctl.errors import (
     ResendLimitReached,
     SecretMismatch,
 )
-from regctl.model import Filter, PendingRegistration, Policy, PurgeReport, VerifyResult
+from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
+from regctl.reports import PurgeReport
 
 T = TypeVar("T")
 

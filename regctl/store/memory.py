@@ -19,10 +19,10 @@ from regctl.model import (
     Filter,
     PendingRegistration,
     Policy,
-    PurgeReport,
     VerifyOutcome,
     VerifyResult,
 )
+from regctl.reports import PurgeReport
 from regctl.security import split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,

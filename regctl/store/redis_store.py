@@ -36,10 +36,10 @@ from regctl.model import (
     Filter,
     PendingRegistration,
     Policy,
-    PurgeReport,
     VerifyOutcome,
     VerifyResult,
 )
+from regctl.reports import PurgeReport
 from regctl.security import new_token
 from regctl.store.base import (
     AUDIT_MAX,

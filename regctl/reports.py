@@ -1,0 +1,99 @@
+"""What whole-store work reports: stats, the funnel, bulk resend, import and purge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AGE_BUCKETS = (
+    ("< 15m", 15 * 60_000),
+    ("15m-1h", 3_600_000),
+    ("1-6h", 6 * 3_600_000),
+    ("6-12h", 12 * 3_600_000),
+    ("12-24h", 24 * 3_600_000),
+    ("> 24h", 2**62),
+)
+FUNNEL_EVENTS = ("created", "sent", "verified", "locked", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    total: int
+    locked: int
+    code_expired: int
+    expiring_within_hour: int
+    top_domains: list[tuple[str, int]]
+    ages: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelDay:
+    """One server day of the sign-up funnel (counted atomically by the operations)."""
+
+    day: str  # ISO date, UTC
+    created: int = 0
+    sent: int = 0
+    verified: int = 0
+    locked: int = 0
+    expired: int = 0
+
+    @property
+    def conversion(self) -> float | None:
+        return self.verified / self.created if self.created else None
+
+
+@dataclass(slots=True)
+class BulkResendReport:
+    """What a bulk resend did: codes sent, and why the others were skipped."""
+
+    sent: int = 0
+    failed: int = 0
+    # by reason: cooldown, resend_limit, locked, not_found
+    skipped: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    recipients: list[str] = field(default_factory=list)
+    # Whose new code was stored but not delivered; and whether the run stopped early
+    # because delivery kept failing (an outage), before reaching everyone.
+    undelivered: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+MAX_IMPORT_ERRORS = 20
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import restored (or would, on a dry run) and what it refused."""
+
+    restored: int = 0
+    existing: int = 0
+    expired: int = 0
+    invalid: int = 0
+    dry_run: bool = False
+    errors: list[str] = field(default_factory=list)
+    # Addresses a --replace gave guesses or resends back to (or cleared the lock of).
+    reset: list[str] = field(default_factory=list)
+
+    def refuse(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.errors) < MAX_IMPORT_ERRORS:
+            self.errors.append(f"line {line}: {reason}")
+
+
+@dataclass(slots=True)
+class PurgeReport:
+    """What a purge removed (or would remove, on a dry run), by reason."""
+
+    expired: int = 0
+    orphans: int = 0
+    matched: int = 0
+    scanned: int = 0
+    dry_run: bool = False
+    # Records outside the index given their entry back (purge's reindex step).
+    reindexed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.expired + self.orphans + self.matched

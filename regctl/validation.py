@@ -1,0 +1,108 @@
+"""Input validation and parsing: addresses, names, passwords, codes, durations, rates.
+
+Validation happens here, before any store is touched: a bad code never costs
+an attempt and a bad address never reaches Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+from regctl.errors import InvalidInput
+
+MAX_EMAIL_LENGTH = 254
+NAME_MAX = 100
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+CODE_LENGTHS = range(6, 11)
+# Control, format (bidi overrides, zero-width), surrogate, line and paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def normalize_email(raw: str) -> str:
+    """Return the normalized address (email-validator, syntax only) or raise."""
+    if not isinstance(raw, str) or len(raw) > MAX_EMAIL_LENGTH:
+        raise InvalidInput("invalid email address: longer than 254 characters")
+    return _normalized(raw)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _normalized(raw: str) -> str:
+    # Validation is a third of a `get`; a backend sees the same addresses again and again.
+    # (lru_cache keeps results only: an invalid address raises anew each time.)
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"invalid email address {_shown(raw)}: {exc}") from None
+
+
+def normalize_domain(raw: str) -> str:
+    """A domain filter as it compares with ``PendingRegistration.domain``."""
+    domain = raw.strip().lstrip("@").casefold()
+    if not domain or _has_forbidden(domain) or " " in domain or "@" in domain:
+        raise InvalidInput(f"invalid domain {_shown(raw)}")
+    return domain
+
+
+def validate_name(raw: str, what: str = "name") -> str:
+    name = raw.strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise InvalidInput(f"{what} must be 1-{NAME_MAX} characters")
+    if _has_forbidden(name):
+        raise InvalidInput(f"{what} contains control or invisible formatting characters")
+    return name
+
+
+def validate_password(raw: str) -> str:
+    if not PASSWORD_MIN <= len(raw) <= PASSWORD_MAX:
+        raise InvalidInput(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+    if "\x00" in raw:
+        raise InvalidInput("password contains a NUL character")
+    return raw
+
+
+def validate_code(raw: str, length: int) -> str:
+    """Exactly ``length`` ASCII digits; anything else is rejected before Redis."""
+    if not isinstance(raw, str) or not re.fullmatch(rf"[0-9]{{{length}}}", raw, re.ASCII):
+        raise InvalidInput(f"a verification code is exactly {length} digits 0-9")
+    return raw
+
+
+def _has_forbidden(text: str) -> bool:
+    return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text)
+
+
+def _shown(raw: str) -> str:
+    """A short, printable rendering of hostile input for an error message."""
+    text = raw if len(raw) <= 60 else raw[:57] + "..."
+    return repr(text)
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``1d12h`` (or plain seconds) as milliseconds."""
+    raw = text.strip().lower()
+    if raw.isascii() and raw.isdigit():
+        return int(raw) * 1000
+    match = _DURATION_RE.fullmatch(raw)
+    if not raw or match is None or not any(match.groups()):
+        raise InvalidInput(f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
+
+
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """``10/min``, ``2/s``, ``100/h`` as events per second."""
+    count, _, unit = text.strip().lower().partition("/")
+    if not count.isascii() or not count.isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
+        raise InvalidInput(f"invalid rate {_shown(text)}", "write it like 10/min, 2/s or 100/h")
+    return int(count) / _RATE_UNITS[unit]
