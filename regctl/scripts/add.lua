@@ -1,26 +1,31 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
--- KEYS: record, index, funnel x3   ARGV: digest, email, first, last, password_hash,
---   code_hash, lifetime_ms, code_lifetime_ms, schema, token, index_grace_ms,
---   funnel_keep_ms, client_day
+-- KEYS: record, index, funnel x3
 -- Returns {status, now, fields}: status "created" or "exists".
-allowed({{'hset', KEYS[1], 'f', 'v'}, {'pexpireat', KEYS[1], '1'}, {'zadd', KEYS[2], '1', 'm'},
-  {'pexpireat', KEYS[2], '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
+local digest, email, first_name, last_name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local password_hash, code_hash = ARGV[5], ARGV[6]
+local lifetime_ms, code_lifetime_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local schema, token, index_grace_ms = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local funnel_keep_ms, client_day = tonumber(ARGV[12]), tonumber(ARGV[13])
+local record, index = KEYS[1], KEYS[2]
+allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index, '1', 'm'},
+  {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
 local now = server_now()
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('EXISTS', record) == 1 then
   -- A replay of this same call (lost reply) is a success, not a conflict.
-  if redis.call('HGET', KEYS[1], 'at') == ARGV[10] then
-    return {'created', now, redis.call('HGETALL', KEYS[1])}
+  if redis.call('HGET', record, F.add_token) == token then
+    return {'created', now, redis.call('HGETALL', record)}
   end
   return {'exists', now, {}}
 end
-local expires = now + tonumber(ARGV[7])
-redis.call('HSET', KEYS[1],
-  'v', ARGV[9], 'email', ARGV[2], 'fn', ARGV[3], 'ln', ARGV[4], 'pw', ARGV[5],
-  'ch', ARGV[6], 'c', now, 'e', expires, 'ce', now + tonumber(ARGV[8]), 's', now,
-  'r', 0, 'a', 0, 'l', 0, 'at', ARGV[10])
-redis.call('PEXPIREAT', KEYS[1], expires)
-redis.call('ZADD', KEYS[2], expires, ARGV[1])
-extend_index(KEYS[2], expires, tonumber(ARGV[11]), now)
-funnel('created', 1, tonumber(ARGV[12]), tonumber(ARGV[13]), now)
-funnel('sent', 1, tonumber(ARGV[12]), tonumber(ARGV[13]), now)
-return {'created', now, redis.call('HGETALL', KEYS[1])}
+local expires = now + lifetime_ms
+redis.call('HSET', record,
+  F.schema, schema, F.email, email, F.first_name, first_name, F.last_name, last_name,
+  F.password_hash, password_hash, F.code_hash, code_hash, F.created_at, now,
+  F.expires_at, expires, F.code_expires_at, now + code_lifetime_ms, F.last_sent_at, now,
+  F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, token)
+redis.call('PEXPIREAT', record, expires)
+redis.call('ZADD', index, expires, digest)
+extend_index(index, expires, index_grace_ms, now)
+funnel('created', 1, funnel_keep_ms, client_day, now)
+funnel('sent', 1, funnel_keep_ms, client_day, now)
+return {'created', now, redis.call('HGETALL', record)}

@@ -1,6 +1,8 @@
--- Live entries of one bucket, and those expiring within ARGV[1] ms, at server time.
+-- Live entries of one bucket, and those expiring within `soon_ms`, at server time.
 -- KEYS: index   Returns {now, live, expiring_soon}
+local soon_ms = tonumber(ARGV[1])
+local index = KEYS[1]
 local now = server_now()
 local after = '(' .. now
-return {now, redis.call('ZCOUNT', KEYS[1], after, '+inf'),
-        redis.call('ZCOUNT', KEYS[1], after, now + tonumber(ARGV[1]))}
+return {now, redis.call('ZCOUNT', index, after, '+inf'),
+        redis.call('ZCOUNT', index, after, now + soon_ms)}

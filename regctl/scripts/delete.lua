@@ -1,11 +1,13 @@
 -- Remove a registration and its index entry; a replay of the same call (lost reply)
 -- finds the call's marker and gets the first answer (so it never deletes a record
 -- added since).
--- KEYS: record, index, marker   ARGV: digest, replay_ms   Returns 1 if deleted, else 0.
-allowed({{'zrem', KEYS[2], 'm'}, {'del', KEYS[1]}, {'set', KEYS[3], 'v'}})
-local first = redis.call('GET', KEYS[3])
+-- KEYS: record, index, marker   Returns 1 if deleted, else 0.
+local digest, replay_ms = ARGV[1], tonumber(ARGV[2])
+local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
+allowed({{'zrem', index, 'm'}, {'del', record}, {'set', marker, 'v'}})
+local first = redis.call('GET', marker)
 if first then return tonumber(first) end
-redis.call('ZREM', KEYS[2], ARGV[1])
-local deleted = redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[3], deleted, 'PX', tonumber(ARGV[2]))
+redis.call('ZREM', index, digest)
+local deleted = redis.call('DEL', record)
+redis.call('SET', marker, deleted, 'PX', replay_ms)
 return deleted

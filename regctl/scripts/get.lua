@@ -1,4 +1,5 @@
 -- Read one record with the server's clock.
 -- KEYS: record   Returns {now, fields} (fields empty when absent).
+local record = KEYS[1]
 local now = server_now()
-return {now, redis.call('HGETALL', KEYS[1])}
+return {now, redis.call('HGETALL', record)}

@@ -1,12 +1,11 @@
 -- One page of a bucket's live index entries in (expires_at, digest) order after a
 -- cursor, on the server's clock. Only the index is read: the caller fetches the
 -- records it names (their keys declared), so every key is routed and migrated right.
--- KEYS: index   ARGV: after_score, after_digest, limit
+-- KEYS: index
 -- Returns {now, {digest, expires_at, digest, expires_at, ...}}
+local after_score, after, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local index = KEYS[1]
 local now = server_now()
-local after_score = tonumber(ARGV[1])
-local after = ARGV[2]
-local limit = tonumber(ARGV[3])
 local min = '(' .. now
 local skip_ties = false
 if after_score > now then
@@ -16,7 +15,7 @@ end
 local out = {}
 local offset = 0
 while #out < 2 * limit do
-  local rows = redis.call('ZRANGEBYSCORE', KEYS[1], min, '+inf', 'WITHSCORES', 'LIMIT', offset, limit)
+  local rows = redis.call('ZRANGEBYSCORE', index, min, '+inf', 'WITHSCORES', 'LIMIT', offset, limit)
   local n = #rows / 2
   for i = 1, #rows, 2 do
     local member, score = rows[i], rows[i + 1]

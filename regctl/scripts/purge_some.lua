@@ -4,20 +4,23 @@
 -- mode "match":  ARGV: mode, digest, created_at, ...; delete the registration only if
 --                it is the same one (same creation time) the caller selected.
 -- Returns the number removed.
-allowed({{'del', KEYS[1]}, {'zrem', KEYS[1], 'm'}})
+local mode = ARGV[1]
+local index = KEYS[1]
+allowed({{'del', index}, {'zrem', index, 'm'}})
 local removed = 0
-if ARGV[1] == 'orphan' then
+if mode == 'orphan' then
   for i = 2, #ARGV do
-    if redis.call('EXISTS', KEYS[i]) == 0 then
-      removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    local digest, record = ARGV[i], KEYS[i]
+    if redis.call('EXISTS', record) == 0 then
+      removed = removed + redis.call('ZREM', index, digest)
     end
   end
 else
   for i = 2, #ARGV, 2 do
-    local record = KEYS[i / 2 + 1]
-    if redis.call('HGET', record, 'c') == ARGV[i + 1] then
+    local digest, created_at, record = ARGV[i], ARGV[i + 1], KEYS[i / 2 + 1]
+    if redis.call('HGET', record, F.created_at) == created_at then
       redis.call('DEL', record)
-      redis.call('ZREM', KEYS[1], ARGV[i])
+      redis.call('ZREM', index, digest)
       removed = removed + 1
     end
   end

@@ -2,16 +2,17 @@
 -- KEYS: index, then record keys of the same bucket   ARGV: index_grace_ms, then the
 --       records' digests in KEYS order
 -- Returns the number of entries restored.
-allowed({{'zadd', KEYS[1], '1', 'm'}, {'pexpireat', KEYS[1], '1'}})
+local index_grace_ms = tonumber(ARGV[1])
+local index = KEYS[1]
+allowed({{'zadd', index, '1', 'm'}, {'pexpireat', index, '1'}})
 local now = server_now()
-local grace = tonumber(ARGV[1])
 local restored = 0
 for i = 2, #KEYS do
-  local digest = ARGV[i]
-  local expires = tonumber(redis.call('HGET', KEYS[i], 'e'))
-  if expires and expires > now and not redis.call('ZSCORE', KEYS[1], digest) then
-    redis.call('ZADD', KEYS[1], expires, digest)
-    extend_index(KEYS[1], expires, grace, now)
+  local record, digest = KEYS[i], ARGV[i]
+  local expires = tonumber(redis.call('HGET', record, F.expires_at))
+  if expires and expires > now and not redis.call('ZSCORE', index, digest) then
+    redis.call('ZADD', index, expires, digest)
+    extend_index(index, expires, index_grace_ms, now)
     restored = restored + 1
   end
 end

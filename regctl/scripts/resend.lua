@@ -1,18 +1,24 @@
 -- Replace the code: the old one is dead at once; cooldown and cap checked here.
 -- Attempts and the record's TTL are left as they are.
--- KEYS: record, funnel x3   ARGV: code_hash, code_lifetime_ms, cooldown_ms, max_resends,
---                             token, funnel_keep_ms, client_day
+-- KEYS: record, funnel x3
 -- Returns {status, now, detail}: ok (fields) | not_found | locked | resend_limit | cooldown (wait ms)
-allowed({{'hset', KEYS[1], 'f', 'v'}, {'hincrby', KEYS[1], 'f', '1'}, {'pexpireat', KEYS[1], '1'}})
+local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
+local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local funnel_keep_ms, client_day = tonumber(ARGV[6]), tonumber(ARGV[7])
+local record = KEYS[1]
+allowed({{'hset', record, 'f', 'v'}, {'hincrby', record, 'f', '1'}, {'pexpireat', record, '1'}})
 local now = server_now()
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', now, {}} end
-local f = redis.call('HMGET', KEYS[1], 'l', 'r', 's', 'rt')
-if f[4] == ARGV[5] then return {'ok', now, redis.call('HGETALL', KEYS[1])} end
-if f[1] == '1' then return {'locked', now, {}} end
-if tonumber(f[2]) >= tonumber(ARGV[4]) then return {'resend_limit', now, {}} end
-local wait = tonumber(f[3]) + tonumber(ARGV[3]) - now
+if redis.call('EXISTS', record) == 0 then return {'not_found', now, {}} end
+local f = redis.call('HMGET', record, F.locked, F.resend_count, F.last_sent_at, F.resend_token)
+local locked, resends, last_sent, last_token = f[1], tonumber(f[2]), tonumber(f[3]), f[4]
+-- A replay of this same call (lost reply): the code it stored is the current one.
+if last_token == token then return {'ok', now, redis.call('HGETALL', record)} end
+if locked == '1' then return {'locked', now, {}} end
+if resends >= max_resends then return {'resend_limit', now, {}} end
+local wait = last_sent + cooldown_ms - now
 if wait > 0 then return {'cooldown', now, wait} end
-redis.call('HSET', KEYS[1], 'ch', ARGV[1], 'ce', now + tonumber(ARGV[2]), 's', now, 'rt', ARGV[5])
-redis.call('HINCRBY', KEYS[1], 'r', 1)
-funnel('sent', 1, tonumber(ARGV[6]), tonumber(ARGV[7]), now)
-return {'ok', now, redis.call('HGETALL', KEYS[1])}
+redis.call('HSET', record, F.code_hash, code_hash, F.code_expires_at, now + code_lifetime_ms,
+  F.last_sent_at, now, F.resend_token, token)
+redis.call('HINCRBY', record, F.resend_count, 1)
+funnel('sent', 1, funnel_keep_ms, client_day, now)
+return {'ok', now, redis.call('HGETALL', record)}

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.acl import AclUnchecked, missing_commands
+from regctl.codec import decode, encode, lua_legend
 from regctl.connection import (
     SCRIPT_DENIED,
     Client,
@@ -140,51 +141,6 @@ def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, rex.NoScriptError)
 
 
-def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
-    """A record from its Redis hash (a dict, or HGETALL's flat list from a script).
-
-    A hash regctl cannot read (a field missing or not a number, a time beyond 2^53:
-    written by something else) raises DamagedRecord.
-    """
-    f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    try:
-        numbers = {name: _number(f[field]) for name, field in _NUMBERS.items()}
-        return PendingRegistration(
-            email=f["email"],
-            first_name=f["fn"],
-            last_name=f["ln"],
-            password_hash=f["pw"],
-            locked=f["l"] == "1",
-            observed_at=observed_at,
-            schema=int(f.get("v", SCHEMA_VERSION)),
-            code_hash=f.get("ch", ""),
-            **numbers,
-        )
-    except (KeyError, ValueError) as exc:
-        email = visible(str(f.get("email", "?")))
-        raise DamagedRecord(
-            f"the stored record of {email} is damaged ({exc.__class__.__name__}: {exc})",
-            "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
-        ) from None
-
-
-_NUMBERS = {
-    "created_at": "c",
-    "expires_at": "e",
-    "code_expires_at": "ce",
-    "last_sent_at": "s",
-    "resend_count": "r",
-    "attempts": "a",
-}
-
-
-def _number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**53:
-        raise ValueError(f"{value} is out of range")
-    return value
-
-
 @dataclass
 class _RedisLease:
     store: RedisStore
@@ -296,7 +252,7 @@ class RedisStore:
             folder = resources.files("regctl").joinpath("scripts")
             lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
             flags = SHEBANGS.get(name, "") if self._flags_supported else ""
-            source = flags + lib + body
+            source = flags + lua_legend() + lib + body
             script = self._scripts[name] = self.client.register_script(source)
         return script
 
@@ -588,34 +544,7 @@ class RedisStore:
         calls = []
         for reg in batch:
             d = digest(reg.identity)
-            fields = (
-                "v",
-                reg.schema,
-                "email",
-                reg.email,
-                "fn",
-                reg.first_name,
-                "ln",
-                reg.last_name,
-                "pw",
-                reg.password_hash,
-                "ch",
-                reg.code_hash,
-                "c",
-                reg.created_at,
-                "e",
-                reg.expires_at,
-                "ce",
-                reg.code_expires_at,
-                "s",
-                reg.last_sent_at,
-                "r",
-                reg.resend_count,
-                "a",
-                reg.attempts,
-                "l",
-                int(reg.locked),
-            )
+            fields = encode(reg)
             flags = (
                 int(replace_existing),
                 int(dry_run),
