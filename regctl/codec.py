@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from regctl.errors import DamagedRecord
-from regctl.model import SCHEMA_VERSION, PendingRegistration
+from regctl.model import NUMBER_FIELDS, SCHEMA_VERSION, PendingRegistration
 from regctl.text import visible
 
 FIELDS = {
@@ -30,15 +30,6 @@ FIELDS = {
     "add_token": "at",  # the idempotency token of the add that created it
     "resend_token": "rt",  # ... and of the last resend
 }
-# Times and counters: whole numbers below 2^53 (exact in Lua and JSON).
-NUMBERS = (
-    "created_at",
-    "expires_at",
-    "code_expires_at",
-    "last_sent_at",
-    "resend_count",
-    "attempts",
-)
 
 
 def lua_legend() -> str:
@@ -57,7 +48,7 @@ def encode(reg: PendingRegistration) -> list[str]:
         "password_hash": reg.password_hash,
         "code_hash": reg.code_hash,
         "locked": int(reg.locked),
-        **{name: getattr(reg, name) for name in NUMBERS},
+        **{name: getattr(reg, name) for name in NUMBER_FIELDS},
     }
     return [item for name, value in values.items() for item in (FIELDS[name], str(value))]
 
@@ -79,7 +70,7 @@ def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingR
             observed_at=observed_at,
             schema=int(f.get(FIELDS["schema"], SCHEMA_VERSION)),
             code_hash=f.get(FIELDS["code_hash"], ""),
-            **{name: _number(f[FIELDS[name]]) for name in NUMBERS},
+            **{name: _number(f[FIELDS[name]]) for name in NUMBER_FIELDS},
         )
     except (KeyError, ValueError) as exc:
         email = visible(str(f.get(FIELDS["email"], "?")))

@@ -10,6 +10,15 @@ from regctl.errors import InvalidInput
 from regctl.validation import CODE_LENGTHS
 
 SCHEMA_VERSION = 1
+# A record's times (ms) and counters: whole numbers below 2^53 (exact in Lua and JSON).
+NUMBER_FIELDS = (
+    "created_at",
+    "expires_at",
+    "code_expires_at",
+    "last_sent_at",
+    "resend_count",
+    "attempts",
+)
 
 
 @dataclass(frozen=True, slots=True)

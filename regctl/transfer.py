@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from regctl.errors import InvalidInput
-from regctl.model import SCHEMA_VERSION, PendingRegistration, Policy
+from regctl.model import NUMBER_FIELDS, SCHEMA_VERSION, PendingRegistration, Policy
 from regctl.security import check_password_hash
 from regctl.validation import normalize_email, validate_name
 
@@ -24,14 +24,6 @@ _CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")
 # between the servers, rounding); times stay below 2^53 so Lua's numbers are exact.
 IMPORT_MARGIN_MS = 60_000
 MAX_TIME_MS = 2**53 - 1
-INT_FIELDS = (
-    "created_at",
-    "expires_at",
-    "code_expires_at",
-    "last_sent_at",
-    "resend_count",
-    "attempts",
-)
 
 
 def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[str, Any]:
@@ -58,7 +50,7 @@ def parse_record(line: str, policy: Policy) -> PendingRegistration:
     if not isinstance(code_hash, str) or not _CODE_HASH.fullmatch(code_hash):
         raise InvalidInput("code_hash is not an HMAC-SHA256 hex digest")
     numbers = {}
-    for name in INT_FIELDS:
+    for name in NUMBER_FIELDS:
         value = data.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIME_MS:
             raise InvalidInput(f"{name} must be an integer from 0 to 2^53-1")

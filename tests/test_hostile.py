@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
 from regctl.cli.render import csv_cell
 from regctl.keys import digest
+from regctl.model import NUMBER_FIELDS
 from regctl.store import NewRegistration
 from regctl.text import visible
-from regctl.transfer import INT_FIELDS, parse_record
+from regctl.transfer import parse_record
 from tests.conftest import REGCTL, SECRET, Cli, at_terminal, subprocess_env
 from tests.servers import RedisProcess
 
@@ -225,7 +226,7 @@ def test_the_restore_script_refuses_an_expiry_beyond_the_lifetime(redis_proc, pr
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    field=st.sampled_from([*INT_FIELDS, "locked", "email", "first_name", "code_hash", "schema"]),
+    field=st.sampled_from([*NUMBER_FIELDS, "locked", "email", "first_name", "code_hash", "schema"]),
     value=st.one_of(
         st.integers(-(2**70), 2**70),
         st.floats(allow_nan=True),
