@@ -155,9 +155,9 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
     # server takes (Redis 6 knows no script flags), so raw sends exactly the same.
     manager.add("warmup@bench.example", "W", "U", password_hash=pw_hash)
     ks = store.keyspace
-    sha = {name: store._script(name).sha for name in ("add", "get", "resend", "verify")}
+    sha = {name: store.scripts.script(name).sha for name in ("add", "get", "resend", "verify")}
     for name in sha:
-        raw.script_load(store._script(name).script)
+        raw.script_load(store.scripts.script(name).script)
     codes: dict[int, str] = {}
     out: dict[str, Any] = {}
     keep = policy.funnel_keep_ms  # funnel counters are kept this long
@@ -263,7 +263,7 @@ def throughput(sock: Path, seconds: float, pw_hash: str) -> None:
             manager.add("tp@bench.example", "T", "P", password_hash=pw_hash)
         raw = pool()
         key = store.keyspace.record(digest("tp@bench.example"))
-        sha = store._script("get").sha
+        sha = store.scripts.script("get").sha
         ours = rate(lambda m=manager: m.get("tp@bench.example"), threads, seconds)
         base = rate(lambda r=raw, k=key, h=sha: r.evalsha(h, 1, k), threads, seconds)
         out[threads] = {"regctl": ours, "baseline": base, "ratio": base / ours}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 
 from regctl.errors import InvalidInput
@@ -149,3 +150,9 @@ _KIND_RE = re.compile(
     r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
     r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
 )
+
+
+def client_day() -> int:
+    """Today by this machine's clock: which funnel counters a script declares (the
+    server's clock picks among the day before, this day and the day after)."""
+    return int(time.time()) // 86_400

@@ -231,6 +231,6 @@ def test_a_retried_lock_acquire_finds_the_lock_its_own(redis_proc: RedisProcess,
     """The acquire ran but its reply was lost: the retry must not read it as another's."""
     store = manager_on(redis_proc, prefix).store
     key = store.keyspace.lock("purge")
-    assert store._run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
-    assert store._run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
-    assert store._run("lock", (key,), ("acquire", "token-2", 10_000)) == 0
+    assert store.scripts.run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
+    assert store.scripts.run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
+    assert store.scripts.run("lock", (key,), ("acquire", "token-2", 10_000)) == 0

@@ -186,11 +186,11 @@ PROBES: dict[str, Probe] = {
         SECRET_FILES, _file_secret("sentinel_password"), lambda v: f"secret read from {v}"
     ),
     "wait_replicas": Probe(
-        ("1", "2", "3", "4"), lambda s, _t: _manager(s).store.wait_replicas, int
+        ("1", "2", "3", "4"), lambda s, _t: _manager(s).store.scripts.wait_replicas, int
     ),
     "wait_timeout": Probe(
         ("0.5", "1.5", "2", "3"),
-        lambda s, _t: _manager(s).store.wait_timeout_ms,
+        lambda s, _t: _manager(s).store.scripts.wait_timeout_ms,
         lambda v: int(float(v) * 1000),
     ),
     "max_connections": Probe(("7", "8", "9", "10"), lambda s, _t: _pool(s).max_connections, int),
@@ -629,7 +629,7 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         environ={"REGCTL_WAIT_TIMEOUT": "0.0004"},
     )
     with RegistrationManager.from_settings(loaded.settings) as manager:
-        assert manager.store.wait_timeout_ms == 1  # WAIT n 0 would block forever
+        assert manager.store.scripts.wait_timeout_ms == 1  # WAIT n 0 would block forever
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from regctl.connection import translated_errors
 from regctl.errors import (
     StoreUnavailable,
 )
-from regctl.store.redis_store import node_migrations
+from regctl.store.walk import node_migrations
 
 if TYPE_CHECKING:
     from regctl.store.redis_store import RedisStore

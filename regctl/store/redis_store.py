@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import heapq
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from regctl.acl import AclUnchecked, missing_commands
-from regctl.codec import decode, encode, lua_legend
+from regctl.codec import decode, encode
 from regctl.connection import (
-    SCRIPT_DENIED,
     Client,
-    call_deadline,
-    failing_over,
     stop_watching,
     translated_errors,
 )
@@ -26,12 +20,9 @@ from regctl.errors import (
     ConfigError,
     DamagedRecord,
     LockHeld,
-    NotReplicated,
-    NotServing,
-    PermissionDenied,
     RegctlError,
 )
-from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, digest
+from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, client_day, digest
 from regctl.model import (
     SCHEMA_VERSION,
     Filter,
@@ -58,87 +49,29 @@ from regctl.store.base import (
     other_secret,
     resend_refusal,
 )
+from regctl.store.scripts import ScriptRunner
+from regctl.store.walk import (
+    all_or_raise,
+    purge_expired,
+    purge_walk,
+    refuse_during_reshard,
+    walk,
+)
 from regctl.text import visible
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from redis.commands.core import Script
+    pass
 
-# Scripts that free memory or touch only a few small keys, so a full server must still
-# run them (purge, delete, unlock, the purge lock): Redis 7's allow-oom flag.
-ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
-# Redis 7 script flags (a first line the server reads): a flagged writing script is
-# refused whole on a full server before it starts, instead of failing part-way.
-SHEBANGS = {
-    **dict.fromkeys(("add", "resend", "verify", "restore", "reindex"), "#!lua\n"),
-    **dict.fromkeys(ALLOW_OOM, "#!lua flags=allow-oom\n"),
-}
-# A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
-# without it) did not run: it is loaded and sent again, this many times at most.
-NOSCRIPT_TRIES = 5
 # The field of the meta hash that holds the code secret's fingerprint.
 FINGERPRINT_FIELD = "code_secret_fingerprint"
 # How long a bucket's index outlives its last entry (see add.lua).
 INDEX_GRACE_MS = 3_600_000
-_SCRIPTS = (
-    "add",
-    "get",
-    "resend",
-    "verify",
-    "unlock",
-    "delete",
-    "count",
-    "page",
-    "purge_expired",
-    "purge_some",
-    "lock",
-    "restore",
-    "reindex",
-)
-
-
-def _all_or_raise(replies: list[Any]) -> list[Any]:
-    """The replies of a read, or the first error among them."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def _translated(exc: Exception) -> Exception:
-    """The regctl error for a redis-py error reply (or the reply itself if none fits)."""
-    try:
-        with translated_errors():
-            raise exc
-    except RegctlError as translated:
-        return translated
-    except Exception:  # untranslatable: handed back as it came
-        return exc
-
-
-def node_migrations(node_client: Any) -> list[dict[str, Any]]:
-    """The slots a Cluster node is migrating or importing (its own line says so)."""
-    with translated_errors():
-        described = node_client.execute_command("CLUSTER NODES")
-    mine: dict[str, Any] = next((m for m in described.values() if "myself" in m["flags"]), {})
-    return list(mine.get("migrations", []))
-
-
-def _client_day() -> int:
-    """Today by this machine's clock: which funnel counters a script declares (the
-    server's clock picks among the day before, this day and the day after)."""
-    return int(time.time()) // 86_400
 
 
 def _funnel_keys(ks: Keyspace, digest_hex: str) -> tuple[str, str, str]:
-    return ks.funnel_around(ks.bucket_of(digest_hex), _client_day())
-
-
-def _is_noscript(reply: Any) -> bool:
-    import redis.exceptions as rex
-
-    return isinstance(reply, rex.NoScriptError)
+    return ks.funnel_around(ks.bucket_of(digest_hex), client_day())
 
 
 @dataclass
@@ -149,11 +82,11 @@ class _RedisLease:
     ttl_ms: int
 
     def renew(self) -> None:
-        if not self.store._run("lock", (self.key,), ("renew", self.token, self.ttl_ms)):
+        if not self.store.scripts.run("lock", (self.key,), ("renew", self.token, self.ttl_ms)):
             raise LockHeld("the lock expired while working; another run may have started")
 
     def release(self) -> None:
-        self.store._run("lock", (self.key,), ("release", self.token, self.ttl_ms))
+        self.store.scripts.run("lock", (self.key,), ("release", self.token, self.ttl_ms))
 
 
 class RedisStore:
@@ -181,17 +114,16 @@ class RedisStore:
         # A bucket count asked for (not the default) must be the stored layout's.
         self._asked_buckets = buckets
         self._keyspace: Keyspace | None = None
-        self._scripts: dict[str, Script] = {}
-        self._flags_supported = True
         self._lock = threading.Lock()
         self.description = description or "redis"
-        # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
         self.audit_max = audit_max  # the audit stream's cap (MAXLEN ~)
-        # How long one call may keep trying while the server cannot serve it (failover,
-        # migrating slot): the call's whole deadline, shared with redis-py's retries.
-        self.call_budget_s = call_budget_s
+        self.scripts = ScriptRunner(
+            client,
+            lambda: self.keyspace,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            call_budget_s=call_budget_s,
+        )
 
     # --- plumbing ---------------------------------------------------------
 
@@ -246,190 +178,15 @@ class RedisStore:
                 self._keyspace = self._layout(int(pipe.execute()[2]))
         return self._keyspace
 
-    def _script(self, name: str) -> Script:
-        script = self._scripts.get(name)
-        if script is None:
-            folder = resources.files("regctl").joinpath("scripts")
-            lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
-            flags = SHEBANGS.get(name, "") if self._flags_supported else ""
-            source = flags + lua_legend() + lib + body
-            script = self._scripts[name] = self.client.register_script(source)
-        return script
-
-    def _served(self, call: Callable[[], T]) -> T:
-        """``call()``, tried again while the server cannot serve it (a failover, a
-        migrating slot, too few replicas), the topology rediscovered between tries,
-        until the call's deadline. Nothing of a refused try ran: trying again is safe."""
-        with call_deadline(self.call_budget_s) as deadline:
-            pause = 0.02
-            while True:
-                try:
-                    if failing_over(self.client):  # the old master would lose it: wait
-                        raise NotServing("a Sentinel failover is under way")
-                    return call()
-                except (NotServing, NotReplicated):  # (a replay of a made change is safe)
-                    if time.monotonic() + pause >= deadline:
-                        raise
-                    self._rediscover()
-                    time.sleep(pause)
-                    pause = min(2 * pause, 0.5)
-
-    def _rediscover(self) -> None:
-        """Forget where the data was: the cluster's slot map, or the Sentinel master
-        (its pooled connections are dropped as they come back)."""
-        from redis.sentinel import SentinelConnectionPool
-
-        if self.is_cluster:
-            with contextlib.suppress(Exception):  # the next try says what is wrong
-                self.client.nodes_manager.initialize()
-            return
-        pool = getattr(self.client, "connection_pool", None)
-        if isinstance(pool, SentinelConnectionPool):
-            pool.reset()  # type: ignore[no-untyped-call]
-
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._served(lambda: self._run_once(name, keys, args))
-
-    def _run_once(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        import redis.exceptions as rex
-
-        try:
-            for _ in range(NOSCRIPT_TRIES - 1):
-                with translated_errors(), contextlib.suppress(rex.NoScriptError):
-                    # (a flush between redis-py's reload and its retry: not run; again)
-                    return self._script(name)(keys=list(keys), args=list(args))
-            with translated_errors():
-                return self._script(name)(keys=list(keys), args=list(args))
-        except PermissionDenied as exc:
-            raise self._named_denial(exc) from None
-        except rex.ResponseError as exc:
-            if self._flags_refused(name, exc):
-                return self._run_once(name, keys, args)
-            raise
-
-    def _flags_refused(self, name: str, exc: Exception) -> bool:
-        """Whether ``exc`` is a Redis 6 server failing to compile a script's flag line;
-        if so, every script is sent without flags from now on (and the call again)."""
-        if name not in SHEBANGS or "near '#'" not in str(exc):
-            return False
-        self._flags_supported = False
-        self._scripts.clear()
-        return True
-
-    def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
-        """Redis does not say which command a script was denied; ask ACL DRYRUN."""
-        if exc.message != SCRIPT_DENIED:
-            return exc
-        try:
-            missing = missing_commands(self.client, self.keyspace)
-        except AclUnchecked:
-            return exc
-        if not missing:
-            return exc
-        names = ", ".join(m.upper() for m in missing)
-        return PermissionDenied(
-            f"the Redis user cannot run {names}",
-            f"add {' '.join('+' + m for m in missing)} to its ACL (see the README)",
-        )
-
-    def _write(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, int | None]:
-        """A state change; with ``wait_replicas``, followed by WAIT on the same connection.
-
-        Returns the script's reply and how many replicas acknowledged (None: not asked).
-        """
-        if not self.wait_replicas:
-            return self._run(name, keys, args), None
-        return self._served(lambda: self._write_and_wait(name, keys, args))
-
-    def _write_and_wait(
-        self, name: str, keys: Sequence[str], args: Sequence[Any]
-    ) -> tuple[Any, int]:
-        """The script, then WAIT on the same connection: on Cluster, the connection of
-        the node that owns the slot now (the slot map is refreshed after a MOVED)."""
-        import redis.exceptions as rex
-
-        client = self.client
-        if self.is_cluster:
-            client = client.get_node_from_key(keys[0]).redis_connection
-        for attempt in range(NOSCRIPT_TRIES):
-            try:
-                with translated_errors():
-                    pipe = client.pipeline(transaction=False)
-                    self._script(name)(keys=list(keys), args=list(args), client=pipe)
-                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-                    reply, acked = pipe.execute(raise_on_error=False)
-            except rex.ResponseError as exc:
-                if not self._flags_refused(name, exc):
-                    raise
-                continue
-            if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
-                break  # else the script did not run (flushed meanwhile): send it again
-        for result in (reply, acked):
-            if isinstance(result, Exception):
-                raise _translated(result)
-        if int(acked) < self.wait_replicas:
-            raise NotReplicated(
-                f"the change was made on the primary, but only {int(acked)} of "
-                f"{self.wait_replicas} replicas acknowledged it within "
-                f"{self.wait_timeout_ms} ms: a failover now could undo it",
-                "retry the same call once the replicas are back (the library: with the "
-                "same token=, which is answered as the first was)",
-            )
-        return reply, int(acked)
-
-    def _run_many(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """One script over many (keys, args): one pipelined round trip on a single server.
-
-        Each call's reply, in order; a call the server refused (a full server, say)
-        gets its RegctlError in its place, so the others' results are not lost.
-        redis-py's cluster pipeline refuses EVALSHA, so on Cluster the calls go one
-        by one (each to the node that owns its slot).
-        """
-        if self.is_cluster:
-            return [self._reply_or_error(name, keys, args) for keys, args in calls]
-        import redis.exceptions as rex
-
-        try:
-            with translated_errors():
-                replies = list(self._pipelined(name, calls))
-        except rex.ResponseError as exc:
-            if not self._flags_refused(name, exc):
-                raise
-            return self._run_many(name, calls)
-        for i, raw in enumerate(replies):
-            reply = _translated(raw) if isinstance(raw, Exception) else raw
-            if _is_noscript(raw) or isinstance(reply, NotServing):
-                replies[i] = self._reply_or_error(name, *calls[i])  # not run: again, alone
-            else:
-                replies[i] = reply
-        return replies
-
-    def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
-        script = self._script(name)
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=list(keys), args=list(args), client=pipe)
-        return pipe.execute(raise_on_error=False)
-
-    def _reply_or_error(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return self._run(name, keys, args)
-        except RegctlError as exc:
-            return exc
-
     @property
     def is_cluster(self) -> bool:
-        from redis.cluster import RedisCluster
-
-        return isinstance(self.client, RedisCluster)
+        return self.scripts.is_cluster
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> _RedisLease:
         key = self.keyspace.lock(name)
         token = new_token()
         deadline = time.monotonic() + wait_s
-        while not self._run("lock", (key,), ("acquire", token, ttl_ms)):
+        while not self.scripts.run("lock", (key,), ("acquire", token, ttl_ms)):
             if time.monotonic() >= deadline:
                 raise lock_held(name, wait_s)
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -508,13 +265,15 @@ class RedisStore:
             token,
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
-            _client_day(),
+            client_day(),
         )
         ks = self._claim_layout()
         return (*ks.keys_for(d), *_funnel_keys(ks, d)), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
-        (status, now, fields), acked = self._write("add", *self._add_call(new, policy, token))
+        (status, now, fields), acked = self.scripts.write(
+            "add", *self._add_call(new, policy, token)
+        )
         if status == "exists":
             raise already_exists(new.email)
         return replace(decode(fields, int(now)), replicas_acked=acked)
@@ -522,7 +281,7 @@ class RedisStore:
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
     ) -> list[PendingRegistration | RegctlError]:
-        replies = self._run_many("add", [self._add_call(new, policy, t) for new, t in batch])
+        replies = self.scripts.run_many("add", [self._add_call(new, policy, t) for new, t in batch])
         results: list[PendingRegistration | RegctlError] = []
         for (new, _token), reply in zip(batch, replies, strict=True):
             if isinstance(reply, RegctlError):
@@ -556,11 +315,11 @@ class RedisStore:
             calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
         return [
             status if isinstance(status, RegctlError) else str(status)
-            for status in self._run_many("restore", calls)
+            for status in self.scripts.run_many("restore", calls)
         ]
 
     def get(self, identity: str) -> PendingRegistration | None:
-        now, fields = self._run("get", (self.keyspace.record(digest(identity)),), ())
+        now, fields = self.scripts.run("get", (self.keyspace.record(digest(identity)),), ())
         return decode(fields, int(now)) if fields else None
 
     def resend(
@@ -568,7 +327,7 @@ class RedisStore:
     ) -> PendingRegistration:
         d = digest(identity)
         ks = self.keyspace
-        (status, now, detail), acked = self._write(
+        (status, now, detail), acked = self.scripts.write(
             "resend",
             (ks.record(d), *_funnel_keys(ks, d)),
             (
@@ -578,7 +337,7 @@ class RedisStore:
                 policy.max_resends,
                 token,
                 policy.funnel_keep_ms,
-                _client_day(),
+                client_day(),
             ),
         )
         if status != "ok":
@@ -591,7 +350,7 @@ class RedisStore:
         d = digest(identity)
         ks = self.keyspace
         record, index = ks.keys_for(d)
-        (status, now, left, payload), acked = self._write(
+        (status, now, left, payload), acked = self.scripts.write(
             "verify",
             (record, index, ks.call_marker("verify", d, token), *_funnel_keys(ks, d)),
             (
@@ -600,7 +359,7 @@ class RedisStore:
                 policy.max_attempts,
                 policy.replay_window_ms,
                 policy.funnel_keep_ms,
-                _client_day(),
+                client_day(),
             ),
         )
         if status == "wrong_secret":
@@ -610,73 +369,30 @@ class RedisStore:
         return VerifyResult(outcome, int(left), registration, acked)
 
     def unlock(self, identity: str) -> bool:
-        return bool(self._run("unlock", (self.keyspace.record(digest(identity)),), ()))
+        return bool(self.scripts.run("unlock", (self.keyspace.record(digest(identity)),), ()))
 
     def delete(self, identity: str, policy: Policy, token: str) -> bool:
         d = digest(identity)
         ks = self.keyspace
         keys = (*ks.keys_for(d), ks.call_marker("delete", d, token))
-        return bool(self._run("delete", keys, (d, policy.replay_window_ms)))
+        return bool(self.scripts.run("delete", keys, (d, policy.replay_window_ms)))
 
     def counts(self) -> Counts:
         ks = self.keyspace
-        rows = _all_or_raise(
-            self._run_many("count", [((ks.index(b),), (HOUR_MS,)) for b in range(ks.buckets)])
+        rows = all_or_raise(
+            self.scripts.run_many(
+                "count", [((ks.index(b),), (HOUR_MS,)) for b in range(ks.buckets)]
+            )
         )
         return Counts(sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
 
     # --- walking the index ------------------------------------------------
 
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
-        for _bucket, _digest, fields, now in self._walk(first_page):
+        for _bucket, _digest, fields, now in walk(self.scripts, self.keyspace, first_page):
             if fields:
                 with contextlib.suppress(DamagedRecord):  # one bad hash stops no whole walk
                     yield decode(fields, now)
-
-    def _walk(self, first_page: int) -> Iterator[tuple[int, str, dict[str, str], int]]:
-        """(bucket, digest, fields, now) of every live index entry, merged in order.
-
-        The first page of every bucket comes in one pipelined round trip; later
-        pages are fetched per bucket as the merge consumes them.
-        """
-        ks = self.keyspace
-        size = max(1, min(first_page, PAGE))
-        firsts = _all_or_raise(
-            self._run_many("page", [((ks.index(b),), (0, "", size)) for b in range(ks.buckets)])
-        )
-        records = self._records(ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
-        streams = [
-            self._bucket_stream(ks, bucket, first, fields, size)
-            for bucket, (first, fields) in enumerate(zip(firsts, records, strict=True))
-        ]
-        firsts.clear()  # each stream drops its first page once read: memory stays flat
-        records.clear()
-        for _key, entry in heapq.merge(*streams):
-            yield entry
-
-    def _bucket_stream(
-        self, ks: Keyspace, bucket: int, page: list[Any], records: list[Any], size: int
-    ) -> Iterator[tuple[tuple[int, str], tuple[int, str, Any, int]]]:
-        while True:
-            now, rows = int(page[0]), page[1]
-            for member, score, fields in zip(rows[::2], rows[1::2], records, strict=True):
-                yield (int(float(score)), member), (bucket, member, fields, now)
-            if len(rows) < 2 * size:
-                return
-            size = PAGE
-            page = self._run("page", (ks.index(bucket),), (rows[-1], rows[-2], size))
-            records = self._records(ks, [(bucket, page[1][::2])])[0]
-
-    def _records(self, ks: Keyspace, wanted: Sequence[tuple[int, Sequence[str]]]) -> list[Any]:
-        """The fields of each (bucket, digests)' records, in one pipelined round trip;
-        empty for a record gone since its index entry was read (verified, or an orphan)."""
-        with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for bucket, members in wanted:
-                for member in members:
-                    pipe.hgetall(ks.record_base(bucket) + member)
-            replies = iter(pipe.execute())
-        return [[next(replies) for _ in members] for _bucket, members in wanted]
 
     # --- records outside the index (eviction) ------------------------------
 
@@ -708,7 +424,7 @@ class RedisStore:
             for start in range(0, len(members), batch):
                 part = members[start : start + batch]
                 keys = (ks.index(bucket), *(ks.record_base(bucket) + m for m in part))
-                restored += int(self._run("reindex", keys, (INDEX_GRACE_MS, *part)))
+                restored += int(self.scripts.run("reindex", keys, (INDEX_GRACE_MS, *part)))
         return restored
 
     # --- purge ------------------------------------------------------------
@@ -727,12 +443,14 @@ class RedisStore:
         """
         ks = self.keyspace
         if selection is not None and self.is_cluster:
-            self._refuse_during_reshard()
+            refuse_during_reshard(self.client)
         batch = max(1, min(batch, MAX_PURGE_BATCH))
         report = PurgeReport(dry_run=dry_run)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
-            report.expired += self._purge_expired(ks, bucket, policy, dry_run, batch)
+            report.expired += purge_expired(
+                self.scripts, ks, bucket, policy=policy, dry_run=dry_run, batch=batch
+            )
             if on_progress is not None:
                 on_progress(bucket + 1, total)
         if selection is not None:
@@ -741,75 +459,7 @@ class RedisStore:
                 if on_progress is not None:
                     on_progress(min(ks.buckets + n, total), total)
 
-            self._purge_walk(selection, report, batch, walked)
+            purge_walk(self.scripts, ks, selection, report=report, batch=batch, walked=walked)
         if on_progress is not None:
             on_progress(total, total)
         return report
-
-    def _refuse_during_reshard(self) -> None:
-        """A walk of the index (orphans, filters) waits for a reshard to end: records
-        on their way between nodes are not what an orphan or a match looks like."""
-        moving = [
-            m["slot"]
-            for node in self.client.get_primaries()
-            for m in node_migrations(node.redis_connection)
-        ]
-        if moving:
-            raise NotServing(
-                f"slots are moving between Cluster nodes (slot {moving[0]} and "
-                f"{len(moving) - 1} more): a walk of the index waits for the reshard",
-                "run it again once `regctl health` shows no open slot; expired "
-                "entries need no walk: `regctl purge` without --orphans or filters runs",
-            )
-
-    def _purge_expired(
-        self, ks: Keyspace, bucket: int, policy: Policy, dry_run: bool, batch: int
-    ) -> int:
-        """A bucket's expired entries removed (or counted): a batch listed, then removed
-        with their records declared; the script re-checks each entry is still expired."""
-        index = ks.index(bucket)
-        if dry_run:
-            return int(self._run("purge_expired", (index,), ("count",))[1])
-        removed = 0
-        while True:
-            listed = self._run("purge_expired", (index,), ("list", batch))[1]
-            if not listed:
-                return removed
-            keys = (index, *(ks.record_base(bucket) + d for d in listed))
-            funnel = ks.funnel_around(bucket, _client_day())
-            args = ("remove", policy.funnel_keep_ms, _client_day(), *listed)
-            removed += int(self._run("purge_expired", (*keys, *funnel), args)[1])
-            if len(listed) < batch:
-                return removed
-
-    def _purge_walk(
-        self, selection: Filter, report: PurgeReport, batch: int, walked: Callable[[int], None]
-    ) -> None:
-        ks = self.keyspace
-        orphans: dict[int, list[str]] = {}
-        matched: dict[int, list[str]] = {}
-
-        def flush(bucket: int, mode: str, pending: dict[int, list[str]]) -> int:
-            args = pending.pop(bucket, [])
-            step = 2 if mode == "match" else 1
-            if not args or report.dry_run:
-                return len(args) // step
-            records = (ks.record_base(bucket) + digest for digest in args[::step])
-            return int(self._run("purge_some", (ks.index(bucket), *records), (mode, *args)))
-
-        for bucket, member, fields, now in self._walk(PAGE):
-            report.scanned += 1
-            if report.scanned % PAGE == 0:
-                walked(report.scanned)
-            if not fields:
-                orphans.setdefault(bucket, []).append(member)
-                if len(orphans[bucket]) >= batch:
-                    report.orphans += flush(bucket, "orphan", orphans)
-            elif not selection.is_empty and selection.matches(decode(fields, now)):
-                matched.setdefault(bucket, []).extend((member, fields["c"]))
-                if len(matched[bucket]) >= 2 * batch:
-                    report.matched += flush(bucket, "match", matched)
-        for bucket in list(orphans):
-            report.orphans += flush(bucket, "orphan", orphans)
-        for bucket in list(matched):
-            report.matched += flush(bucket, "match", matched)

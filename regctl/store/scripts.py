@@ -1,0 +1,260 @@
+"""Running regctl's Lua scripts: loaded once, called by EVALSHA, on any topology.
+
+A script is sent with its Redis 7 flags (dropped for a Redis 6 server that cannot read
+them), loaded again when the server lost it (NOSCRIPT), tried again while the server
+cannot serve it (a failover, a migrating slot, too few replicas) within the call's
+deadline, and optionally followed by WAIT for replicas on the same connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from regctl.acl import AclUnchecked, missing_commands
+from regctl.codec import lua_legend
+from regctl.connection import SCRIPT_DENIED, Client, call_deadline, failing_over, translated_errors
+from regctl.errors import NotReplicated, NotServing, PermissionDenied, RegctlError
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+
+    from regctl.keys import Keyspace
+
+T = TypeVar("T")
+
+# Scripts that free memory or touch only a few small keys, so a full server must still
+# run them (purge, delete, unlock, the purge lock): Redis 7's allow-oom flag.
+ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
+# Redis 7 script flags (a first line the server reads): a flagged writing script is
+# refused whole on a full server before it starts, instead of failing part-way.
+SHEBANGS = {
+    **dict.fromkeys(("add", "resend", "verify", "restore", "reindex"), "#!lua\n"),
+    **dict.fromkeys(ALLOW_OOM, "#!lua flags=allow-oom\n"),
+}
+# A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
+# without it) did not run: it is loaded and sent again, this many times at most.
+NOSCRIPT_TRIES = 5
+
+
+def _translated(exc: Exception) -> Exception:
+    """The regctl error for a redis-py error reply (or the reply itself if none fits)."""
+    try:
+        with translated_errors():
+            raise exc
+    except RegctlError as translated:
+        return translated
+    except Exception:  # untranslatable: handed back as it came
+        return exc
+
+
+def _is_noscript(reply: Any) -> bool:
+    import redis.exceptions as rex
+
+    return isinstance(reply, rex.NoScriptError)
+
+
+class ScriptRunner:
+    """The scripts of one client; ``keyspace`` gives the layout for naming a denial."""
+
+    def __init__(
+        self,
+        client: Client,
+        keyspace: Callable[[], Keyspace],
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        call_budget_s: float = 5.0,
+    ) -> None:
+        self.client = client
+        self._keyspace = keyspace
+        self._scripts: dict[str, Script] = {}
+        self._flags_supported = True
+        # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        # How long one call may keep trying while the server cannot serve it (failover,
+        # migrating slot): the call's whole deadline, shared with redis-py's retries.
+        self.call_budget_s = call_budget_s
+
+    @property
+    def is_cluster(self) -> bool:
+        from redis.cluster import RedisCluster
+
+        return isinstance(self.client, RedisCluster)
+
+    def script(self, name: str) -> Script:
+        script = self._scripts.get(name)
+        if script is None:
+            folder = resources.files("regctl").joinpath("scripts")
+            lib, body = (folder.joinpath(f).read_text() for f in ("_lib.lua", f"{name}.lua"))
+            flags = SHEBANGS.get(name, "") if self._flags_supported else ""
+            source = flags + lua_legend() + lib + body
+            script = self._scripts[name] = self.client.register_script(source)
+        return script
+
+    def served(self, call: Callable[[], T]) -> T:
+        """``call()``, tried again while the server cannot serve it (a failover, a
+        migrating slot, too few replicas), the topology rediscovered between tries,
+        until the call's deadline. Nothing of a refused try ran: trying again is safe."""
+        with call_deadline(self.call_budget_s) as deadline:
+            pause = 0.02
+            while True:
+                try:
+                    if failing_over(self.client):  # the old master would lose it: wait
+                        raise NotServing("a Sentinel failover is under way")
+                    return call()
+                except (NotServing, NotReplicated):  # (a replay of a made change is safe)
+                    if time.monotonic() + pause >= deadline:
+                        raise
+                    self.rediscover()
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.5)
+
+    def rediscover(self) -> None:
+        """Forget where the data was: the cluster's slot map, or the Sentinel master
+        (its pooled connections are dropped as they come back)."""
+        from redis.sentinel import SentinelConnectionPool
+
+        if self.is_cluster:
+            with contextlib.suppress(Exception):  # the next try says what is wrong
+                self.client.nodes_manager.initialize()
+            return
+        pool = getattr(self.client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            pool.reset()  # type: ignore[no-untyped-call]
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self.served(lambda: self._run_once(name, keys, args))
+
+    def _run_once(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        import redis.exceptions as rex
+
+        try:
+            for _ in range(NOSCRIPT_TRIES - 1):
+                with translated_errors(), contextlib.suppress(rex.NoScriptError):
+                    # (a flush between redis-py's reload and its retry: not run; again)
+                    return self.script(name)(keys=list(keys), args=list(args))
+            with translated_errors():
+                return self.script(name)(keys=list(keys), args=list(args))
+        except PermissionDenied as exc:
+            raise self._named_denial(exc) from None
+        except rex.ResponseError as exc:
+            if self._flags_refused(name, exc):
+                return self._run_once(name, keys, args)
+            raise
+
+    def _flags_refused(self, name: str, exc: Exception) -> bool:
+        """Whether ``exc`` is a Redis 6 server failing to compile a script's flag line;
+        if so, every script is sent without flags from now on (and the call again)."""
+        if name not in SHEBANGS or "near '#'" not in str(exc):
+            return False
+        self._flags_supported = False
+        self._scripts.clear()
+        return True
+
+    def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
+        """Redis does not say which command a script was denied; ask ACL DRYRUN."""
+        if exc.message != SCRIPT_DENIED:
+            return exc
+        try:
+            missing = missing_commands(self.client, self._keyspace())
+        except AclUnchecked:
+            return exc
+        if not missing:
+            return exc
+        names = ", ".join(m.upper() for m in missing)
+        return PermissionDenied(
+            f"the Redis user cannot run {names}",
+            f"add {' '.join('+' + m for m in missing)} to its ACL (see the README)",
+        )
+
+    def write(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, int | None]:
+        """A state change; with ``wait_replicas``, followed by WAIT on the same connection.
+
+        Returns the script's reply and how many replicas acknowledged (None: not asked).
+        """
+        if not self.wait_replicas:
+            return self.run(name, keys, args), None
+        return self.served(lambda: self._write_and_wait(name, keys, args))
+
+    def _write_and_wait(
+        self, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> tuple[Any, int]:
+        """The script, then WAIT on the same connection: on Cluster, the connection of
+        the node that owns the slot now (the slot map is refreshed after a MOVED)."""
+        import redis.exceptions as rex
+
+        client = self.client
+        if self.is_cluster:
+            client = client.get_node_from_key(keys[0]).redis_connection
+        for attempt in range(NOSCRIPT_TRIES):
+            try:
+                with translated_errors():
+                    pipe = client.pipeline(transaction=False)
+                    self.script(name)(keys=list(keys), args=list(args), client=pipe)
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                    reply, acked = pipe.execute(raise_on_error=False)
+            except rex.ResponseError as exc:
+                if not self._flags_refused(name, exc):
+                    raise
+                continue
+            if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
+                break  # else the script did not run (flushed meanwhile): send it again
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                raise _translated(result)
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(
+                f"the change was made on the primary, but only {int(acked)} of "
+                f"{self.wait_replicas} replicas acknowledged it within "
+                f"{self.wait_timeout_ms} ms: a failover now could undo it",
+                "retry the same call once the replicas are back (the library: with the "
+                "same token=, which is answered as the first was)",
+            )
+        return reply, int(acked)
+
+    def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """One script over many (keys, args): one pipelined round trip on a single server.
+
+        Each call's reply, in order; a call the server refused (a full server, say)
+        gets its RegctlError in its place, so the others' results are not lost.
+        redis-py's cluster pipeline refuses EVALSHA, so on Cluster the calls go one
+        by one (each to the node that owns its slot).
+        """
+        if self.is_cluster:
+            return [self._reply_or_error(name, keys, args) for keys, args in calls]
+        import redis.exceptions as rex
+
+        try:
+            with translated_errors():
+                replies = list(self._pipelined(name, calls))
+        except rex.ResponseError as exc:
+            if not self._flags_refused(name, exc):
+                raise
+            return self.run_many(name, calls)
+        for i, raw in enumerate(replies):
+            reply = _translated(raw) if isinstance(raw, Exception) else raw
+            if _is_noscript(raw) or isinstance(reply, NotServing):
+                replies[i] = self._reply_or_error(name, *calls[i])  # not run: again, alone
+            else:
+                replies[i] = reply
+        return replies
+
+    def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
+        script = self.script(name)
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=list(keys), args=list(args), client=pipe)
+        return pipe.execute(raise_on_error=False)
+
+    def _reply_or_error(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.run(name, keys, args)
+        except RegctlError as exc:
+            return exc

@@ -1,0 +1,168 @@
+"""Whole-store work over the bucket indexes: walking them in order, purging.
+
+Every bucket's index is a sorted set of digests scored by expiry; a walk merges the
+buckets' pages (one pipelined round trip for the first pages, then a page per bucket
+as the merge needs it) and fetches the records a page names by key.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from regctl.codec import FIELDS, decode
+from regctl.connection import Client, translated_errors
+from regctl.errors import NotServing
+from regctl.keys import Keyspace, client_day
+from regctl.model import Filter, Policy
+from regctl.reports import PurgeReport
+from regctl.store.base import PAGE
+from regctl.store.scripts import ScriptRunner
+
+
+def all_or_raise(replies: list[Any]) -> list[Any]:
+    """The replies of a read, or the first error among them."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def node_migrations(node_client: Any) -> list[dict[str, Any]]:
+    """The slots a Cluster node is migrating or importing (its own line says so)."""
+    with translated_errors():
+        described = node_client.execute_command("CLUSTER NODES")
+    mine: dict[str, Any] = next((m for m in described.values() if "myself" in m["flags"]), {})
+    return list(mine.get("migrations", []))
+
+
+def walk(
+    scripts: ScriptRunner, ks: Keyspace, first_page: int
+) -> Iterator[tuple[int, str, dict[str, str], int]]:
+    """(bucket, digest, fields, now) of every live index entry, merged in order.
+
+    The first page of every bucket comes in one pipelined round trip; later
+    pages are fetched per bucket as the merge consumes them.
+    """
+    size = max(1, min(first_page, PAGE))
+    firsts = all_or_raise(
+        scripts.run_many("page", [((ks.index(b),), (0, "", size)) for b in range(ks.buckets)])
+    )
+    records = _records(scripts, ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
+    streams = [
+        _bucket_stream(scripts, ks, bucket, page=first, records=fields, size=size)
+        for bucket, (first, fields) in enumerate(zip(firsts, records, strict=True))
+    ]
+    firsts.clear()  # each stream drops its first page once read: memory stays flat
+    records.clear()
+    for _key, entry in heapq.merge(*streams):
+        yield entry
+
+
+def _bucket_stream(
+    scripts: ScriptRunner,
+    ks: Keyspace,
+    bucket: int,
+    *,
+    page: list[Any],
+    records: list[Any],
+    size: int,
+) -> Iterator[tuple[tuple[int, str], tuple[int, str, Any, int]]]:
+    while True:
+        now, rows = int(page[0]), page[1]
+        for member, score, fields in zip(rows[::2], rows[1::2], records, strict=True):
+            yield (int(float(score)), member), (bucket, member, fields, now)
+        if len(rows) < 2 * size:
+            return
+        size = PAGE
+        page = scripts.run("page", (ks.index(bucket),), (rows[-1], rows[-2], size))
+        records = _records(scripts, ks, [(bucket, page[1][::2])])[0]
+
+
+def _records(
+    scripts: ScriptRunner, ks: Keyspace, wanted: Sequence[tuple[int, Sequence[str]]]
+) -> list[Any]:
+    """The fields of each (bucket, digests)' records, in one pipelined round trip;
+    empty for a record gone since its index entry was read (verified, or an orphan)."""
+    with translated_errors():
+        pipe = scripts.client.pipeline(transaction=False)
+        for bucket, members in wanted:
+            for member in members:
+                pipe.hgetall(ks.record_base(bucket) + member)
+        replies = iter(pipe.execute())
+    return [[next(replies) for _ in members] for _bucket, members in wanted]
+
+
+def refuse_during_reshard(client: Client) -> None:
+    """A walk of the index (orphans, filters) waits for a reshard to end: records
+    on their way between nodes are not what an orphan or a match looks like."""
+    moving = [
+        m["slot"] for node in client.get_primaries() for m in node_migrations(node.redis_connection)
+    ]
+    if moving:
+        raise NotServing(
+            f"slots are moving between Cluster nodes (slot {moving[0]} and "
+            f"{len(moving) - 1} more): a walk of the index waits for the reshard",
+            "run it again once `regctl health` shows no open slot; expired "
+            "entries need no walk: `regctl purge` without --orphans or filters runs",
+        )
+
+
+def purge_expired(
+    scripts: ScriptRunner, ks: Keyspace, bucket: int, *, policy: Policy, dry_run: bool, batch: int
+) -> int:
+    """A bucket's expired entries removed (or counted): a batch listed, then removed
+    with their records declared; the script re-checks each entry is still expired."""
+    index = ks.index(bucket)
+    if dry_run:
+        return int(scripts.run("purge_expired", (index,), ("count",))[1])
+    removed = 0
+    while True:
+        listed = scripts.run("purge_expired", (index,), ("list", batch))[1]
+        if not listed:
+            return removed
+        keys = (index, *(ks.record_base(bucket) + d for d in listed))
+        funnel = ks.funnel_around(bucket, client_day())
+        args = ("remove", policy.funnel_keep_ms, client_day(), *listed)
+        removed += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
+        if len(listed) < batch:
+            return removed
+
+
+def purge_walk(
+    scripts: ScriptRunner,
+    ks: Keyspace,
+    selection: Filter,
+    *,
+    report: PurgeReport,
+    batch: int,
+    walked: Callable[[int], None],
+) -> None:
+    orphans: dict[int, list[str]] = {}
+    matched: dict[int, list[str]] = {}
+
+    def flush(bucket: int, mode: str, pending: dict[int, list[str]]) -> int:
+        args = pending.pop(bucket, [])
+        step = 2 if mode == "match" else 1
+        if not args or report.dry_run:
+            return len(args) // step
+        records = (ks.record_base(bucket) + digest for digest in args[::step])
+        return int(scripts.run("purge_some", (ks.index(bucket), *records), (mode, *args)))
+
+    for bucket, member, fields, now in walk(scripts, ks, PAGE):
+        report.scanned += 1
+        if report.scanned % PAGE == 0:
+            walked(report.scanned)
+        if not fields:
+            orphans.setdefault(bucket, []).append(member)
+            if len(orphans[bucket]) >= batch:
+                report.orphans += flush(bucket, "orphan", orphans)
+        elif not selection.is_empty and selection.matches(decode(fields, now)):
+            matched.setdefault(bucket, []).extend((member, fields[FIELDS["created_at"]]))
+            if len(matched[bucket]) >= 2 * batch:
+                report.matched += flush(bucket, "match", matched)
+    for bucket in list(orphans):
+        report.orphans += flush(bucket, "orphan", orphans)
+    for bucket in list(matched):
+        report.matched += flush(bucket, "match", matched)
