@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeGuard
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
@@ -68,10 +68,10 @@ class RegctlGroup(TyperGroup):
         except RegctlError as exc:  # found while reading the line, before any command
             sys.exit(_usage_error(exc.message, exc.exit_code, None, argv))
         except Exception as exc:
-            if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
+            if not _is_usage_error(exc):
                 raise
             context = getattr(exc, "ctx", None)
-            if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            if context is not None and exc.format_message() == context.get_help():
                 with contextlib.suppress(BrokenPipeError):  # bare `regctl`: help, not an error
                     sys.stdout.write(context.get_help() + "\n")
                     sys.stdout.flush()
@@ -100,7 +100,7 @@ class RegctlGroup(TyperGroup):
             outcome = "interrupted"
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            if type(exc).__module__.startswith("typer"):
+            if _is_usage_error(exc):
                 outcome = "invalid_input"  # a usage error: nothing ran
                 raise  # typer's usage errors: main() prints them and exits 2
             outcome = getattr(exc, "reason", "interrupted")
@@ -109,6 +109,19 @@ class RegctlGroup(TyperGroup):
         finally:
             if isinstance(ctx.obj, State):
                 ctx.obj.record_audit(outcome)
+
+
+class _UsageError(Protocol):
+    exit_code: int
+    ctx: Any
+
+    def format_message(self) -> str: ...
+
+
+def _is_usage_error(exc: BaseException) -> TypeGuard[_UsageError]:
+    """typer's usage errors (bad option, missing argument...): its public exception
+    classes do not include their base, which says how to print it and with what code."""
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
 # The formats of commands that do not have every one (-o name needs identifiers).

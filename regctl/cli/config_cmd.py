@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -79,11 +81,15 @@ def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")
 
 
 def completion_script(shell: Shell) -> str:
-    """The script typer generates for ``regctl`` in ``shell``."""
-    # typer exposes the script only through --show-completion; this is the same function.
-    from typer._completion_shared import get_completion_script
+    """The script typer generates for ``regctl`` in ``shell``: what ``regctl
+    --show-completion SHELL`` prints (typer offers it through that option only)."""
+    from regctl.cli.app import build_app
 
-    return get_completion_script(prog_name="regctl", complete_var="_REGCTL_COMPLETE", shell=shell)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):  # it exits 0
+        command = typer.main.get_command(build_app())
+        command.main(["--show-completion", shell.value], prog_name="regctl", standalone_mode=False)
+    return printed.getvalue()
 
 
 COMMANDS = (config, completion)
