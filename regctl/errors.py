@@ -1,27 +1,30 @@
 """The one exception tree of regctl.
 
 Every failure a caller can act on is one of these; ``exit_code`` is the process
-status the ``regctl`` command maps it to (the mapping lives in one place, the CLI's
-error handler, which only reads this attribute)::
+status the ``regctl`` command maps it to (in one place, the CLI's error handler,
+which reads only this attribute) and ``reason`` the word its JSON error carries.
+The README's tables of exit statuses and reasons are generated from this module::
 
     RegctlError
-     ├── InvalidInput              2   bad email, name, password, code, option value
-     ├── NotFound                  3   no pending registration for that address
-     ├── Refused                   1   a rule said no
-     │    ├── AlreadyExists            a registration for that address is pending
-     │    ├── RegistrationLocked       too many wrong codes; unlock first
-     │    ├── CooldownActive           resend asked too soon (carries retry_after)
-     │    └── ResendLimitReached       no resends left
-     ├── DeliveryFailed           74   the code was stored, the mail did not go out
-     ├── LockHeld                 75   another run holds the purge lock
-     ├── StoreUnavailable         69   Redis down, timed out, read-only or full
-     │    ├── PoolExhausted            every pooled connection busy past the timeout
-     │    ├── StoreTimeout             no answer within the deadline (a write: outcome unknown)
-     │    └── StoreFull                Redis refused a write for lack of memory
-     ├── DamagedRecord            70   a stored record regctl cannot read (written by another)
-     ├── PermissionDenied         77   authentication failed or a command is not allowed
-     └── ConfigError              78   settings that cannot work
-          └── SecretMismatch           the store's codes were made with another code secret
+     ├── InvalidInput
+     ├── NotFound
+     ├── Refused
+     │    ├── AlreadyExists
+     │    ├── RegistrationLocked
+     │    ├── CooldownActive
+     │    └── ResendLimitReached
+     ├── DeliveryFailed
+     ├── LockHeld
+     ├── StoreUnavailable
+     │    ├── NotServing
+     │    ├── NotReplicated
+     │    ├── PoolExhausted
+     │    ├── StoreTimeout
+     │    └── StoreFull
+     ├── DamagedRecord
+     ├── PermissionDenied
+     └── ConfigError
+          └── SecretMismatch
 
 Outcomes of ``verify`` are values (``VerifyOutcome``), not exceptions.
 """
@@ -47,6 +50,31 @@ class ExitStatus(enum.IntEnum):
     INTERRUPTED = 130
     CLOSED_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitStatus.OK: "ok",
+    ExitStatus.REFUSED: "refused by a rule: wrong code, locked, code expired, cooldown, "
+    "resend limit, already exists, a confirmation declined; `doctor` found a problem",
+    ExitStatus.USAGE: "usage error or invalid input (nothing was written, no attempt spent)",
+    ExitStatus.NOT_FOUND: "not found",
+    ExitStatus.UNAVAILABLE: "Redis unavailable, timed out, read-only, out of memory, or a "
+    "write its replicas did not acknowledge (`--wait-replicas`)",
+    ExitStatus.INTERNAL: "internal error or a stored record regctl cannot read (a bug, or "
+    "data another program wrote; rerun with `--debug`)",
+    ExitStatus.DELIVERY_FAILED: "the code was stored but mail delivery failed "
+    "(`regctl resend` later)",
+    ExitStatus.LOCK_HELD: "another run holds the lock",
+    ExitStatus.PERMISSION: "authentication or permission denied",
+    ExitStatus.CONFIG: "bad configuration",
+    ExitStatus.INTERRUPTED: "interrupted (Ctrl-C, end of input at a prompt, a live view's end)",
+    ExitStatus.CLOSED_PIPE: "stdout's reader went away (`regctl list \\| head -1`): the "
+    "command stops quietly",
+}
+
 
 class RegctlError(Exception):
     """Base of every regctl error; ``hint`` says what to do about it."""
@@ -58,6 +86,10 @@ class RegctlError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def line(self) -> str:
+        """``what — hint``: how the command says it on one line."""
+        return self.message + (f" — {self.hint}" if self.hint else "")
 
 
 class InvalidInput(RegctlError, ValueError):
@@ -82,14 +114,20 @@ class Refused(RegctlError):
 
 
 class AlreadyExists(Refused):
+    """A registration for that address is already pending."""
+
     reason = "already_exists"
 
 
 class RegistrationLocked(Refused):
+    """Too many wrong codes: the registration is locked until `unlock`."""
+
     reason = "locked"
 
 
 class CooldownActive(Refused):
+    """A resend asked too soon after the last code (carries ``retry_after_ms``)."""
+
     reason = "cooldown"
 
     def __init__(self, message: str, retry_after_ms: int, hint: str | None = None) -> None:
@@ -98,6 +136,8 @@ class CooldownActive(Refused):
 
 
 class ResendLimitReached(Refused):
+    """The registration has used all its resends."""
+
     reason = "resend_limit"
 
 
@@ -109,11 +149,15 @@ class DeliveryFailed(RegctlError):
 
 
 class LockHeld(RegctlError):
+    """Another run holds the purge (or import) lock."""
+
     exit_code: int = ExitStatus.LOCK_HELD
     reason = "lock_held"
 
 
 class StoreUnavailable(RegctlError):
+    """Redis is down, unreachable, or cannot serve the call within its deadline."""
+
     exit_code: int = ExitStatus.UNAVAILABLE
     reason = "unavailable"
 
@@ -134,14 +178,20 @@ class NotReplicated(StoreUnavailable):
 
 
 class PoolExhausted(StoreUnavailable):
+    """Every pooled connection stayed busy past the pool timeout."""
+
     reason = "pool_exhausted"
 
 
 class StoreTimeout(StoreUnavailable):
+    """No answer within the deadline (for a write: its outcome is unknown)."""
+
     reason = "timeout"
 
 
 class StoreFull(StoreUnavailable):
+    """Redis refused a write for lack of memory (maxmemory, noeviction)."""
+
     reason = "out_of_memory"
 
 
@@ -153,11 +203,15 @@ class DamagedRecord(RegctlError):
 
 
 class PermissionDenied(RegctlError):
+    """Authentication failed, or the Redis user may not run a command regctl needs."""
+
     exit_code: int = ExitStatus.PERMISSION
     reason = "permission_denied"
 
 
 class ConfigError(RegctlError):
+    """Settings that cannot work (found before anything is written)."""
+
     exit_code: int = ExitStatus.CONFIG
     reason = "bad_config"
 
@@ -186,4 +240,58 @@ def first_line(exc: BaseException) -> str:
         r"Error -?\d+ connecting to (\S+?)\. ([^.]+)\.?",
         lambda m: f"cannot connect to {m[1]}: {m[2][:1].lower()}{m[2][1:]}",
         text,
+    )
+
+
+# Errors raised in several places, worded once.
+
+
+def lock_held(name: str, wait_s: float) -> LockHeld:
+    waited = f" after waiting {wait_s:g}s" if wait_s else ""
+    return LockHeld(
+        f"another {name} is running{waited}",
+        "let it finish, or pass --wait SECONDS to queue behind it",
+    )
+
+
+def other_secret(attempts_left: int = 0) -> SecretMismatch:
+    return SecretMismatch(
+        "this store's codes were made with another code secret",
+        "configure the secret the other writers use (REGCTL_CODE_SECRET), or "
+        "switch the store to this one with `regctl secret rotate`",
+        attempts_left,
+    )
+
+
+def already_exists(email: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"a registration for {email} is already pending",
+        "use `regctl resend` to send a new code, or delete it first",
+    )
+
+
+def not_pending(email: str, hint: str | None = None) -> NotFound:
+    return NotFound(f"no pending registration for {email}", hint)
+
+
+def locked_out(email: str) -> RegistrationLocked:
+    return RegistrationLocked(
+        f"{email} is locked after too many wrong codes", "run `regctl unlock` first"
+    )
+
+
+def resend_refusal(status: str, email: str, wait_ms: int = 0) -> RegctlError:
+    """The exception for a refused resend, worded the same for every store."""
+    if status == "not_found":
+        return not_pending(email)
+    if status == "locked":
+        return locked_out(email)
+    if status == "resend_limit":
+        return ResendLimitReached(
+            f"{email} has used all its resends", "delete it and let the user sign up again"
+        )
+    seconds = max(1, -(-wait_ms // 1000))
+    return CooldownActive(
+        f"a code was sent to {email} moments ago; wait {seconds}s before resending",
+        retry_after_ms=wait_ms,
     )

@@ -38,6 +38,7 @@ from regctl.errors import (
     StoreFull,
     StoreTimeout,
     StoreUnavailable,
+    other_secret,
 )
 from regctl.model import (
     Added,
@@ -66,7 +67,6 @@ from regctl.store.base import (
     Progress,
     Store,
     chunks,
-    other_secret,
 )
 from regctl.validation import normalize_email, validate_code, validate_name, validate_password
 

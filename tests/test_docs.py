@@ -126,3 +126,13 @@ def test_the_readme_deploy_check_passes(redis_proc: RedisProcess, prefix: str, t
     (script,) = [b for b in re.findall(r"```sh\n(.*?)\n```", readme, re.DOTALL) if "set -eu" in b]
     ran = _shell(script, _sandbox(tmp_path, redis_proc.url, prefix), tmp_path)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_every_json_reason_the_command_gives_is_in_the_readme():
+    """A reason written into a failure() call must be one the README's table lists."""
+    table = (ROOT / "README.md").read_text().partition("<!-- reasons:start")[2]
+    sources = "".join(p.read_text() for p in (ROOT / "regctl").rglob("*.py"))
+    given = set(re.findall(r'failure\(\s*"(\w+)"', sources))
+    given |= set(re.findall(r'reason = "(\w+)"', sources)) - {"error"}
+    assert given, "the search found no reasons: it no longer matches the code"
+    assert {r for r in given if f"| `{r}` |" not in table} == set()

@@ -78,7 +78,7 @@ class RegctlGroup(TyperGroup):
                     sys.exit(ExitStatus.OK)
                 closed_pipe()
             sys.exit(_usage_error(str(exc.format_message()), exc.exit_code, context, argv))
-        sys.exit(status if isinstance(status, int) else 0)
+        sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if ctx.parent is None:

@@ -31,7 +31,7 @@ from regctl.cli.render import (
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS, failure
-from regctl.errors import DeliveryFailed, InvalidInput, NotFound
+from regctl.errors import DeliveryFailed, InvalidInput, locked_out, not_pending
 from regctl.model import Filter, PendingRegistration, Resent, SortKey
 from regctl.text import plural, visible
 from regctl.validation import normalize_domain, parse_duration, parse_rate
@@ -223,9 +223,7 @@ def inspect(ctx: typer.Context, email: EmailArg) -> None:
     state: State = ctx.obj
     reg = state.manager.get(email)
     if reg is None:
-        raise NotFound(
-            f"no pending registration for {email}", "it was verified, expired or never added"
-        )
+        raise not_pending(email, "it was verified, expired or never added")
     policy = state.manager.policy
     if state.wants_json():
         state.json(record_json(reg, policy, store=state.store_description))
@@ -415,9 +413,9 @@ def verify(
             "invalid_code": (
                 f"wrong code for {email}; {plural(result.attempts_left, 'attempt')} left"
             ),
-            "locked": f"{email} is locked after too many wrong codes — run `regctl unlock`",
+            "locked": locked_out(email).line(),
             "code_expired": f"the code for {email} has expired — run `regctl resend`",
-            "not_found": f"no pending registration for {email}",
+            "not_found": not_pending(email).message,
         }
         state.err.print(f"Error: {escape(messages[result.outcome.value])}")
         state.outcome = result.outcome.value
@@ -433,7 +431,7 @@ def unlock(ctx: typer.Context, email: EmailArg) -> None:
     state: State = ctx.obj
     state.audited("unlock", email)
     if not state.manager.unlock(email):
-        raise NotFound(f"no pending registration for {email}")
+        raise not_pending(email)
     data = {"ok": True, "unlocked": email, "store": state.store_description}
     state.result(data, f"unlocked {escape(email)}", [email])
 
@@ -452,7 +450,7 @@ def delete(
     state: State = ctx.obj
     if state.settings.env == "production" and not yes:
         if state.manager.get(email) is None:  # nothing to ask about
-            raise NotFound(f"no pending registration for {email}")
+            raise not_pending(email)
         where = f"{state.store_description} (prefix {state.settings.prefix}, production)"
         state.confirm(
             f"Delete {email} from {where}?",
@@ -460,7 +458,7 @@ def delete(
         )
     state.audited("delete", email)
     if not state.manager.delete(email):
-        raise NotFound(f"no pending registration for {email}")
+        raise not_pending(email)
     data = {"ok": True, "deleted": email, "store": state.store_description}
     state.result(data, f"deleted {escape(email)}", [email])
 

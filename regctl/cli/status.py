@@ -42,6 +42,17 @@ VERIFY_STATUS = {
 }
 
 
+# The JSON `reason`s the command gives itself (an error gives its class's `reason`).
+REASONS = {
+    "usage": (ExitStatus.USAGE, "The command line is wrong; nothing ran."),
+    "declined": (ExitStatus.REFUSED, "A confirmation was not answered yes; nothing changed."),
+    "interrupted": (ExitStatus.INTERRUPTED, "Ctrl-C, or end of input at a prompt."),
+    "internal_error": (ExitStatus.INTERNAL, "A bug: rerun with --debug and report it."),
+    "invalid_code": (VERIFY_STATUS[VerifyOutcome.INVALID_CODE], "verify: a wrong code."),
+    "code_expired": (VERIFY_STATUS[VerifyOutcome.CODE_EXPIRED], "verify: the code expired."),
+}
+
+
 def failure(reason: str, message: str, status: int) -> dict[str, Any]:
     """The JSON error object, one shape for every failure."""
     return {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
@@ -65,17 +76,15 @@ def report_error(state: State | None, exc: BaseException) -> int:
     """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
     if isinstance(exc, KeyboardInterrupt):
         return interrupted(state is not None and state.wants_json() and not state.json_written)
-    if isinstance(exc, RegctlError):
-        status, reason, message, hint = exc.exit_code, exc.reason, exc.message, exc.hint
-    else:
-        status, reason = ExitStatus.INTERNAL, "internal_error"
-        message = f"unexpected {type(exc).__name__}"
-        hint = "rerun with --debug and report the traceback"
-    debug = state is not None and state.debug
-    if debug:
+    if state is not None and state.debug:
         traceback.print_exception(exc, file=sys.stderr)
-    line = f"Error: {message}" + (f" — {hint}" if hint else "")
+    if not isinstance(exc, RegctlError):
+        exc = RegctlError(
+            f"unexpected {type(exc).__name__}", "rerun with --debug and report the traceback"
+        )
+        exc.exit_code, exc.reason = ExitStatus.INTERNAL, "internal_error"
+    line = f"Error: {exc.line()}"
     sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json() and not state.json_written:
-        sys.stdout.write(to_json(failure(reason, message, status)) + "\n")
-    return int(status)
+        sys.stdout.write(to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
+    return int(exc.exit_code)

@@ -12,14 +12,7 @@ from itertools import islice
 from typing import Protocol, TypeVar
 
 from regctl.errors import (
-    AlreadyExists,
-    CooldownActive,
-    LockHeld,
-    NotFound,
     RegctlError,
-    RegistrationLocked,
-    ResendLimitReached,
-    SecretMismatch,
 )
 from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
 from regctl.reports import PurgeReport
@@ -179,46 +172,3 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def lock_held(name: str, wait_s: float) -> LockHeld:
-    waited = f" after waiting {wait_s:g}s" if wait_s else ""
-    return LockHeld(
-        f"another {name} is running{waited}",
-        "let it finish, or pass --wait SECONDS to queue behind it",
-    )
-
-
-def other_secret(attempts_left: int = 0) -> SecretMismatch:
-    return SecretMismatch(
-        "this store's codes were made with another code secret",
-        "configure the secret the other writers use (REGCTL_CODE_SECRET), or "
-        "switch the store to this one with `regctl secret rotate`",
-        attempts_left,
-    )
-
-
-def already_exists(email: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"a registration for {email} is already pending",
-        "use `regctl resend` to send a new code, or delete it first",
-    )
-
-
-def resend_refusal(status: str, email: str, wait_ms: int = 0) -> Exception:
-    """The exception for a refused resend, worded the same for every store."""
-    if status == "not_found":
-        return NotFound(f"no pending registration for {email}")
-    if status == "locked":
-        return RegistrationLocked(
-            f"{email} is locked after too many wrong codes", "run `regctl unlock` first"
-        )
-    if status == "resend_limit":
-        return ResendLimitReached(
-            f"{email} has used all its resends", "delete it and let the user sign up again"
-        )
-    seconds = max(1, -(-wait_ms // 1000))
-    return CooldownActive(
-        f"a code was sent to {email} moments ago; wait {seconds}s before resending",
-        retry_after_ms=wait_ms,
-    )

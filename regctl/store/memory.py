@@ -12,7 +12,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from regctl.errors import AlreadyExists, RegctlError
+from regctl.errors import (
+    AlreadyExists,
+    RegctlError,
+    already_exists,
+    lock_held,
+    other_secret,
+    resend_refusal,
+)
 from regctl.keys import digest
 from regctl.model import (
     SCHEMA_VERSION,
@@ -32,10 +39,6 @@ from regctl.store.base import (
     Counts,
     NewRegistration,
     Progress,
-    already_exists,
-    lock_held,
-    other_secret,
-    resend_refusal,
 )
 
 

@@ -21,6 +21,10 @@ from regctl.errors import (
     DamagedRecord,
     LockHeld,
     RegctlError,
+    already_exists,
+    lock_held,
+    other_secret,
+    resend_refusal,
 )
 from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, client_day, digest
 from regctl.model import (
@@ -43,11 +47,7 @@ from regctl.store.base import (
     Counts,
     NewRegistration,
     Progress,
-    already_exists,
     chunks,
-    lock_held,
-    other_secret,
-    resend_refusal,
 )
 from regctl.store.scripts import ScriptRunner
 from regctl.store.walk import (
