@@ -68,6 +68,7 @@ from regctl.store.base import (
     Store,
     chunks,
 )
+from regctl.text import visible
 from regctl.validation import normalize_email, validate_code, validate_name, validate_password
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
 MAX_TOKEN_LENGTH = 128
+# How many of the newest audit entries a filtered look at the trail searches.
+AUDIT_SEARCH = 10_000
 # How often a manager re-reads the store's code-secret fingerprint (a rotation
 # elsewhere is noticed within this time).
 SECRET_RECHECK_S = 60.0
@@ -312,6 +315,29 @@ class RegistrationManager:
 
     def count(self) -> int:
         return self.store.counts().total
+
+    # --- the audit trail ---------------------------------------------------
+
+    def audit(self, who: str, command: str, target: str, outcome: str) -> None:
+        """One entry in the audit trail (stored visible: a name or address with odd
+        bytes cannot break the trail or the terminal that shows it)."""
+        entry = {"who": who, "command": command, "target": target, "outcome": outcome}
+        self.store.audit_append({k: visible(v) for k, v in entry.items()})
+
+    def audit_trail(
+        self, limit: int, *, command: str | None = None, target: str | None = None
+    ) -> builtins.list[dict[str, str]]:
+        """The newest ``limit`` entries, newest first: of ``command`` only, and whose
+        target contains ``target`` (case-insensitively), when given. A filter looks
+        through the newest AUDIT_SEARCH entries."""
+        needle = target.casefold() if target else None
+        entries = self.store.audit_read(AUDIT_SEARCH if command or needle else limit)
+        return [
+            e
+            for e in entries
+            if (command is None or e.get("command") == command)
+            and (needle is None or needle in e.get("target", "").casefold())
+        ][:limit]
 
     def counts(self) -> Counts:
         return self.store.counts()
@@ -589,9 +615,8 @@ class _Call:
         if isinstance(exc, RegctlError):
             self.outcome = exc.reason
         if self.manager.audit_as is not None:
-            entry = {"who": self.manager.audit_as, "command": self.command, "target": self.email}
             with contextlib.suppress(RegctlError):
-                self.manager.store.audit_append({**entry, "outcome": self.outcome})
+                self.manager.audit(self.manager.audit_as, self.command, self.email, self.outcome)
         if (
             self.writes
             and isinstance(exc, StoreUnavailable)

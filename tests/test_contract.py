@@ -804,11 +804,31 @@ def test_a_backend_manager_can_record_its_calls_in_the_audit_trail(
     audited.verify(EMAIL, code)
     with pytest.raises(NotFound):
         audited.resend(EMAIL)
-    trail = [(e["who"], e["command"], e["outcome"]) for e in manager.store.audit_read(10)]
+    trail = [(e["who"], e["command"], e["outcome"]) for e in manager.audit_trail(10)]
     assert trail == [
         ("signup-api@web-3", "resend", "not_found"),
         ("signup-api@web-3", "verify", "verified"),
         ("signup-api@web-3", "verify", "invalid_code"),
         ("signup-api@web-3", "add", "ok"),
     ]
-    assert manager.store.audit_read(1)[0]["target"] == EMAIL
+    assert manager.audit_trail(1)[0]["target"] == EMAIL
+
+
+def test_the_audit_trail_filters_by_command_and_target(manager: RegistrationManager):
+    for who, command, target in [
+        ("ops", "add", "Ann@Example.com"),
+        ("ops", "delete", "ann@example.com"),
+        ("ops", "add", "bob@example.com"),
+        ("cron", "purge", ""),
+    ]:
+        manager.audit(who, command, target, "ok")
+    newest = [e["command"] for e in manager.audit_trail(2)]
+    assert newest == ["purge", "add"]
+    assert [e["target"] for e in manager.audit_trail(10, command="add")] == [
+        "bob@example.com",
+        "Ann@Example.com",
+    ]
+    assert [e["command"] for e in manager.audit_trail(10, target="ANN@")] == ["delete", "add"]
+    assert manager.audit_trail(1, command="add", target="ann")[0]["target"] == "Ann@Example.com"
+    manager.audit("ops", "add", "evil\x1b[2J@example.com", "ok")
+    assert manager.audit_trail(1)[0]["target"] == "evil\\x1b[2J@example.com"  # stored visible

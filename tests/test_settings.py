@@ -141,7 +141,7 @@ def _audit_label(settings: Settings, _tmp: Path) -> str:
     state._loaded = LoadedSettings(settings, {})
     try:
         state.audit("probe", "label", "ok")
-        who = state.store.audit_read(1)[0]["who"]
+        who = state.manager.audit_trail(1)[0]["who"]
         state.store.client.delete(state.store.keyspace.audit)
     finally:
         state.close()

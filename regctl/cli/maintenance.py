@@ -255,13 +255,7 @@ def audit(
     Example: regctl audit --target alice@example.com
     """
     state: State = ctx.obj
-    needle = target.casefold() if target else None
-    rows = [
-        e
-        for e in state.store.audit_read(10_000 if command or needle else limit)
-        if (command is None or e.get("command") == command)
-        and (needle is None or needle in e.get("target", "").casefold())
-    ][:limit]
+    rows = state.manager.audit_trail(limit, command=command, target=target)
     columns = ("at", "who", "command", "target", "outcome")
     if state.wants_json():
         state.json([{**r, "at": timestamp(int(r["at"]))} for r in rows])

@@ -130,10 +130,7 @@ class State:
         from regctl.errors import RegctlError
 
         try:
-            entry = {"who": _who(self.settings.audit_label), "command": command}
-            entry |= {"target": target, "outcome": outcome}
-            # Stored visible: a file name or address with odd bytes cannot break the trail.
-            self.target.store.audit_append({k: visible(v) for k, v in entry.items()})
+            self.manager.audit(_who(self.settings.audit_label), command, target, outcome)
         except RegctlError as exc:
             sys.stderr.write(f"Warning: the audit entry was not written: {exc.message}\n")
 
