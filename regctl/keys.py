@@ -118,6 +118,11 @@ class Keyspace:
         tag, _, digest_hex = record_key.rpartition(":reg:")
         return int(tag.rpartition("{b")[2].rstrip("}")), digest_hex
 
+    def selftest_prefix(self, run_id: str) -> str:
+        """The throwaway namespace of one selftest run (8 hex digits), below this one
+        so an ACL limited to ``~prefix:*`` covers it too."""
+        return f"{self.prefix}:selftest:{run_id}"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key under the prefix (diagnostics only)."""
         return f"{self.prefix}:*"

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from regctl.cli.render import COLUMNS
+from regctl.keys import Keyspace
 from tests.conftest import REGCTL, Cli, at_terminal, regctl, subprocess_env
 from tests.servers import RedisProcess
 from tests.test_cli import EMAIL, PASSWORD, add
@@ -115,7 +116,7 @@ def test_doctor_tells_foreign_keys_from_regctls_keys_that_lost_their_ttl(
     assert "delete" not in foreign["fix"]
     assert "keys-without-ttl" not in findings
 
-    (record,) = client.keys(f"{prefix}:{{b*}}:reg:*")
+    (record,) = client.keys(Keyspace(prefix).record_pattern())
     client.persist(record)
     lost = _findings(cli)["keys-without-ttl"]
     assert lost["severity"] == "warning"
@@ -127,10 +128,10 @@ def test_the_audit_trail_is_capped_as_configured(cli: Cli, redis_proc: RedisProc
     prefix = cli.env["REGCTL_PREFIX"]
     client = client_of(redis_proc)
     for i in range(300):
-        client.xadd(f"{prefix}:audit", {"who": "w", "command": "add", "target": str(i)})
+        client.xadd(Keyspace(prefix).audit, {"who": "w", "command": "add", "target": str(i)})
     assert "audit-over-cap" in _findings(cli.with_env(REGCTL_AUDIT_MAX_ENTRIES="100"))
     cli("unlock", "nobody@example.com", REGCTL_AUDIT_MAX_ENTRIES="100")  # audited: trims
-    assert client.xlen(f"{prefix}:audit") <= 200  # MAXLEN ~ keeps whole stream nodes
+    assert client.xlen(Keyspace(prefix).audit) <= 200  # MAXLEN ~ keeps whole stream nodes
     assert "audit-over-cap" not in _findings(cli.with_env(REGCTL_AUDIT_MAX_ENTRIES="100"))
 
 
@@ -439,7 +440,7 @@ def test_a_usage_error_of_a_nagios_check_is_unknown(cli: Cli):
 
 def test_a_key_of_another_type_is_named_not_a_crash(cli: Cli, redis_proc: RedisProcess):
     prefix = cli.env["REGCTL_PREFIX"]
-    client_of(redis_proc).set(f"{prefix}:audit", "not a stream")
+    client_of(redis_proc).set(Keyspace(prefix).audit, "not a stream")
     ran = cli("add", EMAIL, "-f", "A", "-l", "L", "--password-stdin", input=PASSWORD)
     assert ran.exit_code == 0  # stored; only its audit entry could not be written
     assert ran.stderr.startswith("Warning: the audit entry was not written: a key under")
@@ -453,7 +454,7 @@ def test_doctor_does_not_take_another_applications_keys_for_regctls(
     client = client_of(redis_proc)
     client.set(f"{prefix}:sessions:meta", "x")
     assert "foreign-keys" in _findings(cli)
-    client.set(f"{prefix}:lock:purge", "held", ex=10 * 365 * 86400)
+    client.set(Keyspace(prefix).lock("purge"), "held", ex=10 * 365 * 86400)
     assert "ttl-too-long" in _findings(cli)
 
 
@@ -489,7 +490,7 @@ def test_a_cluster_nobody_answers_is_critical_not_a_crash(cli: Cli, unused_port:
 
 
 def test_a_record_of_another_type_is_named_in_a_pipelined_read(cli: Cli, redis_proc):
-    from regctl.keys import Keyspace, digest
+    from regctl.keys import digest
 
     add(cli)
     record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
 from regctl.cli.render import csv_cell
-from regctl.keys import digest
+from regctl.keys import Keyspace, digest
 from regctl.model import NUMBER_FIELDS
 from regctl.store import NewRegistration
 from regctl.text import visible
@@ -220,7 +220,7 @@ def test_the_restore_script_refuses_an_expiry_beyond_the_lifetime(redis_proc, pr
     report = manager.import_records([line])
     assert (report.restored, report.invalid) == (0, 1)
     assert "ahead of the server's clock" in report.errors[0]
-    assert list(redis_proc.client().scan_iter(f"{prefix}:*:reg:*")) == []
+    assert list(redis_proc.client().scan_iter(Keyspace(prefix).record_pattern())) == []
     store.close()
 
 
@@ -359,7 +359,7 @@ def test_one_damaged_record_stops_no_command(cli: Cli, redis_proc: RedisProcess,
     newest = json.loads(cli("audit", "-o", "json").stdout)[0]
     assert newest["command"] == "forged"
     assert not newest["at"].startswith("2023")  # the server's time, not the entry's own
-    raw.hset(f"{prefix}:meta", "buckets", "x")
+    raw.hset(Keyspace(prefix).meta, "buckets", "x")
     broken = cli("list")
     assert broken.exit_code == 78
     assert "layout record" in broken.stderr

@@ -37,7 +37,7 @@ def manager_on(proc: RedisProcess, prefix: str, policy: Policy | None = None):
 
 
 def all_keys(proc: RedisProcess, prefix: str) -> list[str]:
-    return sorted(proc.client().scan_iter(f"{prefix}:*"))
+    return sorted(proc.client().scan_iter(Keyspace(prefix).pattern()))
 
 
 def test_every_key_of_a_registration_lives_in_one_cluster_slot():

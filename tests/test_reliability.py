@@ -28,7 +28,7 @@ from regctl import (
     StoreUnavailable,
     VerifyOutcome,
 )
-from regctl.keys import digest
+from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
@@ -63,7 +63,7 @@ def consistent(store: RedisStore) -> tuple[int, int]:
         entries += len(members)
         for member in members:
             assert client.exists(ks.record_base(bucket) + member), "index entry without record"
-    for key in client.scan_iter(f"{ks.prefix}:*:reg:*", count=1000):
+    for key in client.scan_iter(ks.record_pattern(), count=1000):
         records += 1
         d = key.rsplit(":", 1)[1]
         assert client.zscore(ks.index(ks.bucket_of(d)), d) is not None, "record without entry"
@@ -94,7 +94,7 @@ def test_kill_9_during_a_purge_leaves_nothing_half_deleted(aof_redis: RedisProce
     )
     probe = aof_redis.client()
     deadline = time.monotonic() + 60
-    while sum(1 for _ in probe.scan_iter("crash:*:reg:*", count=5000)) > 90_000:
+    while sum(1 for _ in probe.scan_iter(Keyspace("crash").record_pattern(), count=5000)) > 90_000:
         assert time.monotonic() < deadline
         assert purge.poll() is None
         time.sleep(0.05)

@@ -16,6 +16,7 @@ import pytest
 
 from regctl import Filter, RegistrationManager, StoreUnavailable
 from regctl.acl import REQUIRED_COMMANDS
+from regctl.keys import Keyspace
 from regctl.settings import load_settings
 from tests.conftest import SECRET, Cli
 from tests.servers import (
@@ -87,7 +88,9 @@ def test_ten_thousand_addresses_spread_over_every_primary(
             f"user{i}.{i * 7919 % 10007}@d{i % 97}.example", "U", "S", password_hash=pw_hash
         )
     per_primary = {
-        node.port: sum(1 for _ in node.client().scan_iter(f"{prefix}:*:reg:*", count=1000))
+        node.port: sum(
+            1 for _ in node.client().scan_iter(Keyspace(prefix).record_pattern(), count=1000)
+        )
         for node in redis_cluster.nodes[: redis_cluster.primaries]
     }
     assert all(n > 1000 for n in per_primary.values()), per_primary
@@ -411,7 +414,7 @@ def test_a_missing_permission_exits_77_and_is_named(cli: Cli, redis_proc, prefix
 def _snapshot(client, prefix: str) -> dict[str, object]:
     """Every key under the prefix with its type, content and whether it has a TTL."""
     out: dict[str, object] = {}
-    for key in client.scan_iter(f"{prefix}:*"):
+    for key in client.scan_iter(Keyspace(prefix).pattern()):
         kind = client.type(key)
         content = {
             "hash": client.hgetall,
@@ -468,7 +471,7 @@ def test_a_missing_write_permission_changes_nothing(cli: Cli, redis_proc, prefix
         else:
             assert ran.exit_code in (0, 1, 3), (command, ran.stderr)
     assert denied > 0
-    for key in admin.scan_iter(f"{prefix}:*"):
+    for key in admin.scan_iter(Keyspace(prefix).pattern()):
         assert admin.pttl(key) > 0 or key.endswith((":meta", ":audit")), key
 
 
@@ -496,7 +499,7 @@ def test_cluster_and_sentinel_urls_are_masked(cli: Cli):
 
 def _in_bucket(bucket: int, count: int, start: int = 0) -> list[str]:
     """``count`` addresses whose records fall in ``bucket``."""
-    from regctl.keys import DEFAULT_BUCKETS, Keyspace, digest
+    from regctl.keys import DEFAULT_BUCKETS, digest
 
     ks = Keyspace("x", DEFAULT_BUCKETS)
     found: list[str] = []
@@ -534,8 +537,6 @@ def test_a_bucket_slot_migrates_under_traffic_unseen_by_callers(
     guessed at and verified: no caller sees an error, nothing is verified twice, no
     key is left behind (a key written on the wrong node would stop the MIGRATE)."""
     from redis.cluster import key_slot
-
-    from regctl.keys import Keyspace
 
     cluster = RedisCluster(tmp_path / "c", primaries=2, replicas=wait_replicas).start()
     try:

@@ -13,6 +13,7 @@ from regctl.errors import (
     RegctlError,
     StoreUnavailable,
 )
+from regctl.keys import Keyspace
 from regctl.model import Filter, Policy
 
 if TYPE_CHECKING:
@@ -64,8 +65,7 @@ class _SelfTest:
 
         self.store = store
         self.version = version
-        # Under the real prefix, so an ACL limited to `~prefix:*` covers it too.
-        self.scratch_prefix = f"{store.keyspace.prefix}:selftest:{secrets.token_hex(4)}"
+        self.scratch_prefix = store.keyspace.selftest_prefix(secrets.token_hex(4))
         self.scratch = RegistrationManager(
             Store(store.client, prefix=self.scratch_prefix, description=store.description),
             secret=generate_secret(),
@@ -139,6 +139,6 @@ def _drop_namespace(store: RedisStore, prefix: str) -> None:
     client = store.client
     with translated_errors():
         pipe = client.pipeline(transaction=False)
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        for key in client.scan_iter(match=Keyspace(prefix).pattern(), count=1000):
             pipe.delete(key)  # one key per command: the keys span many cluster slots
         pipe.execute()
