@@ -387,7 +387,7 @@ class RegistrationManager:
         limit: int | None = None,
         per_second: float | None = None,
         dry_run: bool = False,
-        deliver: Callable[[Resent], None] | None = None,
+        deliver: Callable[[Resent], object] | None = None,
         max_failures: int = 3,
     ) -> BulkResendReport:
         """Resend to every registration ``selection`` matches, at most ``per_second``.

@@ -93,6 +93,8 @@ class PurgeReport:
     dry_run: bool = False
     # Records outside the index given their entry back (purge's reindex step).
     reindexed: int = 0
+    # Whether live entries were walked (orphans, filters), so ``scanned`` means something.
+    walked: bool = False
 
     @property
     def total(self) -> int:

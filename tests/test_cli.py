@@ -67,6 +67,7 @@ def test_help_lists_every_command(cli: Cli):
         "list",
         "inspect",
         "resend",
+        "resend-many",
         "verify",
         "unlock",
         "delete",

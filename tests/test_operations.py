@@ -268,7 +268,7 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: 
     for i in range(4):
         add(cli, f"b{i}@bulk.example", REGCTL_MAIL_URL="none")
     add(cli, "other@keep.example", REGCTL_MAIL_URL="none")
-    dry = cli("resend", "--domain", "bulk.example", "--never-resent", "--dry-run", **env)
+    dry = cli("resend-many", "--domain", "bulk.example", "--never-resent", "--dry-run", **env)
     assert sorted(dry.stdout.split()) == [f"b{i}@bulk.example" for i in range(4)]
     assert smtp.sink.messages == []
     started = time.monotonic()
@@ -276,7 +276,7 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: 
         cli(
             "-o",
             "json",
-            "resend",
+            "resend-many",
             "--domain",
             "bulk.example",
             "--never-resent",
@@ -290,7 +290,7 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: 
     assert first["sent"] == 2
     assert time.monotonic() - started >= 0.25  # paced: 4/s means a pause between mails
     rerun = json.loads(
-        cli("-o", "json", "resend", "--domain", "bulk.example", "--never-resent", **env).stdout
+        cli("-o", "json", "resend-many", "--domain", "bulk.example", "--never-resent", **env).stdout
     )
     assert rerun["sent"] == 2  # only the two not reached before
     assert sorted(first["recipients"] + rerun["recipients"]) == [
@@ -305,7 +305,7 @@ def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, sm
     for i in range(10):
         add(cli, f"o{i}@outage.example", REGCTL_MAIL_URL="none")
     smtp.sink.refusing = True
-    ran = cli("-o", "json", "resend", "--domain", "outage.example", **env)
+    ran = cli("-o", "json", "resend-many", "--domain", "outage.example", **env)
     assert ran.exit_code == 74
     report = json.loads(ran.stdout)
     assert (report["stopped"], report["failed"], report["sent"]) == (True, 3, 0)
@@ -313,22 +313,27 @@ def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, sm
     listed = json.loads(cli("list", "--domain", "outage.example", "-o", "json").stdout)
     assert sum(r["resend_count"] for r in listed) == 3  # the outage cost three users a resend
     smtp.sink.refusing = False
-    rerun = json.loads(cli("-o", "json", "resend", "--domain", "outage.example", **env).stdout)
+    rerun = json.loads(cli("-o", "json", "resend-many", "--domain", "outage.example", **env).stdout)
     assert (rerun["stopped"], rerun["failed"], rerun["sent"]) == (False, 0, 10)
     assert {m["To"] for m in smtp.sink.messages} == {f"o{i}@outage.example" for i in range(10)}
 
 
 def test_bulk_resend_skips_those_inside_the_cooldown(cli: Cli):
     add(cli, "c1@cool.example")
-    ran = json.loads(cli("-o", "json", "resend", "--domain", "cool.example").stdout)
+    ran = json.loads(cli("-o", "json", "resend-many", "--domain", "cool.example").stdout)
     assert ran["sent"] == 0
     assert ran["skipped"] == {"cooldown": 1}
 
 
-def test_a_resend_without_address_or_filter_is_a_usage_error(cli: Cli):
+def test_a_resend_needs_an_address_and_a_bulk_resend_filters(cli: Cli):
     ran = cli("resend")
     assert ran.exit_code == 2
-    assert "bulk resend" in ran.stderr
+    assert "missing argument 'email'" in ran.stderr.lower()
+    ran = cli("resend-many")
+    assert ran.exit_code == 2
+    assert "give filters for a bulk resend" in ran.stderr
+    ran = cli("resend", "a@example.com", "--older-than", "2h")  # bulk options: not here
+    assert ran.exit_code == 2
 
 
 # --- funnel statistics -------------------------------------------------------------------------

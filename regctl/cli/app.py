@@ -431,7 +431,7 @@ def build_app() -> typer.Typer:
     app.callback()(main_callback)
     for module in (records, maintenance, transfer_cmd, diagnose, config_cmd):
         for command in module.COMMANDS:
-            app.command(command.__name__.rstrip("_"), cls=RegctlCommand)(command)
+            app.command(command.__name__.rstrip("_").replace("_", "-"), cls=RegctlCommand)(command)
     for name, group in (("server", server_cmd), ("secret", secret_cmd)):
         sub = typer.Typer(
             cls=RegctlSubgroup, help=group.HELP, no_args_is_help=True, rich_markup_mode=None

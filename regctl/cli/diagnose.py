@@ -17,7 +17,7 @@ from regctl.text import visible
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from regctl.diagnostics import Health
+    from regctl.diagnostics import Finding, Health, Step, Thresholds
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
 
@@ -47,33 +47,13 @@ def health(
     \b
     Example: regctl health --nagios
     """
-    from regctl.diagnostics import Level, Thresholds, nagios_line
     from regctl.diagnostics import health as check
 
     state: State = ctx.obj
-    try:
-        check_live(state, interval, count)
-        if nagios and (interval is not None or state.output is not None):
-            raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
-        limits = Thresholds(warn_latency, crit_latency, warn_memory, crit_memory)
-    except InvalidInput as exc:
-        if not nagios:
-            raise
-        state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])  # a bad check is UNKNOWN
-        raise typer.Exit(Level.UNKNOWN) from None
-    try:
-        report = check(state.store_within(state.settings.health_timeout), __version__, limits)
-    except RegctlError as exc:
-        # Down or stalled before the checks could start: CRITICAL; no store at all
-        # (bad configuration): the plugin's UNKNOWN.
-        level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
-        if nagios:
-            state.lines([plugin_line(level.name, exc.message)])
-        else:
-            state.err.print(f"{level.name}: {escape(exc.message)}")
-        if state.wants_json():
-            state.json({"status": level.name.lower(), "version": __version__, "error": exc.message})
-        raise typer.Exit(level) from None
+    limits = _health_limits(
+        state, nagios, interval, count, warn_latency, crit_latency, warn_memory, crit_memory
+    )
+    report = _health_once(state, limits, nagios)
     if interval is not None:
         last = watch(
             state,
@@ -84,7 +64,51 @@ def health(
             lambda r: r.data,
             _health_cells,
         )
-        raise typer.Exit(last.level if count is not None else 0)  # (Ctrl-C exits 130)
+        raise typer.Exit(last.level if count is not None else ExitStatus.OK)  # (Ctrl-C: 130)
+    _show_health(state, report, limits, nagios)
+    raise typer.Exit(report.level)
+
+
+def _health_limits(
+    state: State, nagios: bool, interval: float | None, count: int | None, *values: float
+) -> Thresholds:
+    """The checked thresholds; with --nagios a mistake in the check itself is UNKNOWN."""
+    from regctl.diagnostics import Level, Thresholds
+
+    try:
+        check_live(state, interval, count)
+        if nagios and (interval is not None or state.output is not None):
+            raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
+        return Thresholds(*values)
+    except InvalidInput as exc:
+        if not nagios:
+            raise
+        state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])
+        raise typer.Exit(Level.UNKNOWN) from None
+
+
+def _health_once(state: State, limits: Thresholds, nagios: bool) -> Health:
+    """The first report; a store down or stalled before the checks could start is
+    CRITICAL, no store at all (bad configuration) the plugin's UNKNOWN."""
+    from regctl.diagnostics import Level
+    from regctl.diagnostics import health as check
+
+    try:
+        return check(state.store_within(state.settings.health_timeout), __version__, limits)
+    except RegctlError as exc:
+        level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
+        if nagios:
+            state.lines([plugin_line(level.name, exc.message)])
+        else:
+            state.err.print(f"{level.name}: {escape(exc.message)}")
+        if state.wants_json():
+            state.json({"status": level.name.lower(), "version": __version__, "error": exc.message})
+        raise typer.Exit(level) from None
+
+
+def _show_health(state: State, report: Health, limits: Thresholds, nagios: bool) -> None:
+    from regctl.diagnostics import nagios_line
+
     if nagios:
         state.lines([visible(nagios_line(report, limits))])
     elif state.wants_json():
@@ -94,7 +118,6 @@ def health(
     else:
         rows = [(c.name, c.level.name.lower(), c.detail) for c in report.checks]
         state.rows(("check", "status", "detail"), rows)
-    raise typer.Exit(report.level)
 
 
 def _health_cells(report: Health) -> list[tuple[str, str]]:
@@ -167,9 +190,8 @@ def doctor(ctx: typer.Context) -> None:
     elif state.wants_table:
         if not problems:
             state.say("[green]no problems found[/green]")
-        for f in findings:
-            style = {"error": "red", "warning": "yellow"}.get(f.severity, "blue")
-            state.out.print(f"[{style}]{f.severity}[/] {escape(f.message)}\n  fix: {escape(f.fix)}")
+        if findings:  # (even under --quiet: they are what doctor is run for)
+            state.out.print(_findings_text(findings))
     else:
         state.rows(
             ("severity", "code", "message", "fix"),
@@ -202,11 +224,7 @@ def selftest(ctx: typer.Context) -> None:
             }
         )
     elif state.wants_table:
-        rows = table("#", "STEP", "RESULT", "TIME", "DETAIL")
-        for i, s in enumerate(steps, 1):
-            result = "[green]ok[/green]" if s.ok else "[red]FAIL[/red]"
-            rows.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
-        state.show(rows)
+        state.show(_steps_table(steps))
     else:
         state.rows(
             ("step", "result", "ms", "detail"),
@@ -214,6 +232,22 @@ def selftest(ctx: typer.Context) -> None:
         )
     if not ok:
         raise typer.Exit(ExitStatus.REFUSED)
+
+
+def _findings_text(findings: list[Finding]) -> str:
+    lines = []
+    for f in findings:
+        style = {"error": "red", "warning": "yellow"}.get(f.severity, "blue")
+        lines.append(f"[{style}]{f.severity}[/] {escape(f.message)}\n  fix: {escape(f.fix)}")
+    return "\n".join(lines)
+
+
+def _steps_table(steps: list[Step]) -> Table:
+    rows = table("#", "STEP", "RESULT", "TIME", "DETAIL")
+    for i, s in enumerate(steps, 1):
+        result = "[green]ok[/green]" if s.ok else "[red]FAIL[/red]"
+        rows.add_row(str(i), s.name, result, f"{s.ms:.1f} ms", escape(s.detail))
+    return rows
 
 
 COMMANDS = (health, doctor, selftest)

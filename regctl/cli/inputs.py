@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from regctl.errors import InvalidInput
+from regctl.model import Filter
+from regctl.validation import normalize_domain, parse_duration
 
 if TYPE_CHECKING:
     from regctl.cli.state import State
@@ -18,6 +20,28 @@ ShowCode = Annotated[
     bool, typer.Option("--show-code", help="Print the new code once (for scripts).")
 ]
 NoSend = Annotated[bool, typer.Option("--no-send", help="Store the code but do not mail it.")]
+# The filters that select registrations (list, purge, resend-many), parsed by selected().
+DomainOption = Annotated[str | None, typer.Option(help="Only this email domain.")]
+OlderThanOption = Annotated[str | None, typer.Option(help="Created more than this ago (2h, 1d).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Count or list; change nothing.")]
+
+
+def selected(
+    *,
+    domain: str | None = None,
+    older_than: str | None = None,
+    newer_than: str | None = None,
+    locked: bool | None = None,
+    code_expired: bool | None = None,
+) -> Filter:
+    """The registrations the filter options select, each checked (no store touched)."""
+    return Filter(
+        domain=normalize_domain(domain) if domain else None,
+        older_than_ms=parse_duration(older_than) if older_than else None,
+        newer_than_ms=parse_duration(newer_than) if newer_than else None,
+        locked=locked,
+        code_expired=code_expired,
+    )
 
 
 def _stdin_line(what: str) -> str:

@@ -9,26 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
+from regctl.cli.inputs import selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import escape, key_value_table, table, timestamp
 from regctl.cli.state import State
+from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import Filter
-from regctl.reports import FUNNEL_EVENTS, FunnelDay, PurgeReport, Stats
+from regctl.reports import FUNNEL_EVENTS, FunnelDay, Stats
 from regctl.text import plural
-from regctl.validation import normalize_domain, parse_duration
-
-
-def _summary(report: PurgeReport, walked: bool) -> str:
-    verb = "would purge" if report.dry_run else "purged"
-    text = (
-        f"{verb} {report.total} (expired {report.expired}, orphans {report.orphans}, "
-        f"matched {report.matched})"
-    )
-    if walked:  # only a walk examines live entries; expired ones are found by score
-        text += f"; examined {report.scanned} live"
-    if report.reindexed:
-        text += f"; {'would re-index' if report.dry_run else 're-indexed'} {report.reindexed}"
-    return text
 
 
 def purge(
@@ -66,66 +54,24 @@ def purge(
     Example (cron): */5 * * * * regctl purge --quiet --wait 60
     """
     state: State = ctx.obj
-    selection = Filter(
-        domain=normalize_domain(domain) if domain else None,
-        older_than_ms=parse_duration(older_than) if older_than else None,
-        locked=True if locked else None,
-    )
+    selection = selected(domain=domain, older_than=older_than, locked=True if locked else None)
     if metrics_file is not None:
-        from regctl.metrics import check_metrics_path
-
         check_metrics_path(metrics_file)
-    manager = state.manager
     walk = selection if (orphans or not selection.is_empty) else None
     if not selection.is_empty and not dry_run and not yes:
         _confirm_live_deletes(state, walk)
     if not dry_run:  # (after the question: a declined purge changed nothing)
-        state.audited(
-            "purge",
-            " ".join(
-                f"{k}={v}"
-                for k, v in (
-                    ("domain", domain),
-                    ("older-than", older_than),
-                    ("locked", locked or None),
-                )
-                if v
-            ),
-        )
-
-    def run(dry: bool) -> PurgeReport:
-        with state.progress("examined") as tally:
-            return manager.purge(
-                walk,
-                dry_run=dry,
-                batch=batch,
-                on_progress=tally.at,
-                wait=wait,
-                reindex=reindex,
-            )
-
+        given = {"domain": domain, "older-than": older_than, "locked": locked or None}
+        state.audited("purge", " ".join(f"{k}={v}" for k, v in given.items() if v))
     started = time.monotonic()
-    report = run(dry_run)
+    with state.progress("examined") as tally:
+        report = state.manager.purge(
+            walk, dry_run=dry_run, batch=batch, on_progress=tally.at, wait=wait, reindex=reindex
+        )
     seconds = time.monotonic() - started
     if metrics_file is not None and not dry_run:
-        from regctl.metrics import write_purge_metrics
-
-        write_purge_metrics(metrics_file, report, seconds, manager.counts())
-    data = {
-        "ok": True,
-        "duration_s": round(seconds, 3),
-        "dry_run": report.dry_run,
-        "purged": report.total,
-        "by_reason": {
-            "expired": report.expired,
-            "orphan": report.orphans,
-            "matched": report.matched,
-        },
-        "reindexed": report.reindexed,
-        "scanned": report.scanned,
-        "store": state.store_description,
-    }
-    state.result(data, _summary(report, walk is not None))
+        write_purge_metrics(metrics_file, report, seconds, state.manager.counts())
+    state.report(report, duration_s=round(seconds, 3), store=state.store_description)
 
 
 def _confirm_live_deletes(state: State, walk: Filter | None) -> None:

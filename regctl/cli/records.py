@@ -9,13 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from regctl.cli.inputs import (
+    DomainOption,
+    DryRunOption,
     EmailArg,
     NoSend,
+    OlderThanOption,
     ShowCode,
     check_delivery,
     deliver_code,
     read_code,
     read_secret_inputs,
+    selected,
 )
 from regctl.cli.render import (
     COLUMNS,
@@ -27,14 +31,16 @@ from regctl.cli.render import (
     record_cells,
     record_json,
     records_table,
+    report_summary,
     to_json,
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS, failure
 from regctl.errors import DeliveryFailed, InvalidInput, locked_out, not_pending
-from regctl.model import Filter, PendingRegistration, Resent, SortKey
+from regctl.model import PendingRegistration, SortKey, VerifyOutcome, VerifyResult
+from regctl.reports import BulkResendReport
 from regctl.text import plural, visible
-from regctl.validation import normalize_domain, parse_duration, parse_rate
+from regctl.validation import parse_rate
 
 _DELIVERY_TEXT = {
     "mail": "code mailed",
@@ -130,10 +136,8 @@ def add(
 
 def list_(
     ctx: typer.Context,
-    domain: Annotated[str | None, typer.Option(help="Only this email domain.")] = None,
-    older_than: Annotated[
-        str | None, typer.Option(help="Created more than this ago (2h, 1d).")
-    ] = None,
+    domain: DomainOption = None,
+    older_than: OlderThanOption = None,
     newer_than: Annotated[str | None, typer.Option(help="Created less than this ago.")] = None,
     locked: Annotated[bool | None, typer.Option("--locked/--unlocked", help="Lock state.")] = None,
     code_expired: Annotated[
@@ -163,10 +167,10 @@ def list_(
     Example: regctl list --older-than 2h --domain example.com -o ndjson
     """
     state: State = ctx.obj
-    selection = Filter(
-        domain=normalize_domain(domain) if domain else None,
-        older_than_ms=parse_duration(older_than) if older_than else None,
-        newer_than_ms=parse_duration(newer_than) if newer_than else None,
+    selection = selected(
+        domain=domain,
+        older_than=older_than,
+        newer_than=newer_than,
         locked=locked,
         code_expired=code_expired,
     )
@@ -174,8 +178,15 @@ def list_(
     columns = _columns(field, fmt)
     if raw_csv and fmt is not Format.CSV:
         raise InvalidInput("--raw-csv needs -o csv")
-    rows = _started(state.manager.list(selection, sort=sort, limit=limit))
-    policy = state.manager.policy
+    _show_records(
+        state, _started(state.manager.list(selection, sort=sort, limit=limit)), columns, raw_csv
+    )
+
+
+def _show_records(
+    state: State, rows: Iterator[PendingRegistration], columns: tuple[str, ...], raw_csv: bool
+) -> None:
+    fmt, policy = state.format(), state.manager.policy
     if fmt is Format.JSON:
         state.json_array(record_json(r, policy) for r in rows)
     elif fmt is Format.NDJSON:
@@ -236,65 +247,14 @@ def inspect(ctx: typer.Context, email: EmailArg) -> None:
 
 
 def resend(
-    ctx: typer.Context,
-    email: Annotated[
-        str | None, typer.Argument(help="The address; omit it to resend in bulk by filters.")
-    ] = None,
-    show_code: ShowCode = False,
-    no_send: NoSend = False,
-    older_than: Annotated[
-        str | None, typer.Option(help="Bulk: registrations created more than this ago.")
-    ] = None,
-    domain: Annotated[str | None, typer.Option(help="Bulk: only this email domain.")] = None,
-    never_resent: Annotated[
-        bool, typer.Option("--never-resent", help="Bulk: only those never sent a second code.")
-    ] = False,
-    rate: Annotated[
-        str | None, typer.Option(help="Bulk: at most this many mails, like 10/min or 2/s.")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Bulk: stop after this many new codes.")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Bulk: list, send nothing.")] = False,
+    ctx: typer.Context, email: EmailArg, show_code: ShowCode = False, no_send: NoSend = False
 ) -> None:
     """Send a new code; the old one stops working. Cooldown and cap apply.
 
-    Without an address, resends to every registration the filters select, at the
-    given rate; stopping and rerunning never sends anyone two codes inside the cooldown.
-
     \b
-    Example: regctl resend --older-than 2h --never-resent --rate 10/min --dry-run
+    Example: regctl resend alice@example.com
     """
     state: State = ctx.obj
-    if email is None and show_code:
-        raise InvalidInput("--show-code prints one code: give the address")
-    bulk_only = {
-        "--older-than": older_than is not None,
-        "--domain": domain is not None,
-        "--never-resent": never_resent,
-        "--rate": rate is not None,
-        "--limit": limit is not None,
-        "--dry-run": dry_run,
-    }
-    given = [name for name, set_ in bulk_only.items() if set_]
-    if email is not None and given:
-        raise InvalidInput(
-            f"{' and '.join(given)} {'selects' if len(given) == 1 else 'select'} "
-            "registrations for a bulk resend, not one address",
-            "drop the address to resend in bulk, or drop the option",
-        )
-    if email is None:
-        _bulk_resend(
-            state,
-            older_than,
-            domain,
-            never_resent,
-            rate,
-            limit,
-            dry_run,
-            send=not no_send,
-        )
-        return
     state.audited("resend", email)
     check_delivery(state, not no_send)
     resent = state.manager.resend(email)
@@ -310,68 +270,63 @@ def resend(
     )
 
 
-def _bulk_resend(
-    state: State,
-    older_than: str | None,
-    domain: str | None,
-    never_resent: bool,
-    rate: str | None,
-    limit: int | None,
-    dry_run: bool,
-    *,
-    send: bool,
+def resend_many(
+    ctx: typer.Context,
+    older_than: OlderThanOption = None,
+    domain: DomainOption = None,
+    never_resent: Annotated[
+        bool, typer.Option("--never-resent", help="Only those never sent a second code.")
+    ] = False,
+    rate: Annotated[
+        str | None, typer.Option(help="At most this many mails, like 10/min or 2/s.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many new codes.")
+    ] = None,
+    dry_run: DryRunOption = False,
+    no_send: NoSend = False,
 ) -> None:
-    selection = Filter(
-        domain=normalize_domain(domain) if domain else None,
-        older_than_ms=parse_duration(older_than) if older_than else None,
-    )
+    """Send a new code to every registration the filters select, at the given rate.
+
+    Cooldown and cap apply to each; stopping and rerunning never sends anyone two
+    codes inside the cooldown.
+
+    \b
+    Example: regctl resend-many --older-than 2h --never-resent --rate 10/min --dry-run
+    """
+    state: State = ctx.obj
+    selection = selected(domain=domain, older_than=older_than)
     if selection.is_empty and not never_resent:
-        raise InvalidInput("give an address, or filters for a bulk resend (e.g. --older-than 2h)")
+        raise InvalidInput("give filters for a bulk resend (e.g. --older-than 2h)")
     if not dry_run:
         state.audited("resend", f"bulk {older_than or ''} {domain or ''}".strip())
-        check_delivery(state, send)
-
-    def deliver(resent: Resent) -> None:
-        deliver_code(state, resent.registration, resent.code, send)
-
+        check_delivery(state, not no_send)
     report = state.manager.resend_many(
         selection,
         never_resent=never_resent,
         limit=limit,
         per_second=parse_rate(rate) if rate else None,
         dry_run=dry_run,
-        deliver=deliver,
+        deliver=lambda r: deliver_code(state, r.registration, r.code, not no_send),
     )
-    if state.wants_json():
-        state.json(
-            {
-                "ok": not report.failed,
-                "dry_run": dry_run,
-                "sent": report.sent,
-                "failed": report.failed,
-                "skipped": report.skipped,
-                "recipients": report.recipients,
-                "undelivered": report.undelivered,
-                "stopped": report.stopped,
-            }
-        )
-    elif state.format() is Format.NAME:
+    if dry_run and not state.wants_json() and state.format() is not Format.NAME:  # who
         state.lines(visible(email) for email in report.recipients)
+        state.note(report_summary(report))
     else:
-        if dry_run:
-            state.lines(visible(email) for email in report.recipients)
-        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
-        verb = "would resend" if dry_run else "resent"
-        state.note(f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}")
+        state.report(report, names=report.recipients)
     if report.failed:
-        stopped = "stopped: delivery failed repeatedly; " if report.stopped else ""
-        raise DeliveryFailed(
-            f"{stopped}stored but not delivered: {plural(report.failed, 'code')} "
-            f"({', '.join(report.undelivered)})",
-            "after the outage, rerun the same command (it resumes: those already sent "
-            "are in their cooldown); --never-resent would skip the undelivered too: "
-            "resend them by name",
-        )
+        raise _undelivered(report)
+
+
+def _undelivered(report: BulkResendReport) -> DeliveryFailed:
+    stopped = "stopped: delivery failed repeatedly; " if report.stopped else ""
+    return DeliveryFailed(
+        f"{stopped}stored but not delivered: {plural(report.failed, 'code')} "
+        f"({', '.join(report.undelivered)})",
+        "after the outage, rerun the same command (it resumes: those already sent "
+        "are in their cooldown); --never-resent would skip the undelivered too: "
+        "resend them by name",
+    )
 
 
 def verify(
@@ -388,38 +343,38 @@ def verify(
     candidate = read_code(code)
     state.audited("verify", email)  # (after the prompt: an abandoned one changed nothing)
     result = state.manager.verify(email, candidate)
-    status = VERIFY_STATUS[result.outcome]
     reg = result.registration
-    replicas = _replicas(result.replicas_acked)
     data: dict[str, Any] = {
         "ok": result.ok,
         "reason": result.outcome.value,
         "attempts_left": result.attempts_left,
         "store": state.store_description,
-        **replicas,
+        **_replicas(result.replicas_acked),
     }
-    if reg is not None:
-        data["registration"] = reg.public_dict(include_password_hash=True)
-        message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
-        if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
-            # In a pipe: the consumed record as TSV, for the script that creates the user.
-            state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
-        else:
-            state.result(data | {"email": reg.email}, message, [reg.email])
-    elif state.format() in (Format.JSON, Format.NDJSON, Format.CSV):
-        state.result(data, "")
-    if status:
-        messages = {
-            "invalid_code": (
-                f"wrong code for {email}; {plural(result.attempts_left, 'attempt')} left"
-            ),
-            "locked": locked_out(email).line(),
-            "code_expired": f"the code for {email} has expired — run `regctl resend`",
-            "not_found": not_pending(email).message,
-        }
-        state.err.print(f"Error: {escape(messages[result.outcome.value])}")
+    if reg is None:
+        if state.format() in (Format.JSON, Format.NDJSON, Format.CSV):
+            state.result(data, "")
+        state.err.print(f"Error: {escape(_refusal(result, email))}")
         state.outcome = result.outcome.value
-        raise typer.Exit(status)
+        raise typer.Exit(VERIFY_STATUS[result.outcome])
+    data["registration"] = reg.public_dict(include_password_hash=True)
+    if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
+        # In a pipe: the consumed record as TSV, for the script that creates the user.
+        state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
+        return
+    message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
+    state.result(data | {"email": reg.email}, message, [reg.email])
+
+
+def _refusal(result: VerifyResult, email: str) -> str:
+    """Why a verify did not consume the registration, in one line."""
+    if result.outcome is VerifyOutcome.INVALID_CODE:
+        return f"wrong code for {email}; {plural(result.attempts_left, 'attempt')} left"
+    if result.outcome is VerifyOutcome.LOCKED:
+        return locked_out(email).line()
+    if result.outcome is VerifyOutcome.CODE_EXPIRED:
+        return f"the code for {email} has expired — run `regctl resend`"
+    return not_pending(email).message
 
 
 def unlock(ctx: typer.Context, email: EmailArg) -> None:
@@ -463,4 +418,4 @@ def delete(
     state.result(data, f"deleted {escape(email)}", [email])
 
 
-COMMANDS = (add, list_, inspect, resend, verify, unlock, delete)
+COMMANDS = (add, list_, inspect, resend, resend_many, verify, unlock, delete)

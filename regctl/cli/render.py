@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from regctl.model import PendingRegistration, Policy
+from regctl.reports import BulkResendReport, ImportReport, PurgeReport
 from regctl.text import visible
 
 if TYPE_CHECKING:
@@ -215,3 +217,92 @@ def inspect_pairs(reg: PendingRegistration, policy: Policy) -> list[tuple[str, s
             f"{timestamp(reg.last_sent_at)} ({duration(reg.observed_at - reg.last_sent_at)} ago)",
         ),
     ]
+
+
+# --- reports of whole-store work: one JSON shape and one summary line each ----------
+
+
+@functools.singledispatch
+def report_json(report: object) -> dict[str, Any]:
+    """The JSON document of a report (``ok`` first)."""
+    raise TypeError(f"no JSON shape for {type(report).__name__}")
+
+
+@report_json.register
+def _purge_json(report: PurgeReport) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "dry_run": report.dry_run,
+        "purged": report.total,
+        "by_reason": {
+            "expired": report.expired,
+            "orphan": report.orphans,
+            "matched": report.matched,
+        },
+        "reindexed": report.reindexed,
+        "scanned": report.scanned,
+    }
+
+
+@report_json.register
+def _import_json(report: ImportReport) -> dict[str, Any]:
+    return {
+        "ok": not report.invalid,
+        "dry_run": report.dry_run,
+        "restored": report.restored,
+        "existing": report.existing,
+        "expired": report.expired,
+        "invalid": report.invalid,
+        "errors": report.errors,
+        "counters_reset": report.reset,
+    }
+
+
+@report_json.register
+def _resend_json(report: BulkResendReport) -> dict[str, Any]:
+    return {
+        "ok": not report.failed,
+        "dry_run": report.dry_run,
+        "sent": report.sent,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "recipients": report.recipients,
+        "undelivered": report.undelivered,
+        "stopped": report.stopped,
+    }
+
+
+@functools.singledispatch
+def report_summary(report: object) -> str:
+    """The one line that tells people what a report says."""
+    raise TypeError(f"no summary for {type(report).__name__}")
+
+
+@report_summary.register
+def _purge_summary(report: PurgeReport) -> str:
+    verb = "would purge" if report.dry_run else "purged"
+    text = (
+        f"{verb} {report.total} (expired {report.expired}, orphans {report.orphans}, "
+        f"matched {report.matched})"
+    )
+    if report.walked:  # only a walk examines live entries; expired ones are found by score
+        text += f"; examined {report.scanned} live"
+    if report.reindexed:
+        text += f"; {'would re-index' if report.dry_run else 're-indexed'} {report.reindexed}"
+    return text
+
+
+@report_summary.register
+def _import_summary(report: ImportReport) -> str:
+    verb = "would restore" if report.dry_run else "restored"
+    return (
+        f"{verb} {report.restored}; kept {report.existing} existing; skipped "
+        f"{report.expired} expired and {report.invalid} invalid"
+    )
+
+
+@report_summary.register
+def _resend_summary(report: BulkResendReport) -> str:
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
+    verb = "would resend" if report.dry_run else "resent"
+    return f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}"

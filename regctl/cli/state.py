@@ -236,6 +236,13 @@ class State:
         else:
             self.say(message)
 
+    def report(self, report: object, names: Iterable[str] = (), **extra: Any) -> None:
+        """A report of whole-store work: its JSON document (plus ``extra``), its line,
+        or for ``-o name`` the addresses it concerns."""
+        from regctl.cli.render import report_json, report_summary
+
+        self.result(report_json(report) | extra, report_summary(report), names)
+
     def json_array(self, items: Iterable[Any]) -> None:
         """A JSON array streamed item by item (a long list needs no memory). Cut short
         by Ctrl-C or an error, it is closed all the same: still one JSON document, the

@@ -69,31 +69,8 @@ def import_(
     state: State = ctx.obj
     if not dry_run:
         state.audited("import", source)
-    if source == "-":
-        report = _run_import(state, sys.stdin, None, replace, dry_run)
-    else:
-        try:
-            path = Path(source)
-            with path.open(encoding="utf-8", errors="replace") as handle:
-                report = _run_import(state, handle, path.stat().st_size, replace, dry_run)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
-    data = {
-        "ok": not report.invalid,
-        "dry_run": report.dry_run,
-        "restored": report.restored,
-        "existing": report.existing,
-        "expired": report.expired,
-        "invalid": report.invalid,
-        "errors": report.errors,
-        "counters_reset": report.reset,
-    }
-    verb = "would restore" if dry_run else "restored"
-    state.result(
-        data,
-        f"{verb} {report.restored}; kept {report.existing} existing; skipped "
-        f"{report.expired} expired and {report.invalid} invalid",
-    )
+    report = _run_import(state, source, replace, dry_run)
+    state.report(report)
     if not state.wants_json():
         for error in report.errors:
             state.note(f"  {escape(error)}")
@@ -107,10 +84,22 @@ def import_(
         raise typer.Exit(ExitStatus.USAGE)
 
 
-def _run_import(
+def _run_import(state: State, source: str, replace: bool, dry_run: bool) -> ImportReport:
+    """Import from a file or stdin (``-``), with a count at a terminal; for a file, a bar
+    and the time left by its size."""
+    if source == "-":
+        return _import_lines(state, sys.stdin, None, replace, dry_run)
+    try:
+        path = Path(source)
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return _import_lines(state, handle, path.stat().st_size, replace, dry_run)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+
+
+def _import_lines(
     state: State, handle: Iterable[str], size: int | None, replace: bool, dry_run: bool
 ) -> ImportReport:
-    """Import with a count at a terminal; for a file, a bar and time left by its size."""
     with state.progress("lines read", size) as tally:
         lines = tally.track(handle, weight=len) if size else tally.track(handle)
         return state.manager.import_records(lines, replace=replace, dry_run=dry_run)

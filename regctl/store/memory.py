@@ -328,7 +328,7 @@ class MemoryStore:
         batch: int,
         on_progress: Progress | None = None,
     ) -> PurgeReport:
-        report = PurgeReport(dry_run=dry_run)
+        report = PurgeReport(dry_run=dry_run, walked=selection is not None)
         with self._lock:
             now = self._clock()
             doomed = []

@@ -445,7 +445,7 @@ class RedisStore:
         if selection is not None and self.is_cluster:
             refuse_during_reshard(self.client)
         batch = max(1, min(batch, MAX_PURGE_BATCH))
-        report = PurgeReport(dry_run=dry_run)
+        report = PurgeReport(dry_run=dry_run, walked=selection is not None)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
             report.expired += purge_expired(
