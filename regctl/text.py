@@ -1,5 +1,6 @@
-"""Text shown to people: data made visible (never raw control characters), counts
-with their noun. Used by the core's messages and by the CLI's renderers alike."""
+"""Text shown to people: data made visible, counts with their noun.
+
+Used by the core's messages and by the CLI's renderers alike."""
 
 from __future__ import annotations
 

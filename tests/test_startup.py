@@ -54,3 +54,14 @@ def test_shell_completion_completes_commands():
         [sys.executable, "-m", "regctl"], capture_output=True, text=True, env=env, check=False
     )
     assert ran.stdout.split() == ["inspect"]
+
+
+def test_the_library_loads_neither_typer_nor_rich():
+    """A backend imports the manager, diagnostics and stores without the CLI's cost."""
+    probe = (
+        "import sys, regctl, regctl.manager, regctl.diagnostics, regctl.store, regctl.codec\n"
+        "regctl.RegistrationManager, regctl.MemoryStore\n"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')))"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == []

@@ -1,4 +1,4 @@
-"""Commands over everything pending: purge and stats."""
+"""Commands over everything pending: purge, stats and the audit trail."""
 
 from __future__ import annotations
 

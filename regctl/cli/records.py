@@ -1,4 +1,4 @@
-"""Commands on registrations: add, list, inspect, resend, verify, unlock, delete."""
+"""Commands on registrations: add, list, inspect, resend, resend-many, verify, unlock, delete."""
 
 from __future__ import annotations
 

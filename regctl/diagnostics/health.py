@@ -1,7 +1,9 @@
-"""`health`: the original ``/health`` JSON shape (status, timestamp, version,
+"""`health`: Redis and the store graded for monitoring, one level per check.
+
+It keeps the original ``/health`` JSON shape (status, timestamp, version,
 redis{status, ping, connected_clients, used_memory_human, uptime_in_seconds},
-pending_registrations{total, redis_connected}) plus latency, memory against maxmemory,
-eviction policy, persistence, topology, and a monitoring-plugin level per check."""
+pending_registrations{total, redis_connected}) and adds latency, memory against
+maxmemory, eviction policy, persistence and topology."""
 
 from __future__ import annotations
 
