@@ -254,6 +254,10 @@ def lock_held(name: str, wait_s: float) -> LockHeld:
     )
 
 
+def lock_lost() -> LockHeld:
+    return LockHeld("the lock expired while working; another run may have started")
+
+
 def other_secret(attempts_left: int = 0) -> SecretMismatch:
     return SecretMismatch(
         "this store's codes were made with another code secret",

@@ -25,6 +25,7 @@ from regctl import (
 )
 from regctl.keys import Keyspace, digest
 from regctl.security import verify_password
+from regctl.store.base import Lease
 from tests.conftest import SECRET, MakeManager
 
 EMAIL = "Alice.Liddell@Example.COM"
@@ -513,7 +514,44 @@ def test_a_purge_does_not_run_while_another_holds_the_lock(manager: Registration
 def test_a_purge_can_wait_for_the_lock(manager: RegistrationManager):
     lease = manager.store.lease("purge", 10_000, 0)
     threading.Timer(0.3, lease.release).start()
-    assert manager.purge(wait=5).total == 0
+    assert manager.purge(wait=120).total == 0  # returns once released: a slow timer costs nothing
+
+
+def lose_the_lease(manager: RegistrationManager) -> tuple[Lease, Lease]:
+    """A short lease left to expire, and the next holder's (which waits for it)."""
+    lost = manager.store.lease("purge", 100, 0)
+    taken = manager.store.lease("purge", 600_000, 60)  # polls until the first expired
+    return lost, taken
+
+
+def test_a_holder_that_lost_its_lease_cannot_renew_it(manager: RegistrationManager):
+    lost, taken = lose_the_lease(manager)
+    with pytest.raises(LockHeld):
+        lost.renew()
+    with pytest.raises(LockHeld):  # the next holder's lease is still whole
+        manager.store.lease("purge", 600_000, 0)
+    taken.release()
+
+
+def test_a_holder_that_lost_its_lease_cannot_free_the_next_holders(
+    manager: RegistrationManager,
+):
+    lost, taken = lose_the_lease(manager)
+    lost.release()
+    with pytest.raises(LockHeld):
+        manager.store.lease("purge", 600_000, 0)
+    taken.renew()
+    taken.release()
+    manager.store.lease("purge", 600_000, 0).release()
+
+
+def test_an_expired_lease_cannot_be_renewed_even_if_nobody_took_it(
+    manager: RegistrationManager,
+):
+    lease = manager.store.lease("purge", 50, 0)
+    time.sleep(0.2)  # only ever longer on a slow machine: the lease is surely gone
+    with pytest.raises(LockHeld):
+        lease.renew()
 
 
 def test_a_dry_run_needs_no_lock(manager: RegistrationManager):

@@ -160,7 +160,12 @@ class Store(Protocol):
 
 
 class Lease(Protocol):
-    """A held lock: renew it during long work, release it at the end."""
+    """A held lock: renew it during long work, release it at the end.
+
+    Only its holder can renew or release it. Once it has expired (and perhaps been
+    taken by another run), ``renew`` raises LockHeld and ``release`` does nothing:
+    a lost holder never extends or frees the next holder's lease.
+    """
 
     def renew(self) -> None: ...
 

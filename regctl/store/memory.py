@@ -17,6 +17,7 @@ from regctl.errors import (
     RegctlError,
     already_exists,
     lock_held,
+    lock_lost,
     other_secret,
     resend_refusal,
 )
@@ -30,7 +31,7 @@ from regctl.model import (
     VerifyResult,
 )
 from regctl.reports import PurgeReport
-from regctl.security import split_code_hash
+from regctl.security import new_token, split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,
     CLOCK_SKEW_MS,
@@ -56,17 +57,30 @@ class _Entry:
 
 @dataclass
 class _MemoryLease:
+    """Owned by its token, as lock.lua's lease is: a holder that lost it (expired,
+    perhaps taken by another run) neither extends nor frees the next holder's."""
+
     store: MemoryStore
     name: str
+    token: str
     ttl_ms: int
+
+    def _held(self, now: int) -> bool:
+        """Whether the lease is still this holder's (caller holds the store's lock)."""
+        token, expires_at = self.store._leases.get(self.name, ("", 0))
+        return token == self.token and expires_at > now
 
     def renew(self) -> None:
         with self.store._lock:
-            self.store._leases[self.name] = self.store._clock() + self.ttl_ms
+            now = self.store._clock()
+            if not self._held(now):
+                raise lock_lost()
+            self.store._leases[self.name] = (self.token, now + self.ttl_ms)
 
     def release(self) -> None:
         with self.store._lock:
-            self.store._leases.pop(self.name, None)
+            if self._held(self.store._clock()):
+                del self.store._leases[self.name]
 
 
 class MemoryStore:
@@ -85,7 +99,7 @@ class MemoryStore:
         self._entries: dict[str, _Entry] = {}
         # (operation, identity, token) -> (expires at, candidate, the call's answer)
         self._markers: dict[tuple[str, str, str], tuple[int, str, VerifyResult | None]] = {}
-        self._leases: dict[str, int] = {}
+        self._leases: dict[str, tuple[str, int]] = {}  # name -> (token, expires at)
         self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
         self._secret_fingerprint: str | None = None
@@ -359,9 +373,10 @@ class MemoryStore:
         while True:
             with self._lock:
                 now = self._clock()
-                if self._leases.get(name, 0) <= now:
-                    self._leases[name] = now + ttl_ms
-                    return _MemoryLease(self, name, ttl_ms)
+                if self._leases.get(name, ("", 0))[1] <= now:
+                    token = new_token()
+                    self._leases[name] = (token, now + ttl_ms)
+                    return _MemoryLease(self, name, token, ttl_ms)
             if time.monotonic() >= deadline:
                 raise lock_held(name, wait_s)
             time.sleep(0.05)

@@ -19,10 +19,10 @@ from regctl.connection import (
 from regctl.errors import (
     ConfigError,
     DamagedRecord,
-    LockHeld,
     RegctlError,
     already_exists,
     lock_held,
+    lock_lost,
     other_secret,
     resend_refusal,
 )
@@ -83,7 +83,7 @@ class _RedisLease:
 
     def renew(self) -> None:
         if not self.store.scripts.run("lock", (self.key,), ("renew", self.token, self.ttl_ms)):
-            raise LockHeld("the lock expired while working; another run may have started")
+            raise lock_lost()
 
     def release(self) -> None:
         self.store.scripts.run("lock", (self.key,), ("release", self.token, self.ttl_ms))
