@@ -79,6 +79,15 @@ def test_python_dash_m_runs_the_command(env: dict[str, str]):
     assert ran.stdout.startswith("regctl ")
 
 
+def wait_until_reading_a_pipe(pid: int) -> None:
+    """Until the process sleeps in a read of a pipe (the kernel's wait channel), however
+    long its start takes; its stdin is the only pipe it reads."""
+    deadline = time.monotonic() + 60
+    while "pipe" not in Path(f"/proc/{pid}/wchan").read_text():
+        assert time.monotonic() < deadline, "it never waited on its standard input"
+        time.sleep(0.02)
+
+
 def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
     proc = subprocess.Popen(
         [REGCTL, "verify", EMAIL],
@@ -88,7 +97,7 @@ def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
         text=True,
         env=env,
     )
-    time.sleep(1.0)  # it now waits for the code on stdin
+    wait_until_reading_a_pipe(proc.pid)  # it now waits for the code on stdin
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130

@@ -64,29 +64,43 @@ def test_purge_writes_prometheus_metrics_and_a_json_summary(cli: Cli, tmp_path: 
 
 def test_two_purge_processes_never_overlap(redis_proc: RedisProcess, prefix: str):
     env = {**os.environ, **cli_env(redis_proc.url, prefix)}
+    # The holder keeps the lock until told to let go (a line on its stdin), so no
+    # timing decides which purge meets it.
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time, redis; from regctl import RedisStore; "
+            "import sys, redis; from regctl import RedisStore; "
             f"s = RedisStore(redis.Redis(unix_socket_path={str(redis_proc.socket)!r}, "
-            f"decode_responses=True), prefix={prefix!r}); l = s.lease('purge', 10000, 0); "
-            "print('held', flush=True); time.sleep(2); l.release()",
+            f"decode_responses=True), prefix={prefix!r}); l = s.lease('purge', 600000, 0); "
+            "print('held', flush=True); sys.stdin.readline(); l.release()",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None
+    assert holder.stdin is not None
     assert holder.stdout.readline().strip() == "held"
-    blocked = subprocess.run(
-        [REGCTL, "purge"], env=env, capture_output=True, text=True, check=False
+    queued = subprocess.Popen(
+        [REGCTL, "purge", "--wait", "120"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    queued = subprocess.run(
-        [REGCTL, "purge", "--wait", "20"], env=env, capture_output=True, text=True, check=False
-    )
-    holder.wait(10)
-    assert blocked.returncode == 75
-    assert queued.returncode == 0, queued.stderr
+    try:
+        blocked = subprocess.run(
+            [REGCTL, "purge"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert blocked.returncode == 75
+        assert queued.poll() is None  # still waiting: the lock is held
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert holder.wait(60) == 0
+        _out, err = queued.communicate(timeout=120)
+        assert queued.returncode == 0, err
+    finally:
+        for proc in (holder, queued):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
 
 # --- export / import ------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_kill_9_during_a_purge_leaves_nothing_half_deleted(aof_redis: RedisProce
     records, entries = consistent(store)
     assert 0 < records == entries < 100_000
     rerun = subprocess.run(
-        [REGCTL, "purge", "--older-than", "0s", "--yes", "--wait", "30"],  # the dead run's lease
+        [REGCTL, "purge", "--older-than", "0s", "--yes", "--wait", "60"],  # the dead run's lease
         env=env,
         capture_output=True,
         text=True,
@@ -268,15 +268,18 @@ def debug_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_redis: RedisProcess):
+    sent = threading.Event()
+
     def stall() -> None:  # a bare socket: a client library would time out and resend it
         with socket.socket(socket.AF_UNIX) as raw:
             raw.connect(str(debug_redis.socket))
             raw.sendall(b"DEBUG SLEEP 4\r\n")
+            sent.set()  # before the add connects: the server sleeps before answering it
             raw.recv(100)
 
     sleeper = threading.Thread(target=stall)
     sleeper.start()
-    time.sleep(0.2)
+    assert sent.wait(60)
     ran = cli(
         "add",
         "stall@example.com",
