@@ -31,14 +31,28 @@ def data_dir() -> Iterator[Path]:
     """A short path (unix socket paths are limited to ~107 bytes), cleaned up after."""
     path = Path(tempfile.mkdtemp(prefix="rgd"))
     yield path
-    server = EmbeddedServer(path)
-    with contextlib.suppress(Exception):
-        server.stop()
+    _shut_down(path)
     pid = _pid(path)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _shut_down(path: Path) -> None:
+    """One SHUTDOWN, not retried: a client with redis-py's default retries (as
+    `regctl server stop` has; test_stop_and_start covers it) keeps re-sending it for
+    about 4 s after the server has gone."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(
+        unix_socket_path=str(path / "redis.sock"), socket_timeout=15, retry=Retry(NoBackoff(), 0)
+    )
+    with contextlib.suppress(redis.RedisError, OSError):
+        client.shutdown()
+    client.close()
 
 
 @pytest.fixture
