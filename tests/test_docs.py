@@ -94,6 +94,7 @@ def _shell(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     return run(["bash", "-c", script], env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_every_help_example_runs_as_written(redis_proc: RedisProcess, prefix: str, tmp_path: Path):
     examples = _help_examples()
     assert len(examples) >= 20

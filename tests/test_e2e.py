@@ -22,6 +22,7 @@ def env(redis_proc: RedisProcess, prefix: str, tmp_path: Path) -> dict[str, str]
     return {**subprocess_env(redis_proc.url, prefix), "REGCTL_RESEND_COOLDOWN": "0"}
 
 
+@pytest.mark.slow
 def test_the_eight_step_flow(env: dict[str, str]):
     health = regctl(env, "health", "-o", "json")
     assert health.returncode == 0, health.stderr

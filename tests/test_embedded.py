@@ -141,6 +141,7 @@ def _path_with(folder: Path, binary: Path) -> str:
     return f"{folder}:/bin"
 
 
+@pytest.mark.slow
 def test_the_data_dir_keeps_the_binary_that_made_it(
     env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
 ):
@@ -159,6 +160,7 @@ def test_the_data_dir_keeps_the_binary_that_made_it(
     assert status["version"] == json.loads((data_dir / "server.json").read_text())["version"]
 
 
+@pytest.mark.slow
 def test_a_gone_binary_is_not_silently_replaced_by_another_major(
     env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
 ):
@@ -181,6 +183,7 @@ def test_a_gone_binary_is_not_silently_replaced_by_another_major(
     assert regctl(upgrade, "list", "-o", "name").stdout == "kept@example.com\n"
 
 
+@pytest.mark.slow
 def test_a_binary_replaced_in_place_by_another_major_is_refused(
     env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
 ):
@@ -195,6 +198,7 @@ def test_a_binary_replaced_in_place_by_another_major_is_refused(
     assert "was made by redis-server" in ran.stderr
 
 
+@pytest.mark.slow
 def test_an_older_major_is_refused(
     env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
 ):
@@ -235,6 +239,7 @@ def test_an_untrustworthy_data_dir_is_refused(
     assert not (data_dir / "redis.pid").exists()
 
 
+@pytest.mark.slow
 def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path):
     (data_dir / "redis.pid").write_text(f"{os.getpid()}\n")  # alive, but not a redis-server
     stale = socket.socket(socket.AF_UNIX)
@@ -244,6 +249,7 @@ def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir:
     assert regctl(env, "list", "-o", "name").stdout == "stale@example.com\n"
 
 
+@pytest.mark.slow
 def test_stop_and_start(env: dict[str, str]):
     add(env, "kept@example.com")
     assert regctl(env, "server", "stop").stdout.startswith("stopped")
@@ -268,6 +274,7 @@ def _aof_flushed(data_dir: Path) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_records_survive_a_kill_9_with_their_ttl(env: dict[str, str], data_dir: Path):
     for i in range(3):
         add(env, f"durable{i}@example.com")

@@ -174,6 +174,7 @@ def test_list_pages_across_many_records_in_order(redis_proc: RedisProcess, prefi
     assert keys == sorted(keys)
 
 
+@pytest.mark.slow
 def test_a_stopped_server_is_unavailable(tmp_path, pw_hash):
     proc = RedisProcess(tmp_path / "r").start()
     manager = manager_on(proc, "down")

@@ -267,6 +267,7 @@ def debug_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     proc.stop()
 
 
+@pytest.mark.slow
 def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_redis: RedisProcess):
     sent = threading.Event()
 
@@ -303,6 +304,7 @@ def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_r
     assert records == entries <= 1
 
 
+@pytest.mark.slow
 def test_a_stopped_server_is_given_up_on_after_one_deadline(tmp_path: Path, pw_hash):
     """SIGSTOP: the kernel still accepts connections, nothing answers. One deadline
     bounds each call (with 2 retries, each waiting its 1 s timeout, it took over 3 s)."""

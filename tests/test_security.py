@@ -81,6 +81,7 @@ def test_hostile_add_arguments_are_stored_safely_or_refused(cli: Cli, redis_proc
         cli("delete", email)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(code=hostile_text)
 def test_hostile_codes_cost_no_attempt(cli: Cli, code: str):
@@ -99,6 +100,7 @@ def test_hostile_codes_cost_no_attempt(cli: Cli, code: str):
 TOO_SHORT = "Error: password must be 8-128 characters\n"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(password=hostile_text)
 def test_hostile_passwords_are_hashed_or_refused(cli: Cli, password: str):
@@ -220,6 +222,7 @@ def test_the_old_code_never_works_once_a_resend_committed(make_manager: MakeMana
             assert manager.verify(email, new).ok, i
 
 
+@pytest.mark.slow
 def test_concurrent_resends_inside_the_cooldown_send_one_code(
     env: dict[str, str], redis_proc: RedisProcess
 ):

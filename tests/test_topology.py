@@ -272,6 +272,7 @@ def test_a_planned_sentinel_failover_brings_nothing_verified_back(
     manager.close()
 
 
+@pytest.mark.slow
 def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: SentinelGroup):
     env = {"REGCTL_REDIS_URL": sentinel_group.url}
     ran = cli(
@@ -642,6 +643,7 @@ def test_sentinel_and_cluster_pools_wait_for_a_free_connection(
     manager.close()
 
 
+@pytest.mark.slow
 def test_doctor_and_health_report_a_cluster_node_that_is_down(tmp_path: Path, cli: Cli):
     cluster = RedisCluster(tmp_path / "down", primaries=3).start()
     try:
@@ -661,6 +663,7 @@ def test_doctor_and_health_report_a_cluster_node_that_is_down(tmp_path: Path, cl
         cluster.stop()
 
 
+@pytest.mark.slow
 def test_health_names_a_silent_sentinel_and_a_dead_replica(cli: Cli, sentinel_group: SentinelGroup):
     env = {"REGCTL_REDIS_URL": sentinel_group.url}
     silent = sentinel_group.sentinels[2]
@@ -682,6 +685,7 @@ def test_health_names_a_silent_sentinel_and_a_dead_replica(cli: Cli, sentinel_gr
     assert f"replica 127.0.0.1:{sentinel_group.replica.port} is down" in check["detail"]
 
 
+@pytest.mark.slow
 def test_health_and_doctor_name_a_replica_acting_as_master(cli: Cli, sentinel_group: SentinelGroup):
     """Split brain: the sentinels' replica, promoted by hand, takes writes that are lost."""
     env = {"REGCTL_REDIS_URL": sentinel_group.url}
