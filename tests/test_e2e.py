@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -145,13 +147,16 @@ def test_a_closed_pipe_ends_any_command_quietly(
     for i in range(200):
         store.audit_append({"who": "w", "command": "add", "target": f"p{i}", "outcome": "ok"})
     store.close()
-    proc = subprocess.Popen(
-        [REGCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    assert proc.stdout is not None
+    read, write = os.pipe()
+    # A pipe of one page: a command with more to say is surely still writing when the
+    # reader leaves, however fast it runs (a 64 KiB pipe could take all of a short
+    # listing, and the command would end normally, with its summary on stderr).
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([REGCTL, *args], stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
     assert proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()  # what head does after its line
+    with os.fdopen(read, "rb") as reader:
+        reader.readline()  # and closes the pipe, as head does after its line
     errors = proc.stderr.read()
     assert proc.wait(timeout=120) in (0, 141)
     assert errors == b""
