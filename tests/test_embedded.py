@@ -88,6 +88,7 @@ def test_first_use_starts_a_private_server(env: dict[str, str], data_dir: Path):
     assert shown["store"] == f"embedded store at {data_dir}"
 
 
+@pytest.mark.slow
 def test_concurrent_first_starts_start_one_server(env: dict[str, str], data_dir: Path):
     with ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda _: regctl(env, "server", "start"), range(4)))

@@ -119,6 +119,7 @@ def test_hostile_passwords_are_hashed_or_refused(cli: Cli, password: str):
     cli("delete", "pw@example.com")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(value=hostile_text)
 def test_hostile_prefixes_and_urls_are_refused_as_input(cli: Cli, value: str):
@@ -127,6 +128,7 @@ def test_hostile_prefixes_and_urls_are_refused_as_input(cli: Cli, value: str):
         assert_clean_refusal_or_success(ran, allowed=(0, 2, 69))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(duration=hostile_text, domain=hostile_text)
 def test_hostile_filters_are_refused_cleanly(cli: Cli, duration: str, domain: str):

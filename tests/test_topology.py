@@ -585,6 +585,7 @@ def test_a_bucket_slot_migrates_under_traffic_unseen_by_callers(
         cluster.stop()
 
 
+@pytest.mark.slow
 def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cli: Cli):
     cluster = RedisCluster(tmp_path / "open", primaries=2).start()
     try:
