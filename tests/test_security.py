@@ -67,6 +67,7 @@ def assert_clean_refusal_or_success(ran, allowed=(0, 2)) -> None:  # type: ignor
 # --- hostile input -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(email=hostile_text, first=hostile_text)
 def test_hostile_add_arguments_are_stored_safely_or_refused(cli: Cli, redis_proc, email, first):
