@@ -154,14 +154,27 @@ class EmbeddedServer:
 
     # --- life cycle -------------------------------------------------------
 
+    def _client(self, timeout: float, **kwargs: Any) -> Any:
+        """A client of the local socket that never retries: a server that is going away
+        (a SHUTDOWN under way) must not be asked again, nor one started since."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis(
+            unix_socket_path=str(self.socket),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            **kwargs,
+        )
+
     def ping(self) -> bool:
         import redis
 
         if not self.socket.exists():
             return False
-        client = redis.Redis(
-            unix_socket_path=str(self.socket), socket_timeout=2, socket_connect_timeout=2
-        )
+        client = self._client(2)
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -191,7 +204,7 @@ class EmbeddedServer:
 
         if not self.ping():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=STOP_TIMEOUT)
+        client = self._client(STOP_TIMEOUT)
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown()
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -215,9 +228,7 @@ class EmbeddedServer:
         recorded = self.recorded()
         info["recorded"] = f"{recorded[1]} ({recorded[0]})" if recorded else None
         if self.ping():
-            import redis
-
-            client = redis.Redis(unix_socket_path=str(self.socket), decode_responses=True)
+            client = self._client(STOP_TIMEOUT, decode_responses=True)
             try:
                 server = client.info("server")
             finally:
