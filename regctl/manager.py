@@ -18,7 +18,6 @@ import builtins
 import contextlib
 import heapq
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,6 @@ from regctl.model import (
     VerifyResult,
 )
 from regctl.reports import (
-    AGE_BUCKETS,
     FUNNEL_EVENTS,
     BulkResendReport,
     FunnelDay,
@@ -343,19 +341,9 @@ class RegistrationManager:
         return self.store.counts()
 
     def stats(self, top: int = 5) -> Stats:
-        """Totals and an age histogram over every live record (one streaming pass)."""
-        total = locked = code_expired = soon = 0
-        domains: Counter[str] = Counter()
-        ages = [0] * len(AGE_BUCKETS)
-        for r in self.store.scan():
-            total += 1
-            locked += r.locked
-            code_expired += r.code_expired and not r.locked
-            soon += r.ttl_ms <= 3_600_000
-            domains[r.domain] += 1
-            ages[next(i for i, (_, limit) in enumerate(AGE_BUCKETS) if r.age_ms < limit)] += 1
-        histogram = [(label, n) for (label, _), n in zip(AGE_BUCKETS, ages, strict=True)]
-        return Stats(total, locked, code_expired, soon, domains.most_common(top), histogram)
+        """Totals, top domains and an age histogram over every live record, counted
+        where the records are (no record travels on Redis)."""
+        return self.store.tally().stats(top)
 
     def funnel(self, days: int = 7) -> builtins.list[FunnelDay]:
         """Per server day, newest first: created, codes sent, verified, locked, expired."""

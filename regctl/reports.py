@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from regctl.model import PendingRegistration
 
 AGE_BUCKETS = (
     ("< 15m", 15 * 60_000),
@@ -12,6 +17,8 @@ AGE_BUCKETS = (
     ("12-24h", 24 * 3_600_000),
     ("> 24h", 2**62),
 )
+# What `stats` calls expiring soon.
+SOON_MS = 3_600_000
 FUNNEL_EVENTS = ("created", "sent", "verified", "locked", "expired")
 
 
@@ -23,6 +30,40 @@ class Stats:
     expiring_within_hour: int
     top_domains: list[tuple[str, int]]
     ages: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts over live records, made where the records are (on Redis, by a script per
+    page of an index: counts travel, not records), merged into Stats."""
+
+    total: int = 0
+    locked: int = 0
+    code_expired: int = 0  # (and not locked)
+    soon: int = 0  # expiring within SOON_MS
+    ages: list[int] = field(default_factory=lambda: [0] * len(AGE_BUCKETS))
+    domains: Counter[str] = field(default_factory=Counter)
+
+    def count(self, reg: PendingRegistration) -> None:
+        """One record, as read at ``reg.observed_at``."""
+        self.total += 1
+        self.locked += reg.locked
+        self.code_expired += reg.code_expired and not reg.locked
+        self.soon += reg.ttl_ms <= SOON_MS
+        self.ages[next(i for i, (_, limit) in enumerate(AGE_BUCKETS) if reg.age_ms < limit)] += 1
+        self.domains[reg.domain] += 1
+
+    def stats(self, top: int) -> Stats:
+        ages = [(label, n) for (label, _), n in zip(AGE_BUCKETS, self.ages, strict=True)]
+        return Stats(
+            self.total,
+            self.locked,
+            self.code_expired,
+            self.soon,
+            # Ties in name order: the same on every store, whatever order pages came in.
+            sorted(self.domains.items(), key=lambda item: (-item[1], item[0]))[:top],
+            ages,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from regctl import (
     VerifyOutcome,
 )
 from regctl.keys import Keyspace, digest
+from regctl.reports import Tally
 from regctl.security import verify_password
 from regctl.store.base import Lease
 from tests.conftest import SECRET, MakeManager
@@ -451,6 +452,48 @@ def test_count_and_stats_agree_with_the_records(make_manager: MakeManager, pw_ha
     assert stats.locked == 1
     assert stats.expiring_within_hour == 0
     assert stats.top_domains[0] == ("a.example", 4)
+
+
+def test_stats_counts_on_the_server_what_the_records_say(
+    manager: RegistrationManager, pw_hash: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The tally a store makes where the records are (a script per page on Redis)
+    agrees with one made from the records themselves, across pages of a bucket."""
+    monkeypatch.setattr("regctl.store.walk.TALLY_PAGE", 2)
+    soon = RegistrationManager(
+        manager.store, secret=SECRET, policy=Policy(lifetime_ms=1_800_000, code_lifetime_ms=1000)
+    )
+    later = RegistrationManager(manager.store, secret=SECRET, policy=Policy(max_attempts=1))
+    ks = Keyspace("any")  # (a bucket depends on the identity and the bucket count only)
+    domains = ["Mixed.Example", "mixed.example", "MIXED.example", "c.example"]
+    in_bucket_0 = [  # 4 records in one bucket: two pages of 2
+        next(
+            e for i in range(10_000) if ks.bucket_of(digest((e := f"s{n}.{i}@{d}").casefold())) == 0
+        )
+        for n, d in enumerate(domains)
+    ]
+    for email in in_bucket_0:
+        soon.add(email, "S", "Oon", password_hash=pw_hash)
+    codes = [
+        later.add(f"l{i}@b.example", "L", "Ater", password_hash=pw_hash).code for i in range(3)
+    ]
+    later.verify("l0@b.example", wrong(codes[0]))  # locked
+    deadline = time.monotonic() + 60
+    while not all(r.code_expired for r in soon.list() if r.domain != "b.example"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    expected = Tally()
+    for reg in manager.list():
+        expected.count(reg)
+    assert manager.store.tally() == expected
+    stats = manager.stats(top=2)
+    assert (stats.total, stats.locked, stats.code_expired, stats.expiring_within_hour) == (
+        7,
+        1,
+        4,
+        4,
+    )
+    assert stats.top_domains == [("b.example", 3), ("mixed.example", 3)]
 
 
 def test_an_empty_store_lists_nothing(manager: RegistrationManager):

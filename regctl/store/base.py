@@ -15,7 +15,7 @@ from regctl.errors import (
     RegctlError,
 )
 from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
-from regctl.reports import PurgeReport
+from regctl.reports import PurgeReport, Tally
 
 T = TypeVar("T")
 
@@ -92,6 +92,10 @@ class Store(Protocol):
         ...
 
     def counts(self) -> Counts: ...
+
+    def tally(self) -> Tally:
+        """Counts over every live record (reports.Tally), at one time per page."""
+        ...
 
     def resend(
         self, identity: str, code_hash: str, policy: Policy, token: str

@@ -30,7 +30,7 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
-from regctl.reports import PurgeReport
+from regctl.reports import PurgeReport, Tally
 from regctl.security import new_token, split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,
@@ -213,6 +213,12 @@ class MemoryStore:
             )
         for _expires, _digest, entry in live:
             yield replace(entry.record, observed_at=now, code_hash=entry.code_hash)
+
+    def tally(self) -> Tally:
+        tally = Tally()
+        for reg in self.scan():
+            tally.count(reg)
+        return tally
 
     def counts(self) -> Counts:
         with self._lock:

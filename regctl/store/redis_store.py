@@ -35,7 +35,7 @@ from regctl.model import (
     VerifyOutcome,
     VerifyResult,
 )
-from regctl.reports import PurgeReport
+from regctl.reports import PurgeReport, Tally
 from regctl.security import new_token
 from regctl.store.base import (
     AUDIT_MAX,
@@ -55,6 +55,7 @@ from regctl.store.walk import (
     purge_expired,
     purge_walk,
     refuse_during_reshard,
+    tally,
     walk,
 )
 from regctl.text import visible
@@ -385,6 +386,9 @@ class RedisStore:
             )
         )
         return Counts(sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
+
+    def tally(self) -> Tally:
+        return tally(self.scripts, self.keyspace)
 
     # --- walking the index ------------------------------------------------
 

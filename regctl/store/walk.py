@@ -16,7 +16,7 @@ from regctl.connection import Client, translated_errors
 from regctl.errors import NotServing
 from regctl.keys import Keyspace, client_day
 from regctl.model import Filter, Policy
-from regctl.reports import PurgeReport
+from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
 from regctl.store.base import PAGE
 from regctl.store.scripts import ScriptRunner
 
@@ -92,6 +92,43 @@ def _records(
                 pipe.hgetall(ks.record_base(bucket) + member)
         replies = iter(pipe.execute())
     return [[next(replies) for _ in members] for _bucket, members in wanted]
+
+
+# Records counted by one tally script: short enough never to block the server long.
+TALLY_PAGE = 1000
+
+
+def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
+    """Counts over every live record: each bucket's index read a page at a time, every
+    bucket's page in one pipelined round trip, then one pipelined round trip of tally
+    scripts over those pages' records (declared), which send back counts only."""
+    total = Tally()
+    limits = [limit for _label, limit in AGE_BUCKETS]
+    after = dict.fromkeys(range(ks.buckets), (0, ""))
+    while after:
+        buckets = list(after)
+        pages = all_or_raise(
+            scripts.run_many("page", [((ks.index(b),), (*after[b], TALLY_PAGE)) for b in buckets])
+        )
+        calls = []
+        for bucket, (_now, rows) in zip(buckets, pages, strict=True):
+            if rows:
+                records = tuple(ks.record_base(bucket) + d for d in rows[::2])
+                calls.append((records, (SOON_MS, *limits)))
+            if len(rows) < 2 * TALLY_PAGE:
+                del after[bucket]
+            else:
+                after[bucket] = (rows[-1], rows[-2])
+        for reply in all_or_raise(scripts.run_many("tally", calls)):
+            _now, count, locked, code_expired, soon, ages, by_domain = reply
+            total.total += int(count)
+            total.locked += int(locked)
+            total.code_expired += int(code_expired)
+            total.soon += int(soon)
+            total.ages = [a + int(n) for a, n in zip(total.ages, ages, strict=True)]
+            for domain, n in zip(by_domain[::2], by_domain[1::2], strict=True):
+                total.domains[domain.casefold()] += int(n)
+    return total
 
 
 def refuse_during_reshard(client: Client) -> None:

@@ -1,0 +1,42 @@
+-- Count a page of one bucket's records on the server's clock: counts travel, not records.
+-- KEYS: the records of the page (one bucket; a record gone since is skipped)
+-- ARGV: soon_ms, then the age limits in ms, ascending (reports.AGE_BUCKETS)
+-- Returns {now, total, locked, code_expired, soon, {count per age limit},
+--          {domain, count, domain, count, ...}}
+local soon_ms = tonumber(ARGV[1])
+local first_limit = 2
+local now = server_now()
+local total, locked, code_expired, soon = 0, 0, 0, 0
+local ages = {}
+for i = first_limit, #ARGV do ages[i - first_limit + 1] = 0 end
+local domains, named = {}, {}
+for i = 1, #KEYS do
+  local record = KEYS[i]
+  local f = redis.call('HMGET', record, F.email, F.locked, F.created_at, F.expires_at,
+    F.code_expires_at)
+  local email, is_locked = f[1], f[2] == '1'
+  local created, expires, code_expires = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+  -- A hash regctl cannot read (something else wrote it) is left out, as `list` does.
+  if email and f[2] and created and expires and code_expires then
+    total = total + 1
+    if is_locked then locked = locked + 1 end
+    if now >= code_expires and not is_locked then code_expired = code_expired + 1 end
+    if math.max(0, expires - now) <= soon_ms then soon = soon + 1 end
+    local age = math.max(0, now - created)
+    for k = first_limit, #ARGV do
+      if age < tonumber(ARGV[k]) then
+        ages[k - first_limit + 1] = ages[k - first_limit + 1] + 1
+        break
+      end
+    end
+    local domain = string.match(email, '([^@]*)$')  -- after the last @ (case as stored)
+    if not domains[domain] then named[#named + 1] = domain; domains[domain] = 0 end
+    domains[domain] = domains[domain] + 1
+  end
+end
+local by_domain = {}
+for _, domain in ipairs(named) do
+  by_domain[#by_domain + 1] = domain
+  by_domain[#by_domain + 1] = domains[domain]
+end
+return {now, total, locked, code_expired, soon, ages, by_domain}
