@@ -96,6 +96,13 @@ def manager(make_manager: MakeManager) -> RegistrationManager:
     return make_manager()
 
 
+def redis_store(manager: RegistrationManager) -> RedisStore:
+    """The manager's store as the RedisStore it is, for a test that reaches its keys,
+    client or scripts (``manager.store`` is typed as any ``Store``)."""
+    assert isinstance(manager.store, RedisStore), manager.store
+    return manager.store
+
+
 @pytest.fixture(scope="session")
 def pw_hash() -> str:
     """One real Argon2id hash, so tests need not pay for hashing on every add."""

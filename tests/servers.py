@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -101,18 +103,14 @@ class RedisProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def client(self, **kwargs: object) -> redis.Redis:
-        where: dict[str, object] = (
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client that decodes replies, with redis.Redis's other keyword arguments."""
+        where: dict[str, Any] = (
             {"host": "127.0.0.1", "port": self.port}
             if self.port is not None
             else {"unix_socket_path": str(self.socket)}
         )
-        return redis.Redis(
-            **where,
-            password=self.password,
-            decode_responses=True,  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
-        )
+        return redis.Redis(**where, password=self.password, decode_responses=True, **kwargs)
 
     def args(self) -> list[str]:
         where = (
@@ -173,6 +171,14 @@ class RedisProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+
+def zset_members(client: redis.Redis, key: str) -> list[str]:
+    """A sorted set's members in order, read by a client that decodes replies
+    (RedisProcess.client): redis-py types them as bytes or str either way."""
+    members = client.zrange(key, 0, -1)
+    assert all(isinstance(m, str) for m in members), members
+    return [str(m) for m in members]
 
 
 class RedisCluster:
@@ -241,11 +247,11 @@ class RedisCluster:
         return self
 
     @staticmethod
-    def _wait(ready: object, timeout: float = 30) -> None:
+    def _wait(ready: Callable[[], object], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
-                if ready():  # type: ignore[operator]
+                if ready():
                     return
             time.sleep(0.1)
         raise RuntimeError("the cluster did not come up")
@@ -299,15 +305,26 @@ class SentinelGroup:
             )
         RedisCluster._wait(
             lambda: all(
-                int(s.client().sentinel_master(self.service)["num-other-sentinels"]) == 2
-                and int(s.client().sentinel_master(self.service)["num-slaves"]) == 1
+                int(self._master_state(s)["num-other-sentinels"]) == 2
+                and int(self._master_state(s)["num-slaves"]) == 1
                 for s in self.sentinels
             )
         )
         return self
 
+    def _master_state(self, sentinel: RedisProcess) -> dict[str, Any]:
+        # redis-py types the reply "dict | bool": a bool only from redis.Sentinel's
+        # fan-out over several sentinels, never from one sentinel asked directly.
+        state = sentinel.client().sentinel_master(self.service)
+        assert isinstance(state, dict), state
+        return state
+
     def current_master(self) -> tuple[str, int]:
-        host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.service)
+        address = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.service)
+        # None if the sentinel knew no such master; a bool only from redis.Sentinel's fan-out
+        assert isinstance(address, tuple), address
+        host, port = address
+        assert isinstance(host, str), host  # the client decodes replies
         return host, int(port)
 
     def stop(self) -> None:

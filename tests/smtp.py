@@ -11,6 +11,13 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 
+def body_of(message: Message) -> str:
+    """A single-part message's body, decoded from its transfer encoding."""
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes), payload
+    return payload.decode()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -32,7 +39,7 @@ class Sink:
         """The code in the newest message to ``email``."""
         for message in reversed(self.messages):
             if message["To"] == email:
-                body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                body = body_of(message)
                 match = re.search(r"code is (\d+)", body)
                 assert match, body
                 return match.group(1)

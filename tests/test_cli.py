@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ EMAIL = "alice@example.com"
 PASSWORD = "correct horse battery"
 
 
-def add(cli: Cli, email: str = EMAIL, *extra: str, **env: str) -> dict:
+def add(cli: Cli, email: str = EMAIL, *extra: str, **env: str) -> dict[str, Any]:
     ran = cli(
         "-o",
         "json",
@@ -32,7 +33,8 @@ def add(cli: Cli, email: str = EMAIL, *extra: str, **env: str) -> dict:
         **env,
     )
     assert ran.exit_code == 0, ran.stderr
-    return json.loads(ran.stdout)
+    document: dict[str, Any] = json.loads(ran.stdout)
+    return document
 
 
 def wrong(code: str) -> str:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from regctl import (
+    Added,
     AlreadyExists,
     ConfigError,
     CooldownActive,
@@ -229,8 +230,9 @@ def test_replay_of_the_same_verify_call_gets_the_same_answer(
     other = manager.verify(EMAIL, code, token="call-2")
     assert first.ok
     assert again.ok
+    assert first.registration is not None
     assert again.registration is not None
-    assert again.registration.email == first.registration.email  # type: ignore[union-attr]
+    assert again.registration.email == first.registration.email
     assert other.outcome is VerifyOutcome.NOT_FOUND
 
 
@@ -626,8 +628,9 @@ def test_add_many_reports_each_row_and_stores_the_good_ones(
     kinds = [type(r).__name__ for r in results]
     assert kinds == ["Added", "InvalidInput", "AlreadyExists", "Added"]
     assert manager.count() == 2
-    code = results[3].code  # type: ignore[union-attr]
-    assert manager.verify("two@example.com", code).ok
+    added = results[3]
+    assert isinstance(added, Added)
+    assert manager.verify("two@example.com", added.code).ok
 
 
 # --- funnel statistics ------------------------------------------------------------------

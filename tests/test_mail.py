@@ -6,7 +6,7 @@ import json
 import re
 
 from tests.conftest import Cli
-from tests.smtp import SmtpServer
+from tests.smtp import SmtpServer, body_of
 
 EMAIL = "carol@example.com"
 PASSWORD = "Unique-Passw0rd-4-hygiene"
@@ -31,7 +31,7 @@ def test_add_mails_the_code_and_the_mailed_code_verifies(cli: Cli, smtp: SmtpSer
     assert message["To"] == EMAIL
     assert message["From"] == "shop <a@shop.example>"
     assert message["Subject"] == "Your verification code"
-    body = message.get_payload(decode=True).decode()
+    body = body_of(message)
     assert "Hello Carol," in body
     assert "valid for 15 minutes" in body
     assert cli("verify", EMAIL, smtp.sink.code_for(EMAIL)).exit_code == 0
@@ -52,7 +52,7 @@ def test_a_custom_template_is_used(cli: Cli, smtp: SmtpServer, tmp_path):
         REGCTL_MAIL_URL=smtp.url,
         REGCTL_MAIL_TEMPLATE=str(template),
     )
-    body = smtp.sink.messages[0].get_payload(decode=True).decode()
+    body = body_of(smtp.sink.messages[0])
     assert re.fullmatch(r"Code \d{6} for carol@example\.com, 15 min\. \{literal\}\r?\n", body)
 
 
@@ -81,9 +81,7 @@ def test_no_output_ever_shows_a_code_a_password_or_a_hash(cli: Cli, smtp: SmtpSe
     outputs.append(ran.stdout + ran.stderr)
     codes = [smtp.sink.code_for(EMAIL)]
     run("resend", EMAIL)
-    codes += [
-        m.get_payload(decode=True).decode().split("code is ")[1][:6] for m in smtp.sink.messages
-    ]
+    codes += [body_of(m).split("code is ")[1][:6] for m in smtp.sink.messages]
     for command in (
         ("list",),
         ("list", "-o", "wide"),

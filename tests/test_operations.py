@@ -202,6 +202,7 @@ def test_production_needs_yes_to_delete(cli: Cli):
 
 def test_the_compose_file_uses_only_real_commands_and_settings():
     import yaml
+    from typer.core import TyperGroup
     from typer.main import get_command
 
     from regctl.cli.app import build_app
@@ -218,6 +219,7 @@ def test_the_compose_file_uses_only_real_commands_and_settings():
     words = shlex.split(segment)
     words = words[words.index("regctl") :]
     root = get_command(build_app())
+    assert isinstance(root, TyperGroup)
     command = root.commands[words[2]]
     options = {o for p in root.params + command.params for o in p.opts}
     assert {w for w in words[1:] if w.startswith("-")} <= options
@@ -234,11 +236,13 @@ def test_the_dockerfile_copies_what_exists_and_runs_a_real_command():
 
 @pytest.mark.parametrize("doc", ["docs/runbook.md"])
 def test_the_runbook_commands_exist(doc: str):
+    from typer.core import TyperGroup
     from typer.main import get_command
 
     from regctl.cli.app import build_app
 
     root = get_command(build_app())
+    assert isinstance(root, TyperGroup)
     text = (ROOT / doc).read_text()
     used = {
         line.split()[1]
@@ -277,7 +281,7 @@ def test_health_interval_samples_and_exits_0(cli: Cli):
 # --- bulk resend -------------------------------------------------------------------------------
 
 
-def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: ignore[no-untyped-def]
+def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):
     env = {"REGCTL_RESEND_COOLDOWN": "0", "REGCTL_MAIL_URL": smtp.url}
     for i in range(4):
         add(cli, f"b{i}@bulk.example", REGCTL_MAIL_URL="none")
@@ -314,7 +318,7 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):  # type: 
     assert all(m["To"].endswith("@bulk.example") for m in smtp.sink.messages)
 
 
-def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, smtp):  # type: ignore[no-untyped-def]
+def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, smtp):
     env = {"REGCTL_RESEND_COOLDOWN": "0", "REGCTL_MAIL_URL": smtp.url}
     for i in range(10):
         add(cli, f"o{i}@outage.example", REGCTL_MAIL_URL="none")

@@ -32,8 +32,8 @@ from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
-from tests.conftest import REGCTL, SECRET, Cli, cli_env
-from tests.servers import RedisProcess, server_version
+from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store
+from tests.servers import RedisProcess, server_version, zset_members
 
 
 def manager_for(url: str, prefix: str = "rel", **settings: object) -> RegistrationManager:
@@ -361,13 +361,13 @@ def test_a_small_pool_under_200_concurrent_operations_never_overflows(
 
 def test_an_exhausted_pool_fails_with_a_pool_timeout(redis_proc: RedisProcess):
     manager = manager_for(redis_proc.url, prefix="pool2", max_connections=1, pool_timeout=0.2)
-    store = manager.store
-    held = store.client.connection_pool.get_connection()  # type: ignore[attr-defined]
+    store = redis_store(manager)
+    held = store.client.connection_pool.get_connection()
     try:
         with pytest.raises(PoolExhausted):
             manager.count()
     finally:
-        store.client.connection_pool.release(held)  # type: ignore[attr-defined]
+        store.client.connection_pool.release(held)
     assert manager.count() == 0
     manager.close()
 
@@ -386,11 +386,11 @@ def test_a_full_server_refuses_add_cleanly(tmp_path: Path, pw_hash):
                 failed = (f"f{i}@example.com", exc)
                 break
         assert failed is not None
-        email, exc = failed
-        assert exc.exit_code == 69
-        assert "out of memory" in exc.message
+        email, error = failed
+        assert error.exit_code == 69
+        assert "out of memory" in error.message
         assert manager.get(email) is None
-        records, entries = consistent(manager.store)  # type: ignore[arg-type]
+        records, entries = consistent(redis_store(manager))
         assert records == entries == i
         manager.close()
     finally:
@@ -603,7 +603,7 @@ def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash
         kept = [  # and surely a few: entries whose record survived
             (b, m)
             for b in range(ks.buckets)
-            for m in admin.zrange(ks.index(b), 0, -1)
+            for m in zset_members(admin, ks.index(b))
             if admin.exists(ks.record_base(b) + m)
         ][:5]
         for bucket, member in kept:

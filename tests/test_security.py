@@ -56,7 +56,7 @@ def keyspace_size(cli: Cli, redis_proc: RedisProcess) -> int:
     return sum(1 for _ in redis_proc.client().scan_iter(f"{cli.env['REGCTL_PREFIX']}:*"))
 
 
-def assert_clean_refusal_or_success(ran, allowed=(0, 2)) -> None:  # type: ignore[no-untyped-def]
+def assert_clean_refusal_or_success(ran, allowed=(0, 2)) -> None:
     assert ran.exit_code in allowed, (ran.exit_code, ran.stderr[:300])
     assert "Traceback" not in ran.stderr
     if ran.exit_code:

@@ -19,7 +19,7 @@ from regctl.mail import MailConfig
 from regctl.security import CodeHasher
 from regctl.server import EmbeddedServer
 from regctl.settings import ENV_PREFIX, LoadedSettings, Settings, env_names, load_settings
-from tests.conftest import REGCTL, SECRET, Cli
+from tests.conftest import REGCTL, SECRET, Cli, redis_store
 from tests.servers import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def _manager(settings: Settings) -> RegistrationManager:
 
 def _pool(settings: Settings) -> Any:
     with _manager(settings) as manager:
-        return manager.store.client.connection_pool
+        return redis_store(manager).client.connection_pool
 
 
 def _kwarg(name: str) -> Callable[[Settings, Path], Any]:
@@ -86,7 +86,7 @@ def _policy(name: str, scale: int = 1) -> Probe:
     values = {"lifetime_ms": ("7200", "3600", "5400", "9000")}.get(
         name, ("61", "62", "63", "64") if scale == 1000 else ("7", "8", "9", "10")
     )
-    return Probe(values, seen, lambda v: int(float(v) * scale))  # type: ignore[arg-type]
+    return Probe(values, seen, lambda v: int(float(v) * scale))
 
 
 def _file_secret(setting: str) -> Callable[[Settings, Path], Any]:
@@ -162,8 +162,9 @@ def _audit_cap(settings: Settings, _tmp: Path) -> int:
 
 def _buckets(settings: Settings, _tmp: Path) -> int:
     with _manager(settings) as manager:
-        buckets = manager.store.keyspace.buckets  # records the layout of a new namespace
-        manager.store.client.delete(manager.store.keyspace.meta)
+        store = redis_store(manager)
+        buckets = store.keyspace.buckets  # records the layout of a new namespace
+        store.client.delete(store.keyspace.meta)
         return buckets
 
 
@@ -186,11 +187,11 @@ PROBES: dict[str, Probe] = {
         SECRET_FILES, _file_secret("sentinel_password"), lambda v: f"secret read from {v}"
     ),
     "wait_replicas": Probe(
-        ("1", "2", "3", "4"), lambda s, _t: _manager(s).store.scripts.wait_replicas, int
+        ("1", "2", "3", "4"), lambda s, _t: redis_store(_manager(s)).scripts.wait_replicas, int
     ),
     "wait_timeout": Probe(
         ("0.5", "1.5", "2", "3"),
-        lambda s, _t: _manager(s).store.scripts.wait_timeout_ms,
+        lambda s, _t: redis_store(_manager(s)).scripts.wait_timeout_ms,
         lambda v: int(float(v) * 1000),
     ),
     "max_connections": Probe(("7", "8", "9", "10"), lambda s, _t: _pool(s).max_connections, int),
@@ -629,7 +630,7 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         environ={"REGCTL_WAIT_TIMEOUT": "0.0004"},
     )
     with RegistrationManager.from_settings(loaded.settings) as manager:
-        assert manager.store.scripts.wait_timeout_ms == 1  # WAIT n 0 would block forever
+        assert redis_store(manager).scripts.wait_timeout_ms == 1  # WAIT n 0 would block forever
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from regctl import Filter, MemoryStore, Policy, RedisStore, RegctlError, RegistrationManager
 from regctl.keys import digest
-from tests.conftest import SECRET
+from tests.conftest import SECRET, redis_store
 
 POLICY = Policy(
     lifetime_ms=60_000,
@@ -32,7 +32,7 @@ TOKENS = st.sampled_from([None, "t1", "t2"])
 _prefixes = itertools.count()
 
 
-def outcome(call):  # type: ignore[no-untyped-def]
+def outcome(call):
     """A comparable summary of what a call did: its result or its error class."""
     try:
         return ("ok", call())
@@ -41,7 +41,7 @@ def outcome(call):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):  # type: ignore[no-untyped-def]
+def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):
     class Lockstep(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -57,7 +57,7 @@ def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):  #
             self.client = redis_proc.client()
             self.prefix = prefix
 
-        def both(self, action):  # type: ignore[no-untyped-def]
+        def both(self, action):
             results = [
                 outcome(lambda m=m, k=k: action(m, k))
                 for m, k in ((self.redis, "redis"), (self.memory, "memory"))
@@ -135,7 +135,7 @@ def test_redis_and_memory_agree_under_random_operations(redis_proc, pw_hash):  #
         @invariant()
         def ttls_bounded_and_never_growing(self) -> None:
             for r in self.redis.list():
-                key = self.redis.store.keyspace.record(digest(r.identity))  # type: ignore[attr-defined]
+                key = redis_store(self.redis).keyspace.record(digest(r.identity))
                 ttl = self.client.pttl(key)
                 assert 0 < ttl <= POLICY.lifetime_ms
                 identity_created = f"{r.identity}:{r.created_at}"

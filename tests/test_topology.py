@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from regctl import Filter, RegistrationManager, StoreUnavailable
 from regctl.acl import REQUIRED_COMMANDS
 from regctl.keys import Keyspace
 from regctl.settings import load_settings
-from tests.conftest import SECRET, Cli
+from tests.conftest import SECRET, Cli, redis_store
 from tests.servers import (
     RedisCluster,
     RedisProcess,
@@ -74,7 +74,7 @@ def test_cli_smoke_on_cluster(cli: Cli, redis_cluster: RedisCluster):
 def test_a_plain_url_to_a_cluster_node_is_detected(redis_cluster: RedisCluster, prefix: str):
     url = f"redis://127.0.0.1:{redis_cluster.nodes[0].port}"
     manager = manager_for(url, prefix)
-    assert manager.store.is_cluster  # type: ignore[attr-defined]
+    assert redis_store(manager).is_cluster
     manager.close()
 
 
@@ -152,7 +152,9 @@ def workload(
             break
 
 
-def run_failover(manager: RegistrationManager, pw_hash: str, failover) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def run_failover(
+    manager: RegistrationManager, pw_hash: str, failover: Callable[[], object]
+) -> list[tuple[str, str]]:
     stop = threading.Event()
     log: list[tuple[str, str]] = []
     worker = threading.Thread(target=workload, args=(manager, stop, log, pw_hash))
@@ -313,7 +315,7 @@ def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: Sentin
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[RedisProcess, dict[str, Path]]]:
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl to make a test CA")
     material = make_tls_material(tmp_path / "tls")
@@ -338,14 +340,15 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[RedisProcess, dict[str, Path]]]
         proc.start()
     except RuntimeError:
         pytest.skip("this redis-server was built without TLS")
-    proc.tls_port = port  # type: ignore[attr-defined]
-    yield proc, material
+    yield port, material
     proc.stop()
 
 
-def test_tls_with_the_ca_works_and_without_it_fails_clearly(cli: Cli, tls_server):  # type: ignore[no-untyped-def]
-    proc, material = tls_server
-    url = f"rediss://127.0.0.1:{proc.tls_port}"
+def test_tls_with_the_ca_works_and_without_it_fails_clearly(
+    cli: Cli, tls_server: tuple[int, dict[str, Path]]
+):
+    tls_port, material = tls_server
+    url = f"rediss://127.0.0.1:{tls_port}"
     ok = cli(
         "stats", "-o", "json", REGCTL_REDIS_URL=url, REGCTL_TLS_CA_FILE=str(material["ca.crt"])
     )
@@ -537,7 +540,7 @@ def test_a_bucket_slot_migrates_under_traffic_unseen_by_callers(
     """A reshard moves a populated bucket's slot while its registrations are resent,
     guessed at and verified: no caller sees an error, nothing is verified twice, no
     key is left behind (a key written on the wrong node would stop the MIGRATE)."""
-    from redis.cluster import key_slot
+    from redis.crc import key_slot
 
     cluster = RedisCluster(tmp_path / "c", primaries=2, replicas=wait_replicas).start()
     try:
