@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -163,7 +164,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
     keep = policy.funnel_keep_ms  # funnel counters are kept this long
     day = int(time.time()) // 86_400  # the counting scripts declare this day's counters
 
-    def evalsha(name: str, keys: tuple[str, ...], *args: object) -> object:
+    def evalsha(name: str, keys: tuple[str, ...], *args: str | int) -> object:
         return raw.evalsha(sha[name], len(keys), *keys, *args)
 
     def funnel(d: str) -> tuple[str, str, str]:
@@ -264,8 +265,8 @@ def throughput(sock: Path, seconds: float, pw_hash: str) -> None:
         raw = pool()
         key = store.keyspace.record(digest("tp@bench.example"))
         sha = store.scripts.script("get").sha
-        ours = rate(lambda m=manager: m.get("tp@bench.example"), threads, seconds)
-        base = rate(lambda r=raw, k=key, h=sha: r.evalsha(h, 1, k), threads, seconds)
+        ours = rate(functools.partial(manager.get, "tp@bench.example"), threads, seconds)
+        base = rate(functools.partial(raw.evalsha, sha, 1, key), threads, seconds)
         out[threads] = {"regctl": ours, "baseline": base, "ratio": base / ours}
         print(
             f"  {threads:>2} threads: regctl {ours:9.0f}   raw redis-py {base:9.0f}   "
