@@ -461,7 +461,7 @@ def test_stats_counts_on_the_server_what_the_records_say(
 ):
     """The tally a store makes where the records are (a script per page on Redis)
     agrees with one made from the records themselves, across pages of a bucket."""
-    monkeypatch.setattr("regctl.store.walk.TALLY_PAGE", 2)
+    monkeypatch.setattr("regctl.store.walk.COUNT_PAGE", 2)
     soon = RegistrationManager(
         manager.store, secret=SECRET, policy=Policy(lifetime_ms=1_800_000, code_lifetime_ms=1000)
     )

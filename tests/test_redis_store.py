@@ -21,6 +21,7 @@ from regctl import (
     StoreUnavailable,
     VerifyOutcome,
 )
+from regctl.diagnostics import doctor
 from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.target import open_target
@@ -157,9 +158,12 @@ def test_purge_drops_index_entries_whose_record_is_gone(
     manager.add("b@example.com", "A", "B", password_hash=pw_hash)
     redis_proc.client().delete(redis_store(manager).keyspace.record(digest("a@example.com")))
     assert manager.count() == 2  # the index still counts it
+    assert redis_store(manager).count_orphans() == 1
+    assert "index-orphans" in {f.code for f in doctor(redis_store(manager))}
     report = manager.purge(Filter())
     assert report.orphans == 1
     assert manager.count() == 1
+    assert redis_store(manager).count_orphans() == 0
 
 
 def test_list_pages_across_many_records_in_order(redis_proc: RedisProcess, prefix: str, pw_hash):

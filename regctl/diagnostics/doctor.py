@@ -16,9 +16,8 @@ from regctl.errors import (
 )
 from regctl.keys import KINDS, LASTING_KINDS
 from regctl.manager import PURGE_LEASE_MS
-from regctl.model import Filter, Policy
 from regctl.settings import MAX_LIFETIME_S
-from regctl.store.base import PURGE_BATCH, chunks
+from regctl.store.base import chunks
 from regctl.text import plural
 
 if TYPE_CHECKING:
@@ -286,15 +285,15 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             )
         )
     try:
-        report = store.purge(Filter(), Policy(), dry_run=True, batch=PURGE_BATCH)
+        orphans = store.count_orphans()
     except NotServing:  # slots on the move: reported as open slots; orphans wait for it
         return findings
-    if report.orphans:
+    if orphans:
         findings.append(
             Finding(
                 "warning",
                 "index-orphans",
-                f"pointing to no record: {plural(report.orphans, 'index entry')}",
+                f"pointing to no record: {plural(orphans, 'index entry')}",
                 "run `regctl purge --orphans`",
             )
         )

@@ -52,6 +52,7 @@ from regctl.store.base import (
 from regctl.store.scripts import ScriptRunner
 from regctl.store.walk import (
     all_or_raise,
+    count_orphans,
     purge_expired,
     purge_walk,
     refuse_during_reshard,
@@ -389,6 +390,13 @@ class RedisStore:
 
     def tally(self) -> Tally:
         return tally(self.scripts, self.keyspace)
+
+    def count_orphans(self) -> int:
+        """Live index entries whose record is gone (doctor's check; purge --orphans
+        removes them). Refused while Cluster slots move: moving records look gone."""
+        if self.is_cluster:
+            refuse_during_reshard(self.client)
+        return count_orphans(self.scripts, self.keyspace)
 
     # --- walking the index ------------------------------------------------
 

@@ -94,31 +94,42 @@ def _records(
     return [[next(replies) for _ in members] for _bucket, members in wanted]
 
 
-# Records counted by one tally script: short enough never to block the server long.
-TALLY_PAGE = 1000
+# Index entries per page of a whole-store count: short enough never to block long.
+COUNT_PAGE = 1000
 
 
-def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
-    """Counts over every live record: each bucket's index read a page at a time, every
-    bucket's page in one pipelined round trip, then one pipelined round trip of tally
-    scripts over those pages' records (declared), which send back counts only."""
-    total = Tally()
-    limits = [limit for _label, limit in AGE_BUCKETS]
+def index_pages(
+    scripts: ScriptRunner, ks: Keyspace, size: int
+) -> Iterator[list[tuple[int, list[str]]]]:
+    """Rounds of (bucket, digests) pages of every bucket's live index entries: one
+    pipelined round trip per round, each bucket's next page until it runs out."""
     after = dict.fromkeys(range(ks.buckets), (0, ""))
     while after:
         buckets = list(after)
-        pages = all_or_raise(
-            scripts.run_many("page", [((ks.index(b),), (*after[b], TALLY_PAGE)) for b in buckets])
-        )
-        calls = []
+        calls = [((ks.index(b),), (*after[b], size)) for b in buckets]
+        pages = all_or_raise(scripts.run_many("page", calls))
+        found = []
         for bucket, (_now, rows) in zip(buckets, pages, strict=True):
             if rows:
-                records = tuple(ks.record_base(bucket) + d for d in rows[::2])
-                calls.append((records, (SOON_MS, *limits)))
-            if len(rows) < 2 * TALLY_PAGE:
+                found.append((bucket, rows[::2]))
+            if len(rows) < 2 * size:
                 del after[bucket]
             else:
                 after[bucket] = (rows[-1], rows[-2])
+        yield found
+
+
+def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
+    """Counts over every live record: a round of index pages, then one pipelined round
+    trip of tally scripts over those pages' records (declared), which send back counts
+    only, never records."""
+    total = Tally()
+    limits = [limit for _label, limit in AGE_BUCKETS]
+    for found in index_pages(scripts, ks, COUNT_PAGE):
+        calls = [
+            (tuple(ks.record_base(bucket) + d for d in digests), (SOON_MS, *limits))
+            for bucket, digests in found
+        ]
         for reply in all_or_raise(scripts.run_many("tally", calls)):
             _now, count, locked, code_expired, soon, ages, by_domain = reply
             total.total += int(count)
@@ -129,6 +140,20 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
             for domain, n in zip(by_domain[::2], by_domain[1::2], strict=True):
                 total.domains[domain.casefold()] += int(n)
     return total
+
+
+def count_orphans(scripts: ScriptRunner, ks: Keyspace) -> int:
+    """Live index entries whose record is gone: a round of index pages, then one
+    pipelined EXISTS per entry (the records are not read)."""
+    orphans = 0
+    for found in index_pages(scripts, ks, COUNT_PAGE):
+        with translated_errors():
+            pipe = scripts.client.pipeline(transaction=False)
+            for bucket, digests in found:
+                for d in digests:
+                    pipe.exists(ks.record_base(bucket) + d)
+            orphans += sum(1 for exists in pipe.execute() if not exists)
+    return orphans
 
 
 def refuse_during_reshard(client: Client) -> None:
