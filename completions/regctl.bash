@@ -8,3 +8,4 @@ _regctl_completion() {
 }
 
 complete -o default -F _regctl_completion regctl
+

@@ -1,10 +1,1 @@
-_regctl_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _REGCTL_COMPLETE=complete_bash $1 ) )
-    return 0
-}
-
-complete -o default -F _regctl_completion regctl
+complete --command regctl --no-files --arguments "(env _REGCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) regctl)" --condition "env _REGCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) regctl"

@@ -1,10 +1,8 @@
+#compdef regctl
+
 _regctl_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _REGCTL_COMPLETE=complete_bash $1 ) )
-    return 0
+  eval $(env _TYPER_COMPLETE_ARGS="${words[1,$CURRENT]}" _REGCTL_COMPLETE=complete_zsh regctl)
 }
 
-complete -o default -F _regctl_completion regctl
+compdef _regctl_completion regctl
+

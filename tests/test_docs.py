@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from regctl.cli.config_cmd import Shell
+from regctl.cli.config_cmd import Shell, completion_script
 from regctl.cli.reference import expected_files
 from tests.conftest import REGCTL, Cli, run, subprocess_env
 from tests.servers import RedisProcess
@@ -137,3 +137,18 @@ def test_every_json_reason_the_command_gives_is_in_the_readme():
     given |= set(re.findall(r'reason = "(\w+)"', sources)) - {"error"}
     assert given, "the search found no reasons: it no longer matches the code"
     assert {r for r in given if f"| `{r}` |" not in table} == set()
+
+
+# A line only that shell's script has.
+SHELL_MARKERS = {
+    Shell.BASH: "complete -o default -F _regctl_completion regctl",
+    Shell.ZSH: "#compdef regctl",
+    Shell.FISH: "complete --command regctl",
+}
+
+
+@pytest.mark.parametrize("shell", list(Shell))
+def test_each_completion_script_is_for_the_shell_named(shell: Shell):
+    """Whatever shell runs the generator (typer's --show-completion would detect it)."""
+    script = completion_script(shell)
+    assert [s for s, marker in SHELL_MARKERS.items() if marker in script] == [shell]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -71,6 +72,9 @@ def config(ctx: typer.Context) -> None:
         state.rows(("setting", "value", "source"), rows)
 
 
+COMPLETE_VAR = "_REGCTL_COMPLETE"
+
+
 def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print the shell completion script.
 
@@ -81,15 +85,24 @@ def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")
 
 
 def completion_script(shell: Shell) -> str:
-    """The script typer generates for ``regctl`` in ``shell``: what ``regctl
-    --show-completion SHELL`` prints (typer offers it through that option only)."""
+    """The script typer generates for ``regctl`` in ``shell``: what the completion
+    protocol prints for ``_REGCTL_COMPLETE=source_<shell> regctl`` (the variable the
+    scripts themselves use to ask for completions), captured in-process."""
     from regctl.cli.app import build_app
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):  # it exits 0
-        command = typer.main.get_command(build_app())
-        command.main(["--show-completion", shell.value], prog_name="regctl", standalone_mode=False)
-    return printed.getvalue()
+    saved = os.environ.get(COMPLETE_VAR)
+    os.environ[COMPLETE_VAR] = f"source_{shell.value}"
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+            command = typer.main.get_command(build_app())
+            command.main([], prog_name="regctl", complete_var=COMPLETE_VAR, standalone_mode=False)
+    finally:
+        if saved is None:
+            del os.environ[COMPLETE_VAR]
+        else:
+            os.environ[COMPLETE_VAR] = saved
+    return printed.getvalue().lstrip("\n")
 
 
 COMMANDS = (config, completion)
