@@ -368,6 +368,29 @@ def bulk(sock: Path, records: int, pw_hash: str) -> None:
         f"{ours_s / base_s:4.2f}x"
     )
 
+    stats_s, stats_rss = run_measured([sys.executable, "-m", "regctl", "stats", "-o", "json"], env)
+    RESULTS["stats"] = {
+        "seconds": stats_s,
+        "peak_rss_mb": stats_rss,
+        "list_ndjson_seconds": ours_s,
+        "ratio_to_list": stats_s / ours_s,
+    }
+    print(
+        f"  stats                   regctl {stats_s:6.2f} s ({stats_rss:.0f} MB peak)   "
+        f"list -o ndjson {ours_s:6.2f} s   stats/list {stats_s / ours_s:4.2f}x"
+    )
+    doctor_s, _rss = run_measured([sys.executable, "-m", "regctl", "doctor", "-o", "json"], env)
+    scan_s, _rss = run_measured([sys.executable, "-c", RAW_TTL_SCAN, str(sock)], env)
+    RESULTS["doctor"] = {
+        "seconds": doctor_s,
+        "baseline_seconds": scan_s,
+        "ratio": doctor_s / scan_s,
+    }
+    print(
+        f"  doctor                  regctl {doctor_s:6.2f} s   raw SCAN + pipelined PTTL "
+        f"{scan_s:6.2f} s   {doctor_s / scan_s:4.2f}x"
+    )
+
     expired = RegistrationManager(
         RedisStore(client, prefix="exp"), secret=SECRET, policy=Policy(lifetime_ms=1000)
     )
@@ -415,6 +438,23 @@ def bulk(sock: Path, records: int, pw_hash: str) -> None:
         f"{floor_s:.2f} s"
     )
     manager.purge(Filter(older_than_ms=0))
+
+
+RAW_TTL_SCAN = """
+import sys, redis
+r = redis.Redis(unix_socket_path=sys.argv[1], decode_responses=True)
+keys = []
+for key in r.scan_iter("bulk:*", count=1000):
+    keys.append(key)
+    if len(keys) == 1000:
+        pipe = r.pipeline(transaction=False)
+        for k in keys: pipe.pttl(k)
+        pipe.execute()
+        keys = []
+pipe = r.pipeline(transaction=False)
+for k in keys: pipe.pttl(k)
+pipe.execute()
+"""
 
 
 RAW_EXPORT = """

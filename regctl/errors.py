@@ -149,7 +149,7 @@ class DeliveryFailed(RegctlError):
 
 
 class LockHeld(RegctlError):
-    """Another run holds the purge (or import) lock."""
+    """Another run holds the purge lock."""
 
     exit_code: int = ExitStatus.LOCK_HELD
     reason = "lock_held"

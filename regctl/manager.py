@@ -390,6 +390,7 @@ class RegistrationManager:
         report = BulkResendReport(dry_run=dry_run)
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
+        next_at = 0.0  # (time.monotonic) when the next code may go: paced between sends
         for reg in self.list(selection):
             if limit is not None and report.sent + report.failed >= limit:
                 break  # (a code stored but not delivered counts: it was a new code)
@@ -403,6 +404,7 @@ class RegistrationManager:
                 else:
                     report.skip(refusal)
                 continue
+            time.sleep(max(0.0, next_at - time.monotonic()))
             try:
                 resent = self.resend(reg.email)
             except (
@@ -415,6 +417,7 @@ class RegistrationManager:
                 report.skip(exc.reason)
                 continue
             report.recipients.append(reg.email)
+            next_at = time.monotonic() + pause
             try:
                 if deliver is not None:
                     deliver(resent)
@@ -427,8 +430,6 @@ class RegistrationManager:
                 if failures_in_a_row >= max_failures:
                     report.stopped = True
                     break
-            if pause:
-                time.sleep(pause)
         return report
 
     def _resend_refusal(self, reg: PendingRegistration) -> str | None:

@@ -498,6 +498,26 @@ def test_stats_counts_on_the_server_what_the_records_say(
     assert stats.top_domains == [("b.example", 3), ("mixed.example", 3)]
 
 
+def test_a_paced_bulk_resend_waits_between_codes_never_after_the_last(
+    make_manager: MakeManager, pw_hash: str
+):
+    """At one code an hour, a run limited to one code ends once it is sent."""
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    _populate(manager, pw_hash, 2, "slow.example")
+    done = threading.Event()
+    reports = []
+
+    def run() -> None:
+        reports.append(
+            manager.resend_many(Filter(domain="slow.example"), per_second=1 / 3600, limit=1)
+        )
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(60), "the run slept after its last code"
+    assert reports[0].sent == 1
+
+
 def test_an_empty_store_lists_nothing(manager: RegistrationManager):
     assert list(manager.list()) == []
     assert manager.stats().total == 0

@@ -179,7 +179,7 @@ def test_csv_of_a_mutating_command_is_csv(cli: Cli):
         (("list", "--raw-csv"), "--raw-csv needs -o csv"),
         (("list", "--field", "password"), "unknown field 'password'"),
         (("list", "--limit", "0"), "Invalid value for '--limit': must be at least 1"),
-        (("resend", EMAIL, "--older-than", "2h"), "No such option: --older-than"),
+        (("resend", EMAIL, "--older-than", "2h"), "a resend by filters is `regctl resend-many`"),
         (("stats", "--count", "3"), "--count needs --interval"),
         (("stats", "--interval", "1", "-o", "json"), "use -o ndjson"),
     ],
@@ -517,3 +517,10 @@ def test_a_bucket_count_unlike_the_stored_layout_is_refused_and_can_be_moved(cli
     assert cli("list", "-o", "name", "--prefix", "moved").stdout == EMAIL + "\n"
     assert cli("list", "--prefix", "moved", REGCTL_BUCKETS="128").exit_code == 0
     assert cli("list", "--prefix", "moved", REGCTL_BUCKETS="64").exit_code == 78
+
+
+def test_the_audit_trail_as_ndjson_is_one_object_a_line(cli: Cli):
+    add(cli)
+    cli("unlock", EMAIL)
+    lines = cli("audit", "-o", "ndjson").stdout.splitlines()
+    assert [json.loads(line)["command"] for line in lines][:2] == ["unlock", "add"]

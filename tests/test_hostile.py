@@ -349,7 +349,13 @@ def test_one_damaged_record_stops_no_command(cli: Cli, redis_proc: RedisProcess,
     raw.hset(store.keyspace.funnel(0, int(raw.time()[0]) // 86_400), "created", "abc")
     raw.xadd(store.keyspace.audit, {"who": "x", "at": "1700000000000", "command": "forged"})
     store.close()
-    for args in (["list"], ["list", "-o", "json"], ["stats"], ["export"], ["audit"]):
+    for args in (
+        ["list"],
+        ["list", "-o", "json"],
+        ["stats"],
+        ["export"],
+        ["audit"],
+    ):
         ran = cli(*args)
         assert ran.exit_code == 0, (args, ran.stderr)
     assert "h0@hostile.example" not in cli("list", "-o", "name").stdout
@@ -359,6 +365,9 @@ def test_one_damaged_record_stops_no_command(cli: Cli, redis_proc: RedisProcess,
     newest = json.loads(cli("audit", "-o", "json").stdout)[0]
     assert newest["command"] == "forged"
     assert not newest["at"].startswith("2023")  # the server's time, not the entry's own
+    for args in (["purge", "--domain", "hostile.example", "--dry-run"], ["purge", "--locked"]):
+        ran = cli(*args, "--yes")
+        assert ran.exit_code == 0, (args, ran.stderr)  # the damaged one is skipped
     raw.hset(Keyspace(prefix).meta, "buckets", "x")
     broken = cli("list")
     assert broken.exit_code == 78

@@ -288,6 +288,9 @@ def test_bulk_resend_respects_filters_rate_and_reruns(cli: Cli, smtp):
     add(cli, "other@keep.example", REGCTL_MAIL_URL="none")
     dry = cli("resend-many", "--domain", "bulk.example", "--never-resent", "--dry-run", **env)
     assert sorted(dry.stdout.split()) == [f"b{i}@bulk.example" for i in range(4)]
+    as_csv = cli("-o", "csv", "resend-many", "--domain", "bulk.example", "--dry-run", **env)
+    header, row = as_csv.stdout.splitlines()  # the report as one CSV row, not addresses
+    assert dict(zip(header.split(","), row.split(","), strict=True))["sent"] == "4"
     assert smtp.sink.messages == []
     started = time.monotonic()
     first = json.loads(
@@ -327,6 +330,7 @@ def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, sm
     assert ran.exit_code == 74
     report = json.loads(ran.stdout)
     assert (report["stopped"], report["failed"], report["sent"]) == (True, 3, 0)
+    assert (report["ok"], report["reason"], report["exit_code"]) == (False, "delivery_failed", 74)
     assert len(report["undelivered"]) == 3
     listed = json.loads(cli("list", "--domain", "outage.example", "-o", "json").stdout)
     assert sum(r["resend_count"] for r in listed) == 3  # the outage cost three users a resend
@@ -334,6 +338,8 @@ def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, sm
     rerun = json.loads(cli("-o", "json", "resend-many", "--domain", "outage.example", **env).stdout)
     assert (rerun["stopped"], rerun["failed"], rerun["sent"]) == (False, 0, 10)
     assert {m["To"] for m in smtp.sink.messages} == {f"o{i}@outage.example" for i in range(10)}
+    trail = json.loads(cli("-o", "json", "audit", "--target", "o9@outage.example").stdout)
+    assert [(e["command"], e["outcome"]) for e in trail] == [("resend-many", "ok"), ("add", "ok")]
 
 
 def test_bulk_resend_skips_those_inside_the_cooldown(cli: Cli):

@@ -273,7 +273,10 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
 
     message = _own_words(visible(" ".join(text.split())))
     where = context.command_path if context is not None else "regctl"
-    sys.stderr.write(f"Error: {message} — see `{visible(where)} --help`\n")
+    hint = f"see `{visible(where)} --help`"
+    if where.endswith(" resend") and message.startswith("No such option"):
+        hint = "a resend by filters is `regctl resend-many` (see its --help)"
+    sys.stderr.write(f"Error: {message} — {hint}\n")
     if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:
         sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
         return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN

@@ -11,7 +11,7 @@ import typer
 
 from regctl.cli.inputs import selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
-from regctl.cli.render import escape, key_value_table, table, timestamp
+from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
 from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import Filter
@@ -204,7 +204,11 @@ def audit(
     rows = state.manager.audit_trail(limit, command=command, target=target)
     columns = ("at", "who", "command", "target", "outcome")
     if state.wants_json():
-        state.json([{**r, "at": timestamp(int(r["at"]))} for r in rows])
+        entries = [{**r, "at": timestamp(int(r["at"]))} for r in rows]
+        if state.format() is Format.NDJSON:
+            state.write(to_json(e) + "\n" for e in entries)
+        else:
+            state.json(entries)
         return
     cells = [[timestamp(int(r["at"])), *(r.get(c, "") for c in columns[1:])] for r in rows]
     if state.wants_table:

@@ -299,7 +299,8 @@ def resend_many(
     if selection.is_empty and not never_resent:
         raise InvalidInput("give filters for a bulk resend (e.g. --older-than 2h)")
     if not dry_run:
-        state.audited("resend", f"bulk {older_than or ''} {domain or ''}".strip())
+        given = {"domain": domain, "older-than": older_than, "never-resent": never_resent or None}
+        state.audited("resend-many", " ".join(f"{k}={v}" for k, v in given.items() if v))
         check_delivery(state, not no_send)
     report = state.manager.resend_many(
         selection,
@@ -309,13 +310,24 @@ def resend_many(
         dry_run=dry_run,
         deliver=lambda r: deliver_code(state, r.registration, r.code, not no_send),
     )
-    if dry_run and not state.wants_json() and state.format() is not Format.NAME:  # who
+    undelivered = set(report.undelivered)
+    for email in [] if dry_run else report.recipients:  # each new code on the record
+        state.audit("resend-many", email, "delivery_failed" if email in undelivered else "ok")
+    failure = _undelivered(report) if report.failed else None
+    if dry_run and state.format() in (Format.TABLE, Format.WIDE):  # who would get one
         state.lines(visible(email) for email in report.recipients)
         state.note(report_summary(report))
-    else:
+    elif failure is None:
         state.report(report, names=report.recipients)
-    if report.failed:
-        raise _undelivered(report)
+    else:  # one document that says the run failed, as the error would
+        state.report(
+            report,
+            names=report.recipients,
+            reason=failure.reason,
+            message=failure.message,
+            exit_code=failure.exit_code,
+        )
+        raise failure
 
 
 def _undelivered(report: BulkResendReport) -> DeliveryFailed:

@@ -1,4 +1,4 @@
--- Prepended to every regctl script when it is loaded (see RedisStore._script).
+-- Prepended to every regctl script when it is loaded (see store/scripts.py, ScriptRunner.script).
 
 -- Milliseconds on the Redis server's clock: the only clock regctl trusts.
 local function server_now()

@@ -13,7 +13,7 @@ from typing import Any
 
 from regctl.codec import FIELDS, decode
 from regctl.connection import Client, translated_errors
-from regctl.errors import NotServing
+from regctl.errors import DamagedRecord, NotServing
 from regctl.keys import Keyspace, client_day
 from regctl.model import Filter, Policy
 from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
@@ -156,6 +156,15 @@ def count_orphans(scripts: ScriptRunner, ks: Keyspace) -> int:
     return orphans
 
 
+def _matches(selection: Filter, fields: dict[str, str], now: int) -> bool:
+    """A damaged record (something else wrote it) matches no filter: skipped, as list
+    and stats skip it, rather than stopping the purge."""
+    try:
+        return selection.matches(decode(fields, now))
+    except DamagedRecord:
+        return False
+
+
 def refuse_during_reshard(client: Client) -> None:
     """A walk of the index (orphans, filters) waits for a reshard to end: records
     on their way between nodes are not what an orphan or a match looks like."""
@@ -220,7 +229,7 @@ def purge_walk(
             orphans.setdefault(bucket, []).append(member)
             if len(orphans[bucket]) >= batch:
                 report.orphans += flush(bucket, "orphan", orphans)
-        elif not selection.is_empty and selection.matches(decode(fields, now)):
+        elif not selection.is_empty and _matches(selection, fields, now):
             matched.setdefault(bucket, []).extend((member, fields[FIELDS["created_at"]]))
             if len(matched[bucket]) >= 2 * batch:
                 report.matched += flush(bucket, "match", matched)
