@@ -379,7 +379,9 @@ def bulk(sock: Path, records: int, pw_hash: str) -> None:
         f"  stats                   regctl {stats_s:6.2f} s ({stats_rss:.0f} MB peak)   "
         f"list -o ndjson {ours_s:6.2f} s   stats/list {stats_s / ours_s:4.2f}x"
     )
-    doctor_s, _rss = run_measured([sys.executable, "-m", "regctl", "doctor", "-o", "json"], env)
+    doctor_s, _rss = run_measured(
+        [sys.executable, "-m", "regctl", "doctor", "-o", "json"], env, allowed=(0, 1)
+    )
     scan_s, _rss = run_measured([sys.executable, "-c", RAW_TTL_SCAN, str(sock)], env)
     RESULTS["doctor"] = {
         "seconds": doctor_s,
@@ -475,17 +477,22 @@ for h in pipe.execute(): out.write(json.dumps(h) + "\\n")
 """
 
 
-def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a child, its stdout thrown away."""
+def run_measured(
+    argv: list[str], env: dict[str, str], allowed: tuple[int, ...] = (0,)
+) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child, its stdout thrown away; its exit
+    status must be one of ``allowed`` (doctor exits 1 when it finds something)."""
     probe = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+        "print(time.perf_counter() - t, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
     )
     ran = subprocess.run(
         [sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env, check=True
     )
-    seconds, rss_kb = ran.stdout.split()
+    seconds, rss_kb, status = ran.stdout.split()
+    assert int(status) in allowed, (argv, status)
     return float(seconds), int(rss_kb) / 1024
 
 

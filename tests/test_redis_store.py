@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from regctl import (
@@ -239,3 +242,49 @@ def test_a_retried_lock_acquire_finds_the_lock_its_own(redis_proc: RedisProcess,
     assert store.scripts.run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
     assert store.scripts.run("lock", (key,), ("acquire", "token-1", 10_000)) == 1
     assert store.scripts.run("lock", (key,), ("acquire", "token-2", 10_000)) == 0
+
+
+def _counting_store(proc: RedisProcess, prefix: str) -> tuple[RedisStore, list[int]]:
+    """A store whose connections count what they send: one send is one round trip
+    (a pipeline is sent whole), on the real server."""
+    pool = proc.client().connection_pool
+    trips = [0]
+
+    class Counting(pool.connection_class):  # type: ignore[misc, name-defined]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            trips[0] += 1
+            super().send_packed_command(command, check_health)
+
+    counting = redis.ConnectionPool(connection_class=Counting, **pool.connection_kwargs)
+    return RedisStore(redis.Redis(connection_pool=counting), prefix=prefix), trips
+
+
+@pytest.mark.parametrize(
+    "job",
+    ["stats", "list", "purge --dry-run --older-than 0s", "orphans", "unindexed", "doctor"],
+)
+def test_whole_store_work_takes_no_round_trip_per_record(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str, job: str
+):
+    """Twice the records cost about the same round trips: pipelines and scripts per
+    page and bucket, never one call per key."""
+    manager = manager_on(redis_proc, prefix)
+    store, trips = _counting_store(redis_proc, prefix)
+    jobs: dict[str, Callable[[], object]] = {
+        "stats": store.tally,
+        "list": lambda: sum(1 for _ in store.scan()),
+        "purge --dry-run --older-than 0s": lambda: store.purge(
+            Filter(older_than_ms=0), Policy(), dry_run=True, batch=500
+        ),
+        "orphans": store.count_orphans,
+        "unindexed": lambda: sum(1 for _ in store.unindexed()),
+        "doctor": lambda: doctor(store),
+    }
+    counted: list[int] = []
+    for batch in ("a", "b"):  # 150 records, then 300
+        for i in range(150):
+            manager.add(f"{batch}{i}@trips.example", "R", "T", password_hash=pw_hash)
+        trips[0] = 0
+        jobs[job]()
+        counted.append(trips[0])
+    assert counted[1] <= counted[0] + 8, counted  # (not 150 more)
