@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -187,31 +187,54 @@ def _server_findings(facts: dict[str, Any], named: bool) -> list[Finding]:
 _LONGEST_TTL_MS = {"lock": 10 * PURGE_LEASE_MS, "record": MAX_LIFETIME_S * 1000 + 1000}
 
 
-def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
-    ks = store.keyspace
-    client = store.client
-    foreign: list[str] = []  # keys regctl never writes
-    lost_ttl: list[str] = []  # regctl's own keys that should expire and will not
-    too_long: list[str] = []  # ... that will, but much later than regctl ever sets
-    wrong_type: list[str] = []  # ... that hold another kind of value than regctl's
+@dataclass
+class _Keys:
+    """What one pass over the keys under the prefix found."""
+
+    foreign: list[str] = field(default_factory=list)  # keys regctl never writes
+    lost_ttl: list[str] = field(default_factory=list)  # regctl's, should expire, will not
+    too_long: list[str] = field(default_factory=list)  # ... will, far later than regctl sets
+    wrong_type: list[str] = field(default_factory=list)  # ... hold another kind of value
+    unindexed: int = 0  # records of this namespace without an index entry (evicted?)
+
+
+def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
+    """Every key under the prefix, its TTL and type (and a record's index entry), in
+    one pipelined round trip per thousand keys."""
+    ks, client, found = store.keyspace, store.client, _Keys()
+    selftest = ks.selftest_prefix("")
     with translated_errors():
         keys = islice(client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
-        for chunk in chunks(keys, 1000):  # one pipelined round trip per thousand keys
+        for chunk in chunks(keys, 1000):
             pipe = client.pipeline(transaction=False)
-            for key in chunk:
+            kinds = [ks.kind(key) for key in chunk]
+            for key, kind in zip(chunk, kinds, strict=True):
                 pipe.pttl(key)
                 pipe.type(key)
-            replies = pipe.execute()
-            for key, ttl, kind_of in zip(chunk, replies[::2], replies[1::2], strict=True):
-                kind = ks.kind(key)
+                if kind == "record" and not key.startswith(selftest):
+                    bucket, member = ks.locate(key)
+                    pipe.zscore(ks.index(bucket), member)
+            replies = iter(pipe.execute())
+            for key, kind in zip(chunk, kinds, strict=True):
+                ttl, kind_of = next(replies), next(replies)
+                if kind == "record" and not key.startswith(selftest):
+                    found.unindexed += next(replies) is None
                 if kind is None:
-                    foreign.append(key)
+                    found.foreign.append(key)
                 elif kind_of != KINDS[kind]:
-                    wrong_type.append(key)
+                    found.wrong_type.append(key)
                 elif ttl == -1 and kind not in LASTING_KINDS:
-                    lost_ttl.append(key)
+                    found.lost_ttl.append(key)
                 elif ttl > _LONGEST_TTL_MS.get(kind, ttl):
-                    too_long.append(key)
+                    found.too_long.append(key)
+    return found
+
+
+def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
+    ks, client = store.keyspace, store.client
+    scanned = _scan_keys(store, scan_limit)
+    foreign, lost_ttl, too_long = scanned.foreign, scanned.lost_ttl, scanned.too_long
+    wrong_type, unindexed = scanned.wrong_type, scanned.unindexed
     findings = []
     if wrong_type:
         findings.append(
@@ -273,7 +296,6 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
         )
     if wrong_type:
         return findings  # the checks below read those keys: they would only fail
-    unindexed = sum(1 for _ in store.unindexed())
     if unindexed:
         findings.append(
             Finding(
