@@ -39,6 +39,7 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "zrem": ("K", "m"),
     "zcount": ("K", "0", "1"),
     "zrangebyscore": ("K", "0", "1"),
+    "zscore": ("K", "m"),
     "scan": ("0",),
     "xadd": ("K", "*", "f", "v"),
     "xrevrange": ("K", "+", "-"),

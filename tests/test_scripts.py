@@ -110,3 +110,14 @@ def test_a_record_survives_encoding_and_decoding():
     assert sorted(encode(reg)[::2]) == sorted(
         FIELDS[n] for n in FIELDS if n not in ("add_token", "resend_token")
     )
+
+
+def test_the_acl_rule_allows_every_command_a_script_runs():
+    from regctl.acl import REQUIRED_COMMANDS
+
+    used = {
+        command.lower()
+        for name in NAMES
+        for command, _key in CALL.findall(SCRIPTS.joinpath(name).read_text())
+    }
+    assert used - set(REQUIRED_COMMANDS) == set()

@@ -199,26 +199,22 @@ class _Keys:
 
 
 def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
-    """Every key under the prefix, its TTL and type (and a record's index entry), in
-    one pipelined round trip per thousand keys."""
-    ks, client, found = store.keyspace, store.client, _Keys()
+    """Every key under the prefix, its TTL and type (and a record's index entry), a
+    thousand keys a round trip."""
+    ks, found = store.keyspace, _Keys()
     selftest = ks.selftest_prefix("")
     with translated_errors():
-        keys = islice(client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
+        keys = islice(store.client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
         for chunk in chunks(keys, 1000):
-            pipe = client.pipeline(transaction=False)
             kinds = [ks.kind(key) for key in chunk]
+            where = [
+                ks.locate(key) if kind == "record" and not key.startswith(selftest) else None
+                for key, kind in zip(chunk, kinds, strict=True)
+            ]
+            replies = iter(_key_facts(store, chunk, where))
             for key, kind in zip(chunk, kinds, strict=True):
-                pipe.pttl(key)
-                pipe.type(key)
-                if kind == "record" and not key.startswith(selftest):
-                    bucket, member = ks.locate(key)
-                    pipe.zscore(ks.index(bucket), member)
-            replies = iter(pipe.execute())
-            for key, kind in zip(chunk, kinds, strict=True):
-                ttl, kind_of = next(replies), next(replies)
-                if kind == "record" and not key.startswith(selftest):
-                    found.unindexed += next(replies) is None
+                ttl, kind_of, indexed = next(replies), next(replies), next(replies)
+                found.unindexed += indexed == 0
                 if kind is None:
                     found.foreign.append(key)
                 elif kind_of != KINDS[kind]:
@@ -228,6 +224,38 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
                 elif ttl > _LONGEST_TTL_MS.get(kind, ttl):
                     found.too_long.append(key)
     return found
+
+
+def _key_facts(
+    store: RedisStore, keys: list[str], where: list[tuple[int, str] | None]
+) -> list[Any]:
+    """(pttl, type, indexed: 1, 0, or -1 for no record of this namespace) per key. A
+    standalone server answers in one script call; on Cluster the keys span slots, so
+    the commands go pipelined."""
+    ks = store.keyspace
+    if not store.is_cluster:
+        indexes = sorted({ks.index(w[0]) for w in where if w is not None})
+        at = {index: len(keys) + i + 1 for i, index in enumerate(indexes)}
+        args = [
+            item for w in where for item in ((0, "") if w is None else (at[ks.index(w[0])], w[1]))
+        ]
+        return list(store.scripts.run("keycheck", (*keys, *indexes), args))
+    pipe = store.client.pipeline(transaction=False)
+    for key, w in zip(keys, where, strict=True):
+        pipe.pttl(key)
+        pipe.type(key)
+        if w is not None:
+            pipe.zscore(ks.index(w[0]), w[1])
+    replies = iter(pipe.execute())
+    return [
+        fact
+        for w in where
+        for fact in (
+            next(replies),
+            next(replies),
+            -1 if w is None else int(next(replies) is not None),
+        )
+    ]
 
 
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:

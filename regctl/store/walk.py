@@ -144,15 +144,11 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
 
 def count_orphans(scripts: ScriptRunner, ks: Keyspace) -> int:
     """Live index entries whose record is gone: a round of index pages, then one
-    pipelined EXISTS per entry (the records are not read)."""
+    pipelined round trip of scripts that count, per page, the records missing."""
     orphans = 0
     for found in index_pages(scripts, ks, COUNT_PAGE):
-        with translated_errors():
-            pipe = scripts.client.pipeline(transaction=False)
-            for bucket, digests in found:
-                for d in digests:
-                    pipe.exists(ks.record_base(bucket) + d)
-            orphans += sum(1 for exists in pipe.execute() if not exists)
+        calls = [(tuple(ks.record_base(b) + d for d in digests), ()) for b, digests in found]
+        orphans += sum(int(n) for n in all_or_raise(scripts.run_many("orphans", calls)))
     return orphans
 
 

@@ -1,0 +1,21 @@
+-- What doctor needs of a batch of keys, in one reply: each key's TTL and type, and for
+-- a record, whether its bucket's index holds it.
+-- KEYS: the keys to check, then the indexes named below (a standalone server only:
+--       the keys span hash slots)
+-- ARGV: per key checked, in order: its index's position in KEYS (0: not a record)
+--       and the record's digest
+-- Returns {pttl, type, indexed (1, 0, or -1 for not a record), ...} per key checked.
+local checked = #ARGV / 2
+local out = {}
+for i = 1, checked do
+  local key, at, member = KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i]
+  out[#out + 1] = redis.call('PTTL', key)
+  out[#out + 1] = redis.call('TYPE', key)['ok']
+  if at == 0 then
+    out[#out + 1] = -1
+  else
+    local index = KEYS[at]
+    out[#out + 1] = redis.call('ZSCORE', index, member) and 1 or 0
+  end
+end
+return out
