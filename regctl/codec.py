@@ -68,7 +68,7 @@ def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingR
             password_hash=f[FIELDS["password_hash"]],
             locked=f[FIELDS["locked"]] == "1",
             observed_at=observed_at,
-            schema=int(f.get(FIELDS["schema"], SCHEMA_VERSION)),
+            schema=_number(f[FIELDS["schema"]]) if FIELDS["schema"] in f else SCHEMA_VERSION,
             code_hash=f.get(FIELDS["code_hash"], ""),
             **{name: _number(f[FIELDS[name]]) for name in NUMBER_FIELDS},
         )
@@ -81,6 +81,10 @@ def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingR
 
 
 def _number(text: str) -> int:
+    # Plain ASCII digits only, as the scripts read them (int() would also take "1_0",
+    # "+1", " 1" or other scripts' digits): one rule on both sides of the wire.
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{text!r} is not a whole number")
     value = int(text)
     if not 0 <= value < 2**53:
         raise ValueError(f"{value} is out of range")

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from regctl.cli.render import COLUMNS
-from regctl.keys import Keyspace
+from regctl.keys import Keyspace, digest
 from tests.conftest import REGCTL, Cli, at_terminal, regctl, subprocess_env
 from tests.servers import RedisProcess
 from tests.test_cli import EMAIL, PASSWORD, add
@@ -491,7 +491,6 @@ def test_a_cluster_nobody_answers_is_critical_not_a_crash(cli: Cli, unused_port:
 
 
 def test_a_record_of_another_type_is_named_in_a_pipelined_read(cli: Cli, redis_proc):
-    from regctl.keys import digest
 
     add(cli)
     record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))
@@ -524,3 +523,19 @@ def test_the_audit_trail_as_ndjson_is_one_object_a_line(cli: Cli):
     cli("unlock", EMAIL)
     lines = cli("audit", "-o", "ndjson").stdout.splitlines()
     assert [json.loads(line)["command"] for line in lines][:2] == ["unlock", "add"]
+
+
+def test_an_index_of_another_type_is_named_by_doctor_not_a_crash(
+    cli: Cli, redis_proc: RedisProcess
+):
+    prefix = cli.env["REGCTL_PREFIX"]
+    add(cli)
+    ks = Keyspace(prefix)
+    index = ks.index(ks.bucket_of(digest(EMAIL.casefold())))
+    client = client_of(redis_proc)
+    client.delete(index)
+    client.set(index, "not an index")
+    ran = cli("doctor", "-o", "json")
+    assert ran.exit_code == 1, ran.stderr
+    findings = {f["code"]: f for f in json.loads(ran.stdout)["findings"]}
+    assert index in findings["wrong-type"]["message"]

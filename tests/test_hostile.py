@@ -471,3 +471,39 @@ def test_a_password_that_is_not_utf8_is_invalid_input(tmp_path: Path, redis_proc
     )
     assert ran.returncode == 2, ran.stderr
     assert b"not UTF-8" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("fn", None),  # missing
+        ("a", "x"),
+        ("c", "1.5e12"),
+        ("c", "1_795_805_073_262"),
+        ("c", "-1"),
+        ("e", str(2**53 + 10)),
+        ("ce", "nan"),
+        ("v", "x"),
+    ],
+)
+def test_stats_leaves_out_the_damaged_records_list_leaves_out(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str, field: str, value: str | None
+):
+    """Counting on the server reads a record as codec.decode does: the same hashes are
+    records to stats and to list."""
+    store = RedisStore(redis_proc.client(), prefix=cli.env["REGCTL_PREFIX"])
+    for n in range(3):
+        store.add(
+            NewRegistration(f"d{n}@damaged.example", "D", "M", pw_hash, "0" * 64), Policy(), f"d{n}"
+        )
+    record = store.keyspace.record(digest("d0@damaged.example"))
+    raw = redis_proc.client()
+    if value is None:
+        raw.hdel(record, field)
+    else:
+        raw.hset(record, field, value)
+    store.close()
+    listed = cli("list", "-o", "ndjson").stdout.splitlines()
+    stats = json.loads(cli("stats", "-o", "json").stdout)
+    assert len(listed) == 2
+    assert stats["total"] == 2

@@ -246,16 +246,18 @@ def _key_facts(
         pipe.type(key)
         if w is not None:
             pipe.zscore(ks.index(w[0]), w[1])
-    replies = iter(pipe.execute())
-    return [
-        fact
-        for w in where
-        for fact in (
-            next(replies),
-            next(replies),
-            -1 if w is None else int(next(replies) is not None),
-        )
-    ]
+    replies = iter(pipe.execute(raise_on_error=False))
+    facts: list[Any] = []
+    for w in where:
+        ttl, kind_of = next(replies), next(replies)
+        for reply in (ttl, kind_of):
+            if isinstance(reply, Exception):
+                raise reply
+        facts += [ttl, kind_of]
+        # (an index of the wrong type answers with an error: it cannot tell, and the
+        # index key itself is named wrong-type)
+        facts.append(-1 if w is None else int(next(replies) is not None))
+    return facts
 
 
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:

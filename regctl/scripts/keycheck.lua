@@ -15,7 +15,11 @@ for i = 1, checked do
     out[#out + 1] = -1
   else
     local index = KEYS[at]
-    out[#out + 1] = redis.call('ZSCORE', index, member) and 1 or 0
+    if redis.call('TYPE', index)['ok'] ~= 'zset' then
+      out[#out + 1] = 1  -- no index to ask (the index key itself is named wrong-type)
+    else
+      out[#out + 1] = redis.call('ZSCORE', index, member) and 1 or 0
+    end
   end
 end
 return out

@@ -10,14 +10,26 @@ local total, locked, code_expired, soon = 0, 0, 0, 0
 local ages = {}
 for i = first_limit, #ARGV do ages[i - first_limit + 1] = 0 end
 local domains, named = {}, {}
+-- codec.decode's rule for a number: plain digits, below 2^53.
+local function whole(text)
+  if not text or not string.match(text, '^%d+$') then return nil end
+  local n = tonumber(text)
+  if n >= 9007199254740992 then return nil end
+  return n
+end
 for i = 1, #KEYS do
   local record = KEYS[i]
   local f = redis.call('HMGET', record, F.email, F.locked, F.created_at, F.expires_at,
-    F.code_expires_at)
+    F.code_expires_at, F.first_name, F.last_name, F.password_hash, F.last_sent_at,
+    F.resend_count, F.attempts, F.schema)
   local email, is_locked = f[1], f[2] == '1'
-  local created, expires, code_expires = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
-  -- A hash regctl cannot read (something else wrote it) is left out, as `list` does.
-  if email and f[2] and created and expires and code_expires then
+  local created, expires, code_expires = whole(f[3]), whole(f[4]), whole(f[5])
+  -- A hash regctl cannot read (something else wrote it) is left out, as `list` does:
+  -- the same fields required, the same numbers accepted, as codec.decode.
+  local readable = email and f[2] and created and expires and code_expires
+    and f[6] and f[7] and f[8] and whole(f[9]) and whole(f[10]) and whole(f[11])
+    and (not f[12] or whole(f[12]))
+  if readable then
     total = total + 1
     if is_locked then locked = locked + 1 end
     if now >= code_expires and not is_locked then code_expired = code_expired + 1 end
