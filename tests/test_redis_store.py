@@ -288,3 +288,17 @@ def test_whole_store_work_takes_no_round_trip_per_record(
         jobs[job]()
         counted.append(trips[0])
     assert counted[1] <= counted[0] + 8, counted  # (not 150 more)
+
+
+def test_records_outside_the_index_are_regctls_own_not_look_alikes(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    manager = manager_on(redis_proc, prefix)
+    manager.add("a@example.com", "A", "B", password_hash=pw_hash)
+    raw = redis_proc.client()
+    for foreign in (f"{prefix}:{{bx}}:reg:abc", f"{prefix}:{{b01}}:reg:NOTHEX"):
+        raw.set(foreign, "another program's")
+    ks = redis_store(manager).keyspace
+    raw.zrem(ks.index(ks.bucket_of(digest("a@example.com"))), digest("a@example.com"))
+    assert list(redis_store(manager).unindexed()) == [ks.locate(ks.record(digest("a@example.com")))]
+    assert redis_store(manager).reindex(dry_run=True) == 1

@@ -15,10 +15,13 @@ for i = 1, checked do
     out[#out + 1] = -1
   else
     local index = KEYS[at]
-    if redis.call('TYPE', index)['ok'] ~= 'zset' then
-      out[#out + 1] = 1  -- no index to ask (the index key itself is named wrong-type)
-    else
+    local index_type = redis.call('TYPE', index)['ok']
+    if index_type == 'zset' then
       out[#out + 1] = redis.call('ZSCORE', index, member) and 1 or 0
+    elseif index_type == 'none' then
+      out[#out + 1] = 0  -- the whole index is gone (evicted): so is the record's entry
+    else
+      out[#out + 1] = 1  -- cannot tell: the index key itself is named wrong-type
     end
   end
 end

@@ -415,7 +415,11 @@ class RedisStore:
         with translated_errors():
             keys = self.client.scan_iter(match=ks.record_pattern(), count=1000)
             for chunk in chunks(keys, 1000):
-                located = [ks.locate(key) for key in chunk]
+                located = [  # (a key only shaped like a record is another program's)
+                    where
+                    for key in chunk
+                    if ks.kind(key) == "record" and (where := ks.locate(key))[0] < ks.buckets
+                ]
                 pipe = self.client.pipeline(transaction=False)
                 for bucket, member in located:
                     pipe.zscore(ks.index(bucket), member)
