@@ -214,6 +214,8 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
             replies = iter(_key_facts(store, chunk, where))
             for key, kind in zip(chunk, kinds, strict=True):
                 ttl, kind_of, indexed = next(replies), next(replies), next(replies)
+                if kind_of == "none":
+                    continue  # gone since the SCAN (verified, expired): nothing to say
                 found.unindexed += indexed == 0
                 if kind is None:
                     found.foreign.append(key)
