@@ -118,6 +118,14 @@ class Keyspace:
         tag, _, digest_hex = record_key.rpartition(":reg:")
         return int(tag.rpartition("{b")[2].rstrip("}")), digest_hex
 
+    def own_record(self, key: str) -> tuple[int, str] | None:
+        """(bucket, digest) when ``key`` is a record of this namespace (not a selftest's,
+        nor another program's key only shaped like one); else None."""
+        if self.kind(key) != "record" or key.startswith(self.selftest_prefix("")):
+            return None
+        where = self.locate(key)
+        return where if where[0] < self.buckets else None
+
     def selftest_prefix(self, run_id: str) -> str:
         """The throwaway namespace of one selftest run (8 hex digits), below this one
         so an ACL limited to ``~prefix:*`` covers it too."""

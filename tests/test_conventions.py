@@ -539,3 +539,10 @@ def test_an_index_of_another_type_is_named_by_doctor_not_a_crash(
     assert ran.exit_code == 1, ran.stderr
     findings = {f["code"]: f for f in json.loads(ran.stdout)["findings"]}
     assert index in findings["wrong-type"]["message"]
+
+
+def test_a_filtered_purge_is_audited_with_the_filters_it_was_given(cli: Cli):
+    add(cli)
+    assert cli("purge", "--domain", "example.com", "--older-than", "0s", "--yes").exit_code == 0
+    newest = json.loads(cli("audit", "-o", "json", "--command", "purge").stdout)[0]
+    assert newest["target"] == "domain=example.com older-than=0s"

@@ -296,9 +296,14 @@ def test_records_outside_the_index_are_regctls_own_not_look_alikes(
     manager = manager_on(redis_proc, prefix)
     manager.add("a@example.com", "A", "B", password_hash=pw_hash)
     raw = redis_proc.client()
-    for foreign in (f"{prefix}:{{bx}}:reg:abc", f"{prefix}:{{b01}}:reg:NOTHEX"):
-        raw.set(foreign, "another program's")
+    look_alikes = ("{bx}:reg:abc", "{b01}:reg:NOTHEX", "{b99}:reg:" + "0" * 32)  # (64 buckets)
+    for foreign in (f"{prefix}:{shape}" for shape in look_alikes):
+        raw.hset(foreign, "owner", "another program")
     ks = redis_store(manager).keyspace
     raw.zrem(ks.index(ks.bucket_of(digest("a@example.com"))), digest("a@example.com"))
     assert list(redis_store(manager).unindexed()) == [ks.locate(ks.record(digest("a@example.com")))]
     assert redis_store(manager).reindex(dry_run=True) == 1
+    findings = {f.code: f for f in doctor(redis_store(manager))}  # doctor counts the same
+    assert findings["records-unindexed"].message.startswith(
+        "missing from the index (evicted?): 1 record;"
+    )

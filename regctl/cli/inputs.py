@@ -26,6 +26,11 @@ OlderThanOption = Annotated[str | None, typer.Option(help="Created more than thi
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Count or list; change nothing.")]
 
 
+def given(**options: object) -> str:
+    """The options given, as an audit entry's target: ``domain=x older-than=2h``."""
+    return " ".join(f"{k.replace('_', '-')}={v}" for k, v in options.items() if v)
+
+
 def selected(
     *,
     domain: str | None = None,

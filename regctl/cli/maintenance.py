@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from regctl.cli.inputs import selected
+from regctl.cli.inputs import given, selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
@@ -61,8 +61,7 @@ def purge(
     if not selection.is_empty and not dry_run and not yes:
         _confirm_live_deletes(state, walk)
     if not dry_run:  # (after the question: a declined purge changed nothing)
-        given = {"domain": domain, "older-than": older_than, "locked": locked or None}
-        state.audited("purge", " ".join(f"{k}={v}" for k, v in given.items() if v))
+        state.audited("purge", given(domain=domain, older_than=older_than, locked=locked))
     started = time.monotonic()
     with state.progress("examined") as tally:
         report = state.manager.purge(

@@ -17,6 +17,7 @@ from regctl.cli.inputs import (
     ShowCode,
     check_delivery,
     deliver_code,
+    given,
     read_code,
     read_secret_inputs,
     selected,
@@ -299,8 +300,8 @@ def resend_many(
     if selection.is_empty and not never_resent:
         raise InvalidInput("give filters for a bulk resend (e.g. --older-than 2h)")
     if not dry_run:
-        given = {"domain": domain, "older-than": older_than, "never-resent": never_resent or None}
-        state.audited("resend-many", " ".join(f"{k}={v}" for k, v in given.items() if v))
+        target = given(domain=domain, older_than=older_than, never_resent=never_resent)
+        state.audited("resend-many", target)
         check_delivery(state, not no_send)
     report = state.manager.resend_many(
         selection,

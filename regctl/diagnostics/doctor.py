@@ -202,15 +202,11 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
     """Every key under the prefix, its TTL and type (and a record's index entry), a
     thousand keys a round trip."""
     ks, found = store.keyspace, _Keys()
-    selftest = ks.selftest_prefix("")
     with translated_errors():
         keys = islice(store.client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
         for chunk in chunks(keys, 1000):
             kinds = [ks.kind(key) for key in chunk]
-            where = [
-                ks.locate(key) if kind == "record" and not key.startswith(selftest) else None
-                for key, kind in zip(chunk, kinds, strict=True)
-            ]
+            where = [ks.own_record(key) for key in chunk]
             replies = iter(_key_facts(store, chunk, where))
             for key, kind in zip(chunk, kinds, strict=True):
                 ttl, kind_of, indexed = next(replies), next(replies), next(replies)

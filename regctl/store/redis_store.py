@@ -415,11 +415,7 @@ class RedisStore:
         with translated_errors():
             keys = self.client.scan_iter(match=ks.record_pattern(), count=1000)
             for chunk in chunks(keys, 1000):
-                located = [  # (a key only shaped like a record is another program's)
-                    where
-                    for key in chunk
-                    if ks.kind(key) == "record" and (where := ks.locate(key))[0] < ks.buckets
-                ]
+                located = [where for key in chunk if (where := ks.own_record(key))]
                 pipe = self.client.pipeline(transaction=False)
                 for bucket, member in located:
                     pipe.zscore(ks.index(bucket), member)
