@@ -8,6 +8,7 @@ loaded, so a field is renamed in one place. Short names keep a million records s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from regctl.errors import DamagedRecord
 from regctl.model import NUMBER_FIELDS, SCHEMA_VERSION, PendingRegistration
@@ -53,31 +54,65 @@ def encode(reg: PendingRegistration) -> list[str]:
     return [item for name, value in values.items() for item in (FIELDS[name], str(value))]
 
 
+# The fields a record is read with, in the order a page of records comes back
+# (records.lua): the two optional ones, the required text, then the numbers.
+_TEXT = ("email", "first_name", "last_name", "password_hash", "locked")
+ROW = tuple(FIELDS[name] for name in ("schema", "code_hash", *_TEXT, *NUMBER_FIELDS))
+
+
 def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
-    """A record from its Redis hash (a dict, or HGETALL's flat list from a script).
+    """A record from its Redis hash (a dict, or HGETALL's flat list from a script)."""
+    f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+    return decode_row([f.get(name) for name in ROW], observed_at)
+
+
+def decode_row(row: Sequence[str | None], observed_at: int) -> PendingRegistration:
+    """A record from its values in ``ROW`` order (None: the field is missing).
 
     A hash regctl cannot read (a field missing or not a number, a time beyond 2^53:
     written by something else) raises DamagedRecord.
     """
-    f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+    schema, code_hash, *required = row
     try:
+        if None in required:
+            raise KeyError(ROW[2 + required.index(None)])
+        email, first_name, last_name, password_hash, locked, *texts = cast("list[str]", required)
+        numbers = _numbers(texts if schema is None else [*texts, schema])
+        # In NUMBER_FIELDS' order (the round-trip test holds them together).
+        created, expires, code_expires, last_sent, resends, attempts, *version = numbers
         return PendingRegistration(
-            email=f[FIELDS["email"]],
-            first_name=f[FIELDS["first_name"]],
-            last_name=f[FIELDS["last_name"]],
-            password_hash=f[FIELDS["password_hash"]],
-            locked=f[FIELDS["locked"]] == "1",
+            email=email,
+            first_name=first_name,
+            last_name=last_name,
+            password_hash=password_hash,
+            created_at=created,
+            expires_at=expires,
+            code_expires_at=code_expires,
+            last_sent_at=last_sent,
+            resend_count=resends,
+            attempts=attempts,
+            locked=locked == "1",
             observed_at=observed_at,
-            schema=_number(f[FIELDS["schema"]]) if FIELDS["schema"] in f else SCHEMA_VERSION,
-            code_hash=f.get(FIELDS["code_hash"], ""),
-            **{name: _number(f[FIELDS[name]]) for name in NUMBER_FIELDS},
+            schema=version[0] if version else SCHEMA_VERSION,
+            code_hash=code_hash or "",
         )
     except (KeyError, ValueError) as exc:
-        email = visible(str(f.get(FIELDS["email"], "?")))
+        shown = visible(str(required[0] if required[0] is not None else "?"))
         raise DamagedRecord(
-            f"the stored record of {email} is damaged ({exc.__class__.__name__}: {exc})",
+            f"the stored record of {shown} is damaged ({exc.__class__.__name__}: {exc})",
             "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
         ) from None
+
+
+def _numbers(texts: list[str]) -> list[int]:
+    # All of a record's numbers checked at once; one bad one is named by the
+    # per-number check.
+    joined = "".join(texts)
+    if joined.isascii() and joined.isdigit() and all(texts):
+        values = list(map(int, texts))
+        if max(values) < 2**53:
+            return values
+    return [_number(text) for text in texts]
 
 
 def _number(text: str) -> int:

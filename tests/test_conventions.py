@@ -490,15 +490,16 @@ def test_a_cluster_nobody_answers_is_critical_not_a_crash(cli: Cli, unused_port:
     assert "no node of the cluster answered" in listed.stderr
 
 
-def test_a_record_of_another_type_is_named_in_a_pipelined_read(cli: Cli, redis_proc):
-
+def test_a_record_of_another_type_is_left_out_of_list_and_named_by_doctor(cli: Cli, redis_proc):
+    """As a damaged hash is: one bad key stops no whole listing; doctor says which."""
     add(cli)
     record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))
     client_of(redis_proc).delete(record)
     client_of(redis_proc).set(record, "x")
-    ran = cli("list")
-    assert ran.exit_code == 70
-    assert ran.stderr.startswith("Error: a key under regctl's prefix holds another kind")
+    ran = cli("-o", "json", "list")
+    assert (ran.exit_code, json.loads(ran.stdout)) == (0, [])
+    checked = cli("-o", "json", "doctor")
+    assert "wrong-type" in {finding["code"] for finding in json.loads(checked.stdout)["findings"]}
 
 
 # --- the bucket count -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +180,63 @@ def test_list_pages_across_many_records_in_order(redis_proc: RedisProcess, prefi
     assert len({r.email for r in rows}) == 1200
     keys = [(r.expires_at, digest(r.identity)) for r in rows]
     assert keys == sorted(keys)
+
+
+def _bucket_entries(store, bucket: int) -> list[str]:
+    return zset_members(store.client, store.keyspace.index(bucket))
+
+
+def test_a_key_of_another_type_in_a_later_page_is_skipped_not_fatal(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    """Later pages are read ahead by a helper thread: a record key that is not a hash
+    there is left out, as a damaged record is, and the walk goes on."""
+    manager = manager_on(redis_proc, prefix)
+    store = manager.store
+    emails = [f"t{i}@example.com" for i in range(300)]
+    for email in emails:
+        manager.add(email, "T", "Y", password_hash=pw_hash)
+    bucket = store.keyspace.bucket_of(digest(emails[0]))
+    last = _bucket_entries(store, bucket)[-1]  # far past the first page of 1
+    store.client.delete(store.keyspace.record_base(bucket) + last)
+    store.client.set(store.keyspace.record_base(bucket) + last, "not a record")
+    listed = list(store.scan(first_page=1))
+    assert len(listed) == 299
+    report = manager.purge(Filter(domain="example.com"), dry_run=True)
+    assert (report.matched, report.orphans) == (299, 0)  # neither a record nor gone
+
+
+def test_an_error_in_a_page_read_ahead_reaches_the_reader(
+    redis_proc: RedisProcess, prefix: str, pw_hash, monkeypatch
+):
+    manager = manager_on(redis_proc, prefix)
+    store = manager.store
+    for i in range(200):
+        manager.add(f"e{i}@example.com", "E", "R", password_hash=pw_hash)
+    real = type(store.scripts).run_many
+
+    def failing(self, name, calls):
+        if threading.current_thread().name.startswith("regctl-walk"):
+            raise StoreUnavailable("the server went away", "")
+        return real(self, name, calls)
+
+    monkeypatch.setattr(type(store.scripts), "run_many", failing)
+    rows = store.scan(first_page=1)
+    with pytest.raises(StoreUnavailable, match="went away"):
+        list(rows)
+
+
+def test_a_walk_stopped_early_leaves_no_helper_behind(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    manager = manager_on(redis_proc, prefix)
+    for i in range(200):
+        manager.add(f"s{i}@example.com", "S", "W", password_hash=pw_hash)
+    assert len(list(manager.list(limit=3))) == 3
+    deadline = time.monotonic() + 30
+    while any(t.name.startswith("regctl-walk") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the read-ahead helper outlived its walk"
+        time.sleep(0.01)
 
 
 @pytest.mark.slow

@@ -137,10 +137,13 @@ def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[
     return data
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def to_json(data: Any) -> str:
     """Compact JSON; every invisible character (bidi overrides, C1 controls, line
     separators) written as a \\u escape, so the text is exact and safe at a terminal."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODE(data)
     return text if text.isprintable() else "".join(map(_json_char, text))
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from regctl.codec import decode, encode
+from regctl.codec import decode, decode_row, encode
 from regctl.connection import (
     Client,
     stop_watching,
@@ -401,10 +401,10 @@ class RedisStore:
     # --- walking the index ------------------------------------------------
 
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
-        for _bucket, _digest, fields, now in walk(self.scripts, self.keyspace, first_page):
-            if fields:
+        for _bucket, _digest, row, now in walk(self.scripts, self.keyspace, first_page):
+            if row is not None:
                 with contextlib.suppress(DamagedRecord):  # one bad hash stops no whole walk
-                    yield decode(fields, now)
+                    yield decode_row(row, now)
 
     # --- records outside the index (eviction) ------------------------------
 

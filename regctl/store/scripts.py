@@ -72,6 +72,7 @@ class ScriptRunner:
         self.client = client
         self._keyspace = keyspace
         self._scripts: dict[str, Script] = {}
+        self._pipelined_once: set[str] = set()
         self._flags_supported = True
         # Durability option: replicas that must acknowledge add/resend/verify (WAIT).
         self.wait_replicas = wait_replicas
@@ -154,6 +155,7 @@ class ScriptRunner:
             return False
         self._flags_supported = False
         self._scripts.clear()
+        self._pipelined_once.clear()
         return True
 
     def _named_denial(self, exc: PermissionDenied) -> PermissionDenied:
@@ -250,8 +252,13 @@ class ScriptRunner:
         script = self.script(name)
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
-            script(keys=list(keys), args=list(args), client=pipe)
-        return pipe.execute(raise_on_error=False)
+            if name in self._pipelined_once:  # loaded: a flush since is a NOSCRIPT reply
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            else:  # redis-py asks SCRIPT EXISTS first (a round trip) and loads it
+                script(keys=list(keys), args=list(args), client=pipe)
+        replies = pipe.execute(raise_on_error=False)
+        self._pipelined_once.add(name)
+        return replies
 
     def _reply_or_error(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:

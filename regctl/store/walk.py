@@ -8,10 +8,12 @@ as the merge needs it) and fetches the records a page names by key.
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from regctl.codec import FIELDS, decode
+from regctl.codec import FIELDS, ROW, decode_row
 from regctl.connection import Client, translated_errors
 from regctl.errors import DamagedRecord, NotServing
 from regctl.keys import Keyspace, client_day
@@ -39,59 +41,114 @@ def node_migrations(node_client: Any) -> list[dict[str, Any]]:
 
 def walk(
     scripts: ScriptRunner, ks: Keyspace, first_page: int
-) -> Iterator[tuple[int, str, dict[str, str], int]]:
-    """(bucket, digest, fields, now) of every live index entry, merged in order.
+) -> Iterator[tuple[int, str, list[str | None] | None, int]]:
+    """(bucket, digest, row, now) of every live index entry, merged in order: the
+    record's values in ``codec.ROW`` order, None for a record gone since its index
+    entry was read (verified, or an orphan).
 
-    The first page of every bucket comes in one pipelined round trip; later
-    pages are fetched per bucket as the merge consumes them.
+    The first page of every bucket comes in one pipelined round trip, and their
+    records in another; later pages are fetched ahead, while the current ones are read.
     """
     size = max(1, min(first_page, PAGE))
     firsts = all_or_raise(
         scripts.run_many("page", [((ks.index(b),), (0, "", size)) for b in range(ks.buckets)])
     )
-    records = _records(scripts, ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
+    records = _rows(scripts, ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
+    ahead = _PagesAhead(scripts, ks)
     streams = [
-        _bucket_stream(scripts, ks, bucket, page=first, records=fields, size=size)
-        for bucket, (first, fields) in enumerate(zip(firsts, records, strict=True))
+        _bucket_stream(ahead.fetch, bucket, page=first, rows=rows, size=size)
+        for bucket, (first, rows) in enumerate(zip(firsts, records, strict=True))
     ]
     firsts.clear()  # each stream drops its first page once read: memory stays flat
     records.clear()
-    for _key, entry in heapq.merge(*streams):
-        yield entry
+    try:
+        for _key, entry in heapq.merge(*streams):
+            yield entry
+    finally:  # a walk stopped early (list --limit, an error) fetches nothing more
+        ahead.close()
+
+
+# A bucket's page of index entries and its records' rows.
+Page = tuple[list[Any], list[Any]]
+
+
+class _PagesAhead:
+    """Buckets' next pages, fetched by a helper thread while the current ones are read,
+    so the server works while the client decodes and writes.
+
+    Pages asked for while a round is under way go together in the next round: one
+    pipelined round trip of page scripts and one of records for all of them, so the
+    helper waits for the interpreter lock once per round, not once per bucket.
+    """
+
+    def __init__(self, scripts: ScriptRunner, ks: Keyspace) -> None:
+        self._scripts, self._ks = scripts, ks
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="regctl-walk")
+        self._lock = threading.Lock()
+        self._wanted: list[tuple[int, tuple[str, str], Future[Page]]] = []
+
+    def fetch(self, bucket: int, after: tuple[str, str]) -> Future[Page]:
+        """The page of ``bucket`` after (score, digest), soon."""
+        future: Future[Page] = Future()
+        with self._lock:
+            self._wanted.append((bucket, after, future))
+            idle = len(self._wanted) == 1  # else a round is queued and will take it
+        if idle:
+            self._helper.submit(self._round)
+        return future
+
+    def _round(self) -> None:
+        with self._lock:
+            wanted, self._wanted = self._wanted, []
+        ks = self._ks
+        try:
+            calls = [((ks.index(bucket),), (*after, PAGE)) for bucket, after, _ in wanted]
+            pages = all_or_raise(self._scripts.run_many("page", calls))
+            digests = [(b, page[1][::2]) for (b, _, _), page in zip(wanted, pages, strict=True)]
+            rows = _rows(self._scripts, ks, digests)
+        except BaseException as exc:  # each reader raises it where it waits
+            for *_, future in wanted:
+                future.set_exception(exc)
+            return
+        for (*_, future), page, page_rows in zip(wanted, pages, rows, strict=True):
+            future.set_result((page, page_rows))
+
+    def close(self) -> None:
+        self._helper.shutdown(wait=False, cancel_futures=True)
 
 
 def _bucket_stream(
-    scripts: ScriptRunner,
-    ks: Keyspace,
+    fetch: Callable[[int, tuple[str, str]], Future[Page]],
     bucket: int,
     *,
     page: list[Any],
-    records: list[Any],
+    rows: list[list[str | None] | None],
     size: int,
-) -> Iterator[tuple[tuple[int, str], tuple[int, str, Any, int]]]:
+) -> Iterator[tuple[tuple[int, str], tuple[int, str, list[str | None] | None, int]]]:
     while True:
-        now, rows = int(page[0]), page[1]
-        for member, score, fields in zip(rows[::2], rows[1::2], records, strict=True):
-            yield (int(float(score)), member), (bucket, member, fields, now)
-        if len(rows) < 2 * size:
+        now, entries = int(page[0]), page[1]
+        # A short page is the bucket's last; after a full one, the next is asked for now.
+        upcoming = fetch(bucket, (entries[-1], entries[-2])) if len(entries) == 2 * size else None
+        for member, score, row in zip(entries[::2], entries[1::2], rows, strict=True):
+            yield (int(float(score)), member), (bucket, member, row, now)
+        if upcoming is None:
             return
+        page, rows = upcoming.result()
         size = PAGE
-        page = scripts.run("page", (ks.index(bucket),), (rows[-1], rows[-2], size))
-        records = _records(scripts, ks, [(bucket, page[1][::2])])[0]
 
 
-def _records(
+def _rows(
     scripts: ScriptRunner, ks: Keyspace, wanted: Sequence[tuple[int, Sequence[str]]]
-) -> list[Any]:
-    """The fields of each (bucket, digests)' records, in one pipelined round trip;
-    empty for a record gone since its index entry was read (verified, or an orphan)."""
-    with translated_errors():
-        pipe = scripts.client.pipeline(transaction=False)
-        for bucket, members in wanted:
-            for member in members:
-                pipe.hgetall(ks.record_base(bucket) + member)
-        replies = iter(pipe.execute())
-    return [[next(replies) for _ in members] for _bucket, members in wanted]
+) -> list[list[list[str | None] | None]]:
+    """The rows of each (bucket, digests)' records (None for one that is gone): one
+    records.lua call per bucket, all in one pipelined round trip."""
+    calls = [
+        (tuple(ks.record_base(bucket) + d for d in digests), ROW)
+        for bucket, digests in wanted
+        if digests
+    ]
+    replies = iter(all_or_raise(scripts.run_many("records", calls)))
+    return [next(replies) if digests else [] for _bucket, digests in wanted]
 
 
 # Index entries per page of a whole-store count: short enough never to block long.
@@ -152,11 +209,11 @@ def count_orphans(scripts: ScriptRunner, ks: Keyspace) -> int:
     return orphans
 
 
-def _matches(selection: Filter, fields: dict[str, str], now: int) -> bool:
+def _matches(selection: Filter, row: list[str | None], now: int) -> bool:
     """A damaged record (something else wrote it) matches no filter: skipped, as list
     and stats skip it, rather than stopping the purge."""
     try:
-        return selection.matches(decode(fields, now))
+        return selection.matches(decode_row(row, now))
     except DamagedRecord:
         return False
 
@@ -197,6 +254,10 @@ def purge_expired(
             return removed
 
 
+# Where a row holds the creation time a filtered purge checks before deleting.
+CREATED = ROW.index(FIELDS["created_at"])
+
+
 def purge_walk(
     scripts: ScriptRunner,
     ks: Keyspace,
@@ -217,16 +278,16 @@ def purge_walk(
         records = (ks.record_base(bucket) + digest for digest in args[::step])
         return int(scripts.run("purge_some", (ks.index(bucket), *records), (mode, *args)))
 
-    for bucket, member, fields, now in walk(scripts, ks, PAGE):
+    for bucket, member, row, now in walk(scripts, ks, PAGE):
         report.scanned += 1
         if report.scanned % PAGE == 0:
             walked(report.scanned)
-        if not fields:
+        if row is None:
             orphans.setdefault(bucket, []).append(member)
             if len(orphans[bucket]) >= batch:
                 report.orphans += flush(bucket, "orphan", orphans)
-        elif not selection.is_empty and _matches(selection, fields, now):
-            matched.setdefault(bucket, []).extend((member, fields[FIELDS["created_at"]]))
+        elif not selection.is_empty and _matches(selection, row, now):
+            matched.setdefault(bucket, []).extend((member, row[CREATED] or ""))
             if len(matched[bucket]) >= 2 * batch:
                 report.matched += flush(bucket, "match", matched)
     for bucket in list(orphans):
