@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from regctl.diagnostics.health import Health, Thresholds
     from regctl.errors import (
         AlreadyExists,
         ConfigError,
@@ -83,6 +84,8 @@ _LAZY = {
     "SecretMismatch": "regctl.errors",
     "StoreUnavailable": "regctl.errors",
     "RegistrationManager": "regctl.manager",
+    "Health": "regctl.diagnostics.health",
+    "Thresholds": "regctl.diagnostics.health",
     "Added": "regctl.model",
     "Filter": "regctl.model",
     "PendingRegistration": "regctl.model",
@@ -107,6 +110,7 @@ __all__ = [
     "CooldownActive",
     "DeliveryFailed",
     "Filter",
+    "Health",
     "InvalidInput",
     "LockHeld",
     "MemoryStore",
@@ -133,6 +137,7 @@ __all__ = [
     "StoreFull",
     "StoreTimeout",
     "StoreUnavailable",
+    "Thresholds",
     "VerifyOutcome",
     "VerifyResult",
     "__version__",

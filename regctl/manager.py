@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -70,6 +71,7 @@ from regctl.text import visible
 from regctl.validation import normalize_email, validate_code, validate_name, validate_password
 
 if TYPE_CHECKING:
+    from regctl.diagnostics.health import Health, HealthProbe, Thresholds
     from regctl.settings import Settings
 
 
@@ -313,6 +315,23 @@ class RegistrationManager:
 
     def count(self) -> int:
         return self.store.counts().total
+
+    def health(self, timeout: float = 2.0, thresholds: Thresholds | None = None) -> Health:
+        """The store's health within ``timeout`` seconds, even while Redis stalls: a
+        server down, stalled or refusing is CRITICAL, never an exception.
+
+        ``to_dict()`` is the original ``/health`` JSON plus regctl's checks.
+
+        Example: report = manager.health(timeout=1.0); code = 200 if report.ok else 503
+        """
+        return self._health_probe.check(timeout, thresholds)
+
+    @functools.cached_property
+    def _health_probe(self) -> HealthProbe:
+        from regctl import __version__
+        from regctl.diagnostics.health import HealthProbe
+
+        return HealthProbe(self.store, __version__)
 
     # --- the audit trail ---------------------------------------------------
 

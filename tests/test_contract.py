@@ -941,3 +941,21 @@ def test_the_audit_trail_filters_by_command_and_target(manager: RegistrationMana
     assert manager.audit_trail(1, command="add", target="ann")[0]["target"] == "Ann@Example.com"
     manager.audit("ops", "add", "evil\x1b[2J@example.com", "ok")
     assert manager.audit_trail(1)[0]["target"] == "evil\\x1b[2J@example.com"  # stored visible
+
+
+def test_health_counts_the_pending_in_the_original_shape(manager: RegistrationManager, pw_hash):
+    manager.add("health@example.com", "H", "C", password_hash=pw_hash)
+    report = manager.health(timeout=60)
+    assert (report.status, report.ok) == ("ok", True)
+    data = report.to_dict()
+    assert {"status", "timestamp", "version", "redis", "pending_registrations"} <= data.keys()
+    assert data["pending_registrations"]["total"] == 1
+    redis_connected = data["pending_registrations"]["redis_connected"]
+    assert redis_connected is (manager.store.description != "memory")
+    if redis_connected:  # the original's redis fields, as they were
+        facts = data["redis"]
+        assert facts["status"] == "connected"
+        assert facts["ping"] is True
+        assert {"connected_clients", "used_memory_human", "uptime_in_seconds"} <= facts.keys()
+    data["status"] = "changed"
+    assert report.to_dict()["status"] == "ok"  # a copy: the report is not changed through it

@@ -19,6 +19,7 @@ import redis
 
 from regctl import (
     Filter,
+    InvalidInput,
     Policy,
     PoolExhausted,
     RedisStore,
@@ -302,6 +303,46 @@ def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_r
     store = RedisStore(debug_redis.client(), prefix=cli.env["REGCTL_PREFIX"])
     records, entries = consistent(store)
     assert records == entries <= 1
+
+
+def test_health_answers_within_its_budget_while_redis_is_stopped(tmp_path: Path, pw_hash):
+    """A /health endpoint must answer during a stall: CRITICAL within the timeout
+    asked for, not after the socket timeout (30 s here); callers meanwhile share
+    the one check still waiting, and the store reads healthy again once it wakes."""
+    proc = RedisProcess(tmp_path / "hs").start()
+    manager = manager_for(proc.url, prefix="hs", socket_timeout=30, connect_timeout=30)
+    try:
+        manager.add("h@example.com", "H", "S", password_hash=pw_hash)
+        os.kill(proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        report = manager.health(timeout=0.3)
+        assert time.monotonic() - started < 15  # far below the 30 s socket timeout
+        assert report.status == "critical"
+        data = report.to_dict()
+        assert data["redis"]["status"] == "timeout"
+        assert data["redis"]["ping"] is False
+        assert data["pending_registrations"] == {"total": None, "redis_connected": False}
+        for _ in range(5):
+            assert manager.health(timeout=0.05).status == "critical"
+        waiting = [t for t in threading.enumerate() if t.name == "regctl-health"]
+        assert len(waiting) == 1
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while (report := manager.health(timeout=5)).status != "ok":
+        assert time.monotonic() < deadline, report.to_dict()
+        time.sleep(0.05)
+    assert report.to_dict()["pending_registrations"]["total"] == 1
+    manager.close()
+    proc.stop()
+
+
+def test_a_health_timeout_must_be_positive(redis_proc: RedisProcess):
+    manager = manager_for(redis_proc.url)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidInput, match="health timeout"):
+            manager.health(timeout=bad)
+    manager.close()
 
 
 @pytest.mark.slow

@@ -91,10 +91,11 @@ def _health_once(state: State, limits: Thresholds, nagios: bool) -> Health:
     """The first report; a store down or stalled before the checks could start is
     CRITICAL, no store at all (bad configuration) the plugin's UNKNOWN."""
     from regctl.diagnostics import Level
-    from regctl.diagnostics import health as check
+    from regctl.diagnostics.health import HealthProbe
 
+    budget = state.settings.health_timeout
     try:
-        return check(state.store_within(state.settings.health_timeout), __version__, limits)
+        return HealthProbe(state.store_within(budget), __version__).check(budget, limits)
     except RegctlError as exc:
         level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN
         if nagios:

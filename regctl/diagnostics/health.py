@@ -7,9 +7,12 @@ maxmemory, eviction policy, persistence and topology."""
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from regctl.errors import (
 )
 
 if TYPE_CHECKING:
+    from regctl.store.base import Store
     from regctl.store.redis_store import RedisStore
 
 
@@ -61,9 +65,27 @@ class Check:
 
 @dataclass
 class Health:
+    """A health report: its level, its checks, and ``to_dict()``, the JSON a
+    ``/health`` endpoint returns."""
+
     level: Level
     data: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``warning``, ``critical`` or ``unknown``."""
+        return self.level.name.lower()
+
+    @property
+    def ok(self) -> bool:
+        return self.level is Level.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """The original ``/health`` shape (status, timestamp, version, redis{status,
+        ping, connected_clients, used_memory_human, uptime_in_seconds},
+        pending_registrations{total, redis_connected}) plus regctl's checks."""
+        return copy.deepcopy(self.data)
 
 
 def _now_iso() -> str:
@@ -91,22 +113,12 @@ def _summary(view: dict[str, Any]) -> dict[str, Any]:
 def health(store: RedisStore, version: str, thresholds: Thresholds | None = None) -> Health:
     """The health report; never raises for an unreachable server (that is CRITICAL)."""
     limits = thresholds or Thresholds()
-    data: dict[str, Any] = {
-        "status": "unknown",
-        "timestamp": _now_iso(),
-        "version": version,
-        "store": store.description,
-    }
+    data = _head(store, version)
     try:
         view = topology(store)
         total = _total(store, view)
     except (StoreUnavailable, PermissionDenied) as exc:
-        data["redis"] = {"status": "disconnected", "ping": False, "error": exc.message}
-        data["pending_registrations"] = {"total": None, "redis_connected": False}
-        checks = [Check("connection", Level.CRITICAL, exc.message)]
-        data["status"] = Level.CRITICAL.name.lower()
-        data["checks"] = [_check_json(c) for c in checks]
-        return Health(Level.CRITICAL, data, checks)
+        return _disconnected(data, "disconnected", exc.message)
     data["redis"] = {"status": "connected", "ping": True, **_summary(view)}
     data["pending_registrations"] = {"total": total, "redis_connected": True}
     if view["kind"] != "standalone":
@@ -116,6 +128,80 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
     data["status"] = level.name.lower()
     data["checks"] = [_check_json(c) for c in checks]
     return Health(level, data, checks)
+
+
+def _head(store: Store, version: str) -> dict[str, Any]:
+    return {
+        "status": "unknown",
+        "timestamp": _now_iso(),
+        "version": version,
+        "store": store.description,
+    }
+
+
+def _disconnected(data: dict[str, Any], status: str, reason: str) -> Health:
+    data["redis"] = {"status": status, "ping": False, "error": reason}
+    data["pending_registrations"] = {"total": None, "redis_connected": False}
+    checks = [Check("connection", Level.CRITICAL, reason)]
+    data["status"] = Level.CRITICAL.name.lower()
+    data["checks"] = [_check_json(c) for c in checks]
+    return Health(Level.CRITICAL, data, checks)
+
+
+class HealthProbe:
+    """Health within a time budget, whatever Redis does.
+
+    The checks run in a helper thread; a caller waits for them at most its timeout,
+    then gets CRITICAL ("no answer"). While a check is still running (a stalled
+    server), later callers wait on that same one: a ``/health`` polled every second
+    during a stall never piles up threads or connections.
+    """
+
+    def __init__(self, store: Store, version: str) -> None:
+        self._store, self._version = store, version
+        self._lock = threading.Lock()
+        self._running: Future[Health] | None = None
+
+    def check(self, timeout: float, thresholds: Thresholds | None = None) -> Health:
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise InvalidInput("the health timeout must be a number of seconds above 0")
+        with self._lock:
+            if self._running is None or self._running.done():
+                self._running = Future()
+                threading.Thread(
+                    target=self._run,
+                    args=(self._running, thresholds),
+                    name="regctl-health",
+                    daemon=True,  # a stalled check never holds the process open
+                ).start()
+            running = self._running
+        try:
+            return running.result(timeout)
+        except TimeoutError:
+            reason = f"Redis gave no answer within {timeout:g} s"
+            return _disconnected(_head(self._store, self._version), "timeout", reason)
+
+    def _run(self, done: Future[Health], thresholds: Thresholds | None) -> None:
+        from regctl.store.redis_store import RedisStore
+
+        try:
+            if isinstance(self._store, RedisStore):
+                done.set_result(health(self._store, self._version, thresholds))
+            else:
+                done.set_result(_in_memory(self._store, self._version))
+        except BaseException as exc:  # a fault in the checks themselves: the caller's
+            done.set_exception(exc)
+
+
+def _in_memory(store: Store, version: str) -> Health:
+    """An in-process store is as healthy as the process; no Redis is in use."""
+    data = _head(store, version)
+    data["redis"] = {"status": "not used", "ping": False}
+    data["pending_registrations"] = {"total": store.counts().total, "redis_connected": False}
+    data["status"] = Level.OK.name.lower()
+    checks = [Check("store", Level.OK, "in-process memory store: nothing shared, nothing kept")]
+    data["checks"] = [_check_json(c) for c in checks]
+    return Health(Level.OK, data, checks)
 
 
 def nagios_line(report: Health, limits: Thresholds) -> str:
