@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         StoreTimeout,
         StoreUnavailable,
     )
+    from regctl.mail import Mailer
     from regctl.manager import (
         RegistrationManager,
     )
@@ -85,6 +86,7 @@ _LAZY = {
     "StoreUnavailable": "regctl.errors",
     "RegistrationManager": "regctl.manager",
     "Health": "regctl.diagnostics.health",
+    "Mailer": "regctl.mail",
     "Thresholds": "regctl.diagnostics.health",
     "Added": "regctl.model",
     "Filter": "regctl.model",
@@ -113,6 +115,7 @@ __all__ = [
     "Health",
     "InvalidInput",
     "LockHeld",
+    "Mailer",
     "MemoryStore",
     "NotFound",
     "NotReplicated",

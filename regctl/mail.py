@@ -21,6 +21,7 @@ from regctl.errors import ConfigError, DeliveryFailed, first_line
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+    from regctl.model import PendingRegistration
     from regctl.settings import Settings
 
 DEFAULT_BODY = """\
@@ -58,6 +59,48 @@ class MailConfig:
         """Fail now (ConfigError) on what would fail at delivery: the template."""
         if self.enabled:
             compose(self, "check@example.com", "Check", "000000", 15)
+
+
+class Mailer:
+    """Sends a verification code exactly as `regctl add` and `regctl resend` do: the
+    same REGCTL_MAIL_URL, sender, subject and template.
+
+    Example: Mailer.from_settings().send_code(added.registration, added.code)
+    """
+
+    def __init__(self, config: MailConfig) -> None:
+        config.check()
+        self.config = config
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Mailer:
+        """The mailer the settings describe (env, .env, config file when not given);
+        a template that could not be used fails here (ConfigError), at start-up."""
+        from regctl.settings import load_settings
+
+        return cls(MailConfig.from_settings(settings or load_settings().settings))
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def send_code(self, registration: PendingRegistration, code: str) -> str:
+        """Mail ``code`` to the registration's address, with the minutes it has left;
+        return how it went out: ``mail``, ``console`` or ``not_sent`` (REGCTL_MAIL_URL
+        ``none``). Raises DeliveryFailed (the code stays valid: resend) or ConfigError.
+        """
+        if not self.enabled:
+            return "not_sent"
+        minutes = max(1, (registration.code_expires_at - registration.observed_at) // 60_000)
+        message = compose(self.config, registration.email, registration.first_name, code, minutes)
+        deliver(self.config, message)
+        return "console" if self.config.url == "console" else "mail"
+
+    async def asend_code(self, registration: PendingRegistration, code: str) -> str:
+        """``send_code`` without blocking the event loop (SMTP runs in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.send_code, registration, code)
 
 
 def check_mail_url(url: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from tests.conftest import Cli
 from tests.smtp import SmtpServer, body_of
 
@@ -118,3 +120,48 @@ def test_the_password_hash_is_printed_only_by_a_successful_json_verify(cli: Cli,
     ran = cli("-o", "json", "verify", EMAIL, smtp.sink.code_for(EMAIL))
     assert json.loads(ran.stdout)["registration"]["password_hash"].startswith("$argon2id$")
     assert PASSWORD not in ran.stdout
+
+
+def test_the_library_mailer_sends_what_the_cli_sends_in_both_forms(
+    smtp: SmtpServer, redis_proc, prefix: str, pw_hash
+):
+    import asyncio
+
+    from regctl import Mailer, RedisStore, RegistrationManager
+    from regctl.settings import load_settings
+    from tests.conftest import SECRET
+
+    settings = load_settings(
+        {"mail_url": smtp.url, "mail_from": "shop <a@shop.example>", "code_secret": SECRET},
+        environ={},
+    ).settings
+    mailer = Mailer.from_settings(settings)
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    added = manager.add("lib@example.com", "Lib", "Rary", password_hash=pw_hash)
+    assert mailer.send_code(added.registration, added.code) == "mail"
+    other = manager.add("async@example.com", "Asy", "Nc", password_hash=pw_hash)
+    assert asyncio.run(mailer.asend_code(other.registration, other.code)) == "mail"
+    first, second = smtp.sink.messages
+    assert (first["To"], first["From"], first["Subject"]) == (
+        "lib@example.com",
+        "shop <a@shop.example>",
+        "Your verification code",
+    )
+    assert "Hello Lib," in body_of(first)
+    assert "valid for 15 minutes" in body_of(first)
+    assert second["To"] == "async@example.com"
+    for email in ("lib@example.com", "async@example.com"):
+        assert manager.verify(email, smtp.sink.code_for(email)).ok
+
+
+def test_a_mailer_with_a_broken_template_fails_at_start_up(tmp_path):
+    from regctl import ConfigError, Mailer
+    from regctl.settings import load_settings
+
+    template = tmp_path / "t.txt"
+    template.write_text("no code here {first_name}\n")
+    settings = load_settings(
+        {"mail_url": "console", "mail_template": str(template)}, environ={}
+    ).settings
+    with pytest.raises(ConfigError, match=r"has no \{code\}"):
+        Mailer.from_settings(settings)

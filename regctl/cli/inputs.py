@@ -99,19 +99,14 @@ def read_code(code: str | None) -> str:
 
 def check_delivery(state: State, send: bool) -> None:
     """Before any write: fail on mail settings that could not deliver the code."""
-    from regctl.mail import MailConfig
+    from regctl.mail import Mailer
 
     if send:
-        MailConfig.from_settings(state.settings).check()
+        Mailer.from_settings(state.settings)  # checks the template
 
 
 def deliver_code(state: State, reg: PendingRegistration, code: str, send: bool) -> str:
     """Mail the code as REGCTL_MAIL_URL says; return mail, console or not_sent."""
-    from regctl.mail import MailConfig, compose, deliver
+    from regctl.mail import Mailer
 
-    config = MailConfig.from_settings(state.settings)
-    if not send or not config.enabled:
-        return "not_sent"
-    minutes = max(1, (reg.code_expires_at - reg.observed_at) // 60_000)
-    deliver(config, compose(config, reg.email, reg.first_name, code, minutes))
-    return "console" if config.url == "console" else "mail"
+    return Mailer.from_settings(state.settings).send_code(reg, code) if send else "not_sent"
