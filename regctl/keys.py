@@ -141,9 +141,7 @@ class Keyspace:
         if not key.startswith(self.prefix + ":"):
             return None
         found = _KIND_RE.match(key, len(self.prefix))
-        if found is None:
-            return None
-        return next(kind for kind, text in found.groupdict().items() if text is not None)
+        return None if found is None else found.lastgroup  # (the kinds' groups are exclusive)
 
 
 # Every key regctl writes, by the shape of its name's end, with its Redis type; only

@@ -228,6 +228,13 @@ def test_health_nagios_is_one_status_line_with_performance_data(cli: Cli):
     assert int(fields["memory_used"].split("B")[0]) > 0
 
 
+def test_health_nagios_says_unknown_for_a_bad_setting(cli: Cli):
+    ran = cli("health", "--nagios", REGCTL_HEALTH_TIMEOUT="0")
+    assert ran.exit_code == 3
+    assert ran.stdout.startswith("REGCTL UNKNOWN - ")
+    assert "health_timeout" in ran.stdout or "HEALTH_TIMEOUT" in ran.stdout
+
+
 def test_health_nagios_says_critical_for_a_server_that_is_down(cli: Cli, tmp_path):
     ran = cli("health", "--nagios", REGCTL_REDIS_URL=f"unix://{tmp_path}/none.sock")
     assert ran.exit_code == 2

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -27,13 +28,14 @@ from regctl import (
     StoreFull,
     StoreTimeout,
     StoreUnavailable,
+    Thresholds,
     VerifyOutcome,
 )
 from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
-from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store
+from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store, subprocess_env
 from tests.servers import RedisProcess, server_version, zset_members
 
 
@@ -326,6 +328,10 @@ def test_health_answers_within_its_budget_while_redis_is_stopped(tmp_path: Path,
             assert manager.health(timeout=0.05).status == "critical"
         waiting = [t for t in threading.enumerate() if t.name == "regctl-health"]
         assert len(waiting) == 1
+        strict = Thresholds(latency_warn_ms=0, latency_crit_ms=0)  # graded apart
+        assert manager.health(timeout=0.05, thresholds=strict).status == "critical"
+        waiting = [t for t in threading.enumerate() if t.name == "regctl-health"]
+        assert len(waiting) == 2
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     deadline = time.monotonic() + 60
@@ -333,13 +339,57 @@ def test_health_answers_within_its_budget_while_redis_is_stopped(tmp_path: Path,
         assert time.monotonic() < deadline, report.to_dict()
         time.sleep(0.05)
     assert report.to_dict()["pending_registrations"]["total"] == 1
+    latency = manager.health(timeout=5, thresholds=strict).to_dict()["checks"][0]
+    assert (latency["name"], latency["status"]) == ("latency", "critical")
     manager.close()
     proc.stop()
 
 
+def test_ctrl_c_ends_a_listing_at_once_while_redis_is_stopped(tmp_path: Path, pw_hash):
+    """Later pages are read by a helper thread; stalled on a stopped server, it must
+    not hold the process at exit: Ctrl-C ends the listing, not the socket timeout."""
+    proc = RedisProcess(tmp_path / "ci").start()
+    try:
+        bulk_load(RedisStore(proc.client(), prefix="ci"), 20_000, pw_hash)  # pages ahead
+        env = {**subprocess_env(proc.url, "ci"), "REGCTL_SOCKET_TIMEOUT": "30"}
+        listing = subprocess.Popen(
+            [REGCTL, "list", "-o", "ndjson"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert listing.stdout is not None
+        assert listing.stdout.readline()  # it is reading
+        os.kill(proc.pid, signal.SIGSTOP)
+        last_byte = [time.monotonic()]
+
+        def drain() -> None:  # a reader that keeps up, so the listing waits on Redis only
+            assert listing.stdout is not None
+            while os.read(listing.stdout.fileno(), 65536):
+                last_byte[0] = time.monotonic()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() - last_byte[0] < 0.5:  # until the output stalls
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        listing.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        code = listing.wait(timeout=60)
+        assert time.monotonic() - started < 15  # far below the 30 s socket timeout
+        assert code == 130
+        assert listing.stderr is not None
+        assert "Traceback" not in listing.stderr.read().decode()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stop()
+
+
 def test_a_health_timeout_must_be_positive(redis_proc: RedisProcess):
     manager = manager_for(redis_proc.url)
-    for bad in (0, -1, float("nan"), float("inf")):
+    wrong: list[Any] = [0, -1, float("nan"), float("inf"), 1e10, True, "1", None]
+    for bad in wrong:
         with pytest.raises(InvalidInput, match="health timeout"):
             manager.health(timeout=bad)
     manager.close()

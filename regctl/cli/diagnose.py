@@ -93,8 +93,8 @@ def _health_once(state: State, limits: Thresholds, nagios: bool) -> Health:
     from regctl.diagnostics import Level
     from regctl.diagnostics.health import HealthProbe
 
-    budget = state.settings.health_timeout
     try:
+        budget = state.settings.health_timeout
         return HealthProbe(state.store_within(budget), __version__).check(budget, limits)
     except RegctlError as exc:
         level = Level.CRITICAL if isinstance(exc, StoreUnavailable) else Level.UNKNOWN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from regctl.errors import (
 from regctl.keys import KINDS, LASTING_KINDS
 from regctl.manager import PURGE_LEASE_MS
 from regctl.settings import MAX_LIFETIME_S
-from regctl.store.base import chunks
+from regctl.store.base import Helper, chunks, overlapped
 from regctl.text import plural
 
 if TYPE_CHECKING:
@@ -202,12 +203,23 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
     """Every key under the prefix, its TTL and type (and a record's index entry), a
     thousand keys a round trip."""
     ks, found = store.keyspace, _Keys()
+
+    def batch(chunk: list[str]) -> tuple[list[str], list[str | None], list[Where]]:
+        kinds = [ks.kind(key) for key in chunk]
+        where = [
+            ks.own_record(key) if kind == "record" else None
+            for key, kind in zip(chunk, kinds, strict=True)
+        ]
+        return chunk, kinds, where
+
     with translated_errors():
         keys = islice(store.client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
-        for chunk in chunks(keys, 1000):
-            kinds = [ks.kind(key) for key in chunk]
-            where = [ks.own_record(key) for key in chunk]
-            replies = iter(_key_facts(store, chunk, where))
+        batches = (batch(chunk) for chunk in chunks(keys, 1000))
+        # The server checks a batch while the next one is scanned and named.
+        for (chunk, kinds, _where), facts in overlapped(
+            batches, lambda b: _key_facts(store, b[0], b[2])
+        ):
+            replies = iter(facts)
             for key, kind in zip(chunk, kinds, strict=True):
                 ttl, kind_of, indexed = next(replies), next(replies), next(replies)
                 if kind_of == "none":
@@ -224,9 +236,11 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
     return found
 
 
-def _key_facts(
-    store: RedisStore, keys: list[str], where: list[tuple[int, str] | None]
-) -> list[Any]:
+# (bucket, digest) of a record of this namespace; None for any other key.
+Where = tuple[int, str] | None
+
+
+def _key_facts(store: RedisStore, keys: list[str], where: list[Where]) -> list[Any]:
     """(pttl, type, indexed: 1, 0, or -1 for no record of this namespace) per key. A
     standalone server answers in one script call; on Cluster the keys span slots, so
     the commands go pipelined."""
@@ -259,8 +273,18 @@ def _key_facts(
 
 
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
+    # The orphan count reads the indexes while the scan reads the keys: the server
+    # answers one while the client names the other's keys.
+    helper = Helper("regctl-orphans")
+    try:
+        orphans = helper.submit(store.count_orphans)
+        return _key_findings(store, _scan_keys(store, scan_limit), orphans)
+    finally:
+        helper.close()
+
+
+def _key_findings(store: RedisStore, scanned: _Keys, orphans_counted: Future[int]) -> list[Finding]:
     ks, client = store.keyspace, store.client
-    scanned = _scan_keys(store, scan_limit)
     foreign, lost_ttl, too_long = scanned.foreign, scanned.lost_ttl, scanned.too_long
     wrong_type, unindexed = scanned.wrong_type, scanned.unindexed
     findings = []
@@ -335,7 +359,7 @@ def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
             )
         )
     try:
-        orphans = store.count_orphans()
+        orphans = orphans_counted.result()
     except NotServing:  # slots on the move: reported as open slots; orphans wait for it
         return findings
     if orphans:

@@ -148,6 +148,10 @@ def _disconnected(data: dict[str, Any], status: str, reason: str) -> Health:
     return Health(Level.CRITICAL, data, checks)
 
 
+# The longest a health check may be given (a /health endpoint wants seconds).
+MAX_HEALTH_TIMEOUT = 3600
+
+
 class HealthProbe:
     """Health within a time budget, whatever Redis does.
 
@@ -160,26 +164,35 @@ class HealthProbe:
     def __init__(self, store: Store, version: str) -> None:
         self._store, self._version = store, version
         self._lock = threading.Lock()
-        self._running: Future[Health] | None = None
+        self._running: dict[Thresholds | None, Future[Health]] = {}
 
     def check(self, timeout: float, thresholds: Thresholds | None = None) -> Health:
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise InvalidInput("the health timeout must be a number of seconds above 0")
-        with self._lock:
-            if self._running is None or self._running.done():
-                self._running = Future()
+        """The report within ``timeout`` seconds (0 < timeout <= MAX_HEALTH_TIMEOUT)."""
+        if not (
+            isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+            and 0 < timeout <= MAX_HEALTH_TIMEOUT  # (NaN compares false)
+        ):
+            raise InvalidInput(
+                f"the health timeout must be a number of seconds, above 0 and at most "
+                f"{MAX_HEALTH_TIMEOUT}"
+            )
+        with self._lock:  # one check under way per set of thresholds
+            running = self._running.get(thresholds)
+            if running is None or running.done():
+                running = self._running[thresholds] = Future()
                 threading.Thread(
                     target=self._run,
-                    args=(self._running, thresholds),
+                    args=(running, thresholds),
                     name="regctl-health",
                     daemon=True,  # a stalled check never holds the process open
                 ).start()
-            running = self._running
         try:
-            return running.result(timeout)
+            report = running.result(timeout)
         except TimeoutError:
             reason = f"Redis gave no answer within {timeout:g} s"
             return _disconnected(_head(self._store, self._version), "timeout", reason)
+        return copy.deepcopy(report)  # each caller its own, though they shared the check
 
     def _run(self, done: Future[Health], thresholds: Thresholds | None) -> None:
         from regctl.store.redis_store import RedisStore

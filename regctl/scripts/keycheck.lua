@@ -7,6 +7,7 @@
 -- Returns {pttl, type, indexed (1, 0, or -1 for not a record), ...} per key checked.
 local checked = #ARGV / 2
 local out = {}
+local index_types = {}  -- each index's type, asked once per call
 for i = 1, checked do
   local key, at, member = KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i]
   out[#out + 1] = redis.call('PTTL', key)
@@ -15,7 +16,11 @@ for i = 1, checked do
     out[#out + 1] = -1
   else
     local index = KEYS[at]
-    local index_type = redis.call('TYPE', index)['ok']
+    local index_type = index_types[at]
+    if not index_type then
+      index_type = redis.call('TYPE', index)['ok']
+      index_types[at] = index_type
+    end
     if index_type == 'zset' then
       out[#out + 1] = redis.call('ZSCORE', index, member) and 1 or 0
     elseif index_type == 'none' then

@@ -6,10 +6,14 @@ manager and own only the state transitions; each mutating call is one atomic ste
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from regctl.errors import (
     RegctlError,
@@ -18,6 +22,7 @@ from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
 from regctl.reports import PurgeReport, Tally
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 PURGE_BATCH = 500
 # How far ahead of the server's clock an imported record's creation or sending may lie.
@@ -181,3 +186,52 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+class Helper:
+    """One daemon thread running the calls given to it, in order, each answered through
+    a Future. A daemon, so a call stalled on a silent server never holds the process
+    at exit: Ctrl-C ends regctl at once, as it does without a helper."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
+        self._calls = queue.SimpleQueue()
+        self._closed = False
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def submit(self, call: Callable[[], R]) -> Future[R]:
+        future: Future[R] = Future()
+        self._calls.put((future, call))
+        return future
+
+    def close(self) -> None:
+        """Run nothing more (a call under way ends on its own); the thread then ends."""
+        self._closed = True
+        self._calls.put(None)
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            if self._closed:
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # the caller raises it where it waits
+                    future.set_exception(exc)
+
+
+def overlapped(batches: Iterable[T], send: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """(batch, send(batch)) in order, each batch sent by a helper thread while the next
+    one is made (``batches`` is lazy: its reads and parsing overlap the server's work
+    on the batch before). A batch is sent only once the one before it was handed on."""
+    iterator, helper = iter(batches), Helper("regctl-send")
+    try:
+        for first in iterator:
+            current, in_flight = first, helper.submit(functools.partial(send, first))
+            for upcoming in iterator:  # made while ``current`` is with the server
+                yield current, in_flight.result()
+                current, in_flight = upcoming, helper.submit(functools.partial(send, upcoming))
+            yield current, in_flight.result()
+    finally:
+        helper.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from regctl.codec import FIELDS, ROW, decode_row
@@ -19,7 +19,7 @@ from regctl.errors import DamagedRecord, NotServing
 from regctl.keys import Keyspace, client_day
 from regctl.model import Filter, Policy
 from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
-from regctl.store.base import PAGE
+from regctl.store.base import PAGE, Helper
 from regctl.store.scripts import ScriptRunner
 
 
@@ -83,7 +83,7 @@ class _PagesAhead:
 
     def __init__(self, scripts: ScriptRunner, ks: Keyspace) -> None:
         self._scripts, self._ks = scripts, ks
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="regctl-walk")
+        self._helper = Helper("regctl-walk")
         self._lock = threading.Lock()
         self._wanted: list[tuple[int, tuple[str, str], Future[Page]]] = []
 
@@ -114,7 +114,7 @@ class _PagesAhead:
             future.set_result((page, page_rows))
 
     def close(self) -> None:
-        self._helper.shutdown(wait=False, cancel_futures=True)
+        self._helper.close()
 
 
 def _bucket_stream(
