@@ -35,6 +35,7 @@ import redis
 from regctl import Filter, MemoryStore, Policy, RedisStore, RegistrationManager
 from regctl.keys import digest
 from regctl.security import hash_password
+from regctl.store import NewRegistration
 
 SECRET = "benchmark-secret-0123456789"
 HERE = Path(__file__).resolve().parent
@@ -496,6 +497,69 @@ def run_measured(
     return float(seconds), int(rss_kb) / 1024
 
 
+# --- one-shot commands at scale ----------------------------------------------------------------
+
+# Every read command, timed as a whole process at each store size: which grow with the
+# store (only whole-store work may, and linearly) and which do not.
+SCALE_COMMANDS = {
+    "inspect": ["inspect", "u7@d7.example", "-o", "json"],
+    "list --limit 20": ["list", "--limit", "20", "-o", "json"],
+    "health": ["health", "-o", "json"],
+    "audit": ["audit", "-o", "json"],
+    "stats": ["stats", "-o", "json"],
+    "list -o ndjson": ["list", "-o", "ndjson"],
+    "export": ["export"],
+    "doctor": ["doctor", "-o", "json"],
+}
+SCALE_MARKS = ("<!-- scale:start -->", "<!-- scale:end -->")
+
+
+def scale(sock: Path, sizes: list[int], pw_hash: str) -> None:
+    print(f"\none-shot commands at scale (wall seconds, start-up included): {sizes}")
+    client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    store = RedisStore(client, prefix="scale")
+    env = {
+        **os.environ,
+        "REGCTL_REDIS_URL": f"unix://{sock}",
+        "REGCTL_PREFIX": "scale",
+        "REGCTL_CODE_SECRET": SECRET,
+    }
+    out: dict[str, dict[int, float]] = {name: {} for name in SCALE_COMMANDS}
+    loaded = 0
+    for size in sorted(sizes):
+        # Through the real add script, pipelined (set-up, not measured: no validation).
+        for start in range(loaded, size, 2000):
+            batch = [
+                (NewRegistration(f"u{i}@d{i % 50}.example", "U", "S", pw_hash, "0" * 64), f"t{i}")
+                for i in range(start, min(size, start + 2000))
+            ]
+            store.add_many(batch, Policy())
+        loaded = size
+        for name, argv in SCALE_COMMANDS.items():
+            seconds, _rss = run_measured([sys.executable, "-m", "regctl", *argv], env, (0, 1))
+            out[name][size] = seconds
+        print("  " + "  ".join(f"{name} {out[name][size]:.2f}" for name in SCALE_COMMANDS))
+    RESULTS["scale"] = {name: {str(k): v for k, v in by.items()} for name, by in out.items()}
+    table = scale_table(out, sorted(sizes))
+    print(table)
+    doc = HERE.parent / "docs" / "performance.md"
+    text = doc.read_text()
+    start, end = (text.index(mark) for mark in SCALE_MARKS)
+    doc.write_text(text[: start + len(SCALE_MARKS[0])] + "\n" + table + text[end:])
+    print(f"  written to {doc}")
+
+
+def scale_table(out: dict[str, dict[int, float]], sizes: list[int]) -> str:
+    """The markdown table of docs/performance.md: seconds per size, and how the largest
+    compares with the smallest (1 does not grow; 100 grows linearly over 100 times)."""
+    head = "| command | " + " | ".join(f"{n:,} records".replace(",", " ") for n in sizes)
+    lines = [head + " | largest / smallest |", "|---|" + "---|" * (len(sizes) + 1)]
+    for name, by in out.items():
+        cells = " | ".join(f"{by[n]:.2f} s" for n in sizes)
+        lines.append(f"| `regctl {name}` | {cells} | {by[sizes[-1]] / by[sizes[0]]:.1f}\u00d7 |")
+    return "\n".join(lines) + "\n"
+
+
 # --- CLI start-up ------------------------------------------------------------------------------
 
 
@@ -579,6 +643,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, help="bulk size (default 100 000; --full 1M)")
     parser.add_argument("--ops", type=int, default=3000, help="calls per operation")
     parser.add_argument("--skip-bulk", action="store_true", help="per-operation figures only")
+    parser.add_argument(
+        "--scale",
+        type=lambda text: [int(n) for n in text.split(",")],
+        metavar="N,N,...",
+        help="time every read command at these store sizes (--full: 10000,100000,1000000) "
+        "and write the table into docs/performance.md",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -602,6 +673,9 @@ def main() -> None:
         redis_benchmark(sock)
         if not args.skip_bulk:
             bulk(sock, records, pw_hash)
+        sizes = args.scale or ([10_000, 100_000, 1_000_000] if args.full else None)
+        if sizes:
+            scale(sock, sizes, pw_hash)
         startup(sock, 15)
     if args.json:
         args.json.write_text(json.dumps(RESULTS, indent=2, default=str))

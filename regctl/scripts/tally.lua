@@ -7,19 +7,24 @@ local soon_ms = tonumber(ARGV[1])
 local first_limit = 2
 local now = server_now()
 local total, locked, code_expired, soon = 0, 0, 0, 0
-local ages = {}
-for i = first_limit, #ARGV do ages[i - first_limit + 1] = 0 end
+local ages, limits = {}, {}
+for i = first_limit, #ARGV do
+  ages[i - first_limit + 1] = 0
+  limits[i - first_limit + 1] = tonumber(ARGV[i])
+end
 local domains, named = {}, {}
+-- Looked up once, not per record: this loop runs for every record in the store.
+local match, tonum, call = string.match, tonumber, redis.call
 -- codec.decode's rule for a number: plain digits, below 2^53.
 local function whole(text)
-  if not text or not string.match(text, '^%d+$') then return nil end
-  local n = tonumber(text)
+  if not text or not match(text, '^%d+$') then return nil end
+  local n = tonum(text)
   if n >= 9007199254740992 then return nil end
   return n
 end
 for i = 1, #KEYS do
   local record = KEYS[i]
-  local f = redis.call('HMGET', record, F.email, F.locked, F.created_at, F.expires_at,
+  local f = call('HMGET', record, F.email, F.locked, F.created_at, F.expires_at,
     F.code_expires_at, F.first_name, F.last_name, F.password_hash, F.last_sent_at,
     F.resend_count, F.attempts, F.schema)
   local email, is_locked = f[1], f[2] == '1'
@@ -35,13 +40,13 @@ for i = 1, #KEYS do
     if now >= code_expires and not is_locked then code_expired = code_expired + 1 end
     if math.max(0, expires - now) <= soon_ms then soon = soon + 1 end
     local age = math.max(0, now - created)
-    for k = first_limit, #ARGV do
-      if age < tonumber(ARGV[k]) then
-        ages[k - first_limit + 1] = ages[k - first_limit + 1] + 1
+    for k = 1, #limits do
+      if age < limits[k] then
+        ages[k] = ages[k] + 1
         break
       end
     end
-    local domain = string.match(email, '([^@]*)$')  -- after the last @ (case as stored)
+    local domain = match(email, '([^@]*)$')  -- after the last @ (case as stored)
     if not domains[domain] then named[#named + 1] = domain; domains[domain] = 0 end
     domains[domain] = domains[domain] + 1
   end
