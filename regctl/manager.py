@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl import security
 from regctl.errors import (
+    AlreadyExists,
     ConfigError,
     CooldownActive,
     DeliveryFailed,
@@ -38,6 +39,7 @@ from regctl.errors import (
     StoreFull,
     StoreTimeout,
     StoreUnavailable,
+    already_exists,
     other_secret,
 )
 from regctl.model import (
@@ -78,6 +80,9 @@ if TYPE_CHECKING:
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
 MAX_TOKEN_LENGTH = 128
+# How often an add in conceal_pending mode tries again when the pending registration it
+# met was gone before it could answer for it.
+CONCEAL_TRIES = 3
 # How many of the newest audit entries a filtered look at the trail searches.
 AUDIT_SEARCH = 10_000
 # How often a manager re-reads the store's code-secret fingerprint (a rotation
@@ -95,14 +100,20 @@ class RegistrationManager:
         secret: str | bytes | None,
         policy: Policy | None = None,
         audit_as: str | None = None,
+        conceal_pending: bool = False,
     ) -> None:
         """``audit_as`` (say "signup-api@web-3") records every add, resend, verify,
         unlock and delete in the audit trail under that name, with its outcome, so the
         trail answers "who verified alice?" for backend calls too (one more round trip
-        per call)."""
+        per call).
+
+        ``conceal_pending`` makes ``add`` on an address already pending answer like
+        a success, so a sign-up form does not reveal who is registering (see ``add``).
+        """
         self.store = store
         self.policy = policy or Policy()
         self.audit_as = audit_as
+        self.conceal_pending = conceal_pending
         self._secret = secret
         self._codes: security.CodeHasher | None = None
         self._secret_checked_at: float | None = None
@@ -116,6 +127,7 @@ class RegistrationManager:
         embedded: bool = False,
         read_only: bool = False,
         audit_as: str | None = None,
+        conceal_pending: bool = False,
     ) -> RegistrationManager:
         """A manager on the store the settings name (flags aside: env, .env, config file).
 
@@ -130,7 +142,11 @@ class RegistrationManager:
         settings = settings or load_settings().settings
         target = open_target(settings, allow_embedded=embedded)
         manager = cls(
-            target.store, secret=target.secret, policy=settings.policy(), audit_as=audit_as
+            target.store,
+            secret=target.secret,
+            policy=settings.policy(),
+            audit_as=audit_as,
+            conceal_pending=conceal_pending,
         )
         if not read_only:
             try:
@@ -211,14 +227,39 @@ class RegistrationManager:
 
         ``token`` identifies this call: a retry with the same token (after a lost
         reply) is answered as the first try was, with the same code.
+
+        With ``conceal_pending``, an address already pending raises no AlreadyExists:
+        the pending registration (its names and password unchanged) gets a new code
+        when a resend is allowed, returned as ``code`` to mail as usual, and otherwise
+        (cooldown, resend cap, locked) ``send`` is False: send nothing, answer the same.
         """
         token = _call_token(token)
         new, code = self._prepare(
             email, first_name, last_name, password, password_hash, token=token
         )
-        with _Call(self, "add", new.email):
-            record = self.store.add(new, self.policy, token)
-        return Added(record, code)
+        for _ in range(CONCEAL_TRIES):
+            try:
+                with _Call(self, "add", new.email):
+                    return Added(self.store.add(new, self.policy, token), code)
+            except AlreadyExists:
+                if not self.conceal_pending:
+                    raise
+            concealed = self._add_to_pending(new.email, token)
+            if concealed is not None:
+                return concealed
+        raise already_exists(new.email)  # added, then gone, again and again: give up
+
+    def _add_to_pending(self, email: str, token: str) -> Added | None:
+        """An add on a pending address, answered as a success: a new code when a resend
+        is allowed, else none to send; None when the address was freed meanwhile."""
+        try:
+            resent = self.resend(email, token=token)
+            return Added(resent.registration, resent.code)
+        except (CooldownActive, ResendLimitReached, RegistrationLocked):
+            pending = self.get(email)
+            return None if pending is None else Added(pending, "", send=False)
+        except NotFound:  # verified or expired since: the address is free to add
+            return None
 
     def add_many(
         self, rows: Iterable[Mapping[str, str]], *, batch: int = 500

@@ -152,10 +152,16 @@ class VerifyResult:
 
 @dataclass(frozen=True, slots=True)
 class Added:
-    """A new registration and its clear code; the code exists nowhere else."""
+    """A new registration and its clear code; the code exists nowhere else.
+
+    ``send`` is False (and ``code`` empty) only from a manager with
+    ``conceal_pending``, for an address already pending that may get no new code
+    yet: send nothing, answer as for any other sign-up.
+    """
 
     registration: PendingRegistration
     code: str = field(repr=False)
+    send: bool = True
 
 
 @dataclass(frozen=True, slots=True)

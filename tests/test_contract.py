@@ -959,3 +959,60 @@ def test_health_counts_the_pending_in_the_original_shape(manager: RegistrationMa
         assert {"connected_clients", "used_memory_human", "uptime_in_seconds"} <= facts.keys()
     data["status"] = "changed"
     assert report.to_dict()["status"] == "ok"  # a copy: the report is not changed through it
+
+
+# --- conceal_pending: sign-up forms that do not tell who is registering ----------------
+
+
+def test_a_concealed_add_on_a_pending_address_sends_the_owner_a_new_code(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    again = manager.add(EMAIL.lower(), "Mallory", "Other", password="mallory-password-1")
+    assert again.send
+    assert again.code != first.code
+    kept = again.registration  # the pending one: its names and password unchanged
+    assert (kept.first_name, kept.password_hash) == ("Alice", pw_hash)
+    assert kept.resend_count == 1
+    assert manager.verify(EMAIL, first.code).outcome is not VerifyOutcome.VERIFIED  # dead
+    assert manager.verify(EMAIL, again.code).ok
+
+
+def test_a_concealed_add_within_the_cooldown_sends_nothing_and_changes_nothing(
+    manager: RegistrationManager, pw_hash: str
+):
+    manager.conceal_pending = True
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    assert (again.send, again.code) == (False, "")
+    assert again.registration.email == first.registration.email
+    assert again.registration.resend_count == 0
+    assert manager.verify(EMAIL, first.code).ok  # the first code still works
+
+
+def test_a_concealed_add_on_a_locked_address_sends_nothing(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(resend_cooldown_ms=0, max_attempts=1))
+    manager.conceal_pending = True
+    code = add(manager, pw_hash)
+    manager.verify(EMAIL, wrong(code))
+    assert manager.add(EMAIL, "A", "L", password_hash=pw_hash).send is False
+
+
+def test_a_concealed_add_replayed_with_its_token_hands_back_the_same_code(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    add(manager, pw_hash)
+    once = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="signup-42")
+    twice = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="signup-42")
+    assert once.code == twice.code
+    assert twice.registration.resend_count == 1  # one resend, not two
+
+
+def test_without_conceal_pending_a_second_add_is_refused(manager: RegistrationManager, pw_hash):
+    add(manager, pw_hash)
+    with pytest.raises(AlreadyExists):
+        add(manager, pw_hash)
