@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from regctl.aio import AsyncRegistrationManager
     from regctl.diagnostics.health import Health, Thresholds
     from regctl.errors import (
         AlreadyExists,
@@ -85,6 +86,7 @@ _LAZY = {
     "SecretMismatch": "regctl.errors",
     "StoreUnavailable": "regctl.errors",
     "RegistrationManager": "regctl.manager",
+    "AsyncRegistrationManager": "regctl.aio",
     "Health": "regctl.diagnostics.health",
     "Mailer": "regctl.mail",
     "Thresholds": "regctl.diagnostics.health",
@@ -108,6 +110,7 @@ _LAZY = {
 __all__ = [
     "Added",
     "AlreadyExists",
+    "AsyncRegistrationManager",
     "ConfigError",
     "CooldownActive",
     "DeliveryFailed",

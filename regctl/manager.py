@@ -365,10 +365,11 @@ class RegistrationManager:
 
         Example: report = manager.health(timeout=1.0); code = 200 if report.ok else 503
         """
-        return self._health_probe.check(timeout, thresholds)
+        return self.health_probe.check(timeout, thresholds)
 
     @functools.cached_property
-    def _health_probe(self) -> HealthProbe:
+    def health_probe(self) -> HealthProbe:
+        """The probe behind ``health`` (shared by the async manager)."""
         from regctl import __version__
         from regctl.diagnostics.health import HealthProbe
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -66,9 +66,15 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 MakeManager = Callable[..., RegistrationManager]
 
 
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The manager the contract runs on: the sync one, or the async one awaited."""
+    return str(request.param)
+
+
 @pytest.fixture
 def make_manager(
-    store_kind: str, request: pytest.FixtureRequest, prefix: str
+    store_kind: str, api: str, request: pytest.FixtureRequest, prefix: str
 ) -> Iterator[MakeManager]:
     """Build managers over the parametrised store kind with a given policy."""
     opened: list[RegistrationManager] = []
@@ -83,6 +89,10 @@ def make_manager(
         else:
             store = MemoryStore()
         manager = RegistrationManager(store, secret=SECRET, policy=policy or Policy())
+        if api == "async":
+            from tests.awaited import Awaited
+
+            manager = cast(RegistrationManager, Awaited(manager))
         opened.append(manager)
         return manager
 

@@ -168,6 +168,25 @@ class HealthProbe:
 
     def check(self, timeout: float, thresholds: Thresholds | None = None) -> Health:
         """The report within ``timeout`` seconds (0 < timeout <= MAX_HEALTH_TIMEOUT)."""
+        running = self._start(timeout, thresholds)
+        try:
+            return copy.deepcopy(running.result(timeout))  # each caller its own copy
+        except TimeoutError:
+            return self._unanswered(timeout)
+
+    async def acheck(self, timeout: float, thresholds: Thresholds | None = None) -> Health:
+        """``check`` for asyncio code: the event loop waits, no thread does."""
+        import asyncio
+
+        running = self._start(timeout, thresholds)
+        try:  # (shielded: a caller's timeout must not cancel the check others share)
+            report = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
+        except TimeoutError:
+            return self._unanswered(timeout)
+        return copy.deepcopy(report)
+
+    def _start(self, timeout: float, thresholds: Thresholds | None) -> Future[Health]:
+        """The check under way with these thresholds, started if none is."""
         if not (
             isinstance(timeout, int | float)
             and not isinstance(timeout, bool)
@@ -187,16 +206,17 @@ class HealthProbe:
                     name="regctl-health",
                     daemon=True,  # a stalled check never holds the process open
                 ).start()
-        try:
-            report = running.result(timeout)
-        except TimeoutError:
-            reason = f"Redis gave no answer within {timeout:g} s"
-            return _disconnected(_head(self._store, self._version), "timeout", reason)
-        return copy.deepcopy(report)  # each caller its own, though they shared the check
+        return running
+
+    def _unanswered(self, timeout: float) -> Health:
+        reason = f"Redis gave no answer within {timeout:g} s"
+        return _disconnected(_head(self._store, self._version), "timeout", reason)
 
     def _run(self, done: Future[Health], thresholds: Thresholds | None) -> None:
         from regctl.store.redis_store import RedisStore
 
+        if not done.set_running_or_notify_cancel():
+            return
         try:
             if isinstance(self._store, RedisStore):
                 done.set_result(health(self._store, self._version, thresholds))
