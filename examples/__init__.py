@@ -1,0 +1,1 @@
+"""Examples of regctl in use, each tested by the suite."""
