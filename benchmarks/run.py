@@ -244,6 +244,150 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
     manager.close()
 
 
+# --- asyncio ------------------------------------------------------------------------------
+
+
+def async_operations(sock: Path, n: int, pw_hash: str) -> None:
+    """The async manager against raw redis.asyncio sending the same script (EVALSHA,
+    everything precomputed), interleaved call by call as per_operation does."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from regctl import AsyncRegistrationManager
+
+    print(f"\nasync manager vs raw redis.asyncio EVALSHA, {n} calls each (ms)")
+    print(f"  {'operation':<22} {'p50':>7} {'p99':>7}   {'raw p50':>7} {'raw p99':>7}   ratio")
+    policy = Policy(resend_cooldown_ms=0, max_resends=10**9)
+    store = RedisStore(redis.Redis(unix_socket_path=str(sock), decode_responses=True), prefix="aio")
+    manager = AsyncRegistrationManager(RegistrationManager(store, secret=SECRET, policy=policy))
+    ks = store.keyspace
+    day = int(time.time()) // 86_400
+
+    async def main() -> dict[str, Any]:
+        raw = aioredis.Redis(unix_socket_path=str(sock), decode_responses=True)
+        codes = {}
+        for i in range(n):  # records to verify: regctl's, and raw ones with a known hash
+            codes[i] = (
+                await manager.add(f"v{i}@aio.example", "A", "B", password_hash=pw_hash)
+            ).code
+            store.scripts.run(
+                "add",
+                *store._add_call(
+                    NewRegistration(f"r{i}@aio.example", "A", "B", pw_hash, "0" * 64),
+                    policy,
+                    f"t{i}",
+                ),
+            )
+        sha = {name: store.scripts.script(name).sha for name in ("get", "verify")}
+        ours: dict[str, list[float]] = {"get": [], "verify": []}
+        base: dict[str, list[float]] = {"get": [], "verify": []}
+        for i in range(n):
+            d = digest(f"r{i}@aio.example")
+            record, index = ks.keys_for(d)
+            funnel = ks.funnel_around(ks.bucket_of(d), day)
+            started = time.perf_counter()
+            await manager.get(f"v{i}@aio.example")
+            middle = time.perf_counter()
+            await raw.evalsha(sha["get"], 1, record)
+            ours["get"].append(middle - started)
+            base["get"].append(time.perf_counter() - middle)
+            started = time.perf_counter()
+            assert (await manager.verify(f"v{i}@aio.example", codes[i])).ok
+            middle = time.perf_counter()
+            marker = ks.call_marker("verify", d, f"v{i}")
+            keys = (record, index, marker, *funnel)
+            keep = policy.funnel_keep_ms
+            await raw.evalsha(sha["verify"], len(keys), *keys, d, "0" * 64, 5, 300_000, keep, day)
+            ours["verify"].append(middle - started)
+            base["verify"].append(time.perf_counter() - middle)
+        await raw.aclose()
+        await manager.aclose()
+        return {name: row(f"async {name}", (ours[name], base[name])) for name in ours}
+
+    RESULTS["async_operations"] = asyncio.run(main())
+
+
+def async_stall(sock: Path, samples: int = 500) -> None:
+    """examples/fastapi_app.py's Redis-free endpoint, idle and while 20 sign-ups wait
+    on a stopped Redis: the event loop must not wait with them."""
+    import asyncio
+    import signal
+
+    try:
+        import httpx
+
+        sys.path.insert(0, str(HERE.parent))
+        from examples.fastapi_app import create_app
+    except ImportError:
+        print("\nasync stall: fastapi or httpx not installed (the test extra), skipped")
+        return
+    from regctl import AsyncRegistrationManager, Mailer, PendingRegistration
+    from regctl.mail import MailConfig
+    from regctl.settings import load_settings
+
+    settings = load_settings(
+        {
+            "redis_url": f"unix://{sock}",
+            "prefix": "stall",
+            "code_secret": SECRET,
+            "socket_timeout": 3,
+        },
+        environ={},
+    ).settings
+    pid = int(redis.Redis(unix_socket_path=str(sock)).info("server")["process_id"])
+
+    async def create_user(_registration: PendingRegistration) -> None:
+        return None
+
+    async def main() -> tuple[list[float], list[float]]:
+        manager = AsyncRegistrationManager.from_settings(settings)
+        mailer = Mailer(MailConfig(url="none", sender="a@bench.example", subject="code"))
+        app = create_app(manager, mailer, create_user)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+
+            async def latencies() -> list[float]:
+                out = []
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    await client.get("/")
+                    out.append(time.perf_counter() - started)
+                return out
+
+            idle = await latencies()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                body = {"first_name": "S", "last_name": "T", "password": "stall password 1"}
+                waiting = [
+                    asyncio.ensure_future(
+                        client.post("/register", json={**body, "email": f"s{i}@bench.example"})
+                    )
+                    for i in range(20)
+                ]
+                await asyncio.sleep(0.05)
+                stalled = await latencies()
+                assert not all(w.done() for w in waiting), "the stall ended too soon"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.gather(*waiting)
+        await manager.aclose()
+        return idle, stalled
+
+    idle, stalled = asyncio.run(main())
+    out = {
+        "idle_p99_ms": pct(idle, 0.99) * 1000,
+        "stalled_p99_ms": pct(stalled, 0.99) * 1000,
+    }
+    out["ratio"] = out["stalled_p99_ms"] / out["idle_p99_ms"]
+    RESULTS["async_stall"] = out
+    print(
+        f"\nRedis-free endpoint while 20 sign-ups wait on a stopped Redis: p99 "
+        f"{out['stalled_p99_ms']:.2f} ms vs {out['idle_p99_ms']:.2f} ms idle "
+        f"({out['ratio']:.2f}x)"
+    )
+
+
 # --- throughput ---------------------------------------------------------------------------
 
 
@@ -669,6 +813,8 @@ def main() -> None:
             "redis_py": redis.__version__,
         }
         per_operation(sock, args.ops, pw_hash)
+        async_operations(sock, args.ops, pw_hash)
+        async_stall(sock)
         throughput(sock, 2.0, pw_hash)
         redis_benchmark(sock)
         if not args.skip_bulk:
