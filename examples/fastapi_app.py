@@ -5,17 +5,21 @@
     REGCTL_MAIL_URL=smtp://mail.internal:587 uvicorn examples.fastapi_app:app
 
 Every refusal and failure has its HTTP answer (400, 409, 429 with Retry-After, 503),
-none is a 500. With ``conceal`` (the default here) the answers do not tell whether
-an address is registering: a second sign-up, a resend and a wrong code answer as
-for anyone else.
+none is a 500. Sign-ups and codes are limited per client address in the same Redis
+(REGCTL_SIGNUPS_PER_CLIENT and REGCTL_CODES_PER_CLIENT per REGCTL_CLIENT_WINDOW).
+With a manager made with ``conceal_pending=True`` (as here) the answers do not tell
+whether an address is registering: a second sign-up, a resend and a wrong code answer
+as for anyone else, and the mail goes out after the answer, so its time tells nothing
+either (a failed delivery is logged; the user asks for a resend).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -24,10 +28,12 @@ from regctl import (
     AlreadyExists,
     AsyncRegistrationManager,
     CooldownActive,
+    DeliveryFailed,
     InvalidInput,
     Mailer,
     NotFound,
     PendingRegistration,
+    RateLimited,
     RegctlError,
     RegistrationLocked,
     ResendLimitReached,
@@ -52,6 +58,8 @@ class Address(BaseModel):
 
 
 PENDING = {"status": "pending", "detail": "if the address can sign up, a code is on its way"}
+UNAVAILABLE = {"error": "unavailable", "detail": "the service cannot answer now; try again soon"}
+log = logging.getLogger("signup")
 
 
 def http_answer(exc: RegctlError) -> JSONResponse:
@@ -59,7 +67,7 @@ def http_answer(exc: RegctlError) -> JSONResponse:
     body = {"error": exc.reason, "detail": exc.message}
     if isinstance(exc, InvalidInput):
         return JSONResponse(body, 400)
-    if isinstance(exc, CooldownActive):
+    if isinstance(exc, CooldownActive | RateLimited):
         retry = str(math.ceil(exc.retry_after_ms / 1000))
         return JSONResponse(body, 429, headers={"Retry-After": retry})
     if isinstance(exc, ResendLimitReached):
@@ -68,20 +76,26 @@ def http_answer(exc: RegctlError) -> JSONResponse:
         return JSONResponse(body, 409)
     if isinstance(exc, NotFound):
         return JSONResponse(body, 404)
-    # Redis down, stalled or full, mail not delivered, a setting: the service, not you.
-    return JSONResponse(body, 503, headers={"Retry-After": "5"})
+    # Redis down, stalled or full, a setting: the service, not you. Its details (hosts,
+    # paths) are for the log, not for anonymous clients.
+    log.error("sign-up service unavailable: %s", exc.line())
+    return JSONResponse(UNAVAILABLE, 503, headers={"Retry-After": "5"})
 
 
 def create_app(
     manager: AsyncRegistrationManager,
     mailer: Mailer,
     create_user: Callable[[PendingRegistration], Awaitable[None]],
-    *,
-    conceal: bool = True,
 ) -> FastAPI:
     """The service; ``create_user`` makes the account of a verified registration."""
     app = FastAPI(title="sign-up")
-    manager.sync.conceal_pending = conceal
+    conceal = manager.sync.conceal_pending
+
+    async def mail(registration: PendingRegistration, code: str) -> None:
+        try:
+            await mailer.asend_code(registration, code)
+        except DeliveryFailed as exc:  # the code stays valid: a resend sends another
+            log.warning("%s", exc.line())
 
     @app.exception_handler(RegctlError)
     async def refused(_request: Request, exc: RegctlError) -> JSONResponse:
@@ -97,24 +111,36 @@ def create_app(
     async def about() -> dict[str, str]:
         return {"service": "sign-up"}  # needs no Redis: answers during an outage too
 
+    def client_of(request: Request) -> str:
+        # Behind a proxy, take the address it reports (uvicorn --proxy-headers).
+        return request.client.host if request.client else "unknown"
+
     @app.post("/register", status_code=202)
-    async def register(body: SignUp) -> dict[str, str]:
+    async def register(
+        body: SignUp, request: Request, background: BackgroundTasks
+    ) -> dict[str, str]:
         added = await manager.add(
-            body.email, body.first_name, body.last_name, password=body.password
+            body.email,
+            body.first_name,
+            body.last_name,
+            password=body.password,
+            client=client_of(request),
         )
         if added.send:  # (conceal: nothing to send within an earlier code's cooldown)
-            await mailer.asend_code(added.registration, added.code)
+            background.add_task(mail, added.registration, added.code)
         return PENDING
 
     @app.post("/resend", status_code=202)
-    async def resend(body: Address) -> dict[str, str]:
+    async def resend(
+        body: Address, request: Request, background: BackgroundTasks
+    ) -> dict[str, str]:
         try:
-            resent = await manager.resend(body.email)
+            resent = await manager.resend(body.email, client=client_of(request))
         except (NotFound, RegistrationLocked, ResendLimitReached, CooldownActive):
             if not conceal:
                 raise
             return PENDING  # whether anyone is registering stays unsaid
-        await mailer.asend_code(resent.registration, resent.code)
+        background.add_task(mail, resent.registration, resent.code)
         return PENDING
 
     @app.post("/verify")
@@ -144,7 +170,8 @@ def _from_settings() -> FastAPI:  # what uvicorn loads
     async def create_user(registration: PendingRegistration) -> None:
         accounts[registration.identity] = registration  # your users table here
 
-    return create_app(AsyncRegistrationManager.from_settings(), Mailer.from_settings(), create_user)
+    manager = AsyncRegistrationManager.from_settings(conceal_pending=True)
+    return create_app(manager, Mailer.from_settings(), create_user)
 
 
 def __getattr__(name: str) -> FastAPI:

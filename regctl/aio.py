@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from regctl.errors import StoreUnavailable
 from regctl.manager import RegistrationManager
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class AsyncRegistrationManager:
     def __init__(self, manager: RegistrationManager, *, threads: int = DEFAULT_THREADS) -> None:
         self.sync = manager
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="regctl-async")
+        self._closed = False
 
     @classmethod
     def from_settings(
@@ -71,6 +73,8 @@ class AsyncRegistrationManager:
         return cls(manager, threads=settings.max_connections)
 
     async def _call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
         # The caller's context goes along (the deadline of an outer call, log context).
         context = contextvars.copy_context()
         call = functools.partial(context.run, work, *args, **kwargs)
@@ -85,6 +89,7 @@ class AsyncRegistrationManager:
         password: str | None = None,
         password_hash: str | None = None,
         token: str | None = None,
+        client: str | None = None,
     ) -> Added:
         """See ``RegistrationManager.add``."""
         return await self._call(
@@ -95,15 +100,18 @@ class AsyncRegistrationManager:
             password=password,
             password_hash=password_hash,
             token=token,
+            client=client,
         )
 
     async def get(self, email: str) -> PendingRegistration | None:
         """See ``RegistrationManager.get``."""
         return await self._call(self.sync.get, email)
 
-    async def resend(self, email: str, *, token: str | None = None) -> Resent:
+    async def resend(
+        self, email: str, *, token: str | None = None, client: str | None = None
+    ) -> Resent:
         """See ``RegistrationManager.resend``."""
-        return await self._call(self.sync.resend, email, token=token)
+        return await self._call(self.sync.resend, email, token=token, client=client)
 
     async def verify(self, email: str, code: str, *, token: str | None = None) -> VerifyResult:
         """See ``RegistrationManager.verify``."""
@@ -125,14 +133,26 @@ class AsyncRegistrationManager:
         """See ``RegistrationManager.stats``."""
         return await self._call(self.sync.stats, top)
 
+    async def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
+        """See ``RegistrationManager.client_limits``."""
+        return await self._call(self.sync.client_limits, client)
+
+    async def reset_limits(self, client: str) -> bool:
+        """See ``RegistrationManager.reset_limits``."""
+        return await self._call(self.sync.reset_limits, client)
+
     async def health(self, timeout: float = 2.0, thresholds: Thresholds | None = None) -> Health:
         """See ``RegistrationManager.health``: within ``timeout`` even while Redis stalls
         and every thread of the pool waits on it (the checks run on a thread of
         their own; the event loop waits for them)."""
+        if self._closed:
+            raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
         return await self.sync.health_probe.acheck(timeout, thresholds)
 
     async def aclose(self) -> None:
-        """Close the connections; calls still running finish first."""
+        """Close the connections; calls still running finish first, later ones raise
+        StoreUnavailable."""
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._close)
 
     def _close(self) -> None:

@@ -12,6 +12,7 @@ The README's tables of exit statuses and reasons are generated from this module:
      │    ├── AlreadyExists
      │    ├── RegistrationLocked
      │    ├── CooldownActive
+     │    ├── RateLimited
      │    └── ResendLimitReached
      ├── DeliveryFailed
      ├── LockHeld
@@ -129,6 +130,16 @@ class CooldownActive(Refused):
     """A resend asked too soon after the last code (carries ``retry_after_ms``)."""
 
     reason = "cooldown"
+
+    def __init__(self, message: str, retry_after_ms: int, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.retry_after_ms = retry_after_ms
+
+
+class RateLimited(Refused):
+    """A client key made too many sign-ups or codes in its window (``retry_after_ms``)."""
+
+    reason = "rate_limited"
 
     def __init__(self, message: str, retry_after_ms: int, hint: str | None = None) -> None:
         super().__init__(message, hint)

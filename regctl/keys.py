@@ -126,6 +126,11 @@ class Keyspace:
         where = self.locate(key)
         return where if where[0] < self.buckets else None
 
+    def client_limit(self, action: str, client: str) -> str:
+        """A client key's sliding window of ``action``s (signup, code): a digest of the
+        key (an IP, a session) names it, in a slot of its own."""
+        return f"{self.prefix}:limit:{action}:{digest(client)}"
+
     def selftest_prefix(self, run_id: str) -> str:
         """The throwaway namespace of one selftest run (8 hex digits), below this one
         so an ACL limited to ``~prefix:*`` covers it too."""
@@ -154,10 +159,12 @@ KINDS = {
     "index": "zset",
     "marker": "string",
     "funnel": "hash",
+    "limit": "zset",
 }
 LASTING_KINDS = ("meta", "audit")
 _KIND_RE = re.compile(
     r"(?::selftest:[0-9a-f]{8})?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
+    r"|(?P<limit>limit:(?:signup|code):[0-9a-f]{32})"
     r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
     r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from regctl.errors import ConfigError, DeliveryFailed, first_line
+from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, first_line
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -89,6 +89,8 @@ class Mailer:
         return how it went out: ``mail``, ``console`` or ``not_sent`` (REGCTL_MAIL_URL
         ``none``). Raises DeliveryFailed (the code stays valid: resend) or ConfigError.
         """
+        if not code:  # an Added with send False: there is nothing to send
+            raise InvalidInput("no code to send (the add asked for none: Added.send is False)")
         if not self.enabled:
             return "not_sent"
         minutes = max(1, (registration.code_expires_at - registration.observed_at) // 60_000)
@@ -178,7 +180,9 @@ def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: in
     message["To"] = to
     message["Subject"] = config.subject
     message["Message-ID"] = make_msgid(domain="regctl")
-    message.set_content(body)
+    # Quoted-printable: the code stays readable digits in any name's charset (base64 would
+    # hide it on the console).
+    message.set_content(body, cte="quoted-printable")
     return message
 
 

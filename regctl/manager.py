@@ -32,6 +32,7 @@ from regctl.errors import (
     InvalidInput,
     NotFound,
     PoolExhausted,
+    RateLimited,
     RegctlError,
     RegistrationLocked,
     ResendLimitReached,
@@ -69,7 +70,7 @@ from regctl.store.base import (
     Store,
     chunks,
 )
-from regctl.text import visible
+from regctl.text import duration, visible
 from regctl.validation import normalize_email, validate_code, validate_name, validate_password
 
 if TYPE_CHECKING:
@@ -222,11 +223,14 @@ class RegistrationManager:
         password: str | None = None,
         password_hash: str | None = None,
         token: str | None = None,
+        client: str | None = None,
     ) -> Added:
         """Store a new pending registration; return it with its clear code.
 
         ``token`` identifies this call: a retry with the same token (after a lost
-        reply) is answered as the first try was, with the same code.
+        reply) is answered as the first try was, with the same code. ``client`` (an
+        IP, a session) counts one sign-up and one code against that key's limits
+        first, and raises RateLimited when either window is full.
 
         With ``conceal_pending``, an address already pending raises no AlreadyExists:
         the pending registration (its names and password unchanged) gets a new code
@@ -234,6 +238,7 @@ class RegistrationManager:
         (cooldown, resend cap, locked) ``send`` is False: send nothing, answer the same.
         """
         token = _call_token(token)
+        self._limit(client, token, "signup", "code")  # before the costly hash
         new, code = self._prepare(
             email, first_name, last_name, password, password_hash, token=token
         )
@@ -244,19 +249,22 @@ class RegistrationManager:
             except AlreadyExists:
                 if not self.conceal_pending:
                     raise
-            concealed = self._add_to_pending(new.email, token)
+            concealed = self._add_to_pending(new, token)
             if concealed is not None:
                 return concealed
         raise already_exists(new.email)  # added, then gone, again and again: give up
 
-    def _add_to_pending(self, email: str, token: str) -> Added | None:
-        """An add on a pending address, answered as a success: a new code when a resend
-        is allowed, else none to send; None when the address was freed meanwhile."""
+    def _add_to_pending(self, new: NewRegistration, token: str) -> Added | None:
+        """An add on a pending address, answered as a success: when a resend is allowed,
+        a new code that confirms this sign-up's names and password (the newest sign-up
+        wins, so a stranger who signed up first cannot have the owner confirm his
+        password); else nothing to send and nothing changed. None when the address was
+        freed meanwhile."""
         try:
-            resent = self.resend(email, token=token)
+            resent = self._resend(new.email, token, signup=new)
             return Added(resent.registration, resent.code)
         except (CooldownActive, ResendLimitReached, RegistrationLocked):
-            pending = self.get(email)
+            pending = self.get(new.email)
             return None if pending is None else Added(pending, "", send=False)
         except NotFound:  # verified or expired since: the address is free to add
             return None
@@ -418,15 +426,50 @@ class RegistrationManager:
             for day, counts in self.store.funnel_counts(days)
         ]
 
-    def resend(self, email: str, *, token: str | None = None) -> Resent:
-        """A new code for a pending registration; the old code stops working."""
-        identity = normalize_email(email).casefold()
+    def resend(self, email: str, *, token: str | None = None, client: str | None = None) -> Resent:
+        """A new code for a pending registration; the old code stops working.
+        ``client`` counts one code against that key's limit first (see ``add``)."""
         token = _call_token(token)
+        self._limit(client, token, "code")
+        return self._resend(email, token)
+
+    def _resend(self, email: str, token: str, signup: NewRegistration | None = None) -> Resent:
+        identity = normalize_email(email).casefold()
         codes = self._codes_of_store(writing=True)
         code = codes.code_for("resend", identity, token, self.policy.code_length)
+        code_hash = codes.digest(identity, code)
         with _Call(self, "resend", email):
-            record = self.store.resend(identity, codes.digest(identity, code), self.policy, token)
+            record = self.store.resend(identity, code_hash, self.policy, token, signup)
         return Resent(record, code)
+
+    def _limit(self, client: str | None, token: str, *actions: str) -> None:
+        """Count this call against ``client``'s windows, or raise RateLimited."""
+        if client is None:
+            return
+        key = _client_key(client)
+        for action in actions:
+            limit = self.policy.client_limit(action)
+            if not limit:
+                continue
+            window = self.policy.client_window_ms
+            wait_ms = self.store.hit_limit(action, key, window, limit, token)
+            if wait_ms:
+                raise RateLimited(
+                    f"too many {LIMITED[action]} from this client: {limit} per "
+                    f"{duration(window)}; try again in {duration(max(wait_ms, 1000))}",
+                    wait_ms,
+                    "an operator can clear it: regctl limits reset <client>",
+                )
+
+    def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
+        """Per action (signup, code): hits in the window, the limit (0: none), and the
+        ms until the oldest hit leaves (0: none)."""
+        seen = self.store.client_limits(_client_key(client), self.policy.client_window_ms)
+        return {a: (hits, self.policy.client_limit(a), wait) for a, (hits, wait) in seen.items()}
+
+    def reset_limits(self, client: str) -> bool:
+        """Forget a client key's sign-ups and codes; whether it had any."""
+        return self.store.reset_limits(_client_key(client))
 
     def resend_many(
         self,
@@ -679,6 +722,20 @@ class _Call:
                 f"check with `regctl inspect {self.email}`; a library call retried with the "
                 "same token= is answered as the first was",
             ) from None
+
+
+# What each limited action is called in a refusal.
+LIMITED = {"signup": "sign-ups", "code": "codes"}
+MAX_CLIENT_KEY = 256
+
+
+def _client_key(client: str) -> str:
+    """A client key (an IP, a session id), checked: it names a window, never a key."""
+    if not isinstance(client, str) or not 1 <= len(client) <= MAX_CLIENT_KEY:
+        raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
+    if not client.isprintable():
+        raise InvalidInput("a client key must be printable text")
+    return client
 
 
 def _call_token(token: str | None) -> str:

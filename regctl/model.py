@@ -35,6 +35,11 @@ class Policy:
     replay_window_ms: int = 5 * 60 * 1000
     # Days the per-day funnel counters are kept (0 turns counting off).
     funnel_days: int = 30
+    # Per client key (an IP, a session) given to add/resend: at most this many sign-ups
+    # and codes in any sliding window of client_window_ms (0: no limit).
+    signups_per_client: int = 10
+    codes_per_client: int = 20
+    client_window_ms: int = 3600 * 1000
 
     @property
     def funnel_keep_ms(self) -> int:
@@ -47,6 +52,14 @@ class Policy:
             raise InvalidInput("lifetimes must be at least one second")
         if self.max_attempts < 1 or self.max_resends < 0 or self.resend_cooldown_ms < 0:
             raise InvalidInput("max attempts must be >= 1; resends and cooldown >= 0")
+        if min(self.signups_per_client, self.codes_per_client) < 0:
+            raise InvalidInput("client limits must be 0 (off) or more")
+        if self.client_window_ms < 1000:
+            raise InvalidInput("the client window must be at least one second")
+
+    def client_limit(self, action: str) -> int:
+        """How many ``action``s (``signup``, ``code``) a client key may make per window."""
+        return self.signups_per_client if action == "signup" else self.codes_per_client
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,24 @@ class Settings(BaseSettings):
     funnel_days: int = _field(
         _POLICY.funnel_days, "days the per-day funnel counters are kept (0: off)", ge=0, le=3650
     )
+    signups_per_client: int = _field(
+        _POLICY.signups_per_client,
+        "sign-ups per client key (`client=`, an IP) per client window (0: no limit)",
+        ge=0,
+        le=1_000_000,
+    )
+    codes_per_client: int = _field(
+        _POLICY.codes_per_client,
+        "codes sent (sign-ups and resends) per client key per client window (0: no limit)",
+        ge=0,
+        le=1_000_000,
+    )
+    client_window: float = _field(
+        _POLICY.client_window_ms / 1000,
+        "seconds of the sliding window of the client limits",
+        ge=1,
+        le=MAX_LIFETIME_S,
+    )
 
     mail_url: str = _field(
         "console", "`smtp://user:pass@host:port` (STARTTLS), `smtps://…`, `console`, `none`"
@@ -299,6 +317,9 @@ class Settings(BaseSettings):
             resend_cooldown_ms=int(self.resend_cooldown * 1000),
             max_resends=self.max_resends,
             funnel_days=self.funnel_days,
+            signups_per_client=self.signups_per_client,
+            codes_per_client=self.codes_per_client,
+            client_window_ms=int(self.client_window * 1000),
         )
 
     def code_secret_value(self) -> str | None:

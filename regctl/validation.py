@@ -62,6 +62,10 @@ def validate_password(raw: str) -> str:
         raise InvalidInput(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
     if "\x00" in raw:
         raise InvalidInput("password contains a NUL character")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no text, and the hash cannot take it
+        raise InvalidInput("password contains a character that is not text") from None
     return raw
 
 

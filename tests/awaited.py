@@ -12,7 +12,19 @@ from typing import Any
 
 from regctl import AsyncRegistrationManager, RegistrationManager
 
-AWAITED = ("add", "get", "resend", "verify", "unlock", "delete", "count", "stats", "health")
+AWAITED = (
+    "add",
+    "get",
+    "resend",
+    "verify",
+    "unlock",
+    "delete",
+    "count",
+    "stats",
+    "health",
+    "client_limits",
+    "reset_limits",
+)
 
 
 class Awaited:

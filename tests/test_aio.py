@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from regctl import AsyncRegistrationManager, StoreUnavailable, VerifyOutcome
 from regctl.settings import load_settings
 from tests.conftest import SECRET
@@ -92,3 +94,14 @@ def test_a_cancelled_call_leaves_the_manager_usable(
             return (await manager.verify("next@example.com", added.code)).ok
 
     assert asyncio.run(main())
+
+
+def test_a_closed_manager_says_so(redis_proc: RedisProcess, prefix: str):
+    async def main() -> None:
+        manager = async_manager(redis_proc.url, prefix)
+        await manager.aclose()
+        for call in (manager.get("a@example.com"), manager.health()):
+            with pytest.raises(StoreUnavailable, match="closed"):
+                await call
+
+    asyncio.run(main())

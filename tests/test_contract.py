@@ -18,6 +18,7 @@ from regctl import (
     LockHeld,
     NotFound,
     Policy,
+    RateLimited,
     RegistrationLocked,
     RegistrationManager,
     ResendLimitReached,
@@ -964,20 +965,25 @@ def test_health_counts_the_pending_in_the_original_shape(manager: RegistrationMa
 # --- conceal_pending: sign-up forms that do not tell who is registering ----------------
 
 
-def test_a_concealed_add_on_a_pending_address_sends_the_owner_a_new_code(
+def test_a_concealed_add_on_a_pending_address_gets_a_code_for_its_own_data(
     make_manager: MakeManager, pw_hash: str
 ):
+    """The newest sign-up wins with its code: a stranger who signed up first cannot
+    have the owner's code confirm the stranger's password."""
     manager = make_manager(Policy(resend_cooldown_ms=0))
     manager.conceal_pending = True
-    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
-    again = manager.add(EMAIL.lower(), "Mallory", "Other", password="mallory-password-1")
+    first = manager.add(EMAIL, "Mallory", "Evil", password_hash=pw_hash)
+    again = manager.add(EMAIL.lower(), "Alice", "Liddell", password="alices-own-password")
     assert again.send
     assert again.code != first.code
-    kept = again.registration  # the pending one: its names and password unchanged
-    assert (kept.first_name, kept.password_hash) == ("Alice", pw_hash)
-    assert kept.resend_count == 1
+    mine = again.registration
+    assert (mine.first_name, mine.last_name) == ("Alice", "Liddell")
+    assert verify_password(mine.password_hash, "alices-own-password")
+    assert mine.resend_count == 1
     assert manager.verify(EMAIL, first.code).outcome is not VerifyOutcome.VERIFIED  # dead
-    assert manager.verify(EMAIL, again.code).ok
+    verified = manager.verify(EMAIL, again.code).registration
+    assert verified is not None
+    assert verify_password(verified.password_hash, "alices-own-password")
 
 
 def test_a_concealed_add_within_the_cooldown_sends_nothing_and_changes_nothing(
@@ -985,10 +991,11 @@ def test_a_concealed_add_within_the_cooldown_sends_nothing_and_changes_nothing(
 ):
     manager.conceal_pending = True
     first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
-    again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
+    again = manager.add(EMAIL, "Mallory", "Evil", password="mallory-password-1")
     assert (again.send, again.code) == (False, "")
-    assert again.registration.email == first.registration.email
-    assert again.registration.resend_count == 0
+    kept = again.registration  # no code goes out, so nothing of this sign-up is kept
+    assert (kept.first_name, kept.password_hash) == ("Alice", pw_hash)
+    assert kept.resend_count == 0
     assert manager.verify(EMAIL, first.code).ok  # the first code still works
 
 
@@ -1016,3 +1023,74 @@ def test_without_conceal_pending_a_second_add_is_refused(manager: RegistrationMa
     add(manager, pw_hash)
     with pytest.raises(AlreadyExists):
         add(manager, pw_hash)
+
+
+# --- limits per client key ----------------------------------------------------------
+
+
+def test_a_client_key_signs_up_its_limit_then_waits_its_window(
+    make_manager: MakeManager, pw_hash: str
+):
+    manager = make_manager(Policy(signups_per_client=2))
+    for i in range(2):
+        manager.add(f"c{i}@example.com", "C", "K", password_hash=pw_hash, client="203.0.113.7")
+    with pytest.raises(RateLimited) as refused:
+        manager.add("c2@example.com", "C", "K", password_hash=pw_hash, client="203.0.113.7")
+    assert 0 < refused.value.retry_after_ms <= manager.policy.client_window_ms
+    assert manager.get("c2@example.com") is None  # refused before anything was written
+    manager.add("c2@example.com", "C", "K", password_hash=pw_hash, client="198.51.100.1")
+    used, limit, wait = manager.client_limits("203.0.113.7")["signup"]
+    assert (used, limit) == (2, 2)
+    assert 0 < wait <= manager.policy.client_window_ms
+
+
+def test_a_replayed_call_counts_once_against_its_client(make_manager: MakeManager, pw_hash):
+    manager = make_manager(Policy(signups_per_client=1))
+    first = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="t-1", client="10.0.0.1")
+    again = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="t-1", client="10.0.0.1")
+    assert again.code == first.code
+    assert manager.client_limits("10.0.0.1")["signup"][0] == 1
+
+
+def test_codes_per_client_count_sign_ups_and_resends(make_manager: MakeManager, pw_hash):
+    manager = make_manager(Policy(codes_per_client=2, resend_cooldown_ms=0))
+    add_with = {"password_hash": pw_hash, "client": "10.0.0.2"}
+    manager.add(EMAIL, "A", "L", **add_with)
+    manager.resend(EMAIL, client="10.0.0.2")
+    with pytest.raises(RateLimited):
+        manager.resend(EMAIL, client="10.0.0.2")
+    assert manager.resend(EMAIL).registration.resend_count == 2  # no client: no limit
+    assert manager.reset_limits("10.0.0.2")
+    manager.resend(EMAIL, client="10.0.0.2")
+    assert not manager.reset_limits("10.0.0.9")
+
+
+def test_a_client_window_slides(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(signups_per_client=1, client_window_ms=1000))
+    manager.add("s0@example.com", "S", "W", password_hash=pw_hash, client="10.0.0.3")
+    with pytest.raises(RateLimited):
+        manager.add("s1@example.com", "S", "W", password_hash=pw_hash, client="10.0.0.3")
+    deadline = time.monotonic() + 60
+    while True:  # once the first sign-up is a window old, the next is let in
+        try:
+            manager.add("s1@example.com", "S", "W", password_hash=pw_hash, client="10.0.0.3")
+            break
+        except RateLimited:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("client", ["", "x" * 257, "bad\nkey", "\x1b[2J"])
+def test_a_bad_client_key_is_refused_and_counts_nothing(
+    manager: RegistrationManager, pw_hash: str, client: str
+):
+    with pytest.raises(InvalidInput, match="client key"):
+        manager.add(EMAIL, "A", "L", password_hash=pw_hash, client=client)
+    assert manager.get(EMAIL) is None
+
+
+def test_a_limit_of_zero_is_no_limit(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(signups_per_client=0))
+    for i in range(15):
+        manager.add(f"z{i}@example.com", "Z", "L", password_hash=pw_hash, client="10.0.0.4")
+    assert manager.client_limits("10.0.0.4")["signup"] == (0, 0, 0)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.fastapi_app import create_app
+from examples.fastapi_app import PENDING, create_app
 from regctl import AsyncRegistrationManager, Mailer, PendingRegistration
 from regctl.settings import load_settings
 from tests.conftest import SECRET
@@ -48,8 +48,8 @@ async def service(
     async def create_user(registration: PendingRegistration) -> None:
         accounts.append(registration)
 
-    manager = AsyncRegistrationManager.from_settings(settings)
-    app = create_app(manager, Mailer.from_settings(settings), create_user, conceal=conceal)
+    manager = AsyncRegistrationManager.from_settings(settings, conceal_pending=conceal)
+    app = create_app(manager, Mailer.from_settings(settings), create_user)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://signup") as client:
         yield client, accounts
@@ -163,6 +163,7 @@ def test_a_stalled_redis_is_a_503_and_other_endpoints_still_answer(tmp_path: Pat
         refused = await sign_up
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "5"
+        assert "sock" not in refused.text  # where Redis runs is for the log only
         assert time.monotonic() - started < 15  # its 1 s deadline, not a hang
         os.kill(proc.pid, signal.SIGCONT)
 
@@ -171,3 +172,34 @@ def test_a_stalled_redis_is_a_503_and_other_endpoints_still_answer(tmp_path: Pat
     finally:
         os.kill(proc.pid, signal.SIGCONT)
         proc.stop()
+
+
+def test_a_client_over_its_sign_up_limit_gets_429(redis_proc: RedisProcess, prefix, smtp):
+    async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
+        for i in range(2):
+            ok = await client.post("/register", json={**SIGN_UP, "email": f"r{i}@example.com"})
+            assert ok.status_code == 202
+        over = await client.post("/register", json={**SIGN_UP, "email": "r2@example.com"})
+        assert over.status_code == 429
+        assert over.json()["error"] == "rate_limited"
+        assert 1 <= int(over.headers["Retry-After"]) <= 3600
+        assert len(smtp.sink.messages) == 2
+
+    run(test, redis_proc.url, prefix, smtp, signups_per_client=2)
+
+
+def test_a_failed_mail_is_logged_not_answered_and_a_resend_delivers(
+    redis_proc: RedisProcess, prefix, smtp, caplog
+):
+    async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
+        smtp.sink.refusing = True  # the mail server is out
+        answer = await client.post("/register", json=SIGN_UP)
+        assert (answer.status_code, answer.json()) == (202, PENDING)  # as for anyone
+        assert "the mail to ann@example.com failed" in caplog.text
+        smtp.sink.refusing = False
+        assert (await client.post("/resend", json={"email": "ann@example.com"})).status_code == 202
+        code = smtp.sink.code_for("ann@example.com")
+        confirm = {"email": "ann@example.com", "code": code}
+        assert (await client.post("/verify", json=confirm)).status_code == 200
+
+    run(test, redis_proc.url, prefix, smtp, resend_cooldown=0)

@@ -165,3 +165,17 @@ def test_a_mailer_with_a_broken_template_fails_at_start_up(tmp_path):
     ).settings
     with pytest.raises(ConfigError, match=r"has no \{code\}"):
         Mailer.from_settings(settings)
+
+
+def test_the_mailer_refuses_an_empty_code(pw_hash):
+    from regctl import InvalidInput, Mailer, MemoryStore, RegistrationManager
+    from regctl.settings import load_settings
+    from tests.conftest import SECRET
+
+    mailer = Mailer.from_settings(load_settings({"mail_url": "none"}, environ={}).settings)
+    manager = RegistrationManager(MemoryStore(), secret=SECRET, conceal_pending=True)
+    manager.add("e@example.com", "E", "C", password_hash=pw_hash)
+    quiet = manager.add("e@example.com", "E", "C", password_hash=pw_hash)  # in the cooldown
+    assert not quiet.send
+    with pytest.raises(InvalidInput, match="no code to send"):
+        mailer.send_code(quiet.registration, quiet.code)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from regctl import RateLimited, RedisStore, RegistrationManager
 from regctl.settings import Settings, env_names
-from tests.conftest import REGCTL, Cli, cli_env
+from tests.conftest import REGCTL, SECRET, Cli, cli_env
 from tests.servers import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,3 +376,40 @@ def test_stats_shows_the_funnel_and_the_age_histogram(cli: Cli):
     assert {"age": "< 15m", "count": 1} in data["ages"]
     lines = cli("stats").stdout.splitlines()
     assert f"funnel {today['day']} verified\t1" in lines
+
+
+# --- client limits -----------------------------------------------------------------------
+
+
+def test_limits_show_and_reset_a_client_key(cli: Cli, redis_proc: RedisProcess, pw_hash: str):
+
+    store = RedisStore(redis_proc.client(), prefix=cli.env["REGCTL_PREFIX"])
+    manager = RegistrationManager(store, secret=SECRET)
+    for i in range(10):
+        manager.add(f"l{i}@example.com", "L", "M", password_hash=pw_hash, client="203.0.113.9")
+    with pytest.raises(RateLimited):
+        manager.add("l10@example.com", "L", "M", password_hash=pw_hash, client="203.0.113.9")
+    shown = cli("-o", "json", "limits", "show", "203.0.113.9")
+    data = json.loads(shown.stdout)
+    assert (data["signup"]["used"], data["signup"]["limit"]) == (10, 10)
+    assert data["code"]["used"] == 10
+    assert 0 < data["signup"]["oldest_leaves_in_ms"] <= 3_600_000
+    text = cli("limits", "show", "203.0.113.9").stdout
+    assert "signups: 10 of 10 per 1h00m, the oldest leaves in" in text
+    checked = json.loads(cli("-o", "json", "doctor").stdout)
+    assert "foreign-keys" not in {f["code"] for f in checked["findings"]}  # regctl's own
+    reset = cli("limits", "reset", "203.0.113.9")
+    assert (reset.exit_code, reset.stdout) == (0, "limits of 203.0.113.9 reset\n")
+    manager.add("l10@example.com", "L", "M", password_hash=pw_hash, client="203.0.113.9")
+    audit = json.loads(cli("-o", "json", "audit", "--command", "limits reset").stdout)
+    assert audit[0]["target"] == "203.0.113.9"
+    again = cli("limits", "reset", "203.0.113.9")
+    assert "limits of 203.0.113.9 reset" in again.stdout  # the add above counted again
+    empty = cli("limits", "reset", "198.51.100.200")
+    assert empty.stdout == "198.51.100.200 had no sign-ups or codes counted\n"
+
+
+def test_limits_refuse_a_bad_client_key(cli: Cli):
+    ran = cli("limits", "show", "bad\x1b[2Jkey")
+    assert ran.exit_code == 2
+    assert ran.stderr == "Error: a client key must be printable text\n"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regctl import NotFound, Policy, RegistrationManager, VerifyOutcome
+from regctl import InvalidInput, MemoryStore, NotFound, Policy, RegistrationManager, VerifyOutcome
 from regctl.keys import Keyspace, digest
 from regctl.security import CodeHasher, new_token
 from tests.conftest import SECRET, Cli, MakeManager, regctl, subprocess_env
@@ -99,6 +99,14 @@ def test_hostile_codes_cost_no_attempt(cli: Cli, code: str):
 
 
 TOO_SHORT = "Error: password must be 8-128 characters\n"
+
+
+@pytest.mark.parametrize("password", ["1234567\ud800", "\udfff" * 8])
+def test_a_password_that_is_not_text_is_invalid_input(password: str):
+    """A lone surrogate cannot be encoded, nor hashed: refused, not a crash."""
+    manager = RegistrationManager(MemoryStore(), secret=SECRET)
+    with pytest.raises(InvalidInput, match="not text"):
+        manager.add("s@example.com", "S", "G", password=password)
 
 
 @pytest.mark.slow

@@ -225,6 +225,9 @@ PROBES: dict[str, Probe] = {
     "resend_cooldown": _policy("resend_cooldown_ms", 1000),
     "max_resends": _policy("max_resends"),
     "funnel_days": _policy("funnel_days"),
+    "signups_per_client": _policy("signups_per_client"),
+    "codes_per_client": _policy("codes_per_client"),
+    "client_window": _policy("client_window_ms", 1000),
     "mail_url": Probe(
         ("none", "console", "smtp://h1:25", "smtps://h2:465"),
         lambda s, _t: MailConfig.from_settings(s).url,

@@ -414,6 +414,7 @@ def build_app() -> typer.Typer:
     from regctl.cli import (
         config_cmd,
         diagnose,
+        limits_cmd,
         maintenance,
         records,
         secret_cmd,
@@ -435,7 +436,7 @@ def build_app() -> typer.Typer:
     for module in (records, maintenance, transfer_cmd, diagnose, config_cmd):
         for command in module.COMMANDS:
             app.command(command.__name__.rstrip("_").replace("_", "-"), cls=RegctlCommand)(command)
-    for name, group in (("server", server_cmd), ("secret", secret_cmd)):
+    for name, group in (("server", server_cmd), ("secret", secret_cmd), ("limits", limits_cmd)):
         sub = typer.Typer(
             cls=RegctlSubgroup, help=group.HELP, no_args_is_help=True, rich_markup_mode=None
         )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.model import PendingRegistration, Policy
 from regctl.reports import BulkResendReport, ImportReport, PurgeReport
-from regctl.text import visible
+from regctl.text import duration, visible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -59,21 +59,6 @@ def table(*headers: str, title: str | None = None, show_header: bool = True) -> 
         title_justify="left",
         show_header=show_header,
     )
-
-
-def duration(ms: int) -> str:
-    """Milliseconds as a short human duration: 45s, 12m, 3h05m, 2d4h."""
-    seconds = max(0, ms) // 1000
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s" if minutes < 10 else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours}h"
 
 
 def timestamp(ms: int) -> str:

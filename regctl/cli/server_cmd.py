@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from regctl.cli.render import duration, escape, key_value_table
+from regctl.cli.render import escape, key_value_table
 from regctl.cli.state import State
 from regctl.errors import ExitStatus
+from regctl.text import duration
 
 if TYPE_CHECKING:
     from regctl.server import EmbeddedServer

@@ -185,7 +185,11 @@ def _server_findings(facts: dict[str, Any], named: bool) -> list[Finding]:
 
 # How long regctl ever lets a key of a kind live: a lease is renewed well within a
 # minute; a record lives its lifetime at most (plus a second of clock rounding).
-_LONGEST_TTL_MS = {"lock": 10 * PURGE_LEASE_MS, "record": MAX_LIFETIME_S * 1000 + 1000}
+_LONGEST_TTL_MS = {
+    "lock": 10 * PURGE_LEASE_MS,
+    "record": MAX_LIFETIME_S * 1000 + 1000,
+    "limit": MAX_LIFETIME_S * 1000 + 1000,  # a client window is at most a lifetime
+}
 
 
 @dataclass

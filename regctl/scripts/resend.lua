@@ -1,10 +1,14 @@
 -- Replace the code: the old one is dead at once; cooldown and cap checked here.
--- Attempts and the record's TTL are left as they are.
+-- Attempts and the record's TTL are left as they are. With a new sign-up's names and
+-- password hash (a concealed add), those replace the record's along with the code, so
+-- the code mailed now confirms the data of the sign-up that asked for it.
 -- KEYS: record, funnel x3
+-- ARGV: ..., first_name, last_name, password_hash ('' each: keep the record's)
 -- Returns {status, now, detail}: ok (fields) | not_found | locked | resend_limit | cooldown (wait ms)
 local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
 local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local funnel_keep_ms, client_day = tonumber(ARGV[6]), tonumber(ARGV[7])
+local first_name, last_name, password_hash = ARGV[8], ARGV[9], ARGV[10]
 local record = KEYS[1]
 allowed({{'hset', record, 'f', 'v'}, {'hincrby', record, 'f', '1'}, {'pexpireat', record, '1'}})
 local now = server_now()
@@ -19,6 +23,10 @@ local wait = last_sent + cooldown_ms - now
 if wait > 0 then return {'cooldown', now, wait} end
 redis.call('HSET', record, F.code_hash, code_hash, F.code_expires_at, now + code_lifetime_ms,
   F.last_sent_at, now, F.resend_token, token)
+if password_hash ~= '' then
+  redis.call('HSET', record, F.first_name, first_name, F.last_name, last_name,
+    F.password_hash, password_hash)
+end
 redis.call('HINCRBY', record, F.resend_count, 1)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
 return {'ok', now, redis.call('HGETALL', record)}

@@ -50,6 +50,10 @@ class NewRegistration:
     def identity(self) -> str:
         return self.email.casefold()
 
+    @property
+    def names_and_password(self) -> tuple[str, str, str]:
+        return self.first_name, self.last_name, self.password_hash
+
 
 @dataclass(frozen=True, slots=True)
 class Counts:
@@ -103,9 +107,16 @@ class Store(Protocol):
         ...
 
     def resend(
-        self, identity: str, code_hash: str, policy: Policy, token: str
+        self,
+        identity: str,
+        code_hash: str,
+        policy: Policy,
+        token: str,
+        signup: NewRegistration | None = None,
     ) -> PendingRegistration:
-        """Swap in a new code hash; raise a Refused subclass or NotFound."""
+        """Swap in a new code hash; raise a Refused subclass or NotFound. With
+        ``signup`` (a concealed add), its names and password hash replace the record's
+        in the same step, so the new code confirms the data of the sign-up that asked."""
         ...
 
     def verify(
@@ -147,6 +158,21 @@ class Store(Protocol):
         first, summed over buckets."""
         ...
 
+    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
+        """Count one ``action`` of ``client`` in its sliding window, unless ``limit`` hits
+        are in it already: 0 when counted (a replay of ``token`` counts once), else the
+        ms until the oldest hit leaves the window."""
+        ...
+
+    def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
+        """Per action (LIMIT_ACTIONS): the hits of ``client`` in its window, and the ms
+        until the oldest leaves (0: none)."""
+        ...
+
+    def reset_limits(self, client: str) -> bool:
+        """Forget ``client``'s hits; whether it had any."""
+        ...
+
     def secret_fingerprint(self, claim: str | None = None) -> str | None:
         """The recorded fingerprint of the code secret this namespace's codes use;
         when none is recorded yet and ``claim`` is given, record that one first."""
@@ -179,6 +205,10 @@ class Lease(Protocol):
     def renew(self) -> None: ...
 
     def release(self) -> None: ...
+
+
+# What a client key is limited in: sign-ups (add), and codes sent (add and resend).
+LIMIT_ACTIONS = ("signup", "code")
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -36,6 +36,7 @@ from regctl.store.base import (
     AUDIT_MAX,
     CLOCK_SKEW_MS,
     HOUR_MS,
+    LIMIT_ACTIONS,
     PAGE,
     Counts,
     NewRegistration,
@@ -103,6 +104,7 @@ class MemoryStore:
         self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
         self._secret_fingerprint: str | None = None
+        self._windows: dict[tuple[str, str], dict[str, int]] = {}  # -> {token: hit at}
 
     def _count(self, event: str, n: int, now: int, policy: Policy) -> None:
         """The funnel counters, as the scripts keep them (caller holds the lock)."""
@@ -228,7 +230,12 @@ class MemoryStore:
         return Counts(len(live), sum(1 for t in live if t <= now + HOUR_MS))
 
     def resend(
-        self, identity: str, code_hash: str, policy: Policy, token: str
+        self,
+        identity: str,
+        code_hash: str,
+        policy: Policy,
+        token: str,
+        signup: NewRegistration | None = None,
     ) -> PendingRegistration:
         with self._lock:
             now = self._clock()
@@ -251,6 +258,11 @@ class MemoryStore:
                 last_sent_at=now,
                 resend_count=rec.resend_count + 1,
             )
+            if signup is not None:  # the concealed add's data goes with its code
+                first, last, password_hash = signup.names_and_password
+                entry.record = replace(
+                    entry.record, first_name=first, last_name=last, password_hash=password_hash
+                )
             entry.code_hash = code_hash
             entry.resend_token = token
             self._count("sent", 1, now, policy)
@@ -391,6 +403,39 @@ class MemoryStore:
         with self._lock:
             today = self._clock() // 86_400_000
             return [(d, dict(self._funnel.get(d, {}))) for d in range(today, today - days, -1)]
+
+    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
+        with self._lock:
+            now = self._clock()
+            hits = self._window(action, client, now - window_ms)
+            if token in hits:
+                return 0
+            if len(hits) >= limit:
+                return max(1, min(hits.values()) + window_ms - now)
+            hits[token] = now
+            return 0
+
+    def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            now = self._clock()
+            out = {}
+            for action in LIMIT_ACTIONS:
+                hits = self._window(action, client, now - window_ms)
+                wait = max(1, min(hits.values()) + window_ms - now) if hits else 0
+                out[action] = (len(hits), wait)
+            return out
+
+    def reset_limits(self, client: str) -> bool:
+        with self._lock:
+            had = [self._windows.pop((a, client), {}) for a in LIMIT_ACTIONS]
+            return any(had)
+
+    def _window(self, action: str, client: str, since: int) -> dict[str, int]:
+        """The client's hits after ``since``, older ones dropped (caller holds the lock)."""
+        hits = self._windows.setdefault((action, client), {})
+        for token in [t for t, at in hits.items() if at <= since]:
+            del hits[token]
+        return hits
 
     def secret_fingerprint(self, claim: str | None = None) -> str | None:
         with self._lock:

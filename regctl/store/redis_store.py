@@ -41,6 +41,7 @@ from regctl.store.base import (
     AUDIT_MAX,
     CLOCK_SKEW_MS,
     HOUR_MS,
+    LIMIT_ACTIONS,
     MAX_PURGE_BATCH,
     PAGE,
     PURGE_BATCH,
@@ -214,6 +215,23 @@ class RedisStore:
             out.append((day, totals))
         return out
 
+    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
+        window = self.keyspace.client_limit(action, client)
+        return int(self.scripts.run("limit", (window,), (window_ms, limit, token)))
+
+    def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
+        windows = tuple(self.keyspace.client_limit(a, client) for a in LIMIT_ACTIONS)
+        if self.is_cluster:  # each window in a slot of its own: one call each
+            replies = [self.scripts.run("limits", (w,), (window_ms,))[0] for w in windows]
+        else:
+            replies = self.scripts.run("limits", windows, (window_ms,))
+        return {a: (int(h), int(w)) for a, (h, w) in zip(LIMIT_ACTIONS, replies, strict=True)}
+
+    def reset_limits(self, client: str) -> bool:
+        windows = [self.keyspace.client_limit(a, client) for a in LIMIT_ACTIONS]
+        with translated_errors():
+            return sum(int(self.client.delete(w)) for w in windows) > 0
+
     def secret_fingerprint(self, claim: str | None = None) -> str | None:
         meta = self._wanted.meta  # like the audit key, it needs no bucket layout
         with translated_errors():
@@ -325,9 +343,15 @@ class RedisStore:
         return decode(fields, int(now)) if fields else None
 
     def resend(
-        self, identity: str, code_hash: str, policy: Policy, token: str
+        self,
+        identity: str,
+        code_hash: str,
+        policy: Policy,
+        token: str,
+        signup: NewRegistration | None = None,
     ) -> PendingRegistration:
         d = digest(identity)
+        names = ("", "", "") if signup is None else signup.names_and_password
         ks = self.keyspace
         (status, now, detail), acked = self.scripts.write(
             "resend",
@@ -340,6 +364,7 @@ class RedisStore:
                 token,
                 policy.funnel_keep_ms,
                 client_day(),
+                *names,
             ),
         )
         if status != "ok":

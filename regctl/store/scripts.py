@@ -32,7 +32,7 @@ ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
 # Redis 7 script flags (a first line the server reads): a flagged writing script is
 # refused whole on a full server before it starts, instead of failing part-way.
 SHEBANGS = {
-    **dict.fromkeys(("add", "resend", "verify", "restore", "reindex"), "#!lua\n"),
+    **dict.fromkeys(("add", "resend", "verify", "restore", "reindex", "limit"), "#!lua\n"),
     **dict.fromkeys(ALLOW_OOM, "#!lua flags=allow-oom\n"),
 }
 # A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
