@@ -39,6 +39,9 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "zrem": ("K", "m"),
     "zcount": ("K", "0", "1"),
     "zrangebyscore": ("K", "0", "1"),
+    "zrange": ("K", "0", "1"),
+    "zremrangebyscore": ("K", "0", "1"),
+    "zcard": ("K",),
     "zscore": ("K", "m"),
     "scan": ("0",),
     "xadd": ("K", "*", "f", "v"),
@@ -46,6 +49,12 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "xlen": ("K",),
     "type": ("K",),
 }
+
+
+def setuser_line(prefix: str = "regctl") -> str:
+    """The least-privilege ACL SETUSER line (the README shows it, generated)."""
+    grants = " ".join(f"+{command}" for command in (*REQUIRED_COMMANDS, "acl|whoami", "acl|dryrun"))
+    return f"ACL SETUSER regctl on >PASSWORD resetkeys ~{prefix}:* resetchannels -@all {grants}"
 
 
 class AclUnchecked(Exception):

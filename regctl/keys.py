@@ -128,8 +128,9 @@ class Keyspace:
 
     def client_limit(self, action: str, client: str) -> str:
         """A client key's sliding window of ``action``s (signup, code): a digest of the
-        key (an IP, a session) names it, in a slot of its own."""
-        return f"{self.prefix}:limit:{action}:{digest(client)}"
+        key (an IP, a session) names it; a client's windows share one hash slot, so one
+        script counts a call in all of them at once."""
+        return f"{self.prefix}:limit:{{{digest(client)}}}:{action}"
 
     def selftest_prefix(self, run_id: str) -> str:
         """The throwaway namespace of one selftest run (8 hex digits), below this one
@@ -164,7 +165,7 @@ KINDS = {
 LASTING_KINDS = ("meta", "audit")
 _KIND_RE = re.compile(
     r"(?::selftest:[0-9a-f]{8})?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
-    r"|(?P<limit>limit:(?:signup|code):[0-9a-f]{32})"
+    r"|(?P<limit>limit:\{[0-9a-f]{32}\}:(?:signup|code))"
     r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
     r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
 )

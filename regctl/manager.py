@@ -17,8 +17,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import hashlib
 import heapq
+import hmac
+import ipaddress
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -233,41 +237,57 @@ class RegistrationManager:
         first, and raises RateLimited when either window is full.
 
         With ``conceal_pending``, an address already pending raises no AlreadyExists:
-        the pending registration (its names and password unchanged) gets a new code
-        when a resend is allowed, returned as ``code`` to mail as usual, and otherwise
-        (cooldown, resend cap, locked) ``send`` is False: send nothing, answer the same.
+        a sign-up with the pending registration's own password (its owner again, the
+        first mail lost) gets a new code when a resend is allowed, returned as ``code``
+        to mail as usual; any other (a stranger's, or within the cooldown, past the cap,
+        locked) gets ``send`` False and changes nothing: send nothing, answer the same.
+        So no sign-up can make a code confirm a password the mailbox's owner did not
+        choose after it. Checking the password costs one Argon2id verify, which a new
+        address pays too (against a stand-in), so the time tells nothing either.
         """
         token = _call_token(token)
-        self._limit(client, token, "signup", "code")  # before the costly hash
+        identity = normalize_email(email).casefold()  # (checked: a bad address counts no hit)
+        self._limit(client, "add", identity, token, "signup", "code")  # before the costly hash
         new, code = self._prepare(
             email, first_name, last_name, password, password_hash, token=token
         )
         for _ in range(CONCEAL_TRIES):
             try:
                 with _Call(self, "add", new.email):
-                    return Added(self.store.add(new, self.policy, token), code)
+                    added = Added(self.store.add(new, self.policy, token), code)
+                if self.conceal_pending and password is not None:
+                    security.verify_password(security.STAND_IN_HASH, password)  # same time
+                return added
             except AlreadyExists:
                 if not self.conceal_pending:
                     raise
-            concealed = self._add_to_pending(new, token)
+            concealed = self._add_to_pending(new, password, token)
             if concealed is not None:
                 return concealed
         raise already_exists(new.email)  # added, then gone, again and again: give up
 
-    def _add_to_pending(self, new: NewRegistration, token: str) -> Added | None:
-        """An add on a pending address, answered as a success: when a resend is allowed,
-        a new code that confirms this sign-up's names and password (the newest sign-up
-        wins, so a stranger who signed up first cannot have the owner confirm his
-        password); else nothing to send and nothing changed. None when the address was
-        freed meanwhile."""
+    def _add_to_pending(
+        self, new: NewRegistration, password: str | None, token: str
+    ) -> Added | None:
+        """An add on a pending address, answered as a success (see ``add``); None when
+        the address was freed meanwhile."""
+        pending = self.get(new.email)
+        if pending is None:
+            return None
+        same = (
+            security.verify_password(pending.password_hash, password)
+            if password is not None
+            else hmac.compare_digest(pending.password_hash, new.password_hash)
+        )
+        if not same:
+            return Added(pending, "", send=False)
         try:
             resent = self._resend(new.email, token, signup=new)
-            return Added(resent.registration, resent.code)
         except (CooldownActive, ResendLimitReached, RegistrationLocked):
-            pending = self.get(new.email)
-            return None if pending is None else Added(pending, "", send=False)
+            return Added(pending, "", send=False)
         except NotFound:  # verified or expired since: the address is free to add
             return None
+        return Added(resent.registration, resent.code)
 
     def add_many(
         self, rows: Iterable[Mapping[str, str]], *, batch: int = 500
@@ -430,7 +450,7 @@ class RegistrationManager:
         """A new code for a pending registration; the old code stops working.
         ``client`` counts one code against that key's limit first (see ``add``)."""
         token = _call_token(token)
-        self._limit(client, token, "code")
+        self._limit(client, "resend", normalize_email(email).casefold(), token, "code")
         return self._resend(email, token)
 
     def _resend(self, email: str, token: str, signup: NewRegistration | None = None) -> Resent:
@@ -442,24 +462,28 @@ class RegistrationManager:
             record = self.store.resend(identity, code_hash, self.policy, token, signup)
         return Resent(record, code)
 
-    def _limit(self, client: str | None, token: str, *actions: str) -> None:
-        """Count this call against ``client``'s windows, or raise RateLimited."""
+    def _limit(
+        self, client: str | None, operation: str, identity: str, token: str, *actions: str
+    ) -> None:
+        """Count this call in ``client``'s windows of ``actions`` (all or none), or raise
+        RateLimited. The hit is the call: its operation, address and token, so a replay
+        counts once and a token reused for another address counts again."""
         if client is None:
             return
-        key = _client_key(client)
-        for action in actions:
-            limit = self.policy.client_limit(action)
-            if not limit:
-                continue
-            window = self.policy.client_window_ms
-            wait_ms = self.store.hit_limit(action, key, window, limit, token)
-            if wait_ms:
-                raise RateLimited(
-                    f"too many {LIMITED[action]} from this client: {limit} per "
-                    f"{duration(window)}; try again in {duration(max(wait_ms, 1000))}",
-                    wait_ms,
-                    "an operator can clear it: regctl limits reset <client>",
-                )
+        limits = {a: n for a in actions if (n := self.policy.client_limit(a))}
+        if not limits:
+            return
+        window = self.policy.client_window_ms
+        hit = hashlib.blake2b(f"{operation}\0{identity}\0{token}".encode(), digest_size=16)
+        wait_ms = self.store.hit_limits(_client_key(client), limits, window, hit.hexdigest())
+        if wait_ms:
+            allowed = " and ".join(f"{n} {LIMITED[a]}" for a, n in limits.items())
+            raise RateLimited(
+                f"too many sign-ups or codes from this client (at most {allowed} per "
+                f"{duration(window)}); try again in {duration(-(-wait_ms // 1000) * 1000)}",
+                wait_ms,
+                "an operator can clear it: regctl limits reset <client>",
+            )
 
     def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
         """Per action (signup, code): hits in the window, the limit (0: none), and the
@@ -730,12 +754,26 @@ MAX_CLIENT_KEY = 256
 
 
 def _client_key(client: str) -> str:
-    """A client key (an IP, a session id), checked: it names a window, never a key."""
-    if not isinstance(client, str) or not 1 <= len(client) <= MAX_CLIENT_KEY:
+    """A client key (an IP, a session id), checked and in one form, so spellings of one
+    client share its windows: an IP address in its canonical form (an IPv4 address
+    mapped into IPv6 as itself, an IPv6 address as its /64: one machine's share);
+    other text without surrounding space, NFC."""
+    if not isinstance(client, str):
+        raise InvalidInput("a client key must be text")
+    text = unicodedata.normalize("NFC", client.strip())
+    if not 1 <= len(text) <= MAX_CLIENT_KEY:
         raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
-    if not client.isprintable():
+    if not text.isprintable():
         raise InvalidInput("a client key must be printable text")
-    return client
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])  # (an IPv6 zone is local)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _call_token(token: str | None) -> str:

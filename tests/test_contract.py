@@ -965,25 +965,41 @@ def test_health_counts_the_pending_in_the_original_shape(manager: RegistrationMa
 # --- conceal_pending: sign-up forms that do not tell who is registering ----------------
 
 
-def test_a_concealed_add_on_a_pending_address_gets_a_code_for_its_own_data(
+def test_a_concealed_add_by_the_owner_again_gets_a_new_code(
     make_manager: MakeManager, pw_hash: str
 ):
-    """The newest sign-up wins with its code: a stranger who signed up first cannot
-    have the owner's code confirm the stranger's password."""
+    """The same password again (the first mail lost): a new code, the old one dead."""
     manager = make_manager(Policy(resend_cooldown_ms=0))
     manager.conceal_pending = True
-    first = manager.add(EMAIL, "Mallory", "Evil", password_hash=pw_hash)
-    again = manager.add(EMAIL.lower(), "Alice", "Liddell", password="alices-own-password")
+    first = manager.add(EMAIL, "Alice", "Liddell", password="alices-own-password")
+    again = manager.add(EMAIL.lower(), "Alice", "L.", password="alices-own-password")
     assert again.send
     assert again.code != first.code
-    mine = again.registration
-    assert (mine.first_name, mine.last_name) == ("Alice", "Liddell")
-    assert verify_password(mine.password_hash, "alices-own-password")
-    assert mine.resend_count == 1
+    assert again.registration.resend_count == 1
     assert manager.verify(EMAIL, first.code).outcome is not VerifyOutcome.VERIFIED  # dead
     verified = manager.verify(EMAIL, again.code).registration
     assert verified is not None
     assert verify_password(verified.password_hash, "alices-own-password")
+
+
+@pytest.mark.parametrize("stranger_first", [True, False])
+def test_no_concealed_add_makes_a_code_confirm_a_strangers_password(
+    make_manager: MakeManager, pw_hash: str, stranger_first: bool
+):
+    """Whoever signs up first, no code that goes out confirms the other's password."""
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    sign_ups = [("Mallory", "mallory-password-1"), ("Alice", "alices-own-password")]
+    first_name, first_pw = sign_ups[0] if stranger_first else sign_ups[1]
+    then_name, then_pw = sign_ups[1] if stranger_first else sign_ups[0]
+    first = manager.add(EMAIL, first_name, "X", password=first_pw)
+    then = manager.add(EMAIL, then_name, "X", password=then_pw)
+    assert (then.send, then.code) == (False, "")  # another password: nothing goes out
+    kept = then.registration
+    assert (kept.first_name, kept.resend_count) == (first_name, 0)
+    verified = manager.verify(EMAIL, first.code).registration  # the one code sent
+    assert verified is not None
+    assert verify_password(verified.password_hash, first_pw)
 
 
 def test_a_concealed_add_within_the_cooldown_sends_nothing_and_changes_nothing(
@@ -1080,7 +1096,44 @@ def test_a_client_window_slides(make_manager: MakeManager, pw_hash: str):
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("client", ["", "x" * 257, "bad\nkey", "\x1b[2J"])
+def test_a_token_reused_for_another_address_counts_again(make_manager: MakeManager, pw_hash):
+    manager = make_manager(Policy(signups_per_client=2))
+    for i in range(2):
+        manager.add(f"t{i}@example.com", "T", "R", password_hash=pw_hash, token="fixed", client="c")
+    with pytest.raises(RateLimited):
+        manager.add("t2@example.com", "T", "R", password_hash=pw_hash, token="fixed", client="c")
+
+
+def test_a_refused_call_counts_in_no_window(make_manager: MakeManager, pw_hash: str):
+    manager = make_manager(Policy(signups_per_client=5, codes_per_client=2, resend_cooldown_ms=0))
+    manager.add("r0@example.com", "R", "C", password_hash=pw_hash, client="c")
+    manager.resend("r0@example.com", client="c")  # the codes window is full now
+    for i in range(1, 4):
+        with pytest.raises(RateLimited):
+            manager.add(f"r{i}@example.com", "R", "C", password_hash=pw_hash, client="c")
+    assert manager.client_limits("c")["signup"][0] == 1  # the refused adds counted nothing
+
+
+@pytest.mark.parametrize(
+    ("one", "same"),
+    [
+        ("203.0.113.7", "::ffff:203.0.113.7"),
+        ("2001:db8::1", "2001:DB8:0:0:ffff::9"),  # one /64: one machine's share
+        ("2001:db8::1", "2001:db8::1%eth0"),
+        ("10.0.0.1", " 10.0.0.1 "),
+        ("café-session", "cafe\u0301-session"),  # NFC
+    ],
+)
+def test_spellings_of_one_client_share_its_windows(
+    make_manager: MakeManager, pw_hash: str, one: str, same: str
+):
+    manager = make_manager(Policy(signups_per_client=1))
+    manager.add("s0@example.com", "S", "P", password_hash=pw_hash, client=one)
+    with pytest.raises(RateLimited):
+        manager.add("s1@example.com", "S", "P", password_hash=pw_hash, client=same)
+
+
+@pytest.mark.parametrize("client", ["", "  ", "x" * 257, "bad\nkey", "\x1b[2J"])
 def test_a_bad_client_key_is_refused_and_counts_nothing(
     manager: RegistrationManager, pw_hash: str, client: str
 ):

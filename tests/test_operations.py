@@ -391,9 +391,11 @@ def test_limits_show_and_reset_a_client_key(cli: Cli, redis_proc: RedisProcess, 
         manager.add("l10@example.com", "L", "M", password_hash=pw_hash, client="203.0.113.9")
     shown = cli("-o", "json", "limits", "show", "203.0.113.9")
     data = json.loads(shown.stdout)
-    assert (data["signup"]["used"], data["signup"]["limit"]) == (10, 10)
-    assert data["code"]["used"] == 10
-    assert 0 < data["signup"]["oldest_leaves_in_ms"] <= 3_600_000
+    assert (data["signups"], data["signup_limit"], data["codes"]) == (10, 10, 10)
+    assert 0 < data["signup_wait_ms"] <= 3_600_000
+    csv = cli("-o", "csv", "limits", "show", "203.0.113.9").stdout.splitlines()
+    assert csv[0].split(",")[:4] == ["client", "window_s", "signups", "signup_limit"]
+    assert csv[1].startswith("203.0.113.9,3600,10,10,")
     text = cli("limits", "show", "203.0.113.9").stdout
     assert "signups: 10 of 10 per 1h00m, the oldest leaves in" in text
     checked = json.loads(cli("-o", "json", "doctor").stdout)

@@ -383,7 +383,18 @@ def test_a_user_limited_to_the_prefix_runs_every_command(cli: Cli, redis_proc, p
     redis_proc.client().execute_command("ACL", "SETUSER", f"u-{prefix}", *acl_rule(prefix))
     url = f"unix://u-{prefix}:acl-password@{redis_proc.socket}"
     smoke(cli, url)
-    for command in (("stats",), ("health",), ("selftest",), ("doctor", "-o", "json")):
+    limited = manager_for(url, prefix)  # a sign-up counted against its client's windows
+    limited.add("acl@example.com", "A", "C", password="acl-password-2", client="192.0.2.1")
+    limited.close()
+    commands = (
+        ("stats",),
+        ("health",),
+        ("selftest",),
+        ("doctor", "-o", "json"),
+        ("limits", "show", "192.0.2.1"),
+        ("limits", "reset", "192.0.2.1"),
+    )
+    for command in commands:
         ran = cli(*command, REGCTL_REDIS_URL=url)
         assert ran.exit_code in (0, 1), (command, ran.stdout, ran.stderr)
         assert "NOPERM" not in ran.stdout + ran.stderr

@@ -25,14 +25,9 @@ def show(ctx: typer.Context, client: ClientArgument) -> None:
     state: State = ctx.obj
     seen = state.manager.client_limits(client)
     window_ms = state.manager.policy.client_window_ms
-    data = {
-        "client": client,
-        "window_s": window_ms // 1000,
-        **{
-            action: {"used": used, "limit": limit, "oldest_leaves_in_ms": wait}
-            for action, (used, limit, wait) in seen.items()
-        },
-    }
+    data: dict[str, object] = {"client": client, "window_s": window_ms // 1000}
+    for action, (used, limit, wait) in seen.items():  # flat: one CSV row holds it all
+        data.update({f"{action}s": used, f"{action}_limit": limit, f"{action}_wait_ms": wait})
     lines = [f"client {escape(visible(client))}:"]
     for action, (used, limit, wait) in seen.items():
         cap = f"{used} of {limit}" if limit else f"{used} (no limit)"

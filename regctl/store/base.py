@@ -158,10 +158,10 @@ class Store(Protocol):
         first, summed over buckets."""
         ...
 
-    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
-        """Count one ``action`` of ``client`` in its sliding window, unless ``limit`` hits
-        are in it already: 0 when counted (a replay of ``token`` counts once), else the
-        ms until the oldest hit leaves the window."""
+    def hit_limits(self, client: str, limits: Mapping[str, int], window_ms: int, hit: str) -> int:
+        """Count ``hit`` (one call) in ``client``'s sliding window of each action in
+        ``limits`` (action -> limit), all or none: 0 when counted (or ``hit`` is there
+        already: a replay), else the ms until the fullest window has room."""
         ...
 
     def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:

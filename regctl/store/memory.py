@@ -43,6 +43,9 @@ from regctl.store.base import (
     Progress,
 )
 
+# How often (store clock, ms) stale client windows are swept away.
+SWEEP_MS = 60_000
+
 
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -104,7 +107,8 @@ class MemoryStore:
         self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
         self._secret_fingerprint: str | None = None
-        self._windows: dict[tuple[str, str], dict[str, int]] = {}  # -> {token: hit at}
+        self._windows: dict[tuple[str, str], dict[str, int]] = {}  # -> {hit: at}
+        self._swept_at = 0
 
     def _count(self, event: str, n: int, now: int, policy: Policy) -> None:
         """The funnel counters, as the scripts keep them (caller holds the lock)."""
@@ -404,15 +408,20 @@ class MemoryStore:
             today = self._clock() // 86_400_000
             return [(d, dict(self._funnel.get(d, {}))) for d in range(today, today - days, -1)]
 
-    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
+    def hit_limits(self, client: str, limits: Mapping[str, int], window_ms: int, hit: str) -> int:
         with self._lock:
             now = self._clock()
-            hits = self._window(action, client, now - window_ms)
-            if token in hits:
-                return 0
-            if len(hits) >= limit:
-                return max(1, min(hits.values()) + window_ms - now)
-            hits[token] = now
+            windows = {a: self._window(a, client, now - window_ms) for a in limits}
+            fresh = {a: hits for a, hits in windows.items() if hit not in hits}
+            waits = [
+                max(1, min(hits.values()) + window_ms - now)
+                for a, hits in fresh.items()
+                if len(hits) >= limits[a]
+            ]
+            if waits:
+                return max(waits)
+            for action in fresh:
+                self._windows.setdefault((action, client), {})[hit] = now
             return 0
 
     def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
@@ -431,10 +440,17 @@ class MemoryStore:
             return any(had)
 
     def _window(self, action: str, client: str, since: int) -> dict[str, int]:
-        """The client's hits after ``since``, older ones dropped (caller holds the lock)."""
-        hits = self._windows.setdefault((action, client), {})
-        for token in [t for t, at in hits.items() if at <= since]:
-            del hits[token]
+        """The client's hits after ``since``, older ones dropped (caller holds the lock).
+        Now and then every window past ``since`` goes: memory keeps only the clients
+        seen lately, as Redis lets a window's key expire."""
+        if since - self._swept_at > SWEEP_MS:
+            self._swept_at = since
+            stale = [k for k, h in self._windows.items() if max(h.values(), default=0) <= since]
+            for key in stale:
+                del self._windows[key]
+        hits = self._windows.get((action, client), {})
+        for hit in [h for h, at in hits.items() if at <= since]:
+            del hits[hit]
         return hits
 
     def secret_fingerprint(self, claim: str | None = None) -> str | None:

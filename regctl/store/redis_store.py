@@ -215,16 +215,13 @@ class RedisStore:
             out.append((day, totals))
         return out
 
-    def hit_limit(self, action: str, client: str, window_ms: int, limit: int, token: str) -> int:
-        window = self.keyspace.client_limit(action, client)
-        return int(self.scripts.run("limit", (window,), (window_ms, limit, token)))
+    def hit_limits(self, client: str, limits: Mapping[str, int], window_ms: int, hit: str) -> int:
+        windows = tuple(self.keyspace.client_limit(action, client) for action in limits)
+        return int(self.scripts.run("limit", windows, (window_ms, hit, *limits.values())))
 
     def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
         windows = tuple(self.keyspace.client_limit(a, client) for a in LIMIT_ACTIONS)
-        if self.is_cluster:  # each window in a slot of its own: one call each
-            replies = [self.scripts.run("limits", (w,), (window_ms,))[0] for w in windows]
-        else:
-            replies = self.scripts.run("limits", windows, (window_ms,))
+        replies = self.scripts.run("limits", windows, (window_ms,))
         return {a: (int(h), int(w)) for a, (h, w) in zip(LIMIT_ACTIONS, replies, strict=True)}
 
     def reset_limits(self, client: str) -> bool:
