@@ -40,6 +40,9 @@ from regctl.store import NewRegistration
 SECRET = "benchmark-secret-0123456789"
 HERE = Path(__file__).resolve().parent
 RESULTS: dict[str, Any] = {}
+# docs/performance.md's tables made by this run, by the name of their markers.
+TABLES: dict[str, str] = {}
+X = "\u00d7"  # the multiplication sign of a ratio
 
 
 # --- the server -------------------------------------------------------------------------
@@ -213,7 +216,8 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
 
     def raw_resend(i: int) -> None:
         d, (record, _index) = raw_keys(i)
-        evalsha("resend", (record, *funnel(d)), "0" * 64, 900_000, 0, 10**9, f"r{i}", keep, day)
+        args = ("0" * 64, 900_000, 0, 10**9, f"r{i}", keep, day, "", "", "")  # ("": keep names)
+        evalsha("resend", (record, *funnel(d)), *args)
 
     out["resend"] = row("resend", paired(resend, raw_resend, n))
 
@@ -655,12 +659,12 @@ SCALE_COMMANDS = {
     "export": ["export"],
     "doctor": ["doctor", "-o", "json"],
 }
-SCALE_MARKS = ("<!-- scale:start -->", "<!-- scale:end -->")
 
 
 def scale(sock: Path, sizes: list[int], pw_hash: str) -> None:
     print(f"\none-shot commands at scale (wall seconds, start-up included): {sizes}")
     client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    client.flushdb()  # (this run's own server) SCAN's cost is the whole keyspace's
     store = RedisStore(client, prefix="scale")
     env = {
         **os.environ,
@@ -684,23 +688,18 @@ def scale(sock: Path, sizes: list[int], pw_hash: str) -> None:
             out[name][size] = seconds
         print("  " + "  ".join(f"{name} {out[name][size]:.2f}" for name in SCALE_COMMANDS))
     RESULTS["scale"] = {name: {str(k): v for k, v in by.items()} for name, by in out.items()}
-    table = scale_table(out, sorted(sizes))
-    print(table)
-    doc = HERE.parent / "docs" / "performance.md"
-    text = doc.read_text()
-    start, end = (text.index(mark) for mark in SCALE_MARKS)
-    doc.write_text(text[: start + len(SCALE_MARKS[0])] + "\n" + table + text[end:])
-    print(f"  written to {doc}")
+    TABLES["scale"] = scale_table(out, sorted(sizes))
+    print(TABLES["scale"])
 
 
 def scale_table(out: dict[str, dict[int, float]], sizes: list[int]) -> str:
     """The markdown table of docs/performance.md: seconds per size, and how the largest
     compares with the smallest (1 does not grow; 100 grows linearly over 100 times)."""
-    head = "| command | " + " | ".join(f"{n:,} records".replace(",", " ") for n in sizes)
+    head = "| command | " + " | ".join(f"{num(n)} records" for n in sizes)
     lines = [head + " | largest / smallest |", "|---|" + "---|" * (len(sizes) + 1)]
     for name, by in out.items():
         cells = " | ".join(f"{by[n]:.2f} s" for n in sizes)
-        lines.append(f"| `regctl {name}` | {cells} | {by[sizes[-1]] / by[sizes[0]]:.1f}\u00d7 |")
+        lines.append(f"| `regctl {name}` | {cells} | {by[sizes[-1]] / by[sizes[0]]:.1f}{X} |")
     return "\n".join(lines) + "\n"
 
 
@@ -736,6 +735,137 @@ def startup(sock: Path, runs: int) -> None:
         ratio = ms / out["floor: python + redis"]
         print(f"  {name:<24} {ms:7.1f}   {ratio:4.2f}x the python+redis floor")
     RESULTS["startup_ms"] = out
+
+
+# --- docs/performance.md -------------------------------------------------------------------------
+
+
+def num(value: float) -> str:
+    """A whole number with a thin space between thousands: 1 000 000."""
+    return f"{value:,.0f}".replace(",", " ")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def per_operation_table() -> str:
+    ops = RESULTS["per_operation"]
+    named = {"add": "add (password pre-hashed)", "get": "get", "resend": "resend"}
+    named["verify"] = "verify (right code, consumes)"
+    measured = [(name, ops[key]) for key, name in named.items()]
+    measured += [
+        (f"async {key} (vs raw redis.asyncio)", r)
+        for key, r in RESULTS.get("async_operations", {}).items()
+    ]
+    rows = [
+        [
+            name,
+            *(f"{r[k]:.3f} ms" for k in ("regctl_p50_ms", "regctl_p99_ms")),
+            *(f"{r[k]:.3f} ms" for k in ("baseline_p50_ms", "baseline_p99_ms")),
+            f"{r['ratio_p50']:.2f}{X}",
+        ]
+        for name, r in measured
+    ]
+    argon, memory = ops["argon2id_hash_p50_ms"], ops["memory_add_p50_ms"]
+    rows.append(["Argon2id hash (m=19 MiB, t=2)", f"{argon:.1f} ms", "", "", "", "per clear pw"])
+    rows.append(["add on MemoryStore", f"{memory:.3f} ms", "", "", "", "no network"])
+    header = ["operation", "regctl p50", "p99", "raw p50", "p99", "ratio p50"]
+    return md_table(header, rows)
+
+
+def throughput_table() -> str:
+    tp = RESULTS["throughput_get"]
+    rows = [
+        [str(t), f"{num(v['regctl'])}/s", f"{num(v['baseline'])}/s", f"{v['ratio']:.2f}{X}"]
+        for t, v in sorted(tp.items(), key=lambda item: int(item[0]))
+    ]
+    return md_table(["threads", "regctl", "raw EVALSHA", "raw/regctl"], rows)
+
+
+def bulk_table() -> str:
+    r = RESULTS
+    add, ndjson, stats, doctor, purge = (
+        r["bulk_add_per_s"],
+        r["export_ndjson"],
+        r["stats"],
+        r["doctor"],
+        r["purge_expired"],
+    )
+    rows = [
+        [
+            "bulk add (`add_many`, validated)",
+            f"{num(add['regctl'])}/s",
+            f"raw pipelined HSET+PEXPIRE+ZADD: {num(add['baseline'])}/s",
+            f"{add['ratio']:.2f}{X} slower",
+        ],
+        [
+            "`regctl list -o ndjson`",
+            f"{num(ndjson['regctl_per_s'])}/s, {ndjson['regctl_peak_rss_mb']:.0f} MB peak",
+            f"raw SCAN + pipelined HGETALL: {num(ndjson['baseline_per_s'])}/s",
+            f"{ndjson['ratio']:.2f}{X} the time",
+        ],
+        [
+            "`regctl stats`",
+            f"{stats['seconds']:.2f} s, {stats['peak_rss_mb']:.0f} MB peak",
+            f"`regctl list -o ndjson`: {stats['list_ndjson_seconds']:.2f} s",
+            f"{stats['ratio_to_list']:.2f}{X} the time",
+        ],
+        [
+            "`regctl doctor`",
+            f"{doctor['seconds']:.2f} s",
+            f"raw SCAN + pipelined PTTL: {doctor['baseline_seconds']:.2f} s",
+            f"{doctor['ratio']:.2f}{X} the time",
+        ],
+        [
+            "purge of as many expired",
+            f"{purge['seconds']:.2f} s",
+            f"raw ZREMRANGEBYSCORE: {purge['baseline_seconds']:.2f} s",
+            f"max PING meanwhile {purge['max_ping_ms']:.1f} ms",
+        ],
+    ]
+    return md_table(["job", "regctl", "baseline", ""], rows)
+
+
+def startup_table() -> str:
+    out = RESULTS["startup_ms"]
+    floor = out["floor: python + redis"]
+    rows = [[f"`{name}`", f"{ms:.0f} ms", f"{ms / floor:.2f}{X}"] for name, ms in out.items()]
+    return md_table(["command", "median", "vs python + redis floor"], rows)
+
+
+def stall_line() -> str:
+    r = RESULTS["async_stall"]
+    return (
+        f"p99 {r['stalled_p99_ms']:.2f} ms while 20 sign-ups wait on a stopped Redis, "
+        f"{r['idle_p99_ms']:.2f} ms idle ({r['ratio']:.2f}{X})\n"
+    )
+
+
+def write_docs(path: Path) -> None:
+    """Every table this run made, between its markers in docs/performance.md."""
+    machine = RESULTS["machine"]
+    TABLES["machine"] = (
+        f"{machine['cores']} cores, Python {machine['python']}, redis-py "
+        f"{machine['redis_py']} (hiredis), redis-server {machine['redis']}; "
+        f"{num(machine['ops'])} calls per operation\n"
+    )
+    makers = {"per-op": per_operation_table, "throughput": throughput_table}
+    makers.update(bulk=bulk_table, startup=startup_table, stall=stall_line)
+    needs = {"bulk": "bulk_add_per_s", "stall": "async_stall"}
+    for name, make in makers.items():
+        if needs.get(name, "per_operation") in RESULTS:
+            TABLES[name] = make()
+    text = path.read_text()
+    for name, table in TABLES.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = f"{head}{start}\n{table}{end}{tail}"
+    path.write_text(text)
+    print(f"\ntables written to {path}")
 
 
 # --- plot ----------------------------------------------------------------------------------------
@@ -792,9 +922,14 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         metavar="N,N,...",
         help="time every read command at these store sizes (--full: 10000,100000,1000000) "
-        "and write the table into docs/performance.md",
+        "(its table goes into docs/performance.md with --full or --write-docs)",
     )
     parser.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write this run's tables into docs/performance.md (--full always does)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     records = args.records or (1_000_000 if args.full else 100_000)
@@ -811,6 +946,7 @@ def main() -> None:
             "python": sys.version.split()[0],
             "redis": server["redis_version"],
             "redis_py": redis.__version__,
+            "ops": args.ops,
         }
         per_operation(sock, args.ops, pw_hash)
         async_operations(sock, args.ops, pw_hash)
@@ -827,6 +963,8 @@ def main() -> None:
         args.json.write_text(json.dumps(RESULTS, indent=2, default=str))
     if args.plot:
         plot(args.plot)
+    if args.full or args.write_docs:
+        write_docs(HERE.parent / "docs" / "performance.md")
 
 
 if __name__ == "__main__":
