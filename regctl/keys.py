@@ -126,11 +126,13 @@ class Keyspace:
         where = self.locate(key)
         return where if where[0] < self.buckets else None
 
-    def client_limit(self, action: str, client: str) -> str:
-        """A client key's sliding window of ``action``s (signup, code): a digest of the
-        key (an IP, a session) names it; a client's windows share one hash slot, so one
-        script counts a call in all of them at once."""
-        return f"{self.prefix}:limit:{{{digest(client)}}}:{action}"
+    def client_limit(self, action: str, client_id: str) -> str:
+        """A client's sliding window of ``action``s (signup, code), named by the client
+        key's pseudonym (CodeHasher.pseudonym: 32 hex digits); a client's windows share
+        one hash slot, so one script counts a call in all of them at once."""
+        if not _HEX32.fullmatch(client_id):
+            raise ValueError("a client window is named by a 32-hex-digit pseudonym")
+        return f"{self.prefix}:limit:{{{client_id}}}:{action}"
 
     def selftest_prefix(self, run_id: str) -> str:
         """The throwaway namespace of one selftest run (8 hex digits), below this one
@@ -169,6 +171,9 @@ _KIND_RE = re.compile(
     r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
     r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
 )
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def client_day() -> int:

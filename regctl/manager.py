@@ -17,7 +17,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -474,8 +473,8 @@ class RegistrationManager:
         if not limits:
             return
         window = self.policy.client_window_ms
-        hit = hashlib.blake2b(f"{operation}\0{identity}\0{token}".encode(), digest_size=16)
-        wait_ms = self.store.hit_limits(_client_key(client), limits, window, hit.hexdigest())
+        hit = self.codes.pseudonym(f"{operation}\0{identity}\0{token}")
+        wait_ms = self.store.hit_limits(self._client_id(client), limits, window, hit)
         if wait_ms:
             allowed = " and ".join(f"{n} {LIMITED[a]}" for a, n in limits.items())
             raise RateLimited(
@@ -488,12 +487,17 @@ class RegistrationManager:
     def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
         """Per action (signup, code): hits in the window, the limit (0: none), and the
         ms until the oldest hit leaves (0: none)."""
-        seen = self.store.client_limits(_client_key(client), self.policy.client_window_ms)
+        seen = self.store.client_limits(self._client_id(client), self.policy.client_window_ms)
         return {a: (hits, self.policy.client_limit(a), wait) for a, (hits, wait) in seen.items()}
 
     def reset_limits(self, client: str) -> bool:
         """Forget a client key's sign-ups and codes; whether it had any."""
-        return self.store.reset_limits(_client_key(client))
+        return self.store.reset_limits(self._client_id(client))
+
+    def _client_id(self, client: str) -> str:
+        """The name a client key's windows go by: a keyed digest of its canonical form
+        (so the store never holds an IP), which needs the code secret."""
+        return self.codes.pseudonym(_client_key(client))
 
     def resend_many(
         self,

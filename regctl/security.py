@@ -86,6 +86,13 @@ class CodeHasher:
         number = int.from_bytes(hmac.new(self._key, message, hashlib.sha256).digest(), "big")
         return f"{number % 10**length:0{length}d}"
 
+    def pseudonym(self, text: str) -> str:
+        """A keyed digest naming ``text`` (a client key) where it is stored: without the
+        secret, nobody can tell which IP or session a name stands for, even by trying
+        every IPv4 address."""
+        message = b"pseudonym\x00" + text.encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
     def digest(self, identity: str, code: str) -> str:
         """``fingerprint:HMAC``: the stored form of a code, which names its secret so a
         verifier with another secret is told so instead of spending an attempt."""

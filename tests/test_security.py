@@ -377,3 +377,22 @@ def test_policy_validation_refuses_nonsense():
         Policy(code_length=5)
     with pytest.raises(InvalidInput):
         Policy(max_attempts=0)
+
+
+def test_a_client_key_is_stored_under_a_keyed_name_only(redis_proc: RedisProcess, pw_hash: str):
+    """An IP given as client= is nowhere in Redis, not even as a plain digest that
+    trying every IPv4 address would find: the window is named with the code secret."""
+    from regctl import RedisStore
+
+    prefix = "pseudo"
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    manager.add("p@example.com", "P", "S", password_hash=pw_hash, client="203.0.113.77")
+    client = redis_proc.client()
+    names = [str(k) for k in client.scan_iter(f"{prefix}:limit:*")]
+    assert len(names) == 2  # the sign-up and code windows
+    dumped = " ".join(names) + " ".join(str(m) for n in names for m in client.zrange(n, 0, -1))
+    assert "203.0.113.77" not in dumped
+    assert digest("203.0.113.77") not in dumped
+    name = CodeHasher(SECRET).pseudonym("203.0.113.77")
+    assert name in dumped
+    assert CodeHasher(SECRET + "-other").pseudonym("203.0.113.77") != name

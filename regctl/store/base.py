@@ -159,9 +159,10 @@ class Store(Protocol):
         ...
 
     def hit_limits(self, client: str, limits: Mapping[str, int], window_ms: int, hit: str) -> int:
-        """Count ``hit`` (one call) in ``client``'s sliding window of each action in
-        ``limits`` (action -> limit), all or none: 0 when counted (or ``hit`` is there
-        already: a replay), else the ms until the fullest window has room."""
+        """Count ``hit`` (one call) in the sliding window of each action in ``limits``
+        (action -> limit) of ``client`` (a client key's pseudonym), all or none: 0 when
+        counted (or ``hit`` is there already: a replay), else the ms until the fullest
+        window has room."""
         ...
 
     def client_limits(self, client: str, window_ms: int) -> dict[str, tuple[int, int]]:
