@@ -19,9 +19,7 @@ import contextlib
 import functools
 import heapq
 import hmac
-import ipaddress
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -74,7 +72,13 @@ from regctl.store.base import (
     chunks,
 )
 from regctl.text import duration, visible
-from regctl.validation import normalize_email, validate_code, validate_name, validate_password
+from regctl.validation import (
+    normalize_client_key,
+    normalize_email,
+    validate_code,
+    validate_name,
+    validate_password,
+)
 
 if TYPE_CHECKING:
     from regctl.diagnostics.health import Health, HealthProbe, Thresholds
@@ -281,7 +285,7 @@ class RegistrationManager:
         if not same:
             return Added(pending, "", send=False)
         try:
-            resent = self._resend(new.email, token, signup=new)
+            resent = self._resend(new.email, new.identity, token, signup=new)
         except (CooldownActive, ResendLimitReached, RegistrationLocked):
             return Added(pending, "", send=False)
         except NotFound:  # verified or expired since: the address is free to add
@@ -449,11 +453,13 @@ class RegistrationManager:
         """A new code for a pending registration; the old code stops working.
         ``client`` counts one code against that key's limit first (see ``add``)."""
         token = _call_token(token)
-        self._limit(client, "resend", normalize_email(email).casefold(), token, "code")
-        return self._resend(email, token)
-
-    def _resend(self, email: str, token: str, signup: NewRegistration | None = None) -> Resent:
         identity = normalize_email(email).casefold()
+        self._limit(client, "resend", identity, token, "code")
+        return self._resend(email, identity, token)
+
+    def _resend(
+        self, email: str, identity: str, token: str, signup: NewRegistration | None = None
+    ) -> Resent:
         codes = self._codes_of_store(writing=True)
         code = codes.code_for("resend", identity, token, self.policy.code_length)
         code_hash = codes.digest(identity, code)
@@ -497,7 +503,7 @@ class RegistrationManager:
     def _client_id(self, client: str) -> str:
         """The name a client key's windows go by: a keyed digest of its canonical form
         (so the store never holds an IP), which needs the code secret."""
-        return self.codes.pseudonym(_client_key(client))
+        return self.codes.pseudonym(normalize_client_key(client))
 
     def resend_many(
         self,
@@ -754,30 +760,6 @@ class _Call:
 
 # What each limited action is called in a refusal.
 LIMITED = {"signup": "sign-ups", "code": "codes"}
-MAX_CLIENT_KEY = 256
-
-
-def _client_key(client: str) -> str:
-    """A client key (an IP, a session id), checked and in one form, so spellings of one
-    client share its windows: an IP address in its canonical form (an IPv4 address
-    mapped into IPv6 as itself, an IPv6 address as its /64: one machine's share);
-    other text without surrounding space, NFC."""
-    if not isinstance(client, str):
-        raise InvalidInput("a client key must be text")
-    text = unicodedata.normalize("NFC", client.strip())
-    if not 1 <= len(text) <= MAX_CLIENT_KEY:
-        raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
-    if not text.isprintable():
-        raise InvalidInput("a client key must be printable text")
-    try:
-        address = ipaddress.ip_address(text.partition("%")[0])  # (an IPv6 zone is local)
-    except ValueError:
-        return text
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _call_token(token: str | None) -> str:

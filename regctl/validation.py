@@ -110,3 +110,31 @@ def parse_rate(text: str) -> float:
     if not count.isascii() or not count.isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
         raise InvalidInput(f"invalid rate {_shown(text)}", "write it like 10/min, 2/s or 100/h")
     return int(count) / _RATE_UNITS[unit]
+
+
+MAX_CLIENT_KEY = 256
+
+
+def normalize_client_key(client: str) -> str:
+    """A client key (an IP, a session id), checked and in one form, so spellings of one
+    client share its windows: an IP address in its canonical form (an IPv4 address
+    mapped into IPv6 as itself, an IPv6 address as its /64: one machine's share);
+    other text without surrounding space, NFC."""
+    if not isinstance(client, str):
+        raise InvalidInput("a client key must be text")
+    text = unicodedata.normalize("NFC", client.strip())
+    if not 1 <= len(text) <= MAX_CLIENT_KEY:
+        raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
+    if not text.isprintable():
+        raise InvalidInput("a client key must be printable text")
+    import ipaddress  # (here: the CLI's start-up does not pay for it)
+
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])  # (an IPv6 zone is local)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

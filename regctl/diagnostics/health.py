@@ -123,7 +123,11 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
     data["pending_registrations"] = {"total": total, "redis_connected": True}
     if view["kind"] != "standalone":
         data["topology"] = view
-    checks = list(_topology_checks(view, limits))
+    return _report(data, list(_topology_checks(view, limits)))
+
+
+def _report(data: dict[str, Any], checks: list[Check]) -> Health:
+    """The report of ``checks``: graded by the worst, its status and checks in ``data``."""
     level = max((c.level for c in checks), default=Level.OK)
     data["status"] = level.name.lower()
     data["checks"] = [_check_json(c) for c in checks]
@@ -142,10 +146,7 @@ def _head(store: Store, version: str) -> dict[str, Any]:
 def _disconnected(data: dict[str, Any], status: str, reason: str) -> Health:
     data["redis"] = {"status": status, "ping": False, "error": reason}
     data["pending_registrations"] = {"total": None, "redis_connected": False}
-    checks = [Check("connection", Level.CRITICAL, reason)]
-    data["status"] = Level.CRITICAL.name.lower()
-    data["checks"] = [_check_json(c) for c in checks]
-    return Health(Level.CRITICAL, data, checks)
+    return _report(data, [Check("connection", Level.CRITICAL, reason)])
 
 
 # The longest a health check may be given (a /health endpoint wants seconds).
@@ -231,10 +232,8 @@ def _in_memory(store: Store, version: str) -> Health:
     data = _head(store, version)
     data["redis"] = {"status": "not used", "ping": False}
     data["pending_registrations"] = {"total": store.counts().total, "redis_connected": False}
-    data["status"] = Level.OK.name.lower()
-    checks = [Check("store", Level.OK, "in-process memory store: nothing shared, nothing kept")]
-    data["checks"] = [_check_json(c) for c in checks]
-    return Health(Level.OK, data, checks)
+    kept = "in-process memory store: nothing shared, nothing kept"
+    return _report(data, [Check("store", Level.OK, kept)])
 
 
 def nagios_line(report: Health, limits: Thresholds) -> str:

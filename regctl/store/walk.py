@@ -50,9 +50,7 @@ def walk(
     records in another; later pages are fetched ahead, while the current ones are read.
     """
     size = max(1, min(first_page, PAGE))
-    firsts = all_or_raise(
-        scripts.run_many("page", [((ks.index(b),), (0, "", size)) for b in range(ks.buckets)])
-    )
+    firsts = _pages(scripts, ks, [(b, ("0", "")) for b in range(ks.buckets)], size)
     records = _rows(scripts, ks, [(b, firsts[b][1][::2]) for b in range(ks.buckets)])
     ahead = _PagesAhead(scripts, ks)
     streams = [
@@ -102,8 +100,7 @@ class _PagesAhead:
             wanted, self._wanted = self._wanted, []
         ks = self._ks
         try:
-            calls = [((ks.index(bucket),), (*after, PAGE)) for bucket, after, _ in wanted]
-            pages = all_or_raise(self._scripts.run_many("page", calls))
+            pages = _pages(self._scripts, ks, [(b, after) for b, after, _ in wanted], PAGE)
             digests = [(b, page[1][::2]) for (b, _, _), page in zip(wanted, pages, strict=True)]
             rows = _rows(self._scripts, ks, digests)
         except BaseException as exc:  # each reader raises it where it waits
@@ -137,6 +134,16 @@ def _bucket_stream(
         size = PAGE
 
 
+def _pages(
+    scripts: ScriptRunner, ks: Keyspace, wanted: Sequence[tuple[int, tuple[str, str]]], size: int
+) -> list[Any]:
+    """The page of each (bucket, (score, digest) after which it starts) of ``size``
+    live index entries: page.lua's {now, {digest, score, ...}}, in one pipelined round
+    trip."""
+    calls = [((ks.index(bucket),), (*after, size)) for bucket, after in wanted]
+    return all_or_raise(scripts.run_many("page", calls))
+
+
 def _rows(
     scripts: ScriptRunner, ks: Keyspace, wanted: Sequence[tuple[int, Sequence[str]]]
 ) -> list[list[list[str | None] | None]]:
@@ -160,11 +167,10 @@ def index_pages(
 ) -> Iterator[list[tuple[int, list[str]]]]:
     """Rounds of (bucket, digests) pages of every bucket's live index entries: one
     pipelined round trip per round, each bucket's next page until it runs out."""
-    after = dict.fromkeys(range(ks.buckets), (0, ""))
+    after = dict.fromkeys(range(ks.buckets), ("0", ""))
     while after:
         buckets = list(after)
-        calls = [((ks.index(b),), (*after[b], size)) for b in buckets]
-        pages = all_or_raise(scripts.run_many("page", calls))
+        pages = _pages(scripts, ks, list(after.items()), size)
         found = []
         for bucket, (_now, rows) in zip(buckets, pages, strict=True):
             if rows:
