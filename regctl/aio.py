@@ -1,16 +1,19 @@
 """The manager for asyncio code (FastAPI, Starlette, aiohttp): ``await`` every call.
 
 ``AsyncRegistrationManager`` has the sync manager's operations, results and errors,
-because it runs the sync manager's own code: each call goes to a thread of the
-manager's pool (as Motor runs PyMongo), so the event loop never waits on Redis,
-on a stalled server or on the Argon2id hash, and there is one implementation of
-validation, hashing, scripts, deadlines and decoding. The pool is as large as the
-connection pool, so calls wait for a connection, never for a thread, and a stall
-holds at most that many threads until each call's deadline ends it.
+because it runs the sync manager's own code on the event loop over ``redis.asyncio``
+(see ``regctl.bridge``): the loop waits on Redis's sockets as it does for any asyncio
+client, and there is one implementation of validation, hashing, scripts, retries,
+deadlines and decoding. The Argon2id hash runs on a thread, never on the loop.
 
-A task cancelled while its call runs (a client that went away) does not stop the
-call: its outcome is as if the reply were lost, and a retry with the same
-``token=`` is answered as the first was.
+Its client is the asyncio twin of the sync manager's (``connection.async_twin``):
+the same servers, topology (standalone, Sentinel, Cluster), credentials, TLS,
+timeouts, pool size and retry budget. Whole-store work (``count``, ``stats``) runs
+the sync manager on a thread.
+
+A task cancelled while its call waits on Redis (a client that went away) leaves its
+outcome unknown, as a lost reply does: a retry with the same ``token=`` is answered
+as the first was.
 
 Example::
 
@@ -21,13 +24,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from regctl.errors import StoreUnavailable
+from regctl.bridge import Awaited, bridged
+from regctl.connection import pool_exhausted
+from regctl.errors import ConfigError, StoreUnavailable
 from regctl.manager import RegistrationManager
 
 if TYPE_CHECKING:
@@ -38,19 +40,37 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Threads when the manager is built from a store, not from settings (whose pool size,
-# REGCTL_MAX_CONNECTIONS, it follows then).
-DEFAULT_THREADS = 50
-
 
 class AsyncRegistrationManager:
     """``RegistrationManager``'s operations, awaited; ``sync`` is the manager itself
     (for whole-store work such as ``list`` or ``purge``, run it with
     ``asyncio.to_thread``)."""
 
-    def __init__(self, manager: RegistrationManager, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, manager: RegistrationManager) -> None:
+        from regctl.store.redis_store import RedisStore
+
         self.sync = manager
-        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="regctl-async")
+        store = manager.store
+        # At most as many calls at once as the sync pool has connections (per node on
+        # Cluster), each waiting as long as the sync pool lets a call wait: redis.asyncio's
+        # Sentinel and Cluster pools would fail a call at once instead.
+        self._slots: asyncio.Semaphore | None = None
+        self._pool_wait: float | None = None
+        if isinstance(store, RedisStore):
+            from regctl.connection import async_twin, pool_limits
+
+            connections, self._pool_wait = pool_limits(store.client)
+            self._slots = asyncio.Semaphore(connections)
+
+            if store.is_cluster and store.scripts.wait_replicas:
+                raise ConfigError(
+                    "the async manager cannot wait for replicas on Redis Cluster "
+                    "(REGCTL_WAIT_REPLICAS)",
+                    "unset REGCTL_WAIT_REPLICAS, or use the sync manager on a thread",
+                )
+            self._manager = manager.on(store.twin(Awaited(async_twin(store.client))))
+        else:  # the in-memory store: no I/O to wait on
+            self._manager = manager
         self._closed = False
 
     @classmethod
@@ -63,22 +83,30 @@ class AsyncRegistrationManager:
         conceal_pending: bool = False,
     ) -> AsyncRegistrationManager:
         """As ``RegistrationManager.from_settings`` (it fails here, at start-up, on bad
-        settings), with one thread per pooled connection."""
-        from regctl.settings import load_settings
-
-        settings = settings or load_settings().settings
-        manager = RegistrationManager.from_settings(
-            settings, embedded=embedded, audit_as=audit_as, conceal_pending=conceal_pending
+        settings)."""
+        return cls(
+            RegistrationManager.from_settings(
+                settings, embedded=embedded, audit_as=audit_as, conceal_pending=conceal_pending
+            )
         )
-        return cls(manager, threads=settings.max_connections)
 
     async def _call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._closed:
             raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
-        # The caller's context goes along (the deadline of an outer call, log context).
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, work, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        slots = self._slots
+        if slots is None:
+            return await bridged(work, *args, **kwargs)
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), self._pool_wait)
+            except TimeoutError:
+                raise pool_exhausted() from None
+        else:
+            await slots.acquire()
+        try:
+            return await bridged(work, *args, **kwargs)
+        finally:
+            slots.release()
 
     async def add(
         self,
@@ -93,7 +121,7 @@ class AsyncRegistrationManager:
     ) -> Added:
         """See ``RegistrationManager.add``."""
         return await self._call(
-            self.sync.add,
+            self._manager.add,
             email,
             first_name,
             last_name,
@@ -105,59 +133,61 @@ class AsyncRegistrationManager:
 
     async def get(self, email: str) -> PendingRegistration | None:
         """See ``RegistrationManager.get``."""
-        return await self._call(self.sync.get, email)
+        return await self._call(self._manager.get, email)
 
     async def resend(
         self, email: str, *, token: str | None = None, client: str | None = None
     ) -> Resent:
         """See ``RegistrationManager.resend``."""
-        return await self._call(self.sync.resend, email, token=token, client=client)
+        return await self._call(self._manager.resend, email, token=token, client=client)
 
     async def verify(self, email: str, code: str, *, token: str | None = None) -> VerifyResult:
         """See ``RegistrationManager.verify``."""
-        return await self._call(self.sync.verify, email, code, token=token)
+        return await self._call(self._manager.verify, email, code, token=token)
 
     async def unlock(self, email: str) -> bool:
         """See ``RegistrationManager.unlock``."""
-        return await self._call(self.sync.unlock, email)
+        return await self._call(self._manager.unlock, email)
 
     async def delete(self, email: str, *, token: str | None = None) -> bool:
         """See ``RegistrationManager.delete``."""
-        return await self._call(self.sync.delete, email, token=token)
+        return await self._call(self._manager.delete, email, token=token)
 
     async def count(self) -> int:
         """See ``RegistrationManager.count``."""
-        return await self._call(self.sync.count)
+        return await self._in_thread(self.sync.count)
 
     async def stats(self, top: int = 5) -> Stats:
         """See ``RegistrationManager.stats``."""
-        return await self._call(self.sync.stats, top)
+        return await self._in_thread(self.sync.stats, top)
 
     async def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
         """See ``RegistrationManager.client_limits``."""
-        return await self._call(self.sync.client_limits, client)
+        return await self._call(self._manager.client_limits, client)
 
     async def reset_limits(self, client: str) -> bool:
         """See ``RegistrationManager.reset_limits``."""
-        return await self._call(self.sync.reset_limits, client)
+        return await self._call(self._manager.reset_limits, client)
 
     async def health(self, timeout: float = 2.0, thresholds: Thresholds | None = None) -> Health:
         """See ``RegistrationManager.health``: within ``timeout`` even while Redis stalls
-        and every thread of the pool waits on it (the checks run on a thread of
-        their own; the event loop waits for them)."""
+        and every connection waits on it (the checks run on a thread of their own,
+        with the sync manager's client; the event loop waits for them)."""
         if self._closed:
             raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
         return await self.sync.health_probe.acheck(timeout, thresholds)
 
-    async def aclose(self) -> None:
-        """Close the connections; calls still running finish first, later ones raise
-        StoreUnavailable."""
-        self._closed = True
-        await asyncio.get_running_loop().run_in_executor(None, self._close)
+    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
+        return await asyncio.to_thread(work, *args)
 
-    def _close(self) -> None:
-        self._threads.shutdown(wait=True)
-        self.sync.close()
+    async def aclose(self) -> None:
+        """Close the connections; later calls raise StoreUnavailable."""
+        self._closed = True
+        if self._manager is not self.sync:
+            await bridged(self._manager.close)
+        await asyncio.to_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncRegistrationManager:
         return self

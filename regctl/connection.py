@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from regctl.errors import (
@@ -37,21 +37,52 @@ Client = Any  # redis.Redis or redis.cluster.RedisCluster: the same command API
 
 # When the Redis command under way must be done (time.monotonic()); set by the
 # outermost retry loop, so a connect retried inside a command shares its deadline.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "regctl_deadline", default=None
 )
 
 
+class _Budget:
+    """The policy of both clients' retry loops: one deadline per call (connect, every
+    try and every backoff together), instead of (retries + 1) x the socket timeout."""
+
+    _backoff: Any
+    _retries: int
+    budget_s: float
+
+    def _begin(self) -> tuple[float, contextvars.Token[float | None] | None]:
+        import time
+
+        self._backoff.reset()
+        outer = CALL_DEADLINE.get()
+        if outer is not None:
+            return outer, None
+        deadline = time.monotonic() + self.budget_s
+        return deadline, CALL_DEADLINE.set(deadline)
+
+    @staticmethod
+    def _retryable(error: Exception, is_retryable: Callable[[Exception], bool] | None) -> None:
+        if is_retryable is not None and not is_retryable(error):
+            raise error
+
+    def _pause(self, error: Exception, failures: int, deadline: float) -> float:
+        """How long to wait before the next try; raises ``error`` when none is left
+        (a try that starts in time may run its socket timeout)."""
+        import time
+
+        pause = float(self._backoff.compute(failures))
+        if failures > self._retries or time.monotonic() + pause >= deadline:
+            raise error
+        return pause
+
+
 def deadline_retry(retries: int, budget_s: float) -> Any:
-    """redis-py's Retry, bounded by one deadline per call: connect, every try and every
-    backoff together stay within ``budget_s`` (a try that starts in time may run its
-    socket timeout), instead of (retries + 1) x the socket timeout."""
+    """redis-py's Retry, bounded by one deadline per call (see ``_Budget``)."""
     import time
 
-    from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
 
-    class DeadlineRetry(Retry):
+    class DeadlineRetry(_Budget, Retry):
         def call_with_retry(
             self,
             do: Callable[[], Any],
@@ -59,30 +90,61 @@ def deadline_retry(retries: int, budget_s: float) -> Any:
             is_retryable: Callable[[Exception], bool] | None = None,
             with_failure_count: bool = False,
         ) -> Any:
-            outer = _DEADLINE.get()
-            deadline = outer if outer is not None else time.monotonic() + budget_s
-            token = _DEADLINE.set(deadline) if outer is None else None
-            self._backoff.reset()  # type: ignore[no-untyped-call]
+            deadline, token = self._begin()
             failures = 0
             try:
                 while True:
                     try:
                         return do()
                     except self._supported_errors as error:
-                        if is_retryable is not None and not is_retryable(error):
-                            raise
+                        self._retryable(error, is_retryable)
                         failures += 1
                         fail(error, failures) if with_failure_count else fail(error)
-                        pause = self._backoff.compute(failures)
-                        if failures > self._retries or time.monotonic() + pause >= deadline:
-                            raise
-                        time.sleep(pause)
+                        time.sleep(self._pause(error, failures, deadline))
             finally:
                 if token is not None:
-                    _DEADLINE.reset(token)
+                    CALL_DEADLINE.reset(token)
 
-    retry = DeadlineRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries)
-    retry.budget_s = budget_s  # type: ignore[attr-defined]
+    return _budgeted(DeadlineRetry, retries, budget_s)
+
+
+def async_deadline_retry(retries: int, budget_s: float) -> Any:
+    """``deadline_retry`` for ``redis.asyncio`` clients."""
+    import asyncio
+
+    from redis.asyncio.retry import Retry
+
+    class AsyncDeadlineRetry(_Budget, Retry):
+        async def call_with_retry(
+            self,
+            do: Callable[[], Any],
+            fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> Any:
+            deadline, token = self._begin()
+            failures = 0
+            try:
+                while True:
+                    try:
+                        return await do()
+                    except self._supported_errors as error:
+                        self._retryable(error, is_retryable)
+                        failures += 1
+                        await (fail(error, failures) if with_failure_count else fail(error))
+                        await asyncio.sleep(self._pause(error, failures, deadline))
+            finally:
+                if token is not None:
+                    CALL_DEADLINE.reset(token)
+
+    return _budgeted(AsyncDeadlineRetry, retries, budget_s)
+
+
+def _budgeted(kind: type, retries: int, budget_s: float) -> Any:
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    retry = kind(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries)
+    retry.budget_s = budget_s
     return retry
 
 
@@ -277,6 +339,128 @@ _FAILOVER_ENDS = (
 FAILOVER_PAUSE_S = 10.0
 
 
+def async_twin(client: Client) -> Any:
+    """A ``redis.asyncio`` client for the servers of the sync ``client``: the same
+    topology, credentials, TLS, timeouts, pool size and pool wait, and retries within
+    the same budget. On Sentinel it shares the sync client's failover watcher."""
+    from redis.cluster import RedisCluster
+    from redis.sentinel import SentinelConnectionPool
+
+    if isinstance(client, RedisCluster):
+        return _async_cluster(client)
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return _async_sentinel(client, pool)
+    return _async_standalone(pool)
+
+
+def pool_limits(client: Client) -> tuple[int, float | None]:
+    """How many connections the sync ``client`` may open (per node on Cluster), and how
+    long a call waits for a free one (None: as long as it takes)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+        return int(kwargs.get("max_connections") or 2**31), kwargs.get("timeout", 0.0)
+    pool = client.connection_pool
+    # (a pool that does not wait, redis-py's default one, fails at once)
+    return int(pool.max_connections), getattr(pool, "timeout", getattr(pool, "_wait_s", 0.0))
+
+
+def _async_standalone(pool: Any) -> Any:
+    import redis
+    import redis.asyncio as aioredis
+    from redis.asyncio import connection as aio
+
+    classes = {
+        redis.Connection: aio.Connection,
+        redis.UnixDomainSocketConnection: aio.UnixDomainSocketConnection,
+        redis.SSLConnection: aio.SSLConnection,
+    }
+    kind = classes.get(pool.connection_class)
+    if kind is None:
+        raise ConfigError(
+            f"the async manager cannot open {pool.connection_class.__name__} connections",
+            "build the client with redis.Redis.from_url or regctl's settings",
+        )
+    kwargs = _async_kwargs(pool.connection_kwargs, kind)
+    twin: aio.ConnectionPool
+    if isinstance(pool, redis.BlockingConnectionPool):
+        kwargs["timeout"] = pool.timeout
+        twin = aio.BlockingConnectionPool(
+            connection_class=kind, max_connections=pool.max_connections, **kwargs
+        )
+    else:
+        twin = aio.ConnectionPool(
+            connection_class=kind, max_connections=pool.max_connections, **kwargs
+        )
+    return aioredis.Redis(connection_pool=twin)
+
+
+def _async_cluster(client: Any) -> Any:
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    nodes = client.nodes_manager
+    kwargs = dict(nodes.connection_kwargs)
+    wanted = kwargs.pop("max_connections", None)
+    if kwargs.pop("connection_class", None) is not None and kwargs.get("ssl_cert_reqs"):
+        kwargs["ssl"] = True  # a TLS cluster: the sync client names its SSLConnection class
+    kwargs = _async_kwargs(kwargs, RedisCluster)
+    with translated_errors():
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
+            **({"max_connections": wanted} if wanted else {}),
+            **kwargs,
+        )
+
+
+def _async_sentinel(client: Any, pool: Any) -> Any:
+    from redis.asyncio.connection import Connection
+    from redis.asyncio.sentinel import Sentinel
+
+    manager = pool.sentinel_manager
+    hosts = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in manager.sentinels
+    ]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts,
+        sentinel_kwargs=_async_kwargs(manager.sentinel_kwargs, Connection),
+        **_async_kwargs(manager.connection_kwargs, Connection),
+    )
+    twin = sentinel.master_for(pool.service_name, max_connections=pool.max_connections)
+    watcher = watcher_of(client)
+    if watcher is not None:  # it pauses the twin's writes too; the twin follows its switches
+        _WATCHERS[twin.connection_pool] = watcher
+        twin.connection_pool.switches_seen = watcher.switches
+    return twin
+
+
+def _async_kwargs(kwargs: dict[str, Any], kind: Any) -> dict[str, Any]:
+    """A sync client's connection arguments as ``kind`` (an asyncio class) takes them:
+    the retry budget in its asyncio form; arguments only the sync side has dropped."""
+    import inspect
+
+    accepted = {
+        name
+        for cls in kind.__mro__
+        if "__init__" in cls.__dict__
+        for name in inspect.signature(cls.__init__).parameters
+    }
+    twin = {k: v for k, v in kwargs.items() if k in accepted and k != "retry"}
+    retry = kwargs.get("retry")
+    if retry is not None:
+        from redis.asyncio.retry import Retry
+
+        budget = getattr(retry, "budget_s", None)
+        twin["retry"] = (
+            async_deadline_retry(retry._retries, budget)
+            if budget is not None
+            else Retry(retry._backoff, retry._retries)
+        )
+    return twin
+
+
 class SwitchWatcher:
     """Follows one service's failovers as its sentinels announce them, one listener
     thread per sentinel (only the one running a failover announces its start).
@@ -351,6 +535,16 @@ class SwitchWatcher:
             self.pool.get_master_address()
         self.switches += 1
 
+    def missed_by(self, pool: Any) -> Any:
+        """For an asyncio twin's ``pool`` (``async_twin``) after a switch this watcher
+        saw: the coroutine that asks the sentinels for the new master and closes the
+        idle connections to the old one, to await on the twin's loop before its next
+        call. None otherwise (the sync pool is switched by the watcher itself)."""
+        if pool is self.pool or pool.switches_seen == self.switches:
+            return None
+        pool.switches_seen = self.switches
+        return pool.get_master_address()
+
     def stop(self) -> None:
         self.stopped.set()
 
@@ -363,57 +557,81 @@ def _text(value: Any) -> str:
 _WATCHERS: weakref.WeakKeyDictionary[Any, SwitchWatcher] = weakref.WeakKeyDictionary()
 
 
-def _watcher(client: Client) -> SwitchWatcher | None:
+def watcher_of(client: Client) -> SwitchWatcher | None:
+    """The failover watcher of a Sentinel ``client`` (None for other clients)."""
     pool = getattr(client, "connection_pool", None)  # (a cluster client has none)
     return None if pool is None else _WATCHERS.get(pool)
 
 
-def failing_over(client: Client) -> bool:
-    """Whether a Sentinel failover of ``client``'s service is under way (writes wait)."""
-    watcher = _watcher(client)
-    return watcher is not None and watcher.failing_over
+def is_cluster(client: Client) -> bool:
+    """Whether ``client`` is a cluster client, sync or asyncio (behind ``Awaited``)."""
+    from redis.cluster import RedisCluster
+
+    target = getattr(client, "target", client)
+    if isinstance(target, RedisCluster):
+        return True
+    if not type(target).__module__.startswith("redis.asyncio"):
+        return False  # (a sync client: redis.asyncio is not imported for it)
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    return isinstance(target, AsyncRedisCluster)
 
 
 def stop_watching(client: Client) -> None:
     """Stop the Sentinel switch watcher of ``client``, if it has one."""
-    watcher = _watcher(client)
+    watcher = watcher_of(client)
     if watcher is not None:
         watcher.stop()
 
 
-@contextlib.contextmanager
-def translated_errors() -> Iterator[None]:
-    """Turn redis-py exceptions into the regctl error tree."""
+class translated_errors:  # (named as the function it was: a context manager)
+    """Turn redis-py exceptions into the regctl error tree (a class, not a generator:
+    it is on every call's path)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, RegctlError):
+            mapped = translated(exc)
+            if mapped is not exc:
+                raise mapped from None
+
+
+def translated(error: Exception) -> Exception:
+    """The regctl error for a redis-py error (``error`` itself when none fits)."""
     import redis.exceptions as rex
 
     try:
-        yield
+        raise error
     except RegctlError:
-        raise
+        return error
     except (rex.AuthenticationError, rex.AuthorizationError) as exc:
         text = first_line(exc)
         if text.startswith(("HELLO must be called", "Authentication required")):
-            raise PermissionDenied(
+            return PermissionDenied(
                 "Redis requires a password, and none was given",
                 "put it in the Redis URL (redis://:PASSWORD@host) or REGCTL_REDIS_PASSWORD",
-            ) from None
-        raise PermissionDenied(
+            )
+        return PermissionDenied(
             f"Redis refused the credentials: {text.rstrip('.')}",
             "check the username and password in the Redis URL or REGCTL_REDIS_PASSWORD",
-        ) from None
+        )
     except rex.NoPermissionError as exc:
         text = first_line(exc).partition(" script: ")[0]  # drop the script's sha and line
         if text.startswith("the Redis user may not run"):  # a script's own check, nothing done
-            raise PermissionDenied(
+            return PermissionDenied(
                 f"{text}; nothing was changed",
                 "grant it in the user's ACL (the README lists every command regctl needs)",
-            ) from None
-        raise PermissionDenied(
+            )
+        return PermissionDenied(
             f"Redis denied a command: {text}",
             "grant the regctl user the commands and keys listed in the README (ACL)",
-        ) from None
+        )
     except rex.OutOfMemoryError:
-        raise _store_full() from None
+        return _store_full()
     except (
         rex.ReadOnlyError,
         rex.ClusterDownError,
@@ -422,64 +640,63 @@ def translated_errors() -> Iterator[None]:
         rex.AskError,
         rex.ClusterError,  # redis-py's redirections ran out (TTL exhausted)
     ) as exc:
-        raise _cannot_serve(exc) from None
+        return _cannot_serve(exc)
     except rex.NoScriptError:  # reloaded and resent several times: it keeps vanishing
-        raise StoreUnavailable(
+        return StoreUnavailable(
             "Redis kept losing regctl's scripts (SCRIPT FLUSH in a loop, or failovers)",
             "find what flushes the script cache; nothing of this call was run",
-        ) from None
+        )
     except rex.ResponseError as exc:
         # (a pipeline's reply says "Command # 3 (HGETALL k) of pipeline caused error: …")
         text = str(exc).rpartition("of pipeline caused error: ")[2]
         # Errors raised inside a script arrive as plain ResponseError with the code inside.
         if "OOM command not allowed" in text:
-            raise _store_full() from None
+            return _store_full()
         if "can't run this command or subcommand" in text:
-            raise PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it") from None
+            return PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it")
         if "NOPERM" in text:
-            raise PermissionDenied(f"Redis denied a command: {first_line(exc)}") from None
+            return PermissionDenied(f"Redis denied a command: {first_line(exc)}")
         if text.startswith("WRONGTYPE"):
-            raise DamagedRecord(
+            return DamagedRecord(
                 "a key under regctl's prefix holds another kind of value than regctl "
                 "writes there (WRONGTYPE)",
                 "`regctl doctor` names it; something else writes under this prefix",
-            ) from None
+            )
         if text.startswith(_NOT_SERVING) or "WAIT cannot be used with replica" in text:
-            raise _cannot_serve(exc) from None
-        raise
+            return _cannot_serve(exc)
+        return exc
     except rex.ConnectionError as exc:
         from redis.sentinel import MasterNotFoundError
 
         if isinstance(exc, MasterNotFoundError):  # its message lists every client's repr
             service = str(exc).split("'")[1] if str(exc).count("'") >= 2 else "the service"
-            raise StoreUnavailable(
+            return StoreUnavailable(
                 f"Redis is unavailable: no sentinel named a master for {service!r}",
                 "check that the sentinels run and the service name in the URL is right",
-            ) from None
+            )
         if "No connection available" in str(exc) or isinstance(exc, rex.MaxConnectionsError):
-            raise PoolExhausted(
-                "every pooled Redis connection stayed busy past the pool timeout",
-                "raise REGCTL_MAX_CONNECTIONS or REGCTL_POOL_TIMEOUT",
-            ) from None
-        raise StoreUnavailable(
+            return pool_exhausted()
+        return StoreUnavailable(
             f"Redis is unavailable: {first_line(exc)}",
             "check that the server is running and the URL is right",
-        ) from None
+        )
     except rex.RedisClusterException as exc:  # no node of the cluster answered
-        raise StoreUnavailable(
+        return StoreUnavailable(
             f"Redis is unavailable: no node of the cluster answered ({first_line(exc)})",
             "check that the nodes run and the host:port list in the URL",
-        ) from None
+        )
     except rex.InvalidResponse:
-        raise StoreUnavailable(
+        return StoreUnavailable(
             "the server does not answer in the Redis protocol",
             "check the host and port in the Redis URL",
-        ) from None
+        )
     except rex.TimeoutError as exc:
-        raise StoreTimeout(
+        return StoreTimeout(
             f"Redis timed out: {first_line(exc)}",
             "the server is stalled or overloaded; see `regctl health`",
-        ) from None
+        )
+    except Exception:  # not redis-py's: as it is
+        return error
 
 
 # Error replies that mean "not here, not now" (a script's inner error arrives as text).
@@ -494,22 +711,36 @@ def _cannot_serve(exc: BaseException) -> NotServing:
     )
 
 
-@contextlib.contextmanager
-def call_deadline(budget_s: float) -> Iterator[float]:
+class call_deadline:  # (named as the function it was: a context manager)
     """The deadline of the call under way (monotonic), set here if none is: every
     retry inside it, redis-py's and regctl's own, shares it."""
-    import time
 
-    outer = _DEADLINE.get()
-    if outer is not None:
-        yield outer
-        return
-    deadline = time.monotonic() + budget_s
-    token = _DEADLINE.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _DEADLINE.reset(token)
+    __slots__ = ("budget_s", "token")
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.token: contextvars.Token[float | None] | None = None
+
+    def __enter__(self) -> float:
+        import time
+
+        outer = CALL_DEADLINE.get()
+        if outer is not None:
+            return outer
+        deadline = time.monotonic() + self.budget_s
+        self.token = CALL_DEADLINE.set(deadline)
+        return deadline
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            CALL_DEADLINE.reset(self.token)
+
+
+def pool_exhausted() -> PoolExhausted:
+    return PoolExhausted(
+        "every pooled Redis connection stayed busy past the pool timeout",
+        "raise REGCTL_MAX_CONNECTIONS or REGCTL_POOL_TIMEOUT",
+    )
 
 
 def _store_full() -> StoreFull:

@@ -25,6 +25,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from regctl import security
+from regctl.bridge import offloaded
 from regctl.errors import (
     AlreadyExists,
     ConfigError,
@@ -164,6 +165,17 @@ class RegistrationManager:
                 raise
         return manager
 
+    def on(self, store: Store) -> RegistrationManager:
+        """A manager like this one (secret, policy, audit name, conceal mode) over
+        ``store`` (the same registrations through another client)."""
+        return RegistrationManager(
+            store,
+            secret=self._secret,
+            policy=self.policy,
+            audit_as=self.audit_as,
+            conceal_pending=self.conceal_pending,
+        )
+
     def close(self) -> None:
         self.store.close()
 
@@ -258,8 +270,8 @@ class RegistrationManager:
             try:
                 with _Call(self, "add", new.email):
                     added = Added(self.store.add(new, self.policy, token), code)
-                if self.conceal_pending and password is not None:
-                    security.verify_password(security.STAND_IN_HASH, password)  # same time
+                if self.conceal_pending and password is not None:  # the same time as a pending one
+                    offloaded(security.verify_password, security.STAND_IN_HASH, password)
                 return added
             except AlreadyExists:
                 if not self.conceal_pending:
@@ -278,7 +290,7 @@ class RegistrationManager:
         if pending is None:
             return None
         same = (
-            security.verify_password(pending.password_hash, password)
+            offloaded(security.verify_password, pending.password_hash, password)
             if password is not None
             else hmac.compare_digest(pending.password_hash, new.password_hash)
         )
@@ -344,7 +356,7 @@ class RegistrationManager:
         pw_hash = (
             security.check_password_hash(password_hash)
             if password_hash is not None
-            else security.hash_password(validate_password(password or ""))
+            else offloaded(security.hash_password, validate_password(password or ""))
         )
         identity = normalized.casefold()
         code = code_hasher.code_for("add", identity, token, self.policy.code_length)

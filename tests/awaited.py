@@ -29,7 +29,7 @@ AWAITED = (
 
 class Awaited:
     def __init__(self, manager: RegistrationManager) -> None:
-        self.__dict__["_async"] = AsyncRegistrationManager(manager, threads=8)
+        self.__dict__["_async"] = AsyncRegistrationManager(manager)
         self.__dict__["_loop"] = loop = asyncio.new_event_loop()
         self.__dict__["_thread"] = threading.Thread(target=loop.run_forever, daemon=True)
         self._thread.start()
@@ -46,7 +46,9 @@ class Awaited:
         return getattr(self._async.sync, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        # (the async manager copies the sync one's settings when it is built)
         setattr(self._async.sync, name, value)
+        setattr(self._async._manager, name, value)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._async.aclose(), self._loop).result(timeout=120)

@@ -41,9 +41,9 @@ def test_of_50_concurrent_right_codes_exactly_one_verifies(
 
 
 def test_the_event_loop_runs_on_while_redis_is_stopped(tmp_path: Path, pw_hash: str):
-    """Calls stalled on a stopped server hold threads, never the loop: a ticker keeps
-    ticking, health answers CRITICAL within its timeout even with every thread
-    taken, and the calls end with the store's own error at their deadline."""
+    """Calls stalled on a stopped server wait on their sockets, never hold the loop: a
+    ticker keeps ticking, health answers CRITICAL within its timeout even with every
+    connection taken, and the calls end with the store's own error at their deadline."""
     proc = RedisProcess(tmp_path / "aio").start()
 
     async def main() -> tuple[float, float, str, list[object]]:
@@ -53,7 +53,7 @@ def test_the_event_loop_runs_on_while_redis_is_stopped(tmp_path: Path, pw_hash: 
         gaps: list[float] = []
         stalled = [
             asyncio.ensure_future(manager.get(f"s{i}@example.com")) for i in range(2)
-        ]  # both threads of the pool now wait on Redis
+        ]  # both connections of the pool now wait on Redis
         last, waited, status = time.monotonic(), 0.0, ""
         while not all(call.done() for call in stalled):
             await asyncio.sleep(0.01)
@@ -76,7 +76,7 @@ def test_the_event_loop_runs_on_while_redis_is_stopped(tmp_path: Path, pw_hash: 
         proc.stop()
     assert longest_gap < 1.0  # the loop never waited out the 2 s socket timeout
     assert status == "critical"
-    assert health_waited < 1.5  # not for a thread of the pool (both wait 2 s on Redis)
+    assert health_waited < 1.5  # not for a connection of the pool (both wait 2 s on Redis)
     assert all(isinstance(e, StoreUnavailable) for e in errors), errors
 
 
@@ -89,7 +89,7 @@ def test_a_cancelled_call_leaves_the_manager_usable(
                 manager.add("gone@example.com", "G", "C", password="a long enough password")
             )
             await asyncio.sleep(0)
-            call.cancel()  # the client went away; the add itself runs on
+            call.cancel()  # the client went away
             added = await manager.add("next@example.com", "N", "C", password_hash=pw_hash)
             return (await manager.verify("next@example.com", added.code)).ok
 
@@ -105,3 +105,33 @@ def test_a_closed_manager_says_so(redis_proc: RedisProcess, prefix: str):
                 await call
 
     asyncio.run(main())
+
+
+def test_a_call_cancelled_while_redis_stalls_leaves_no_reply_behind(tmp_path: Path, pw_hash: str):
+    """A call cancelled while it waits on a stopped server: once the server is back, the
+    next calls on the same pool get their own replies, never the cancelled one's."""
+    proc = RedisProcess(tmp_path / "cancel").start()
+
+    async def main() -> tuple[object, object]:
+        async with async_manager(proc.url, "cancel", max_connections=1) as manager:
+            added = await manager.add("kept@example.com", "K", "P", password_hash=pw_hash)
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                waiting = asyncio.ensure_future(manager.get("kept@example.com"))
+                await asyncio.sleep(0.2)  # sent, and waiting for its reply
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            missing = await manager.get("nobody@example.com")
+            result = await manager.verify("kept@example.com", added.code)
+            return missing, result.outcome
+
+    try:
+        missing, outcome = asyncio.run(main())
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stop()
+    assert missing is None
+    assert outcome is VerifyOutcome.VERIFIED

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -18,6 +19,7 @@ from regctl import Filter, RegistrationManager, StoreUnavailable
 from regctl.acl import REQUIRED_COMMANDS
 from regctl.keys import Keyspace
 from regctl.settings import load_settings
+from tests.awaited import Awaited
 from tests.conftest import SECRET, Cli, redis_store
 from tests.servers import (
     RedisCluster,
@@ -32,11 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_redis_7 = pytest.mark.skipif(server_version() < (7,), reason="needs Redis 7")
 
 
-def manager_for(url: str, prefix: str, **settings: object) -> RegistrationManager:
+def manager_for(
+    url: str, prefix: str, api: str = "sync", **settings: object
+) -> RegistrationManager:
+    """A manager from settings; with api "async", the async manager behind its face."""
     loaded = load_settings(
         {"redis_url": url, "prefix": prefix, "code_secret": SECRET, **settings}, environ={}
     )
-    return RegistrationManager.from_settings(loaded.settings)
+    manager = RegistrationManager.from_settings(loaded.settings)
+    return manager if api == "sync" else cast(RegistrationManager, Awaited(manager))
 
 
 def smoke(cli: Cli, url: str) -> None:
@@ -183,8 +189,10 @@ def check_no_wrong_answers(log: list[tuple[str, str]]) -> None:
 
 
 @pytest.mark.slow
-def test_cluster_failover_under_load(own_cluster: RedisCluster, prefix: str, pw_hash: str):
-    manager = manager_for(own_cluster.url, prefix, retries=5)
+def test_cluster_failover_under_load(
+    own_cluster: RedisCluster, prefix: str, pw_hash: str, api: str
+):
+    manager = manager_for(own_cluster.url, prefix, api, retries=5)
     replica = own_cluster.nodes[own_cluster.primaries]
 
     def failover() -> None:
@@ -221,8 +229,10 @@ def test_health_shows_the_sentinel_view(cli: Cli, sentinel_group: SentinelGroup)
 
 
 @pytest.mark.slow
-def test_sentinel_failover_under_load(sentinel_group: SentinelGroup, prefix: str, pw_hash: str):
-    manager = manager_for(sentinel_group.url, prefix, retries=5)
+def test_sentinel_failover_under_load(
+    sentinel_group: SentinelGroup, prefix: str, pw_hash: str, api: str
+):
+    manager = manager_for(sentinel_group.url, prefix, api, retries=5)
     old = sentinel_group.current_master()
 
     def failover() -> None:
@@ -238,13 +248,13 @@ def test_sentinel_failover_under_load(sentinel_group: SentinelGroup, prefix: str
 
 @pytest.mark.slow
 def test_a_planned_sentinel_failover_brings_nothing_verified_back(
-    sentinel_group: SentinelGroup, prefix: str, pw_hash: str
+    sentinel_group: SentinelGroup, prefix: str, pw_hash: str, api: str
 ):
     """SENTINEL FAILOVER while registrations made before it are verified: the old
     master stays writable until it turns replica; whatever it took after the switch
     is lost then, so a verify it answered would come back pending (a second account).
     The client must stop writing there as soon as the switch is announced."""
-    manager = manager_for(sentinel_group.url, prefix, retries=5)
+    manager = manager_for(sentinel_group.url, prefix, api, retries=5)
     emails = [f"early{i}@example.com" for i in range(400)]
     codes = {e: manager.add(e, "E", "V", password_hash=pw_hash).code for e in emails}
     old = sentinel_group.current_master()
@@ -631,12 +641,12 @@ def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cl
 
 @pytest.mark.parametrize("topology", ["sentinel_group", "redis_cluster"])
 def test_sentinel_and_cluster_pools_wait_for_a_free_connection(
-    topology: str, request: pytest.FixtureRequest, prefix: str, pw_hash: str
+    topology: str, request: pytest.FixtureRequest, prefix: str, pw_hash: str, api: str
 ):
-    """8 threads on 2 connections (per node): calls wait their turn
+    """8 threads (async: 8 tasks) on 2 connections (per node): calls wait their turn
     (REGCTL_POOL_TIMEOUT), as on a standalone server, instead of failing at once."""
     url = request.getfixturevalue(topology).url
-    manager = manager_for(url, prefix, max_connections=2, pool_timeout=30)
+    manager = manager_for(url, prefix, api, max_connections=2, pool_timeout=30)
     errors: list[BaseException] = []
 
     def calls(worker: int) -> None:

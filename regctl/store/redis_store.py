@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from regctl.bridge import settled
 from regctl.codec import decode, decode_row, encode
 from regctl.connection import (
     Client,
@@ -117,7 +117,6 @@ class RedisStore:
         # A bucket count asked for (not the default) must be the stored layout's.
         self._asked_buckets = buckets
         self._keyspace: Keyspace | None = None
-        self._lock = threading.Lock()
         self.description = description or "redis"
         self.audit_max = audit_max  # the audit stream's cap (MAXLEN ~)
         self.scripts = ScriptRunner(
@@ -172,7 +171,9 @@ class RedisStore:
     def _claim_layout(self) -> Keyspace:
         """Before creating records: record this layout unless one is (the first wins)."""
         if self._keyspace is None:
-            with self._lock, translated_errors():
+            # (No lock: two first writers both set what is unset and read the same back.
+            # A lock held across the round trip would stall an event loop's other calls.)
+            with translated_errors():
                 want = self._wanted
                 pipe = self.client.pipeline(transaction=False)
                 pipe.hsetnx(want.meta, "buckets", want.buckets)
@@ -184,6 +185,21 @@ class RedisStore:
     @property
     def is_cluster(self) -> bool:
         return self.scripts.is_cluster
+
+    def twin(self, client: Client) -> RedisStore:
+        """This store over another client of the same servers (the async manager's)."""
+        twin = RedisStore(
+            client,
+            prefix=self._wanted.prefix,
+            buckets=self._asked_buckets,
+            description=self.description,
+            wait_replicas=self.scripts.wait_replicas,
+            wait_timeout_ms=self.scripts.wait_timeout_ms,
+            audit_max=self.audit_max,
+            call_budget_s=self.scripts.call_budget_s,
+        )
+        twin._keyspace = self._keyspace
+        return twin
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> _RedisLease:
         key = self.keyspace.lock(name)
@@ -261,7 +277,7 @@ class RedisStore:
         self.client.close()
         pool = getattr(self.client, "connection_pool", None)  # a cluster closes its own
         if pool is not None:
-            pool.disconnect()
+            settled(pool.disconnect())  # (an asyncio pool's, awaited)
 
     # --- operations -------------------------------------------------------
 

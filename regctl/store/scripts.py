@@ -15,8 +15,17 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.acl import AclUnchecked, missing_commands
+from regctl.bridge import pause, settled
 from regctl.codec import lua_legend
-from regctl.connection import SCRIPT_DENIED, Client, call_deadline, failing_over, translated_errors
+from regctl.connection import (
+    SCRIPT_DENIED,
+    Client,
+    call_deadline,
+    is_cluster,
+    translated,
+    translated_errors,
+    watcher_of,
+)
 from regctl.errors import NotReplicated, NotServing, PermissionDenied, RegctlError
 
 if TYPE_CHECKING:
@@ -38,17 +47,6 @@ SHEBANGS = {
 # A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
 # without it) did not run: it is loaded and sent again, this many times at most.
 NOSCRIPT_TRIES = 5
-
-
-def _translated(exc: Exception) -> Exception:
-    """The regctl error for a redis-py error reply (or the reply itself if none fits)."""
-    try:
-        with translated_errors():
-            raise exc
-    except RegctlError as translated:
-        return translated
-    except Exception:  # untranslatable: handed back as it came
-        return exc
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -80,12 +78,13 @@ class ScriptRunner:
         # How long one call may keep trying while the server cannot serve it (failover,
         # migrating slot): the call's whole deadline, shared with redis-py's retries.
         self.call_budget_s = call_budget_s
+        # The Sentinel failover watcher, and the pool it may have to switch (a twin's).
+        self._watcher = watcher_of(client)
+        self._pool = getattr(client, "connection_pool", None)
 
     @property
     def is_cluster(self) -> bool:
-        from redis.cluster import RedisCluster
-
-        return isinstance(self.client, RedisCluster)
+        return is_cluster(self.client)
 
     def script(self, name: str) -> Script:
         script = self._scripts.get(name)
@@ -102,18 +101,20 @@ class ScriptRunner:
         migrating slot, too few replicas), the topology rediscovered between tries,
         until the call's deadline. Nothing of a refused try ran: trying again is safe."""
         with call_deadline(self.call_budget_s) as deadline:
-            pause = 0.02
+            wait = 0.02
             while True:
                 try:
-                    if failing_over(self.client):  # the old master would lose it: wait
-                        raise NotServing("a Sentinel failover is under way")
+                    if self._watcher is not None:
+                        if self._watcher.failing_over:  # the old master would lose it: wait
+                            raise NotServing("a Sentinel failover is under way")
+                        settled(self._watcher.missed_by(self._pool))
                     return call()
                 except (NotServing, NotReplicated):  # (a replay of a made change is safe)
-                    if time.monotonic() + pause >= deadline:
+                    if time.monotonic() + wait >= deadline:
                         raise
                     self.rediscover()
-                    time.sleep(pause)
-                    pause = min(2 * pause, 0.5)
+                    pause(wait)
+                    wait = min(2 * wait, 0.5)
 
     def rediscover(self) -> None:
         """Forget where the data was: the cluster's slot map, or the Sentinel master
@@ -122,11 +123,17 @@ class ScriptRunner:
 
         if self.is_cluster:
             with contextlib.suppress(Exception):  # the next try says what is wrong
-                self.client.nodes_manager.initialize()
+                settled(self.client.nodes_manager.initialize())
             return
         pool = getattr(self.client, "connection_pool", None)
         if isinstance(pool, SentinelConnectionPool):
             pool.reset()  # type: ignore[no-untyped-call]
+            return
+        from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+
+        if isinstance(pool, AsyncSentinelPool):  # (its idle connections to the old master go)
+            with contextlib.suppress(Exception):
+                settled(pool.get_master_address())  # type: ignore[no-untyped-call]
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self.served(lambda: self._run_once(name, keys, args))
@@ -134,13 +141,16 @@ class ScriptRunner:
     def _run_once(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         import redis.exceptions as rex
 
+        script = self.script(name)
         try:
-            for _ in range(NOSCRIPT_TRIES - 1):
-                with translated_errors(), contextlib.suppress(rex.NoScriptError):
-                    # (a flush between redis-py's reload and its retry: not run; again)
-                    return self.script(name)(keys=list(keys), args=list(args))
             with translated_errors():
-                return self.script(name)(keys=list(keys), args=list(args))
+                for attempt in range(NOSCRIPT_TRIES):
+                    try:
+                        return self.client.evalsha(script.sha, len(keys), *keys, *args)
+                    except rex.NoScriptError:  # not run: load it, send it again
+                        if attempt == NOSCRIPT_TRIES - 1:
+                            raise  # (flushed again and again)
+                        self.client.script_load(script.script)
         except PermissionDenied as exc:
             raise self._named_denial(exc) from None
         except rex.ResponseError as exc:
@@ -208,7 +218,7 @@ class ScriptRunner:
                 break  # else the script did not run (flushed meanwhile): send it again
         for result in (reply, acked):
             if isinstance(result, Exception):
-                raise _translated(result)
+                raise translated(result)
         if int(acked) < self.wait_replicas:
             raise NotReplicated(
                 f"the change was made on the primary, but only {int(acked)} of "
@@ -241,7 +251,7 @@ class ScriptRunner:
                 raise
             return self.run_many(name, calls)
         for i, raw in enumerate(replies):
-            reply = _translated(raw) if isinstance(raw, Exception) else raw
+            reply = translated(raw) if isinstance(raw, Exception) else raw
             if _is_noscript(raw) or isinstance(reply, NotServing):
                 replies[i] = self._reply_or_error(name, *calls[i])  # not run: again, alone
             else:

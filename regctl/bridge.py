@@ -1,0 +1,159 @@
+"""The manager's one implementation, run on an event loop over ``redis.asyncio``.
+
+The manager is written once, as plain sync code. The async manager runs that code in
+a greenlet on the event loop (SQLAlchemy's asyncio bridge, in small): where the code
+talks to Redis through an ``Awaited`` client, the greenlet hands the awaitable to the
+loop, which awaits it while other tasks run, and resumes the code with its result.
+So validation, hashing, retries, deadlines and decoding exist once, and the event
+loop waits on sockets, never on a thread. ``offloaded`` work (Argon2id) runs on a
+thread and ``pause`` sleeps on the loop when bridged; outside a bridged call both
+are plain calls.
+
+Example::
+
+    manager = RegistrationManager(RedisStore(Awaited(redis.asyncio.Redis())), secret=s)
+    result = await bridged(manager.verify, "alice@example.com", "123456")
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import greenlet
+
+from regctl.connection import CALL_DEADLINE
+
+T = TypeVar("T")
+
+
+# Idle workers kept per thread (a greenlet runs on the thread that made it): starting a
+# greenlet costs ten times more than switching to one.
+IDLE_WORKERS = 64
+_idle = threading.local()
+
+
+class _Worker(greenlet.greenlet):  # type: ignore[misc]
+    """Runs bridged calls, one at a time; ``driver`` is the loop's greenlet, which it
+    hands (what, value, deadline) messages: an awaitable to await, or the outcome."""
+
+    def __init__(self, driver: greenlet.greenlet) -> None:
+        super().__init__(self._serve, driver)
+        self.driver = driver
+
+    def _serve(self, job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
+        while True:
+            fn, args, kwargs = job
+            try:
+                message = (_DONE, fn(*args, **kwargs), None)
+            except greenlet.GreenletExit:
+                raise  # collected while suspended: end
+            except BaseException as exc:  # (handed to the caller as it is)
+                message = (_RAISED, exc, None)
+            job = self.driver.switch(message)
+
+
+_DONE, _RAISED, _AWAIT = "done", "raised", "await"
+
+
+def _bridge() -> _Worker | None:
+    current = greenlet.getcurrent()
+    return current if isinstance(current, _Worker) else None
+
+
+def await_(awaitable: Awaitable[T]) -> T:
+    """The result of ``awaitable``, awaited on the loop of the bridged call under way."""
+    worker = _bridge()
+    if worker is None:
+        if isinstance(awaitable, Coroutine):
+            awaitable.close()  # never awaited: no "was never awaited" warning later
+        raise RuntimeError("an asyncio Redis client is used outside a bridged call")
+    # The call's deadline goes along: redis-py's retries on the loop keep within it.
+    return worker.driver.switch((_AWAIT, awaitable, CALL_DEADLINE.get()))  # type: ignore[no-any-return]
+
+
+async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on this event loop, its Redis awaits awaited here.
+
+    A cancelled task cancels the await under way; the CancelledError unwinds ``fn``
+    as any exception would."""
+    idle: list[_Worker] = _idle.__dict__.setdefault("workers", [])
+    driver = greenlet.getcurrent()
+    worker = idle.pop() if idle and idle[-1].driver is driver else _Worker(driver)
+    worker.gr_context = contextvars.copy_context()  # the caller's context goes along
+    what, value, deadline = worker.switch((fn, args, kwargs))
+    while what is _AWAIT:
+        token = CALL_DEADLINE.set(deadline)
+        try:
+            result = await value
+        except BaseException as exc:
+            what, value, deadline = worker.throw(exc)
+        else:
+            what, value, deadline = worker.switch(result)
+        finally:
+            CALL_DEADLINE.reset(token)
+    if len(idle) < IDLE_WORKERS:
+        idle.append(worker)
+    if what is _RAISED:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def offloaded(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``; in a bridged call, on a thread, so CPU-bound work (Argon2id)
+    never holds the event loop."""
+    if _bridge() is None:
+        return fn(*args)
+    import asyncio
+
+    return await_(asyncio.to_thread(fn, *args))
+
+
+def pause(seconds: float) -> None:
+    """Sleep; in a bridged call, on the loop (other tasks run meanwhile)."""
+    if _bridge() is None:
+        time.sleep(seconds)
+        return
+    import asyncio
+
+    await_(asyncio.sleep(seconds))
+
+
+def settled(result: Any) -> Any:
+    """``result``, awaited first if it is a coroutine (an asyncio client's method)."""
+    return await_(result) if isinstance(result, Coroutine) else result
+
+
+class Awaited:
+    """A ``redis.asyncio`` client (or pipeline) with the sync client's face, for the
+    manager's code in a bridged call: each coroutine a method returns is awaited."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return settled(attr(*args, **kwargs))
+
+        setattr(self, name, call)  # found once; later lookups skip __getattr__
+        return call
+
+    def register_script(self, source: str) -> Any:
+        """A sync ``Script`` on this client: it calls EVALSHA (awaited) and reloads the
+        script on NOSCRIPT, as it does for a sync client."""
+        from redis.commands.core import Script
+
+        return Script(self, source)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        await_(self.target.aclose())
+
+    def pipeline(self, transaction: bool = True) -> Awaited:
+        return Awaited(self.target.pipeline(transaction=transaction))
