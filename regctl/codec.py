@@ -60,13 +60,17 @@ _TEXT = ("email", "first_name", "last_name", "password_hash", "locked")
 ROW = tuple(FIELDS[name] for name in ("schema", "code_hash", *_TEXT, *NUMBER_FIELDS))
 
 
-def decode(fields: dict[str, str] | Sequence[str], observed_at: int) -> PendingRegistration:
+def decode(
+    fields: dict[str, str] | Sequence[str], observed_at: int, replicas_acked: int | None = None
+) -> PendingRegistration:
     """A record from its Redis hash (a dict, or HGETALL's flat list from a script)."""
     f = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    return decode_row([f.get(name) for name in ROW], observed_at)
+    return decode_row([f.get(name) for name in ROW], observed_at, replicas_acked)
 
 
-def decode_row(row: Sequence[str | None], observed_at: int) -> PendingRegistration:
+def decode_row(
+    row: Sequence[str | None], observed_at: int, replicas_acked: int | None = None
+) -> PendingRegistration:
     """A record from its values in ``ROW`` order (None: the field is missing).
 
     A hash regctl cannot read (a field missing or not a number, a time beyond 2^53:
@@ -95,6 +99,7 @@ def decode_row(row: Sequence[str | None], observed_at: int) -> PendingRegistrati
             observed_at=observed_at,
             schema=version[0] if version else SCHEMA_VERSION,
             code_hash=code_hash or "",
+            replicas_acked=replicas_acked,
         )
     except (KeyError, ValueError) as exc:
         shown = visible(str(required[0] if required[0] is not None else "?"))

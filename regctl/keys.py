@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from regctl.errors import InvalidInput
 
@@ -57,10 +57,15 @@ class Keyspace:
     prefix: str
     buckets: int = DEFAULT_BUCKETS
 
+    # Each bucket's hash tag, made once: every key of a call starts with one.
+    _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
         if not MIN_BUCKETS <= self.buckets <= MAX_BUCKETS:
             raise InvalidInput(f"bucket count must be {MIN_BUCKETS}..{MAX_BUCKETS}")
+        tags = tuple(f"{self.prefix}:{{b{bucket:02d}}}" for bucket in range(self.buckets))
+        object.__setattr__(self, "_tags", tags)
 
     @property
     def meta(self) -> str:
@@ -77,7 +82,7 @@ class Keyspace:
         return int(digest_hex[:8], 16) % self.buckets
 
     def tag(self, bucket: int) -> str:
-        return f"{self.prefix}:{{b{bucket:02d}}}"
+        return self._tags[bucket]
 
     def index(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:idx"

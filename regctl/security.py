@@ -83,7 +83,7 @@ class CodeHasher:
         and the same for a replay of that call (same operation, identity and token), so
         a retry after a lost reply hands back the code that was stored."""
         message = "\x00".join(("code", operation, identity, token)).encode()
-        number = int.from_bytes(hmac.new(self._key, message, hashlib.sha256).digest(), "big")
+        number = int.from_bytes(hmac.digest(self._key, message, "sha256"), "big")
         return f"{number % 10**length:0{length}d}"
 
     def pseudonym(self, text: str) -> str:
@@ -91,14 +91,14 @@ class CodeHasher:
         secret, nobody can tell which IP or session a name stands for, even by trying
         every IPv4 address."""
         message = b"pseudonym\x00" + text.encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._key, message, "sha256").hex()[:32]
 
     def digest(self, identity: str, code: str) -> str:
         """``fingerprint:HMAC``: the stored form of a code, which names its secret so a
         verifier with another secret is told so instead of spending an attempt."""
         message = identity.encode() + b"\x00" + code.encode()
         tag = self._fingerprint[:FINGERPRINT_IN_CODE_HASH]
-        return f"{tag}:{hmac.new(self._key, message, hashlib.sha256).hexdigest()}"
+        return f"{tag}:{hmac.digest(self._key, message, 'sha256').hex()}"
 
 
 def split_code_hash(value: str) -> tuple[str | None, str]:

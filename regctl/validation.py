@@ -71,7 +71,8 @@ def validate_password(raw: str) -> str:
 
 def validate_code(raw: str, length: int) -> str:
     """Exactly ``length`` ASCII digits; anything else is rejected before Redis."""
-    if not isinstance(raw, str) or not re.fullmatch(rf"[0-9]{{{length}}}", raw, re.ASCII):
+    # (str.isdigit of ASCII text is 0-9 only)
+    if not (isinstance(raw, str) and len(raw) == length and raw.isascii() and raw.isdigit()):
         raise InvalidInput(f"a verification code is exactly {length} digits 0-9")
     return raw
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from regctl.bridge import settled
@@ -309,7 +309,7 @@ class RedisStore:
         )
         if status == "exists":
             raise already_exists(new.email)
-        return replace(decode(fields, int(now)), replicas_acked=acked)
+        return decode(fields, int(now), acked)
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
@@ -382,7 +382,7 @@ class RedisStore:
         )
         if status != "ok":
             raise resend_refusal(status, identity, detail if status == "cooldown" else 0)
-        return replace(decode(detail, int(now)), replicas_acked=acked)
+        return decode(detail, int(now), acked)
 
     def verify(
         self, identity: str, candidate_hash: str, policy: Policy, token: str
