@@ -24,8 +24,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from regctl.bridge import Awaited, bridged
 from regctl.connection import pool_exhausted
@@ -39,38 +40,84 @@ if TYPE_CHECKING:
     from regctl.settings import Settings
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _OnLoop:
+    """The manager as one event loop runs it: asyncio clients and semaphores belong to
+    the loop that made them, so each loop (each thread with its own loop) has its own
+    twin of the sync client, made on its first call."""
+
+    def __init__(
+        self, manager: RegistrationManager, connections: int | None, wait: float | None
+    ) -> None:
+        self.manager = manager
+        # At most as many calls at once as the sync pool has connections (per node on
+        # Cluster), each waiting as long as the sync pool lets a call wait (redis.asyncio's
+        # Sentinel and Cluster pools would fail a call at once instead).
+        self.slots = asyncio.Semaphore(connections) if connections else None
+        self.wait = wait
+        self.calls = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.ready = asyncio.Lock() if _needs_start(manager) else None
+
+    async def enter(self) -> None:
+        if self.slots is not None:
+            if self.slots.locked():
+                try:
+                    await asyncio.wait_for(self.slots.acquire(), self.wait)
+                except TimeoutError:
+                    raise pool_exhausted() from None
+            else:
+                await self.slots.acquire()
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if not self.calls:
+            self.idle.set()
+        if self.slots is not None:
+            self.slots.release()
+
+
+def _needs_start(manager: RegistrationManager) -> bool:
+    """Whether the manager's client must learn its topology before concurrent calls: a
+    fresh redis.asyncio cluster client sends them all to one node, and its handling of
+    the MOVED replies closes connections other calls are using."""
+    from regctl.store.redis_store import RedisStore
+
+    return isinstance(manager.store, RedisStore) and manager.store.is_cluster
+
+
+def _start(manager: RegistrationManager) -> None:
+    from regctl.connection import translated_errors
+
+    with translated_errors():
+        manager.store.client.initialize()  # type: ignore[attr-defined]
 
 
 class AsyncRegistrationManager:
     """``RegistrationManager``'s operations, awaited; ``sync`` is the manager itself
     (for whole-store work such as ``list`` or ``purge``, run it with
-    ``asyncio.to_thread``)."""
+    ``asyncio.to_thread``). One manager serves every event loop that uses it."""
 
     def __init__(self, manager: RegistrationManager) -> None:
         from regctl.store.redis_store import RedisStore
 
         self.sync = manager
         store = manager.store
-        # At most as many calls at once as the sync pool has connections (per node on
-        # Cluster), each waiting as long as the sync pool lets a call wait: redis.asyncio's
-        # Sentinel and Cluster pools would fail a call at once instead.
-        self._slots: asyncio.Semaphore | None = None
-        self._pool_wait: float | None = None
-        if isinstance(store, RedisStore):
-            from regctl.connection import async_twin, pool_limits
-
-            connections, self._pool_wait = pool_limits(store.client)
-            self._slots = asyncio.Semaphore(connections)
-
-            if store.is_cluster and store.scripts.wait_replicas:
-                raise ConfigError(
-                    "the async manager cannot wait for replicas on Redis Cluster "
-                    "(REGCTL_WAIT_REPLICAS)",
-                    "unset REGCTL_WAIT_REPLICAS, or use the sync manager on a thread",
-                )
-            self._manager = manager.on(store.twin(Awaited(async_twin(store.client))))
-        else:  # the in-memory store: no I/O to wait on
-            self._manager = manager
+        self._redis = store if isinstance(store, RedisStore) else None
+        if self._redis is not None and self._redis.is_cluster and self._redis.scripts.wait_replicas:
+            raise ConfigError(
+                "the async manager cannot wait for replicas on Redis Cluster "
+                "(REGCTL_WAIT_REPLICAS)",
+                "unset REGCTL_WAIT_REPLICAS, or use the sync manager on a thread",
+            )
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OnLoop] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closed = False
 
     @classmethod
@@ -90,23 +137,47 @@ class AsyncRegistrationManager:
             )
         )
 
-    async def _call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _on_loop(self) -> _OnLoop:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = self._twin()
+        return state
+
+    def _twin(self) -> _OnLoop:
+        """This loop's manager: over an asyncio twin of the sync client (the in-memory
+        store has no I/O to wait on: its calls run as they are)."""
+        if self._redis is None:
+            return _OnLoop(self.sync, None, None)
+        from regctl.connection import async_twin, pool_limits
+
+        connections, wait = pool_limits(self._redis.client)
+        twin = self._redis.twin(Awaited(async_twin(self._redis.client)))
+        return _OnLoop(self.sync.on(twin), connections, wait)
+
+    def _refuse_if_closed(self) -> None:
         if self._closed:
             raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
-        slots = self._slots
-        if slots is None:
-            return await bridged(work, *args, **kwargs)
-        if slots.locked():
-            try:
-                await asyncio.wait_for(slots.acquire(), self._pool_wait)
-            except TimeoutError:
-                raise pool_exhausted() from None
-        else:
-            await slots.acquire()
+
+    async def _call(
+        self,
+        operation: Callable[Concatenate[RegistrationManager, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        self._refuse_if_closed()
+        state = self._on_loop()
+        await state.enter()
         try:
-            return await bridged(work, *args, **kwargs)
+            self._refuse_if_closed()  # (closed while this call waited its turn)
+            if state.ready is not None:
+                async with state.ready:
+                    if state.ready is not None:
+                        await bridged(_start, state.manager)
+                        state.ready = None
+            return await bridged(operation, state.manager, *args, **kwargs)
         finally:
-            slots.release()
+            state.leave()
 
     async def add(
         self,
@@ -121,7 +192,7 @@ class AsyncRegistrationManager:
     ) -> Added:
         """See ``RegistrationManager.add``."""
         return await self._call(
-            self._manager.add,
+            RegistrationManager.add,
             email,
             first_name,
             last_name,
@@ -133,25 +204,25 @@ class AsyncRegistrationManager:
 
     async def get(self, email: str) -> PendingRegistration | None:
         """See ``RegistrationManager.get``."""
-        return await self._call(self._manager.get, email)
+        return await self._call(RegistrationManager.get, email)
 
     async def resend(
         self, email: str, *, token: str | None = None, client: str | None = None
     ) -> Resent:
         """See ``RegistrationManager.resend``."""
-        return await self._call(self._manager.resend, email, token=token, client=client)
+        return await self._call(RegistrationManager.resend, email, token=token, client=client)
 
     async def verify(self, email: str, code: str, *, token: str | None = None) -> VerifyResult:
         """See ``RegistrationManager.verify``."""
-        return await self._call(self._manager.verify, email, code, token=token)
+        return await self._call(RegistrationManager.verify, email, code, token=token)
 
     async def unlock(self, email: str) -> bool:
         """See ``RegistrationManager.unlock``."""
-        return await self._call(self._manager.unlock, email)
+        return await self._call(RegistrationManager.unlock, email)
 
     async def delete(self, email: str, *, token: str | None = None) -> bool:
         """See ``RegistrationManager.delete``."""
-        return await self._call(self._manager.delete, email, token=token)
+        return await self._call(RegistrationManager.delete, email, token=token)
 
     async def count(self) -> int:
         """See ``RegistrationManager.count``."""
@@ -163,30 +234,38 @@ class AsyncRegistrationManager:
 
     async def client_limits(self, client: str) -> dict[str, tuple[int, int, int]]:
         """See ``RegistrationManager.client_limits``."""
-        return await self._call(self._manager.client_limits, client)
+        return await self._call(RegistrationManager.client_limits, client)
 
     async def reset_limits(self, client: str) -> bool:
         """See ``RegistrationManager.reset_limits``."""
-        return await self._call(self._manager.reset_limits, client)
+        return await self._call(RegistrationManager.reset_limits, client)
 
     async def health(self, timeout: float = 2.0, thresholds: Thresholds | None = None) -> Health:
         """See ``RegistrationManager.health``: within ``timeout`` even while Redis stalls
         and every connection waits on it (the checks run on a thread of their own,
         with the sync manager's client; the event loop waits for them)."""
-        if self._closed:
-            raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
+        self._refuse_if_closed()
         return await self.sync.health_probe.acheck(timeout, thresholds)
 
     async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise StoreUnavailable("this manager was closed (aclose)", "make a new one")
+        self._refuse_if_closed()
         return await asyncio.to_thread(work, *args)
 
     async def aclose(self) -> None:
-        """Close the connections; later calls raise StoreUnavailable."""
+        """Close the connections once the calls under way are done; later calls raise
+        StoreUnavailable. Another running loop's connections are closed on that loop."""
         self._closed = True
-        if self._manager is not self.sync:
-            await bridged(self._manager.close)
+        here = asyncio.get_running_loop()
+        for loop, state in list(self._loops.items()):
+            if state.manager is self.sync:
+                continue
+            if loop is here:
+                await state.idle.wait()
+                await bridged(state.manager.close)
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(_closed_when_idle(state), loop)
+            # (a loop that is closed took its connections with it)
+        self._loops.clear()
         await asyncio.to_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncRegistrationManager:
@@ -194,3 +273,8 @@ class AsyncRegistrationManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _closed_when_idle(state: _OnLoop) -> None:
+    await state.idle.wait()
+    await bridged(state.manager.close)

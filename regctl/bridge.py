@@ -37,26 +37,30 @@ _idle = threading.local()
 
 
 class _Worker(greenlet.greenlet):  # type: ignore[misc]
-    """Runs bridged calls, one at a time; ``driver`` is the loop's greenlet, which it
-    hands (what, value, deadline) messages: an awaitable to await, or the outcome."""
+    """Runs bridged calls, one at a time; ``driver`` is the loop's greenlet. Its call
+    comes in ``job``; it hands the driver (awaitable, deadline) pairs to await, and
+    at the end switches with nothing, the outcome in ``outcome`` (raised?, value): an
+    idle worker holds no call's arguments or result (a clear password, a clear code)."""
 
     def __init__(self, driver: greenlet.greenlet) -> None:
         super().__init__(self._serve, driver)
         self.driver = driver
+        self.job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None
+        self.outcome: tuple[bool, Any] | None = None
 
-    def _serve(self, job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
+    def _serve(self) -> None:
         while True:
-            fn, args, kwargs = job
+            assert self.job is not None
+            fn, args, kwargs = self.job
+            self.job = None
             try:
-                message = (_DONE, fn(*args, **kwargs), None)
+                self.outcome = (False, fn(*args, **kwargs))
             except greenlet.GreenletExit:
                 raise  # collected while suspended: end
             except BaseException as exc:  # (handed to the caller as it is)
-                message = (_RAISED, exc, None)
-            job = self.driver.switch(message)
-
-
-_DONE, _RAISED, _AWAIT = "done", "raised", "await"
+                self.outcome = (True, exc)
+            fn = args = kwargs = None  # type: ignore[assignment]
+            self.driver.switch(None)  # (done: the outcome is in self.outcome)
 
 
 def _bridge() -> _Worker | None:
@@ -72,7 +76,7 @@ def await_(awaitable: Awaitable[T]) -> T:
             awaitable.close()  # never awaited: no "was never awaited" warning later
         raise RuntimeError("an asyncio Redis client is used outside a bridged call")
     # The call's deadline goes along: redis-py's retries on the loop keep within it.
-    return worker.driver.switch((_AWAIT, awaitable, CALL_DEADLINE.get()))  # type: ignore[no-any-return]
+    return worker.driver.switch((awaitable, CALL_DEADLINE.get()))  # type: ignore[no-any-return]
 
 
 async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -84,20 +88,25 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     driver = greenlet.getcurrent()
     worker = idle.pop() if idle and idle[-1].driver is driver else _Worker(driver)
     worker.gr_context = contextvars.copy_context()  # the caller's context goes along
-    what, value, deadline = worker.switch((fn, args, kwargs))
-    while what is _AWAIT:
+    worker.job = (fn, args, kwargs)
+    step = worker.switch()
+    while step is not None:  # an awaitable to await, and the call's deadline
+        awaitable, deadline = step
         token = CALL_DEADLINE.set(deadline)
         try:
-            result = await value
-        except BaseException as exc:
-            what, value, deadline = worker.throw(exc)
+            result = await awaitable
+        except BaseException as exc:  # (the traceback goes along: redis-py's frames)
+            step = worker.throw(type(exc), exc, exc.__traceback__)
         else:
-            what, value, deadline = worker.switch(result)
+            step = worker.switch(result)
         finally:
             CALL_DEADLINE.reset(token)
+    assert worker.outcome is not None
+    raised, value = worker.outcome
+    worker.outcome = None
     if len(idle) < IDLE_WORKERS:
         idle.append(worker)
-    if what is _RAISED:
+    if raised:
         raise value
     return value  # type: ignore[no-any-return]
 

@@ -668,6 +668,10 @@ def translated(error: Exception) -> Exception:
     except rex.ConnectionError as exc:
         from redis.sentinel import MasterNotFoundError
 
+        cause = exc.__cause__  # (redis.asyncio wraps a refused AUTH or a timeout so)
+        if isinstance(cause, rex.RedisError) and cause is not exc:
+            return translated(cause)
+
         if isinstance(exc, MasterNotFoundError):  # its message lists every client's repr
             service = str(exc).split("'")[1] if str(exc).count("'") >= 2 else "the service"
             return StoreUnavailable(

@@ -751,6 +751,8 @@ class _Call:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and not isinstance(exc, Exception):
+            return  # interrupted, cancelled: the outcome is unknown, and nothing is written
         if isinstance(exc, RegctlError):
             self.outcome = exc.reason
         if self.manager.audit_as is not None:

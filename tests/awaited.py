@@ -46,9 +46,10 @@ class Awaited:
         return getattr(self._async.sync, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # (the async manager copies the sync one's settings when it is built)
+        # (each event loop's manager copies the sync one's settings when it is made)
         setattr(self._async.sync, name, value)
-        setattr(self._async._manager, name, value)
+        for state in self._async._loops.values():
+            setattr(state.manager, name, value)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._async.aclose(), self._loop).result(timeout=120)

@@ -6,15 +6,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from regctl import AsyncRegistrationManager, StoreUnavailable, VerifyOutcome
+from regctl import (
+    AsyncRegistrationManager,
+    PermissionDenied,
+    StoreUnavailable,
+    VerifyOutcome,
+    bridge,
+)
 from regctl.settings import load_settings
 from tests.conftest import SECRET
-from tests.servers import RedisProcess
+from tests.servers import RedisCluster, RedisProcess
 
 
 def async_manager(url: str, prefix: str, **settings: object) -> AsyncRegistrationManager:
@@ -135,3 +142,153 @@ def test_a_call_cancelled_while_redis_stalls_leaves_no_reply_behind(tmp_path: Pa
         proc.stop()
     assert missing is None
     assert outcome is VerifyOutcome.VERIFIED
+
+
+def test_one_manager_serves_two_event_loops_in_turn_and_at_once(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """asyncio clients belong to the loop that made them: each loop (a second
+    asyncio.run, a thread with its own loop) gets its own, made on its first call."""
+    manager = async_manager(redis_proc.url, prefix, max_connections=2)
+
+    async def calls(tag: str) -> int:
+        added = [
+            await manager.add(f"{tag}{i}@example.com", "L", "T", password_hash=pw_hash)
+            for i in range(3)
+        ]
+        results = await asyncio.gather(
+            *(manager.verify(a.registration.email, a.code) for a in added)
+        )
+        return sum(r.ok for r in results)
+
+    assert asyncio.run(calls("first")) == 3
+    assert asyncio.run(calls("second")) == 3  # the first loop is closed by now
+    outcomes: list[object] = []
+    threads = [
+        threading.Thread(target=lambda t=t: outcomes.append(asyncio.run(calls(t))))
+        for t in ("left", "right")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == [3, 3]
+    asyncio.run(manager.aclose())
+
+
+def test_a_fresh_cluster_manager_takes_a_burst_of_calls(
+    redis_cluster: RedisCluster, prefix: str, pw_hash: str
+):
+    """The first calls of a new manager, all at once: a fresh asyncio cluster client
+    would send them to one node, and its handling of the MOVED replies closed the
+    connections of calls under way (AttributeError)."""
+
+    async def burst(round_: int) -> list[object]:
+        async with async_manager(redis_cluster.url, f"{prefix}{round_}") as manager:
+            return list(
+                await asyncio.gather(
+                    *(
+                        manager.add(f"b{i}@example.com", "B", "U", password_hash=pw_hash)
+                        for i in range(60)
+                    ),
+                    return_exceptions=True,
+                )
+            )
+
+    for round_ in range(4):
+        failed = [r for r in asyncio.run(burst(round_)) if isinstance(r, BaseException)]
+        assert failed == []
+
+
+def test_connection_errors_are_named_as_the_sync_manager_names_them(tmp_path: Path):
+    proc = RedisProcess(tmp_path / "auth", password="right-password").start()
+    try:
+        url = proc.url.replace("unix://", "unix://:wrong-password@")
+
+        async def main() -> None:
+            async with async_manager(url, "auth") as manager:
+                await manager.get("a@example.com")
+
+        with pytest.raises(PermissionDenied, match="refused the credentials"):
+            asyncio.run(main())
+    finally:
+        proc.stop()
+
+
+def test_a_cancelled_call_writes_no_audit_entry_and_ends_at_once(tmp_path: Path, pw_hash: str):
+    proc = RedisProcess(tmp_path / "audit").start()
+    loaded = load_settings(
+        {"redis_url": proc.url, "prefix": "audit", "code_secret": SECRET, "socket_timeout": 3},
+        environ={},
+    )
+
+    async def main() -> tuple[float, list[dict[str, str]]]:
+        manager = AsyncRegistrationManager.from_settings(loaded.settings, audit_as="api@test")
+        added = await manager.add("audited@example.com", "A", "T", password_hash=pw_hash)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(manager.verify("audited@example.com", "000000"), 0.2)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert (await manager.verify("audited@example.com", added.code)).ok
+        trail = await asyncio.to_thread(manager.sync.audit_trail, 10)
+        await manager.aclose()
+        return waited, trail
+
+    try:
+        waited, trail = asyncio.run(main())
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stop()
+    assert waited < 2.0  # not the 3 s socket timeout of an audit write to a stopped server
+    assert [(e["command"], e["outcome"]) for e in trail] == [("verify", "verified"), ("add", "ok")]
+
+
+def test_an_idle_worker_keeps_no_password_or_code(redis_proc: RedisProcess, prefix: str):
+    password = "a password nobody else has"
+
+    async def main() -> tuple[str, list[object]]:
+        async with async_manager(redis_proc.url, prefix) as manager:
+            added = await manager.add("kept@example.com", "K", "P", password=password)
+            workers = bridge._idle.__dict__.get("workers", [])
+            held = [
+                value
+                for worker in workers
+                for value in (worker.job, worker.outcome, *worker.gr_frame.f_locals.values())
+            ]
+            return added.code, held
+
+    code, held = asyncio.run(main())
+    text = repr(held)
+    assert password not in text
+    assert code not in text
+
+
+def test_aclose_lets_the_calls_under_way_finish_and_leaves_no_connection(
+    tmp_path: Path, pw_hash: str
+):
+    proc = RedisProcess(tmp_path / "aclose").start()  # its own: no other test's clients
+
+    async def main() -> list[object]:
+        manager = async_manager(proc.url, "aclose", max_connections=4)
+        await manager.get("warm@example.com")
+        calls = [
+            asyncio.ensure_future(
+                manager.add(f"late{i}@example.com", "L", "C", password_hash=pw_hash)
+            )
+            for i in range(20)
+        ]
+        await asyncio.sleep(0)
+        await manager.aclose()
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    try:
+        results = asyncio.run(main())
+        names = [c.get("name") for c in proc.client().client_list()]
+    finally:
+        proc.stop()
+    assert all(not isinstance(r, BaseException) or isinstance(r, StoreUnavailable) for r in results)
+    assert "regctl" not in names

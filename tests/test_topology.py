@@ -285,6 +285,21 @@ def test_a_planned_sentinel_failover_brings_nothing_verified_back(
 
 
 @pytest.mark.slow
+def test_a_write_waiting_for_replicas_reloads_a_flushed_script(
+    sentinel_group: SentinelGroup, prefix: str, pw_hash: str, api: str
+):
+    """A write and its WAIT go together in one pipeline: after a SCRIPT FLUSH (a restart,
+    a failover) the script is loaded again and the write made, on both managers."""
+    manager = manager_for(sentinel_group.url, prefix, api, wait_replicas=1)
+    for i in range(2):
+        for server in (sentinel_group.master, sentinel_group.replica):
+            server.client().script_flush()
+        added = manager.add(f"flushed{i}@example.com", "F", "S", password_hash=pw_hash)
+        assert added.registration.replicas_acked == 1
+    manager.close()
+
+
+@pytest.mark.slow
 def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: SentinelGroup):
     env = {"REGCTL_REDIS_URL": sentinel_group.url}
     ran = cli(

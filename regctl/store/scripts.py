@@ -204,18 +204,19 @@ class ScriptRunner:
         if self.is_cluster:
             client = client.get_node_from_key(keys[0]).redis_connection
         for attempt in range(NOSCRIPT_TRIES):
+            script = self.script(name)
             try:
                 with translated_errors():
                     pipe = client.pipeline(transaction=False)
-                    self.script(name)(keys=list(keys), args=list(args), client=pipe)
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
                     pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
                     reply, acked = pipe.execute(raise_on_error=False)
+                    if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
+                        break
+                    client.script_load(script.script)  # not run: load it, send it again
             except rex.ResponseError as exc:
                 if not self._flags_refused(name, exc):
                     raise
-                continue
-            if not _is_noscript(reply) or attempt == NOSCRIPT_TRIES - 1:
-                break  # else the script did not run (flushed meanwhile): send it again
         for result in (reply, acked):
             if isinstance(result, Exception):
                 raise translated(result)
