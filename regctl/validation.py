@@ -32,12 +32,45 @@ def normalize_email(raw: str) -> str:
 def _normalized(raw: str) -> str:
     # Validation is a third of a `get`; a backend sees the same addresses again and again.
     # (lru_cache keeps results only: an invalid address raises anew each time.)
+    plain = plain_address(raw)
+    if plain is not None:
+        return plain
     from email_validator import EmailNotValidError, validate_email
 
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid email address {_shown(raw)}: {exc}") from None
+
+
+# A plain ASCII address: dot-separated words of letters, digits, _ + - before the @;
+# after it, DNS labels and a top-level domain of letters.
+PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}",
+    re.ASCII,
+)
+
+
+def plain_address(raw: str) -> str | None:
+    """What email-validator makes of a plain ASCII address (the domain in lower case),
+    without its cost (about 20 µs, a tenth of an add); None for any other address,
+    which email-validator judges. The test suite holds the two together."""
+    if len(raw) > MAX_EMAIL_LENGTH or not PLAIN_ADDRESS.fullmatch(raw):
+        return None
+    local, _, domain = raw.partition("@")
+    domain = domain.lower()
+    if "--" in domain or domain.endswith(_special_use()):
+        return None  # (Punycode or a reserved label pattern, a reserved name)
+    return f"{local}@{domain}"
+
+
+@functools.cache
+def _special_use() -> tuple[str, ...]:
+    """The special-use names email-validator refuses, as domain suffixes."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    return tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalize_domain(raw: str) -> str:

@@ -21,6 +21,7 @@ from regctl.model import NUMBER_FIELDS
 from regctl.store import NewRegistration
 from regctl.text import visible
 from regctl.transfer import parse_record
+from regctl.validation import PLAIN_ADDRESS, plain_address
 from tests.conftest import REGCTL, SECRET, Cli, at_terminal, subprocess_env
 from tests.servers import RedisProcess
 
@@ -507,3 +508,59 @@ def test_stats_leaves_out_the_damaged_records_list_leaves_out(
     stats = json.loads(cli("stats", "-o", "json").stdout)
     assert len(listed) == 2
     assert stats["total"] == 2
+
+
+# --- the plain-address fast path agrees with email-validator ---------------------------
+
+
+def _validated(raw: str) -> str | None:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError:
+        return None
+
+
+_LABEL = st.one_of(
+    st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,8}[A-Za-z0-9])?", fullmatch=True),
+    st.from_regex(r"[A-Za-z]{2}--[A-Za-z0-9]{1,6}", fullmatch=True),  # reserved, or Punycode
+)
+_LOCAL = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_+-]{1,12}(?:\.[A-Za-z0-9_+-]{1,8}){0,2}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9]{60,70}", fullmatch=True),  # about RFC 5321's 64 characters
+)
+_SUFFIX = st.sampled_from(["com", "Org", "example", "local", "test", "onion", "arpa", "io"])
+
+
+@given(
+    st.one_of(
+        st.from_regex(PLAIN_ADDRESS, fullmatch=True),  # every shape it takes, long ones too
+        st.builds(  # and many that look like real addresses, reserved names among them
+            "{}@{}.{}".format,
+            _LOCAL,
+            st.lists(_LABEL, min_size=1, max_size=3).map(".".join),
+            _SUFFIX,
+        ),
+    )
+)
+@settings(max_examples=1500, deadline=None)
+def test_a_plain_address_is_normalized_as_email_validator_does(raw: str):
+    plain = plain_address(raw)
+    if plain is not None:  # else email-validator judges it, as for any other address
+        assert plain == _validated(raw)
+
+
+def test_the_plain_path_takes_common_addresses_and_leaves_the_rest():
+    assert plain_address("Alice.Smith+news@Example.COM") == "Alice.Smith+news@example.com"
+    for other in (
+        "a@b.local",
+        "a@xn--bcher-kva.example",
+        "a@ab--cd.example",
+        "a..b@x.io",
+        "ünï@x.io",
+        "a@x.c0m",
+        '"q"@x.io',
+        " a@x.io",
+    ):
+        assert plain_address(other) is None, other
