@@ -24,11 +24,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from regctl.bridge import Awaited, bridged
+from regctl.bridge import GATE, Awaited, bridged
 from regctl.connection import pool_exhausted
 from regctl.errors import ConfigError, StoreUnavailable
 from regctl.manager import RegistrationManager
@@ -43,34 +43,46 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+class _Pool:
+    """At most as many Redis awaits at once as the sync pool has connections (per node
+    on Cluster), each waiting as long as the sync pool lets a call wait: redis.asyncio's
+    Sentinel and Cluster pools would fail a call at once instead. (A ``bridge.Gate``:
+    a call holds no place while it hashes a password.)"""
+
+    def __init__(self, connections: int, wait: float | None) -> None:
+        self.slots = asyncio.Semaphore(connections)
+        self.wait = wait
+
+    async def enter(self) -> None:
+        if not self.slots.locked():
+            await self.slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.wait)
+        except TimeoutError:
+            raise pool_exhausted() from None
+
+    def leave(self) -> None:
+        self.slots.release()
+
+
 class _OnLoop:
     """The manager as one event loop runs it: asyncio clients and semaphores belong to
     the loop that made them, so each loop (each thread with its own loop) has its own
-    twin of the sync client, made on its first call."""
+    twin of the sync client, made on its first call and closed when the loop shuts
+    down (``asyncio.run`` does that before it closes the loop)."""
 
-    def __init__(
-        self, manager: RegistrationManager, connections: int | None, wait: float | None
-    ) -> None:
+    def __init__(self, manager: RegistrationManager, pool: _Pool | None) -> None:
         self.manager = manager
-        # At most as many calls at once as the sync pool has connections (per node on
-        # Cluster), each waiting as long as the sync pool lets a call wait (redis.asyncio's
-        # Sentinel and Cluster pools would fail a call at once instead).
-        self.slots = asyncio.Semaphore(connections) if connections else None
-        self.wait = wait
+        self.pool = pool
         self.calls = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.ready = asyncio.Lock() if _needs_start(manager) else None
+        self.closed = False
+        self.keeper: AsyncGenerator[None] | None = None
 
-    async def enter(self) -> None:
-        if self.slots is not None:
-            if self.slots.locked():
-                try:
-                    await asyncio.wait_for(self.slots.acquire(), self.wait)
-                except TimeoutError:
-                    raise pool_exhausted() from None
-            else:
-                await self.slots.acquire()
+    def enter(self) -> None:
         self.calls += 1
         self.idle.clear()
 
@@ -78,8 +90,14 @@ class _OnLoop:
         self.calls -= 1
         if not self.calls:
             self.idle.set()
-        if self.slots is not None:
-            self.slots.release()
+
+    async def close(self, sync: RegistrationManager) -> None:
+        """Once the calls under way are done (the in-memory store has nothing to close)."""
+        if self.closed or self.manager is sync:
+            return
+        self.closed = True
+        await self.idle.wait()
+        await bridged(self.manager.close)
 
 
 def _needs_start(manager: RegistrationManager) -> bool:
@@ -115,9 +133,7 @@ class AsyncRegistrationManager:
                 "(REGCTL_WAIT_REPLICAS)",
                 "unset REGCTL_WAIT_REPLICAS, or use the sync manager on a thread",
             )
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OnLoop] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: dict[asyncio.AbstractEventLoop, _OnLoop] = {}
         self._closed = False
 
     @classmethod
@@ -137,23 +153,37 @@ class AsyncRegistrationManager:
             )
         )
 
-    def _on_loop(self) -> _OnLoop:
+    async def _on_loop(self) -> _OnLoop:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
+            for closed in [other for other in self._loops if other.is_closed()]:
+                del self._loops[closed]  # (closed without shutting down: its sockets went)
             state = self._loops[loop] = self._twin()
+            state.keeper = self._kept(loop, state)
+            await anext(state.keeper)
         return state
+
+    async def _kept(self, loop: asyncio.AbstractEventLoop, state: _OnLoop) -> AsyncGenerator[None]:
+        """Waits for the loop's end: a loop shutting down closes the async generators
+        still open (``loop.shutdown_asyncgens``), and this closes the loop's twin then."""
+        try:
+            yield
+        finally:
+            self._loops.pop(loop, None)
+            if not loop.is_closed():  # (else its sockets went with it)
+                with contextlib.suppress(Exception):  # (the loop is ending: nobody to tell)
+                    await state.close(self.sync)
 
     def _twin(self) -> _OnLoop:
         """This loop's manager: over an asyncio twin of the sync client (the in-memory
         store has no I/O to wait on: its calls run as they are)."""
         if self._redis is None:
-            return _OnLoop(self.sync, None, None)
+            return _OnLoop(self.sync, None)
         from regctl.connection import async_twin, pool_limits
 
-        connections, wait = pool_limits(self._redis.client)
         twin = self._redis.twin(Awaited(async_twin(self._redis.client)))
-        return _OnLoop(self.sync.on(twin), connections, wait)
+        return _OnLoop(self.sync.on(twin), _Pool(*pool_limits(self._redis.client)))
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
@@ -166,17 +196,19 @@ class AsyncRegistrationManager:
         **kwargs: P.kwargs,
     ) -> T:
         self._refuse_if_closed()
-        state = self._on_loop()
-        await state.enter()
+        state = await self._on_loop()
+        state.enter()
+        gate = GATE.set(state.pool)
         try:
-            self._refuse_if_closed()  # (closed while this call waited its turn)
             if state.ready is not None:
                 async with state.ready:
                     if state.ready is not None:
                         await bridged(_start, state.manager)
                         state.ready = None
+            self._refuse_if_closed()  # (closed while this call waited its turn)
             return await bridged(operation, state.manager, *args, **kwargs)
         finally:
+            GATE.reset(gate)
             state.leave()
 
     async def add(
@@ -257,13 +289,11 @@ class AsyncRegistrationManager:
         self._closed = True
         here = asyncio.get_running_loop()
         for loop, state in list(self._loops.items()):
-            if state.manager is self.sync:
-                continue
-            if loop is here:
-                await state.idle.wait()
-                await bridged(state.manager.close)
+            assert state.keeper is not None
+            if loop is here:  # (the keeper's end closes the loop's twin)
+                await state.keeper.aclose()
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(_closed_when_idle(state), loop)
+                asyncio.run_coroutine_threadsafe(_ended(state.keeper), loop)
             # (a loop that is closed took its connections with it)
         self._loops.clear()
         await asyncio.to_thread(self.sync.close)
@@ -275,6 +305,5 @@ class AsyncRegistrationManager:
         await self.aclose()
 
 
-async def _closed_when_idle(state: _OnLoop) -> None:
-    await state.idle.wait()
-    await bridged(state.manager.close)
+async def _ended(keeper: AsyncGenerator[None]) -> None:
+    await keeper.aclose()

@@ -21,7 +21,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import greenlet
 
@@ -68,15 +68,29 @@ def _bridge() -> _Worker | None:
     return current if isinstance(current, _Worker) else None
 
 
-def await_(awaitable: Awaitable[T]) -> T:
-    """The result of ``awaitable``, awaited on the loop of the bridged call under way."""
+class Gate(Protocol):
+    """What a bridged call's Redis awaits pass through (``GATE``): a limit on how many
+    run at once, like a connection pool's."""
+
+    async def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+# The gate of the bridged calls of this task (the async manager sets it per call).
+GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("regctl_gate", default=None)
+
+
+def await_(awaitable: Awaitable[T], *, io: bool = True) -> T:
+    """The result of ``awaitable``, awaited on the loop of the bridged call under way;
+    through the ``GATE`` unless it is no Redis I/O (``io`` False)."""
     worker = _bridge()
     if worker is None:
         if isinstance(awaitable, Coroutine):
             awaitable.close()  # never awaited: no "was never awaited" warning later
         raise RuntimeError("an asyncio Redis client is used outside a bridged call")
     # The call's deadline goes along: redis-py's retries on the loop keep within it.
-    return worker.driver.switch((awaitable, CALL_DEADLINE.get()))  # type: ignore[no-any-return]
+    return worker.driver.switch((awaitable, CALL_DEADLINE.get(), io))  # type: ignore[no-any-return]
 
 
 async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -90,11 +104,11 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     worker.gr_context = contextvars.copy_context()  # the caller's context goes along
     worker.job = (fn, args, kwargs)
     step = worker.switch()
-    while step is not None:  # an awaitable to await, and the call's deadline
-        awaitable, deadline = step
+    while step is not None:  # an awaitable to await, the call's deadline, whether I/O
+        awaitable, deadline, io = step
         token = CALL_DEADLINE.set(deadline)
         try:
-            result = await awaitable
+            result = await _through(GATE.get() if io else None, awaitable)
         except BaseException as exc:  # (the traceback goes along: redis-py's frames)
             step = worker.throw(type(exc), exc, exc.__traceback__)
         else:
@@ -104,11 +118,27 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     assert worker.outcome is not None
     raised, value = worker.outcome
     worker.outcome = None
+    worker.gr_context = None  # (an idle worker keeps no caller's context either)
     if len(idle) < IDLE_WORKERS:
         idle.append(worker)
     if raised:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+async def _through(gate: Gate | None, awaitable: Awaitable[T]) -> T:
+    if gate is None:
+        return await awaitable
+    try:
+        await gate.enter()
+    except BaseException:
+        if isinstance(awaitable, Coroutine):
+            awaitable.close()  # never to be awaited: no warning about it
+        raise
+    try:
+        return await awaitable
+    finally:
+        gate.leave()
 
 
 def offloaded(fn: Callable[..., T], *args: Any) -> T:
@@ -118,7 +148,7 @@ def offloaded(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     import asyncio
 
-    return await_(asyncio.to_thread(fn, *args))
+    return await_(asyncio.to_thread(fn, *args), io=False)
 
 
 def pause(seconds: float) -> None:
@@ -128,7 +158,7 @@ def pause(seconds: float) -> None:
         return
     import asyncio
 
-    await_(asyncio.sleep(seconds))
+    await_(asyncio.sleep(seconds), io=False)
 
 
 def settled(result: Any) -> Any:

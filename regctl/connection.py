@@ -62,6 +62,13 @@ class _Budget:
 
     @staticmethod
     def _retryable(error: Exception, is_retryable: Callable[[Exception], bool] | None) -> None:
+        """Raises ``error`` when trying again cannot help: refused credentials (which
+        redis.asyncio wraps in a ConnectionError, its cause) would be refused again."""
+        import redis.exceptions as rex
+
+        refused = (rex.AuthenticationError, rex.AuthorizationError)
+        if isinstance(error, refused) or isinstance(error.__cause__, refused):
+            raise error
         if is_retryable is not None and not is_retryable(error):
             raise error
 

@@ -248,7 +248,7 @@ def first_line(exc: BaseException) -> str:
     text = re.sub(r"\b[A-Za-z]*(?:Error|error|Exception): ", "", text)
     text = re.sub(r"\[Errno -?\d+\] ", "", text)
     return re.sub(
-        r"Error -?\d+ connecting to (\S+?)\. ([^.]+)\.?",
+        r"Error -?\d+ connecting to (\S+?)\. (.+?)\.?$",
         lambda m: f"cannot connect to {m[1]}: {m[2][:1].lower()}{m[2][1:]}",
         text,
     )

@@ -33,6 +33,7 @@ from regctl.errors import (
     DeliveryFailed,
     InvalidInput,
     NotFound,
+    NotReplicated,
     PoolExhausted,
     RateLimited,
     RegctlError,
@@ -762,7 +763,8 @@ class _Call:
             self.writes
             and isinstance(exc, StoreUnavailable)
             and not isinstance(exc, PoolExhausted | StoreFull)  # refused before anything ran
-            and "connecting" not in exc.message  # never reached the server
+            and not isinstance(exc, NotReplicated)  # made on the primary: it says so itself
+            # (a connection refused may follow one lost after sending: unknown too)
             and "nothing of this call" not in exc.message
         ):
             raise StoreTimeout(

@@ -60,8 +60,10 @@ def plain_address(raw: str) -> str | None:
         return None
     local, _, domain = raw.partition("@")
     domain = domain.lower()
-    if "--" in domain or domain.endswith(_special_use()):
-        return None  # (Punycode or a reserved label pattern, a reserved name)
+    if "--" in domain or domain.endswith(_special_use()) or local != local.lower():
+        # Punycode or a reserved label pattern, a reserved name; and a local part with
+        # capitals, which email-validator lower-cases for role names (Info@, Postmaster@)
+        return None
     return f"{local}@{domain}"
 
 

@@ -292,3 +292,57 @@ def test_aclose_lets_the_calls_under_way_finish_and_leaves_no_connection(
         proc.stop()
     assert all(not isinstance(r, BaseException) or isinstance(r, StoreUnavailable) for r in results)
     assert "regctl" not in names
+
+
+def test_a_loop_that_ends_takes_its_connections_with_it(tmp_path: Path):
+    """A sync caller running ``asyncio.run`` per request: each run's twin is closed when
+    its loop shuts down, so connections and loops do not pile up."""
+    proc = RedisProcess(tmp_path / "loops").start()
+    try:
+        manager = async_manager(proc.url, "loops")
+        for _ in range(12):
+            assert asyncio.run(manager.get("nobody@example.com")) is None
+        names = [c.get("name") for c in proc.client().client_list()]
+        kept = len(manager._loops)
+        asyncio.run(manager.aclose())
+    finally:
+        proc.stop()
+    assert names.count("regctl") <= 1  # the sync manager's own, if any
+    assert kept == 0
+
+
+def test_hashing_a_password_holds_no_connection(redis_proc: RedisProcess, prefix: str):
+    """One connection, 30 sign-ups with clear passwords at once, a short pool wait: the
+    Argon2id hashes (on threads) do not queue for the connection; only Redis does."""
+
+    async def main() -> list[object]:
+        manager = async_manager(redis_proc.url, prefix, max_connections=1, pool_timeout=0.2)
+        async with manager:
+            return list(
+                await asyncio.gather(
+                    *(
+                        manager.add(f"h{i}@example.com", "H", "P", password="a long password")
+                        for i in range(30)
+                    ),
+                    return_exceptions=True,
+                )
+            )
+
+    assert [r for r in asyncio.run(main()) if isinstance(r, BaseException)] == []
+
+
+def test_a_missing_password_fails_at_once_not_at_the_deadline(tmp_path: Path):
+    proc = RedisProcess(tmp_path / "nopw", password="the-password").start()
+
+    async def main() -> float:
+        async with async_manager(proc.url, "nopw", socket_timeout=5) as manager:
+            started = time.monotonic()
+            with pytest.raises(PermissionDenied, match="requires a password"):
+                await manager.get("a@example.com")
+            return time.monotonic() - started
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        proc.stop()
+    assert waited < 2.5  # not the 5 s budget spent retrying a refusal

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
 from regctl.cli.render import csv_cell
+from regctl.errors import first_line
 from regctl.keys import Keyspace, digest
 from regctl.model import NUMBER_FIELDS
 from regctl.store import NewRegistration
@@ -526,8 +527,12 @@ _LABEL = st.one_of(
     st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,8}[A-Za-z0-9])?", fullmatch=True),
     st.from_regex(r"[A-Za-z]{2}--[A-Za-z0-9]{1,6}", fullmatch=True),  # reserved, or Punycode
 )
+_ROLES = ("info", "sales", "support", "abuse", "postmaster", "webmaster", "www", "noc")
 _LOCAL = st.one_of(
     st.from_regex(r"[A-Za-z0-9_+-]{1,12}(?:\.[A-Za-z0-9_+-]{1,8}){0,2}", fullmatch=True),
+    st.tuples(st.sampled_from(_ROLES), st.randoms()).map(  # role names, in any case
+        lambda r: "".join(c.upper() if r[1].random() < 0.5 else c for c in r[0])
+    ),
     st.from_regex(r"[A-Za-z0-9]{60,70}", fullmatch=True),  # about RFC 5321's 64 characters
 )
 _SUFFIX = st.sampled_from(["com", "Org", "example", "local", "test", "onion", "arpa", "io"])
@@ -552,8 +557,10 @@ def test_a_plain_address_is_normalized_as_email_validator_does(raw: str):
 
 
 def test_the_plain_path_takes_common_addresses_and_leaves_the_rest():
-    assert plain_address("Alice.Smith+news@Example.COM") == "Alice.Smith+news@example.com"
+    assert plain_address("alice.smith+news@Example.COM") == "alice.smith+news@example.com"
     for other in (
+        "Info@x.io",
+        "Alice@x.io",
         "a@b.local",
         "a@xn--bcher-kva.example",
         "a@ab--cd.example",
@@ -564,3 +571,17 @@ def test_the_plain_path_takes_common_addresses_and_leaves_the_rest():
         " a@x.io",
     ):
         assert plain_address(other) is None, other
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("Error 111 connecting to 127.0.0.1:1. Connection refused.", "connection refused"),
+        (  # redis.asyncio's wording keeps its address whole
+            "Error 111 connecting to 127.0.0.1:1. Connect call failed ('127.0.0.1', 1).",
+            "connect call failed ('127.0.0.1', 1)",
+        ),
+    ],
+)
+def test_a_refused_connection_is_told_in_plain_words(raw: str, shown: str):
+    assert first_line(Exception(raw)) == f"cannot connect to 127.0.0.1:1: {shown}"

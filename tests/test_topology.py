@@ -334,6 +334,7 @@ def test_wait_replicas_reports_acknowledgements(cli: Cli, sentinel_group: Sentin
     assert ran.exit_code == 69
     assert "only 1 of 2 replicas acknowledged it" in ran.stderr
     assert json.loads(ran.stdout)["ok"] is False
+    assert json.loads(ran.stdout)["reason"] == "not_replicated"  # as the README says
 
 
 # --- TLS ------------------------------------------------------------------------------
