@@ -143,24 +143,19 @@ def verify_password(password_hash: str, password: str) -> bool:
 # $argon2id$v=19$m=..,t=..,p=..$salt$hash: ASCII digits of sane size, a salt of 8+ and
 # a hash of 16+ bytes in unpadded base64 (what argon2-cffi writes and can verify).
 _PHC = re.compile(
-    r"\$argon2id\$v=19\$m=[0-9]{1,8},t=[0-9]{1,4},p=[0-9]{1,3}"
+    r"\$argon2id\$v=19\$m=(?P<m>[0-9]{1,8}),t=(?P<t>[0-9]{1,4}),p=[0-9]{1,3}"
     r"\$[A-Za-z0-9+/]{11,}\$[A-Za-z0-9+/]{22,}"
 )
 
 
 def check_password_hash(phc: str) -> str:
-    """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum."""
-    from argon2 import Type, extract_parameters
-    from argon2.exceptions import InvalidHashError
+    """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum.
 
-    if not _PHC.fullmatch(phc):
+    Read with the pattern alone (argon2's own parser costs a tenth of an add); the test
+    suite holds the verdicts equal to argon2-cffi's ``extract_parameters``."""
+    parts = _PHC.fullmatch(phc)
+    if parts is None:
         raise InvalidInput("password hash is not an Argon2id PHC string ($argon2id$v=19$...)")
-    try:
-        params = extract_parameters(phc)
-    except (InvalidHashError, ValueError, IndexError):
-        raise InvalidInput("password hash is not an Argon2 PHC string") from None
-    if params.type is not Type.ID:
-        raise InvalidInput("password hash must be Argon2id ($argon2id$...)")
-    if params.memory_cost < ARGON2_MEMORY_KIB or params.time_cost < ARGON2_TIME_COST:
+    if int(parts["m"]) < ARGON2_MEMORY_KIB or int(parts["t"]) < ARGON2_TIME_COST:
         raise InvalidInput("password hash parameters are below OWASP's minimum (m=19456, t=2)")
     return phc

@@ -585,3 +585,34 @@ def test_the_plain_path_takes_common_addresses_and_leaves_the_rest():
 )
 def test_a_refused_connection_is_told_in_plain_words(raw: str, shown: str):
     assert first_line(Exception(raw)) == f"cannot connect to 127.0.0.1:1: {shown}"
+
+
+def _argon2_verdict(phc: str) -> bool:
+    """Whether argon2-cffi's parser reads ``phc`` as an Argon2id hash at OWASP's minimum."""
+    from argon2 import Type, extract_parameters
+    from argon2.exceptions import InvalidHashError
+
+    try:
+        params = extract_parameters(phc)
+    except (InvalidHashError, ValueError, IndexError):
+        return False
+    return params.type is Type.ID and params.memory_cost >= 19456 and params.time_cost >= 2
+
+
+@given(
+    st.from_regex(
+        r"\$argon2id\$v=19\$m=[0-9]{1,8},t=[0-9]{1,4},p=[0-9]{1,3}"
+        r"\$[A-Za-z0-9+/]{11,30}\$[A-Za-z0-9+/]{22,50}",
+        fullmatch=True,
+    )
+)
+@settings(max_examples=800, deadline=None)
+def test_a_password_hash_is_judged_as_argon2_judges_it(phc: str):
+    from regctl.security import check_password_hash
+
+    try:
+        check_password_hash(phc)
+        accepted = True
+    except InvalidInput:
+        accepted = False
+    assert accepted == _argon2_verdict(phc)
