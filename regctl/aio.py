@@ -79,7 +79,7 @@ class _OnLoop:
         self.idle = asyncio.Event()
         self.idle.set()
         self.ready = asyncio.Lock() if _needs_start(manager) else None
-        self.closed = False
+        self.ending = False  # closing or closed: no more calls on this loop
         self.keeper: AsyncGenerator[None] | None = None
 
     def enter(self) -> None:
@@ -92,12 +92,22 @@ class _OnLoop:
             self.idle.set()
 
     async def close(self, sync: RegistrationManager) -> None:
-        """Once the calls under way are done (the in-memory store has nothing to close)."""
-        if self.closed or self.manager is sync:
+        """Once the calls under way are done (the in-memory store has nothing to close);
+        later calls on this loop are refused. Cancelled while it waits (a shutdown), it
+        closes at once rather than not at all."""
+        if self.ending:
             return
-        self.closed = True
-        await self.idle.wait()
-        await bridged(self.manager.close)
+        self.ending = True
+        try:
+            await self.idle.wait()
+        finally:
+            await self.shut(sync)
+
+    async def shut(self, sync: RegistrationManager) -> None:
+        """Close the twin's connections now (again after the last call under way at a
+        cancelled close: it may have given one back to the pool)."""
+        if self.manager is not sync:
+            await asyncio.shield(bridged(self.manager.close))
 
 
 def _needs_start(manager: RegistrationManager) -> bool:
@@ -157,8 +167,11 @@ class AsyncRegistrationManager:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
-            for closed in [other for other in self._loops if other.is_closed()]:
-                del self._loops[closed]  # (closed without shutting down: its sockets went)
+            # Loops closed since: dropped (one closed without shutting down its async
+            # generators leaves its connections to the garbage collector). (A snapshot:
+            # other threads' loops come and go meanwhile.)
+            for closed in [other for other in list(self._loops) if other.is_closed()]:
+                self._loops.pop(closed, None)
             state = self._loops[loop] = self._twin()
             state.keeper = self._kept(loop, state)
             await anext(state.keeper)
@@ -169,11 +182,9 @@ class AsyncRegistrationManager:
         still open (``loop.shutdown_asyncgens``), and this closes the loop's twin then."""
         try:
             yield
-        finally:
-            self._loops.pop(loop, None)
-            if not loop.is_closed():  # (else its sockets went with it)
-                with contextlib.suppress(Exception):  # (the loop is ending: nobody to tell)
-                    await state.close(self.sync)
+        finally:  # (the entry stays, ending, so a later call here is refused, not reopened)
+            with contextlib.suppress(Exception):  # (the loop is ending: nobody to tell)
+                await state.close(self.sync)
 
     def _twin(self) -> _OnLoop:
         """This loop's manager: over an asyncio twin of the sync client (the in-memory
@@ -197,6 +208,11 @@ class AsyncRegistrationManager:
     ) -> T:
         self._refuse_if_closed()
         state = await self._on_loop()
+        if state.ending:
+            raise StoreUnavailable(
+                "this event loop is shutting down: its Redis connections are closed",
+                "make the call before the loop's shutdown",
+            )
         state.enter()
         gate = GATE.set(state.pool)
         try:
@@ -210,6 +226,8 @@ class AsyncRegistrationManager:
         finally:
             GATE.reset(gate)
             state.leave()
+            if state.ending and not state.calls:
+                await state.shut(self.sync)
 
     async def add(
         self,
