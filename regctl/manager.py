@@ -20,6 +20,7 @@ import functools
 import heapq
 import hmac
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -306,36 +307,47 @@ class RegistrationManager:
         return Added(resent.registration, resent.code)
 
     def add_many(
-        self, rows: Iterable[Mapping[str, str]], *, batch: int = 500
+        self, rows: Iterable[Mapping[str, str]], *, batch: int = 25
     ) -> Iterator[Added | RegctlError]:
         """Bulk ``add``: each row has email, first_name, last_name and password or
-        password_hash. Pipelined in batches; yields, in order, an ``Added`` or the
-        error of that row (invalid input, already exists), so one bad row stops nothing.
+        password_hash. Pipelined in batches (the next one prepared while the server
+        stores the last: small batches keep both busy, and each fits in the socket's
+        buffer, so sending never waits); yields, in order, an ``Added`` or the error of
+        that row (invalid input, already exists), so one bad row stops nothing.
         """
-        for chunk in chunks(rows, batch):
-            prepared: list[tuple[NewRegistration, str, str] | RegctlError] = []
-            for row in chunk:
-                token = security.new_token()
-                try:
-                    new, code = self._prepare(
-                        row.get("email", ""),
-                        row.get("first_name", ""),
-                        row.get("last_name", ""),
-                        row.get("password"),
-                        row.get("password_hash"),
-                        token=token,
-                    )
-                    prepared.append((new, code, token))
-                except InvalidInput as exc:
-                    prepared.append(exc)
-            ready = [p for p in prepared if not isinstance(p, RegctlError)]
-            stored = iter(self.store.add_many([(new, t) for new, _code, t in ready], self.policy))
-            for item in prepared:
+        prepared: deque[list[tuple[NewRegistration, str, str] | RegctlError]] = deque()
+
+        def ready() -> Iterator[list[tuple[NewRegistration, str]]]:
+            for chunk in chunks(rows, batch):
+                prepared.append([self._prepared_row(row) for row in chunk])
+                yield [(p[0], p[2]) for p in prepared[-1] if not isinstance(p, RegctlError)]
+
+        for stored in self.store.add_batches(ready(), self.policy):
+            results = iter(stored)
+            for item in prepared.popleft():
                 if isinstance(item, RegctlError):
                     yield item
                     continue
-                result = next(stored)
+                result = next(results)
                 yield result if isinstance(result, RegctlError) else Added(result, item[1])
+
+    def _prepared_row(
+        self, row: Mapping[str, str]
+    ) -> tuple[NewRegistration, str, str] | RegctlError:
+        """One row of ``add_many``: (registration, clear code, token), or its refusal."""
+        token = security.new_token()
+        try:
+            new, code = self._prepare(
+                row.get("email", ""),
+                row.get("first_name", ""),
+                row.get("last_name", ""),
+                row.get("password"),
+                row.get("password_hash"),
+                token=token,
+            )
+        except InvalidInput as exc:
+            return exc
+        return new, code, token
 
     def _prepare(
         self,

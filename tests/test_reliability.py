@@ -10,10 +10,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -726,3 +726,56 @@ def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash
     finally:
         store.close()
         proc.stop()
+
+
+def test_a_bulk_add_whose_connection_is_cut_between_batches_adds_each_row_once(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """add_batches sends a batch before it reads the last one's replies; a connection
+    cut meanwhile replays what was sent and unanswered (tokens make a replay safe):
+    every row is added once, and every code handed back verifies."""
+    client = redis_proc.client()
+    store = RedisStore(client, prefix=prefix)
+    admin = redis_proc.client()
+
+    def batches() -> Iterator[list[tuple[NewRegistration, str]]]:
+        for b in range(6):
+            if b == 3:  # batches 1 and 2 sent, 2 unread: cut every other connection
+                admin.client_kill_filter(_type="normal", skipme=True)
+            yield [
+                (
+                    NewRegistration(f"cut{b}-{i}@example.com", "C", "T", pw_hash, "0" * 64),
+                    f"t{b}{i}",
+                )
+                for i in range(40)
+            ]
+
+    results = [r for batch in store.add_batches(batches(), Policy()) for r in batch]
+    assert len(results) == 240
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert store.counts().total == 240
+
+
+def test_a_bulk_add_stopped_early_leaves_no_reply_on_a_pooled_connection(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """Stopped with a batch sent and its replies not in yet (the server holds it: CLIENT
+    PAUSE), the connection is not handed to the next call, which would read them."""
+    store = RedisStore(redis_proc.client(max_connections=1), prefix=prefix)  # one connection
+    admin = redis_proc.client()
+
+    def batches() -> Iterator[list[tuple[NewRegistration, str]]]:
+        for b in range(3):
+            if b == 2:  # sent next, and held until the pause ends
+                admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+            yield [
+                (NewRegistration(f"e{b}-{i}@example.com", "E", "S", pw_hash, "0" * 64), f"e{b}{i}")
+                for i in range(30)
+            ]
+
+    results = cast(Generator[Any, None, None], store.add_batches(batches(), Policy()))
+    next(results)
+    next(results)  # the last batch is sent, its replies still to come
+    results.close()
+    assert store.get("nobody@example.com") is None
+    assert store.get("e0-1@example.com") is not None

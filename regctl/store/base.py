@@ -77,6 +77,14 @@ class Store(Protocol):
         the record, AlreadyExists, or the error that refused that one (a full server)."""
         ...
 
+    def add_batches(
+        self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
+    ) -> Iterator[list[PendingRegistration | RegctlError]]:
+        """``add_many`` over successive batches, the results of each in turn; a store
+        may send the next batch before the results of the last are in (one is pulled
+        ahead), so the server works while the caller prepares."""
+        ...
+
     def restore(
         self,
         batch: Sequence[PendingRegistration],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from regctl.errors import (
@@ -163,6 +163,11 @@ class MemoryStore:
             except AlreadyExists as exc:
                 results.append(exc)
         return results
+
+    def add_batches(
+        self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
+    ) -> Iterator[list[PendingRegistration | RegctlError]]:
+        return (self.add_many(batch, policy) for batch in batches)
 
     def restore(
         self,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -315,6 +316,25 @@ class RedisStore:
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
     ) -> list[PendingRegistration | RegctlError]:
         replies = self.scripts.run_many("add", [self._add_call(new, policy, t) for new, t in batch])
+        return self._added(batch, replies)
+
+    def add_batches(
+        self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
+    ) -> Iterator[list[PendingRegistration | RegctlError]]:
+        pending: deque[Sequence[tuple[NewRegistration, str]]] = deque()
+
+        def calls() -> Iterator[list[tuple[tuple[str, ...], tuple[Any, ...]]]]:
+            for batch in batches:
+                pending.append(batch)
+                yield [self._add_call(new, policy, t) for new, t in batch]
+
+        for replies in self.scripts.run_batches("add", calls()):
+            yield self._added(pending.popleft(), replies)
+
+    @staticmethod
+    def _added(
+        batch: Sequence[tuple[NewRegistration, str]], replies: list[Any]
+    ) -> list[PendingRegistration | RegctlError]:
         results: list[PendingRegistration | RegctlError] = []
         for (new, _token), reply in zip(batch, replies, strict=True):
             if isinstance(reply, RegctlError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +47,23 @@ SHEBANGS = {
 # A script flushed between loading and running (SCRIPT FLUSH, a failover to a server
 # without it) did not run: it is loaded and sent again, this many times at most.
 NOSCRIPT_TRIES = 5
+
+
+# One script call: its keys and its arguments.
+Call = tuple[Sequence[str], Sequence[Any]]
+
+
+def _replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies read from ``conn``; an error reply in its place, as an exception."""
+    import redis.exceptions as rex
+
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except rex.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -251,6 +268,11 @@ class ScriptRunner:
             if not self._flags_refused(name, exc):
                 raise
             return self.run_many(name, calls)
+        return self._settled(name, calls, replies)
+
+    def _settled(self, name: str, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
+        """Pipelined replies as ``run_many`` gives them: errors translated, and a call the
+        server did not run (its script flushed, a failover) run again, alone."""
         for i, raw in enumerate(replies):
             reply = translated(raw) if isinstance(raw, Exception) else raw
             if _is_noscript(raw) or isinstance(reply, NotServing):
@@ -258,6 +280,51 @@ class ScriptRunner:
             else:
                 replies[i] = reply
         return replies
+
+    def run_batches(self, name: str, batches: Iterable[Sequence[Call]]) -> Iterator[list[Any]]:
+        """``run_many`` over successive batches, each sent before the replies of the one
+        before are read: the server runs a batch while the caller prepares the next (one
+        batch is pulled ahead). A connection lost meanwhile replays the batches sent and
+        unanswered through ``run_many`` (every regctl script is safe to replay). On
+        Cluster, and with a Sentinel watcher (writes wait out a failover), batches go
+        through ``run_many`` one after the other."""
+        import redis.exceptions as rex
+
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return
+        yield self.run_many(name, first)  # (the script loaded, its flags settled)
+        if self.is_cluster or self._watcher is not None:
+            yield from (self.run_many(name, calls) for calls in batches)
+            return
+        sha, pool = self.script(name).sha, self.client.connection_pool
+        with translated_errors():
+            conn = pool.get_connection()
+        sent: list[Sequence[Call]] = []  # sent, their replies not read yet
+        try:
+            try:
+                for calls in batches:
+                    sent.append(calls)
+                    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                    if len(sent) == 2:
+                        yield self._settled(name, sent[0], _replies(conn, len(sent[0])))
+                        sent.pop(0)
+                while sent:
+                    yield self._settled(name, sent[0], _replies(conn, len(sent[0])))
+                    sent.pop(0)
+            except (rex.ConnectionError, rex.TimeoutError):
+                conn.disconnect()
+                pool.release(conn)  # (the replay may need it: a pool of one)
+                conn, unanswered, sent = None, sent, []
+                yield from (self.run_many(name, calls) for calls in unanswered)
+                yield from (self.run_many(name, calls) for calls in batches)
+        finally:
+            if conn is not None:
+                if sent:  # (left with replies unread: no other call may read them)
+                    conn.disconnect()
+                pool.release(conn)
 
     def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
         script = self.script(name)
