@@ -316,10 +316,11 @@ class RegistrationManager:
         that row (invalid input, already exists), so one bad row stops nothing.
         """
         prepared: deque[list[tuple[NewRegistration, str, str] | RegctlError]] = deque()
+        codes = self._codes_of_store(writing=True)  # once: no round trip between batches
 
         def ready() -> Iterator[list[tuple[NewRegistration, str]]]:
             for chunk in chunks(rows, batch):
-                prepared.append([self._prepared_row(row) for row in chunk])
+                prepared.append([self._prepared_row(row, codes) for row in chunk])
                 yield [(p[0], p[2]) for p in prepared[-1] if not isinstance(p, RegctlError)]
 
         for stored in self.store.add_batches(ready(), self.policy):
@@ -332,7 +333,7 @@ class RegistrationManager:
                 yield result if isinstance(result, RegctlError) else Added(result, item[1])
 
     def _prepared_row(
-        self, row: Mapping[str, str]
+        self, row: Mapping[str, str], codes: security.CodeHasher
     ) -> tuple[NewRegistration, str, str] | RegctlError:
         """One row of ``add_many``: (registration, clear code, token), or its refusal."""
         token = security.new_token()
@@ -344,6 +345,7 @@ class RegistrationManager:
                 row.get("password"),
                 row.get("password_hash"),
                 token=token,
+                codes=codes,
             )
         except InvalidInput as exc:
             return exc
@@ -358,14 +360,17 @@ class RegistrationManager:
         password_hash: str | None,
         *,
         token: str,
+        codes: security.CodeHasher | None = None,
     ) -> tuple[NewRegistration, str]:
-        """Validate and hash one registration; return it with the clear code of ``token``."""
+        """Validate and hash one registration; return it with the clear code of ``token``
+        (``codes``: the code hasher, checked against the store's secret already)."""
         normalized = normalize_email(email)
         first = validate_name(first_name, "first name")
         last = validate_name(last_name, "last name")
         if (password is None) == (password_hash is None):
             raise InvalidInput("give exactly one of password and password_hash")
-        code_hasher = self._codes_of_store(writing=True)  # fail on config before the slow hash
+        # (fail on config before the slow hash)
+        code_hasher = codes or self._codes_of_store(writing=True)
         pw_hash = (
             security.check_password_hash(password_hash)
             if password_hash is not None

@@ -779,3 +779,66 @@ def test_a_bulk_add_stopped_early_leaves_no_reply_on_a_pooled_connection(
     results.close()
     assert store.get("nobody@example.com") is None
     assert store.get("e0-1@example.com") is not None
+
+
+def test_a_bulk_add_whose_rows_fail_midway_reports_every_row_it_stored(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """The rows' own error comes after the results of the batches already sent: each
+    stored registration is reported, with its code."""
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+
+    def rows() -> Iterator[dict[str, str]]:
+        for i in range(60):
+            yield {
+                "email": f"mid{i}@example.com",
+                "first_name": "M",
+                "last_name": "W",
+                "password_hash": pw_hash,
+            }
+        raise ValueError("the rows' source broke")
+
+    reported: list[Any] = []
+    with pytest.raises(ValueError, match="source broke"):
+        reported.extend(manager.add_many(rows(), batch=25))  # (extend keeps what came)
+    # (the batch the error broke off is never sent: 50 of the 60 rows)
+    assert len(reported) == manager.count() == 50
+    assert manager.verify("mid49@example.com", reported[-1].code).ok
+    manager.close()
+
+
+def test_a_bulk_add_on_one_connection_outlives_a_script_flush_and_invalid_rows(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """A pool of one connection, a batch of invalid rows first, the script cache flushed
+    midway: the calls that did not run are run again on the connection given back, not
+    left waiting for a second one (PoolExhausted)."""
+    client = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool(
+            path=str(redis_proc.socket),
+            connection_class=redis.UnixDomainSocketConnection,
+            max_connections=1,
+            timeout=0.5,
+            decode_responses=True,
+        )
+    )
+    manager = RegistrationManager(RedisStore(client, prefix=prefix), secret=SECRET)
+    admin = redis_proc.client()
+
+    def rows() -> Iterator[dict[str, str]]:
+        for i in range(200):
+            if i == 100:
+                admin.script_flush()
+            valid = i >= 25
+            yield {
+                "email": f"f{i}@example.com" if valid else "not an address",
+                "first_name": "F",
+                "last_name": "S",
+                "password_hash": pw_hash,
+            }
+
+    results = list(manager.add_many(rows(), batch=25))
+    assert [type(r).__name__ for r in results[:25]] == ["InvalidInput"] * 25
+    assert [r for r in results[25:] if isinstance(r, Exception)] == []
+    assert manager.count() == 175
+    manager.close()

@@ -322,6 +322,7 @@ class RedisStore:
         self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
     ) -> Iterator[list[PendingRegistration | RegctlError]]:
         pending: deque[Sequence[tuple[NewRegistration, str]]] = deque()
+        self._claim_layout()  # now: no round trip of its own while a batch is in flight
 
         def calls() -> Iterator[list[tuple[tuple[str, ...], tuple[Any, ...]]]]:
             for batch in batches:

@@ -66,6 +66,14 @@ def _replies(conn: Any, count: int) -> list[Any]:
     return replies
 
 
+def _not_run(reply: Any) -> bool:
+    """Whether a pipelined reply says its call did not run (its script flushed, a
+    failover, a slot moving): safe and needed to run again."""
+    if not isinstance(reply, Exception):
+        return False
+    return _is_noscript(reply) or isinstance(translated(reply), NotServing)
+
+
 def _is_noscript(reply: Any) -> bool:
     import redis.exceptions as rex
 
@@ -274,57 +282,109 @@ class ScriptRunner:
         """Pipelined replies as ``run_many`` gives them: errors translated, and a call the
         server did not run (its script flushed, a failover) run again, alone."""
         for i, raw in enumerate(replies):
-            reply = translated(raw) if isinstance(raw, Exception) else raw
-            if _is_noscript(raw) or isinstance(reply, NotServing):
+            if _not_run(raw):
                 replies[i] = self._reply_or_error(name, *calls[i])  # not run: again, alone
-            else:
-                replies[i] = reply
+            elif isinstance(raw, Exception):
+                replies[i] = translated(raw)
         return replies
 
     def run_batches(self, name: str, batches: Iterable[Sequence[Call]]) -> Iterator[list[Any]]:
         """``run_many`` over successive batches, each sent before the replies of the one
         before are read: the server runs a batch while the caller prepares the next (one
         batch is pulled ahead). A connection lost meanwhile replays the batches sent and
-        unanswered through ``run_many`` (every regctl script is safe to replay). On
-        Cluster, and with a Sentinel watcher (writes wait out a failover), batches go
-        through ``run_many`` one after the other."""
+        unanswered through ``run_many`` (every regctl script is safe to replay), as do
+        the calls the server did not run (their script flushed); the batches after
+        such a fault go one after the other. When pulling a batch fails (the caller's
+        rows), the results of the batches sent come first, then the error. On Cluster,
+        and with a Sentinel watcher (writes wait out a failover), batches go through
+        ``run_many`` one after the other."""
         import redis.exceptions as rex
 
         batches = iter(batches)
-        first = next(batches, None)
-        if first is None:
-            return
-        yield self.run_many(name, first)  # (the script loaded, its flags settled)
         if self.is_cluster or self._watcher is not None:
             yield from (self.run_many(name, calls) for calls in batches)
             return
-        sha, pool = self.script(name).sha, self.client.connection_pool
+        sha, pool = self._loaded(name), self.client.connection_pool
         with translated_errors():
             conn = pool.get_connection()
-        sent: list[Sequence[Call]] = []  # sent, their replies not read yet
+        pending: list[Sequence[Call]] = []  # sent, their replies not read yet
         try:
-            try:
-                for calls in batches:
-                    sent.append(calls)
+            while True:
+                try:
+                    calls = next(batches, None)
+                except Exception:  # the caller's: report what was stored, then raise
+                    held, conn, done, pending = conn, None, pending, []
+                    yield from self._drained(name, held, done)
+                    raise
+                if calls is None:
+                    break
+                pending.append(calls)
+                try:
                     commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
                     conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                    if len(sent) == 2:
-                        yield self._settled(name, sent[0], _replies(conn, len(sent[0])))
-                        sent.pop(0)
-                while sent:
-                    yield self._settled(name, sent[0], _replies(conn, len(sent[0])))
-                    sent.pop(0)
-            except (rex.ConnectionError, rex.TimeoutError):
-                conn.disconnect()
-                pool.release(conn)  # (the replay may need it: a pool of one)
-                conn, unanswered, sent = None, sent, []
-                yield from (self.run_many(name, calls) for calls in unanswered)
-                yield from (self.run_many(name, calls) for calls in batches)
+                    if len(pending) < 2:
+                        continue
+                    raw = _replies(conn, len(pending[0]))
+                except (rex.ConnectionError, rex.TimeoutError):
+                    conn.disconnect()
+                    held, conn, done, pending = conn, None, pending, []
+                    pool.release(held)  # (before the replay, which may need it: a pool of one)
+                    yield from (self.run_many(name, calls) for calls in done)
+                    break
+                if any(_not_run(reply) for reply in raw):  # reruns need the connection back
+                    held, conn, done, pending = conn, None, pending, []
+                    yield from self._drained(name, held, done, raw)
+                    break
+                yield self._settled(name, pending.pop(0), raw)
+            if conn is not None:
+                held, conn, done, pending = conn, None, pending, []
+                yield from self._drained(name, held, done)
+            yield from (self.run_many(name, calls) for calls in batches)  # (after a fault)
         finally:
             if conn is not None:
-                if sent:  # (left with replies unread: no other call may read them)
+                if pending:  # (left with replies unread: no other call may read them)
                     conn.disconnect()
                 pool.release(conn)
+
+    def _drained(
+        self,
+        name: str,
+        conn: Any,
+        sent: list[Sequence[Call]],
+        first: list[Any] | None = None,
+    ) -> Iterator[list[Any]]:
+        """The results of the batches ``sent`` on ``conn`` (``first``: the first one's
+        replies, read already): every reply read and the connection given back before
+        any call is run again, alone (a pool of one); a connection lost meanwhile
+        replays the batches whose replies did not come."""
+        import redis.exceptions as rex
+
+        replies = [first] if first is not None else []
+        try:
+            for calls in sent[len(replies) :]:
+                replies.append(_replies(conn, len(calls)))
+        except (rex.ConnectionError, rex.TimeoutError):
+            conn.disconnect()
+        self.client.connection_pool.release(conn)
+        read = sent[: len(replies)]
+        yield from (
+            self._settled(name, calls, raw) for calls, raw in zip(read, replies, strict=True)
+        )
+        yield from (self.run_many(name, calls) for calls in sent[len(replies) :])
+
+    def _loaded(self, name: str) -> str:
+        """The sha of ``name``'s script, loaded on the server (its flags settled)."""
+        import redis.exceptions as rex
+
+        try:
+            with translated_errors():
+                self.client.script_load(self.script(name).script)
+        except rex.ResponseError as exc:
+            if not self._flags_refused(name, exc):
+                raise
+            with translated_errors():
+                self.client.script_load(self.script(name).script)
+        return str(self.script(name).sha)
 
     def _pipelined(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> Any:
         script = self.script(name)
