@@ -663,7 +663,7 @@ class RegistrationManager:
         *,
         replace: bool = False,
         dry_run: bool = False,
-        batch: int = 500,
+        batch: int = 25,
         on_progress: Callable[[int], None] | None = None,
     ) -> ImportReport:
         """Restore NDJSON lines of a secrets-included export, streamed in batches.
@@ -677,24 +677,33 @@ class RegistrationManager:
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
         store_secret = self.store.secret_fingerprint()
-        for chunk in chunks(numbered, batch):
-            good: list[tuple[int, PendingRegistration]] = []
-            for number, line in chunk:
-                try:
-                    reg = parse_record(line, self.policy)
-                except InvalidInput as exc:
-                    report.refuse(number, exc.message)
-                    continue
-                tag = security.split_code_hash(reg.code_hash)[0]
-                if store_secret and tag and not store_secret.startswith(tag):
-                    report.refuse(number, "its code was made with another code secret")
-                    continue
-                good.append((number, reg))
-            records = [reg for _n, reg in good]
-            statuses = self.store.restore(records, replace, dry_run, max_ahead)
+        # Per batch sent: its size, its lines refused so far, its records (with their line).
+        ahead: deque[tuple[int, list[tuple[int, str]], list[tuple[int, PendingRegistration]]]]
+        ahead = deque()
+
+        def ready() -> Iterator[list[PendingRegistration]]:
+            for chunk in chunks(numbered, batch):
+                refused: list[tuple[int, str]] = []
+                good: list[tuple[int, PendingRegistration]] = []
+                for number, line in chunk:
+                    try:
+                        reg = parse_record(line, self.policy)
+                    except InvalidInput as exc:
+                        refused.append((number, exc.message))
+                        continue
+                    tag = security.split_code_hash(reg.code_hash)[0]
+                    if store_secret and tag and not store_secret.startswith(tag):
+                        refused.append((number, "its code was made with another code secret"))
+                        continue
+                    good.append((number, reg))
+                ahead.append((len(chunk), refused, good))
+                yield [reg for _n, reg in good]
+
+        for statuses in self.store.restore_batches(ready(), replace, dry_run, max_ahead):
+            size, refused, good = ahead.popleft()
             for (number, reg), status in zip(good, statuses, strict=True):
                 if isinstance(status, RegctlError):
-                    report.refuse(number, f"not restored: {status.message}")
+                    refused.append((number, f"not restored: {status.message}"))
                 elif status in ("restored", "reset"):
                     report.restored += 1
                     if status == "reset":
@@ -704,9 +713,11 @@ class RegistrationManager:
                 elif status == "expired":
                     report.expired += 1
                 else:
-                    report.refuse(number, "its times lie ahead of the server's clock")
+                    refused.append((number, "its times lie ahead of the server's clock"))
+            for number, reason in sorted(refused):  # (in line order, as they were read)
+                report.refuse(number, reason)
             if on_progress is not None:
-                on_progress(len(chunk))
+                on_progress(size)
         return report
 
     def purge(

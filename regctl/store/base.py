@@ -100,6 +100,16 @@ class Store(Protocol):
         clock skew, after the server's now)."""
         ...
 
+    def restore_batches(
+        self,
+        batches: Iterable[Sequence[PendingRegistration]],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
+    ) -> Iterator[list[str | RegctlError]]:
+        """``restore`` over successive batches, as ``add_batches`` does for ``add_many``."""
+        ...
+
     def get(self, identity: str) -> PendingRegistration | None: ...
 
     def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:

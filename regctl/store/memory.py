@@ -169,6 +169,15 @@ class MemoryStore:
     ) -> Iterator[list[PendingRegistration | RegctlError]]:
         return (self.add_many(batch, policy) for batch in batches)
 
+    def restore_batches(
+        self,
+        batches: Iterable[Sequence[PendingRegistration]],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
+    ) -> Iterator[list[str | RegctlError]]:
+        return (self.restore(b, replace_existing, dry_run, max_ahead_ms) for b in batches)
+
     def restore(
         self,
         batch: Sequence[PendingRegistration],

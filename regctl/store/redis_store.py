@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,6 +64,8 @@ from regctl.store.walk import (
 from regctl.text import visible
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     pass
@@ -321,16 +323,29 @@ class RedisStore:
     def add_batches(
         self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
     ) -> Iterator[list[PendingRegistration | RegctlError]]:
-        pending: deque[Sequence[tuple[NewRegistration, str]]] = deque()
+        return self._streamed(
+            "add", batches, lambda item: self._add_call(item[0], policy, item[1]), self._added
+        )
+
+    def _streamed(
+        self,
+        name: str,
+        batches: Iterable[Sequence[Item]],
+        call: Callable[[Item], tuple[tuple[str, ...], tuple[Any, ...]]],
+        results: Callable[[Sequence[Item], list[Any]], list[R]],
+    ) -> Iterator[list[R]]:
+        """Batches of items through ``ScriptRunner.run_batches``: each item's script
+        ``call``, and each batch's ``results`` from its replies."""
+        pending: deque[Sequence[Item]] = deque()
         self._claim_layout()  # now: no round trip of its own while a batch is in flight
 
         def calls() -> Iterator[list[tuple[tuple[str, ...], tuple[Any, ...]]]]:
             for batch in batches:
                 pending.append(batch)
-                yield [self._add_call(new, policy, t) for new, t in batch]
+                yield [call(item) for item in batch]
 
-        for replies in self.scripts.run_batches("add", calls()):
-            yield self._added(pending.popleft(), replies)
+        for replies in self.scripts.run_batches(name, calls()):
+            yield results(pending.popleft(), replies)
 
     @staticmethod
     def _added(
@@ -354,10 +369,17 @@ class RedisStore:
         dry_run: bool,
         max_ahead_ms: int,
     ) -> list[str | RegctlError]:
-        calls = []
-        for reg in batch:
+        return next(self.restore_batches([batch], replace_existing, dry_run, max_ahead_ms))
+
+    def restore_batches(
+        self,
+        batches: Iterable[Sequence[PendingRegistration]],
+        replace_existing: bool,
+        dry_run: bool,
+        max_ahead_ms: int,
+    ) -> Iterator[list[str | RegctlError]]:
+        def call(reg: PendingRegistration) -> tuple[tuple[str, ...], tuple[Any, ...]]:
             d = digest(reg.identity)
-            fields = encode(reg)
             flags = (
                 int(replace_existing),
                 int(dry_run),
@@ -366,11 +388,14 @@ class RedisStore:
                 max_ahead_ms,
                 CLOCK_SKEW_MS,
             )
-            calls.append((self._claim_layout().keys_for(d), (d, *flags, *fields)))
-        return [
-            status if isinstance(status, RegctlError) else str(status)
-            for status in self.scripts.run_many("restore", calls)
-        ]
+            return self.keyspace.keys_for(d), (d, *flags, *encode(reg))
+
+        def statuses(
+            _batch: Sequence[PendingRegistration], replies: list[Any]
+        ) -> list[str | RegctlError]:
+            return [r if isinstance(r, RegctlError) else str(r) for r in replies]
+
+        return self._streamed("restore", batches, call, statuses)
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self.scripts.run("get", (self.keyspace.record(digest(identity)),), ())
