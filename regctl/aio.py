@@ -72,13 +72,18 @@ class _OnLoop:
     twin of the sync client, made on its first call and closed when the loop shuts
     down (``asyncio.run`` does that before it closes the loop)."""
 
-    def __init__(self, manager: RegistrationManager, pool: _Pool | None) -> None:
+    def __init__(
+        self, manager: RegistrationManager, pool: _Pool | None, *, cluster: bool = False
+    ) -> None:
         self.manager = manager
         self.pool = pool
         self.calls = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.ready = asyncio.Lock() if _needs_start(manager) else None
+        # A fresh redis.asyncio cluster client sends concurrent calls all to one node,
+        # and its handling of the MOVED replies closes connections other calls are
+        # using: it learns the slots first (``_start``), once.
+        self.ready = asyncio.Lock() if cluster else None
         self.ending = False  # closing or closed: no more calls on this loop
         self.keeper: AsyncGenerator[None] | None = None
 
@@ -108,15 +113,6 @@ class _OnLoop:
         cancelled close: it may have given one back to the pool)."""
         if self.manager is not sync:
             await asyncio.shield(bridged(self.manager.close))
-
-
-def _needs_start(manager: RegistrationManager) -> bool:
-    """Whether the manager's client must learn its topology before concurrent calls: a
-    fresh redis.asyncio cluster client sends them all to one node, and its handling of
-    the MOVED replies closes connections other calls are using."""
-    from regctl.store.redis_store import RedisStore
-
-    return isinstance(manager.store, RedisStore) and manager.store.is_cluster
 
 
 def _start(manager: RegistrationManager) -> None:
@@ -194,7 +190,8 @@ class AsyncRegistrationManager:
         from regctl.connection import async_twin, pool_limits
 
         twin = self._redis.twin(Awaited(async_twin(self._redis.client)))
-        return _OnLoop(self.sync.on(twin), _Pool(*pool_limits(self._redis.client)))
+        pool = _Pool(*pool_limits(self._redis.client))
+        return _OnLoop(self.sync.on(twin), pool, cluster=self._redis.is_cluster)
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
@@ -312,7 +309,7 @@ class AsyncRegistrationManager:
                 await state.keeper.aclose()
             elif loop.is_running():
                 asyncio.run_coroutine_threadsafe(_ended(state.keeper), loop)
-            # (a loop that is closed took its connections with it)
+            # (a closed loop's connections are left to the garbage collector)
         self._loops.clear()
         await asyncio.to_thread(self.sync.close)
 

@@ -38,9 +38,10 @@ _idle = threading.local()
 
 class _Worker(greenlet.greenlet):  # type: ignore[misc]
     """Runs bridged calls, one at a time; ``driver`` is the loop's greenlet. Its call
-    comes in ``job``; it hands the driver (awaitable, deadline) pairs to await, and
-    at the end switches with nothing, the outcome in ``outcome`` (raised?, value): an
-    idle worker holds no call's arguments or result (a clear password, a clear code)."""
+    comes in ``job``; it hands the driver (awaitable, deadline, is it Redis I/O) to
+    await, and at the end switches with None, the outcome in ``outcome`` (raised?,
+    value): an idle worker holds no call's arguments or result (a clear password, a
+    clear code)."""
 
     def __init__(self, driver: greenlet.greenlet) -> None:
         super().__init__(self._serve, driver)

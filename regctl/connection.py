@@ -445,7 +445,8 @@ def _async_sentinel(client: Any, pool: Any) -> Any:
 
 def _async_kwargs(kwargs: dict[str, Any], kind: Any) -> dict[str, Any]:
     """A sync client's connection arguments as ``kind`` (an asyncio class) takes them:
-    the retry budget in its asyncio form; arguments only the sync side has dropped."""
+    the retry budget in its asyncio form, and the arguments only the sync side knows
+    left out."""
     import inspect
 
     accepted = {

@@ -20,7 +20,6 @@ import functools
 import heapq
 import hmac
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -73,6 +72,7 @@ from regctl.store.base import (
     Progress,
     Store,
     chunks,
+    paired,
 )
 from regctl.text import duration, visible
 from regctl.validation import (
@@ -87,6 +87,10 @@ if TYPE_CHECKING:
     from regctl.diagnostics.health import Health, HealthProbe, Thresholds
     from regctl.settings import Settings
 
+
+# A batch of an import as read: its size, its lines refused so far (line number, why),
+# and its records (with their line number).
+_ImportBatch = tuple[int, list[tuple[int, str]], list[tuple[int, PendingRegistration]]]
 
 # A purge holds its lease this long past its last sign of progress.
 PURGE_LEASE_MS = 15_000
@@ -315,17 +319,14 @@ class RegistrationManager:
         buffer, so sending never waits); yields, in order, an ``Added`` or the error of
         that row (invalid input, already exists), so one bad row stops nothing.
         """
-        prepared: deque[list[tuple[NewRegistration, str, str] | RegctlError]] = deque()
         codes = self._codes_of_store(writing=True)  # once: no round trip between batches
-
-        def ready() -> Iterator[list[tuple[NewRegistration, str]]]:
-            for chunk in chunks(rows, batch):
-                prepared.append([self._prepared_row(row, codes) for row in chunk])
-                yield [(p[0], p[2]) for p in prepared[-1] if not isinstance(p, RegctlError)]
-
-        for stored in self.store.add_batches(ready(), self.policy):
+        for prepared, stored in paired(
+            ([self._prepared_row(row, codes) for row in chunk] for chunk in chunks(rows, batch)),
+            lambda prepared: [(p[0], p[2]) for p in prepared if not isinstance(p, RegctlError)],
+            lambda ready: self.store.add_batches(ready, self.policy),
+        ):
             results = iter(stored)
-            for item in prepared.popleft():
+            for item in prepared:
                 if isinstance(item, RegctlError):
                     yield item
                     continue
@@ -677,30 +678,28 @@ class RegistrationManager:
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
         store_secret = self.store.secret_fingerprint()
-        # Per batch sent: its size, its lines refused so far, its records (with their line).
-        ahead: deque[tuple[int, list[tuple[int, str]], list[tuple[int, PendingRegistration]]]]
-        ahead = deque()
 
-        def ready() -> Iterator[list[PendingRegistration]]:
-            for chunk in chunks(numbered, batch):
-                refused: list[tuple[int, str]] = []
-                good: list[tuple[int, PendingRegistration]] = []
-                for number, line in chunk:
-                    try:
-                        reg = parse_record(line, self.policy)
-                    except InvalidInput as exc:
-                        refused.append((number, exc.message))
-                        continue
-                    tag = security.split_code_hash(reg.code_hash)[0]
-                    if store_secret and tag and not store_secret.startswith(tag):
-                        refused.append((number, "its code was made with another code secret"))
-                        continue
-                    good.append((number, reg))
-                ahead.append((len(chunk), refused, good))
-                yield [reg for _n, reg in good]
+        def read(chunk: list[tuple[int, str]]) -> _ImportBatch:
+            refused: list[tuple[int, str]] = []
+            good: list[tuple[int, PendingRegistration]] = []
+            for number, line in chunk:
+                try:
+                    reg = parse_record(line, self.policy)
+                except InvalidInput as exc:
+                    refused.append((number, exc.message))
+                    continue
+                tag = security.split_code_hash(reg.code_hash)[0]
+                if store_secret and tag and not store_secret.startswith(tag):
+                    refused.append((number, "its code was made with another code secret"))
+                    continue
+                good.append((number, reg))
+            return len(chunk), refused, good
 
-        for statuses in self.store.restore_batches(ready(), replace, dry_run, max_ahead):
-            size, refused, good = ahead.popleft()
+        for (size, refused, good), statuses in paired(
+            (read(chunk) for chunk in chunks(numbered, batch)),
+            lambda batch: [reg for _n, reg in batch[2]],
+            lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
+        ):
             for (number, reg), status in zip(good, statuses, strict=True):
                 if isinstance(status, RegctlError):
                     refused.append((number, f"not restored: {status.message}"))

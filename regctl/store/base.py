@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
 from regctl.reports import PurgeReport, Tally
 
 T = TypeVar("T")
+S = TypeVar("S")
 R = TypeVar("R")
 
 PURGE_BATCH = 500
@@ -85,21 +87,6 @@ class Store(Protocol):
         ahead), so the server works while the caller prepares."""
         ...
 
-    def restore(
-        self,
-        batch: Sequence[PendingRegistration],
-        replace_existing: bool,
-        dry_run: bool,
-        max_ahead_ms: int,
-    ) -> list[str | RegctlError]:
-        """Write exported records back with their remaining lifetime; one status each
-        (or the error that refused that one):
-        "restored", "reset" (replaced one that had more attempts or resends used, or
-        was locked), "exists" (kept, unless ``replace_existing``), "expired", or
-        "invalid" (expiring more than ``max_ahead_ms``, or made or sent more than a
-        clock skew, after the server's now)."""
-        ...
-
     def restore_batches(
         self,
         batches: Iterable[Sequence[PendingRegistration]],
@@ -107,7 +94,12 @@ class Store(Protocol):
         dry_run: bool,
         max_ahead_ms: int,
     ) -> Iterator[list[str | RegctlError]]:
-        """``restore`` over successive batches, as ``add_batches`` does for ``add_many``."""
+        """Write exported records back with their remaining lifetime, batch by batch as
+        ``add_batches`` does; one status each (or the error that refused that one):
+        "restored", "reset" (replaced one that had more attempts or resends used, or
+        was locked), "exists" (kept, unless ``replace_existing``), "expired", or
+        "invalid" (expiring more than ``max_ahead_ms``, or made or sent more than a
+        clock skew, after the server's now)."""
         ...
 
     def get(self, identity: str) -> PendingRegistration | None: ...
@@ -235,6 +227,24 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def paired(
+    batches: Iterable[T],
+    sent: Callable[[T], S],
+    run: Callable[[Iterator[S]], Iterator[R]],
+) -> Iterator[tuple[T, R]]:
+    """Each batch with its result, from ``run`` over what each batch ``sent`` is: ``run``
+    may pull a batch ahead before it gives the last one's result (``run_batches``)."""
+    pending: deque[T] = deque()
+
+    def pulled() -> Iterator[S]:
+        for batch in batches:
+            pending.append(batch)
+            yield sent(batch)
+
+    for result in run(pulled()):
+        yield pending.popleft(), result
 
 
 class Helper:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from regctl.bridge import settled
 from regctl.codec import decode, decode_row, encode
@@ -50,6 +49,7 @@ from regctl.store.base import (
     NewRegistration,
     Progress,
     chunks,
+    paired,
 )
 from regctl.store.scripts import ScriptRunner
 from regctl.store.walk import (
@@ -63,12 +63,8 @@ from regctl.store.walk import (
 )
 from regctl.text import visible
 
-T = TypeVar("T")
 Item = TypeVar("Item")
 R = TypeVar("R")
-
-if TYPE_CHECKING:
-    pass
 
 # The field of the meta hash that holds the code secret's fingerprint.
 FINGERPRINT_FIELD = "code_secret_fingerprint"
@@ -336,16 +332,13 @@ class RedisStore:
     ) -> Iterator[list[R]]:
         """Batches of items through ``ScriptRunner.run_batches``: each item's script
         ``call``, and each batch's ``results`` from its replies."""
-        pending: deque[Sequence[Item]] = deque()
         self._claim_layout()  # now: no round trip of its own while a batch is in flight
-
-        def calls() -> Iterator[list[tuple[tuple[str, ...], tuple[Any, ...]]]]:
-            for batch in batches:
-                pending.append(batch)
-                yield [call(item) for item in batch]
-
-        for replies in self.scripts.run_batches(name, calls()):
-            yield results(pending.popleft(), replies)
+        for batch, replies in paired(
+            batches,
+            lambda batch: [call(item) for item in batch],
+            lambda calls: self.scripts.run_batches(name, calls),
+        ):
+            yield results(batch, replies)
 
     @staticmethod
     def _added(
@@ -361,15 +354,6 @@ class RedisStore:
                 decode(fields, int(now)) if status == "created" else already_exists(new.email)
             )
         return results
-
-    def restore(
-        self,
-        batch: Sequence[PendingRegistration],
-        replace_existing: bool,
-        dry_run: bool,
-        max_ahead_ms: int,
-    ) -> list[str | RegctlError]:
-        return next(self.restore_batches([batch], replace_existing, dry_run, max_ahead_ms))
 
     def restore_batches(
         self,

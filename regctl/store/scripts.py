@@ -150,7 +150,7 @@ class ScriptRunner:
             with contextlib.suppress(Exception):  # the next try says what is wrong
                 settled(self.client.nodes_manager.initialize())
             return
-        pool = getattr(self.client, "connection_pool", None)
+        pool = self._pool
         if isinstance(pool, SentinelConnectionPool):
             pool.reset()  # type: ignore[no-untyped-call]
             return
