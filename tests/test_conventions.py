@@ -25,6 +25,14 @@ def client_of(proc: RedisProcess) -> redis.Redis:
     return proc.client()
 
 
+def written(proc: RedisProcess, cli: Cli) -> tuple[frozenset[str], int]:
+    """The keys under this test's prefix and its audit stream's length: what a command
+    that must write nothing would change (other tests' keys expire on the shared server)."""
+    keyspace = Keyspace(cli.env["REGCTL_PREFIX"])
+    client = client_of(proc)
+    return frozenset(client.scan_iter(keyspace.pattern())), int(client.xlen(keyspace.audit))
+
+
 # --- global options anywhere on the line --------------------------------------------
 
 
@@ -188,11 +196,11 @@ def test_a_format_or_option_that_cannot_apply_is_refused_before_anything_runs(
     cli: Cli, redis_proc: RedisProcess, args: tuple[str, ...], refused: str
 ):
     add(cli)
-    before = client_of(redis_proc).dbsize()
+    before = written(redis_proc, cli)
     ran = cli(*args)
     assert ran.exit_code == 2
     assert refused in ran.stderr
-    assert client_of(redis_proc).dbsize() == before  # nothing written, not even audit
+    assert written(redis_proc, cli) == before  # nothing written, not even audit
 
 
 def test_no_headers_and_fields_for_scripts(cli: Cli):
@@ -285,11 +293,11 @@ def test_the_terminal_view_of_stats_is_the_whole_view_with_its_time(cli: Cli):
 
 def test_a_bad_metrics_file_is_refused_before_the_purge(cli: Cli, tmp_path, redis_proc):
     add(cli)
-    before = client_of(redis_proc).dbsize()
+    before = written(redis_proc, cli)
     ran = cli("purge", "--metrics-file", str(tmp_path / "missing" / "regctl.prom"))
     assert ran.exit_code == 78
     assert "no directory" in ran.stderr
-    assert client_of(redis_proc).dbsize() == before  # no purge ran, no audit entry
+    assert written(redis_proc, cli) == before  # no purge ran, no audit entry
 
 
 # --- messages ------------------------------------------------------------------------------------
