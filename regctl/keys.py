@@ -59,6 +59,8 @@ class Keyspace:
 
     # Each bucket's hash tag, made once: every key of a call starts with one.
     _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # A record key of this namespace, (bucket, digest) read in one match.
+    _record_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
@@ -66,6 +68,8 @@ class Keyspace:
             raise InvalidInput(f"bucket count must be {MIN_BUCKETS}..{MAX_BUCKETS}")
         tags = tuple(f"{self.prefix}:{{b{bucket:02d}}}" for bucket in range(self.buckets))
         object.__setattr__(self, "_tags", tags)
+        own = re.compile(re.escape(self.prefix) + r":\{b(\d+)\}:reg:([0-9a-f]{32})")
+        object.__setattr__(self, "_record_re", own)
 
     @property
     def meta(self) -> str:
@@ -118,18 +122,16 @@ class Keyspace:
         """A SCAN pattern matching every record key, in any bucket (diagnostics)."""
         return f"{self.prefix}:{{b*}}:reg:*"
 
-    def locate(self, record_key: str) -> tuple[int, str]:
-        """(bucket, digest) of a record key, the inverse of ``record``."""
-        tag, _, digest_hex = record_key.rpartition(":reg:")
-        return int(tag.rpartition("{b")[2].rstrip("}")), digest_hex
-
     def own_record(self, key: str) -> tuple[int, str] | None:
         """(bucket, digest) when ``key`` is a record of this namespace (not a selftest's,
         nor another program's key only shaped like one); else None."""
-        if self.kind(key) != "record" or key.startswith(self.selftest_prefix("")):
+        found = self._record_re.fullmatch(key)
+        if found is None:
             return None
-        where = self.locate(key)
-        return where if where[0] < self.buckets else None
+        bucket = int(found[1])
+        if bucket >= self.buckets or self._tags[bucket] != key[: len(self._tags[bucket])]:
+            return None  # (a bucket named otherwise, {b1} for {b01}, is not one of ours)
+        return bucket, found[2]
 
     def client_limit(self, action: str, client_id: str) -> str:
         """A client's sliding window of ``action``s (signup, code), named by the client

@@ -703,8 +703,8 @@ def test_eviction_never_hides_records_silently(cli: Cli, tmp_path: Path, pw_hash
             admin.zrem(ks.index(bucket), member)
 
         def outside_index() -> int:
-            located = [ks.locate(k) for k in admin.scan_iter(ks.record_pattern())]
-            return sum(1 for bucket, d in located if admin.zscore(ks.index(bucket), d) is None)
+            located = [ks.own_record(k) for k in admin.scan_iter(ks.record_pattern())]
+            return sum(1 for w in located if w and admin.zscore(ks.index(w[0]), w[1]) is None)
 
         missing = outside_index()
         assert missing >= 5

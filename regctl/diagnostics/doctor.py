@@ -19,6 +19,7 @@ from regctl.keys import KINDS, LASTING_KINDS
 from regctl.manager import PURGE_LEASE_MS
 from regctl.settings import MAX_LIFETIME_S
 from regctl.store.base import Helper, chunks, overlapped
+from regctl.store.walk import LiveIndex, all_or_raise
 from regctl.text import plural
 
 if TYPE_CHECKING:
@@ -200,35 +201,34 @@ class _Keys:
     lost_ttl: list[str] = field(default_factory=list)  # regctl's, should expire, will not
     too_long: list[str] = field(default_factory=list)  # ... will, far later than regctl sets
     wrong_type: list[str] = field(default_factory=list)  # ... hold another kind of value
-    unindexed: int = 0  # records of this namespace without an index entry (evicted?)
+    records: list[bytearray] = field(default_factory=list)  # this namespace's, per bucket
 
 
 def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
-    """Every key under the prefix, its TTL and type (and a record's index entry), a
-    thousand keys a round trip."""
-    ks, found = store.keyspace, _Keys()
+    """Every key under the prefix, its TTL and type, a thousand keys a round trip; and
+    which records of this namespace exist, by bucket (their digests packed)."""
+    ks = store.keyspace
+    found = _Keys(records=[bytearray() for _ in range(ks.buckets)])
 
-    def batch(chunk: list[str]) -> tuple[list[str], list[str | None], list[Where]]:
-        kinds = [ks.kind(key) for key in chunk]
-        where = [
-            ks.own_record(key) if kind == "record" else None
-            for key, kind in zip(chunk, kinds, strict=True)
-        ]
-        return chunk, kinds, where
+    def named(key: str) -> tuple[str | None, tuple[int, str] | None]:
+        where = ks.own_record(key)  # most keys are records: one match names them
+        return ("record", where) if where is not None else (ks.kind(key), None)
+
+    def batch(chunk: list[str]) -> tuple[list[str], list[tuple[str | None, Any]]]:
+        return chunk, [named(key) for key in chunk]
 
     with translated_errors():
         keys = islice(store.client.scan_iter(match=ks.pattern(), count=1000), scan_limit)
         batches = (batch(chunk) for chunk in chunks(keys, 1000))
         # The server checks a batch while the next one is scanned and named.
-        for (chunk, kinds, _where), facts in overlapped(
-            batches, lambda b: _key_facts(store, b[0], b[2])
-        ):
-            replies = iter(facts)
-            for key, kind in zip(chunk, kinds, strict=True):
-                ttl, kind_of, indexed = next(replies), next(replies), next(replies)
+        for (chunk, names), facts in overlapped(batches, lambda b: _key_facts(store, b[0])):
+            for key, (kind, where), ttl, kind_of in zip(
+                chunk, names, facts[::2], facts[1::2], strict=True
+            ):
                 if kind_of == "none":
                     continue  # gone since the SCAN (verified, expired): nothing to say
-                found.unindexed += indexed == 0
+                if where is not None:
+                    found.records[where[0]] += bytes.fromhex(where[1])
                 if kind is None:
                     found.foreign.append(key)
                 elif kind_of != KINDS[kind]:
@@ -240,57 +240,33 @@ def _scan_keys(store: RedisStore, scan_limit: int) -> _Keys:
     return found
 
 
-# (bucket, digest) of a record of this namespace; None for any other key.
-Where = tuple[int, str] | None
-
-
-def _key_facts(store: RedisStore, keys: list[str], where: list[Where]) -> list[Any]:
-    """(pttl, type, indexed: 1, 0, or -1 for no record of this namespace) per key. A
-    standalone server answers in one script call; on Cluster the keys span slots, so
-    the commands go pipelined."""
-    ks = store.keyspace
+def _key_facts(store: RedisStore, keys: list[str]) -> list[Any]:
+    """pttl, type, pttl, type ... of ``keys``. A standalone server answers in one
+    script call; on Cluster the keys span slots, so the commands go pipelined."""
     if not store.is_cluster:
-        indexes = sorted({ks.index(w[0]) for w in where if w is not None})
-        at = {index: len(keys) + i + 1 for i, index in enumerate(indexes)}
-        args = [
-            item for w in where for item in ((0, "") if w is None else (at[ks.index(w[0])], w[1]))
-        ]
-        return list(store.scripts.run("keycheck", (*keys, *indexes), args))
+        return list(store.scripts.run("keycheck", keys, ()))
     pipe = store.client.pipeline(transaction=False)
-    for key, w in zip(keys, where, strict=True):
+    for key in keys:
         pipe.pttl(key)
         pipe.type(key)
-        if w is not None:
-            pipe.zscore(ks.index(w[0]), w[1])
-    replies = iter(pipe.execute(raise_on_error=False))
-    facts: list[Any] = []
-    for w in where:
-        ttl, kind_of = next(replies), next(replies)
-        for reply in (ttl, kind_of):
-            if isinstance(reply, Exception):
-                raise reply
-        facts += [ttl, kind_of]
-        # (an index of the wrong type answers with an error: it cannot tell, and the
-        # index key itself is named wrong-type)
-        facts.append(-1 if w is None else int(next(replies) is not None))
-    return facts
+    return all_or_raise(pipe.execute(raise_on_error=False))
 
 
 def _keyspace_findings(store: RedisStore, scan_limit: int) -> list[Finding]:
-    # The orphan count reads the indexes while the scan reads the keys: the server
-    # answers one while the client names the other's keys.
-    helper = Helper("regctl-orphans")
+    # The index is read while the scan reads the keys: the server answers one while
+    # the client names the other's keys.
+    helper = Helper("regctl-index")
     try:
-        orphans = helper.submit(store.count_orphans)
-        return _key_findings(store, _scan_keys(store, scan_limit), orphans)
+        index = helper.submit(store.live_index)
+        return _key_findings(store, _scan_keys(store, scan_limit), index)
     finally:
         helper.close()
 
 
-def _key_findings(store: RedisStore, scanned: _Keys, orphans_counted: Future[int]) -> list[Finding]:
+def _key_findings(store: RedisStore, scanned: _Keys, index: Future[LiveIndex]) -> list[Finding]:
     ks, client = store.keyspace, store.client
     foreign, lost_ttl, too_long = scanned.foreign, scanned.lost_ttl, scanned.too_long
-    wrong_type, unindexed = scanned.wrong_type, scanned.unindexed
+    wrong_type = scanned.wrong_type
     findings = []
     if wrong_type:
         findings.append(
@@ -352,6 +328,10 @@ def _key_findings(store: RedisStore, scanned: _Keys, orphans_counted: Future[int
         )
     if wrong_type:
         return findings  # the checks below read those keys: they would only fail
+    try:
+        orphans, unindexed = store.index_gaps(scanned.records, index.result())
+    except NotServing:  # slots on the move: reported as open slots; the index waits
+        return findings
     if unindexed:
         findings.append(
             Finding(
@@ -362,10 +342,6 @@ def _key_findings(store: RedisStore, scanned: _Keys, orphans_counted: Future[int
                 "run `regctl purge --reindex`, and set `maxmemory-policy noeviction`",
             )
         )
-    try:
-        orphans = orphans_counted.result()
-    except NotServing:  # slots on the move: reported as open slots; orphans wait for it
-        return findings
     if orphans:
         findings.append(
             Finding(

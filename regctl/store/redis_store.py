@@ -53,8 +53,10 @@ from regctl.store.base import (
 )
 from regctl.store.scripts import ScriptRunner
 from regctl.store.walk import (
+    LiveIndex,
     all_or_raise,
-    count_orphans,
+    index_gaps,
+    live_index,
     purge_expired,
     purge_walk,
     refuse_during_reshard,
@@ -459,12 +461,18 @@ class RedisStore:
     def tally(self) -> Tally:
         return tally(self.scripts, self.keyspace)
 
-    def count_orphans(self) -> int:
-        """Live index entries whose record is gone (doctor's check; purge --orphans
-        removes them). Refused while Cluster slots move: moving records look gone."""
+    def live_index(self) -> LiveIndex:
+        """Every bucket's live index entries (doctor's side of ``index_gaps``). Refused
+        while Cluster slots move: moving records look gone."""
         if self.is_cluster:
             refuse_during_reshard(self.client)
-        return count_orphans(self.scripts, self.keyspace)
+        return live_index(self.scripts, self.keyspace)
+
+    def index_gaps(self, seen: Sequence[bytes | bytearray], index: LiveIndex) -> tuple[int, int]:
+        """(orphans, unindexed) between ``index`` and the records a SCAN ``seen`` per
+        bucket (16-byte digests): entries pointing to no record (purge --orphans removes
+        them), records no index entry names (purge --reindex gives them one)."""
+        return index_gaps(self.scripts, self.keyspace, seen, index)
 
     # --- walking the index ------------------------------------------------
 

@@ -8,9 +8,11 @@ as the merge needs it) and fetches the records a page names by key.
 from __future__ import annotations
 
 import heapq
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from regctl.codec import FIELDS, ROW, decode_row
@@ -19,7 +21,7 @@ from regctl.errors import DamagedRecord, NotServing
 from regctl.keys import Keyspace, client_day
 from regctl.model import Filter, Policy
 from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
-from regctl.store.base import PAGE, Helper
+from regctl.store.base import PAGE, Helper, chunks
 from regctl.store.scripts import ScriptRunner
 
 
@@ -205,14 +207,69 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
     return total
 
 
-def count_orphans(scripts: ScriptRunner, ks: Keyspace) -> int:
-    """Live index entries whose record is gone: a round of index pages, then one
-    pipelined round trip of scripts that count, per page, the records missing."""
-    orphans = 0
+# A digest as bytes: every bucket's entries packed 16 bytes each, so a million of
+# them cost 16 MB, not a string and a set slot each.
+DIGEST_BYTES = 16
+_HEX_RUN = re.compile(r"(?:[0-9a-f]{32})*")
+
+
+@dataclass
+class LiveIndex:
+    """Every bucket's live index entries: the digests packed, and any member that is
+    not a digest (nothing regctl wrote: it can name no record) as it is."""
+
+    packed: list[bytearray]
+    odd: list[list[str]]
+
+
+def live_index(scripts: ScriptRunner, ks: Keyspace) -> LiveIndex:
+    """Every bucket's live index entries, read in rounds of pages."""
+    index = LiveIndex([bytearray() for _ in range(ks.buckets)], [[] for _ in range(ks.buckets)])
     for found in index_pages(scripts, ks, COUNT_PAGE):
-        calls = [(tuple(ks.record_base(b) + d for d in digests), ()) for b, digests in found]
-        orphans += sum(int(n) for n in all_or_raise(scripts.run_many("orphans", calls)))
-    return orphans
+        for bucket, members in found:
+            joined = "".join(members)
+            if len(joined) == 32 * len(members) and _HEX_RUN.fullmatch(joined):
+                index.packed[bucket] += bytes.fromhex(joined)
+                continue
+            for member in members:
+                if len(member) == 32 and _HEX_RUN.fullmatch(member):
+                    index.packed[bucket] += bytes.fromhex(member)
+                else:
+                    index.odd[bucket].append(member)
+    return index
+
+
+def _digests(packed: bytes | bytearray) -> set[bytes]:
+    whole = bytes(packed)
+    return {whole[at : at + DIGEST_BYTES] for at in range(0, len(whole), DIGEST_BYTES)}
+
+
+def index_gaps(
+    scripts: ScriptRunner, ks: Keyspace, seen: Sequence[bytes | bytearray], index: LiveIndex
+) -> tuple[int, int]:
+    """(orphans, unindexed): live index entries whose record is gone, and records with
+    no index entry, given the records a SCAN ``seen`` in each bucket (packed digests).
+
+    The two sides are compared here, a bucket at a time; only what differs goes to
+    the server (gaps.lua), which tells a real gap from a record added or removed since
+    one side was read: no call per record, and no false finding from a busy store.
+    """
+    calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    for bucket in range(ks.buckets):
+        scanned, listed = _digests(seen[bucket]), _digests(index.packed[bucket])
+        base = ks.record_base(bucket)
+        for mode, members in (
+            ("gone", [d.hex() for d in listed - scanned] + index.odd[bucket]),
+            ("loose", [d.hex() for d in scanned - listed]),
+        ):
+            for part in chunks(members, COUNT_PAGE):
+                calls.append(((ks.index(bucket), *(base + m for m in part)), (mode, *part)))
+    found = {"gone": 0, "loose": 0}
+    for (_keys, (mode, *_members)), count in zip(
+        calls, all_or_raise(scripts.run_many("gaps", calls)), strict=True
+    ):
+        found[mode] += int(count)
+    return found["gone"], found["loose"]
 
 
 def _matches(selection: Filter, row: list[str | None], now: int) -> bool:
