@@ -579,6 +579,31 @@ def bulk(sock: Path, records: int, pw_hash: str) -> None:
         f"{scan_s:6.2f} s   {doctor_s / scan_s:4.2f}x"
     )
 
+    # import: the export of those records (secrets included) restored under another
+    # prefix, as a process, against the same raw pipelined baseline as bulk add.
+    with tempfile.TemporaryDirectory() as tmp:
+        backup = Path(tmp) / "backup.ndjson"
+        with backup.open("wb") as out:
+            export = [sys.executable, "-m", "regctl", "export", "--include-secrets"]
+            subprocess.run(export, env=env, stdout=out, check=True)
+        import_s, import_rss = run_measured(
+            [sys.executable, "-m", "regctl", "import", str(backup)],
+            {**env, "REGCTL_PREFIX": "restored"},
+        )
+    imported = records / import_s
+    RESULTS["import"] = {
+        "per_s": imported,
+        "peak_rss_mb": import_rss,
+        "baseline_per_s": base,
+        "ratio": base / imported,
+    }
+    print(
+        f"  import (a process)      regctl {imported:9.0f}/s ({import_rss:.0f} MB peak)   "
+        f"raw pipelined {base:9.0f}/s   raw/regctl {base / imported:4.2f}x"
+    )
+    restored = RegistrationManager(RedisStore(client, prefix="restored"), secret=SECRET)
+    restored.purge(Filter(older_than_ms=0))
+
     expired = RegistrationManager(
         RedisStore(client, prefix="exp"), secret=SECRET, policy=Policy(lifetime_ms=1000)
     )
@@ -824,8 +849,9 @@ def throughput_table() -> str:
 
 def bulk_table() -> str:
     r = RESULTS
-    add, ndjson, stats, doctor, purge = (
+    add, restore, ndjson, stats, doctor, purge = (
         r["bulk_add_per_s"],
+        r["import"],
         r["export_ndjson"],
         r["stats"],
         r["doctor"],
@@ -837,6 +863,12 @@ def bulk_table() -> str:
             f"{num(add['regctl'])}/s",
             f"raw pipelined HSET+PEXPIRE+ZADD: {num(add['baseline'])}/s",
             f"{add['ratio']:.2f}{X} slower",
+        ],
+        [
+            "`regctl import` of their export (a process)",
+            f"{num(restore['per_s'])}/s, {restore['peak_rss_mb']:.0f} MB peak",
+            f"raw pipelined HSET+PEXPIRE+ZADD: {num(restore['baseline_per_s'])}/s",
+            f"{restore['ratio']:.2f}{X} slower",
         ],
         [
             "`regctl list -o ndjson`",
