@@ -318,6 +318,13 @@ class RegistrationManager:
         stores the last: small batches keep both busy, and each fits in the socket's
         buffer, so sending never waits); yields, in order, an ``Added`` or the error of
         that row (invalid input, already exists), so one bad row stops nothing.
+
+        Read it to the end or close it: one left part-way holds its Redis connection
+        until it is closed or collected. Rows are stored in order, except when the
+        server loses the script mid-stream (SCRIPT FLUSH, a failover): a batch it did
+        not run is sent again after the one behind it, so of two rows for one address
+        in consecutive batches the later may be stored and the earlier refused (each
+        row's own result says which).
         """
         codes = self._codes_of_store(writing=True)  # once: no round trip between batches
         for prepared, stored in paired(
