@@ -68,7 +68,7 @@ class Keyspace:
             raise InvalidInput(f"bucket count must be {MIN_BUCKETS}..{MAX_BUCKETS}")
         tags = tuple(f"{self.prefix}:{{b{bucket:02d}}}" for bucket in range(self.buckets))
         object.__setattr__(self, "_tags", tags)
-        own = re.compile(re.escape(self.prefix) + r":\{b(\d+)\}:reg:([0-9a-f]{32})")
+        own = re.compile(re.escape(self.prefix) + r":\{b([0-9]{2,4})\}:reg:([0-9a-f]{32})")
         object.__setattr__(self, "_record_re", own)
 
     @property
@@ -126,12 +126,14 @@ class Keyspace:
         """(bucket, digest) when ``key`` is a record of this namespace (not a selftest's,
         nor another program's key only shaped like one); else None."""
         found = self._record_re.fullmatch(key)
-        if found is None:
+        if found is None or not self._ours(found[1]):
             return None
-        bucket = int(found[1])
-        if bucket >= self.buckets or self._tags[bucket] != key[: len(self._tags[bucket])]:
-            return None  # (a bucket named otherwise, {b1} for {b01}, is not one of ours)
-        return bucket, found[2]
+        return int(found[1]), found[2]
+
+    def _ours(self, bucket: str) -> bool:
+        """Whether ``bucket`` (the digits of a {bNN} tag) names one of this namespace's
+        buckets as regctl writes it: {b1} or {b064} is not {b01} or {b64}."""
+        return int(bucket) < self.buckets and self._tags[int(bucket)].endswith(f"{{b{bucket}}}")
 
     def client_limit(self, action: str, client_id: str) -> str:
         """A client's sliding window of ``action``s (signup, code), named by the client
@@ -156,7 +158,9 @@ class Keyspace:
         if not key.startswith(self.prefix + ":"):
             return None
         found = _KIND_RE.match(key, len(self.prefix))
-        return None if found is None else found.lastgroup  # (the kinds' groups are exclusive)
+        if found is None or (found["bucket"] is not None and not self._ours(found["bucket"])):
+            return None
+        return found.lastgroup  # (the kinds' groups are exclusive; the bucket's closes first)
 
 
 # Every key regctl writes, by the shape of its name's end, with its Redis type; only
@@ -175,8 +179,8 @@ LASTING_KINDS = ("meta", "audit")
 _KIND_RE = re.compile(
     r"(?::selftest:[0-9a-f]{8})?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
     r"|(?P<limit>limit:\{[0-9a-f]{32}\}:(?:signup|code))"
-    r"|\{b\d+\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
-    r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:\d+)))$"
+    r"|\{b(?P<bucket>[0-9]{2,4})\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
+    r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:[0-9]+)))$"
 )
 
 

@@ -170,6 +170,26 @@ def test_purge_drops_index_entries_whose_record_is_gone(
     assert "index-orphans" not in {f.code for f in doctor(redis_store(manager))}
 
 
+def test_doctor_counts_every_live_index_member_that_names_no_record(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    """Members no digest (31 and 33 characters side by side, empty, upper case, bytes
+    that are no UTF-8) are orphans, and hide none of the real orphans among them."""
+    manager = manager_on(redis_proc, prefix)
+    manager.add("kept@junk.example", "K", "J", password_hash=pw_hash)
+    ks, raw = redis_store(manager).keyspace, redis_proc.client()
+    later = int(time.time() * 1000) + 3_600_000
+    # one bucket: a pair whose lengths add up to two digests', real orphans between
+    pair = {"a" * 31: later, **{digest(f"gone{n}@junk.example"): later + n + 1 for n in range(3)}}
+    raw.zadd(ks.index(9), {**pair, "b" * 33: later + 9})
+    other: list[str | bytes] = ["", "A" * 32, b"\xff" * 32]
+    raw.zadd(ks.index(10), {member: later for member in other})
+    # (as regctl's own clients read them: bytes that are no UTF-8 replaced, not fatal)
+    store = RedisStore(redis_proc.client(encoding_errors="replace"), prefix=prefix)
+    findings = {f.code: f.message for f in doctor(store)}
+    assert findings["index-orphans"] == "pointing to no record: 8 index entries"
+
+
 def test_index_gaps_check_again_what_changed_between_the_scan_and_the_index_read(
     redis_proc: RedisProcess, prefix: str, pw_hash
 ):
@@ -426,6 +446,8 @@ def test_records_outside_the_index_are_regctls_own_not_look_alikes(
         "{b01}:reg:NOTHEX",
         "{b99}:reg:" + "0" * 32,
         "{b1}:reg:" + "0" * 32,
+        "{b064}:idx",
+        "{b" + "0" * 5000 + "1}:reg:" + "0" * 32,
     )
     for foreign in (f"{prefix}:{shape}" for shape in look_alikes):
         raw.hset(foreign, "owner", "another program")
@@ -438,3 +460,4 @@ def test_records_outside_the_index_are_regctls_own_not_look_alikes(
     assert findings["records-unindexed"].message.startswith(
         "missing from the index (evicted?): 1 record;"
     )
+    assert findings["foreign-keys"].message.startswith("not written by regctl: 6 keys")

@@ -651,6 +651,14 @@ def test_health_and_doctor_name_a_slot_left_open_by_a_reshard(tmp_path: Path, cl
         assert cli("purge", "--orphans", **env).exit_code == 0
         health = json.loads(cli("health", "-o", "json", **env).stdout)
         assert "slots" not in {c["name"] for c in health["checks"]}
+        # The slot moved whole: the target now holds a range of one slot ([0], no end).
+        for node in (target, owner):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        target.execute_command("CLUSTER", "BUMPEPOCH")
+        assert cli("health", "-o", "json", **env).exit_code in (0, 1)
+        ran = cli("doctor", "-o", "json", **env)
+        assert ran.exit_code in (0, 1), ran.stderr
+        assert "slots-open" not in {f["code"] for f in json.loads(ran.stdout)["findings"]}
     finally:
         cluster.stop()
 

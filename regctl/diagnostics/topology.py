@@ -96,7 +96,8 @@ def topology(store: RedisStore) -> dict[str, Any]:
             facts.update(
                 address=node.name,
                 role=node.server_type,
-                slots=sum(int(b) - int(a) + 1 for a, b in meta.get("slots", [])),
+                # (a range of one slot comes as [slot], not [first, last])
+                slots=sum(int(r[-1]) - int(r[0]) + 1 for r in meta.get("slots", [])),
                 link=(meta.get("connected") and "connected") or "disconnected",
             )
             nodes.append(facts)

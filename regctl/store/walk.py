@@ -207,6 +207,9 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
     return total
 
 
+# gaps.lua calls a round trip: a store whose index and records differ wholesale (an
+# evicted index) is checked in rounds, its candidates never all in memory at once.
+GAP_CALLS = 16
 # A digest as bytes: every bucket's entries packed 16 bytes each, so a million of
 # them cost 16 MB, not a string and a set slot each.
 DIGEST_BYTES = 16
@@ -215,27 +218,27 @@ _HEX_RUN = re.compile(r"(?:[0-9a-f]{32})*")
 
 @dataclass
 class LiveIndex:
-    """Every bucket's live index entries: the digests packed, and any member that is
-    not a digest (nothing regctl wrote: it can name no record) as it is."""
+    """Every bucket's live index entries: the digests packed, and how many members are
+    no digest (nothing regctl wrote, so they name no record: orphans)."""
 
     packed: list[bytearray]
-    odd: list[list[str]]
+    odd: int = 0
 
 
 def live_index(scripts: ScriptRunner, ks: Keyspace) -> LiveIndex:
     """Every bucket's live index entries, read in rounds of pages."""
-    index = LiveIndex([bytearray() for _ in range(ks.buckets)], [[] for _ in range(ks.buckets)])
+    index = LiveIndex([bytearray() for _ in range(ks.buckets)])
     for found in index_pages(scripts, ks, COUNT_PAGE):
         for bucket, members in found:
-            joined = "".join(members)
-            if len(joined) == 32 * len(members) and _HEX_RUN.fullmatch(joined):
+            joined = "".join(members)  # (each member 32 long, or one pair could shift the rest)
+            if all(len(m) == 32 for m in members) and _HEX_RUN.fullmatch(joined):
                 index.packed[bucket] += bytes.fromhex(joined)
                 continue
             for member in members:
                 if len(member) == 32 and _HEX_RUN.fullmatch(member):
                     index.packed[bucket] += bytes.fromhex(member)
-                else:
-                    index.odd[bucket].append(member)
+                else:  # (even one whose bytes did not survive decoding)
+                    index.odd += 1
     return index
 
 
@@ -251,24 +254,30 @@ def index_gaps(
     no index entry, given the records a SCAN ``seen`` in each bucket (packed digests).
 
     The two sides are compared here, a bucket at a time; only what differs goes to
-    the server (gaps.lua), which tells a real gap from a record added or removed since
-    one side was read: no call per record, and no false finding from a busy store.
+    the server (gaps.lua, in rounds of a bounded size), which tells a real gap from a
+    record added or removed since one side was read: no call per record, and no false
+    finding from a busy store.
     """
+    found = {"gone": index.odd, "loose": 0}
     calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def checked() -> None:
+        if not calls:
+            return
+        replies = all_or_raise(scripts.run_many("gaps", calls))
+        for (_keys, (mode, *_members)), count in zip(calls, replies, strict=True):
+            found[mode] += int(count)
+        calls.clear()
+
     for bucket in range(ks.buckets):
         scanned, listed = _digests(seen[bucket]), _digests(index.packed[bucket])
         base = ks.record_base(bucket)
-        for mode, members in (
-            ("gone", [d.hex() for d in listed - scanned] + index.odd[bucket]),
-            ("loose", [d.hex() for d in scanned - listed]),
-        ):
-            for part in chunks(members, COUNT_PAGE):
+        for mode, differing in (("gone", listed - scanned), ("loose", scanned - listed)):
+            for part in chunks((d.hex() for d in differing), COUNT_PAGE):
                 calls.append(((ks.index(bucket), *(base + m for m in part)), (mode, *part)))
-    found = {"gone": 0, "loose": 0}
-    for (_keys, (mode, *_members)), count in zip(
-        calls, all_or_raise(scripts.run_many("gaps", calls)), strict=True
-    ):
-        found[mode] += int(count)
+                if len(calls) == GAP_CALLS:
+                    checked()
+    checked()
     return found["gone"], found["loose"]
 
 
