@@ -139,6 +139,18 @@ def test_export_import_round_trip_onto_another_server(cli: Cli, fresh_redis: Red
     assert cli("verify", "r2@example.com", codes["r2@example.com"], **other).exit_code == 0
 
 
+def test_a_dry_run_import_records_no_layout(cli: Cli, fresh_redis: RedisProcess):
+    """A dry run changes nothing: not even the bucket count a later import may choose."""
+    add(cli, "layout@example.com")
+    dump = cli("export", "--include-secrets").stdout
+    other = {"REGCTL_REDIS_URL": fresh_redis.url, "REGCTL_PREFIX": "moved"}
+    assert cli("import", "-", "--dry-run", input=dump, **other).exit_code == 0
+    assert fresh_redis.client().exists("moved:meta") == 0
+    ran = cli("-o", "json", "import", "-", input=dump, REGCTL_BUCKETS="128", **other)
+    assert json.loads(ran.stdout)["restored"] == 1
+    assert fresh_redis.client().hget("moved:meta", "buckets") == "128"
+
+
 def test_import_keeps_existing_records_unless_replace(cli: Cli):
     add(cli, "x1@example.com")
     dump = cli("export", "--include-secrets").stdout

@@ -322,22 +322,27 @@ class RedisStore:
         self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
     ) -> Iterator[list[PendingRegistration | RegctlError]]:
         return self._streamed(
-            "add", batches, lambda item: self._add_call(item[0], policy, item[1]), self._added
+            "add", batches, lambda _ks, item: self._add_call(item[0], policy, item[1]), self._added
         )
 
     def _streamed(
         self,
         name: str,
         batches: Iterable[Sequence[Item]],
-        call: Callable[[Item], tuple[tuple[str, ...], tuple[Any, ...]]],
+        call: Callable[[Keyspace, Item], tuple[tuple[str, ...], tuple[Any, ...]]],
         results: Callable[[Sequence[Item], list[Any]], list[R]],
+        *,
+        claim: bool = True,
     ) -> Iterator[list[R]]:
         """Batches of items through ``ScriptRunner.run_batches``: each item's script
-        ``call``, and each batch's ``results`` from its replies."""
-        self._claim_layout()  # now: no round trip of its own while a batch is in flight
+        ``call`` in the store's layout, and each batch's ``results`` from its replies.
+        The layout is settled now, so no round trip of its own comes while a batch is in
+        flight: recorded first when ``claim`` (the stream creates records), else only
+        read (a dry run writes nothing, not even the layout)."""
+        ks = self._claim_layout() if claim else self.keyspace
         for batch, replies in paired(
             batches,
-            lambda batch: [call(item) for item in batch],
+            lambda batch: [call(ks, item) for item in batch],
             lambda calls: self.scripts.run_batches(name, calls),
         ):
             yield results(batch, replies)
@@ -364,7 +369,7 @@ class RedisStore:
         dry_run: bool,
         max_ahead_ms: int,
     ) -> Iterator[list[str | RegctlError]]:
-        def call(reg: PendingRegistration) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        def call(ks: Keyspace, reg: PendingRegistration) -> tuple[tuple[str, ...], tuple[Any, ...]]:
             d = digest(reg.identity)
             flags = (
                 int(replace_existing),
@@ -374,14 +379,14 @@ class RedisStore:
                 max_ahead_ms,
                 CLOCK_SKEW_MS,
             )
-            return self.keyspace.keys_for(d), (d, *flags, *encode(reg))
+            return ks.keys_for(d), (d, *flags, *encode(reg))
 
         def statuses(
             _batch: Sequence[PendingRegistration], replies: list[Any]
         ) -> list[str | RegctlError]:
             return [r if isinstance(r, RegctlError) else str(r) for r in replies]
 
-        return self._streamed("restore", batches, call, statuses)
+        return self._streamed("restore", batches, call, statuses, claim=not dry_run)
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self.scripts.run("get", (self.keyspace.record(digest(identity)),), ())
