@@ -464,6 +464,17 @@ def test_an_unreachable_configured_server_exits_69(cli: Cli, tmp_path):
     assert ran.stderr.startswith("Error: Redis is unavailable")
 
 
+@pytest.mark.parametrize("command", [("export",), ("list",)])
+def test_a_json_array_of_an_unreachable_server_is_the_error_alone(
+    cli: Cli, tmp_path, command: tuple[str, ...]
+):
+    """Not `[]` and then an exit status: an empty array would read as an empty store."""
+    url = f"unix://{tmp_path}/nothing.sock"
+    ran = cli(*command, "-o", "json", REGCTL_REDIS_URL=url, REGCTL_RETRIES="0")
+    assert ran.exit_code == 69
+    assert json.loads(ran.stdout)["reason"] == "unavailable"
+
+
 def test_a_wrong_redis_password_exits_77(cli: Cli, tmp_path):
     from tests.servers import RedisProcess
 

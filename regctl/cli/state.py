@@ -246,13 +246,19 @@ class State:
     def json_array(self, items: Iterable[Any]) -> None:
         """A JSON array streamed item by item (a long list needs no memory). Cut short
         by Ctrl-C or an error, it is closed all the same: still one JSON document, the
-        exit status saying it is partial."""
+        exit status saying it is partial. One that fails before its first item (Redis
+        down) writes nothing, so the error's own document is the only one: an empty
+        array would look like an empty store."""
+        iterator = iter(items)
+        first = next(iterator, None)
         self.json_written = True
         stream = sys.stdout
         stream.write("[")
         try:
-            for i, item in enumerate(items):
-                stream.write(("," if i else "") + to_json(item))
+            if first is not None:
+                stream.write(to_json(first))
+                for item in iterator:
+                    stream.write("," + to_json(item))
         finally:
             stream.write("]\n")
             stream.flush()
