@@ -46,6 +46,7 @@ from regctl.errors import (
     already_exists,
     other_secret,
 )
+from regctl.keys import digest
 from regctl.model import (
     Added,
     Filter,
@@ -561,14 +562,17 @@ class RegistrationManager:
         getting two codes inside the cooldown (and ``never_resent`` skips those who
         got one). A delivery that raises DeliveryFailed is counted (the code was
         stored: that user is listed in ``undelivered``); after ``max_failures`` in a
-        row the run stops (``stopped``), so an outage costs a handful of users.
+        row the run stops (``stopped``), so an outage costs a handful of users. A code
+        ``deliver`` sends counts in ``sent``; one made without delivery (no ``deliver``,
+        or it returns ``"not_sent"``, as ``Mailer.send_code`` does with mail off) in
+        ``not_sent``.
         """
         report = BulkResendReport(dry_run=dry_run)
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
         next_at = 0.0  # (time.monotonic) when the next code may go: paced between sends
         for reg in self.list(selection):
-            if limit is not None and report.sent + report.failed >= limit:
+            if limit is not None and len(report.recipients) >= limit:
                 break  # (a code stored but not delivered counts: it was a new code)
             if never_resent and reg.resend_count:
                 continue
@@ -595,9 +599,10 @@ class RegistrationManager:
             report.recipients.append(reg.email)
             next_at = time.monotonic() + pause
             try:
-                if deliver is not None:
-                    deliver(resent)
-                report.sent += 1
+                if deliver is None or deliver(resent) == "not_sent":
+                    report.not_sent += 1
+                else:
+                    report.sent += 1
                 failures_in_a_row = 0
             except DeliveryFailed:
                 report.failed += 1
@@ -677,28 +682,46 @@ class RegistrationManager:
         """Restore NDJSON lines of a secrets-included export, streamed in batches.
 
         Existing registrations are kept unless ``replace``; expired ones are skipped;
-        invalid lines are counted with their line number and skipped.
+        invalid lines are counted with their line number and skipped: one that is not
+        UTF-8 (a str with surrogates, as ``errors="surrogateescape"`` reads it), one
+        whose code was made with another code secret than this manager's (it could
+        never verify), and a second line for an address already read.
+
+        This manager's secret must be the store's; a real import records it as the
+        store's when none is, as the first code written does.
         """
         from regctl.transfer import IMPORT_MARGIN_MS, parse_record
 
         report = ImportReport(dry_run=dry_run)
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
-        store_secret = self.store.secret_fingerprint()
+        secret = self._codes_of_store(writing=not dry_run).fingerprint()
+        seen: set[bytes] = set()  # the addresses read (their digests: 16 bytes each)
 
         def read(chunk: list[tuple[int, str]]) -> _ImportBatch:
             refused: list[tuple[int, str]] = []
             good: list[tuple[int, PendingRegistration]] = []
             for number, line in chunk:
                 try:
-                    reg = parse_record(line, self.policy)
+                    reg = parse_record(_utf8(line), self.policy)
                 except InvalidInput as exc:
                     refused.append((number, exc.message))
                     continue
                 tag = security.split_code_hash(reg.code_hash)[0]
-                if store_secret and tag and not store_secret.startswith(tag):
-                    refused.append((number, "its code was made with another code secret"))
+                if tag and not secret.startswith(tag):
+                    refused.append(
+                        (
+                            number,
+                            "its code was made with another code secret: import with "
+                            "the exporting store's REGCTL_CODE_SECRET",
+                        )
+                    )
                     continue
+                read_as = bytes.fromhex(digest(reg.identity))
+                if read_as in seen:
+                    refused.append((number, f"{reg.email} is on an earlier line too"))
+                    continue
+                seen.add(read_as)
                 good.append((number, reg))
             return len(chunk), refused, good
 
@@ -810,6 +833,16 @@ class _Call:
 
 # What each limited action is called in a refusal.
 LIMITED = {"signup": "sign-ups", "code": "codes"}
+
+
+def _utf8(line: str) -> str:
+    """``line``, refused when it held bytes that are no UTF-8 (read with surrogateescape)."""
+    if not line.isascii():
+        try:
+            line.encode()
+        except UnicodeEncodeError:
+            raise InvalidInput("not UTF-8") from None
+    return line
 
 
 def _call_token(token: str | None) -> str:

@@ -87,6 +87,7 @@ class BulkResendReport:
     """What a bulk resend did: codes sent, and why the others were skipped."""
 
     sent: int = 0
+    not_sent: int = 0  # new codes made, on purpose not delivered (--no-send)
     failed: int = 0
     # by reason: cooldown, resend_limit, locked, not_found
     skipped: dict[str, int] = field(default_factory=dict)

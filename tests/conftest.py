@@ -137,7 +137,7 @@ class Cli:
     def with_env(self, **env: str) -> Cli:
         return Cli({**self.env, **env})
 
-    def __call__(self, *args: str, input: str | None = None, **env: str) -> Ran:
+    def __call__(self, *args: str, input: str | bytes | None = None, **env: str) -> Ran:
         from typer.testing import CliRunner
 
         from regctl.cli.app import build_app

@@ -279,6 +279,19 @@ def test_ctrl_c_ends_a_live_view_with_exit_130(cli: Cli):
     assert proc.communicate(timeout=30)[1].strip().endswith("Interrupted")
 
 
+def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():
+    from regctl.cli.state import Tally
+
+    purge = Tally("buckets, then records examined", None)
+    purge.at(10, 64)
+    assert purge.summary(interrupted=True).startswith(
+        "interrupted: buckets, then records examined 10 of 64 before Ctrl-C"
+    )
+    lines = Tally("lines read", 9_000)  # a file's size in bytes: not a count of lines
+    lines.add(3, weight=120)
+    assert lines.summary(interrupted=True).startswith("interrupted: lines read 3 before Ctrl-C")
+
+
 def test_the_terminal_view_of_stats_is_the_whole_view_with_its_time(cli: Cli):
     env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
     seen = at_terminal(["stats", "--interval", "0.1", "--count", "1"], env | {"COLUMNS": "150"})

@@ -125,7 +125,7 @@ def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
         ["config"],
         ["health"],
         ["health", "--interval", "0.1", "-o", "ndjson"],
-        ["resend-many", "--older-than", "0s", "--dry-run"],
+        ["resend-many", "--older-than", "0s", "--dry-run", "--no-send"],
         ["completion", "bash"],
     ],
 )

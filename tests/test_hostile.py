@@ -388,10 +388,18 @@ def test_a_bulk_resend_skips_an_address_written_past_validation(
         NewRegistration("evil\x1b]0;X\x07@bulk.example", "E", "V", pw_hash, "0" * 64), Policy(), "e"
     )
     store.close()
-    ran = cli("-o", "json", "resend-many", "--domain", "bulk.example", REGCTL_RESEND_COOLDOWN="0")
+    ran = cli(
+        "-o",
+        "json",
+        "resend-many",
+        "--domain",
+        "bulk.example",
+        "--no-send",
+        REGCTL_RESEND_COOLDOWN="0",
+    )
     assert ran.exit_code == 0, ran.stderr
     report = json.loads(ran.stdout)
-    assert report["sent"] == 3
+    assert report["not_sent"] == 3
     assert report["skipped"] == {"invalid_input": 1}
 
 

@@ -160,6 +160,66 @@ def test_import_keeps_existing_records_unless_replace(cli: Cli):
     assert replaced["restored"] == 1
 
 
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_a_line_that_is_not_utf8_is_refused_and_the_others_imported(
+    cli: Cli, fresh_redis: RedisProcess, tmp_path, source: str
+):
+    for email in ("u1@example.com", "u2@example.com"):
+        add(cli, email)
+    first, second = cli("export", "--include-secrets").stdout.splitlines()
+    broken = second.replace("u2@", "J\u00e9r\u00f4me@").encode().replace(b"\xc3\xa9", b"\xe9")
+    data = first.encode() + b"\n" + broken + b"\n"
+    other = {"REGCTL_REDIS_URL": fresh_redis.url}
+    if source == "file":
+        (tmp_path / "backup.ndjson").write_bytes(data)
+        ran = cli("import", str(tmp_path / "backup.ndjson"), **other)
+    else:
+        ran = cli("import", "-", input=data, **other)
+    assert ran.exit_code == 2
+    assert "line 2: not UTF-8" in ran.stderr
+    assert "Error: 1 line of " in ran.stderr
+    assert cli("list", "-o", "name", **other).stdout == "u1@example.com\n"
+
+
+def test_an_import_names_its_refusal_even_quietly_and_counts_the_unnamed(cli: Cli):
+    lines = "".join("{not json}\n" for _ in range(25))
+    quiet = cli("-q", "import", "-", input=lines)
+    assert quiet.exit_code == 2
+    assert quiet.stderr.startswith("Error: 25 lines of stdin refused — the valid ones were")
+    told = cli("import", "-", input=lines)
+    assert "line 20: not a JSON object" in told.stderr
+    assert "and 5 more" in told.stderr
+    data = json.loads(cli("-o", "json", "import", "-", input=lines).stdout)
+    assert (data["invalid"], len(data["errors"])) == (25, 20)
+
+
+def test_a_second_line_for_an_address_is_refused_not_counted_twice(cli: Cli, fresh_redis):
+    add(cli, "twice@example.com")
+    line = cli("export", "--include-secrets").stdout
+    dump = line + line.replace("twice@", "TWICE@")
+    other = {"REGCTL_REDIS_URL": fresh_redis.url}
+    for flags in (["--dry-run"], [], ["--replace"]):
+        ran = cli("-o", "json", "import", "-", *flags, input=dump, **other)
+        data = json.loads(ran.stdout)
+        assert ran.exit_code == 2
+        assert data["errors"] == ["line 2: TWICE@example.com is on an earlier line too"]
+        assert data["restored"] + data["existing"] == 1, flags
+
+
+def test_codes_made_with_another_secret_are_refused_on_a_fresh_store(
+    cli: Cli, fresh_redis: RedisProcess
+):
+    """They could never verify here, and the importer's secret becomes the store's."""
+    add(cli, "secret@example.com")
+    dump = cli("export", "--include-secrets").stdout
+    other = {"REGCTL_REDIS_URL": fresh_redis.url, "REGCTL_CODE_SECRET": "another-" + "s" * 32}
+    ran = cli("import", "-", input=dump, **other)
+    assert ran.exit_code == 2
+    assert "line 1: its code was made with another code secret" in ran.stderr
+    assert cli("list", "-o", "name", **other).stdout == ""
+    assert json.loads(cli("-o", "json", "secret", "status", **other).stdout)["secret"] == "matches"
+
+
 def test_a_redacted_or_broken_line_is_refused_by_line_number(cli: Cli):
     add(cli, "y1@example.com")
     redacted = cli("export").stdout
@@ -357,9 +417,30 @@ def test_bulk_resend_stops_on_a_delivery_outage_and_a_rerun_resumes(cli: Cli, sm
 
 def test_bulk_resend_skips_those_inside_the_cooldown(cli: Cli):
     add(cli, "c1@cool.example")
-    ran = json.loads(cli("-o", "json", "resend-many", "--domain", "cool.example").stdout)
+    ran = json.loads(
+        cli("-o", "json", "resend-many", "--domain", "cool.example", "--no-send").stdout
+    )
     assert ran["sent"] == 0
     assert ran["skipped"] == {"cooldown": 1}
+
+
+def test_a_bulk_resend_without_mail_is_refused_unless_asked_not_to_send(cli: Cli):
+    """With mail off every new code would reach nobody and each old code would die."""
+    env = {"REGCTL_RESEND_COOLDOWN": "0", "REGCTL_MAIL_URL": "none"}
+    add(cli, "m1@nomail.example")
+    before = json.loads(cli("inspect", "m1@nomail.example", "-o", "json").stdout)
+    for dry in ([], ["--dry-run"]):
+        ran = cli("resend-many", "--domain", "nomail.example", *dry, **env)
+        assert ran.exit_code == 78
+        assert "REGCTL_MAIL_URL is none" in ran.stderr
+    after = json.loads(cli("inspect", "m1@nomail.example", "-o", "json").stdout)
+    assert after["resend_count"] == before["resend_count"]
+    quiet = json.loads(
+        cli("-o", "json", "resend-many", "--domain", "nomail.example", "--no-send", **env).stdout
+    )
+    assert (quiet["sent"], quiet["not_sent"]) == (0, 1)
+    told = cli("resend-many", "--domain", "nomail.example", "--no-send", **env)
+    assert told.stdout.startswith("resent 1 (not sent: 1);")
 
 
 def test_a_resend_needs_an_address_and_a_bulk_resend_filters(cli: Cli):

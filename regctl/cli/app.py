@@ -103,7 +103,13 @@ class RegctlGroup(TyperGroup):
             if _is_usage_error(exc):
                 outcome = "invalid_input"  # a usage error: nothing ran
                 raise  # typer's usage errors: main() prints them and exits 2
-            outcome = getattr(exc, "reason", "interrupted")
+            outcome = (
+                exc.reason
+                if isinstance(exc, RegctlError)
+                else "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else "internal_error"
+            )
             state = ctx.obj if isinstance(ctx.obj, State) else None
             raise typer.Exit(report_error(state, exc)) from None
         finally:

@@ -63,7 +63,9 @@ def purge(
     if not dry_run:  # (after the question: a declined purge changed nothing)
         state.audited("purge", given(domain=domain, older_than=older_than, locked=locked))
     started = time.monotonic()
-    with state.progress("examined") as tally:
+    # (what the store reports: its buckets' expired entries, then the records walked;
+    # what was purged before a Ctrl-C stays purged, and a rerun finishes the rest)
+    with state.progress("buckets, then records examined") as tally:
         report = state.manager.purge(
             walk, dry_run=dry_run, batch=batch, on_progress=tally.at, wait=wait, reindex=reindex
         )

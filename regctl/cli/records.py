@@ -37,7 +37,7 @@ from regctl.cli.render import (
 )
 from regctl.cli.state import State
 from regctl.cli.status import VERIFY_STATUS, failure
-from regctl.errors import DeliveryFailed, InvalidInput, locked_out, not_pending
+from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, locked_out, not_pending
 from regctl.model import PendingRegistration, SortKey, VerifyOutcome, VerifyResult
 from regctl.reports import BulkResendReport
 from regctl.text import plural, visible
@@ -299,10 +299,19 @@ def resend_many(
     selection = selected(domain=domain, older_than=older_than)
     if selection.is_empty and not never_resent:
         raise InvalidInput("give filters for a bulk resend (e.g. --older-than 2h)")
+    check_delivery(state, not no_send)  # (a dry run too: it foretells the real one)
+    from regctl.mail import MailConfig
+
+    if not no_send and not MailConfig.from_settings(state.settings).enabled:
+        raise ConfigError(
+            "REGCTL_MAIL_URL is none: every code resend-many makes would reach nobody, "
+            "and each old code dies",
+            "set REGCTL_MAIL_URL (smtp://..., console), or pass --no-send to replace "
+            "the codes without mail",
+        )
     if not dry_run:
         target = given(domain=domain, older_than=older_than, never_resent=never_resent)
         state.audited("resend-many", target)
-        check_delivery(state, not no_send)
     report = state.manager.resend_many(
         selection,
         never_resent=never_resent,

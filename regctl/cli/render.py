@@ -252,6 +252,7 @@ def _resend_json(report: BulkResendReport) -> dict[str, Any]:
         "ok": not report.failed,
         "dry_run": report.dry_run,
         "sent": report.sent,
+        "not_sent": report.not_sent,
         "failed": report.failed,
         "skipped": report.skipped,
         "recipients": report.recipients,
@@ -293,4 +294,6 @@ def _import_summary(report: ImportReport) -> str:
 def _resend_summary(report: BulkResendReport) -> str:
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
     verb = "would resend" if report.dry_run else "resent"
-    return f"{verb} {report.sent}; skipped {skipped or 'none'}; failed {report.failed}"
+    unsent = f" (not sent: {report.not_sent})" if report.not_sent else ""
+    made = report.sent + report.not_sent
+    return f"{verb} {made}{unsent}; skipped {skipped or 'none'}; failed {report.failed}"

@@ -369,7 +369,9 @@ class Tally:
     def summary(self, *, interrupted: bool = False) -> str:
         seconds = time.monotonic() - self._started
         if interrupted:
-            return f"interrupted: {self.what} {self.done:,} before Ctrl-C ({seconds:.1f}s)"
+            counted = self.total and self.weight == self.done  # (not a size in bytes)
+            of = f" of {self.total:,}" if counted else ""
+            return f"interrupted: {self.what} {self.done:,}{of} before Ctrl-C ({seconds:.1f}s)"
         return f"{self.what}: {self.done:,} in {seconds:.1f}s ({self.rate:,.0f}/s)"
 
 

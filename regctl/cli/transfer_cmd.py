@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +12,8 @@ import typer
 
 from regctl.cli.render import Format, escape, to_json
 from regctl.cli.state import State
-from regctl.errors import ExitStatus, InvalidInput
+from regctl.cli.status import report_error
+from regctl.errors import InvalidInput
 from regctl.reports import ImportReport
 from regctl.text import plural
 
@@ -74,24 +76,41 @@ def import_(
     if not state.wants_json():
         for error in report.errors:
             state.note(f"  {escape(error)}")
+        if report.invalid > len(report.errors):
+            state.note(f"  and {report.invalid - len(report.errors)} more")
         if report.reset:
             state.note(f"  gave {len(report.reset)} back attempts or resends: --replace")
     if not dry_run:
         for email in report.reset:  # an operator granted fresh guesses: on the record
             state.audit("import --replace", email, "attempts or resends reset")
     if report.invalid:
+        # (not raised: the valid lines were imported, and the audit entry says so)
         state.outcome = f"{report.invalid} invalid lines"
-        raise typer.Exit(ExitStatus.USAGE)
+        done = "checked" if dry_run else "imported"
+        refused = InvalidInput(
+            f"{plural(report.invalid, 'line')} of {'stdin' if source == '-' else source} refused",
+            f"the valid ones were {done}; fix the lines named, then import them again",
+        )
+        raise typer.Exit(report_error(state, refused))
 
 
 def _run_import(state: State, source: str, replace: bool, dry_run: bool) -> ImportReport:
     """Import from a file or stdin (``-``), with a count at a terminal; for a file, a bar
     and the time left by its size."""
+    # Bytes that are no UTF-8 come through as surrogates, and the manager refuses
+    # their line (neither replaced nor fatal), whatever the locale.
     if source == "-":
-        return _import_lines(state, sys.stdin, None, replace, dry_run)
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:  # (already text: taken as it comes)
+            return _import_lines(state, sys.stdin, None, replace, dry_run)
+        lines = io.TextIOWrapper(stdin, "utf-8", "surrogateescape")
+        try:
+            return _import_lines(state, lines, None, replace, dry_run)
+        finally:
+            lines.detach()  # (stdin itself stays open)
     try:
         path = Path(source)
-        with path.open(encoding="utf-8", errors="replace") as handle:
+        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
             return _import_lines(state, handle, path.stat().st_size, replace, dry_run)
     except OSError as exc:
         raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
