@@ -19,6 +19,7 @@ import contextlib
 import functools
 import heapq
 import hmac
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
@@ -579,7 +580,10 @@ class RegistrationManager:
             if dry_run:
                 refusal = self._resend_refusal(reg)
                 if refusal is None:
-                    report.sent += 1
+                    if deliver is None:  # (as the real run will count it)
+                        report.not_sent += 1
+                    else:
+                        report.sent += 1
                     report.recipients.append(reg.email)
                 else:
                     report.skip(refusal)
@@ -695,7 +699,7 @@ class RegistrationManager:
         report = ImportReport(dry_run=dry_run)
         numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
-        secret = self._codes_of_store(writing=not dry_run).fingerprint()
+        secret = self._codes_of_store(writing=False).fingerprint()
         seen: set[bytes] = set()  # the addresses read (their digests: 16 bytes each)
 
         def read(chunk: list[tuple[int, str]]) -> _ImportBatch:
@@ -718,18 +722,15 @@ class RegistrationManager:
                     )
                     continue
                 read_as = bytes.fromhex(digest(reg.identity))
-                if read_as in seen:
+                if read_as in seen:  # (the first line of an address is the one imported)
                     refused.append((number, f"{reg.email} is on an earlier line too"))
                     continue
                 seen.add(read_as)
                 good.append((number, reg))
             return len(chunk), refused, good
 
-        for (size, refused, good), statuses in paired(
-            (read(chunk) for chunk in chunks(numbered, batch)),
-            lambda batch: [reg for _n, reg in batch[2]],
-            lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
-        ):
+        def settled(batch: _ImportBatch, statuses: Iterable[str | RegctlError]) -> None:
+            size, refused, good = batch
             for (number, reg), status in zip(good, statuses, strict=True):
                 if isinstance(status, RegctlError):
                     refused.append((number, f"not restored: {status.message}"))
@@ -747,6 +748,24 @@ class RegistrationManager:
                 report.refuse(number, reason)
             if on_progress is not None:
                 on_progress(size)
+
+        # Nothing is written (layout, secret) until a line could be restored: a file
+        # refused whole, or empty, leaves a fresh store as it was.
+        batches = (read(chunk) for chunk in chunks(numbered, batch))
+        for first in batches:
+            if first[2]:
+                break
+            settled(first, ())  # every line of it refused: reported now
+        else:
+            return report
+        if not dry_run:
+            self._codes_of_store(writing=True)  # the importer's secret is the store's now
+        for read_batch, statuses in paired(
+            itertools.chain([first], batches),
+            lambda batch: [reg for _n, reg in batch[2]],
+            lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
+        ):
+            settled(read_batch, statuses)
         return report
 
     def purge(

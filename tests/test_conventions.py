@@ -287,7 +287,8 @@ def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():
     assert purge.summary(interrupted=True).startswith(
         "interrupted: buckets, then records examined 10 of 64 before Ctrl-C"
     )
-    lines = Tally("lines read", 9_000)  # a file's size in bytes: not a count of lines
+    lines = Tally("lines read", 9_000, sized=True)  # a file's size: not a count of lines
+    assert lines.summary(interrupted=True).startswith("interrupted: lines read 0 before Ctrl-C")
     lines.add(3, weight=120)
     assert lines.summary(interrupted=True).startswith("interrupted: lines read 3 before Ctrl-C")
 

@@ -14,7 +14,7 @@ import pytest
 
 from regctl import RateLimited, RedisStore, RegistrationManager
 from regctl.settings import Settings, env_names
-from tests.conftest import REGCTL, SECRET, Cli, cli_env
+from tests.conftest import REGCTL, SECRET, Cli, cli_env, subprocess_env
 from tests.servers import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,8 +216,35 @@ def test_codes_made_with_another_secret_are_refused_on_a_fresh_store(
     ran = cli("import", "-", input=dump, **other)
     assert ran.exit_code == 2
     assert "line 1: its code was made with another code secret" in ran.stderr
-    assert cli("list", "-o", "name", **other).stdout == ""
-    assert json.loads(cli("-o", "json", "secret", "status", **other).stdout)["secret"] == "matches"
+    assert [k for k in fresh_redis.client().keys("*") if "audit" not in k] == []  # no claim
+    right = {"REGCTL_REDIS_URL": fresh_redis.url}  # the exporting store's secret, as told
+    assert cli("-o", "json", "import", "-", input=dump, **right).exit_code == 0
+    assert json.loads(cli("-o", "json", "secret", "status", **right).stdout)["secret"] == "matches"
+
+
+def test_an_import_with_nothing_to_restore_writes_nothing(cli: Cli, fresh_redis, tmp_path):
+    other = {"REGCTL_REDIS_URL": fresh_redis.url}
+    assert cli("import", "-", input="", **other).exit_code == 0
+    assert cli("import", "-", input="{not json}\n", **other).exit_code == 2
+    assert [k for k in fresh_redis.client().keys("*") if "audit" not in k] == []  # (the trail)
+    add(cli, "bom@example.com")
+    backup = tmp_path / "bom.ndjson"  # as some editors save it: a byte-order mark first
+    backup.write_bytes(b"\xef\xbb\xbf" + cli("export", "--include-secrets").stdout.encode())
+    assert cli("import", str(backup), **other).exit_code == 0
+    assert cli("list", "-o", "name", **other).stdout == "bom@example.com\n"
+
+
+def test_an_import_from_a_closed_stdin_is_refused(cli: Cli):
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    ran = subprocess.run(
+        ["sh", "-c", f"'{REGCTL}' import - <&-"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (ran.returncode, ran.stderr) == (2, "Error: cannot read stdin: it is closed\n")
 
 
 def test_a_redacted_or_broken_line_is_refused_by_line_number(cli: Cli):
@@ -439,6 +466,10 @@ def test_a_bulk_resend_without_mail_is_refused_unless_asked_not_to_send(cli: Cli
         cli("-o", "json", "resend-many", "--domain", "nomail.example", "--no-send", **env).stdout
     )
     assert (quiet["sent"], quiet["not_sent"]) == (0, 1)
+    foretold = cli(
+        "-o", "json", "resend-many", "--domain", "nomail.example", "--no-send", "--dry-run", **env
+    )
+    assert (json.loads(foretold.stdout)["sent"], json.loads(foretold.stdout)["not_sent"]) == (0, 1)
     told = cli("resend-many", "--domain", "nomail.example", "--no-send", **env)
     assert told.stdout.startswith("resent 1 (not sent: 1);")
 

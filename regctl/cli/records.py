@@ -318,7 +318,7 @@ def resend_many(
         limit=limit,
         per_second=parse_rate(rate) if rate else None,
         dry_run=dry_run,
-        deliver=lambda r: deliver_code(state, r.registration, r.code, not no_send),
+        deliver=None if no_send else lambda r: deliver_code(state, r.registration, r.code, True),
     )
     undelivered = set(report.undelivered)
     for email in [] if dry_run else report.recipients:  # each new code on the record

@@ -290,11 +290,14 @@ class State:
         return self.err_is_tty and not self.quiet
 
     @contextlib.contextmanager
-    def progress(self, what: str, total: int | None = None) -> Iterator[Tally]:
+    def progress(
+        self, what: str, total: int | None = None, *, sized: bool = False
+    ) -> Iterator[Tally]:
         """Count long work. At a terminal (stderr, without --quiet): a live count with
-        rate, and a bar and ETA when ``total`` is known, then a one-line summary; in
-        pipes and cron, nothing. Interrupted, it says how far it got."""
-        tally = Tally(what, total)
+        rate, and a bar and ETA when ``total`` is known (``sized``: a size in bytes, the
+        items weighed by theirs), then a one-line summary; in pipes and cron, nothing.
+        Interrupted, it says how far it got."""
+        tally = Tally(what, total, sized=sized)
         if self.shows_progress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -334,6 +337,7 @@ class Tally:
 
     what: str
     total: int | None
+    sized: bool = False  # the total is a size (bytes), not a count of items
     done: int = 0
     weight: int = 0
     on_change: Callable[[], None] | None = None
@@ -369,8 +373,7 @@ class Tally:
     def summary(self, *, interrupted: bool = False) -> str:
         seconds = time.monotonic() - self._started
         if interrupted:
-            counted = self.total and self.weight == self.done  # (not a size in bytes)
-            of = f" of {self.total:,}" if counted else ""
+            of = f" of {self.total:,}" if self.total and not self.sized else ""
             return f"interrupted: {self.what} {self.done:,}{of} before Ctrl-C ({seconds:.1f}s)"
         return f"{self.what}: {self.done:,} in {seconds:.1f}s ({self.rate:,.0f}/s)"
 

@@ -85,11 +85,12 @@ def import_(
             state.audit("import --replace", email, "attempts or resends reset")
     if report.invalid:
         # (not raised: the valid lines were imported, and the audit entry says so)
-        state.outcome = f"{report.invalid} invalid lines"
+        state.outcome = f"{plural(report.invalid, 'invalid line')}"
         done = "checked" if dry_run else "imported"
+        named = "named without -q" if state.quiet and not state.wants_json() else "named"
         refused = InvalidInput(
             f"{plural(report.invalid, 'line')} of {'stdin' if source == '-' else source} refused",
-            f"the valid ones were {done}; fix the lines named, then import them again",
+            f"the valid ones were {done}; fix the lines {named}, then import them again",
         )
         raise typer.Exit(report_error(state, refused))
 
@@ -100,17 +101,19 @@ def _run_import(state: State, source: str, replace: bool, dry_run: bool) -> Impo
     # Bytes that are no UTF-8 come through as surrogates, and the manager refuses
     # their line (neither replaced nor fatal), whatever the locale.
     if source == "-":
+        if sys.stdin is None:  # (`regctl import - <&-`)
+            raise InvalidInput("cannot read stdin: it is closed")
         stdin = getattr(sys.stdin, "buffer", None)
         if stdin is None:  # (already text: taken as it comes)
             return _import_lines(state, sys.stdin, None, replace, dry_run)
-        lines = io.TextIOWrapper(stdin, "utf-8", "surrogateescape")
+        lines = io.TextIOWrapper(stdin, "utf-8-sig", "surrogateescape")  # (a BOM: skipped)
         try:
             return _import_lines(state, lines, None, replace, dry_run)
         finally:
             lines.detach()  # (stdin itself stays open)
     try:
         path = Path(source)
-        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
             return _import_lines(state, handle, path.stat().st_size, replace, dry_run)
     except OSError as exc:
         raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
@@ -119,7 +122,7 @@ def _run_import(state: State, source: str, replace: bool, dry_run: bool) -> Impo
 def _import_lines(
     state: State, handle: Iterable[str], size: int | None, replace: bool, dry_run: bool
 ) -> ImportReport:
-    with state.progress("lines read", size) as tally:
+    with state.progress("lines read", size, sized=True) as tally:
         lines = tally.track(handle, weight=len) if size else tally.track(handle)
         return state.manager.import_records(lines, replace=replace, dry_run=dry_run)
 
