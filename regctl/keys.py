@@ -133,7 +133,8 @@ class Keyspace:
     def _ours(self, bucket: str) -> bool:
         """Whether ``bucket`` (the digits of a {bNN} tag) names one of this namespace's
         buckets as regctl writes it: {b1} or {b064} is not {b01} or {b64}."""
-        return int(bucket) < self.buckets and self._tags[int(bucket)].endswith(f"{{b{bucket}}}")
+        number = int(bucket)
+        return number < self.buckets and bucket == f"{number:02d}"
 
     def client_limit(self, action: str, client_id: str) -> str:
         """A client's sliding window of ``action``s (signup, code), named by the client

@@ -19,10 +19,9 @@ import contextlib
 import functools
 import heapq
 import hmac
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from regctl import security
@@ -761,7 +760,7 @@ class RegistrationManager:
         if not dry_run:
             self._codes_of_store(writing=True)  # the importer's secret is the store's now
         for read_batch, statuses in paired(
-            itertools.chain([first], batches),
+            chain([first], batches),
             lambda batch: [reg for _n, reg in batch[2]],
             lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
         ):

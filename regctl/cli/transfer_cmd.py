@@ -85,7 +85,7 @@ def import_(
             state.audit("import --replace", email, "attempts or resends reset")
     if report.invalid:
         # (not raised: the valid lines were imported, and the audit entry says so)
-        state.outcome = f"{plural(report.invalid, 'invalid line')}"
+        state.outcome = plural(report.invalid, "invalid line")
         done = "checked" if dry_run else "imported"
         named = "named without -q" if state.quiet and not state.wants_json() else "named"
         refused = InvalidInput(
