@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -47,27 +48,48 @@ class _Pool:
     """At most as many Redis awaits at once as the sync pool has connections (per node
     on Cluster), each waiting as long as the sync pool lets a call wait: redis.asyncio's
     Sentinel and Cluster pools would fail a call at once instead. (A ``bridge.Gate``:
-    a call holds no place while it hashes a password.)"""
+    a call holds no place while it hashes a password.) A place is taken without an
+    await when one is free (every call's path); the waiting calls are served in turn."""
 
     def __init__(self, connections: int, wait: float | None) -> None:
-        self.slots = asyncio.Semaphore(connections)
+        self.free = connections
         self.wait = wait
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        if self.free:  # (none is free while a call waits: leave hands places on)
+            self.free -= 1
+            return True
+        return False
 
     async def enter(self) -> None:
-        if not self.slots.locked():
-            await self.slots.acquire()
+        if self.take():
             return
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.wait)
-        except TimeoutError:
-            raise pool_exhausted() from None
+            await asyncio.wait_for(turn, self.wait)
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():
+                self.leave()  # handed a place as it gave up (timed out, cancelled): pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise pool_exhausted() from None
+            raise
 
     def leave(self) -> None:
-        self.slots.release()
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():  # (one given up is cancelled: skipped)
+                turn.set_result(None)  # the place goes to it, as it is
+                return
+        self.free += 1
 
 
 class _OnLoop:
-    """The manager as one event loop runs it: asyncio clients and semaphores belong to
+    """The manager as one event loop runs it: asyncio clients and futures belong to
     the loop that made them, so each loop (each thread with its own loop) has its own
     twin of the sync client, made on its first call and closed when the loop shuts
     down (``asyncio.run`` does that before it closes the loop)."""
@@ -159,18 +181,16 @@ class AsyncRegistrationManager:
             )
         )
 
-    async def _on_loop(self) -> _OnLoop:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            # Loops closed since: dropped (one closed without shutting down its async
-            # generators leaves its connections to the garbage collector). (A snapshot:
-            # other threads' loops come and go meanwhile.)
-            for closed in [other for other in list(self._loops) if other.is_closed()]:
-                self._loops.pop(closed, None)
-            state = self._loops[loop] = self._twin()
-            state.keeper = self._kept(loop, state)
-            await anext(state.keeper)
+    async def _joined(self, loop: asyncio.AbstractEventLoop) -> _OnLoop:
+        """The manager on ``loop``, on its first call there."""
+        # Loops closed since: dropped (one closed without shutting down its async
+        # generators leaves its connections to the garbage collector). (A snapshot:
+        # other threads' loops come and go meanwhile.)
+        for closed in [other for other in list(self._loops) if other.is_closed()]:
+            self._loops.pop(closed, None)
+        state = self._loops[loop] = self._twin()
+        state.keeper = self._kept(loop, state)
+        await anext(state.keeper)
         return state
 
     async def _kept(self, loop: asyncio.AbstractEventLoop, state: _OnLoop) -> AsyncGenerator[None]:
@@ -204,7 +224,8 @@ class AsyncRegistrationManager:
         **kwargs: P.kwargs,
     ) -> T:
         self._refuse_if_closed()
-        state = await self._on_loop()
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop) or await self._joined(loop)
         if state.ending:
             raise StoreUnavailable(
                 "this event loop is shutting down: its Redis connections are closed",

@@ -73,7 +73,11 @@ class Gate(Protocol):
     """What a bridged call's Redis awaits pass through (``GATE``): a limit on how many
     run at once, like a connection pool's."""
 
-    async def enter(self) -> None: ...
+    def take(self) -> bool:
+        """A place at once if one is free (no await); else False and nothing taken."""
+
+    async def enter(self) -> None:
+        """A place, waited for."""
 
     def leave(self) -> None: ...
 
@@ -109,7 +113,14 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         awaitable, deadline, io = step
         token = CALL_DEADLINE.set(deadline)
         try:
-            result = await _through(GATE.get() if io else None, awaitable)
+            gate = GATE.get() if io else None
+            if gate is not None and not gate.take():
+                await _entered(gate, awaitable)
+            try:
+                result = await awaitable
+            finally:
+                if gate is not None:
+                    gate.leave()
         except BaseException as exc:  # (the traceback goes along: redis-py's frames)
             step = worker.throw(type(exc), exc, exc.__traceback__)
         else:
@@ -127,19 +138,15 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return value  # type: ignore[no-any-return]
 
 
-async def _through(gate: Gate | None, awaitable: Awaitable[T]) -> T:
-    if gate is None:
-        return await awaitable
+async def _entered(gate: Gate, awaitable: Awaitable[Any]) -> None:
+    """Through ``gate``, waiting for a place; a call that gets none (none freed in time,
+    cancelled) closes its awaitable, never to be awaited (no warning about it)."""
     try:
         await gate.enter()
     except BaseException:
         if isinstance(awaitable, Coroutine):
-            awaitable.close()  # never to be awaited: no warning about it
+            awaitable.close()
         raise
-    try:
-        return await awaitable
-    finally:
-        gate.leave()
 
 
 def offloaded(fn: Callable[..., T], *args: Any) -> T:

@@ -34,9 +34,15 @@ FIELDS = {
 
 
 def lua_legend() -> str:
-    """``local F = {schema = 'v', ...}``: the field names as every script sees them."""
+    """``local F = {schema = 'v', ...}``: the field names as every script sees them, and
+    ``ROW``, the fields a record is read with in ``ROW`` order (``HMGET record
+    unpack(ROW)``: one flat reply that ``decode_row`` reads as it comes)."""
     pairs = ", ".join(f"{name} = '{field}'" for name, field in FIELDS.items())
-    return f"-- The record's field names (regctl/codec.py).\nlocal F = {{{pairs}}}\n"
+    row = ", ".join(f"'{field}'" for field in ROW)
+    return (
+        f"-- The record's field names (regctl/codec.py).\nlocal F = {{{pairs}}}\n"
+        f"local ROW = {{{row}}}\n"
+    )
 
 
 def encode(reg: PendingRegistration) -> list[str]:

@@ -87,7 +87,8 @@ def validate_name(raw: str, what: str = "name") -> str:
     name = raw.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise InvalidInput(f"{what} must be 1-{NAME_MAX} characters")
-    if _has_forbidden(name):
+    # (printable ASCII, most names, holds none of them: no per-character lookup)
+    if not (name.isascii() and name.isprintable()) and _has_forbidden(name):
         raise InvalidInput(f"{what} contains control or invisible formatting characters")
     return name
 

@@ -371,3 +371,53 @@ def test_a_cancelled_aclose_still_closes_the_connections(tmp_path: Path):
     finally:
         proc.stop()
     assert [n for n in names if n[0] == "regctl"] == [], names
+
+
+def test_the_connection_gate_serves_waiters_in_turn_and_loses_no_place():
+    """The gate before the async client's pool: places taken without an await while
+    free, waiters served first come first, a waiter given up (timed out, cancelled after
+    it was handed a place) neither keeps a place nor skips one."""
+    from regctl.aio import _Pool
+    from regctl.errors import PoolExhausted
+
+    async def main() -> None:
+        gate = _Pool(1, None)
+        assert gate.take()
+        assert not gate.take()
+        served: list[str] = []
+
+        async def call(name: str) -> None:
+            await gate.enter()
+            served.append(name)
+            gate.leave()
+
+        first = asyncio.create_task(call("first"))
+        given_up = asyncio.create_task(call("cancelled"))
+        second = asyncio.create_task(call("second"))
+        await asyncio.sleep(0)  # all three wait in line
+        given_up.cancel()
+        gate.leave()  # the place goes to the first in line
+        await asyncio.gather(first, second)
+        assert served == ["first", "second"]
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+
+        assert gate.take()  # one place, free again: nothing was lost ...
+        handed = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        gate.leave()  # ... handed to a waiter that is cancelled before it runs
+        handed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        assert gate.take()  # ... which passed it on
+        assert not gate.take()
+
+        hurried = _Pool(1, 0.01)
+        assert hurried.take()
+        with pytest.raises(PoolExhausted):
+            await hurried.enter()
+        hurried.leave()
+        assert hurried.take()
+        assert not hurried.waiting
+
+    asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -59,6 +60,18 @@ def test_add_sets_lifetime_from_server_time(manager: RegistrationManager, pw_has
     assert reg.attempts == 0
     assert reg.resend_count == 0
     assert not reg.locked
+
+
+def test_add_and_its_replay_return_the_record_as_stored(
+    manager: RegistrationManager, pw_hash: str
+):
+    added = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-once")
+    replayed = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-once")
+    stored = manager.get(EMAIL)
+    assert stored is not None
+    assert replayed.code == added.code
+    seen = {replace(r, observed_at=0) for r in (added.registration, replayed.registration, stored)}
+    assert len(seen) == 1
 
 
 def test_add_keeps_the_address_as_given_and_finds_it_case_insensitively(

@@ -462,3 +462,35 @@ def test_records_outside_the_index_are_regctls_own_not_look_alikes(
         "missing from the index (evicted?): 1 record;"
     )
     assert findings["foreign-keys"].message.startswith("not written by regctl: 7 keys")
+
+
+def test_a_replay_answered_from_an_earlier_regctls_marker_returns_the_record(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    """A backend redeployed between a verify and its client's retry (same token): the
+    marker the earlier regctl kept holds the record as JSON field/value pairs."""
+    import json
+
+    from regctl.codec import FIELDS
+
+    manager = manager_on(redis_proc, prefix)
+    code = manager.add("early@example.com", "E", "Arly", password_hash=pw_hash).code
+    store = manager.store
+    assert isinstance(store, RedisStore)
+    d = digest("early@example.com")
+    record, _index = store.keyspace.keys_for(d)
+    stored = redis_proc.client().hgetall(record)
+    kept = {k: v for k, v in stored.items() if k != FIELDS["code_hash"]}
+    candidate = manager.codes.digest("early@example.com", code)
+    pairs = json.dumps([x for pair in kept.items() for x in pair])
+    redis_proc.client().set(
+        store.keyspace.call_marker("verify", d, "redeployed"),
+        json.dumps([candidate, "verified", 4, pairs]),
+        px=60_000,
+    )
+    redis_proc.client().delete(record)
+    result = manager.verify("early@example.com", code, token="redeployed")
+    assert result.outcome is VerifyOutcome.VERIFIED
+    assert result.registration is not None
+    assert result.registration.email == "early@example.com"
+    assert result.registration.last_name == "Arly"

@@ -1,6 +1,7 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
 -- KEYS: record, index, funnel x3
--- Returns {status, now, fields}: status "created" or "exists".
+-- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order;
+-- else the record is what the caller sent, as of now) or "exists".
 local digest, email, first_name, last_name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local password_hash, code_hash = ARGV[5], ARGV[6]
 local lifetime_ms, code_lifetime_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -13,7 +14,7 @@ local now = server_now()
 if redis.call('EXISTS', record) == 1 then
   -- A replay of this same call (lost reply) is a success, not a conflict.
   if redis.call('HGET', record, F.add_token) == token then
-    return {'created', now, redis.call('HGETALL', record)}
+    return {'created', now, redis.call('HMGET', record, unpack(ROW))}
   end
   return {'exists', now, {}}
 end
@@ -28,4 +29,4 @@ redis.call('ZADD', index, expires, digest)
 extend_index(index, expires, index_grace_ms, now)
 funnel('created', 1, funnel_keep_ms, client_day, now)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
-return {'created', now, redis.call('HGETALL', record)}
+return {'created', now}

@@ -1,5 +1,6 @@
 -- Read one record with the server's clock.
--- KEYS: record   Returns {now, fields} (fields empty when absent).
+-- KEYS: record   Returns {now, row}: the record in codec.ROW order, nil when absent.
 local record = KEYS[1]
 local now = server_now()
-return {now, redis.call('HGETALL', record)}
+if redis.call('EXISTS', record) == 0 then return {now, false} end
+return {now, redis.call('HMGET', record, unpack(ROW))}

@@ -4,7 +4,7 @@
 -- the code mailed now confirms the data of the sign-up that asked for it.
 -- KEYS: record, funnel x3
 -- ARGV: ..., first_name, last_name, password_hash ('' each: keep the record's)
--- Returns {status, now, detail}: ok (fields) | not_found | locked | resend_limit | cooldown (wait ms)
+-- Returns {status, now, detail}: ok (the record in codec.ROW order) | not_found | locked | resend_limit | cooldown (wait ms)
 local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
 local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local funnel_keep_ms, client_day = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -16,7 +16,7 @@ if redis.call('EXISTS', record) == 0 then return {'not_found', now, {}} end
 local f = redis.call('HMGET', record, F.locked, F.resend_count, F.last_sent_at, F.resend_token)
 local locked, resends, last_sent, last_token = f[1], tonumber(f[2]), tonumber(f[3]), f[4]
 -- A replay of this same call (lost reply): the code it stored is the current one.
-if last_token == token then return {'ok', now, redis.call('HGETALL', record)} end
+if last_token == token then return {'ok', now, redis.call('HMGET', record, unpack(ROW))} end
 if locked == '1' then return {'locked', now, {}} end
 if resends >= max_resends then return {'resend_limit', now, {}} end
 local wait = last_sent + cooldown_ms - now
@@ -29,4 +29,4 @@ if password_hash ~= '' then
 end
 redis.call('HINCRBY', record, F.resend_count, 1)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
-return {'ok', now, redis.call('HGETALL', record)}
+return {'ok', now, redis.call('HMGET', record, unpack(ROW))}

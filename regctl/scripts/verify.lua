@@ -4,7 +4,8 @@
 -- same call with the same code gets the same answer and counts no second attempt;
 -- the same token with another code is a new call.
 -- KEYS: record, index, marker, funnel x3
--- Returns {status, now, attempts_left, record_json}
+-- Returns {status, now, attempts_left, consumed}: the consumed record in codec.ROW order
+-- (VERIFIED), else ''
 local digest, candidate, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local replay_ms, keep_ms, client_day = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
@@ -53,18 +54,12 @@ if stored_mac ~= mine_mac then
   if attempts >= max then lock() end
   return answer('invalid_code', max - attempts, '')
 end
--- The consumed record goes back to the caller (and into the marker) without the
--- code's hash or the call tokens.
-local all = redis.call('HGETALL', record)
-local kept = {}
-for i = 1, #all, 2 do
-  local name = all[i]
-  if name ~= F.code_hash and name ~= F.add_token and name ~= F.resend_token then
-    kept[#kept + 1] = name
-    kept[#kept + 1] = all[i + 1]
-  end
+-- The consumed record goes back to the caller (and into the marker) in codec.ROW order,
+-- without the code's hash.
+local consumed = redis.call('HMGET', record, unpack(ROW))
+for i, name in ipairs(ROW) do
+  if name == F.code_hash then consumed[i] = false end
 end
-local consumed = cjson.encode(kept)
 redis.call('DEL', record)
 redis.call('ZREM', index, digest)
 funnel('verified', 1, keep_ms, client_day, now)

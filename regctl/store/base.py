@@ -56,6 +56,26 @@ class NewRegistration:
     def names_and_password(self) -> tuple[str, str, str]:
         return self.first_name, self.last_name, self.password_hash
 
+    def created(
+        self, now: int, policy: Policy, replicas_acked: int | None = None
+    ) -> PendingRegistration:
+        """The record a store makes of this at ``now`` (its clock), as add.lua writes it."""
+        return PendingRegistration(
+            email=self.email,
+            first_name=self.first_name,
+            last_name=self.last_name,
+            password_hash=self.password_hash,
+            created_at=now,
+            expires_at=now + policy.lifetime_ms,
+            code_expires_at=now + policy.code_lifetime_ms,
+            last_sent_at=now,
+            resend_count=0,
+            attempts=0,
+            locked=False,
+            observed_at=now,
+            replicas_acked=replicas_acked,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Counts:

@@ -23,7 +23,6 @@ from regctl.errors import (
 )
 from regctl.keys import digest
 from regctl.model import (
-    SCHEMA_VERSION,
     Filter,
     PendingRegistration,
     Policy,
@@ -133,21 +132,7 @@ class MemoryStore:
                 if entry.add_token == token:
                     return replace(entry.record, observed_at=now)
                 raise already_exists(new.email)
-            record = PendingRegistration(
-                email=new.email,
-                first_name=new.first_name,
-                last_name=new.last_name,
-                password_hash=new.password_hash,
-                created_at=now,
-                expires_at=now + policy.lifetime_ms,
-                code_expires_at=now + policy.code_lifetime_ms,
-                last_sent_at=now,
-                resend_count=0,
-                attempts=0,
-                locked=False,
-                observed_at=now,
-                schema=SCHEMA_VERSION,
-            )
+            record = new.created(now, policy)
             self._entries[new.identity] = _Entry(record, new.code_hash, token)
             self._count("created", 1, now, policy)
             self._count("sent", 1, now, policy)

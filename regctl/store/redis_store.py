@@ -17,6 +17,7 @@ from regctl.connection import (
     translated_errors,
 )
 from regctl.errors import (
+    AlreadyExists,
     ConfigError,
     DamagedRecord,
     RegctlError,
@@ -72,6 +73,32 @@ R = TypeVar("R")
 FINGERPRINT_FIELD = "code_secret_fingerprint"
 # How long a bucket's index outlives its last entry (see add.lua).
 INDEX_GRACE_MS = 3_600_000
+
+
+def _created(
+    new: NewRegistration, policy: Policy, reply: list[Any], acked: int | None = None
+) -> PendingRegistration:
+    """The record add.lua created (or found, for a replay of the same call)."""
+    status, now, *replayed = reply
+    if status == "exists":
+        raise already_exists(new.email)
+    if replayed:
+        return decode_row(replayed[0], int(now), acked)
+    return new.created(int(now), policy, acked)
+
+
+def _added(
+    batch: Sequence[tuple[NewRegistration, str]], replies: list[Any], policy: Policy
+) -> list[PendingRegistration | RegctlError]:
+    results: list[PendingRegistration | RegctlError] = []
+    for (new, _token), reply in zip(batch, replies, strict=True):
+        try:
+            results.append(
+                reply if isinstance(reply, RegctlError) else _created(new, policy, reply)
+            )
+        except AlreadyExists as exc:
+            results.append(exc)
+    return results
 
 
 def _funnel_keys(ks: Keyspace, digest_hex: str) -> tuple[str, str, str]:
@@ -305,24 +332,23 @@ class RedisStore:
         return (*ks.keys_for(d), *_funnel_keys(ks, d)), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
-        (status, now, fields), acked = self.scripts.write(
-            "add", *self._add_call(new, policy, token)
-        )
-        if status == "exists":
-            raise already_exists(new.email)
-        return decode(fields, int(now), acked)
+        reply, acked = self.scripts.write("add", *self._add_call(new, policy, token))
+        return _created(new, policy, reply, acked)
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
     ) -> list[PendingRegistration | RegctlError]:
         replies = self.scripts.run_many("add", [self._add_call(new, policy, t) for new, t in batch])
-        return self._added(batch, replies)
+        return _added(batch, replies, policy)
 
     def add_batches(
         self, batches: Iterable[Sequence[tuple[NewRegistration, str]]], policy: Policy
     ) -> Iterator[list[PendingRegistration | RegctlError]]:
         return self._streamed(
-            "add", batches, lambda _ks, item: self._add_call(item[0], policy, item[1]), self._added
+            "add",
+            batches,
+            lambda _ks, item: self._add_call(item[0], policy, item[1]),
+            lambda batch, replies: _added(batch, replies, policy),
         )
 
     def _streamed(
@@ -346,21 +372,6 @@ class RedisStore:
             lambda calls: self.scripts.run_batches(name, calls),
         ):
             yield results(batch, replies)
-
-    @staticmethod
-    def _added(
-        batch: Sequence[tuple[NewRegistration, str]], replies: list[Any]
-    ) -> list[PendingRegistration | RegctlError]:
-        results: list[PendingRegistration | RegctlError] = []
-        for (new, _token), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, RegctlError):
-                results.append(reply)
-                continue
-            status, now, fields = reply
-            results.append(
-                decode(fields, int(now)) if status == "created" else already_exists(new.email)
-            )
-        return results
 
     def restore_batches(
         self,
@@ -390,7 +401,7 @@ class RedisStore:
 
     def get(self, identity: str) -> PendingRegistration | None:
         now, fields = self.scripts.run("get", (self.keyspace.record(digest(identity)),), ())
-        return decode(fields, int(now)) if fields else None
+        return decode_row(fields, int(now)) if fields else None
 
     def resend(
         self,
@@ -419,7 +430,7 @@ class RedisStore:
         )
         if status != "ok":
             raise resend_refusal(status, identity, detail if status == "cooldown" else 0)
-        return decode(detail, int(now), acked)
+        return decode_row(detail, int(now), acked)
 
     def verify(
         self, identity: str, candidate_hash: str, policy: Policy, token: str
@@ -442,7 +453,11 @@ class RedisStore:
         if status == "wrong_secret":
             raise other_secret(int(left))
         outcome = VerifyOutcome(status)
-        registration = decode(json.loads(payload), int(now)) if payload else None
+        registration = None
+        if isinstance(payload, list):
+            registration = decode_row(payload, int(now))
+        elif payload:  # kept by an earlier regctl for this token: field/value pairs, JSON
+            registration = decode(json.loads(payload), int(now))
         return VerifyResult(outcome, int(left), registration, acked)
 
     def unlock(self, identity: str) -> bool:
