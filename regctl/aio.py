@@ -65,19 +65,35 @@ class _Pool:
     async def enter(self) -> None:
         if self.take():
             return
-        turn = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
         self.waiting.append(turn)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not turn.done():
+                expired = True
+                turn.cancel()
+
+        # (not asyncio.wait_for: on Python 3.11 it can return a place to a task cancelled
+        # just after it was handed one, and the cancellation is lost)
+        timer = None if self.wait is None else loop.call_later(self.wait, expire)
         try:
-            await asyncio.wait_for(turn, self.wait)
-        except BaseException as exc:
+            await turn
+        except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self.leave()  # handed a place as it gave up (timed out, cancelled): pass it on
+                self.leave()  # handed a place as it was cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self.waiting.remove(turn)
-            if isinstance(exc, TimeoutError):
+            task = asyncio.current_task()
+            if expired and not (task is not None and task.cancelling()):
                 raise pool_exhausted() from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def leave(self) -> None:
         while self.waiting:

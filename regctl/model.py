@@ -21,6 +21,13 @@ NUMBER_FIELDS = (
 )
 
 
+# The longest a record, a code (and a cooldown), a replay window and a client window may
+# last: every expiry stays a time Redis and the codec take (below 2^53 ms).
+MAX_LIFETIME_MS = 30 * 86_400_000
+MAX_CODE_LIFETIME_MS = 86_400_000
+MAX_FUNNEL_DAYS = 3650
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The rules every operation enforces; all durations in milliseconds."""
@@ -48,14 +55,22 @@ class Policy:
     def __post_init__(self) -> None:
         if self.code_length not in CODE_LENGTHS:
             raise InvalidInput("code length must be between 6 and 10 digits")
-        if self.lifetime_ms < 1000 or self.code_lifetime_ms < 1000:
-            raise InvalidInput("lifetimes must be at least one second")
-        if self.max_attempts < 1 or self.max_resends < 0 or self.resend_cooldown_ms < 0:
-            raise InvalidInput("max attempts must be >= 1; resends and cooldown >= 0")
+        if not 1000 <= self.lifetime_ms <= MAX_LIFETIME_MS:
+            raise InvalidInput("the record lifetime must be between one second and 30 days")
+        if not 1000 <= self.code_lifetime_ms <= MAX_CODE_LIFETIME_MS:
+            raise InvalidInput("the code lifetime must be between one second and one day")
+        if self.max_attempts < 1 or self.max_resends < 0:
+            raise InvalidInput("max attempts must be >= 1; resends >= 0")
+        if not 0 <= self.resend_cooldown_ms <= MAX_CODE_LIFETIME_MS:
+            raise InvalidInput("the resend cooldown must be between 0 and one day")
+        if not 1000 <= self.replay_window_ms <= MAX_CODE_LIFETIME_MS:
+            raise InvalidInput("the replay window must be between one second and one day")
+        if not 0 <= self.funnel_days <= MAX_FUNNEL_DAYS:
+            raise InvalidInput(f"funnel days must be between 0 and {MAX_FUNNEL_DAYS}")
         if min(self.signups_per_client, self.codes_per_client) < 0:
             raise InvalidInput("client limits must be 0 (off) or more")
-        if self.client_window_ms < 1000:
-            raise InvalidInput("the client window must be at least one second")
+        if not 1000 <= self.client_window_ms <= MAX_LIFETIME_MS:
+            raise InvalidInput("the client window must be between one second and 30 days")
 
     def client_limit(self, action: str) -> int:
         """How many ``action``s (``signup``, ``code``) a client key may make per window."""

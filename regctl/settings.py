@@ -34,14 +34,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from regctl.errors import ConfigError, InvalidInput
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
-from regctl.model import Policy
+from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
 from regctl.security import check_trusted
 from regctl.store.base import AUDIT_MAX
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
-MAX_LIFETIME_S = 30 * 86_400
-MAX_CODE_LIFETIME_S = 86_400
+MAX_LIFETIME_S = MAX_LIFETIME_MS // 1000
+MAX_CODE_LIFETIME_S = MAX_CODE_LIFETIME_MS // 1000
 _POLICY = Policy()
 
 
@@ -173,7 +173,10 @@ class Settings(BaseSettings):
     )
     max_resends: int = _field(_POLICY.max_resends, "resends per registration", ge=0, le=100)
     funnel_days: int = _field(
-        _POLICY.funnel_days, "days the per-day funnel counters are kept (0: off)", ge=0, le=3650
+        _POLICY.funnel_days,
+        "days the per-day funnel counters are kept (0: off)",
+        ge=0,
+        le=MAX_FUNNEL_DAYS,
     )
     signups_per_client: int = _field(
         _POLICY.signups_per_client,

@@ -402,15 +402,17 @@ def test_the_connection_gate_serves_waiters_in_turn_and_loses_no_place():
         with pytest.raises(asyncio.CancelledError):
             await given_up
 
-        assert gate.take()  # one place, free again: nothing was lost ...
-        handed = asyncio.create_task(gate.enter())
-        await asyncio.sleep(0)
-        gate.leave()  # ... handed to a waiter that is cancelled before it runs
-        handed.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await handed
-        assert gate.take()  # ... which passed it on
-        assert not gate.take()
+        for waits in (None, 5.0):  # (a bounded wait once lost this cancellation)
+            gate = _Pool(1, waits)
+            assert gate.take()
+            handed = asyncio.create_task(gate.enter())
+            await asyncio.sleep(0)
+            gate.leave()  # the place is handed to a waiter that is cancelled before it runs
+            handed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await handed
+            assert gate.take()  # ... which passed it on
+            assert not gate.take()
 
         hurried = _Pool(1, 0.01)
         assert hurried.take()

@@ -494,3 +494,29 @@ def test_a_replay_answered_from_an_earlier_regctls_marker_returns_the_record(
     assert result.registration is not None
     assert result.registration.email == "early@example.com"
     assert result.registration.last_name == "Arly"
+
+
+def test_a_verify_marker_keeps_the_record_in_the_form_every_regctl_reads(
+    redis_proc: RedisProcess, prefix: str, pw_hash
+):
+    """Field/value pairs as JSON, no code hash: a replay served by another regctl version
+    (a rolling deploy, a rollback) reads the record back."""
+    import json
+
+    from regctl.codec import FIELDS
+
+    manager = manager_on(redis_proc, prefix)
+    code = manager.add("kept@example.com", "K", "Ept", password_hash=pw_hash).code
+    assert manager.verify("kept@example.com", code, token="kept").outcome is VerifyOutcome.VERIFIED
+    store = manager.store
+    assert isinstance(store, RedisStore)
+    marker = store.keyspace.call_marker("verify", digest("kept@example.com"), "kept")
+    answer = redis_proc.client().get(marker)
+    assert isinstance(answer, str)
+    _candidate, status, _left, kept = json.loads(answer)
+    pairs = json.loads(kept)
+    fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+    assert status == "verified"
+    assert fields[FIELDS["email"]] == "kept@example.com"
+    assert fields[FIELDS["last_name"]] == "Ept"
+    assert FIELDS["code_hash"] not in fields

@@ -379,6 +379,37 @@ def test_policy_validation_refuses_nonsense():
         Policy(max_attempts=0)
 
 
+@pytest.mark.parametrize(
+    "durations",
+    [
+        {"lifetime_ms": 2**53},  # past what Redis and the codec take as a time
+        {"lifetime_ms": 30 * 86_400_000 + 1},
+        {"code_lifetime_ms": 86_400_000 + 1},
+        {"resend_cooldown_ms": 10**17},
+        {"replay_window_ms": 0},
+        {"replay_window_ms": 10**17},
+        {"client_window_ms": 10**17},
+        {"funnel_days": 10**9},
+    ],
+)
+def test_a_policy_refuses_durations_the_settings_refuse(durations: dict[str, int]):
+    """A library caller's Policy is held to the settings' bounds: past them, an add
+    would store a record with no TTL, or one no later call could read."""
+    from regctl import InvalidInput
+    from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS
+
+    with pytest.raises(InvalidInput):
+        Policy(**durations)
+    Policy(  # the bounds themselves are taken
+        lifetime_ms=MAX_LIFETIME_MS,
+        code_lifetime_ms=MAX_CODE_LIFETIME_MS,
+        resend_cooldown_ms=MAX_CODE_LIFETIME_MS,
+        replay_window_ms=MAX_CODE_LIFETIME_MS,
+        client_window_ms=MAX_LIFETIME_MS,
+        funnel_days=MAX_FUNNEL_DAYS,
+    )
+
+
 def test_a_client_key_is_stored_under_a_keyed_name_only(redis_proc: RedisProcess, pw_hash: str):
     """An IP given as client= is nowhere in Redis, not even as a plain digest that
     trying every IPv4 address would find: the window is named with the code secret."""

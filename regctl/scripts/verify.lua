@@ -5,7 +5,7 @@
 -- the same token with another code is a new call.
 -- KEYS: record, index, marker, funnel x3
 -- Returns {status, now, attempts_left, consumed}: the consumed record in codec.ROW order
--- (VERIFIED), else ''
+-- (VERIFIED; a replay: as JSON field/value pairs), else ''
 local digest, candidate, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local replay_ms, keep_ms, client_day = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
@@ -19,8 +19,21 @@ if first then
   if first[1] == candidate then return {first[2], now, first[3], first[4]} end
 end
 
+-- The marker keeps a consumed record as JSON field/value pairs (the form every regctl
+-- version reads back on a replay); the answer carries it in codec.ROW order.
 local function answer(status, left, consumed)
-  redis.call('SET', marker, cjson.encode({candidate, status, left, consumed}), 'PX', replay_ms)
+  local kept = ''
+  if consumed ~= '' then
+    local pairs = {}
+    for i, name in ipairs(ROW) do
+      if consumed[i] then
+        pairs[#pairs + 1] = name
+        pairs[#pairs + 1] = consumed[i]
+      end
+    end
+    kept = cjson.encode(pairs)
+  end
+  redis.call('SET', marker, cjson.encode({candidate, status, left, kept}), 'PX', replay_ms)
   return {status, now, left, consumed}
 end
 

@@ -74,6 +74,7 @@ class NewRegistration:
             locked=False,
             observed_at=now,
             replicas_acked=replicas_acked,
+            code_hash=self.code_hash,
         )
 
 

@@ -130,10 +130,13 @@ class MemoryStore:
             entry = self._live(new.identity, now)
             if entry is not None:
                 if entry.add_token == token:
-                    return replace(entry.record, observed_at=now)
+                    return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
                 raise already_exists(new.email)
             record = new.created(now, policy)
-            self._entries[new.identity] = _Entry(record, new.code_hash, token)
+            # (the entry keeps the code's hash apart: a resend replaces it there)
+            self._entries[new.identity] = _Entry(
+                replace(record, code_hash=""), new.code_hash, token
+            )
             self._count("created", 1, now, policy)
             self._count("sent", 1, now, policy)
             return record

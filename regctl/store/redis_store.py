@@ -456,7 +456,7 @@ class RedisStore:
         registration = None
         if isinstance(payload, list):
             registration = decode_row(payload, int(now))
-        elif payload:  # kept by an earlier regctl for this token: field/value pairs, JSON
+        elif payload:  # a replay: the record as its marker keeps it, JSON field/value pairs
             registration = decode(json.loads(payload), int(now))
         return VerifyResult(outcome, int(left), registration, acked)
 
