@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -51,8 +52,6 @@ class _Budget:
     budget_s: float
 
     def _begin(self) -> tuple[float, contextvars.Token[float | None] | None]:
-        import time
-
         self._backoff.reset()
         outer = CALL_DEADLINE.get()
         if outer is not None:
@@ -75,8 +74,6 @@ class _Budget:
     def _pause(self, error: Exception, failures: int, deadline: float) -> float:
         """How long to wait before the next try; raises ``error`` when none is left
         (a try that starts in time may run its socket timeout)."""
-        import time
-
         pause = float(self._backoff.compute(failures))
         if failures > self._retries or time.monotonic() + pause >= deadline:
             raise error
@@ -85,8 +82,6 @@ class _Budget:
 
 def deadline_retry(retries: int, budget_s: float) -> Any:
     """redis-py's Retry, bounded by one deadline per call (see ``_Budget``)."""
-    import time
-
     from redis.retry import Retry
 
     class DeadlineRetry(_Budget, Retry):
@@ -498,8 +493,6 @@ class SwitchWatcher:
 
     @property
     def failing_over(self) -> bool:
-        import time
-
         return time.monotonic() < self._paused_until
 
     def _follow(self, sentinel: Any) -> None:
@@ -509,8 +502,6 @@ class SwitchWatcher:
             self.stopped.wait(0.5)
 
     def _listen(self, sentinel: Any) -> None:
-        import time
-
         pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(*_FAILOVER_BEGINS, *_FAILOVER_ENDS)
@@ -734,8 +725,6 @@ class call_deadline:  # (named as the function it was: a context manager)
         self.token: contextvars.Token[float | None] | None = None
 
     def __enter__(self) -> float:
-        import time
-
         outer = CALL_DEADLINE.get()
         if outer is not None:
             return outer

@@ -675,7 +675,7 @@ class RegistrationManager:
 
     def import_records(
         self,
-        lines: Iterable[str],
+        lines: Iterable[str | bytes],
         *,
         replace: bool = False,
         dry_run: bool = False,
@@ -684,9 +684,10 @@ class RegistrationManager:
     ) -> ImportReport:
         """Restore NDJSON lines of a secrets-included export, streamed in batches.
 
-        Existing registrations are kept unless ``replace``; expired ones are skipped;
-        invalid lines are counted with their line number and skipped: one that is not
-        UTF-8 (a str with surrogates, as ``errors="surrogateescape"`` reads it), one
+        ``lines`` are text, or bytes (a file opened in binary mode). Existing
+        registrations are kept unless ``replace``; expired ones are skipped; invalid
+        lines are counted with their line number and skipped: one that is not UTF-8
+        (bytes, or a str with surrogates, as ``errors="surrogateescape"`` reads it), one
         whose code was made with another code secret than this manager's (it could
         never verify), and a second line for an address already read.
 
@@ -701,7 +702,7 @@ class RegistrationManager:
         secret = self._codes_of_store(writing=False).fingerprint()
         seen: set[bytes] = set()  # the addresses read (their digests: 16 bytes each)
 
-        def read(chunk: list[tuple[int, str]]) -> _ImportBatch:
+        def read(chunk: list[tuple[int, str | bytes]]) -> _ImportBatch:
             refused: list[tuple[int, str]] = []
             good: list[tuple[int, PendingRegistration]] = []
             for number, line in chunk:
@@ -853,8 +854,14 @@ class _Call:
 LIMITED = {"signup": "sign-ups", "code": "codes"}
 
 
-def _utf8(line: str) -> str:
-    """``line``, refused when it held bytes that are no UTF-8 (read with surrogateescape)."""
+def _utf8(line: str | bytes) -> str:
+    """``line`` as text, refused when it held bytes that are no UTF-8 (bytes, or a str
+    read with surrogateescape)."""
+    if isinstance(line, bytes):
+        try:
+            return line.decode()
+        except UnicodeDecodeError:
+            raise InvalidInput("not UTF-8") from None
     if not line.isascii():
         try:
             line.encode()

@@ -226,6 +226,27 @@ def test_the_restore_script_refuses_an_expiry_beyond_the_lifetime(redis_proc, pr
     store.close()
 
 
+def test_an_import_takes_the_lines_of_a_file_opened_in_binary_mode(redis_proc, prefix):
+    """Bytes lines: UTF-8 text read as such, other bytes refused by line, as from text."""
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    server_now = int(redis_proc.client().time()[0]) * 1000
+    times = {
+        "created_at": server_now - 60_000,
+        "last_sent_at": server_now - 60_000,
+        "code_expires_at": server_now + 600_000,
+        "expires_at": server_now + 3_000_000,
+    }
+    named = _line(**times, email="j\u00e9r\u00f4me@example.com", first_name="J\u00e9r\u00f4me")
+    stray = _line(**times, email="other@example.com").encode().replace(b'"I"', b'"\xe9"')
+    report = manager.import_records([named.encode(), stray])
+    assert (report.restored, report.invalid) == (1, 1)
+    assert report.errors == ["line 2: not UTF-8"]
+    restored = manager.get("j\u00e9r\u00f4me@example.com")
+    assert restored is not None
+    assert restored.first_name == "J\u00e9r\u00f4me"
+    manager.close()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     field=st.sampled_from([*NUMBER_FIELDS, "locked", "email", "first_name", "code_hash", "schema"]),

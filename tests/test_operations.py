@@ -181,6 +181,17 @@ def test_a_line_that_is_not_utf8_is_refused_and_the_others_imported(
     assert cli("list", "-o", "name", **other).stdout == "u1@example.com\n"
 
 
+def test_an_import_weighs_its_lines_in_the_bytes_a_file_size_counts(tmp_path):
+    """The progress bar's weight: all of a file's lines add up to its size (non-ASCII
+    text and stray bytes included), so the bar ends at 100 %."""
+    from regctl.cli.transfer_cmd import byte_size
+
+    data = b"plain\n" + "J\u00e9r\u00f4me \u2603\n".encode() + b"stray \xe9\xff\n"
+    (tmp_path / "lines").write_bytes(data)
+    with (tmp_path / "lines").open(encoding="utf-8", errors="surrogateescape") as handle:
+        assert sum(byte_size(line) for line in handle) == len(data)
+
+
 def test_an_import_names_its_refusal_even_quietly_and_counts_the_unnamed(cli: Cli):
     lines = "".join("{not json}\n" for _ in range(25))
     quiet = cli("-q", "import", "-", input=lines)

@@ -121,8 +121,8 @@ class ScriptRunner:
             script = self._scripts[name] = self.client.register_script(source)
         return script
 
-    def served(self, call: Callable[[], T]) -> T:
-        """``call()``, tried again while the server cannot serve it (a failover, a
+    def served(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, tried again while the server cannot serve it (a failover, a
         migrating slot, too few replicas), the topology rediscovered between tries,
         until the call's deadline. Nothing of a refused try ran: trying again is safe."""
         with call_deadline(self.call_budget_s) as deadline:
@@ -133,7 +133,7 @@ class ScriptRunner:
                         if self._watcher.failing_over:  # the old master would lose it: wait
                             raise NotServing("a Sentinel failover is under way")
                         settled(self._watcher.missed_by(self._pool))
-                    return call()
+                    return call(*args)
                 except (NotServing, NotReplicated):  # (a replay of a made change is safe)
                     if time.monotonic() + wait >= deadline:
                         raise
@@ -161,12 +161,12 @@ class ScriptRunner:
                 settled(pool.get_master_address())  # type: ignore[no-untyped-call]
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self.served(lambda: self._run_once(name, keys, args))
+        return self.served(self._run_once, name, keys, args)
 
     def _run_once(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         import redis.exceptions as rex
 
-        script = self.script(name)
+        script = self._scripts.get(name) or self.script(name)
         try:
             with translated_errors():
                 for attempt in range(NOSCRIPT_TRIES):
@@ -216,7 +216,7 @@ class ScriptRunner:
         """
         if not self.wait_replicas:
             return self.run(name, keys, args), None
-        return self.served(lambda: self._write_and_wait(name, keys, args))
+        return self.served(self._write_and_wait, name, keys, args)
 
     def _write_and_wait(
         self, name: str, keys: Sequence[str], args: Sequence[Any]
