@@ -45,9 +45,10 @@ P = ParamSpec("P")
 
 
 class _Pool:
-    """At most as many Redis awaits at once as the sync pool has connections (per node
-    on Cluster), each waiting as long as the sync pool lets a call wait: redis.asyncio's
-    Sentinel and Cluster pools would fail a call at once instead. (A ``bridge.Gate``:
+    """At most as many Redis awaits at once as the sync pool has connections (on
+    Cluster, a node's: the places are shared by all nodes), each waiting as long as the
+    sync pool lets a call wait: redis.asyncio's Sentinel and Cluster pools would fail a
+    call at once instead. (A ``bridge.Gate``:
     a call holds no place while it hashes a password.) A place is taken without an
     await when one is free (every call's path); the waiting calls are served in turn."""
 
@@ -79,6 +80,8 @@ class _Pool:
         # (not asyncio.wait_for: on Python 3.11 it can return a place to a task cancelled
         # just after it was handed one, and the cancellation is lost)
         timer = None if self.wait is None else loop.call_later(self.wait, expire)
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             await turn
         except asyncio.CancelledError:
@@ -87,8 +90,7 @@ class _Pool:
             else:
                 with contextlib.suppress(ValueError):
                     self.waiting.remove(turn)
-            task = asyncio.current_task()
-            if expired and not (task is not None and task.cancelling()):
+            if expired and not (task is not None and task.cancelling() > cancelling):
                 raise pool_exhausted() from None
             raise
         finally:
@@ -123,6 +125,7 @@ class _OnLoop:
         # using: it learns the slots first (``_start``), once.
         self.ready = asyncio.Lock() if cluster else None
         self.ending = False  # closing or closed: no more calls on this loop
+        self.closed = False  # the twin's connections are closed
         self.keeper: AsyncGenerator[None] | None = None
 
     def enter(self) -> None:
@@ -137,10 +140,11 @@ class _OnLoop:
     async def close(self, sync: RegistrationManager) -> None:
         """Once the calls under way are done (the in-memory store has nothing to close);
         later calls on this loop are refused. Cancelled while it waits (a shutdown), it
-        closes at once rather than not at all."""
-        if self.ending:
-            return
+        closes at once rather than not at all; one cut short even so (the loop's end
+        cancels every task) is done again when the loop closes its keeper."""
         self.ending = True
+        if self.closed:
+            return
         try:
             await self.idle.wait()
         finally:
@@ -151,6 +155,7 @@ class _OnLoop:
         cancelled close: it may have given one back to the pool)."""
         if self.manager is not sync:
             await asyncio.shield(bridged(self.manager.close))
+        self.closed = True
 
 
 def _start(manager: RegistrationManager) -> None:
@@ -344,10 +349,9 @@ class AsyncRegistrationManager:
             assert state.keeper is not None
             if loop is here:  # (the keeper's end closes the loop's twin)
                 await state.keeper.aclose()
-            elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(_ended(state.keeper), loop)
+            elif loop.is_running():  # (its keeper, kept here, is the loop's end's to close)
+                asyncio.run_coroutine_threadsafe(state.close(self.sync), loop)
             # (a closed loop's connections are left to the garbage collector)
-        self._loops.clear()
         await asyncio.to_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncRegistrationManager:
@@ -355,7 +359,3 @@ class AsyncRegistrationManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _ended(keeper: AsyncGenerator[None]) -> None:
-    await keeper.aclose()

@@ -50,6 +50,18 @@ class _Budget:
     _backoff: Any
     _retries: int
     budget_s: float
+    # On Cluster, how long one try may take: redis-py's cluster loop asks for a count of
+    # tries once per command, then tries that often with no deadline (None elsewhere).
+    per_try_s: float | None = None
+
+    def get_retries(self) -> int:
+        """The tries after the first (Cluster: those that fit in the call's time left,
+        each as long as a socket timeout may make it)."""
+        if self.per_try_s is None:
+            return self._retries
+        deadline = CALL_DEADLINE.get()
+        left = self.budget_s if deadline is None else deadline - time.monotonic()
+        return max(0, min(self._retries, int(left // self.per_try_s) - 1))
 
     def _begin(self) -> tuple[float, contextvars.Token[float | None] | None]:
         self._backoff.reset()
@@ -230,6 +242,7 @@ def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
     from redis.connection import BlockingConnectionPool, SSLConnection
 
     kwargs = _common_kwargs(settings)
+    kwargs["retry"].per_try_s = max(kwargs["socket_timeout"], kwargs["socket_connect_timeout"])
     if endpoint.password is not None:
         kwargs["password"] = endpoint.password
     if endpoint.username is not None:
@@ -407,7 +420,7 @@ def _async_cluster(client: Any) -> Any:
     wanted = kwargs.pop("max_connections", None)
     if kwargs.pop("connection_class", None) is not None and kwargs.get("ssl_cert_reqs"):
         kwargs["ssl"] = True  # a TLS cluster: the sync client names its SSLConnection class
-    kwargs = _async_kwargs(kwargs, RedisCluster)
+    kwargs = _async_kwargs({**kwargs, "retry": client.retry}, RedisCluster)
     with translated_errors():
         return RedisCluster(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
@@ -456,11 +469,11 @@ def _async_kwargs(kwargs: dict[str, Any], kind: Any) -> dict[str, Any]:
         from redis.asyncio.retry import Retry
 
         budget = getattr(retry, "budget_s", None)
-        twin["retry"] = (
-            async_deadline_retry(retry._retries, budget)
-            if budget is not None
-            else Retry(retry._backoff, retry._retries)
-        )
+        if budget is None:
+            twin["retry"] = Retry(retry._backoff, retry._retries)
+        else:
+            twin["retry"] = async_deadline_retry(retry._retries, budget)
+            twin["retry"].per_try_s = retry.per_try_s
     return twin
 
 

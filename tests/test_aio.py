@@ -4,6 +4,7 @@ never waits on Redis (the contract suite also runs on it: tests/awaited.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -294,6 +295,43 @@ def test_aclose_lets_the_calls_under_way_finish_and_leaves_no_connection(
     assert "regctl" not in names
 
 
+def _closed_while_other_loops_call(manager: AsyncRegistrationManager, loops: int) -> None:
+    """``loops`` threads' loops calling until the manager is closed, then ending at once,
+    while one more loop closes it."""
+    going = threading.Barrier(loops + 1)
+
+    async def caller(tag: int) -> None:
+        going.wait(60)
+        with contextlib.suppress(StoreUnavailable):  # closed: refused, and it ends
+            for n in range(100_000):
+                await manager.get(f"busy{tag}-{n}@example.com")
+
+    async def closer() -> None:
+        going.wait(60)
+        await asyncio.sleep(0.05)  # (while the callers' calls are under way)
+        await manager.aclose()
+
+    threads = [threading.Thread(target=asyncio.run, args=(caller(t),)) for t in range(loops)]
+    threads.append(threading.Thread(target=asyncio.run, args=(closer(),)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
+def test_aclose_on_one_loop_closes_other_loops_connections_as_they_end(tmp_path: Path):
+    """A close scheduled on a loop and cut short by its end (it cancels every task) is
+    done again as the loop closes its keeper: no connection is left open."""
+    proc = RedisProcess(tmp_path / "others").start()
+    try:
+        for _ in range(5):
+            _closed_while_other_loops_call(async_manager(proc.url, "others", max_connections=2), 3)
+            names = [c.get("name") for c in proc.client().client_list()]
+            assert "regctl" not in names
+    finally:
+        proc.stop()
+
+
 def test_a_loop_that_ends_takes_its_connections_with_it(tmp_path: Path):
     """A sync caller running ``asyncio.run`` per request: each run's twin is closed when
     its loop shuts down, so connections and loops do not pile up."""
@@ -418,6 +456,17 @@ def test_the_connection_gate_serves_waiters_in_turn_and_loses_no_place():
         assert hurried.take()
         with pytest.raises(PoolExhausted):
             await hurried.enter()
+
+        async def swallows_a_cancel_then_waits() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # (and no uncancel())
+                await asyncio.sleep(0)
+            with pytest.raises(PoolExhausted):  # a timeout still, not a cancellation
+                await hurried.enter()
+
+        await asyncio.create_task(swallows_a_cancel_then_waits())
         hurried.leave()
         assert hurried.take()
         assert not hurried.waiting

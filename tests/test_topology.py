@@ -15,9 +15,9 @@ from typing import cast
 
 import pytest
 
-from regctl import Filter, RegistrationManager, StoreUnavailable
+from regctl import Filter, RedisStore, RegistrationManager, StoreUnavailable
 from regctl.acl import REQUIRED_COMMANDS
-from regctl.keys import Keyspace
+from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from tests.awaited import Awaited
 from tests.conftest import SECRET, Cli, redis_store
@@ -540,7 +540,7 @@ def test_cluster_and_sentinel_urls_are_masked(cli: Cli):
 
 def _in_bucket(bucket: int, count: int, start: int = 0) -> list[str]:
     """``count`` addresses whose records fall in ``bucket``."""
-    from regctl.keys import DEFAULT_BUCKETS, digest
+    from regctl.keys import DEFAULT_BUCKETS
 
     ks = Keyspace("x", DEFAULT_BUCKETS)
     found: list[str] = []
@@ -690,6 +690,50 @@ def test_sentinel_and_cluster_pools_wait_for_a_free_connection(
     assert errors == []
     assert manager.counts().total == 200
     manager.close()
+
+
+@pytest.mark.slow
+def test_a_call_to_a_stalled_cluster_node_keeps_its_deadline(tmp_path: Path, pw_hash: str):
+    """redis-py's cluster loop tries a command (retries + 1) times, each up to the socket
+    timeout, whatever the deadline (the async client's default: 11 tries): a call for a
+    key on a stopped primary must give up within its one deadline, sync and async."""
+    import os
+    import signal
+
+    from regctl import StoreTimeout
+
+    cluster = RedisCluster(tmp_path / "stall", primaries=3).start()
+    budget = 1.0  # (socket timeout 1 s, three retries: 4 s before, 11 s async)
+    managers = [
+        manager_for(cluster.url, "stall", api, socket_timeout=budget, retries=3)
+        for api in ("sync", "async")
+    ]
+    try:
+        stalled = cluster.nodes[0]
+        store = managers[0].store
+        assert isinstance(store, RedisStore)
+        addresses = (f"v{i}@example.com" for i in itertools.count())
+        victim = next(
+            email
+            for email in addresses
+            if store.client.get_node_from_key(store.keyspace.record(digest(email))).port
+            == stalled.port
+        )
+        for manager in managers:
+            manager.get(victim)  # (the slot map learnt while every node answers)
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            for manager in managers:
+                started = time.monotonic()
+                with pytest.raises(StoreTimeout):
+                    manager.get(victim)
+                assert time.monotonic() - started < 3 * budget
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+    finally:
+        for manager in managers:
+            manager.close()
+        cluster.stop()
 
 
 @pytest.mark.slow
