@@ -121,7 +121,7 @@ class RegistrationManager:
         """``audit_as`` (say "signup-api@web-3") records every add, resend, verify,
         unlock and delete in the audit trail under that name, with its outcome, so the
         trail answers "who verified alice?" for backend calls too (one more round trip
-        per call).
+        per call; none for a call the store could not serve: down, stalled, full).
 
         ``conceal_pending`` makes ``add`` on an address already pending answer like
         a success, so a sign-up form does not reveal who is registering (see ``add``).
@@ -832,7 +832,9 @@ class _Call:
             return  # interrupted, cancelled: the outcome is unknown, and nothing is written
         if isinstance(exc, RegctlError):
             self.outcome = exc.reason
-        if self.manager.audit_as is not None:
+        # (not when the store could not serve the call: the entry would wait as long
+        # again, and a call has one deadline)
+        if self.manager.audit_as is not None and not isinstance(exc, StoreUnavailable):
             with contextlib.suppress(RegctlError):
                 self.manager.audit(self.manager.audit_as, self.command, self.email, self.outcome)
         if (

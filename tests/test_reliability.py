@@ -300,11 +300,36 @@ def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_r
     assert sleeper.is_alive()  # gave up before the stall ended
     assert ran.exit_code == 69
     assert ran.stderr.startswith("Error: Redis timed out")
+    # No audit write after it (as long again): said, not tried.
+    assert ran.stderr.endswith("Warning: the audit entry was not written: Redis timed out\n")
     sleeper.join()
     # The queued script may run once the server wakes, but only whole: record + index.
     store = RedisStore(debug_redis.client(), prefix=cli.env["REGCTL_PREFIX"])
     records, entries = consistent(store)
     assert records == entries <= 1
+
+
+@pytest.mark.parametrize("failure", [StoreTimeout, PoolExhausted, StoreUnavailable])
+def test_a_call_the_store_could_not_serve_sends_no_audit_entry(failure: type[StoreUnavailable]):
+    """A backend's audited call that the store could not serve (stalled, pool busy,
+    down): the entry would wait as long again (a call has one deadline), so none is
+    sent; a call it served is audited, refused or not."""
+    from regctl.store import MemoryStore
+
+    class Unserved(MemoryStore):
+        def unlock(self, identity: str) -> bool:
+            if identity.startswith("unserved"):
+                raise failure("Redis cannot serve this call now")
+            return super().unlock(identity)
+
+    store = Unserved()
+    manager = RegistrationManager(store, secret=SECRET, audit_as="signup-api")
+    with pytest.raises(failure):
+        manager.unlock("unserved@example.com")
+    assert manager.unlock("served@example.com") is False
+    assert [(e["target"], e["outcome"]) for e in store.audit_read(10)] == [
+        ("served@example.com", "not_found")
+    ]
 
 
 def test_health_answers_within_its_budget_while_redis_is_stopped(tmp_path: Path, pw_hash):

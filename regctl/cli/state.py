@@ -123,6 +123,9 @@ class State:
             return  # refused before anything happened: bad input writes nothing at all
         if outcome in ("unavailable", "pool_exhausted", "permission_denied"):
             return  # the store cannot take it now; trying would only delay the exit
+        if outcome == "timeout":  # (the same, but the change may have happened: say so)
+            sys.stderr.write("Warning: the audit entry was not written: Redis timed out\n")
+            return
         self.audit(*self.audit_event, outcome)
 
     def audit(self, command: str, target: str, outcome: str) -> None:
