@@ -5,8 +5,9 @@
     REGCTL_MAIL_URL=smtp://mail.internal:587 uvicorn examples.fastapi_app:app
 
 Every refusal and failure has its HTTP answer (400, 404, 409, 429 with Retry-After
-when waiting helps, 503), none is a 500. Sign-ups and codes are limited per client address in the same Redis
-(REGCTL_SIGNUPS_PER_CLIENT and REGCTL_CODES_PER_CLIENT per REGCTL_CLIENT_WINDOW).
+when waiting helps, 503), none is a 500. Sign-ups and codes are limited per client
+address in the same Redis (REGCTL_SIGNUPS_PER_CLIENT and REGCTL_CODES_PER_CLIENT per
+REGCTL_CLIENT_WINDOW).
 With a manager made with ``conceal_pending=True`` (as here) the answers do not tell
 whether an address is registering: a second sign-up, a resend and a wrong code answer
 as for anyone else, and the mail goes out after the answer, so its time tells nothing
