@@ -48,9 +48,9 @@ class _Pool:
     """At most as many Redis awaits at once as the sync pool has connections (on
     Cluster, a node's: the places are shared by all nodes), each waiting as long as the
     sync pool lets a call wait: redis.asyncio's Sentinel and Cluster pools would fail a
-    call at once instead. (A ``bridge.Gate``:
-    a call holds no place while it hashes a password.) A place is taken without an
-    await when one is free (every call's path); the waiting calls are served in turn."""
+    call at once instead. (A ``bridge.Gate``: a call holds no place while it hashes a
+    password.) A place is taken without an await when one is free (every call's path);
+    the waiting calls are served in turn."""
 
     def __init__(self, connections: int, wait: float | None) -> None:
         self.free = connections

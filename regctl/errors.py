@@ -206,6 +206,14 @@ class StoreFull(StoreUnavailable):
     reason = "out_of_memory"
 
 
+# The reasons of a call the store could not serve (down, stalled, pool busy, full): an
+# audit entry after it would wait as long again, or be refused the same way. (Not a
+# write its replicas did not acknowledge: it was made, and the primary answers.)
+UNSERVED = frozenset(
+    {StoreUnavailable.reason, PoolExhausted.reason, StoreTimeout.reason, StoreFull.reason}
+)
+
+
 class DamagedRecord(RegctlError):
     """A stored record something else wrote, that regctl cannot read."""
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from regctl import security
 from regctl.bridge import offloaded
 from regctl.errors import (
+    UNSERVED,
     AlreadyExists,
     ConfigError,
     CooldownActive,
@@ -834,7 +835,7 @@ class _Call:
             self.outcome = exc.reason
         # (not when the store could not serve the call: the entry would wait as long
         # again, and a call has one deadline)
-        if self.manager.audit_as is not None and not isinstance(exc, StoreUnavailable):
+        if self.manager.audit_as is not None and self.outcome not in UNSERVED:
             with contextlib.suppress(RegctlError):
                 self.manager.audit(self.manager.audit_as, self.command, self.email, self.outcome)
         if (

@@ -21,6 +21,8 @@ import redis
 from regctl import (
     Filter,
     InvalidInput,
+    NotReplicated,
+    NotServing,
     Policy,
     PoolExhausted,
     RedisStore,
@@ -309,26 +311,34 @@ def test_a_stalled_server_is_given_up_on_while_it_still_sleeps(cli: Cli, debug_r
     assert records == entries <= 1
 
 
-@pytest.mark.parametrize("failure", [StoreTimeout, PoolExhausted, StoreUnavailable])
+@pytest.mark.parametrize(
+    "failure", [StoreTimeout, PoolExhausted, StoreUnavailable, NotServing, StoreFull]
+)
 def test_a_call_the_store_could_not_serve_sends_no_audit_entry(failure: type[StoreUnavailable]):
     """A backend's audited call that the store could not serve (stalled, pool busy,
-    down): the entry would wait as long again (a call has one deadline), so none is
-    sent; a call it served is audited, refused or not."""
+    down, full): the entry would wait as long again (a call has one deadline), so none
+    is sent; a call it served is audited, refused or not, and so is a change made that
+    too few replicas acknowledged."""
     from regctl.store import MemoryStore
 
     class Unserved(MemoryStore):
         def unlock(self, identity: str) -> bool:
             if identity.startswith("unserved"):
                 raise failure("Redis cannot serve this call now")
+            if identity.startswith("unreplicated"):
+                raise NotReplicated("made on the primary only")
             return super().unlock(identity)
 
     store = Unserved()
     manager = RegistrationManager(store, secret=SECRET, audit_as="signup-api")
     with pytest.raises(failure):
         manager.unlock("unserved@example.com")
+    with pytest.raises(NotReplicated):
+        manager.unlock("unreplicated@example.com")
     assert manager.unlock("served@example.com") is False
     assert [(e["target"], e["outcome"]) for e in store.audit_read(10)] == [
-        ("served@example.com", "not_found")
+        ("served@example.com", "not_found"),
+        ("unreplicated@example.com", "not_replicated"),
     ]
 
 

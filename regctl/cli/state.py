@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from regctl.cli.render import Format, csv_lines, escape, to_json, tsv_lines
-from regctl.errors import ExitStatus, InvalidInput
+from regctl.errors import UNSERVED, ExitStatus, InvalidInput
 from regctl.text import visible
 
 T = TypeVar("T")
@@ -121,11 +121,10 @@ class State:
             return  # nothing reached the store
         if outcome == "invalid_input":
             return  # refused before anything happened: bad input writes nothing at all
-        if outcome in ("unavailable", "pool_exhausted", "permission_denied"):
-            return  # the store cannot take it now; trying would only delay the exit
-        if outcome == "timeout":  # (the same, but the change may have happened: say so)
+        if outcome == "timeout":  # (the change may have happened: say it is not in the trail)
             sys.stderr.write("Warning: the audit entry was not written: Redis timed out\n")
-            return
+        if outcome in UNSERVED or outcome == "permission_denied":
+            return  # the store cannot take it now; trying would only delay the exit
         self.audit(*self.audit_event, outcome)
 
     def audit(self, command: str, target: str, outcome: str) -> None:

@@ -77,11 +77,12 @@ INDEX_GRACE_MS = 3_600_000
 
 def _created(
     new: NewRegistration, policy: Policy, reply: list[Any], acked: int | None = None
-) -> PendingRegistration:
-    """The record add.lua created (or found, for a replay of the same call)."""
+) -> PendingRegistration | AlreadyExists:
+    """The record add.lua created (or found, for a replay of the same call), or the
+    refusal of an address already pending."""
     status, now, *replayed = reply
     if status == "exists":
-        raise already_exists(new.email)
+        return already_exists(new.email)
     if replayed:
         return decode_row(replayed[0], int(now), acked)
     return new.created(int(now), policy, acked)
@@ -90,15 +91,10 @@ def _created(
 def _added(
     batch: Sequence[tuple[NewRegistration, str]], replies: list[Any], policy: Policy
 ) -> list[PendingRegistration | RegctlError]:
-    results: list[PendingRegistration | RegctlError] = []
-    for (new, _token), reply in zip(batch, replies, strict=True):
-        try:
-            results.append(
-                reply if isinstance(reply, RegctlError) else _created(new, policy, reply)
-            )
-        except AlreadyExists as exc:
-            results.append(exc)
-    return results
+    return [
+        reply if isinstance(reply, RegctlError) else _created(new, policy, reply)
+        for (new, _token), reply in zip(batch, replies, strict=True)
+    ]
 
 
 def _funnel_keys(ks: Keyspace, digest_hex: str) -> tuple[str, str, str]:
@@ -333,7 +329,10 @@ class RedisStore:
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         reply, acked = self.scripts.write("add", *self._add_call(new, policy, token))
-        return _created(new, policy, reply, acked)
+        created = _created(new, policy, reply, acked)
+        if isinstance(created, AlreadyExists):
+            raise created
+        return created
 
     def add_many(
         self, batch: Sequence[tuple[NewRegistration, str]], policy: Policy
