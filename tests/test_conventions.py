@@ -519,14 +519,22 @@ def test_a_cluster_nobody_answers_is_critical_not_a_crash(cli: Cli, unused_port:
     assert "no node of the cluster answered" in listed.stderr
 
 
-def test_a_record_of_another_type_is_left_out_of_list_and_named_by_doctor(cli: Cli, redis_proc):
-    """As a damaged hash is: one bad key stops no whole listing; doctor says which."""
+def test_a_record_of_another_type_is_left_out_of_list_and_stats_and_named_by_doctor(
+    cli: Cli, redis_proc
+):
+    """As a damaged hash is: one bad key stops no whole listing or count; doctor says
+    which."""
     add(cli)
+    add(cli, "other@example.com")
     record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))
     client_of(redis_proc).delete(record)
     client_of(redis_proc).set(record, "x")
     ran = cli("-o", "json", "list")
-    assert (ran.exit_code, json.loads(ran.stdout)) == (0, [])
+    assert ran.exit_code == 0, ran.stderr
+    assert [row["email"] for row in json.loads(ran.stdout)] == ["other@example.com"]
+    counted = cli("-o", "json", "stats")
+    assert counted.exit_code == 0, counted.stderr
+    assert json.loads(counted.stdout)["total"] == 1
     checked = cli("-o", "json", "doctor")
     assert "wrong-type" in {finding["code"] for finding in json.loads(checked.stdout)["findings"]}
 

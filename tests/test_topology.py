@@ -452,6 +452,23 @@ def test_a_missing_permission_exits_77_and_is_named(cli: Cli, redis_proc, prefix
     assert missing == ["the Redis user cannot run ZADD"]
 
 
+@needs_redis_7
+def test_stats_without_permission_to_read_records_exits_77_not_zero(
+    cli: Cli, redis_proc, prefix: str
+):
+    """Counting on the server leaves out a key of another type, never a record it was
+    not allowed to read."""
+    added = cli(
+        "add", "n@example.com", "-f", "N", "-l", "P", "--password-stdin", input="8chars!!\n"
+    )
+    assert added.exit_code == 0, added.stderr
+    user = f"w-{prefix}"
+    redis_proc.client().execute_command("ACL", "SETUSER", user, *acl_rule(prefix, without="hmget"))
+    ran = cli("stats", REGCTL_REDIS_URL=f"unix://{user}:acl-password@{redis_proc.socket}")
+    assert ran.exit_code == 77, (ran.stdout, ran.stderr)
+    assert "denied" in ran.stderr
+
+
 def _snapshot(client, prefix: str) -> dict[str, object]:
     """Every key under the prefix with its type, content and whether it has a TTL."""
     out: dict[str, object] = {}
