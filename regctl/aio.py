@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from regctl.bridge import GATE, Awaited, bridged
+from regctl.bridge import GATE, Awaited, Gate, bridged
 from regctl.connection import pool_exhausted
 from regctl.errors import ConfigError, StoreUnavailable
 from regctl.manager import RegistrationManager
@@ -45,17 +45,20 @@ P = ParamSpec("P")
 
 
 class _Pool:
-    """At most as many Redis awaits at once as the sync pool has connections (on
-    Cluster, a node's: the places are shared by all nodes), each waiting as long as the
-    sync pool lets a call wait: redis.asyncio's Sentinel and Cluster pools would fail a
-    call at once instead. (A ``bridge.Gate``: a call holds no place while it hashes a
-    password.) A place is taken without an await when one is free (every call's path);
-    the waiting calls are served in turn."""
+    """At most as many Redis awaits at once as the sync pool has connections, each
+    waiting as long as the sync pool lets a call wait: redis.asyncio's Sentinel and
+    Cluster pools would fail a call at once instead. (A ``bridge.Gate``, the same places
+    for every slot: a call holds no place while it hashes a password.) A place is taken
+    without an await when one is free (every call's path); the waiting calls are served
+    in turn."""
 
     def __init__(self, connections: int, wait: float | None) -> None:
         self.free = connections
         self.wait = wait
         self.waiting: deque[asyncio.Future[None]] = deque()
+
+    def places(self, slot: int | None) -> _Pool:
+        return self
 
     def take(self) -> bool:
         if self.free:  # (none is free while a call waits: leave hands places on)
@@ -106,6 +109,39 @@ class _Pool:
         self.free += 1
 
 
+class _NodePlaces:
+    """On Cluster, a ``_Pool`` per node, as the sync client has a pool per node: the
+    calls held up by a stalled node wait on its places only, and the other nodes' calls
+    go on. A script call is counted against the node that owns its slot when it starts
+    (a slot that moves meanwhile is followed by redis-py); every other command (the
+    layout and secret checks of a loop's first calls, learning the slot map) against
+    places of their own, shared by all nodes."""
+
+    def __init__(self, client: Any, connections: int, wait: float | None) -> None:
+        self._slots = client.nodes_manager
+        self._connections, self._wait = connections, wait
+        self._nodes: dict[str, _Pool] = {}
+        self._keyless = _Pool(connections, wait)
+
+    def places(self, slot: int | None) -> _Pool:
+        if slot is None:
+            return self._keyless
+        try:
+            node = self._slots.get_node_from_slot(slot).name
+        except (KeyError, _slot_not_covered()):  # (no slot map yet: redis-py learns it)
+            return self._keyless
+        pool = self._nodes.get(node)
+        if pool is None:
+            pool = self._nodes[node] = _Pool(self._connections, self._wait)
+        return pool
+
+
+def _slot_not_covered() -> type[Exception]:
+    from redis.exceptions import SlotNotCoveredError
+
+    return SlotNotCoveredError
+
+
 class _OnLoop:
     """The manager as one event loop runs it: asyncio clients and futures belong to
     the loop that made them, so each loop (each thread with its own loop) has its own
@@ -113,7 +149,7 @@ class _OnLoop:
     down (``asyncio.run`` does that before it closes the loop)."""
 
     def __init__(
-        self, manager: RegistrationManager, pool: _Pool | None, *, cluster: bool = False
+        self, manager: RegistrationManager, pool: Gate | None, *, cluster: bool = False
     ) -> None:
         self.manager = manager
         self.pool = pool
@@ -230,9 +266,12 @@ class AsyncRegistrationManager:
             return _OnLoop(self.sync, None)
         from regctl.connection import async_twin, pool_limits
 
-        twin = self._redis.twin(Awaited(async_twin(self._redis.client)))
-        pool = _Pool(*pool_limits(self._redis.client))
-        return _OnLoop(self.sync.on(twin), pool, cluster=self._redis.is_cluster)
+        client = async_twin(self._redis.client)
+        twin = self._redis.twin(Awaited(client))
+        limits = pool_limits(self._redis.client)
+        cluster = self._redis.is_cluster
+        pool = _NodePlaces(client, *limits) if cluster else _Pool(*limits)
+        return _OnLoop(self.sync.on(twin), pool, cluster=cluster)
 
     def _refuse_if_closed(self) -> None:
         if self._closed:

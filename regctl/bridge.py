@@ -69,9 +69,8 @@ def _bridge() -> _Worker | None:
     return current if isinstance(current, _Worker) else None
 
 
-class Gate(Protocol):
-    """What a bridged call's Redis awaits pass through (``GATE``): a limit on how many
-    run at once, like a connection pool's."""
+class Places(Protocol):
+    """A limit on how many Redis awaits run at once, like a connection pool's."""
 
     def take(self) -> bool:
         """A place at once if one is free (no await); else False and nothing taken."""
@@ -82,20 +81,28 @@ class Gate(Protocol):
     def leave(self) -> None: ...
 
 
+class Gate(Protocol):
+    """What a bridged call's Redis awaits pass through (``GATE``): the places of the
+    server that owns ``slot`` (on Cluster: the node; None, a command without a key)."""
+
+    def places(self, slot: int | None) -> Places: ...
+
+
 # The gate of the bridged calls of this task (the async manager sets it per call).
 GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("regctl_gate", default=None)
 
 
-def await_(awaitable: Awaitable[T], *, io: bool = True) -> T:
+def await_(awaitable: Awaitable[T], *, io: bool = True, slot: int | None = None) -> T:
     """The result of ``awaitable``, awaited on the loop of the bridged call under way;
-    through the ``GATE`` unless it is no Redis I/O (``io`` False)."""
+    through the ``GATE``'s places for ``slot`` unless it is no Redis I/O (``io`` False)."""
     worker = _bridge()
     if worker is None:
         if isinstance(awaitable, Coroutine):
             awaitable.close()  # never awaited: no "was never awaited" warning later
         raise RuntimeError("an asyncio Redis client is used outside a bridged call")
     # The call's deadline goes along: redis-py's retries on the loop keep within it.
-    return worker.driver.switch((awaitable, CALL_DEADLINE.get(), io))  # type: ignore[no-any-return]
+    step = (awaitable, CALL_DEADLINE.get(), io, slot)
+    return worker.driver.switch(step)  # type: ignore[no-any-return]
 
 
 async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -109,18 +116,19 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     worker.gr_context = contextvars.copy_context()  # the caller's context goes along
     worker.job = (fn, args, kwargs)
     step = worker.switch()
-    while step is not None:  # an awaitable to await, the call's deadline, whether I/O
-        awaitable, deadline, io = step
+    while step is not None:  # an awaitable, the call's deadline, whether I/O, its slot
+        awaitable, deadline, io, slot = step
         token = CALL_DEADLINE.set(deadline)
         try:
             gate = GATE.get() if io else None
-            if gate is not None and not gate.take():
-                await _entered(gate, awaitable)
+            places = None if gate is None else gate.places(slot)
+            if places is not None and not places.take():
+                await _entered(places, awaitable)
             try:
                 result = await awaitable
             finally:
-                if gate is not None:
-                    gate.leave()
+                if places is not None:
+                    places.leave()
         except BaseException as exc:  # (the traceback goes along: redis-py's frames)
             step = worker.throw(type(exc), exc, exc.__traceback__)
         else:
@@ -138,11 +146,11 @@ async def bridged(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return value  # type: ignore[no-any-return]
 
 
-async def _entered(gate: Gate, awaitable: Awaitable[Any]) -> None:
-    """Through ``gate``, waiting for a place; a call that gets none (none freed in time,
+async def _entered(places: Places, awaitable: Awaitable[Any]) -> None:
+    """A place of ``places``, waited for; a call that gets none (none freed in time,
     cancelled) closes its awaitable, never to be awaited (no warning about it)."""
     try:
-        await gate.enter()
+        await places.enter()
     except BaseException:
         if isinstance(awaitable, Coroutine):
             awaitable.close()
@@ -169,14 +177,18 @@ def pause(seconds: float) -> None:
     await_(asyncio.sleep(seconds), io=False)
 
 
-def settled(result: Any) -> Any:
-    """``result``, awaited first if it is a coroutine (an asyncio client's method)."""
-    return await_(result) if isinstance(result, Coroutine) else result
+def settled(result: Any, slot: int | None = None) -> Any:
+    """``result``, awaited first if it is a coroutine (an asyncio client's method) for a
+    key in ``slot``."""
+    return await_(result, slot=slot) if isinstance(result, Coroutine) else result
 
 
 class Awaited:
     """A ``redis.asyncio`` client (or pipeline) with the sync client's face, for the
-    manager's code in a bridged call: each coroutine a method returns is awaited."""
+    manager's code in a bridged call: each coroutine a method returns is awaited.
+
+    On Cluster, a script call waits for a place of the node that owns its keys' slot,
+    so calls held up by one stalled node leave the other nodes' places free."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
@@ -186,8 +198,16 @@ class Awaited:
         if not callable(attr):
             return attr
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return settled(attr(*args, **kwargs))
+        if name == "evalsha" and _is_async_cluster(self.target):
+
+            def call(*args: Any, **kwargs: Any) -> Any:  # (sha, numkeys, *keys, *args)
+                slot = _slot(args[2]) if int(args[1]) else None
+                return settled(attr(*args, **kwargs), slot)
+
+        else:
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return settled(attr(*args, **kwargs))
 
         setattr(self, name, call)  # found once; later lookups skip __getattr__
         return call
@@ -204,3 +224,15 @@ class Awaited:
 
     def pipeline(self, transaction: bool = True) -> Awaited:
         return Awaited(self.target.pipeline(transaction=transaction))
+
+
+def _is_async_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _slot(key: str | bytes) -> int:
+    from redis.crc import key_slot
+
+    return key_slot(key.encode() if isinstance(key, str) else key)

@@ -424,7 +424,10 @@ def _async_cluster(client: Any) -> Any:
     with translated_errors():
         return RedisCluster(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
-            **({"max_connections": wanted} if wanted else {}),
+            # The async manager's gate keeps a node to ``wanted`` script calls, plus as
+            # many other commands shared by every node (``aio._NodePlaces``): redis-py's
+            # own per-node limit, which fails a call at once, must never be the one hit.
+            **({"max_connections": 2 * wanted} if wanted else {}),
             **kwargs,
         )
 

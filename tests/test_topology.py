@@ -754,6 +754,71 @@ def test_a_call_to_a_stalled_cluster_node_keeps_its_deadline(tmp_path: Path, pw_
 
 
 @pytest.mark.slow
+def test_async_calls_to_other_cluster_nodes_go_on_while_one_node_stalls(tmp_path: Path):
+    """The async manager's places are per node, as the sync client's pools are: calls
+    held up by a stopped primary (as many as the pool allows, and more waiting) leave
+    the other nodes' places free, and their calls are served meanwhile."""
+    import asyncio
+    import os
+    import signal
+
+    from regctl import AsyncRegistrationManager, PoolExhausted, StoreTimeout
+
+    cluster = RedisCluster(tmp_path / "places", primaries=3).start()
+    loaded = load_settings(
+        {
+            "redis_url": cluster.url,
+            "prefix": "places",
+            "code_secret": SECRET,
+            "max_connections": 2,
+            "socket_timeout": 2,
+            "pool_timeout": 2,
+            "retries": 0,
+        },
+        environ={},
+    )
+    manager = AsyncRegistrationManager.from_settings(loaded.settings)
+    stalled = cluster.nodes[0]
+    store = manager.sync.store
+    assert isinstance(store, RedisStore)
+
+    def on(node: bool) -> str:  # an address whose record lives on the stalled node or not
+        return next(
+            email
+            for email in (f"p{i}@example.com" for i in itertools.count())
+            if (
+                store.client.get_node_from_key(store.keyspace.record(digest(email))).port
+                == stalled.port
+            )
+            is node
+        )
+
+    victim, other = on(True), on(False)
+
+    async def main() -> None:
+        for email in (victim, other):
+            assert await manager.get(email) is None  # (the slot map learnt)
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            held = [asyncio.create_task(manager.get(victim)) for _ in range(4)]
+            await asyncio.sleep(0)  # two hold the node's places, two wait for one
+            assert await manager.get(other) is None
+            assert not any(call.done() for call in held)
+            outcomes = await asyncio.gather(*held, return_exceptions=True)
+            assert all(isinstance(o, (StoreTimeout, PoolExhausted)) for o in outcomes), outcomes
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        assert await manager.get(victim) is None
+        await manager.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        manager.sync.close()
+        cluster.stop()
+
+
+@pytest.mark.slow
 def test_doctor_and_health_report_a_cluster_node_that_is_down(tmp_path: Path, cli: Cli):
     cluster = RedisCluster(tmp_path / "down", primaries=3).start()
     try:
