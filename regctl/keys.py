@@ -61,6 +61,11 @@ class Keyspace:
     _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # A record key of this namespace, (bucket, digest) read in one match.
     _record_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    # funnel_around's names by (bucket, day), made once a day: every counting call
+    # declares three.
+    _funnels: dict[tuple[int, int], tuple[str, str, str]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
@@ -70,6 +75,7 @@ class Keyspace:
         object.__setattr__(self, "_tags", tags)
         own = re.compile(re.escape(self.prefix) + r":\{b([0-9]{2,4})\}:reg:([0-9a-f]{32})")
         object.__setattr__(self, "_record_re", own)
+        object.__setattr__(self, "_funnels", {})
 
     @property
     def meta(self) -> str:
@@ -104,7 +110,23 @@ class Keyspace:
     def funnel_around(self, bucket: int, day: int) -> tuple[str, str, str]:
         """The bucket's funnel counters of the day before ``day``, ``day`` and the day
         after: what a counting script declares, the server's clock picking one."""
-        return self.funnel(bucket, day - 1), self.funnel(bucket, day), self.funnel(bucket, day + 1)
+        names = self._funnels.get((bucket, day))
+        if names is None:
+            if len(self._funnels) >= 4 * self.buckets:  # (yesterday's are done with)
+                self._funnels.clear()
+            names = (
+                self.funnel(bucket, day - 1),
+                self.funnel(bucket, day),
+                self.funnel(bucket, day + 1),
+            )
+            self._funnels[bucket, day] = names
+        return names
+
+    def funnels_today(self, bucket: int) -> tuple[tuple[str, str, str], int]:
+        """``funnel_around`` today by this machine's clock, and that day: read once, so
+        the keys a script declares and the day it is told agree, even at midnight."""
+        day = client_day()
+        return self.funnel_around(bucket, day), day
 
     def call_marker(self, operation: str, digest_hex: str, token: str) -> str:
         """Where one call's answer is kept for its replays: bound to the operation and

@@ -520,3 +520,19 @@ def test_a_verify_marker_keeps_the_record_in_the_form_every_regctl_reads(
     assert fields[FIELDS["email"]] == "kept@example.com"
     assert fields[FIELDS["last_name"]] == "Ept"
     assert FIELDS["code_hash"] not in fields
+
+
+def test_a_call_made_as_the_client_day_turns_counts_on_the_server_day(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The funnel counters a script declares and the day it is told are one reading of
+    the client's clock: read twice across midnight, the count went to yesterday's."""
+    manager = manager_on(redis_proc, prefix)
+    server_day = int(redis_proc.client().time()[0]) // 86_400
+    readings = iter([server_day * 86_400 - 0.001])  # the last instant of the day before
+    real = time.time
+    monkeypatch.setattr("regctl.keys.time.time", lambda: next(readings, None) or real())
+    manager.add("midnight@example.com", "M", "N", password_hash=pw_hash)
+    monkeypatch.undo()
+    assert manager.funnel(1)[0].created == 1
+    manager.close()

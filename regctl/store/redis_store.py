@@ -27,7 +27,7 @@ from regctl.errors import (
     other_secret,
     resend_refusal,
 )
-from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, client_day, digest
+from regctl.keys import MAX_BUCKETS, MIN_BUCKETS, Keyspace, digest
 from regctl.model import (
     SCHEMA_VERSION,
     Filter,
@@ -95,10 +95,6 @@ def _added(
         reply if isinstance(reply, RegctlError) else _created(new, policy, reply)
         for (new, _token), reply in zip(batch, replies, strict=True)
     ]
-
-
-def _funnel_keys(ks: Keyspace, digest_hex: str) -> tuple[str, str, str]:
-    return ks.funnel_around(ks.bucket_of(digest_hex), client_day())
 
 
 @dataclass
@@ -309,6 +305,8 @@ class RedisStore:
         self, new: NewRegistration, policy: Policy, token: str
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         d = digest(new.identity)
+        ks = self._claim_layout()
+        funnel, day = ks.funnels_today(ks.bucket_of(d))
         args = (
             d,
             new.email,
@@ -322,10 +320,9 @@ class RedisStore:
             token,
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
-            client_day(),
+            day,
         )
-        ks = self._claim_layout()
-        return (*ks.keys_for(d), *_funnel_keys(ks, d)), args
+        return (*ks.keys_for(d), *funnel), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         reply, acked = self.scripts.write("add", *self._add_call(new, policy, token))
@@ -413,9 +410,10 @@ class RedisStore:
         d = digest(identity)
         names = ("", "", "") if signup is None else signup.names_and_password
         ks = self.keyspace
+        funnel, day = ks.funnels_today(ks.bucket_of(d))
         (status, now, detail), acked = self.scripts.write(
             "resend",
-            (ks.record(d), *_funnel_keys(ks, d)),
+            (ks.record(d), *funnel),
             (
                 code_hash,
                 policy.code_lifetime_ms,
@@ -423,7 +421,7 @@ class RedisStore:
                 policy.max_resends,
                 token,
                 policy.funnel_keep_ms,
-                client_day(),
+                day,
                 *names,
             ),
         )
@@ -437,16 +435,17 @@ class RedisStore:
         d = digest(identity)
         ks = self.keyspace
         record, index = ks.keys_for(d)
+        funnel, day = ks.funnels_today(ks.bucket_of(d))
         (status, now, left, payload), acked = self.scripts.write(
             "verify",
-            (record, index, ks.call_marker("verify", d, token), *_funnel_keys(ks, d)),
+            (record, index, ks.call_marker("verify", d, token), *funnel),
             (
                 d,
                 candidate_hash,
                 policy.max_attempts,
                 policy.replay_window_ms,
                 policy.funnel_keep_ms,
-                client_day(),
+                day,
             ),
         )
         if status == "wrong_secret":

@@ -18,7 +18,7 @@ from typing import Any
 from regctl.codec import FIELDS, ROW, decode_row
 from regctl.connection import Client, translated_errors
 from regctl.errors import DamagedRecord, NotServing
-from regctl.keys import Keyspace, client_day
+from regctl.keys import Keyspace
 from regctl.model import Filter, Policy
 from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
 from regctl.store.base import PAGE, Helper, chunks
@@ -319,8 +319,8 @@ def purge_expired(
         if not listed:
             return removed
         keys = (index, *(ks.record_base(bucket) + d for d in listed))
-        funnel = ks.funnel_around(bucket, client_day())
-        args = ("remove", policy.funnel_keep_ms, client_day(), *listed)
+        funnel, day = ks.funnels_today(bucket)
+        args = ("remove", policy.funnel_keep_ms, day, *listed)
         removed += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
         if len(listed) < batch:
             return removed
