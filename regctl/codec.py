@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from regctl.errors import DamagedRecord
+from regctl.errors import damaged
 from regctl.model import NUMBER_FIELDS, SCHEMA_VERSION, PendingRegistration
-from regctl.text import visible
 
 FIELDS = {
     "schema": "v",
@@ -34,14 +33,16 @@ FIELDS = {
 
 
 def lua_legend() -> str:
-    """``local F = {schema = 'v', ...}``: the field names as every script sees them, and
+    """``local F = {schema = 'v', ...}``: the field names as every script sees them;
     ``ROW``, the fields a record is read with in ``ROW`` order (``HMGET record
-    unpack(ROW)``: one flat reply that ``decode_row`` reads as it comes)."""
+    unpack(ROW)``: one flat reply that ``decode_row`` reads as it comes); and ``AT``,
+    each field's place in a row by name."""
     pairs = ", ".join(f"{name} = '{field}'" for name, field in FIELDS.items())
     row = ", ".join(f"'{field}'" for field in ROW)
+    places = ", ".join(f"{name} = {ROW.index(FIELDS[name]) + 1}" for name in _ROW_NAMES)
     return (
         f"-- The record's field names (regctl/codec.py).\nlocal F = {{{pairs}}}\n"
-        f"local ROW = {{{row}}}\n"
+        f"local ROW = {{{row}}}\nlocal AT = {{{places}}}\n"
     )
 
 
@@ -63,7 +64,8 @@ def encode(reg: PendingRegistration) -> list[str]:
 # The fields a record is read with, in the order a page of records comes back
 # (records.lua): the two optional ones, the required text, then the numbers.
 _TEXT = ("email", "first_name", "last_name", "password_hash", "locked")
-ROW = tuple(FIELDS[name] for name in ("schema", "code_hash", *_TEXT, *NUMBER_FIELDS))
+_ROW_NAMES = ("schema", "code_hash", *_TEXT, *NUMBER_FIELDS)
+ROW = tuple(FIELDS[name] for name in _ROW_NAMES)
 
 
 def decode(
@@ -108,11 +110,8 @@ def decode_row(
             replicas_acked=replicas_acked,
         )
     except (KeyError, ValueError) as exc:
-        shown = visible(str(required[0] if required[0] is not None else "?"))
-        raise DamagedRecord(
-            f"the stored record of {shown} is damaged ({exc.__class__.__name__}: {exc})",
-            "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
-        ) from None
+        email = str(required[0] if required[0] is not None else "?")
+        raise damaged(email, f"{exc.__class__.__name__}: {exc}") from None
 
 
 def _numbers(texts: list[str]) -> list[int]:

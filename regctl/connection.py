@@ -671,7 +671,7 @@ def translated(error: Exception) -> Exception:
             return PermissionDenied(SCRIPT_DENIED, "run `regctl doctor` to name it")
         if "NOPERM" in text:
             return PermissionDenied(f"Redis denied a command: {first_line(exc)}")
-        if text.startswith("WRONGTYPE"):
+        if "WRONGTYPE" in text:  # (Redis 6 puts the script's name and line before it)
             return DamagedRecord(
                 "a key under regctl's prefix holds another kind of value than regctl "
                 "writes there (WRONGTYPE)",

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import enum
 
+from regctl.text import visible
+
 
 class ExitStatus(enum.IntEnum):
     """Process exit statuses of the `regctl` command (the README's table)."""
@@ -303,10 +305,25 @@ def locked_out(email: str) -> RegistrationLocked:
     )
 
 
+def damaged(email: str, why: str) -> DamagedRecord:
+    """The exception for a stored record regctl cannot read (``email`` as stored,
+    made visible)."""
+    return DamagedRecord(
+        f"the stored record of {visible(email)} is damaged ({why})",
+        "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
+    )
+
+
+# What a script says of a record whose numbers it cannot read (it changed nothing).
+UNREADABLE = "a number regctl keeps in it is missing or not a whole number"
+
+
 def resend_refusal(status: str, email: str, wait_ms: int = 0) -> RegctlError:
     """The exception for a refused resend, worded the same for every store."""
     if status == "not_found":
         return not_pending(email)
+    if status == "damaged":
+        return damaged(email, UNREADABLE)
     if status == "locked":
         return locked_out(email)
     if status == "resend_limit":

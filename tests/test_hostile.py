@@ -14,8 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regctl import InvalidInput, MemoryStore, Policy, RedisStore, RegistrationManager
+from regctl import (
+    DamagedRecord,
+    InvalidInput,
+    MemoryStore,
+    Policy,
+    RedisStore,
+    RegistrationManager,
+)
 from regctl.cli.render import csv_cell
+from regctl.codec import FIELDS, ROW
 from regctl.errors import first_line
 from regctl.keys import Keyspace, digest
 from regctl.model import NUMBER_FIELDS
@@ -504,11 +512,16 @@ def test_a_password_that_is_not_utf8_is_invalid_input(tmp_path: Path, redis_proc
     assert b"not UTF-8" in ran.stderr
 
 
+# Every field a record must have, by its stored name: the text ones, then the numbers.
+_NUMBERS = [FIELDS[name] for name in NUMBER_FIELDS]
+_TEXT = [f for f in ROW if f not in (*_NUMBERS, FIELDS["schema"], FIELDS["code_hash"])]
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("fn", None),  # missing
-        ("a", "x"),
+        *((field, None) for field in _TEXT),  # missing
+        *((field, "x") for field in _NUMBERS),
         ("c", "1.5e12"),
         ("c", "1_795_805_073_262"),
         ("c", "-1"),
@@ -645,3 +658,149 @@ def test_a_password_hash_is_judged_as_argon2_judges_it(phc: str):
     except InvalidInput:
         accepted = False
     assert accepted == _argon2_verdict(phc)
+
+
+# --- what something else wrote where a step writes: no step is left half done -------------
+
+
+def _damaged_store(redis_proc: RedisProcess, prefix: str, policy: Policy | None = None):
+    """A manager, its store's keyspace and a raw client of the private server."""
+    manager = RegistrationManager(
+        RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET, policy=policy or Policy()
+    )
+    store = manager.store
+    assert isinstance(store, RedisStore)
+    return manager, store, redis_proc.client()
+
+
+def _today(raw, ks: Keyspace, email: str) -> str:
+    """The funnel counter of ``email``'s bucket for the server's day."""
+    return ks.funnel(ks.bucket_of(digest(email)), int(raw.time()[0]) // 86_400)
+
+
+@pytest.mark.parametrize("damage", ["another type", "a value not a number", "at its limit"])
+def test_a_damaged_funnel_counter_fails_no_step_it_counts(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str, damage: str
+):
+    """Counting comes after the change it counts, and Redis undoes nothing: a counter
+    something else damaged must not fail a verify after it consumed the record (the
+    new account would be lost, and the replay would say not found)."""
+    manager, store, raw = _damaged_store(redis_proc, prefix)
+    email = "funnel@example.com"
+    counters = _today(raw, store.keyspace, email)
+    if damage == "another type":
+        raw.set(counters, "x")
+    else:
+        value = "abc" if damage == "a value not a number" else str(2**63 - 1)
+        raw.hset(counters, mapping={"created": value, "sent": value, "verified": value})
+    added = manager.add(email, "F", "N", password_hash=pw_hash)
+    first = manager.verify(email, added.code, token="t1")
+    assert first.ok
+    assert manager.verify(email, added.code, token="t1").ok  # the replay: the same answer
+    assert manager.get(email) is None
+
+
+def test_an_index_of_another_type_fails_an_add_before_it_writes(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    manager, store, raw = _damaged_store(redis_proc, prefix)
+    email = "index@example.com"
+    d = digest(email)
+    record, index = store.keyspace.keys_for(d)
+    raw.set(index, "x")
+    with pytest.raises(DamagedRecord, match="WRONGTYPE"):
+        manager.add(email, "I", "X", password_hash=pw_hash)
+    assert not raw.exists(record)
+    source, *_ = _damaged_store(redis_proc, prefix + "src")
+    source.add(email, "I", "X", password_hash=pw_hash)
+    line = json.dumps(next(source.export(include_secrets=True)))
+    report = manager.import_records([line])
+    assert report.restored == 0
+    assert len(report.errors) == 1
+    assert "WRONGTYPE" in report.errors[0]
+    assert not raw.exists(record)
+
+
+@pytest.mark.parametrize("field", ["a", "r", "s", "ce"])
+def test_a_record_with_a_number_not_a_number_is_left_as_it_was(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str, field: str
+):
+    """verify and resend refuse a record they cannot read before they change it."""
+    manager, store, raw = _damaged_store(redis_proc, prefix, Policy(resend_cooldown_ms=0))
+    email = f"n-{field}@example.com"
+    code = manager.add(email, "N", "N", password_hash=pw_hash).code
+    record = store.keyspace.record(digest(email))
+    raw.hset(record, field, "1.5")
+    before = raw.hgetall(record)
+    for call in (lambda: manager.verify(email, code), lambda: manager.resend(email)):
+        with pytest.raises(DamagedRecord, match="is damaged"):
+            call()
+    assert raw.hgetall(record) == before
+
+
+def test_purge_and_reindex_trust_a_record_over_a_score_something_else_wrote(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """A live record whose index entry says it expired keeps its life (its entry is set
+    right); one whose lifetime reads as infinite is indexed by nobody; index members
+    that name no record (whatever their bytes) go, counted as no drop-out; and a score
+    beyond any time stops no listing."""
+    manager, store, raw = _damaged_store(redis_proc, prefix)
+    ks = store.keyspace
+    for n in range(3):
+        manager.add(f"s{n}@example.com", "S", "N", password_hash=pw_hash)
+    stale = ks.keys_for(digest("s0@example.com"))
+    raw.zadd(stale[1], {digest("s0@example.com"): 5})
+    endless = ks.keys_for(digest("s1@example.com"))
+    raw.zrem(endless[1], digest("s1@example.com"))
+    raw.hset(endless[0], "e", "inf")
+    junk_index = ks.index(7)
+    raw.execute_command("ZADD", junk_index, 3, b"\xff\x00\x1b[2J", 3, "hello", 3, "")
+    beyond = ks.keys_for(digest("s2@example.com"))
+    raw.zadd(beyond[1], {digest("s2@example.com"): "inf"})
+
+    report = manager.purge(reindex=True)
+    assert raw.exists(stale[0])
+    assert raw.zscore(stale[1], digest("s0@example.com")) == int(raw.hget(stale[0], "e"))
+    assert raw.zscore(endless[1], digest("s1@example.com")) is None
+    assert raw.zcard(junk_index) == 0
+    assert report.reindexed == 0
+    assert manager.funnel(1)[0].expired == 0
+    assert manager.purge(dry_run=True).expired == 0
+    assert {r.email for r in manager.list()} == {"s0@example.com", "s2@example.com"}
+
+
+def test_health_warns_of_a_damaged_index_and_exits_within_its_range(
+    cli: Cli, redis_proc: RedisProcess
+):
+    ks = Keyspace(cli.env["REGCTL_PREFIX"])
+    redis_proc.client().set(ks.index(3), "x")
+    ran = cli("health", "-o", "json")
+    assert ran.exit_code == 1, (ran.stdout, ran.stderr)
+    checks = {c["name"]: c for c in json.loads(ran.stdout)["checks"]}
+    assert "WRONGTYPE" in checks["store"]["detail"]
+    nagios = cli("health", "--nagios")
+    assert nagios.exit_code == 1
+    assert nagios.stdout.startswith("REGCTL WARNING - ")
+
+
+def test_a_damaged_layout_record_is_bad_configuration_for_add_too(
+    cli: Cli, redis_proc: RedisProcess
+):
+    redis_proc.client().hset(Keyspace(cli.env["REGCTL_PREFIX"]).meta, "buckets", "abc")
+    ran = cli("add", "m@example.com", "-f", "M", "-l", "N", "--password-stdin", input="x" * 12)
+    assert ran.exit_code == 78, ran.stderr
+    assert "layout record" in ran.stderr
+
+
+def test_a_wrong_type_is_named_in_the_words_of_redis_6_and_7():
+    from redis.exceptions import ResponseError
+
+    from regctl.connection import translated
+
+    for text in (
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "Error running script (call to f_0123): @user_script:57: WRONGTYPE Operation "
+        "against a key holding the wrong kind of value",
+    ):
+        assert isinstance(translated(ResponseError(text)), DamagedRecord)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.diagnostics.topology import SAFE_POLICIES, open_slots_text, split_brain_text, topology
 from regctl.errors import (
+    DamagedRecord,
     InvalidInput,
     PermissionDenied,
     StoreUnavailable,
@@ -116,14 +117,17 @@ def health(store: RedisStore, version: str, thresholds: Thresholds | None = None
     data = _head(store, version)
     try:
         view = topology(store)
-        total = _total(store, view)
+        total, damaged = _total(store, view)
     except (StoreUnavailable, PermissionDenied) as exc:
         return _disconnected(data, "disconnected", exc.message)
     data["redis"] = {"status": "connected", "ping": True, **_summary(view)}
     data["pending_registrations"] = {"total": total, "redis_connected": True}
     if view["kind"] != "standalone":
         data["topology"] = view
-    return _report(data, list(_topology_checks(view, limits)))
+    checks = list(_topology_checks(view, limits))
+    if damaged is not None:
+        checks.append(Check("store", Level.WARNING, f"{damaged}; pending count unknown"))
+    return _report(data, checks)
 
 
 def _report(data: dict[str, Any], checks: list[Check]) -> Health:
@@ -266,14 +270,17 @@ def nagios_line(report: Health, limits: Thresholds) -> str:
     return f"{line} | {' '.join(perf)}" if perf else line
 
 
-def _total(store: RedisStore, view: dict[str, Any]) -> int | None:
-    """Pending registrations; None when a cluster node is down (reported on its own)."""
+def _total(store: RedisStore, view: dict[str, Any]) -> tuple[int | None, str | None]:
+    """Pending registrations, None when a cluster node is down (reported on its own);
+    and what is damaged when an index key is not regctl's (then the count is None)."""
     try:
-        return store.counts().total
+        return store.counts().total, None
     except StoreUnavailable:
         if not view.get("unreachable"):
             raise
-        return None
+        return None, None
+    except DamagedRecord as exc:
+        return None, exc.message
 
 
 def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:

@@ -18,8 +18,36 @@ local function funnel(field, n, keep_ms, client_day, now)
   local offset = day - client_day
   if offset < -1 or offset > 1 then return end
   local counters = KEYS[#KEYS - 1 + offset]
-  redis.call('HINCRBY', counters, field, n)
-  redis.call('PEXPIREAT', counters, (day + 1) * 86400000 + keep_ms)
+  -- Counting comes after the step it counts: a counter something else damaged (another
+  -- type, a value not a number or at its limit) is left as it is, never failing that
+  -- step half-way (Redis undoes nothing a script did before an error).
+  redis.pcall('HINCRBY', counters, field, n)
+  redis.pcall('PEXPIREAT', counters, (day + 1) * 86400000 + keep_ms)
+end
+
+-- codec.decode's rule for a stored number: plain digits, below 2^53; else nil.
+local whole
+do
+  local find, tonum = string.find, tonumber
+  whole = function(text)
+    if type(text) ~= 'string' or not find(text, '^%d+$') then return nil end
+    local n = tonum(text)
+    if n >= 9007199254740992 then return nil end
+    return n
+  end
+end
+
+-- Whether a record's values in ROW order are one codec.decode_row reads (the text it
+-- requires present, every number as it takes them). A step changes no record its
+-- caller could not read back, and counts none `list` leaves out.
+local function readable(row)
+  local schema = row[AT.schema]
+  return row[AT.email] and row[AT.first_name] and row[AT.last_name]
+    and row[AT.password_hash] and row[AT.locked]
+    and whole(row[AT.created_at]) and whole(row[AT.expires_at])
+    and whole(row[AT.code_expires_at]) and whole(row[AT.last_sent_at])
+    and whole(row[AT.resend_count]) and whole(row[AT.attempts])
+    and (not schema or whole(schema))
 end
 
 

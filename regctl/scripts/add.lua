@@ -19,14 +19,16 @@ if redis.call('EXISTS', record) == 1 then
   return {'exists', now, {}}
 end
 local expires = now + lifetime_ms
+-- The index first: an index something else made another type fails here, before any
+-- write (Redis undoes nothing), not after the record is stored.
+redis.call('ZADD', index, expires, digest)
+extend_index(index, expires, index_grace_ms, now)
 redis.call('HSET', record,
   F.schema, schema, F.email, email, F.first_name, first_name, F.last_name, last_name,
   F.password_hash, password_hash, F.code_hash, code_hash, F.created_at, now,
   F.expires_at, expires, F.code_expires_at, now + code_lifetime_ms, F.last_sent_at, now,
   F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, token)
 redis.call('PEXPIREAT', record, expires)
-redis.call('ZADD', index, expires, digest)
-extend_index(index, expires, index_grace_ms, now)
 funnel('created', 1, funnel_keep_ms, client_day, now)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
 return {'created', now}

@@ -9,7 +9,9 @@ local now = server_now()
 local restored = 0
 for i = 2, #KEYS do
   local record, digest = KEYS[i], ARGV[i]
-  local expires = tonumber(redis.call('HGET', record, F.expires_at))
+  -- (a key of another type, or a lifetime codec.decode would refuse, is no record of
+  -- regctl's to index: doctor names it)
+  local expires = whole(redis.pcall('HGET', record, F.expires_at))
   if expires and expires > now and not redis.call('ZSCORE', index, digest) then
     redis.call('ZADD', index, expires, digest)
     extend_index(index, expires, index_grace_ms, now)

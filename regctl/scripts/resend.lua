@@ -4,7 +4,8 @@
 -- the code mailed now confirms the data of the sign-up that asked for it.
 -- KEYS: record, funnel x3
 -- ARGV: ..., first_name, last_name, password_hash ('' each: keep the record's)
--- Returns {status, now, detail}: ok (the record in codec.ROW order) | not_found | locked | resend_limit | cooldown (wait ms)
+-- Returns {status, now, detail}: ok (the record in codec.ROW order) | not_found | locked |
+-- resend_limit | cooldown (wait ms) | damaged (a record regctl cannot read, left as it was)
 local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
 local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local funnel_keep_ms, client_day = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -13,10 +14,19 @@ local record = KEYS[1]
 allowed({{'hset', record, 'f', 'v'}, {'hincrby', record, 'f', '1'}, {'pexpireat', record, '1'}})
 local now = server_now()
 if redis.call('EXISTS', record) == 0 then return {'not_found', now, {}} end
-local f = redis.call('HMGET', record, F.locked, F.resend_count, F.last_sent_at, F.resend_token)
-local locked, resends, last_sent, last_token = f[1], tonumber(f[2]), tonumber(f[3]), f[4]
+local asked = {unpack(ROW)}
+asked[#asked + 1] = F.resend_token
+local row = redis.call('HMGET', record, unpack(asked))
+-- A record something else wrote is changed by no step (Redis undoes nothing, and the
+-- caller could not read what it changed).
+if not readable(row) then return {'damaged', now, 0} end
+local locked, resends = row[AT.locked], tonumber(row[AT.resend_count])
+local last_sent, last_token = tonumber(row[AT.last_sent_at]), row[#asked]
 -- A replay of this same call (lost reply): the code it stored is the current one.
-if last_token == token then return {'ok', now, redis.call('HMGET', record, unpack(ROW))} end
+if last_token == token then
+  row[#asked] = nil
+  return {'ok', now, row}
+end
 if locked == '1' then return {'locked', now, {}} end
 if resends >= max_resends then return {'resend_limit', now, {}} end
 local wait = last_sent + cooldown_ms - now

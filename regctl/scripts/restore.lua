@@ -36,9 +36,10 @@ if old_locked and ((old_locked == '1' and new[F.locked] ~= '1')
   status = 'reset'  -- a replace that gives back guesses or resends: the caller audits it
 end
 if dry_run then return status end
+-- The index first: one of another type fails here, before any write.
+redis.call('ZADD', index, expires, digest)
+extend_index(index, expires, index_grace_ms, now)
 redis.call('DEL', record)
 redis.call('HSET', record, unpack(fields))
 redis.call('PEXPIREAT', record, expires)
-redis.call('ZADD', index, expires, digest)
-extend_index(index, expires, index_grace_ms, now)
 return status

@@ -17,28 +17,17 @@ local soon_until = now + soon_ms
 local domains, named = {}, {}
 -- Looked up once, not per record: this loop runs for every record in the store.
 local find, sub, tonum, pcall = string.find, string.sub, tonumber, redis.pcall
--- codec.decode's rule for a number: plain digits, below 2^53.
-local function whole(text)
-  if not text or not find(text, '^%d+$') then return nil end
-  local n = tonum(text)
-  if n >= 9007199254740992 then return nil end
-  return n
-end
 for i = 1, #KEYS do
-  local f = pcall('HMGET', KEYS[i], F.email, F.locked, F.created_at, F.expires_at,
-    F.code_expires_at, F.first_name, F.last_name, F.password_hash, F.last_sent_at,
-    F.resend_count, F.attempts, F.schema)
-  if f.err and not find(f.err, '^WRONGTYPE') then error(f) end
+  local row = pcall('HMGET', KEYS[i], unpack(ROW))
+  if row.err and not find(row.err, '^WRONGTYPE') then error(row) end
   -- A key that is not a hash, or a hash regctl cannot read (something else wrote it),
-  -- is left out, as `list` does: the same fields required, the same numbers accepted,
-  -- as codec.decode.
-  local email, lock = f[1], f[2]
-  local created, expires, code_expires = whole(f[3]), whole(f[4]), whole(f[5])
-  if email and lock and created and expires and code_expires
-    and f[6] and f[7] and f[8] and whole(f[9]) and whole(f[10]) and whole(f[11])
-    and (not f[12] or whole(f[12])) then
+  -- is left out, as `list` does.
+  if not row.err and readable(row) then
+    local email, is_locked = row[AT.email], row[AT.locked] == '1'
+    local created, expires = tonum(row[AT.created_at]), tonum(row[AT.expires_at])
+    local code_expires = tonum(row[AT.code_expires_at])
     total = total + 1
-    if lock == '1' then
+    if is_locked then
       locked = locked + 1
     elseif now >= code_expires then
       code_expired = code_expired + 1

@@ -5,7 +5,8 @@
 -- the same token with another code is a new call.
 -- KEYS: record, index, marker, funnel x3
 -- Returns {status, now, attempts_left, consumed}: the consumed record in codec.ROW order
--- (VERIFIED; a replay: as JSON field/value pairs), else ''
+-- (VERIFIED; a replay: as JSON field/value pairs), else ''; status "damaged": a record
+-- regctl cannot read, left as it was
 local digest, candidate, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local replay_ms, keep_ms, client_day = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
@@ -43,8 +44,12 @@ local function lock()
 end
 
 if redis.call('EXISTS', record) == 0 then return {'not_found', now, 0, ''} end
-local f = redis.call('HMGET', record, F.locked, F.attempts, F.code_expires_at, F.code_hash)
-local locked, used, code_expires, code_hash = f[1], tonumber(f[2]), tonumber(f[3]), f[4]
+local row = redis.call('HMGET', record, unpack(ROW))
+-- A record something else wrote is changed by no step (Redis undoes nothing, and the
+-- caller could not read what it consumed).
+if not (readable(row) and row[AT.code_hash]) then return {'damaged', now, 0, ''} end
+local locked, used = row[AT.locked], tonumber(row[AT.attempts])
+local code_expires, code_hash = tonumber(row[AT.code_expires_at]), row[AT.code_hash]
 if locked == '1' then return {'locked', now, 0, ''} end
 if now >= code_expires then
   return {'code_expired', now, math.max(0, max - used), ''}
@@ -68,12 +73,11 @@ if stored_mac ~= mine_mac then
   return answer('invalid_code', max - attempts, '')
 end
 -- The consumed record goes back to the caller (and into the marker) in codec.ROW order,
--- without the code's hash.
-local consumed = redis.call('HMGET', record, unpack(ROW))
-for i, name in ipairs(ROW) do
-  if name == F.code_hash then consumed[i] = false end
-end
+-- as it is now: this attempt counted, without the code's hash.
+local consumed = row
+consumed[AT.attempts] = tostring(attempts)
+consumed[AT.code_hash] = false
 redis.call('DEL', record)
-redis.call('ZREM', index, digest)
+redis.pcall('ZREM', index, digest)  -- (an index something else replaced has no entry)
 funnel('verified', 1, keep_ms, client_day, now)
 return answer('verified', max - attempts, consumed)

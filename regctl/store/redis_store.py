@@ -17,11 +17,13 @@ from regctl.connection import (
     translated_errors,
 )
 from regctl.errors import (
+    UNREADABLE,
     AlreadyExists,
     ConfigError,
     DamagedRecord,
     RegctlError,
     already_exists,
+    damaged,
     lock_held,
     lock_lost,
     other_secret,
@@ -179,9 +181,13 @@ class RedisStore:
     def _recorded_buckets(self) -> int | None:
         with translated_errors():
             recorded = self.client.hget(self._wanted.meta, "buckets")
-        if recorded is None:
-            return None
-        if not recorded.isdigit() or not MIN_BUCKETS <= int(recorded) <= MAX_BUCKETS:
+        return None if recorded is None else self._checked(recorded)
+
+    def _checked(self, recorded: str) -> int:
+        """The bucket count the layout record holds, or ConfigError if it is damaged."""
+        if not (recorded.isascii() and recorded.isdigit()) or not (
+            MIN_BUCKETS <= int(recorded) <= MAX_BUCKETS
+        ):
             raise ConfigError(
                 f"the layout record {self._wanted.meta} is damaged (buckets {visible(recorded)!r})",
                 f"set it back to the bucket count its records use ({MIN_BUCKETS}..{MAX_BUCKETS})",
@@ -199,7 +205,7 @@ class RedisStore:
                 pipe.hsetnx(want.meta, "buckets", want.buckets)
                 pipe.hsetnx(want.meta, "schema", SCHEMA_VERSION)
                 pipe.hget(want.meta, "buckets")
-                self._keyspace = self._layout(int(pipe.execute()[2]))
+                self._keyspace = self._layout(self._checked(pipe.execute()[2]))
         return self._keyspace
 
     @property
@@ -450,6 +456,8 @@ class RedisStore:
         )
         if status == "wrong_secret":
             raise other_secret(int(left))
+        if status == "damaged":
+            raise damaged(identity, UNREADABLE)
         outcome = VerifyOutcome(status)
         registration = None
         if isinstance(payload, list):

@@ -129,11 +129,20 @@ def _bucket_stream(
         # A short page is the bucket's last; after a full one, the next is asked for now.
         upcoming = fetch(bucket, (entries[-1], entries[-2])) if len(entries) == 2 * size else None
         for member, score, row in zip(entries[::2], entries[1::2], rows, strict=True):
-            yield (int(float(score)), member), (bucket, member, row, now)
+            yield (_order(score), member), (bucket, member, row, now)
         if upcoming is None:
             return
         page, rows = upcoming.result()
         size = PAGE
+
+
+# An index score beyond any time: one something else wrote (as high as "inf"), merged last.
+_BEYOND = 2**63
+
+
+def _order(score: str) -> int:
+    value = float(score)
+    return int(value) if value < _BEYOND else _BEYOND
 
 
 def _pages(
@@ -315,14 +324,14 @@ def purge_expired(
         return int(scripts.run("purge_expired", (index,), ("count",))[1])
     removed = 0
     while True:
-        listed = scripts.run("purge_expired", (index,), ("list", batch))[1]
-        if not listed:
-            return removed
-        keys = (index, *(ks.record_base(bucket) + d for d in listed))
-        funnel, day = ks.funnels_today(bucket)
-        args = ("remove", policy.funnel_keep_ms, day, *listed)
-        removed += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
-        if len(listed) < batch:
+        _now, listed, dropped = scripts.run("purge_expired", (index,), ("list", batch))
+        removed += int(dropped)  # (members that name no record, gone already)
+        if listed:
+            keys = (index, *(ks.record_base(bucket) + d for d in listed))
+            funnel, day = ks.funnels_today(bucket)
+            args = ("remove", policy.funnel_keep_ms, day, *listed)
+            removed += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
+        if len(listed) + int(dropped) < batch:
             return removed
 
 
