@@ -112,10 +112,11 @@ class _Pool:
 class _NodePlaces:
     """On Cluster, a ``_Pool`` per node, as the sync client has a pool per node: the
     calls held up by a stalled node wait on its places only, and the other nodes' calls
-    go on. A script call is counted against the node that owns its slot when it starts
-    (a slot that moves meanwhile is followed by redis-py); every other command (the
-    layout and secret checks of a loop's first calls, learning the slot map) against
-    places of their own, shared by all nodes."""
+    go on. A call of one key (a script, the layout and secret checks, a client's
+    limits, the audit) is counted against the node that owns its slot when it starts
+    (redirected while a slot moves, it runs on the other node, counted where it
+    started); a command without one (a pipeline, learning the slot map) against places
+    of their own, shared by all nodes."""
 
     def __init__(self, client: Any, connections: int, wait: float | None) -> None:
         self._slots = client.nodes_manager

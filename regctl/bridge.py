@@ -187,8 +187,9 @@ class Awaited:
     """A ``redis.asyncio`` client (or pipeline) with the sync client's face, for the
     manager's code in a bridged call: each coroutine a method returns is awaited.
 
-    On Cluster, a script call waits for a place of the node that owns its keys' slot,
-    so calls held up by one stalled node leave the other nodes' places free."""
+    On Cluster, a script call (or another command of one key) waits for a place of the
+    node that owns its key's slot, so calls held up by one stalled node leave the other
+    nodes' places free."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
@@ -198,11 +199,12 @@ class Awaited:
         if not callable(attr):
             return attr
 
-        if name == "evalsha" and _is_async_cluster(self.target):
+        if name in _KEYED and _is_async_cluster(self.target):
 
-            def call(*args: Any, **kwargs: Any) -> Any:  # (sha, numkeys, *keys, *args)
-                slot = _slot(args[2]) if int(args[1]) else None
-                return settled(attr(*args, **kwargs), slot)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                # (EVALSHA: sha, numkeys, keys...; the others: their key first)
+                key = (args[2] if int(args[1]) else None) if name == "evalsha" else args[0]
+                return settled(attr(*args, **kwargs), None if key is None else _slot(key))
 
         else:
 
@@ -224,6 +226,11 @@ class Awaited:
 
     def pipeline(self, transaction: bool = True) -> Awaited:
         return Awaited(self.target.pipeline(transaction=transaction))
+
+
+# The commands of one key (its name first, or EVALSHA's first key) the manager sends a
+# Cluster client: each goes to the node that owns the key's slot.
+_KEYED = frozenset({"evalsha", "hget", "hset", "hsetnx", "delete", "xadd", "xrevrange"})
 
 
 def _is_async_cluster(client: Any) -> bool:

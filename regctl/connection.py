@@ -417,17 +417,19 @@ def _async_cluster(client: Any) -> Any:
 
     nodes = client.nodes_manager
     kwargs = dict(nodes.connection_kwargs)
-    wanted = kwargs.pop("max_connections", None)
+    kwargs.pop("max_connections", None)
     if kwargs.pop("connection_class", None) is not None and kwargs.get("ssl_cert_reqs"):
         kwargs["ssl"] = True  # a TLS cluster: the sync client names its SSLConnection class
     kwargs = _async_kwargs({**kwargs, "retry": client.retry}, RedisCluster)
     with translated_errors():
         return RedisCluster(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
-            # The async manager's gate keeps a node to ``wanted`` script calls, plus as
-            # many other commands shared by every node (``aio._NodePlaces``): redis-py's
-            # own per-node limit, which fails a call at once, must never be the one hit.
-            **({"max_connections": 2 * wanted} if wanted else {}),
+            # The async manager's places are the limit (``aio._NodePlaces``: the pool
+            # size per node, charged to the node that owns a call's slot, and as many
+            # for commands without a key). A call redirected during a slot move or after a
+            # failover runs on another node than it was charged to, so redis-py's own
+            # per-node limit, which fails a call at once, is lifted: never the one hit.
+            max_connections=2**31,
             **kwargs,
         )
 

@@ -49,6 +49,7 @@ from regctl.errors import (
 )
 from regctl.keys import digest
 from regctl.model import (
+    MAX_FUNNEL_DAYS,
     Added,
     Filter,
     PendingRegistration,
@@ -60,6 +61,7 @@ from regctl.model import (
 )
 from regctl.reports import (
     FUNNEL_EVENTS,
+    MAX_TOP_DOMAINS,
     BulkResendReport,
     FunnelDay,
     ImportReport,
@@ -78,6 +80,8 @@ from regctl.store.base import (
 )
 from regctl.text import duration, visible
 from regctl.validation import (
+    as_text,
+    count_in,
     normalize_client_key,
     normalize_email,
     validate_code,
@@ -404,13 +408,18 @@ class RegistrationManager:
         self,
         selection: Filter | None = None,
         *,
-        sort: SortKey = SortKey.EXPIRES,
+        sort: SortKey | str = SortKey.EXPIRES,
         limit: int | None = None,
     ) -> Iterator[PendingRegistration]:
         """Stream records; by expiry in constant memory, else sorted (a heap under limit)."""
         selection = selection or Filter()
-        if limit is not None and limit < 0:
-            raise InvalidInput("limit must be zero or more")
+        if limit is not None:
+            count_in(limit, "limit", 0, 2**63)
+        try:
+            sort = SortKey(sort)
+        except ValueError:
+            choices = ", ".join(key.value for key in SortKey)
+            raise InvalidInput(f"sort must be one of {choices}") from None
         first_page = limit if limit and selection.is_empty else PAGE
         rows = (r for r in self.store.scan(first_page) if selection.matches(r))
         if sort is SortKey.EXPIRES:
@@ -475,12 +484,13 @@ class RegistrationManager:
     def stats(self, top: int = 5) -> Stats:
         """Totals, top domains and an age histogram over every live record, counted
         where the records are (no record travels on Redis)."""
-        return self.store.tally().stats(top)
+        return self.store.tally().stats(count_in(top, "top", 0, MAX_TOP_DOMAINS))
 
     def funnel(self, days: int = 7) -> builtins.list[FunnelDay]:
         """Per server day, newest first: created, codes sent, verified, locked, expired."""
         from datetime import UTC, datetime
 
+        count_in(days, "days", 1, MAX_FUNNEL_DAYS)
         return [
             FunnelDay(
                 datetime.fromtimestamp(day * 86_400, UTC).date().isoformat(),
@@ -877,6 +887,10 @@ def _call_token(token: str | None) -> str:
     """The caller's idempotency token, checked, or a fresh one."""
     if token is None:
         return security.new_token()
-    if not (0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii() and token.isprintable()):
+    if not (
+        0 < len(as_text(token, "a token")) <= MAX_TOKEN_LENGTH
+        and token.isascii()
+        and token.isprintable()
+    ):
         raise InvalidInput(f"a token is 1-{MAX_TOKEN_LENGTH} printable ASCII characters")
     return token

@@ -17,6 +17,8 @@ AGE_BUCKETS = (
     ("12-24h", 24 * 3_600_000),
     ("> 24h", 2**62),
 )
+# The most top domains `stats` names.
+MAX_TOP_DOMAINS = 100
 # What `stats` calls expiring soon.
 SOON_MS = 3_600_000
 FUNNEL_EVENTS = ("created", "sent", "verified", "locked", "expired")

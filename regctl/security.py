@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regctl.errors import ConfigError, InvalidInput
+from regctl.validation import as_text
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -158,7 +159,7 @@ def check_password_hash(phc: str) -> str:
 
     Read with the pattern alone (argon2's own parser costs a tenth of an add); the test
     suite holds the verdicts equal to argon2-cffi's ``extract_parameters``."""
-    parts = _PHC.fullmatch(phc)
+    parts = _PHC.fullmatch(as_text(phc, "password hash"))
     if parts is None:
         raise InvalidInput("password hash is not an Argon2id PHC string ($argon2id$v=19$...)")
     if int(parts["m"]) < ARGON2_MEMORY_KIB or int(parts["t"]) < ARGON2_TIME_COST:

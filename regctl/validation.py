@@ -23,7 +23,9 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def normalize_email(raw: str) -> str:
     """Return the normalized address (email-validator, syntax only) or raise."""
-    if not isinstance(raw, str) or len(raw) > MAX_EMAIL_LENGTH:
+    if not isinstance(raw, str):
+        raise InvalidInput(f"invalid email address: text expected, not {type(raw).__name__}")
+    if len(raw) > MAX_EMAIL_LENGTH:
         raise InvalidInput("invalid email address: longer than 254 characters")
     return _normalized(raw)
 
@@ -84,7 +86,7 @@ def normalize_domain(raw: str) -> str:
 
 
 def validate_name(raw: str, what: str = "name") -> str:
-    name = raw.strip()
+    name = as_text(raw, what).strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise InvalidInput(f"{what} must be 1-{NAME_MAX} characters")
     # (printable ASCII, most names, holds none of them: no per-character lookup)
@@ -94,7 +96,7 @@ def validate_name(raw: str, what: str = "name") -> str:
 
 
 def validate_password(raw: str) -> str:
-    if not PASSWORD_MIN <= len(raw) <= PASSWORD_MAX:
+    if not PASSWORD_MIN <= len(as_text(raw, "password")) <= PASSWORD_MAX:
         raise InvalidInput(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
     if "\x00" in raw:
         raise InvalidInput("password contains a NUL character")
@@ -111,6 +113,21 @@ def validate_code(raw: str, length: int) -> str:
     if not (isinstance(raw, str) and len(raw) == length and raw.isascii() and raw.isdigit()):
         raise InvalidInput(f"a verification code is exactly {length} digits 0-9")
     return raw
+
+
+def as_text(value: object, what: str) -> str:
+    """``value`` if it is a str (a library caller may hand over anything), else
+    InvalidInput naming ``what``."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text, not {type(value).__name__}")
+    return value
+
+
+def count_in(value: object, what: str, low: int, high: int) -> int:
+    """``value`` if it is a whole number from ``low`` to ``high``, else InvalidInput."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{what} must be a whole number from {low} to {high}")
+    return value
 
 
 def _has_forbidden(text: str) -> bool:
@@ -157,9 +174,7 @@ def normalize_client_key(client: str) -> str:
     client share its windows: an IP address in its canonical form (an IPv4 address
     mapped into IPv6 as itself, an IPv6 address as its /64: one machine's share);
     other text without surrounding space, NFC."""
-    if not isinstance(client, str):
-        raise InvalidInput("a client key must be text")
-    text = unicodedata.normalize("NFC", client.strip())
+    text = unicodedata.normalize("NFC", as_text(client, "a client key").strip())
     if not 1 <= len(text) <= MAX_CLIENT_KEY:
         raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
     if not text.isprintable():

@@ -185,7 +185,7 @@ def test_a_fresh_cluster_manager_takes_a_burst_of_calls(
     connections of calls under way (AttributeError)."""
 
     async def burst(round_: int) -> list[object]:
-        async with async_manager(redis_cluster.url, f"{prefix}{round_}") as manager:
+        async with async_manager(redis_cluster.url, f"{prefix}.r{round_}") as manager:
             return list(
                 await asyncio.gather(
                     *(

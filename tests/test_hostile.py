@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +23,7 @@ from regctl import (
     Policy,
     RedisStore,
     RegistrationManager,
+    SortKey,
 )
 from regctl.cli.render import csv_cell
 from regctl.codec import FIELDS, ROW
@@ -764,7 +767,7 @@ def test_purge_and_reindex_trust_a_record_over_a_score_something_else_wrote(
     assert raw.zscore(stale[1], digest("s0@example.com")) == int(raw.hget(stale[0], "e"))
     assert raw.zscore(endless[1], digest("s1@example.com")) is None
     assert raw.zcard(junk_index) == 0
-    assert report.reindexed == 0
+    assert (report.expired, report.orphans, report.reindexed) == (0, 3, 0)
     assert manager.funnel(1)[0].expired == 0
     assert manager.purge(dry_run=True).expired == 0
     assert {r.email for r in manager.list()} == {"s0@example.com", "s2@example.com"}
@@ -804,3 +807,45 @@ def test_a_wrong_type_is_named_in_the_words_of_redis_6_and_7():
         "against a key holding the wrong kind of value",
     ):
         assert isinstance(translated(ResponseError(text)), DamagedRecord)
+
+
+_EMAIL = "typed@example.com"
+# A library call with a wrong kind of value, given (manager, password hash); the manager
+# typed Any, as a caller without a type checker has it.
+_WRONG_KINDS: dict[str, Callable[[Any, str], object]] = {
+    "email as bytes": lambda m, h: m.add(b"b@example.com", "A", "B", password_hash=h),
+    "email as None": lambda m, h: m.get(None),
+    "a name as bytes": lambda m, h: m.add(_EMAIL, b"A", "B", password_hash=h),
+    "a name as None": lambda m, h: m.add(_EMAIL, "A", None, password_hash=h),
+    "a password as bytes": lambda m, h: m.add(_EMAIL, "A", "B", password=b"long enough!"),
+    "a password hash as bytes": lambda m, h: m.add(_EMAIL, "A", "B", password_hash=b"$a"),
+    "a token as a number": lambda m, h: m.add(_EMAIL, "A", "B", password_hash=h, token=5),
+    "a token as bytes": lambda m, h: m.delete(_EMAIL, token=b"t"),
+    "a client key as a number": lambda m, h: m.client_limits(7),
+    "a limit as text": lambda m, h: list(m.list(limit="3")),
+    "a sort that is none": lambda m, h: list(m.list(sort="bogus")),
+    "a negative top": lambda m, h: m.stats(top=-1),
+    "a funnel of a billion days": lambda m, h: m.funnel(10**9),
+    "a funnel of no days": lambda m, h: m.funnel(0),
+}
+
+
+@pytest.mark.parametrize("case", list(_WRONG_KINDS))
+def test_a_library_call_with_a_wrong_kind_of_value_is_invalid_input(
+    case: str, pw_hash: str, redis_proc: RedisProcess, prefix: str
+):
+    """A backend may hand over anything: each wrong kind of value is InvalidInput (the
+    400 of the example service), before anything is sent, never a TypeError (a 500)."""
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    with pytest.raises(InvalidInput):
+        _WRONG_KINDS[case](manager, pw_hash)
+    assert manager.store.counts().total == 0
+
+
+def test_list_takes_its_sort_by_name_too(redis_proc: RedisProcess, prefix: str, pw_hash: str):
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    for n in range(3):
+        manager.add(f"o{n}@example.com", "O", "N", password_hash=pw_hash)
+    newest = [r.email for r in manager.list(sort="newest")]
+    assert newest == [r.email for r in manager.list(sort=SortKey.NEWEST)]
+    assert newest[0] == "o2@example.com"

@@ -782,13 +782,22 @@ def test_async_calls_to_other_cluster_nodes_go_on_while_one_node_stalls(tmp_path
     store = manager.sync.store
     assert isinstance(store, RedisStore)
 
+    def stalled_node_has(key: str) -> bool:
+        return bool(store.client.get_node_from_key(key).port == stalled.port)
+
     def on(node: bool) -> str:  # an address whose record lives on the stalled node or not
         return next(
             email
             for email in (f"p{i}@example.com" for i in itertools.count())
-            if (
-                store.client.get_node_from_key(store.keyspace.record(digest(email))).port
-                == stalled.port
+            if stalled_node_has(store.keyspace.record(digest(email))) is node
+        )
+
+    def client_on(node: bool) -> str:  # a client key whose windows live there or not
+        return next(
+            client
+            for client in (f"192.0.2.{i}" for i in range(1, 255))
+            if stalled_node_has(
+                store.keyspace.client_limit("signup", manager.sync._client_id(client))
             )
             is node
         )
@@ -800,9 +809,14 @@ def test_async_calls_to_other_cluster_nodes_go_on_while_one_node_stalls(tmp_path
             assert await manager.get(email) is None  # (the slot map learnt)
         os.kill(stalled.pid, signal.SIGSTOP)
         try:
-            held = [asyncio.create_task(manager.get(victim)) for _ in range(4)]
-            await asyncio.sleep(0)  # two hold the node's places, two wait for one
+            held: list[asyncio.Task[object]] = [
+                asyncio.create_task(manager.get(victim)) for _ in range(4)
+            ]
+            # (commands of one key that are no script: the node's places, not shared ones)
+            held += [asyncio.create_task(manager.reset_limits(client_on(True))) for _ in range(2)]
+            await asyncio.sleep(0)  # two hold the node's places, the others wait for one
             assert await manager.get(other) is None
+            assert await manager.reset_limits(client_on(False)) is False
             assert not any(call.done() for call in held)
             outcomes = await asyncio.gather(*held, return_exceptions=True)
             assert all(isinstance(o, (StoreTimeout, PoolExhausted)) for o in outcomes), outcomes

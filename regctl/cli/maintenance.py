@@ -14,8 +14,8 @@ from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
 from regctl.metrics import check_metrics_path, write_purge_metrics
-from regctl.model import Filter
-from regctl.reports import FUNNEL_EVENTS, FunnelDay, Stats
+from regctl.model import MAX_FUNNEL_DAYS, Filter
+from regctl.reports import FUNNEL_EVENTS, MAX_TOP_DOMAINS, FunnelDay, Stats
 from regctl.text import plural
 
 
@@ -89,8 +89,10 @@ def _confirm_live_deletes(state: State, walk: Filter | None) -> None:
 
 def stats(
     ctx: typer.Context,
-    top: Annotated[int, typer.Option(min=0, max=100, help="How many top domains.")] = 5,
-    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of the funnel to show.")] = 7,
+    top: Annotated[int, typer.Option(min=0, max=MAX_TOP_DOMAINS, help="How many top domains.")] = 5,
+    days: Annotated[
+        int, typer.Option(min=1, max=MAX_FUNNEL_DAYS, help="Days of the funnel to show.")
+    ] = 7,
     interval: IntervalOption = None,
     count: CountOption = None,
 ) -> None:

@@ -562,8 +562,8 @@ class RedisStore:
         report = PurgeReport(dry_run=dry_run, walked=selection is not None)
         total = ks.buckets + (self.counts().total if selection is not None else 0)
         for bucket in range(ks.buckets):
-            report.expired += purge_expired(
-                self.scripts, ks, bucket, policy=policy, dry_run=dry_run, batch=batch
+            purge_expired(
+                self.scripts, ks, bucket, policy=policy, dry_run=dry_run, batch=batch, report=report
             )
             if on_progress is not None:
                 on_progress(bucket + 1, total)

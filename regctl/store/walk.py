@@ -315,24 +315,33 @@ def refuse_during_reshard(client: Client) -> None:
 
 
 def purge_expired(
-    scripts: ScriptRunner, ks: Keyspace, bucket: int, *, policy: Policy, dry_run: bool, batch: int
-) -> int:
-    """A bucket's expired entries removed (or counted): a batch listed, then removed
-    with their records declared; the script re-checks each entry is still expired."""
+    scripts: ScriptRunner,
+    ks: Keyspace,
+    bucket: int,
+    *,
+    policy: Policy,
+    dry_run: bool,
+    batch: int,
+    report: PurgeReport,
+) -> None:
+    """A bucket's expired entries removed (or counted) into ``report``: a batch listed,
+    then removed with their records declared; the script re-checks each entry is still
+    expired. Members that name no record go as orphans. (A dry run counts every expired
+    entry: one something else scored while its record lives is set right instead.)"""
     index = ks.index(bucket)
     if dry_run:
-        return int(scripts.run("purge_expired", (index,), ("count",))[1])
-    removed = 0
+        report.expired += int(scripts.run("purge_expired", (index,), ("count",))[1])
+        return
     while True:
         _now, listed, dropped = scripts.run("purge_expired", (index,), ("list", batch))
-        removed += int(dropped)  # (members that name no record, gone already)
+        report.orphans += int(dropped)  # (members that name no record, gone already)
         if listed:
             keys = (index, *(ks.record_base(bucket) + d for d in listed))
             funnel, day = ks.funnels_today(bucket)
             args = ("remove", policy.funnel_keep_ms, day, *listed)
-            removed += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
+            report.expired += int(scripts.run("purge_expired", (*keys, *funnel), args)[1])
         if len(listed) + int(dropped) < batch:
-            return removed
+            return
 
 
 # Where a row holds the creation time a filtered purge checks before deleting.
