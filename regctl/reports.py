@@ -32,6 +32,9 @@ class Stats:
     expiring_within_hour: int
     top_domains: list[tuple[str, int]]
     ages: list[tuple[str, int]] = field(default_factory=list)
+    # Records something else wrote that regctl cannot read: left out of the rest, as
+    # `list` leaves them out (`regctl inspect` names one; a key of another type counts).
+    damaged: int = 0
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class Tally:
     soon: int = 0  # expiring within SOON_MS
     ages: list[int] = field(default_factory=lambda: [0] * len(AGE_BUCKETS))
     domains: Counter[str] = field(default_factory=Counter)
+    damaged: int = 0
 
     def count(self, reg: PendingRegistration) -> None:
         """One record, as read at ``reg.observed_at``."""
@@ -65,6 +69,7 @@ class Tally:
             # Ties in name order: the same on every store, whatever order pages came in.
             sorted(self.domains.items(), key=lambda item: (-item[1], item[0]))[:top],
             ages,
+            self.damaged,
         )
 
 

@@ -131,6 +131,7 @@ def _data(sample: tuple[Stats, list[FunnelDay]]) -> dict[str, Any]:
         "locked": result.locked,
         "code_expired": result.code_expired,
         "expiring_within_hour": result.expiring_within_hour,
+        "damaged": result.damaged,
         "top_domains": [{"domain": d, "count": n} for d, n in result.top_domains],
         "ages": [{"age": label, "count": n} for label, n in result.ages],
         "funnel": [{**asdict(d), "conversion": d.conversion} for d in funnel],
@@ -163,6 +164,7 @@ def _stats_pairs(result: Stats) -> list[tuple[str, str]]:
         ("locked", str(result.locked)),
         ("code expired", str(result.code_expired)),
         ("expiring within 1h", str(result.expiring_within_hour)),
+        ("damaged (left out)", str(result.damaged)),
     ]
 
 

@@ -2,11 +2,11 @@
 -- KEYS: the records of the page (one bucket; a record gone since is skipped)
 -- ARGV: soon_ms, then the age limits in ms, ascending (reports.AGE_BUCKETS)
 -- Returns {now, total, locked, code_expired, soon, {count per age limit},
---          {domain, count, domain, count, ...}}
+--          {domain, count, domain, count, ...}, damaged}
 local soon_ms = tonumber(ARGV[1])
 local first_limit = 2
 local now = server_now()
-local total, locked, code_expired, soon = 0, 0, 0, 0
+local total, locked, code_expired, soon, damaged = 0, 0, 0, 0, 0
 local ages, limits = {}, {}
 for i = first_limit, #ARGV do
   ages[i - first_limit + 1] = 0
@@ -21,8 +21,17 @@ for i = 1, #KEYS do
   local row = pcall('HMGET', KEYS[i], unpack(ROW))
   if row.err and not find(row.err, '^WRONGTYPE') then error(row) end
   -- A key that is not a hash, or a hash regctl cannot read (something else wrote it),
-  -- is left out, as `list` does.
-  if not row.err and readable(row) then
+  -- is left out, as `list` does, and counted as damaged (one gone since is not).
+  if row.err then
+    damaged = damaged + 1
+  elseif not readable(row) then
+    for j = 1, #ROW do
+      if row[j] then
+        damaged = damaged + 1
+        break
+      end
+    end
+  else
     local email, is_locked = row[AT.email], row[AT.locked] == '1'
     local created, expires = tonum(row[AT.created_at]), tonum(row[AT.expires_at])
     local code_expires = tonum(row[AT.code_expires_at])
@@ -63,4 +72,4 @@ for _, domain in ipairs(named) do
   by_domain[#by_domain + 1] = domain
   by_domain[#by_domain + 1] = domains[domain]
 end
-return {now, total, locked, code_expired, soon, ages, by_domain}
+return {now, total, locked, code_expired, soon, ages, by_domain, damaged}

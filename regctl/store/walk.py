@@ -205,8 +205,9 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
             for bucket, digests in found
         ]
         for reply in all_or_raise(scripts.run_many("tally", calls)):
-            _now, count, locked, code_expired, soon, ages, by_domain = reply
+            _now, count, locked, code_expired, soon, ages, by_domain, damaged = reply
             total.total += int(count)
+            total.damaged += int(damaged)
             total.locked += int(locked)
             total.code_expired += int(code_expired)
             total.soon += int(soon)
