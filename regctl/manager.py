@@ -19,6 +19,7 @@ import contextlib
 import functools
 import heapq
 import hmac
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain, islice
@@ -69,6 +70,7 @@ from regctl.reports import (
     Stats,
 )
 from regctl.store.base import (
+    MAX_PURGE_BATCH,
     PAGE,
     PURGE_BATCH,
     Counts,
@@ -412,7 +414,7 @@ class RegistrationManager:
         limit: int | None = None,
     ) -> Iterator[PendingRegistration]:
         """Stream records; by expiry in constant memory, else sorted (a heap under limit)."""
-        selection = selection or Filter()
+        selection = _checked_filter(selection) or Filter()
         if limit is not None:
             count_in(limit, "limit", 0, 2**63)
         try:
@@ -578,6 +580,12 @@ class RegistrationManager:
         or it returns ``"not_sent"``, as ``Mailer.send_code`` does with mail off) in
         ``not_sent``.
         """
+        if limit is not None:
+            count_in(limit, "limit", 0, 2**63)
+        if per_second is not None and not (
+            isinstance(per_second, int | float) and 0 < per_second < math.inf
+        ):
+            raise InvalidInput("per_second must be a number above 0")
         report = BulkResendReport(dry_run=dry_run)
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
@@ -796,6 +804,8 @@ class RegistrationManager:
         index entry (eviction) their entry back. Two purges never overlap: the second
         waits up to ``wait`` seconds for the first, then raises LockHeld.
         """
+        selection = _checked_filter(selection)  # (all checked before the first removal)
+        count_in(batch, "batch", 1, MAX_PURGE_BATCH)
         if dry_run:  # changes nothing, so it needs no lock
             report = self.store.purge(selection, self.policy, dry_run, batch, on_progress)
             report.reindexed = self.store.reindex(batch, True) if reindex else 0
@@ -881,6 +891,13 @@ def _utf8(line: str | bytes) -> str:
         except UnicodeEncodeError:
             raise InvalidInput("not UTF-8") from None
     return line
+
+
+def _checked_filter(selection: Filter | None) -> Filter | None:
+    """``selection`` if it is a Filter (or None): a library caller may hand over anything."""
+    if selection is None or isinstance(selection, Filter):
+        return selection
+    raise InvalidInput(f"a selection is a Filter, not {type(selection).__name__}")
 
 
 def _call_token(token: str | None) -> str:

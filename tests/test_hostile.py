@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from regctl import (
     DamagedRecord,
+    Filter,
     InvalidInput,
     MemoryStore,
     Policy,
@@ -827,6 +828,11 @@ _WRONG_KINDS: dict[str, Callable[[Any, str], object]] = {
     "a negative top": lambda m, h: m.stats(top=-1),
     "a funnel of a billion days": lambda m, h: m.funnel(10**9),
     "a funnel of no days": lambda m, h: m.funnel(0),
+    "a selection that is no Filter": lambda m, h: list(m.list("locked")),
+    "a purge selection that is no Filter": lambda m, h: m.purge("locked"),
+    "a purge batch of none": lambda m, h: m.purge(batch=0),
+    "a bulk resend limit as text": lambda m, h: m.resend_many(Filter(), limit="3"),
+    "a bulk resend rate of none": lambda m, h: m.resend_many(Filter(), per_second=0),
 }
 
 
