@@ -23,9 +23,7 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def normalize_email(raw: str) -> str:
     """Return the normalized address (email-validator, syntax only) or raise."""
-    if not isinstance(raw, str):
-        raise InvalidInput(f"invalid email address: text expected, not {type(raw).__name__}")
-    if len(raw) > MAX_EMAIL_LENGTH:
+    if len(as_text(raw, "an email address")) > MAX_EMAIL_LENGTH:
         raise InvalidInput("invalid email address: longer than 254 characters")
     return _normalized(raw)
 
