@@ -184,7 +184,9 @@ def zset_members(client: redis.Redis, key: str) -> list[str]:
 class RedisCluster:
     """A cluster of ``primaries`` nodes (plus ``replicas`` per primary) on loopback ports."""
 
-    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0):
+    def __init__(
+        self, directory: Path, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 3000
+    ):
         self.nodes = [
             RedisProcess(
                 directory / f"n{i}",
@@ -193,7 +195,7 @@ class RedisCluster:
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
-                    "3000",
+                    str(node_timeout_ms),
                     "--cluster-config-file",
                     "nodes.conf",
                 ],

@@ -719,7 +719,7 @@ def test_a_call_to_a_stalled_cluster_node_keeps_its_deadline(tmp_path: Path, pw_
 
     from regctl import StoreTimeout
 
-    cluster = RedisCluster(tmp_path / "stall", primaries=3).start()
+    cluster = RedisCluster(tmp_path / "stall", primaries=3, node_timeout_ms=120_000).start()
     budget = 1.0  # (socket timeout 1 s, three retries: 4 s before, 11 s async)
     managers = [
         manager_for(cluster.url, "stall", api, socket_timeout=budget, retries=3)
@@ -764,7 +764,8 @@ def test_async_calls_to_other_cluster_nodes_go_on_while_one_node_stalls(tmp_path
 
     from regctl import AsyncRegistrationManager, PoolExhausted, StoreTimeout
 
-    cluster = RedisCluster(tmp_path / "places", primaries=3).start()
+    # (a node timeout far beyond the stall: the others must not mark the node failed)
+    cluster = RedisCluster(tmp_path / "places", primaries=3, node_timeout_ms=120_000).start()
     loaded = load_settings(
         {
             "redis_url": cluster.url,
