@@ -21,7 +21,7 @@ import heapq
 import hmac
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from regctl.errors import (
     AlreadyExists,
     ConfigError,
     CooldownActive,
+    DamagedRecord,
     DeliveryFailed,
     InvalidInput,
     NotFound,
@@ -284,6 +285,7 @@ class RegistrationManager:
             try:
                 with _Call(self, "add", new.email):
                     added = Added(self.store.add(new, self.policy, token), code)
+                    self._check_replayed_password(added.registration, new, password)
                 if self.conceal_pending and password is not None:  # the same time as a pending one
                     offloaded(security.verify_password, security.STAND_IN_HASH, password)
                 return added
@@ -294,6 +296,18 @@ class RegistrationManager:
             if concealed is not None:
                 return concealed
         raise already_exists(new.email)  # added, then gone, again and again: give up
+
+    def _check_replayed_password(
+        self, stored: PendingRegistration, new: NewRegistration, password: str | None
+    ) -> None:
+        """A replayed add (its registration holds another try's hash) whose clear
+        password is not the first try's is another call with the same token: refused,
+        as any add on a pending address is (the replay wrote nothing). A caller that
+        hashes each try itself (``password_hash``) is trusted to send the same one."""
+        if stored.password_hash == new.password_hash or password is None:
+            return
+        if not offloaded(security.verify_password, stored.password_hash, password):
+            raise already_exists(new.email)
 
     def _add_to_pending(
         self, new: NewRegistration, password: str | None, token: str
@@ -412,8 +426,12 @@ class RegistrationManager:
         *,
         sort: SortKey | str = SortKey.EXPIRES,
         limit: int | None = None,
+        damaged: MutableSequence[str] | None = None,
     ) -> Iterator[PendingRegistration]:
-        """Stream records; by expiry in constant memory, else sorted (a heap under limit)."""
+        """Stream records; by expiry in constant memory, else sorted (a heap under limit).
+
+        A record regctl cannot read (something else wrote it) is left out, whatever the
+        selection; its key is appended to ``damaged`` when one is given."""
         selection = _checked_filter(selection) or Filter()
         if limit is not None:
             count_in(limit, "limit", 0, 2**63)
@@ -423,7 +441,8 @@ class RegistrationManager:
             choices = ", ".join(key.value for key in SortKey)
             raise InvalidInput(f"sort must be one of {choices}") from None
         first_page = limit if limit and selection.is_empty else PAGE
-        rows = (r for r in self.store.scan(first_page) if selection.matches(r))
+        found = self.store.scan(first_page, _checked_collector(damaged))
+        rows = (r for r in found if selection.matches(r))
         if sort is SortKey.EXPIRES:
             return islice(rows, limit)
         newest = sort is SortKey.NEWEST
@@ -590,7 +609,8 @@ class RegistrationManager:
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
         next_at = 0.0  # (time.monotonic) when the next code may go: paced between sends
-        for reg in self.list(selection):
+        damaged: list[str] = []  # (records something else wrote: skipped, and counted)
+        for reg in self.list(selection, damaged=damaged):
             if limit is not None and len(report.recipients) >= limit:
                 break  # (a code stored but not delivered counts: it was a new code)
             if never_resent and reg.resend_count:
@@ -615,6 +635,7 @@ class RegistrationManager:
                 RegistrationLocked,
                 NotFound,
                 InvalidInput,  # an address written past validation: skipped, not fatal
+                DamagedRecord,  # (something else wrote it since it was listed)
             ) as exc:
                 report.skip(exc.reason)
                 continue
@@ -633,6 +654,8 @@ class RegistrationManager:
                 if failures_in_a_row >= max_failures:
                     report.stopped = True
                     break
+        for _ in damaged:
+            report.skip(DamagedRecord.reason)
         return report
 
     def _resend_refusal(self, reg: PendingRegistration) -> str | None:
@@ -685,11 +708,14 @@ class RegistrationManager:
             call.outcome = "ok" if done else "not_found"
             return done
 
-    def export(self, *, include_secrets: bool = False) -> Iterator[dict[str, Any]]:
-        """Every live record as a plain dict, streamed (see regctl.transfer)."""
+    def export(
+        self, *, include_secrets: bool = False, damaged: MutableSequence[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every live record as a plain dict, streamed (see regctl.transfer); the keys of
+        the records left out as unreadable go to ``damaged``, as ``list`` says."""
         from regctl.transfer import export_record
 
-        for reg in self.store.scan():
+        for reg in self.store.scan(damaged=_checked_collector(damaged)):
             yield export_record(reg, include_secrets=include_secrets)
 
     def import_records(
@@ -898,6 +924,13 @@ def _checked_filter(selection: Filter | None) -> Filter | None:
     if selection is None or isinstance(selection, Filter):
         return selection
     raise InvalidInput(f"a selection is a Filter, not {type(selection).__name__}")
+
+
+def _checked_collector(damaged: MutableSequence[str] | None) -> MutableSequence[str] | None:
+    """``damaged`` if it is a list the walk can append to (or None)."""
+    if damaged is None or isinstance(damaged, MutableSequence):
+        return damaged
+    raise InvalidInput(f"damaged is a list to append keys to, not {type(damaged).__name__}")
 
 
 def _call_token(token: str | None) -> str:

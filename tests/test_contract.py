@@ -840,6 +840,48 @@ def test_a_replayed_add_hands_back_the_code_it_stored(manager: RegistrationManag
     assert manager.verify(EMAIL, again.code).outcome is VerifyOutcome.VERIFIED
 
 
+@pytest.mark.parametrize(
+    ("email", "first", "last"),
+    [
+        (EMAIL.upper(), "Alice", "Liddell"),  # the same identity, written otherwise
+        (EMAIL, "Alicia", "Liddell"),
+        (EMAIL, "Alice", "Smith"),
+    ],
+)
+def test_an_add_token_reused_with_other_details_is_another_call_refused(
+    manager: RegistrationManager, pw_hash: str, email: str, first: str, last: str
+):
+    """A replay is the same call again; the same token with other form data is not
+    one, and gets no success that stored none of it."""
+    first_try = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="form-1")
+    with pytest.raises(AlreadyExists):
+        manager.add(email, first, last, password_hash=pw_hash, token="form-1")
+    stored = manager.get(EMAIL)
+    assert stored is not None
+    was = first_try.registration
+    assert (stored.email, stored.first_name, stored.last_name) == (
+        was.email,
+        "Alice",
+        "Liddell",
+    )
+    assert manager.verify(EMAIL, first_try.code).outcome is VerifyOutcome.VERIFIED
+
+
+def test_an_add_replayed_with_a_clear_password_is_checked_against_the_first(
+    manager: RegistrationManager,
+):
+    """Each try hashes the password anew, so the replay's hash is another; the clear
+    password is checked against the stored hash instead."""
+    first = manager.add(EMAIL, "Alice", "Liddell", password="first password", token="pw-1")
+    again = manager.add(EMAIL, "Alice", "Liddell", password="first password", token="pw-1")
+    assert again.code == first.code
+    with pytest.raises(AlreadyExists):
+        manager.add(EMAIL, "Alice", "Liddell", password="another password", token="pw-1")
+    stored = manager.get(EMAIL)
+    assert stored is not None
+    assert verify_password(stored.password_hash, "first password")
+
+
 def test_an_add_token_reused_for_another_address_adds_it_with_its_own_code(
     manager: RegistrationManager, pw_hash: str
 ):

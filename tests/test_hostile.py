@@ -557,6 +557,64 @@ def test_stats_leaves_out_the_damaged_records_list_leaves_out(
     assert (stats["total"], stats["damaged"]) == (2, 1)
 
 
+def _with_damaged(redis_proc: RedisProcess, prefix: str, pw_hash: str, damaged: int) -> list[str]:
+    """Five records, the first ``damaged`` of them with a creation time that is no
+    number (as something else could write it); their keys."""
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    for n in range(5):
+        store.add(
+            NewRegistration(f"w{n}@damaged.example", "D", "M", pw_hash, "0" * 64), Policy(), f"w{n}"
+        )
+    keys = [store.keyspace.record(digest(f"w{n}@damaged.example")) for n in range(damaged)]
+    raw = redis_proc.client()
+    for key in keys:
+        raw.hset(key, FIELDS["created_at"], "\x1b[2Jsoon")
+    store.close()
+    return keys
+
+
+@pytest.mark.parametrize("command", ["list", "export"])
+def test_list_and_export_say_which_records_they_left_out_as_unreadable(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str, command: str
+):
+    keys = _with_damaged(redis_proc, cli.env["REGCTL_PREFIX"], pw_hash, 4)
+    ran = cli("--quiet", "-o", "json", command)  # (a warning is no remark: --quiet keeps it)
+    assert ran.exit_code == 0, ran.stderr
+    assert [row["email"] for row in json.loads(ran.stdout)] == ["w4@damaged.example"]
+    warning = ran.stderr.strip()
+    assert warning.startswith("Warning: not ")
+    assert "4 records regctl cannot read" in warning
+    assert sum(key in warning for key in keys) == 3
+    assert "\n" not in warning  # (one line)
+    assert "and 1 more" in warning
+
+
+def test_a_listing_hands_the_keys_it_left_out_to_a_library_caller(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    keys = _with_damaged(redis_proc, prefix, pw_hash, 2)
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    try:
+        listed: list[str] = []
+        assert sorted(r.email for r in manager.list(damaged=listed)) == [
+            f"w{n}@damaged.example" for n in (2, 3, 4)
+        ]
+        assert sorted(listed) == sorted(keys)
+        exported: list[str] = []
+        assert len(list(manager.export(damaged=exported))) == 3
+        assert sorted(exported) == sorted(keys)
+        # A selection no damaged record could be said to match still names them.
+        named: list[str] = []
+        assert list(manager.list(Filter(domain="elsewhere.example"), damaged=named)) == []
+        assert sorted(named) == sorted(keys)
+        with pytest.raises(InvalidInput, match="damaged is a list"):
+            manager.list(damaged="keys")  # type: ignore[arg-type]
+        report = manager.resend_many(Filter(), dry_run=True)
+        assert report.skipped == {"damaged_record": 2, "cooldown": 3}
+    finally:
+        manager.close()
+
+
 # --- the plain-address fast path agrees with email-validator ---------------------------
 
 

@@ -29,6 +29,7 @@ from regctl.cli.render import (
     escape,
     inspect_pairs,
     key_value_table,
+    left_out,
     record_cells,
     record_json,
     records_table,
@@ -179,9 +180,11 @@ def list_(
     columns = _columns(field, fmt)
     if raw_csv and fmt is not Format.CSV:
         raise InvalidInput("--raw-csv needs -o csv")
-    _show_records(
-        state, _started(state.manager.list(selection, sort=sort, limit=limit)), columns, raw_csv
-    )
+    damaged: list[str] = []
+    rows = state.manager.list(selection, sort=sort, limit=limit, damaged=damaged)
+    _show_records(state, _started(rows), columns, raw_csv)
+    if damaged:
+        state.warn(left_out(damaged, "not listed"))
 
 
 def _show_records(

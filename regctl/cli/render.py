@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl.model import PendingRegistration, Policy
 from regctl.reports import BulkResendReport, ImportReport, PurgeReport
-from regctl.text import duration, visible
+from regctl.text import duration, plural, visible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -108,6 +108,17 @@ def tsv_lines(header: Sequence[str] | None, rows: Iterable[Sequence[str]]) -> It
         yield "\t".join(header)
     for row in rows:
         yield "\t".join(clean(v) for v in row)
+
+
+def left_out(keys: Sequence[str], what: str, shown: int = 3) -> str:
+    """The warning for records a walk left out as unreadable: how many, the first
+    keys, and where to look."""
+    named = ", ".join(visible(key) for key in keys[:shown])
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return (
+        f"{what}: {plural(len(keys), 'record')} regctl cannot read (something else wrote "
+        f"them): {named}{more} — see one with `redis-cli HGETALL <key>`"
+    )
 
 
 def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[str, Any]:

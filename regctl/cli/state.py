@@ -122,7 +122,7 @@ class State:
         if outcome == "invalid_input":
             return  # refused before anything happened: bad input writes nothing at all
         if outcome == "timeout":  # (the change may have happened: say it is not in the trail)
-            sys.stderr.write("Warning: the audit entry was not written: Redis timed out\n")
+            self.warn("the audit entry was not written: Redis timed out")
         if outcome in UNSERVED or outcome == "permission_denied":
             return  # the store cannot take it now; trying would only delay the exit
         self.audit(*self.audit_event, outcome)
@@ -134,7 +134,7 @@ class State:
         try:
             self.manager.audit(_who(self.settings.audit_label), command, target, outcome)
         except RegctlError as exc:
-            sys.stderr.write(f"Warning: the audit entry was not written: {exc.message}\n")
+            self.warn(f"the audit entry was not written: {exc.message}")
 
     def close(self) -> None:
         if self._target is not None:
@@ -276,6 +276,12 @@ class State:
         """A human message on stdout (markup allowed; user data must be escaped)."""
         if not self.quiet:
             self.out.print(text)
+
+    @staticmethod
+    def warn(text: str) -> None:
+        """A warning on stderr, plain text (data in it made visible), even under --quiet:
+        the command did its work, but not all of what was asked."""
+        sys.stderr.write(f"Warning: {text}\n")
 
     def note(self, text: str) -> None:
         """A side remark on stderr, for people (hidden under --quiet)."""

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from regctl.cli.render import Format, escape, to_json
+from regctl.cli.render import Format, escape, left_out, to_json
 from regctl.cli.state import State
 from regctl.cli.status import report_error
 from regctl.errors import InvalidInput
@@ -39,17 +39,20 @@ def export(
     manager = state.manager
     # Index entries, an estimate for the time left: counted only when it is shown.
     total = manager.counts().total if state.shows_progress else None
+    damaged: list[str] = []
     with state.progress("exported", total) as tally:
-        rows = tally.track(manager.export(include_secrets=include_secrets))
+        rows = tally.track(manager.export(include_secrets=include_secrets, damaged=damaged))
         if state.format() is Format.JSON:
             state.json_array(rows)
         else:
             state.write(to_json(row) + "\n" for row in rows)
+    if damaged:
+        state.warn(left_out(damaged, "not in this export"))
     unseen = unseen_after_eviction(state.store)
     if unseen:
-        sys.stderr.write(
-            f"Warning: not in this export: {plural(unseen, 'record')} whose index entry "
-            "eviction removed — run `regctl purge --reindex`, then export again\n"
+        state.warn(
+            f"not in this export: {plural(unseen, 'record')} whose index entry "
+            "eviction removed — run `regctl purge --reindex`, then export again"
         )
 
 

@@ -12,8 +12,12 @@ allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index,
   {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
 local now = server_now()
 if redis.call('EXISTS', record) == 1 then
-  -- A replay of this same call (lost reply) is a success, not a conflict.
-  if redis.call('HGET', record, F.add_token) == token then
+  -- A replay of this same call (lost reply) is a success, not a conflict: the same
+  -- token, address as given and names. (Each try hashes the password anew: whether it
+  -- is the same one is the manager's to check.) The same token with anything else is
+  -- another call, refused as any add on a pending address is.
+  local was = redis.call('HMGET', record, F.add_token, F.email, F.first_name, F.last_name)
+  if was[1] == token and was[2] == email and was[3] == first_name and was[4] == last_name then
     return {'created', now, redis.call('HMGET', record, unpack(ROW))}
   end
   return {'exists', now, {}}

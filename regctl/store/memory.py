@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, replace
 
 from regctl.errors import (
@@ -129,8 +129,14 @@ class MemoryStore:
             now = self._clock()
             entry = self._live(new.identity, now)
             if entry is not None:
-                if entry.add_token == token:
-                    return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
+                was = entry.record
+                if (entry.add_token, was.email, was.first_name, was.last_name) == (
+                    token,
+                    new.email,
+                    new.first_name,
+                    new.last_name,
+                ):  # a replay of this same call (see add.lua)
+                    return replace(was, observed_at=now, code_hash=entry.code_hash)
                 raise already_exists(new.email)
             record = new.created(now, policy)
             # (the entry keeps the code's hash apart: a resend replaces it there)
@@ -208,8 +214,10 @@ class MemoryStore:
                 return None
             return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
 
-    def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
-        with self._lock:
+    def scan(
+        self, first_page: int = PAGE, damaged: MutableSequence[str] | None = None
+    ) -> Iterator[PendingRegistration]:
+        with self._lock:  # (every record here is one regctl wrote: none is damaged)
             now = self._clock()
             live = sorted(
                 (

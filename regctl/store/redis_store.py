@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -502,11 +501,20 @@ class RedisStore:
 
     # --- walking the index ------------------------------------------------
 
-    def scan(self, first_page: int = PAGE) -> Iterator[PendingRegistration]:
-        for _bucket, _digest, row, now in walk(self.scripts, self.keyspace, first_page):
-            if row is not None:
-                with contextlib.suppress(DamagedRecord):  # one bad hash stops no whole walk
-                    yield decode_row(row, now)
+    def scan(
+        self, first_page: int = PAGE, damaged: MutableSequence[str] | None = None
+    ) -> Iterator[PendingRegistration]:
+        ks = self.keyspace
+        for bucket, d, row, now in walk(self.scripts, ks, first_page):
+            if row is None:
+                continue
+            try:
+                reg = decode_row(row, now)
+            except DamagedRecord:  # one bad hash stops no whole walk
+                if damaged is not None:
+                    damaged.append(ks.record_base(bucket) + d)
+                continue
+            yield reg
 
     # --- records outside the index (eviction) ------------------------------
 
