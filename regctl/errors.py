@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 
-from regctl.text import visible
+from regctl.text import clipped, visible
 
 
 class ExitStatus(enum.IntEnum):
@@ -309,7 +309,8 @@ def damaged(email: str, why: str) -> DamagedRecord:
     """The exception for a stored record regctl cannot read (``email`` as stored,
     made visible)."""
     return DamagedRecord(
-        f"the stored record of {visible(email)} is damaged ({why})",
+        f"the stored record of {visible(clipped(email, 254))} is damaged "
+        f"({visible(clipped(why, 200))})",
         "something other than regctl wrote it; `regctl delete` it, or fix it by hand",
     )
 

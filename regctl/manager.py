@@ -21,7 +21,7 @@ import heapq
 import hmac
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ from regctl.errors import (
     StoreTimeout,
     StoreUnavailable,
     already_exists,
+    damaged,
     other_secret,
 )
 from regctl.keys import digest
@@ -306,7 +307,7 @@ class RegistrationManager:
         hashes each try itself (``password_hash``) is trusted to send the same one."""
         if stored.password_hash == new.password_hash or password is None:
             return
-        if not offloaded(security.verify_password, stored.password_hash, password):
+        if not _same_password(stored, password):
             raise already_exists(new.email)
 
     def _add_to_pending(
@@ -318,7 +319,7 @@ class RegistrationManager:
         if pending is None:
             return None
         same = (
-            offloaded(security.verify_password, pending.password_hash, password)
+            _same_password(pending, password)
             if password is not None
             else hmac.compare_digest(pending.password_hash, new.password_hash)
         )
@@ -426,12 +427,12 @@ class RegistrationManager:
         *,
         sort: SortKey | str = SortKey.EXPIRES,
         limit: int | None = None,
-        damaged: MutableSequence[str] | None = None,
+        on_damaged: Callable[[str], object] | None = None,
     ) -> Iterator[PendingRegistration]:
         """Stream records; by expiry in constant memory, else sorted (a heap under limit).
 
         A record regctl cannot read (something else wrote it) is left out, whatever the
-        selection; its key is appended to ``damaged`` when one is given."""
+        selection, and its key handed to ``on_damaged`` (``on_damaged=keys.append``)."""
         selection = _checked_filter(selection) or Filter()
         if limit is not None:
             count_in(limit, "limit", 0, 2**63)
@@ -441,7 +442,7 @@ class RegistrationManager:
             choices = ", ".join(key.value for key in SortKey)
             raise InvalidInput(f"sort must be one of {choices}") from None
         first_page = limit if limit and selection.is_empty else PAGE
-        found = self.store.scan(first_page, _checked_collector(damaged))
+        found = self.store.scan(first_page, _checked_callback(on_damaged))
         rows = (r for r in found if selection.matches(r))
         if sort is SortKey.EXPIRES:
             return islice(rows, limit)
@@ -609,8 +610,11 @@ class RegistrationManager:
         failures_in_a_row = 0
         pause = 1.0 / per_second if per_second else 0.0
         next_at = 0.0  # (time.monotonic) when the next code may go: paced between sends
-        damaged: list[str] = []  # (records something else wrote: skipped, and counted)
-        for reg in self.list(selection, damaged=damaged):
+
+        def left_out(_key: str) -> None:  # (a record something else wrote: counted)
+            report.skip(DamagedRecord.reason)
+
+        for reg in self.list(selection, on_damaged=left_out):
             if limit is not None and len(report.recipients) >= limit:
                 break  # (a code stored but not delivered counts: it was a new code)
             if never_resent and reg.resend_count:
@@ -654,8 +658,6 @@ class RegistrationManager:
                 if failures_in_a_row >= max_failures:
                     report.stopped = True
                     break
-        for _ in damaged:
-            report.skip(DamagedRecord.reason)
         return report
 
     def _resend_refusal(self, reg: PendingRegistration) -> str | None:
@@ -709,14 +711,17 @@ class RegistrationManager:
             return done
 
     def export(
-        self, *, include_secrets: bool = False, damaged: MutableSequence[str] | None = None
+        self,
+        *,
+        include_secrets: bool = False,
+        on_damaged: Callable[[str], object] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every live record as a plain dict, streamed (see regctl.transfer); the keys of
-        the records left out as unreadable go to ``damaged``, as ``list`` says."""
+        the records left out as unreadable go to ``on_damaged``, as in ``list``."""
         from regctl.transfer import export_record
 
-        for reg in self.store.scan(damaged=_checked_collector(damaged)):
-            yield export_record(reg, include_secrets=include_secrets)
+        found = self.store.scan(on_damaged=_checked_callback(on_damaged))
+        return (export_record(reg, include_secrets=include_secrets) for reg in found)
 
     def import_records(
         self,
@@ -926,11 +931,24 @@ def _checked_filter(selection: Filter | None) -> Filter | None:
     raise InvalidInput(f"a selection is a Filter, not {type(selection).__name__}")
 
 
-def _checked_collector(damaged: MutableSequence[str] | None) -> MutableSequence[str] | None:
-    """``damaged`` if it is a list the walk can append to (or None)."""
-    if damaged is None or isinstance(damaged, MutableSequence):
-        return damaged
-    raise InvalidInput(f"damaged is a list to append keys to, not {type(damaged).__name__}")
+def _same_password(stored: PendingRegistration, password: str) -> bool:
+    """Whether ``password`` is the one ``stored`` was added with: one Argon2id verify,
+    off the event loop, of a hash no costlier than regctl takes in (one past that,
+    something else wrote: the record is damaged)."""
+    try:
+        security.check_password_hash(stored.password_hash)
+    except InvalidInput as exc:
+        raise damaged(stored.email, exc.message) from None
+    return offloaded(security.verify_password, stored.password_hash, password)
+
+
+def _checked_callback(
+    on_damaged: Callable[[str], object] | None,
+) -> Callable[[str], object] | None:
+    """``on_damaged`` if it can be called (or None): a library caller may hand over anything."""
+    if on_damaged is None or callable(on_damaged):
+        return on_damaged
+    raise InvalidInput(f"on_damaged is a function, not {type(on_damaged).__name__}")
 
 
 def _call_token(token: str | None) -> str:

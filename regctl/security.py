@@ -31,6 +31,12 @@ FINGERPRINT_IN_CODE_HASH = 16
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
+# The most a hash regctl takes in may cost to verify: RFC 9106's first recommended
+# memory (2 GiB), a few times its passes and lanes. A hash past them (something else
+# wrote it) would hold a verifying process for minutes, or take all its memory.
+ARGON2_MAX_MEMORY_KIB = 2 * 1024 * 1024
+ARGON2_MAX_TIME_COST = 10
+ARGON2_MAX_PARALLELISM = 16
 
 
 def check_trusted(path: Path, what: str, *, private: bool = False) -> None:
@@ -149,19 +155,26 @@ def verify_password(password_hash: str, password: str) -> bool:
 # $argon2id$v=19$m=..,t=..,p=..$salt$hash: ASCII digits of sane size, a salt of 8+ and
 # a hash of 16+ bytes in unpadded base64 (what argon2-cffi writes and can verify).
 _PHC = re.compile(
-    r"\$argon2id\$v=19\$m=(?P<m>[0-9]{1,8}),t=(?P<t>[0-9]{1,4}),p=[0-9]{1,3}"
+    r"\$argon2id\$v=19\$m=(?P<m>[0-9]{1,8}),t=(?P<t>[0-9]{1,4}),p=(?P<p>[0-9]{1,3})"
     r"\$[A-Za-z0-9+/]{11,}\$[A-Za-z0-9+/]{22,}"
 )
 
 
 def check_password_hash(phc: str) -> str:
-    """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum.
+    """Accept a backend's Argon2id PHC string if it is at least OWASP's minimum and at
+    most what regctl will verify (``ARGON2_MAX_*``).
 
     Read with the pattern alone (argon2's own parser costs a tenth of an add); the test
     suite holds the verdicts equal to argon2-cffi's ``extract_parameters``."""
     parts = _PHC.fullmatch(as_text(phc, "password hash"))
     if parts is None:
         raise InvalidInput("password hash is not an Argon2id PHC string ($argon2id$v=19$...)")
-    if int(parts["m"]) < ARGON2_MEMORY_KIB or int(parts["t"]) < ARGON2_TIME_COST:
+    m, t, p = int(parts["m"]), int(parts["t"]), int(parts["p"])
+    if m < ARGON2_MEMORY_KIB or t < ARGON2_TIME_COST:
         raise InvalidInput("password hash parameters are below OWASP's minimum (m=19456, t=2)")
+    if m > ARGON2_MAX_MEMORY_KIB or t > ARGON2_MAX_TIME_COST or p > ARGON2_MAX_PARALLELISM:
+        raise InvalidInput(
+            "password hash parameters are beyond what regctl verifies "
+            f"(m={ARGON2_MAX_MEMORY_KIB}, t={ARGON2_MAX_TIME_COST}, p={ARGON2_MAX_PARALLELISM})"
+        )
     return phc

@@ -15,6 +15,12 @@ def visible(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch == " " else _escaped(ch) for ch in text)
 
 
+def clipped(text: str, longest: int) -> str:
+    """``text``, cut to ``longest`` characters with ``...`` if it is longer: data written
+    by others may be megabytes long, and a message shows it on one line."""
+    return text if len(text) <= longest else text[: longest - 3] + "..."
+
+
 def _escaped(ch: str) -> str:
     code = ord(ch)
     return (

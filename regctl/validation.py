@@ -11,6 +11,7 @@ import re
 import unicodedata
 
 from regctl.errors import InvalidInput
+from regctl.text import clipped
 
 MAX_EMAIL_LENGTH = 254
 NAME_MAX = 100
@@ -134,8 +135,7 @@ def _has_forbidden(text: str) -> bool:
 
 def _shown(raw: str) -> str:
     """A short, printable rendering of hostile input for an error message."""
-    text = raw if len(raw) <= 60 else raw[:57] + "..."
-    return repr(text)
+    return repr(clipped(raw, 60))
 
 
 _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)

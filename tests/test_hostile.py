@@ -493,6 +493,10 @@ def test_an_import_created_in_the_future_is_refused(redis_proc, prefix):
         "$argon2id$v=19$m=19456,t=2,p=1$$",
         "$argon2id$v=19$m=99999999999999999999999,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
         "$argon2id$v=19$m=١٩٤٥٦,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        # (verifiable, at the cost of minutes or all the memory: beyond what regctl takes)
+        "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        "$argon2id$v=19$m=19456,t=9999,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        "$argon2id$v=19$m=19456,t=2,p=999$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
     ],
 )
 def test_a_password_hash_that_could_never_verify_is_refused(phc: str):
@@ -596,21 +600,78 @@ def test_a_listing_hands_the_keys_it_left_out_to_a_library_caller(
     manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
     try:
         listed: list[str] = []
-        assert sorted(r.email for r in manager.list(damaged=listed)) == [
+        assert sorted(r.email for r in manager.list(on_damaged=listed.append)) == [
             f"w{n}@damaged.example" for n in (2, 3, 4)
         ]
         assert sorted(listed) == sorted(keys)
         exported: list[str] = []
-        assert len(list(manager.export(damaged=exported))) == 3
+        assert len(list(manager.export(on_damaged=exported.append))) == 3
         assert sorted(exported) == sorted(keys)
         # A selection no damaged record could be said to match still names them.
         named: list[str] = []
-        assert list(manager.list(Filter(domain="elsewhere.example"), damaged=named)) == []
+        selection = Filter(domain="elsewhere.example")
+        assert list(manager.list(selection, on_damaged=named.append)) == []
         assert sorted(named) == sorted(keys)
-        with pytest.raises(InvalidInput, match="damaged is a list"):
-            manager.list(damaged="keys")  # type: ignore[arg-type]
+        for walk in (manager.list, manager.export):  # (refused when called, not when read)
+            with pytest.raises(InvalidInput, match="on_damaged is a function"):
+                walk(on_damaged=[])  # type: ignore[arg-type]
         report = manager.resend_many(Filter(), dry_run=True)
         assert report.skipped == {"damaged_record": 2, "cooldown": 3}
+    finally:
+        manager.close()
+
+
+def test_stats_counts_a_hash_of_none_of_regctls_fields_as_list_leaves_it_out(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str
+):
+    (key,) = _with_damaged(redis_proc, cli.env["REGCTL_PREFIX"], pw_hash, 1)
+    raw = redis_proc.client()
+    raw.delete(key)
+    raw.hset(key, "foo", "bar")
+    listed = cli("list", "-o", "ndjson")
+    assert len(listed.stdout.splitlines()) == 4
+    assert "1 record regctl cannot read" in listed.stderr
+    stats = json.loads(cli("stats", "-o", "json").stdout)
+    assert (stats["total"], stats["damaged"]) == (4, 1)
+
+
+def test_a_bulk_resend_warns_of_the_records_it_could_not_read_even_when_quiet(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str
+):
+    _with_damaged(redis_proc, cli.env["REGCTL_PREFIX"], pw_hash, 2)
+    for output in ("table", "csv"):
+        ran = cli("-q", "-o", output, "resend-many", "--domain", "damaged.example", "--no-send")
+        assert ran.exit_code == 0, ran.stderr
+        assert ran.stderr.startswith("Warning: skipped 2 records regctl cannot read"), ran.stderr
+
+
+def test_the_left_out_warning_counts_them_all_and_shows_a_few_keys_cut_short():
+    from regctl.cli.render import LeftOut
+
+    left_out = LeftOut()
+    for n in range(10):
+        left_out(f"regctl:{{b01}}:reg:{n}" + "\x1b" * 10_000)
+    assert (left_out.count, len(left_out.first)) == (10, 3)
+    warning = left_out.warning("not listed")
+    assert warning.startswith("not listed: 10 records regctl cannot read")
+    assert "and 7 more" in warning
+    assert "\x1b" not in warning
+    assert len(warning) < 3 * 4 * LeftOut.LONGEST + 300
+
+
+def test_an_add_replayed_onto_a_stored_hash_too_costly_to_verify_is_refused_as_damaged(
+    redis_proc: RedisProcess, prefix: str
+):
+    """Something else wrote the stored hash's cost up: checking a replay's password
+    against it would hold the process for minutes; the record is damaged instead."""
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    try:
+        manager.add("slow@example.com", "S", "H", password="a password", token="t-1")
+        record = manager.store.keyspace.record(digest("slow@example.com"))  # type: ignore[attr-defined]
+        costly = "$argon2id$v=19$m=19456,t=11,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g"
+        redis_proc.client().hset(record, FIELDS["password_hash"], costly)
+        with pytest.raises(DamagedRecord, match="beyond what regctl verifies"):
+            manager.add("slow@example.com", "S", "H", password="a password", token="t-1")
     finally:
         manager.close()
 
@@ -700,7 +761,12 @@ def _argon2_verdict(phc: str) -> bool:
         params = extract_parameters(phc)
     except (InvalidHashError, ValueError, IndexError):
         return False
-    return params.type is Type.ID and params.memory_cost >= 19456 and params.time_cost >= 2
+    return (
+        params.type is Type.ID
+        and 19456 <= params.memory_cost <= 2 * 1024 * 1024
+        and 2 <= params.time_cost <= 10
+        and params.parallelism <= 16
+    )
 
 
 @given(

@@ -26,14 +26,15 @@ from regctl.cli.render import (
     COLUMNS,
     WIDE_COLUMNS,
     Format,
+    LeftOut,
     escape,
     inspect_pairs,
     key_value_table,
-    left_out,
     record_cells,
     record_json,
     records_table,
     report_summary,
+    skipped_damaged,
     to_json,
 )
 from regctl.cli.state import State
@@ -180,11 +181,11 @@ def list_(
     columns = _columns(field, fmt)
     if raw_csv and fmt is not Format.CSV:
         raise InvalidInput("--raw-csv needs -o csv")
-    damaged: list[str] = []
-    rows = state.manager.list(selection, sort=sort, limit=limit, damaged=damaged)
+    left_out = LeftOut()
+    rows = state.manager.list(selection, sort=sort, limit=limit, on_damaged=left_out)
     _show_records(state, _started(rows), columns, raw_csv)
-    if damaged:
-        state.warn(left_out(damaged, "not listed"))
+    if left_out.count:
+        state.warn(left_out.warning("not listed"))
 
 
 def _show_records(
@@ -323,6 +324,9 @@ def resend_many(
         dry_run=dry_run,
         deliver=None if no_send else lambda r: deliver_code(state, r.registration, r.code, True),
     )
+    skipped = skipped_damaged(report)
+    if skipped:
+        state.warn(skipped)
     undelivered = set(report.undelivered)
     for email in [] if dry_run else report.recipients:  # each new code on the record
         state.audit("resend-many", email, "delivery_failed" if email in undelivered else "ok")

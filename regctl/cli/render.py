@@ -19,9 +19,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from regctl.errors import DamagedRecord
 from regctl.model import PendingRegistration, Policy
 from regctl.reports import BulkResendReport, ImportReport, PurgeReport
-from regctl.text import duration, plural, visible
+from regctl.text import clipped, duration, plural, visible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -110,14 +111,41 @@ def tsv_lines(header: Sequence[str] | None, rows: Iterable[Sequence[str]]) -> It
         yield "\t".join(clean(v) for v in row)
 
 
-def left_out(keys: Sequence[str], what: str, shown: int = 3) -> str:
-    """The warning for records a walk left out as unreadable: how many, the first
-    keys, and where to look."""
-    named = ", ".join(visible(key) for key in keys[:shown])
-    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+class LeftOut:
+    """The records a walk left out as unreadable (``on_damaged``): counted, and the
+    first few keys kept, so memory stays flat however many there are."""
+
+    SHOWN = 3
+    LONGEST = 120  # characters of a key shown (something else may have named it)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def __call__(self, key: str) -> None:
+        self.count += 1
+        if len(self.first) < self.SHOWN:
+            self.first.append(key)
+
+    def warning(self, what: str) -> str:
+        """One line: how many, the first keys, and how to look at one."""
+        named = ", ".join(visible(clipped(key, self.LONGEST)) for key in self.first)
+        more = f" and {self.count - len(self.first)} more" if self.count > len(self.first) else ""
+        return (
+            f"{what}: {plural(self.count, 'record')} regctl cannot read (written by "
+            f"something else): {named}{more} — `redis-cli TYPE <key>` and `HGETALL <key>` "
+            "show one"
+        )
+
+
+def skipped_damaged(report: BulkResendReport) -> str | None:
+    """The warning for the records a bulk resend could not read, if any."""
+    n = report.skipped.get(DamagedRecord.reason, 0)
+    if not n:
+        return None
     return (
-        f"{what}: {plural(len(keys), 'record')} regctl cannot read (something else wrote "
-        f"them): {named}{more} — see one with `redis-cli HGETALL <key>`"
+        f"skipped {plural(n, 'record')} regctl cannot read (written by something else; "
+        "no selection can match one) — `regctl list` names them"
     )
 
 

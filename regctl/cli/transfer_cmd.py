@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from regctl.cli.render import Format, escape, left_out, to_json
+from regctl.cli.render import Format, LeftOut, escape, to_json
 from regctl.cli.state import State
 from regctl.cli.status import report_error
 from regctl.errors import InvalidInput
@@ -39,15 +39,15 @@ def export(
     manager = state.manager
     # Index entries, an estimate for the time left: counted only when it is shown.
     total = manager.counts().total if state.shows_progress else None
-    damaged: list[str] = []
+    left_out = LeftOut()
     with state.progress("exported", total) as tally:
-        rows = tally.track(manager.export(include_secrets=include_secrets, damaged=damaged))
+        rows = tally.track(manager.export(include_secrets=include_secrets, on_damaged=left_out))
         if state.format() is Format.JSON:
             state.json_array(rows)
         else:
             state.write(to_json(row) + "\n" for row in rows)
-    if damaged:
-        state.warn(left_out(damaged, "not in this export"))
+    if left_out.count:
+        state.warn(left_out.warning("not in this export"))
     unseen = unseen_after_eviction(state.store)
     if unseen:
         state.warn(

@@ -25,12 +25,15 @@ for i = 1, #KEYS do
   if row.err then
     damaged = damaged + 1
   elseif not readable(row) then
+    local found = false
     for j = 1, #ROW do
       if row[j] then
-        damaged = damaged + 1
+        found = true
         break
       end
     end
+    -- (none of the fields: gone since, or a hash of none of regctl's fields)
+    if found or redis.call('EXISTS', KEYS[i]) == 1 then damaged = damaged + 1 end
   else
     local email, is_locked = row[AT.email], row[AT.locked] == '1'
     local created, expires = tonum(row[AT.created_at]), tonum(row[AT.expires_at])

@@ -10,7 +10,7 @@ import functools
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import islice
@@ -126,13 +126,13 @@ class Store(Protocol):
     def get(self, identity: str) -> PendingRegistration | None: ...
 
     def scan(
-        self, first_page: int = PAGE, damaged: MutableSequence[str] | None = None
+        self, first_page: int = PAGE, on_damaged: Callable[[str], object] | None = None
     ) -> Iterator[PendingRegistration]:
         """Every live record, in (expires_at, identity digest) order, streamed.
 
         ``first_page`` hints how many records the caller wants before it may stop. A
-        record regctl cannot read (something else wrote it) is left out; its key is
-        appended to ``damaged`` when one is given."""
+        record regctl cannot read (something else wrote it) is left out, its key handed
+        to ``on_damaged``."""
         ...
 
     def counts(self) -> Counts: ...

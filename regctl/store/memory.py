@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from regctl.errors import (
@@ -215,7 +215,7 @@ class MemoryStore:
             return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
 
     def scan(
-        self, first_page: int = PAGE, damaged: MutableSequence[str] | None = None
+        self, first_page: int = PAGE, on_damaged: Callable[[str], object] | None = None
     ) -> Iterator[PendingRegistration]:
         with self._lock:  # (every record here is one regctl wrote: none is damaged)
             now = self._clock()

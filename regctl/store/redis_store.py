@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -502,7 +502,7 @@ class RedisStore:
     # --- walking the index ------------------------------------------------
 
     def scan(
-        self, first_page: int = PAGE, damaged: MutableSequence[str] | None = None
+        self, first_page: int = PAGE, on_damaged: Callable[[str], object] | None = None
     ) -> Iterator[PendingRegistration]:
         ks = self.keyspace
         for bucket, d, row, now in walk(self.scripts, ks, first_page):
@@ -511,8 +511,8 @@ class RedisStore:
             try:
                 reg = decode_row(row, now)
             except DamagedRecord:  # one bad hash stops no whole walk
-                if damaged is not None:
-                    damaged.append(ks.record_base(bucket) + d)
+                if on_damaged is not None:
+                    on_damaged(ks.record_base(bucket) + d)
                 continue
             yield reg
 
