@@ -23,6 +23,7 @@ The README's tables of exit statuses and reasons are generated from this module:
      │    ├── StoreTimeout
      │    └── StoreFull
      ├── DamagedRecord
+     ├── LocalIOError
      ├── PermissionDenied
      └── ConfigError
           └── SecretMismatch
@@ -33,6 +34,7 @@ Outcomes of ``verify`` are values (``VerifyOutcome``), not exceptions.
 from __future__ import annotations
 
 import enum
+import errno
 
 from regctl.text import clipped, visible
 
@@ -46,6 +48,7 @@ class ExitStatus(enum.IntEnum):
     NOT_FOUND = 3
     UNAVAILABLE = 69
     INTERNAL = 70
+    LOCAL_IO = 71  # sysexits' EX_OSERR
     DELIVERY_FAILED = 74
     LOCK_HELD = 75
     PERMISSION = 77
@@ -68,6 +71,8 @@ _MEANINGS = {
     "write its replicas did not acknowledge (`--wait-replicas`)",
     ExitStatus.INTERNAL: "internal error or a stored record regctl cannot read (a bug, or "
     "data another program wrote; rerun with `--debug`)",
+    ExitStatus.LOCAL_IO: "this machine refused a read or write: a full disk, a device or "
+    "file system error (what was written may be incomplete)",
     ExitStatus.DELIVERY_FAILED: "the code was stored but mail delivery failed "
     "(`regctl resend` later)",
     ExitStatus.LOCK_HELD: "another run holds the lock",
@@ -214,6 +219,29 @@ class StoreFull(StoreUnavailable):
 UNSERVED = frozenset(
     {StoreUnavailable.reason, PoolExhausted.reason, StoreTimeout.reason, StoreFull.reason}
 )
+
+
+class LocalIOError(RegctlError):
+    """This machine refused a read or write: a full disk, a device error."""
+
+    exit_code: int = ExitStatus.LOCAL_IO
+    reason = "local_io"
+
+
+# The errors of a local read or write that say the machine, not regctl, is at fault.
+_LOCAL_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS})
+
+
+def local_io(exc: BaseException) -> LocalIOError | None:
+    """The LocalIOError ``exc`` is (a full disk under the output, a device error), or
+    None if it is no such error."""
+    if not isinstance(exc, OSError) or exc.errno not in _LOCAL_IO_ERRNOS:
+        return None
+    where = f" ({visible(clipped(str(exc.filename), 200))})" if exc.filename else ""
+    return LocalIOError(
+        f"this machine refused a read or write: {exc.strerror}{where}",
+        "free space or fix the device, then run it again; what was written may be incomplete",
+    )
 
 
 class DamagedRecord(RegctlError):

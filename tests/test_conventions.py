@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from regctl.cli.render import COLUMNS
+from regctl.codec import FIELDS
 from regctl.keys import Keyspace, digest
 from tests.conftest import REGCTL, Cli, at_terminal, regctl, subprocess_env
 from tests.servers import RedisProcess
@@ -498,6 +499,43 @@ def test_help_and_version_into_a_closed_pipe_end_quietly(cli: Cli, args: list[st
     )
     os.close(write)
     assert (proc.returncode, proc.stderr) == (141, b"")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_an_output_the_disk_cannot_take_is_a_local_io_error(
+    cli: Cli, redis_proc: RedisProcess, stream: str
+):
+    """A full disk under the output is the machine's fault, not a bug of regctl's:
+    its own status (71), and the line says so, wherever it still can."""
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    with open("/dev/full", "w") as full:  # (every write to it: ENOSPC)
+        if stream == "stdout":  # JSON: "[]" at least, written to the full disk
+            proc = subprocess.run(
+                [REGCTL, "-o", "json", "export"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            said = proc.stderr
+        else:  # a warning to a full stderr: nothing can say it, the status does
+            record = Keyspace(cli.env["REGCTL_PREFIX"]).record(digest(EMAIL))
+            add(cli)
+            client_of(redis_proc).hset(record, FIELDS["attempts"], "many")  # (damaged)
+            proc = subprocess.run(
+                [REGCTL, "list"],
+                stdout=subprocess.PIPE,
+                stderr=full,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            said = b"No space left on device"
+    assert proc.returncode == 71, proc
+    assert b"No space left on device" in said
+    assert b"Traceback" not in said
 
 
 def test_a_missing_value_is_a_json_error_or_a_plugin_line(cli: Cli):

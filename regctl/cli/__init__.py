@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from regctl.errors import ExitStatus
+from regctl.errors import ExitStatus, local_io
 
 
 def main() -> None:
@@ -16,3 +16,7 @@ def main() -> None:
     except KeyboardInterrupt:  # before or after a command runs; inside one, the app handles it
         sys.stderr.write("Interrupted\n")
         sys.exit(ExitStatus.INTERRUPTED)
+    except OSError as exc:  # help or an error line to a full disk (a command's own: its status)
+        if local_io(exc) is None:
+            raise
+        sys.exit(ExitStatus.LOCAL_IO)

@@ -17,7 +17,7 @@ from regctl import __version__
 from regctl.cli.render import Format, to_json
 from regctl.cli.state import State, closed_pipe
 from regctl.cli.status import failure, interrupted, plugin_line, report_error
-from regctl.errors import ExitStatus, InvalidInput, RegctlError
+from regctl.errors import ExitStatus, InvalidInput, RegctlError, local_io
 
 HELP = """Run pending user registrations stored in Redis.
 
@@ -103,6 +103,7 @@ class RegctlGroup(TyperGroup):
             if _is_usage_error(exc):
                 outcome = "invalid_input"  # a usage error: nothing ran
                 raise  # typer's usage errors: main() prints them and exits 2
+            exc = local_io(exc) or exc  # (a full disk under the output: no bug of regctl's)
             outcome = (
                 exc.reason
                 if isinstance(exc, RegctlError)
@@ -282,7 +283,9 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     hint = f"see `{visible(where)} --help`"
     if where.endswith(" resend") and message.startswith("No such option"):
         hint = "a resend by filters is `regctl resend-many` (see its --help)"
-    sys.stderr.write(f"Error: {message} — {hint}\n")
+    with contextlib.suppress(OSError):  # (a full disk under it: the status still says it)
+        sys.stderr.write(f"Error: {message} — {hint}\n")
+        sys.stderr.flush()
     if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:
         sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
         return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN

@@ -1,25 +1,12 @@
 """Exit statuses, and the one place errors become them.
 
-| code | meaning |
-|------|---------|
-| 0  | ok |
-| 1  | refused by a rule: wrong code, locked, cooldown, resend limit, already exists |
-| 2  | usage error or invalid input (nothing was written) |
-| 3  | not found |
-| 69 | Redis unavailable, timed out, read-only or out of memory |
-| 70 | internal error (a bug: please report it with `--debug` output) |
-| 74 | the code was stored but mail delivery failed |
-| 75 | another run holds the lock |
-| 77 | authentication or permission denied |
-| 78 | bad configuration |
-| 130 | interrupted |
-| 141 | stdout's reader went away (a closed pipe): stopped quietly |
-
-``health`` alone exits 0/1/2/3 = OK/WARNING/CRITICAL/UNKNOWN.
+The statuses are ``regctl.errors.ExitStatus`` (the README's table); ``health`` alone
+exits 0/1/2/3 = OK/WARNING/CRITICAL/UNKNOWN.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -77,14 +64,20 @@ def report_error(state: State | None, exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return interrupted(state is not None and state.wants_json() and not state.json_written)
     if state is not None and state.debug:
-        traceback.print_exception(exc, file=sys.stderr)
+        with contextlib.suppress(OSError):
+            traceback.print_exception(exc, file=sys.stderr)
     if not isinstance(exc, RegctlError):
         exc = RegctlError(
             f"unexpected {type(exc).__name__}", "rerun with --debug and report the traceback"
         )
         exc.exit_code, exc.reason = ExitStatus.INTERNAL, "internal_error"
     line = f"Error: {exc.line()}"
-    sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
+    # (the stream may be the one that failed, a full disk under it: the status still says it)
+    with contextlib.suppress(OSError):
+        sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
+        sys.stderr.flush()
     if state is not None and state.wants_json() and not state.json_written:
-        sys.stdout.write(to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
+        with contextlib.suppress(OSError):
+            sys.stdout.write(to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
+            sys.stdout.flush()
     return int(exc.exit_code)
