@@ -104,9 +104,12 @@ def test_a_record_survives_encoding_and_decoding():
         attempts=3,
         locked=True,
         observed_at=5_000,
+        schema=7,
         code_hash="ab:cd",
     )
-    assert decode(encode(reg), 5_000) == reg
+    decoded = decode(encode(reg), 5_000, replicas_acked=4)
+    assert decoded == reg
+    assert (decoded.code_hash, decoded.replicas_acked) == ("ab:cd", 4)  # (not compared)
     assert sorted(encode(reg)[::2]) == sorted(
         FIELDS[n] for n in FIELDS if n not in ("add_token", "resend_token")
     )
