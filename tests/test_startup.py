@@ -65,3 +65,12 @@ def test_the_library_loads_neither_typer_nor_rich():
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert ran.stdout.split() == []
+
+
+def test_every_public_name_can_be_imported():
+    """``from regctl import X`` for each name the package says it has (they load
+    lazily: a wrong module for one is found only when someone asks for it)."""
+    import regctl
+
+    for name in regctl.__all__:
+        assert getattr(regctl, name) is not None, name
