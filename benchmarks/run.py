@@ -203,7 +203,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
         d = digest(f"r{i}@bench.example")
         evalsha(
             "add",
-            (*ks.keys_for(d), *funnel(d)),
+            (*ks.keys_for(d), ks.call_marker("add", d, f"t{i}"), *funnel(d)),
             d,
             f"r{i}@bench.example",
             "B",
@@ -217,6 +217,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
             3_600_000,
             keep,
             day,
+            policy.replay_window_ms,
         )
 
     out["add"] = row("add (hash excluded)", paired(add, raw_add, n))

@@ -6,7 +6,7 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
                                 fingerprint (no TTL, by design)
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
-    p:{bNN}:once:h      string  the answer of one verify or delete call, for its replays;
+    p:{bNN}:once:h      string  the answer of one add, verify or delete call, for its replays;
                                 h digests (operation, identity, token); short TTL
     p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
                                 the epoch); scripts declare D-1, D, D+1 by the

@@ -22,6 +22,7 @@ import hmac
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
@@ -277,11 +278,11 @@ class RegistrationManager:
         address pays too (against a stand-in), so the time tells nothing either.
         """
         token = _call_token(token)
-        identity = normalize_email(email).casefold()  # (checked: a bad address counts no hit)
+        # Checked first: a sign-up refused as invalid counts against no limit.
+        form = _Form.checked(email, first_name, last_name, password, password_hash)
+        identity = form.email.casefold()
         self._limit(client, "add", identity, token, "signup", "code")  # before the costly hash
-        new, code = self._prepare(
-            email, first_name, last_name, password, password_hash, token=token
-        )
+        new, code = self._prepare(form, token=token)
         for _ in range(CONCEAL_TRIES):
             try:
                 with _Call(self, "add", new.email):
@@ -369,50 +370,35 @@ class RegistrationManager:
         """One row of ``add_many``: (registration, clear code, token), or its refusal."""
         token = security.new_token()
         try:
-            new, code = self._prepare(
+            form = _Form.checked(
                 row.get("email", ""),
                 row.get("first_name", ""),
                 row.get("last_name", ""),
                 row.get("password"),
                 row.get("password_hash"),
-                token=token,
-                codes=codes,
             )
+            new, code = self._prepare(form, token=token, codes=codes)
         except InvalidInput as exc:
             return exc
         return new, code, token
 
     def _prepare(
-        self,
-        email: str,
-        first_name: str,
-        last_name: str,
-        password: str | None,
-        password_hash: str | None,
-        *,
-        token: str,
-        codes: security.CodeHasher | None = None,
+        self, form: _Form, *, token: str, codes: security.CodeHasher | None = None
     ) -> tuple[NewRegistration, str]:
-        """Validate and hash one registration; return it with the clear code of ``token``
+        """Hash one checked registration; return it with the clear code of ``token``
         (``codes``: the code hasher, checked against the store's secret already)."""
-        normalized = normalize_email(email)
-        first = validate_name(first_name, "first name")
-        last = validate_name(last_name, "last name")
-        if (password is None) == (password_hash is None):
-            raise InvalidInput("give exactly one of password and password_hash")
         # (fail on config before the slow hash)
         code_hasher = codes or self._codes_of_store(writing=True)
-        pw_hash = (
-            security.check_password_hash(password_hash)
-            if password_hash is not None
-            else offloaded(security.hash_password, validate_password(password or ""))
-        )
-        identity = normalized.casefold()
-        code = code_hasher.code_for("add", identity, token, self.policy.code_length)
+        pw_hash = form.password_hash or offloaded(security.hash_password, form.password)
+        identity = form.email.casefold()
+        # The code is the call's: its token, and what it would store (the same token
+        # with other names is another call, and gets another code).
+        call = (form.email, form.first_name, form.last_name)
+        code = code_hasher.code_for("add", identity, token, self.policy.code_length, call)
         new = NewRegistration(
-            email=normalized,
-            first_name=first,
-            last_name=last,
+            email=form.email,
+            first_name=form.first_name,
+            last_name=form.last_name,
             password_hash=pw_hash,
             code_hash=code_hasher.digest(identity, code),
         )
@@ -929,6 +915,36 @@ def _checked_filter(selection: Filter | None) -> Filter | None:
     if selection is None or isinstance(selection, Filter):
         return selection
     raise InvalidInput(f"a selection is a Filter, not {type(selection).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """A sign-up as checked, before anything is sent or hashed: the address normalized,
+    the names cleaned, and one of password (the clear one) and password hash."""
+
+    email: str
+    first_name: str
+    last_name: str
+    password: str
+    password_hash: str
+
+    @classmethod
+    def checked(
+        cls,
+        email: str,
+        first_name: str,
+        last_name: str,
+        password: str | None,
+        password_hash: str | None,
+    ) -> _Form:
+        normalized = normalize_email(email)
+        first = validate_name(first_name, "first name")
+        last = validate_name(last_name, "last name")
+        if (password is None) == (password_hash is None):
+            raise InvalidInput("give exactly one of password and password_hash")
+        if password_hash is not None:
+            return cls(normalized, first, last, "", security.check_password_hash(password_hash))
+        return cls(normalized, first, last, validate_password(password or ""), "")
 
 
 def _same_password(stored: PendingRegistration, password: str) -> bool:

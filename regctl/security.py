@@ -23,6 +23,8 @@ from regctl.errors import ConfigError, InvalidInput
 from regctl.validation import as_text
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from argon2 import PasswordHasher
 
 MIN_SECRET_BYTES = 16
@@ -90,11 +92,14 @@ class CodeHasher:
         """A keyed digest that tells secrets apart without revealing them."""
         return self._fingerprint
 
-    def code_for(self, operation: str, identity: str, token: str, length: int) -> str:
+    def code_for(
+        self, operation: str, identity: str, token: str, length: int, call: Sequence[str] = ()
+    ) -> str:
         """The code of one add or resend call: random to anyone without the secret,
-        and the same for a replay of that call (same operation, identity and token), so
-        a retry after a lost reply hands back the code that was stored."""
-        message = "\x00".join(("code", operation, identity, token)).encode()
+        and the same for a replay of that call (same operation, identity and token, and
+        what else ``call`` names of it), so a retry after a lost reply hands back the
+        code that was stored."""
+        message = "\x00".join(("code", operation, identity, token, *call)).encode()
         number = int.from_bytes(self._hmac(message), "big")
         return f"{number % 10**length:0{length}d}"
 

@@ -882,6 +882,34 @@ def test_an_add_replayed_with_a_clear_password_is_checked_against_the_first(
     assert verify_password(stored.password_hash, "first password")
 
 
+@pytest.mark.parametrize("gone_by", ["verify", "delete"])
+def test_an_add_replayed_after_its_record_is_gone_creates_nothing(
+    manager: RegistrationManager, pw_hash: str, gone_by: str
+):
+    """A retry whose first try's reply was lost arrives after the user verified: it
+    gets the first answer, and no second registration its code would verify again."""
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-gone")
+    if gone_by == "verify":
+        assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.VERIFIED
+    else:
+        assert manager.delete(EMAIL)
+    again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-gone")
+    assert again.code == first.code
+    assert again.registration.created_at == first.registration.created_at
+    assert manager.get(EMAIL) is None
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_an_add_token_reused_after_verify_with_other_names_gets_another_code(
+    manager: RegistrationManager, pw_hash: str
+):
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-names")
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.VERIFIED
+    other = manager.add(EMAIL, "Alicia", "Liddell", password_hash=pw_hash, token="add-names")
+    assert other.code != first.code
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.INVALID_CODE
+
+
 def test_an_add_token_reused_for_another_address_adds_it_with_its_own_code(
     manager: RegistrationManager, pw_hash: str
 ):
@@ -1112,6 +1140,24 @@ def test_a_client_key_signs_up_its_limit_then_waits_its_window(
     used, limit, wait = manager.client_limits("203.0.113.7")["signup"]
     assert (used, limit) == (2, 2)
     assert 0 < wait <= manager.policy.client_window_ms
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"first_name": "", "password_hash": "x"},  # a name missing
+        {"password": "short"},
+        {"password_hash": "$argon2id$not-a-hash"},
+        {},  # neither password nor hash
+    ],
+)
+def test_an_invalid_sign_up_counts_against_no_limit(
+    make_manager: MakeManager, form: dict[str, str]
+):
+    manager = make_manager(Policy(signups_per_client=1))
+    with pytest.raises(InvalidInput):
+        manager.add(EMAIL, **{"first_name": "A", "last_name": "L", **form}, client="10.0.0.9")
+    assert manager.client_limits("10.0.0.9")["signup"][0] == 0
 
 
 def test_a_replayed_call_counts_once_against_its_client(make_manager: MakeManager, pw_hash):

@@ -1,17 +1,32 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
--- KEYS: record, index, funnel x3
--- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order;
--- else the record is what the caller sent, as of now) or "exists".
+-- The call's marker (named by identity and token) remembers for the replay window
+-- that this call created it, so a replay after the record is gone (verified, deleted)
+-- gets the first answer and creates nothing: its code was the first one's.
+-- KEYS: record, index, marker, funnel x3
+-- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order,
+-- or, the record gone, `now` its creation time; else the record is what the caller
+-- sent, as of now) or "exists".
 local digest, email, first_name, last_name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local password_hash, code_hash = ARGV[5], ARGV[6]
 local lifetime_ms, code_lifetime_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 local schema, token, index_grace_ms = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local funnel_keep_ms, client_day = tonumber(ARGV[12]), tonumber(ARGV[13])
-local record, index = KEYS[1], KEYS[2]
+local replay_ms = tonumber(ARGV[14])
+local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
 allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index, '1', 'm'},
-  {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
+  {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}, {'set', marker, 'v'}})
 local now = server_now()
-if redis.call('EXISTS', record) == 1 then
+-- What the marker holds besides the time: the call's address as written and names.
+local call = redis.sha1hex(email .. '\0' .. first_name .. '\0' .. last_name)
+local pending = redis.call('EXISTS', record) == 1
+if not pending then
+  local made = redis.call('GET', marker)
+  local at = made and string.find(made, ':', 1, true)
+  if at and string.sub(made, at + 1) == call then
+    return {'created', tonumber(string.sub(made, 1, at - 1))}
+  end
+end
+if pending then
   -- A replay of this same call (lost reply) is a success, not a conflict: the same
   -- token, address as given and names. (Each try hashes the password anew: whether it
   -- is the same one is the manager's to check.) The same token with anything else is
@@ -33,6 +48,7 @@ redis.call('HSET', record,
   F.expires_at, expires, F.code_expires_at, now + code_lifetime_ms, F.last_sent_at, now,
   F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, token)
 redis.call('PEXPIREAT', record, expires)
+redis.call('SET', marker, now .. ':' .. call, 'PX', replay_ms)
 funnel('created', 1, funnel_keep_ms, client_day, now)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
 return {'created', now}

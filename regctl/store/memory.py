@@ -102,6 +102,7 @@ class MemoryStore:
         self._entries: dict[str, _Entry] = {}
         # (operation, identity, token) -> (expires at, candidate, the call's answer)
         self._markers: dict[tuple[str, str, str], tuple[int, str, VerifyResult | None]] = {}
+        self._markers_swept_at = 64  # (their count when expired ones are next dropped)
         self._leases: dict[str, tuple[str, int]] = {}  # name -> (token, expires at)
         self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
@@ -128,6 +129,11 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             entry = self._live(new.identity, now)
+            call = ("add", new.identity, token)
+            made = f"{new.email}\0{new.first_name}\0{new.last_name}"  # (see add.lua)
+            first = self._replay(call, now) if entry is None else None
+            if first is not None and first[0].partition(":")[2] == made:
+                return new.created(int(first[0].partition(":")[0]), policy)
             if entry is not None:
                 was = entry.record
                 if (entry.add_token, was.email, was.first_name, was.last_name) == (
@@ -145,6 +151,7 @@ class MemoryStore:
             )
             self._count("created", 1, now, policy)
             self._count("sent", 1, now, policy)
+            self._remember(call, now, policy, f"{now}:{made}")
             return record
 
     def add_many(
@@ -344,7 +351,9 @@ class MemoryStore:
         candidate: str = "",
         result: VerifyResult | None = None,
     ) -> None:
-        self._markers = {c: m for c, m in self._markers.items() if m[0] > now}
+        if len(self._markers) >= self._markers_swept_at:  # (amortized: an add leaves one)
+            self._markers = {c: m for c, m in self._markers.items() if m[0] > now}
+            self._markers_swept_at = max(64, 2 * len(self._markers))
         self._markers[call] = (now + policy.replay_window_ms, candidate, result)
 
     def unlock(self, identity: str) -> bool:

@@ -326,8 +326,9 @@ class RedisStore:
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
             day,
+            policy.replay_window_ms,
         )
-        return (*ks.keys_for(d), *funnel), args
+        return (*ks.keys_for(d), ks.call_marker("add", d, token), *funnel), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         reply, acked = self.scripts.write("add", *self._add_call(new, policy, token))
