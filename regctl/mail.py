@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, first_line
+from regctl.urls import mask_url
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -40,6 +41,12 @@ class MailConfig:
     subject: str
     template: Path | None = None
     timeout: float = 10.0
+
+    def __repr__(self) -> str:  # (the URL may hold the SMTP password)
+        return (
+            f"MailConfig(url={mask_url(self.url)!r}, sender={self.sender!r}, "
+            f"subject={self.subject!r}, template={self.template!r}, timeout={self.timeout!r})"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MailConfig:

@@ -37,6 +37,7 @@ from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_pref
 from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
 from regctl.security import check_trusted
 from regctl.store.base import AUDIT_MAX
+from regctl.urls import mask_url
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
@@ -66,12 +67,22 @@ def _field(
     return Field(default, description=meaning, json_schema_extra=extra, **bounds)
 
 
+# The settings that are URLs, shown masked (their other secrets are SecretStr).
+_URL_FIELDS = frozenset({"redis_url", "mail_url"})
+
+
 class Settings(BaseSettings):
     """Every knob regctl has; the policy defaults are ``Policy``'s."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
     )
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # The URLs may hold passwords (redis://:pw@..., smtp://user:pw@...): a backend
+        # that logs its settings at start-up logs them masked, as the secrets are.
+        for name, value in super().__repr_args__():
+            yield name, (mask_url(value) if name in _URL_FIELDS and value else value)
 
     redis_url: str | None = _field(
         None,

@@ -427,3 +427,25 @@ def test_a_client_key_is_stored_under_a_keyed_name_only(redis_proc: RedisProcess
     name = CodeHasher(SECRET).pseudonym("203.0.113.77")
     assert name in dumped
     assert CodeHasher(SECRET + "-other").pseudonym("203.0.113.77") != name
+
+
+def test_the_settings_and_mail_config_show_their_url_passwords_masked():
+    """A backend logs its settings at start-up: the passwords in the Redis and SMTP
+    URLs are masked there, as the secret settings are."""
+    from regctl.mail import MailConfig
+    from regctl.settings import load_settings
+
+    loaded = load_settings(
+        {
+            "redis_url": "redis://:RedisPw0rd@cache.internal:6379/0",
+            "mail_url": "smtp://user:MailPassw0rd@mail.internal:587",
+            "code_secret": SECRET,
+        },
+        environ={},
+    ).settings
+    shown = [repr(loaded), str(loaded), repr(MailConfig.from_settings(loaded))]
+    for text in shown:
+        assert "Pw0rd" not in text
+        assert "Passw0rd" not in text
+    assert "redis://:***@cache.internal:6379/0" in shown[0]
+    assert "smtp://user:***@mail.internal:587" in shown[2]
