@@ -60,6 +60,7 @@ class Address(BaseModel):
 
 PENDING = {"status": "pending", "detail": "if the address can sign up, a code is on its way"}
 UNAVAILABLE = {"error": "unavailable", "detail": "the service cannot answer now; try again soon"}
+PUBLIC_HEALTH = ("status", "timestamp", "version", "redis", "pending_registrations")
 log = logging.getLogger("signup")
 
 
@@ -112,9 +113,11 @@ def create_app(
     async def about() -> dict[str, str]:
         return {"service": "sign-up"}  # needs no Redis: answers during an outage too
 
-    def client_of(request: Request) -> str:
-        # Behind a proxy, take the address it reports (uvicorn --proxy-headers).
-        return request.client.host if request.client else "unknown"
+    def client_of(request: Request) -> str | None:
+        # Behind a proxy, take the address it reports (uvicorn --proxy-headers). No
+        # address (a unix socket without proxy headers): no limit, rather than one
+        # window every user would share.
+        return request.client.host if request.client else None
 
     @app.post("/register", status_code=202)
     async def register(
@@ -160,7 +163,16 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         report = await manager.health(timeout=1.0)  # CRITICAL, not a hang, when Redis stalls
-        return JSONResponse(report.to_dict(), 200 if report.status != "critical" else 503)
+        full = report.to_dict()
+        if report.status != "ok":
+            log.warning("health %s: %s", report.status, full["checks"])
+        # The original /health fields, for anyone: the store's hosts, paths and errors
+        # are for the log.
+        shown = {key: full[key] for key in PUBLIC_HEALTH}
+        shown["redis"].pop("error", None)
+        if conceal:  # a count that grows for a new address and not for a pending one
+            shown["pending_registrations"]["total"] = None
+        return JSONResponse(shown, 200 if report.status != "critical" else 503)
 
     return app
 

@@ -324,8 +324,8 @@ class RegistrationManager:
             if password is not None
             else hmac.compare_digest(pending.password_hash, new.password_hash)
         )
-        if not same:
-            return Added(pending, "", send=False)
+        if not same:  # (answered with this sign-up's own data: the pending one's stay unsaid)
+            return Added(new.created(pending.observed_at, self.policy), "", send=False)
         try:
             resent = self._resend(new.email, new.identity, token, signup=new)
         except (CooldownActive, ResendLimitReached, RegistrationLocked):

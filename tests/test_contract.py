@@ -1065,10 +1065,12 @@ def test_a_concealed_add_by_the_owner_again_gets_a_new_code(
 
 
 @pytest.mark.parametrize("stranger_first", [True, False])
-def test_no_concealed_add_makes_a_code_confirm_a_strangers_password(
+def test_a_later_concealed_add_changes_nothing_a_code_confirms(
     make_manager: MakeManager, pw_hash: str, stranger_first: bool
 ):
-    """Whoever signs up first, no code that goes out confirms the other's password."""
+    """Whoever signs up first, a later sign-up with another password sends nothing and
+    changes nothing: the one code sent confirms the first one's password. Its answer
+    is its own sign-up's, as a new address's would be: the pending names stay unsaid."""
     manager = make_manager(Policy(resend_cooldown_ms=0))
     manager.conceal_pending = True
     sign_ups = [("Mallory", "mallory-password-1"), ("Alice", "alices-own-password")]
@@ -1077,7 +1079,10 @@ def test_no_concealed_add_makes_a_code_confirm_a_strangers_password(
     first = manager.add(EMAIL, first_name, "X", password=first_pw)
     then = manager.add(EMAIL, then_name, "X", password=then_pw)
     assert (then.send, then.code) == (False, "")  # another password: nothing goes out
-    kept = then.registration
+    assert then.registration.first_name == then_name
+    assert verify_password(then.registration.password_hash, then_pw)
+    kept = manager.get(EMAIL)
+    assert kept is not None
     assert (kept.first_name, kept.resend_count) == (first_name, 0)
     verified = manager.verify(EMAIL, first.code).registration  # the one code sent
     assert verified is not None
@@ -1091,7 +1096,8 @@ def test_a_concealed_add_within_the_cooldown_sends_nothing_and_changes_nothing(
     first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash)
     again = manager.add(EMAIL, "Mallory", "Evil", password="mallory-password-1")
     assert (again.send, again.code) == (False, "")
-    kept = again.registration  # no code goes out, so nothing of this sign-up is kept
+    kept = manager.get(EMAIL)  # no code goes out, so nothing of this sign-up is kept
+    assert kept is not None
     assert (kept.first_name, kept.password_hash) == ("Alice", pw_hash)
     assert kept.resend_count == 0
     assert manager.verify(EMAIL, first.code).ok  # the first code still works

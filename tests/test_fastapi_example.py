@@ -40,7 +40,13 @@ def settings_for(url: str, prefix: str, smtp: SmtpServer, **more: object) -> Any
 
 @contextlib.asynccontextmanager
 async def service(
-    url: str, prefix: str, smtp: SmtpServer, *, conceal: bool = True, **more: object
+    url: str,
+    prefix: str,
+    smtp: SmtpServer,
+    *,
+    conceal: bool = True,
+    address: tuple[str, int] | None = ("127.0.0.1", 123),
+    **more: object,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, list[PendingRegistration]]]:
     settings = settings_for(url, prefix, smtp, **more)
     accounts: list[PendingRegistration] = []
@@ -50,7 +56,7 @@ async def service(
 
     manager = AsyncRegistrationManager.from_settings(settings, conceal_pending=conceal)
     app = create_app(manager, Mailer.from_settings(settings), create_user)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, client=address)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://signup") as client:
         yield client, accounts
     await manager.aclose()
@@ -146,6 +152,31 @@ def test_of_50_concurrent_right_codes_one_account_is_made(redis_proc: RedisProce
     run(test, redis_proc.url, prefix, smtp)
 
 
+@pytest.mark.parametrize("conceal", [True, False])
+def test_health_tells_anyone_the_original_fields_and_no_count_that_reveals_a_sign_up(
+    redis_proc: RedisProcess, prefix, smtp, conceal: bool
+):
+    async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
+        await client.post("/register", json=SIGN_UP)
+        shown = (await client.get("/health")).json()
+        assert set(shown) == {"status", "timestamp", "version", "redis", "pending_registrations"}
+        total = shown["pending_registrations"]["total"]
+        assert total is None if conceal else total == 1
+
+    run(test, redis_proc.url, prefix, smtp, conceal=conceal)
+
+
+def test_requests_without_a_client_address_share_no_limit(redis_proc: RedisProcess, prefix, smtp):
+    """(A unix socket without proxy headers): no window every user would share."""
+
+    async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
+        for n in range(3):
+            sign_up = {**SIGN_UP, "email": f"user{n}@example.com"}
+            assert (await client.post("/register", json=sign_up)).status_code == 202
+
+    run(test, redis_proc.url, prefix, smtp, address=None, signups_per_client=1)
+
+
 def test_a_stalled_redis_is_a_503_and_other_endpoints_still_answer(tmp_path: Path, smtp):
     proc = RedisProcess(tmp_path / "api").start()
 
@@ -160,6 +191,7 @@ def test_a_stalled_redis_is_a_503_and_other_endpoints_still_answer(tmp_path: Pat
         health = await client.get("/health")
         assert health.status_code == 503
         assert health.json()["redis"]["ping"] is False
+        assert "sock" not in health.text  # where Redis runs is for the log only
         refused = await sign_up
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "5"
