@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regctl.errors import InvalidInput
-from regctl.validation import CODE_LENGTHS
+from regctl.validation import CODE_LENGTHS, as_text, count_in, normalize_domain
 
 SCHEMA_VERSION = 1
 # A record's times (ms) and counters: whole numbers below 2^53 (exact in Lua and JSON).
@@ -213,6 +213,18 @@ class Filter:
     newer_than_ms: int | None = None
     locked: bool | None = None
     code_expired: bool | None = None
+
+    def __post_init__(self) -> None:
+        # Checked when made (a library caller may hand over anything), and the domain
+        # compared as records' are, whatever its case: as the CLI's --domain.
+        if self.domain is not None:
+            object.__setattr__(self, "domain", normalize_domain(as_text(self.domain, "a domain")))
+        for name in ("older_than_ms", "newer_than_ms"):
+            if getattr(self, name) is not None:
+                count_in(getattr(self, name), name, 0, 2**63)
+        for name in ("locked", "code_expired"):
+            if not isinstance(getattr(self, name), bool | None):
+                raise InvalidInput(f"{name} is True, False or None")
 
     @property
     def is_empty(self) -> bool:

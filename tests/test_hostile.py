@@ -25,6 +25,7 @@ from regctl import (
     RedisStore,
     RegistrationManager,
     SortKey,
+    Thresholds,
 )
 from regctl.cli.render import csv_cell
 from regctl.codec import FIELDS, ROW
@@ -935,6 +936,8 @@ def test_a_wrong_type_is_named_in_the_words_of_redis_6_and_7():
 
 
 _EMAIL = "typed@example.com"
+_Filter: Any = Filter  # (typed Any too, as a caller without a type checker has them)
+_Thresholds: Any = Thresholds
 # A library call with a wrong kind of value, given (manager, password hash); the manager
 # typed Any, as a caller without a type checker has it.
 _WRONG_KINDS: dict[str, Callable[[Any, str], object]] = {
@@ -957,6 +960,11 @@ _WRONG_KINDS: dict[str, Callable[[Any, str], object]] = {
     "a purge batch of none": lambda m, h: m.purge(batch=0),
     "a bulk resend limit as text": lambda m, h: m.resend_many(Filter(), limit="3"),
     "a bulk resend rate of none": lambda m, h: m.resend_many(Filter(), per_second=0),
+    "an age in a selection as text": lambda m, h: list(m.list(_Filter(older_than_ms="5"))),
+    "a lock state as a number": lambda m, h: m.purge(_Filter(locked=1)),
+    "a domain as bytes": lambda m, h: list(m.list(_Filter(domain=b"example.com"))),
+    "thresholds as a dict": lambda m, h: m.health(thresholds={}),
+    "a threshold as text": lambda m, h: m.health(thresholds=_Thresholds(latency_warn_ms="5")),
 }
 
 
@@ -970,6 +978,15 @@ def test_a_library_call_with_a_wrong_kind_of_value_is_invalid_input(
     with pytest.raises(InvalidInput):
         _WRONG_KINDS[case](manager, pw_hash)
     assert manager.store.counts().total == 0
+
+
+def test_a_selections_domain_matches_in_any_case(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    manager.add("Ann@Example.com", "A", "N", password_hash=pw_hash)
+    for domain in ("Example.COM", "@example.com", " example.com "):
+        assert [r.email for r in manager.list(Filter(domain=domain))] == ["Ann@example.com"]
 
 
 def test_list_takes_its_sort_by_name_too(redis_proc: RedisProcess, prefix: str, pw_hash: str):

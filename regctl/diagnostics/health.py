@@ -48,7 +48,12 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if not math.isfinite(value) or value < 0:
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 what = name.replace("_ms", "").replace("_", " ")
                 raise InvalidInput(f"the {what} threshold must be a number, 0 or more")
         if self.latency_warn_ms > self.latency_crit_ms:
@@ -201,6 +206,8 @@ class HealthProbe:
                 f"the health timeout must be a number of seconds, above 0 and at most "
                 f"{MAX_HEALTH_TIMEOUT}"
             )
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise InvalidInput(f"thresholds are a Thresholds, not {type(thresholds).__name__}")
         with self._lock:  # one check under way per set of thresholds
             running = self._running.get(thresholds)
             if running is None or running.done():
