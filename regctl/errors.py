@@ -202,9 +202,12 @@ class PoolExhausted(StoreUnavailable):
 
 
 class StoreTimeout(StoreUnavailable):
-    """No answer within the deadline (for a write: its outcome is unknown)."""
+    """No answer within the deadline (for a write: its outcome is unknown). ``token``
+    is the write's idempotency token (the one regctl made when the caller gave none):
+    the same call retried with ``token=`` it is answered as the first was."""
 
     reason = "timeout"
+    token: str | None = None
 
 
 class StoreFull(StoreUnavailable):

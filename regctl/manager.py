@@ -285,7 +285,7 @@ class RegistrationManager:
         new, code = self._prepare(form, token=token)
         for _ in range(CONCEAL_TRIES):
             try:
-                with _Call(self, "add", new.email):
+                with _Call(self, "add", new.email, token=token):
                     added = Added(self.store.add(new, self.policy, token), code)
                     self._check_replayed_password(added.registration, new, password)
                 if self.conceal_pending and password is not None:  # the same time as a pending one
@@ -521,7 +521,7 @@ class RegistrationManager:
         codes = self._codes_of_store(writing=True)
         code = codes.code_for("resend", identity, token, self.policy.code_length)
         code_hash = codes.digest(identity, code)
-        with _Call(self, "resend", email):
+        with _Call(self, "resend", email, token=token):
             record = self.store.resend(identity, code_hash, self.policy, token, signup)
         return Resent(record, code)
 
@@ -670,9 +670,10 @@ class RegistrationManager:
         validate_code(code, self.policy.code_length)
         codes = self._codes_of_store(writing=False)
         candidate = codes.digest(identity, code)
+        token = _call_token(token)
         try:
-            with _Call(self, "verify", email) as call:
-                result = self.store.verify(identity, candidate, self.policy, _call_token(token))
+            with _Call(self, "verify", email, token=token) as call:
+                result = self.store.verify(identity, candidate, self.policy, token)
                 call.outcome = result.outcome.value
                 return result
         except SecretMismatch as exc:
@@ -691,8 +692,9 @@ class RegistrationManager:
     def delete(self, email: str, *, token: str | None = None) -> bool:
         """Remove a registration; True if this call (or an earlier try of it) did."""
         identity = normalize_email(email).casefold()
-        with _Call(self, "delete", email) as call:
-            done = self.store.delete(identity, self.policy, _call_token(token))
+        token = _call_token(token)
+        with _Call(self, "delete", email, token=token) as call:
+            done = self.store.delete(identity, self.policy, token)
             call.outcome = "ok" if done else "not_found"
             return done
 
@@ -854,12 +856,19 @@ class _Call:
     cannot be written never fails the call it describes. A class, not a generator:
     it is on every call's path."""
 
-    __slots__ = ("command", "email", "manager", "outcome", "writes")
+    __slots__ = ("command", "email", "manager", "outcome", "token", "writes")
 
     def __init__(
-        self, manager: RegistrationManager, command: str, email: str, *, writes: bool = True
+        self,
+        manager: RegistrationManager,
+        command: str,
+        email: str,
+        *,
+        writes: bool = True,
+        token: str | None = None,
     ) -> None:
         self.manager, self.command, self.email, self.writes = manager, command, email, writes
+        self.token = token
         self.outcome = "ok"
 
     def __enter__(self) -> _Call:
@@ -883,11 +892,13 @@ class _Call:
             # (a connection refused may follow one lost after sending: unknown too)
             and "nothing of this call" not in exc.message
         ):
-            raise StoreTimeout(
+            unknown = StoreTimeout(
                 f"{exc.message}; the {self.command} of {self.email} may or may not have happened",
-                f"check with `regctl inspect {self.email}`; a library call retried with the "
-                "same token= is answered as the first was",
-            ) from None
+                f"check with `regctl inspect {self.email}`; a library call retried with "
+                "token= this error's token is answered as the first was",
+            )
+            unknown.token = self.token
+            raise unknown from None
 
 
 # What each limited action is called in a refusal.

@@ -458,6 +458,13 @@ def test_a_stopped_server_is_given_up_on_after_one_deadline(tmp_path: Path, pw_h
         # (the store's own timeout and the probe's budget are both 2 s: either says it)
         said = ("connection\tcritical\tRedis timed out", "Redis gave no answer within 2 s")
         assert any(text in health.stdout for text in said), health.stdout
+        # The add the caller gave no token: the error hands over the one it made, and a
+        # retry with it is answered as the first try was (it ran once resumed).
+        token = caught.value.token
+        assert token
+        os.kill(proc.pid, signal.SIGCONT)
+        retried = fresh.add("stop@example.com", "S", "T", password_hash=pw_hash, token=token)
+        assert fresh.verify("stop@example.com", retried.code).ok
     finally:
         os.kill(proc.pid, signal.SIGCONT)
         opened.close()
