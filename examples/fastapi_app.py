@@ -16,6 +16,7 @@ either (a failed delivery is logged; the user asks for a resend).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -177,6 +178,7 @@ def create_app(
     return app
 
 
+@functools.cache  # one app (and one manager, one pool) however often it is asked for
 def _from_settings() -> FastAPI:  # what uvicorn loads
     accounts: dict[str, PendingRegistration] = {}
 

@@ -235,3 +235,23 @@ def test_a_failed_mail_is_logged_not_answered_and_a_resend_delivers(
         assert (await client.post("/verify", json=confirm)).status_code == 200
 
     run(test, redis_proc.url, prefix, smtp, resend_cooldown=0)
+
+
+def test_uvicorn_is_given_one_app_however_often_it_asks(
+    monkeypatch: pytest.MonkeyPatch, redis_proc: RedisProcess, prefix: str
+):
+    """`uvicorn examples.fastapi_app:app`: built on first use, once (one manager, one
+    connection pool), not anew at each lookup."""
+    import examples.fastapi_app as example
+
+    for name, value in {
+        "REGCTL_REDIS_URL": redis_proc.url,
+        "REGCTL_PREFIX": prefix,
+        "REGCTL_CODE_SECRET": SECRET,
+        "REGCTL_MAIL_URL": "none",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        assert example.app is example.app
+    finally:
+        example._from_settings.cache_clear()
