@@ -41,16 +41,24 @@ ARGON2_MAX_TIME_COST = 10
 ARGON2_MAX_PARALLELISM = 16
 
 
-def check_trusted(path: Path, what: str, *, private: bool = False) -> None:
+def check_trusted(
+    path: Path, what: str, *, private: bool = False, group_of_root: bool = False
+) -> None:
     """Refuse a file or folder another user could have written (or, ``private``, read):
-    regctl runs, or trusts, what it holds. Root-owned is trusted too."""
+    regctl runs, or trusts, what it holds. Root-owned is trusted too; with
+    ``group_of_root``, a root-owned private file may be read by its group (a secret an
+    orchestrator mounts for a service's group, 0440 root:group: PostgreSQL's rule for
+    its key file)."""
     info = path.stat()
     if info.st_uid not in (os.geteuid(), 0):
         raise ConfigError(
             f"{what} {path} belongs to another user", "use one of your own, or chown it"
         )
-    if info.st_mode & (0o077 if private else 0o022):
+    shared = group_of_root and info.st_uid == 0
+    if info.st_mode & ((0o037 if shared else 0o077) if private else 0o022):
         fix = ("700" if path.is_dir() else "600") if private else "go-w"
+        if group_of_root:
+            fix = "600 (or, owned by root, 640)"
         others = "readable or writable" if private else "writable"
         raise ConfigError(f"{what} {path} is {others} by others", f"chmod {fix} {path}")
 

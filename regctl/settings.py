@@ -353,7 +353,7 @@ def _secret(value: SecretStr | None, path: Path | None, what: str) -> str | None
         return None
     path = path.expanduser()
     try:
-        check_trusted(path, f"the {what} file", private=True)
+        check_trusted(path, f"the {what} file", private=True, group_of_root=True)
         return path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None

@@ -469,7 +469,19 @@ def test_a_secret_file_others_can_read_is_refused(cli: Cli, tmp_path: Path):
         REGCTL_CODE_SECRET_FILE=str(tmp_path / "secret"),
     )
     assert ran.exit_code == 78
-    assert "readable or writable by others — chmod 600" in ran.stderr
+    assert "readable or writable by others — chmod 600 (or, owned by root, 640)" in ran.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root-owned file")
+@pytest.mark.parametrize(("mode", "taken"), [(0o640, True), (0o440, True), (0o660, False)])
+def test_a_root_owned_secret_file_its_group_may_read_is_taken(
+    cli: Cli, tmp_path: Path, mode: int, taken: bool
+):
+    """As an orchestrator mounts a service's secret (0440 root:group)."""
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    (tmp_path / "secret").chmod(mode)
+    ran = cli("list", REGCTL_CODE_SECRET="", REGCTL_CODE_SECRET_FILE=str(tmp_path / "secret"))
+    assert (ran.exit_code == 0) is taken, ran.stderr
 
 
 def test_an_import_created_in_the_future_is_refused(redis_proc, prefix):
