@@ -203,7 +203,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
         d = digest(f"r{i}@bench.example")
         evalsha(
             "add",
-            (*ks.keys_for(d), ks.call_marker("add", d, f"t{i}"), *funnel(d)),
+            (*ks.keys_for(d), ks.gone(d), *funnel(d)),
             d,
             f"r{i}@bench.example",
             "B",
@@ -217,7 +217,6 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
             3_600_000,
             keep,
             day,
-            policy.replay_window_ms,
         )
 
     out["add"] = row("add (hash excluded)", paired(add, raw_add, n))
@@ -249,7 +248,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
             d, (record, index) = raw_keys(i)
             marker = ks.call_marker("verify", d, f"v{i}")
             # the right code's HMAC (raw_add stored "0" * 64): the consuming path
-            keys = (record, index, marker, *funnel(d))
+            keys = (record, index, marker, ks.gone(d), *funnel(d))
             evalsha("verify", keys, d, "0" * 64, 5, 300_000, keep, day)
 
     out["verify"] = row("verify (consumes)", paired(verify, raw_verify, n))
@@ -378,7 +377,7 @@ def async_operations(sock: Path, n: int, pw_hash: str) -> None:
         async def raw_verify(i: int) -> None:
             d = digest(f"r{i}@aio.example")
             marker = ks.call_marker("verify", d, f"v{i}")
-            keys = (*ks.keys_for(d), marker, *ks.funnel_around(ks.bucket_of(d), day))
+            keys = (*ks.keys_for(d), marker, ks.gone(d), *ks.funnel_around(ks.bucket_of(d), day))
             await raw.evalsha(sha["verify"], len(keys), *keys, d, "0" * 64, 5, 300_000, keep, day)
 
         samples = {

@@ -6,8 +6,11 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
                                 fingerprint (no TTL, by design)
     p:{bNN}:reg:d       hash    one pending registration (TTL = its lifetime)
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
-    p:{bNN}:once:h      string  the answer of one add, verify or delete call, for its replays;
+    p:{bNN}:once:h      string  the answer of one verify or delete call, for its replays;
                                 h digests (operation, identity, token); short TTL
+    p:{bNN}:gone:d      hash    what made a registration verify or delete consumed (its
+                                add's token, creation time, names' digest): that
+                                add's replays, answered; short TTL
     p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
                                 the epoch); scripts declare D-1, D, D+1 by the
                                 client's clock and the server's clock picks one
@@ -96,6 +99,11 @@ class Keyspace:
 
     def index(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:idx"
+
+    def gone(self, digest_hex: str) -> str:
+        """Where verify or delete leaves what made the registration they consumed, so
+        a replay of its add is answered, not stored again (same slot as the record)."""
+        return f"{self.tag(self.bucket_of(digest_hex))}:gone:{digest_hex}"
 
     def record_base(self, bucket: int) -> str:
         """Record keys of a bucket are this plus the digest (scripts append it)."""
@@ -195,6 +203,7 @@ KINDS = {
     "record": "hash",
     "index": "zset",
     "marker": "string",
+    "gone": "hash",
     "funnel": "hash",
     "limit": "zset",
 }
@@ -203,7 +212,7 @@ _KIND_RE = re.compile(
     r"(?::selftest:[0-9a-f]{8})?:(?:(?P<meta>meta)|(?P<audit>audit)|(?P<lock>lock:[^:]+)"
     r"|(?P<limit>limit:\{[0-9a-f]{32}\}:(?:signup|code))"
     r"|\{b(?P<bucket>[0-9]{2,4})\}:(?:(?P<record>reg:[0-9a-f]{32})|(?P<index>idx)"
-    r"|(?P<marker>once:[0-9a-f]{32})|(?P<funnel>funnel:[0-9]+)))$"
+    r"|(?P<marker>once:[0-9a-f]{32})|(?P<gone>gone:[0-9a-f]{32})|(?P<funnel>funnel:[0-9]+)))$"
 )
 
 

@@ -17,6 +17,7 @@ from regctl import (
     Filter,
     InvalidInput,
     LockHeld,
+    MemoryStore,
     NotFound,
     Policy,
     RateLimited,
@@ -896,6 +897,21 @@ def test_an_add_replayed_after_its_record_is_gone_creates_nothing(
     again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-gone")
     assert again.code == first.code
     assert again.registration.created_at == first.registration.created_at
+    assert manager.get(EMAIL) is None
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_an_add_replayed_long_after_it_but_soon_after_its_verify_creates_nothing(pw_hash: str):
+    """The replay window runs from the verify that consumed the record, not from the
+    add: a user who verifies after it, then a late retry of the add (a job queue's)."""
+    now = [1_800_000_000_000]
+    manager = RegistrationManager(MemoryStore(clock=lambda: now[0]), secret=SECRET)
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="late")
+    now[0] += 2 * manager.policy.replay_window_ms
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.VERIFIED
+    now[0] += manager.policy.replay_window_ms // 2
+    again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="late")
+    assert again.code == first.code
     assert manager.get(EMAIL) is None
     assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
 

@@ -814,6 +814,23 @@ def _damaged_store(redis_proc: RedisProcess, prefix: str, policy: Policy | None 
     return manager, store, redis_proc.client()
 
 
+def test_a_gone_key_of_another_type_fails_no_add_verify_or_delete(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """Where verify and delete leave what made a record (for its add's replays),
+    something else wrote another type: every step still runs whole."""
+    manager, store, raw = _damaged_store(redis_proc, prefix)
+    for email in ("g1@example.com", "g2@example.com"):
+        raw.set(store.keyspace.gone(digest(email)), "not a hash")
+    added = manager.add("g1@example.com", "G", "O", password_hash=pw_hash)
+    assert manager.verify("g1@example.com", added.code).ok
+    manager.add("g2@example.com", "G", "O", password_hash=pw_hash)
+    assert manager.delete("g2@example.com")
+    assert manager.get("g1@example.com") is None
+    assert manager.get("g2@example.com") is None
+    manager.close()
+
+
 def _today(raw, ks: Keyspace, email: str) -> str:
     """The funnel counter of ``email``'s bucket for the server's day."""
     return ks.funnel(ks.bucket_of(digest(email)), int(raw.time()[0]) // 86_400)

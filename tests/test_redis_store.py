@@ -54,6 +54,7 @@ def test_every_key_of_a_registration_lives_in_one_cluster_slot():
             key_slot(record.encode()),
             key_slot(index.encode()),
             key_slot(ks.call_marker("verify", d, "t").encode()),
+            key_slot(ks.gone(d).encode()),
         }
         assert len(slots) == 1
 
@@ -535,4 +536,19 @@ def test_a_call_made_as_the_client_day_turns_counts_on_the_server_day(
     manager.add("midnight@example.com", "M", "N", password_hash=pw_hash)
     monkeypatch.undo()
     assert manager.funnel(1)[0].created == 1
+    manager.close()
+
+
+def test_what_made_a_consumed_record_is_kept_for_the_replay_window_from_then_only(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """A pending registration costs no key but its record and index entry; the one a
+    verify consumes leaves what made it for the replay window, from the verify on."""
+    store = RedisStore(redis_proc.client(), prefix=prefix)
+    manager = RegistrationManager(store, secret=SECRET)
+    added = manager.add("kept@example.com", "K", "P", password_hash=pw_hash, token="k")
+    gone = store.keyspace.gone(digest("kept@example.com"))
+    assert not redis_proc.client().exists(gone)
+    assert manager.verify("kept@example.com", added.code).ok
+    assert 0 < redis_proc.client().pttl(gone) <= manager.policy.replay_window_ms
     manager.close()

@@ -61,6 +61,24 @@ local function extend_index(index, expires, grace_ms, now)
   end
 end
 
+-- Which add made a record: its address as written and names (with its token). What
+-- verify and delete leave in the `gone` key, and what a replay of that add must match.
+local function made_by(email, first_name, last_name)
+  return redis.sha1hex(email .. '\0' .. first_name .. '\0' .. last_name)
+end
+
+-- A consumed record's add, kept for the replay window in `gone` (declared by the
+-- caller), so a replay of that add is answered and stores nothing (add.lua).
+-- (A `gone` key something else made another type is left as it is, never failing the
+-- step half-way: that one add's late replay is then a new call.)
+local function leave_gone(gone_key, record_key, row, replay_ms)
+  local token = redis.call('HGET', record_key, F.add_token)
+  if not token then return end
+  redis.pcall('HSET', gone_key, 'token', token, 'created', row[AT.created_at],
+    'call', made_by(row[AT.email], row[AT.first_name], row[AT.last_name]))
+  redis.pcall('PEXPIRE', gone_key, replay_ms)
+end
+
 -- Refuse, before the first write, when the user may not run every write command this
 -- script can reach (Redis 7's ACL check; older servers have no ACL of this kind to
 -- check): a denial half-way would leave a record without its TTL or index entry.

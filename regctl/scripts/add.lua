@@ -1,8 +1,7 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
--- The call's marker (named by identity and token) remembers for the replay window
--- that this call created it, so a replay after the record is gone (verified, deleted)
--- gets the first answer and creates nothing: its code was the first one's.
--- KEYS: record, index, marker, funnel x3
+-- A replay after the record is gone (verify or delete left what made it, for the
+-- replay window after) gets the first answer and creates nothing: its code was used.
+-- KEYS: record, index, gone, funnel x3
 -- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order,
 -- or, the record gone, `now` its creation time; else the record is what the caller
 -- sent, as of now) or "exists".
@@ -11,19 +10,17 @@ local password_hash, code_hash = ARGV[5], ARGV[6]
 local lifetime_ms, code_lifetime_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 local schema, token, index_grace_ms = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local funnel_keep_ms, client_day = tonumber(ARGV[12]), tonumber(ARGV[13])
-local replay_ms = tonumber(ARGV[14])
-local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
+local record, index, gone = KEYS[1], KEYS[2], KEYS[3]
 allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index, '1', 'm'},
-  {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}, {'set', marker, 'v'}})
+  {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
 local now = server_now()
--- What the marker holds besides the time: the call's address as written and names.
-local call = redis.sha1hex(email .. '\0' .. first_name .. '\0' .. last_name)
 local pending = redis.call('EXISTS', record) == 1
 if not pending then
-  local made = redis.call('GET', marker)
-  local at = made and string.find(made, ':', 1, true)
-  if at and string.sub(made, at + 1) == call then
-    return {'created', tonumber(string.sub(made, 1, at - 1))}
+  -- (read as any key might be: something else may have made it another type)
+  local made = redis.pcall('HMGET', gone, 'token', 'created', 'call')
+  local at = not made.err and whole(made[2])
+  if at and made[1] == token and made[3] == made_by(email, first_name, last_name) then
+    return {'created', at}
   end
 end
 if pending then
@@ -48,7 +45,6 @@ redis.call('HSET', record,
   F.expires_at, expires, F.code_expires_at, now + code_lifetime_ms, F.last_sent_at, now,
   F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, token)
 redis.call('PEXPIREAT', record, expires)
-redis.call('SET', marker, now .. ':' .. call, 'PX', replay_ms)
 funnel('created', 1, funnel_keep_ms, client_day, now)
 funnel('sent', 1, funnel_keep_ms, client_day, now)
 return {'created', now}

@@ -3,15 +3,16 @@
 -- kept under the call's marker (named by identity and token), so a replay of the
 -- same call with the same code gets the same answer and counts no second attempt;
 -- the same token with another code is a new call.
--- KEYS: record, index, marker, funnel x3
+-- KEYS: record, index, marker, gone, funnel x3
 -- Returns {status, now, attempts_left, consumed}: the consumed record in codec.ROW order
 -- (VERIFIED; a replay: as JSON field/value pairs), else ''; status "damaged": a record
 -- regctl cannot read, left as it was
 local digest, candidate, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local replay_ms, keep_ms, client_day = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local record, index, marker = KEYS[1], KEYS[2], KEYS[3]
+local record, index, marker, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 allowed({{'hincrby', record, 'f', '1'}, {'hset', record, 'f', 'v'}, {'del', record},
-  {'zrem', index, 'm'}, {'set', marker, 'v'}, {'pexpireat', record, '1'}})
+  {'zrem', index, 'm'}, {'set', marker, 'v'}, {'pexpireat', record, '1'},
+  {'hset', gone, 'f', 'v'}, {'pexpire', gone, '1'}})
 local now = server_now()
 
 local first = redis.call('GET', marker)
@@ -77,6 +78,7 @@ end
 local consumed = row
 consumed[AT.attempts] = tostring(attempts)
 consumed[AT.code_hash] = false
+leave_gone(gone, record, row, replay_ms)
 redis.call('DEL', record)
 redis.pcall('ZREM', index, digest)  -- (an index something else replaced has no entry)
 funnel('verified', 1, keep_ms, client_day, now)

@@ -129,11 +129,11 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             entry = self._live(new.identity, now)
-            call = ("add", new.identity, token)
-            made = f"{new.email}\0{new.first_name}\0{new.last_name}"  # (see add.lua)
-            first = self._replay(call, now) if entry is None else None
-            if first is not None and first[0].partition(":")[2] == made:
-                return new.created(int(first[0].partition(":")[0]), policy)
+            gone = self._replay(("gone", new.identity, ""), now) if entry is None else None
+            if gone is not None:  # (see add.lua: a replay of the add of a consumed record)
+                made_by, _, created = gone[0].rpartition("\0")
+                if made_by == _made_by(token, new.email, new.first_name, new.last_name):
+                    return new.created(int(created), policy)
             if entry is not None:
                 was = entry.record
                 if (entry.add_token, was.email, was.first_name, was.last_name) == (
@@ -151,7 +151,6 @@ class MemoryStore:
             )
             self._count("created", 1, now, policy)
             self._count("sent", 1, now, policy)
-            self._remember(call, now, policy, f"{now}:{made}")
             return record
 
     def add_many(
@@ -327,12 +326,19 @@ class MemoryStore:
                 result = VerifyResult(VerifyOutcome.INVALID_CODE, policy.max_attempts - attempts)
             else:
                 consumed = replace(rec, attempts=attempts, observed_at=now)
+                self._leave_gone(entry, now, policy)
                 del self._entries[identity]
                 self._count("verified", 1, now, policy)
                 left = policy.max_attempts - attempts
                 result = VerifyResult(VerifyOutcome.VERIFIED, left, consumed)
             self._remember(("verify", identity, token), now, policy, candidate_hash, result)
             return result
+
+    def _leave_gone(self, entry: _Entry, now: int, policy: Policy) -> None:
+        """What made a consumed record, for its add's replays (verify.lua's leave_gone)."""
+        was = entry.record
+        made = _made_by(entry.add_token, was.email, was.first_name, was.last_name)
+        self._remember(("gone", was.identity, ""), now, policy, f"{made}\0{was.created_at}")
 
     def _replay(
         self, call: tuple[str, str, str], now: int
@@ -370,7 +376,10 @@ class MemoryStore:
             first = self._replay(("delete", identity, token), now)
             if first is not None:
                 return first[0] == "1"
-            live = self._live(identity, now) is not None
+            entry = self._live(identity, now)
+            live = entry is not None
+            if entry is not None:
+                self._leave_gone(entry, now, policy)
             self._entries.pop(identity, None)
             self._remember(("delete", identity, token), now, policy, "1" if live else "0")
             return live
@@ -492,3 +501,7 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; here for the Store protocol."""
+
+
+def _made_by(token: str, email: str, first_name: str, last_name: str) -> str:
+    return "\0".join((token, email, first_name, last_name))

@@ -326,9 +326,8 @@ class RedisStore:
             INDEX_GRACE_MS,
             policy.funnel_keep_ms,
             day,
-            policy.replay_window_ms,
         )
-        return (*ks.keys_for(d), ks.call_marker("add", d, token), *funnel), args
+        return (*ks.keys_for(d), ks.gone(d), *funnel), args
 
     def add(self, new: NewRegistration, policy: Policy, token: str) -> PendingRegistration:
         reply, acked = self.scripts.write("add", *self._add_call(new, policy, token))
@@ -444,7 +443,7 @@ class RedisStore:
         funnel, day = ks.funnels_today(ks.bucket_of(d))
         (status, now, left, payload), acked = self.scripts.write(
             "verify",
-            (record, index, ks.call_marker("verify", d, token), *funnel),
+            (record, index, ks.call_marker("verify", d, token), ks.gone(d), *funnel),
             (
                 d,
                 candidate_hash,
@@ -472,7 +471,7 @@ class RedisStore:
     def delete(self, identity: str, policy: Policy, token: str) -> bool:
         d = digest(identity)
         ks = self.keyspace
-        keys = (*ks.keys_for(d), ks.call_marker("delete", d, token))
+        keys = (*ks.keys_for(d), ks.call_marker("delete", d, token), ks.gone(d))
         return bool(self.scripts.run("delete", keys, (d, policy.replay_window_ms)))
 
     def counts(self) -> Counts:
