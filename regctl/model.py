@@ -220,8 +220,11 @@ class Filter:
         if self.domain is not None:
             object.__setattr__(self, "domain", normalize_domain(as_text(self.domain, "a domain")))
         for name in ("older_than_ms", "newer_than_ms"):
-            if getattr(self, name) is not None:
-                count_in(getattr(self, name), name, 0, 2**63)
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():  # (timedelta arithmetic)
+                object.__setattr__(self, name, value := int(value))
+            if value is not None:
+                count_in(value, name, 0, 2**63)
         for name in ("locked", "code_expired"):
             if not isinstance(getattr(self, name), bool | None):
                 raise InvalidInput(f"{name} is True, False or None")

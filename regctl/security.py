@@ -185,6 +185,8 @@ def check_password_hash(phc: str) -> str:
     m, t, p = int(parts["m"]), int(parts["t"]), int(parts["p"])
     if m < ARGON2_MEMORY_KIB or t < ARGON2_TIME_COST:
         raise InvalidInput("password hash parameters are below OWASP's minimum (m=19456, t=2)")
+    if p < 1:
+        raise InvalidInput("password hash parameters need at least one lane (p=1)")
     if m > ARGON2_MAX_MEMORY_KIB or t > ARGON2_MAX_TIME_COST or p > ARGON2_MAX_PARALLELISM:
         raise InvalidInput(
             "password hash parameters are beyond what regctl verifies "

@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     """Every knob regctl has; the policy defaults are ``Policy``'s."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,  # (a URL's password: the messages say what is wrong)
     )
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:

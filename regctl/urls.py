@@ -64,8 +64,9 @@ def parse_multi(url: str) -> Endpoint:
     )
 
 
-# Query parameters that carry secrets (redis-py reads ?password=...).
-_SECRET_PARAMS = {"password", "pass", "pwd", "secret", "token", "auth"}
+# What names a query parameter that carries a secret (redis-py reads ?password=...,
+# ?ssl_password=...): any name holding one of these.
+_SECRET_PARAMS = ("pass", "pwd", "secret", "token", "auth")
 
 
 def mask_url(url: str) -> str:
@@ -88,7 +89,7 @@ def mask_url(url: str) -> str:
     if question:
         pairs = (pair.partition("=") for pair in query.split("&"))
         query = "&".join(
-            f"{key}={'***' if unquote(key).casefold() in _SECRET_PARAMS else value}" if eq else key
+            f"{key}={'***' if _secret_param(key) else value}" if eq else key
             for key, eq, value in pairs
         )
     return f"{scheme}://{base}{question}{query}"
@@ -117,3 +118,8 @@ def check_url(url: str) -> None:
     database = url.partition("://")[2].partition("?")[0].partition("/")[2]
     if scheme != "unix" and database.strip("/") and not database.strip("/").isdigit():
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: the database must be a number")
+
+
+def _secret_param(key: str) -> bool:
+    name = unquote(key).casefold()
+    return any(word in name for word in _SECRET_PARAMS)

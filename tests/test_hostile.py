@@ -510,6 +510,7 @@ def test_an_import_created_in_the_future_is_refused(redis_proc, prefix):
         "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
         "$argon2id$v=19$m=19456,t=9999,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
         "$argon2id$v=19$m=19456,t=2,p=999$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        "$argon2id$v=19$m=19456,t=2,p=0$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g",
     ],
 )
 def test_a_password_hash_that_could_never_verify_is_refused(phc: str):
@@ -778,7 +779,7 @@ def _argon2_verdict(phc: str) -> bool:
         params.type is Type.ID
         and 19456 <= params.memory_cost <= 2 * 1024 * 1024
         and 2 <= params.time_cost <= 10
-        and params.parallelism <= 16
+        and 1 <= params.parallelism <= 16
     )
 
 
@@ -1016,6 +1017,15 @@ def test_a_selections_domain_matches_in_any_case(
     manager.add("Ann@Example.com", "A", "N", password_hash=pw_hash)
     for domain in ("Example.COM", "@example.com", " example.com "):
         assert [r.email for r in manager.list(Filter(domain=domain))] == ["Ann@example.com"]
+
+
+def test_a_selections_ages_may_be_whole_numbers_written_as_floats():
+    """(As timedelta arithmetic gives them.)"""
+    assert _Filter(older_than_ms=1.5e6, newer_than_ms=3600e3) == Filter(
+        older_than_ms=1_500_000, newer_than_ms=3_600_000
+    )
+    with pytest.raises(InvalidInput):
+        _Filter(older_than_ms=1.5)
 
 
 def test_list_takes_its_sort_by_name_too(redis_proc: RedisProcess, prefix: str, pw_hash: str):

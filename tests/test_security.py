@@ -449,3 +449,18 @@ def test_the_settings_and_mail_config_show_their_url_passwords_masked():
         assert "Passw0rd" not in text
     assert "redis://:***@cache.internal:6379/0" in shown[0]
     assert "smtp://user:***@mail.internal:587" in shown[2]
+
+
+def test_a_settings_error_shows_no_url_password_and_query_secrets_are_masked():
+    """Built directly (a backend's own code), a bad URL's error keeps its password out,
+    as load_settings' does; a secret in any query parameter named like one is masked."""
+    import pydantic
+
+    from regctl.settings import Settings
+    from regctl.urls import mask_url
+
+    with pytest.raises(pydantic.ValidationError) as refused:
+        Settings(redis_url="redis://:Pw0rdInUrl@cache.internal:notaport")
+    assert "Pw0rdInUrl" not in str(refused.value)
+    masked = mask_url("rediss://h:6380/0?ssl_password=KeyPass1&db=2&Auth_Token=T0k")
+    assert masked == "rediss://h:6380/0?ssl_password=***&db=2&Auth_Token=***"

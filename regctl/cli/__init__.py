@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from regctl.errors import ExitStatus, local_io
@@ -17,6 +18,9 @@ def main() -> None:
         sys.stderr.write("Interrupted\n")
         sys.exit(ExitStatus.INTERRUPTED)
     except OSError as exc:  # help or an error line to a full disk (a command's own: its status)
-        if local_io(exc) is None:
+        failed = local_io(exc)
+        if failed is None:
             raise
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"Error: {failed.line()}\n")
         sys.exit(ExitStatus.LOCAL_IO)

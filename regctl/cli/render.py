@@ -144,8 +144,8 @@ def skipped_damaged(report: BulkResendReport) -> str | None:
     if not n:
         return None
     return (
-        f"skipped {plural(n, 'record')} regctl cannot read (written by something else; "
-        "no selection can match one) — `regctl list` names them"
+        f"skipped {plural(n, 'record')} regctl cannot read (written by something else, "
+        "so no selection could be checked on them) — `regctl list` names them"
     )
 
 
