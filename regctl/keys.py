@@ -8,9 +8,9 @@ Layout (``p`` is the configured prefix, ``NN`` a bucket number, ``d`` a digest):
     p:{bNN}:idx         zset    digest -> expires_at ms, the bucket's index
     p:{bNN}:once:h      string  the answer of one verify or delete call, for its replays;
                                 h digests (operation, identity, token); short TTL
-    p:{bNN}:gone:d      hash    what made a registration verify or delete consumed (its
-                                add's token, creation time, names' digest): that
-                                add's replays, answered; short TTL
+    p:{bNN}:gone:d      hash    the adds whose registrations verify or delete consumed
+                                (each add's call digest -> creation time), for their
+                                replays; short TTL
     p:{bNN}:funnel:D    hash    the bucket's event counts of server day D (days since
                                 the epoch); scripts declare D-1, D, D+1 by the
                                 client's clock and the server's clock picks one

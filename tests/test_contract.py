@@ -916,6 +916,37 @@ def test_an_add_replayed_long_after_it_but_soon_after_its_verify_creates_nothing
     assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
 
 
+def test_an_add_replayed_after_the_address_verified_again_under_another_creates_nothing(
+    manager: RegistrationManager, pw_hash: str
+):
+    """Every consumed add of the window is kept, not the last one only."""
+    first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="tok-a")
+    assert manager.verify(EMAIL, first.code).ok
+    second = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="tok-b")
+    assert manager.verify(EMAIL, second.code).ok
+    for token, added in (("tok-a", first), ("tok-b", second)):
+        again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token=token)
+        assert again.code == added.code
+        assert manager.get(EMAIL) is None
+    assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_an_add_replayed_after_a_concealed_sign_up_renamed_its_record_creates_nothing(
+    make_manager: MakeManager,
+):
+    """A concealed sign-up by the owner again resends with its names: the record's
+    add (the first call) is still what its verify keeps for replays."""
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    first = manager.add(EMAIL, "Erin", "Old", password="the owners password", token="tok-1")
+    again = manager.add(EMAIL, "Erin", "New", password="the owners password", token="tok-2")
+    assert again.send
+    assert manager.verify(EMAIL, again.code).ok
+    replay = manager.add(EMAIL, "Erin", "Old", password="the owners password", token="tok-1")
+    assert replay.code == first.code
+    assert manager.get(EMAIL) is None
+
+
 def test_an_add_token_reused_after_verify_with_other_names_gets_another_code(
     manager: RegistrationManager, pw_hash: str
 ):

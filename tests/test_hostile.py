@@ -829,6 +829,8 @@ def test_a_gone_key_of_another_type_fails_no_add_verify_or_delete(
     assert manager.delete("g2@example.com")
     assert manager.get("g1@example.com") is None
     assert manager.get("g2@example.com") is None
+    for email in ("g1@example.com", "g2@example.com"):  # (left as it was: no TTL given)
+        assert raw.pttl(store.keyspace.gone(digest(email))) == -1
     manager.close()
 
 

@@ -61,22 +61,19 @@ local function extend_index(index, expires, grace_ms, now)
   end
 end
 
--- Which add made a record: its address as written and names (with its token). What
--- verify and delete leave in the `gone` key, and what a replay of that add must match.
-local function made_by(email, first_name, last_name)
-  return redis.sha1hex(email .. '\0' .. first_name .. '\0' .. last_name)
-end
-
--- A consumed record's add, kept for the replay window in `gone` (declared by the
--- caller), so a replay of that add is answered and stores nothing (add.lua).
--- (A `gone` key something else made another type is left as it is, never failing the
--- step half-way: that one add's late replay is then a new call.)
+-- The add that made a record stays in its F.add_token: that add's call (a digest of
+-- its token, address as written and names), which a resend never changes. Verify
+-- and delete keep it in the address's `gone` hash (declared by the caller): call ->
+-- creation time, every consumed add of the replay window (from the last one), so a
+-- replay of any of them is answered and stores nothing (add.lua). (A `gone` key
+-- something else made another type is left as it is, never failing the step
+-- half-way: those adds' late replays are then new calls.)
 local function leave_gone(gone_key, record_key, row, replay_ms)
-  local token = redis.call('HGET', record_key, F.add_token)
-  if not token then return end
-  redis.pcall('HSET', gone_key, 'token', token, 'created', row[AT.created_at],
-    'call', made_by(row[AT.email], row[AT.first_name], row[AT.last_name]))
-  redis.pcall('PEXPIRE', gone_key, replay_ms)
+  local call = redis.call('HGET', record_key, F.add_token)
+  if not call then return end
+  if type(redis.pcall('HSET', gone_key, call, row[AT.created_at])) == 'number' then
+    redis.pcall('PEXPIRE', gone_key, replay_ms)  -- (never a TTL on another's key)
+  end
 end
 
 -- Refuse, before the first write, when the user may not run every write command this

@@ -1,6 +1,7 @@
 -- Create a pending registration unless one exists; record, TTL and index in one step.
--- A replay after the record is gone (verify or delete left what made it, for the
--- replay window after) gets the first answer and creates nothing: its code was used.
+-- A replay after the record is gone (verify or delete left its call in the address's
+-- `gone` hash, for the replay window after) gets the first answer and creates
+-- nothing: its code was used.
 -- KEYS: record, index, gone, funnel x3
 -- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order,
 -- or, the record gone, `now` its creation time; else the record is what the caller
@@ -14,26 +15,22 @@ local record, index, gone = KEYS[1], KEYS[2], KEYS[3]
 allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index, '1', 'm'},
   {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
 local now = server_now()
-local pending = redis.call('EXISTS', record) == 1
-if not pending then
-  -- (read as any key might be: something else may have made it another type)
-  local made = redis.pcall('HMGET', gone, 'token', 'created', 'call')
-  local at = not made.err and whole(made[2])
-  if at and made[1] == token and made[3] == made_by(email, first_name, last_name) then
-    return {'created', at}
-  end
-end
-if pending then
-  -- A replay of this same call (lost reply) is a success, not a conflict: the same
-  -- token, address as given and names. (Each try hashes the password anew: whether it
-  -- is the same one is the manager's to check.) The same token with anything else is
-  -- another call, refused as any add on a pending address is.
-  local was = redis.call('HMGET', record, F.add_token, F.email, F.first_name, F.last_name)
-  if was[1] == token and was[2] == email and was[3] == first_name and was[4] == last_name then
+-- This call: its token, address as written and names (see leave_gone in _lib).
+local call = redis.sha1hex(token .. '\0' .. email .. '\0' .. first_name .. '\0' .. last_name)
+if redis.call('EXISTS', record) == 1 then
+  -- A replay of this same call (lost reply) is a success, not a conflict. (Each try
+  -- hashes the password anew: whether it is the same one is the manager's to check.)
+  -- The same token with anything else is another call, refused as any add on a
+  -- pending address is.
+  if redis.call('HGET', record, F.add_token) == call then
     return {'created', now, redis.call('HMGET', record, unpack(ROW))}
   end
   return {'exists', now, {}}
 end
+-- (read as any key might be: something else may have made it another type, an error
+-- whole() reads as nothing)
+local made = whole(redis.pcall('HGET', gone, call))
+if made then return {'created', made} end
 local expires = now + lifetime_ms
 -- The index first: an index something else made another type fails here, before any
 -- write (Redis undoes nothing), not after the record is stored.
@@ -43,7 +40,7 @@ redis.call('HSET', record,
   F.schema, schema, F.email, email, F.first_name, first_name, F.last_name, last_name,
   F.password_hash, password_hash, F.code_hash, code_hash, F.created_at, now,
   F.expires_at, expires, F.code_expires_at, now + code_lifetime_ms, F.last_sent_at, now,
-  F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, token)
+  F.resend_count, 0, F.attempts, 0, F.locked, 0, F.add_token, call)
 redis.call('PEXPIREAT', record, expires)
 funnel('created', 1, funnel_keep_ms, client_day, now)
 funnel('sent', 1, funnel_keep_ms, client_day, now)

@@ -54,7 +54,7 @@ def _wall_clock_ms() -> int:
 class _Entry:
     record: PendingRegistration  # observed_at is meaningless inside the store
     code_hash: str
-    add_token: str
+    add_call: str  # the add that made it: its token, address as written and names
     resend_token: str = ""
 
 
@@ -102,7 +102,10 @@ class MemoryStore:
         self._entries: dict[str, _Entry] = {}
         # (operation, identity, token) -> (expires at, candidate, the call's answer)
         self._markers: dict[tuple[str, str, str], tuple[int, str, VerifyResult | None]] = {}
-        self._markers_swept_at = 64  # (their count when expired ones are next dropped)
+        # identity -> (until, {add call: its creation time}): adds whose record a verify
+        # or delete consumed (the `gone` hash of _lib.lua's leave_gone)
+        self._gone: dict[str, tuple[int, dict[str, int]]] = {}
+        self._sweep_at_count = 64  # (markers and gone adds then: expired ones are dropped)
         self._leases: dict[str, tuple[str, int]] = {}  # name -> (token, expires at)
         self._audit: deque[dict[str, str]] = deque(maxlen=audit_max)
         self._funnel: dict[int, dict[str, int]] = {}
@@ -129,26 +132,17 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             entry = self._live(new.identity, now)
-            gone = self._replay(("gone", new.identity, ""), now) if entry is None else None
-            if gone is not None:  # (see add.lua: a replay of the add of a consumed record)
-                made_by, _, created = gone[0].rpartition("\0")
-                if made_by == _made_by(token, new.email, new.first_name, new.last_name):
-                    return new.created(int(created), policy)
+            call = "\0".join((token, new.email, new.first_name, new.last_name))  # (add.lua's)
             if entry is not None:
-                was = entry.record
-                if (entry.add_token, was.email, was.first_name, was.last_name) == (
-                    token,
-                    new.email,
-                    new.first_name,
-                    new.last_name,
-                ):  # a replay of this same call (see add.lua)
-                    return replace(was, observed_at=now, code_hash=entry.code_hash)
+                if entry.add_call == call:  # a replay of this same call (see add.lua)
+                    return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
                 raise already_exists(new.email)
+            gone = self._gone.get(new.identity)
+            if gone is not None and gone[0] > now and call in gone[1]:
+                return new.created(gone[1][call], policy)  # (its record consumed: add.lua)
             record = new.created(now, policy)
             # (the entry keeps the code's hash apart: a resend replaces it there)
-            self._entries[new.identity] = _Entry(
-                replace(record, code_hash=""), new.code_hash, token
-            )
+            self._entries[new.identity] = _Entry(replace(record, code_hash=""), new.code_hash, call)
             self._count("created", 1, now, policy)
             self._count("sent", 1, now, policy)
             return record
@@ -335,10 +329,17 @@ class MemoryStore:
             return result
 
     def _leave_gone(self, entry: _Entry, now: int, policy: Policy) -> None:
-        """What made a consumed record, for its add's replays (verify.lua's leave_gone)."""
-        was = entry.record
-        made = _made_by(entry.add_token, was.email, was.first_name, was.last_name)
-        self._remember(("gone", was.identity, ""), now, policy, f"{made}\0{was.created_at}")
+        """The add that made a consumed record, for its replays (_lib.lua's leave_gone):
+        the address's consumed adds, kept for the replay window from the last one."""
+        if not entry.add_call:  # (an imported record: no add made it)
+            return
+        identity = entry.record.identity
+        until, calls = self._gone.get(identity, (0, {}))
+        if until <= now:
+            calls = {}
+        calls[entry.add_call] = entry.record.created_at
+        self._sweep(now)
+        self._gone[identity] = (now + policy.replay_window_ms, calls)
 
     def _replay(
         self, call: tuple[str, str, str], now: int
@@ -357,10 +358,17 @@ class MemoryStore:
         candidate: str = "",
         result: VerifyResult | None = None,
     ) -> None:
-        if len(self._markers) >= self._markers_swept_at:  # (amortized: an add leaves one)
-            self._markers = {c: m for c, m in self._markers.items() if m[0] > now}
-            self._markers_swept_at = max(64, 2 * len(self._markers))
+        self._sweep(now)
         self._markers[call] = (now + policy.replay_window_ms, candidate, result)
+
+    def _sweep(self, now: int) -> None:
+        """Drop expired markers and gone adds, once their count doubled since the last
+        sweep (amortized: every verify and delete leaves one)."""
+        if len(self._markers) + len(self._gone) < self._sweep_at_count:
+            return
+        self._markers = {c: m for c, m in self._markers.items() if m[0] > now}
+        self._gone = {i: g for i, g in self._gone.items() if g[0] > now}
+        self._sweep_at_count = max(64, 2 * (len(self._markers) + len(self._gone)))
 
     def unlock(self, identity: str) -> bool:
         with self._lock:
@@ -501,7 +509,3 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; here for the Store protocol."""
-
-
-def _made_by(token: str, email: str, first_name: str, last_name: str) -> str:
-    return "\0".join((token, email, first_name, last_name))
