@@ -58,7 +58,7 @@ def check_trusted(
     if info.st_mode & ((0o037 if shared else 0o077) if private else 0o022):
         fix = ("700" if path.is_dir() else "600") if private else "go-w"
         if group_of_root:
-            fix = "600 (or, owned by root, 640)"
+            fix += " (or, owned by root, 640)"
         others = "readable or writable" if private else "writable"
         raise ConfigError(f"{what} {path} is {others} by others", f"chmod {fix} {path}")
 

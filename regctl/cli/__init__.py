@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 from regctl.errors import ExitStatus, local_io
@@ -21,6 +20,7 @@ def main() -> None:
         failed = local_io(exc)
         if failed is None:
             raise
-        with contextlib.suppress(OSError):
-            sys.stderr.write(f"Error: {failed.line()}\n")
+        from regctl.cli.status import written
+
+        written(sys.stderr, f"Error: {failed.line()}\n")
         sys.exit(ExitStatus.LOCAL_IO)

@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 from regctl import __version__
 from regctl.cli.render import Format, to_json
 from regctl.cli.state import State, closed_pipe
-from regctl.cli.status import failure, interrupted, plugin_line, report_error
+from regctl.cli.status import failure, interrupted, plugin_line, report_error, written
 from regctl.errors import ExitStatus, InvalidInput, RegctlError, local_io
 
 HELP = """Run pending user registrations stored in Redis.
@@ -283,9 +283,7 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     hint = f"see `{visible(where)} --help`"
     if where.endswith(" resend") and message.startswith("No such option"):
         hint = "a resend by filters is `regctl resend-many` (see its --help)"
-    with contextlib.suppress(OSError):  # (a full disk under it: the status still says it)
-        sys.stderr.write(f"Error: {message} — {hint}\n")
-        sys.stderr.flush()
+    written(sys.stderr, f"Error: {message} — {hint}\n")
     if "--nagios" in argv[: argv.index("--") if "--" in argv else None]:
         sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
         return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from regctl.cli.render import to_json
 from regctl.errors import ExitStatus, RegctlError
@@ -59,6 +59,14 @@ def interrupted(as_json: bool) -> int:
     return ExitStatus.INTERRUPTED
 
 
+def written(stream: TextIO, text: str) -> None:
+    """``text`` on ``stream``, flushed, or nothing if the stream cannot take it (a full
+    disk under it): the exit status still says what happened."""
+    with contextlib.suppress(OSError):
+        stream.write(text)
+        stream.flush()
+
+
 def report_error(state: State | None, exc: BaseException) -> int:
     """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
     if isinstance(exc, KeyboardInterrupt):
@@ -72,12 +80,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
         )
         exc.exit_code, exc.reason = ExitStatus.INTERNAL, "internal_error"
     line = f"Error: {exc.line()}"
-    # (the stream may be the one that failed, a full disk under it: the status still says it)
-    with contextlib.suppress(OSError):
-        sys.stderr.write(visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
-        sys.stderr.flush()
+    written(sys.stderr, visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json() and not state.json_written:
-        with contextlib.suppress(OSError):
-            sys.stdout.write(to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
-            sys.stdout.flush()
+        written(sys.stdout, to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
     return int(exc.exit_code)

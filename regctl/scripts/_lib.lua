@@ -68,10 +68,11 @@ end
 -- replay of any of them is answered and stores nothing (add.lua). (A `gone` key
 -- something else made another type is left as it is, never failing the step
 -- half-way: those adds' late replays are then new calls.)
-local function leave_gone(gone_key, record_key, row, replay_ms)
-  local call = redis.call('HGET', record_key, F.add_token)
-  if not call then return end
-  if type(redis.pcall('HSET', gone_key, call, row[AT.created_at])) == 'number' then
+local function leave_gone(gone_key, record_key, replay_ms)
+  local made = redis.call('HMGET', record_key, F.add_token, F.created_at)
+  local call, created = made[1], whole(made[2])
+  if not (call and created) then return end  -- (imported, or something else wrote it)
+  if type(redis.pcall('HSET', gone_key, call, created)) == 'number' then
     redis.pcall('PEXPIRE', gone_key, replay_ms)  -- (never a TTL on another's key)
   end
 end

@@ -8,8 +8,7 @@ allowed({{'zrem', index, 'm'}, {'del', record}, {'set', marker, 'v'},
   {'hset', gone, 'f', 'v'}, {'pexpire', gone, '1'}})
 local first = redis.call('GET', marker)
 if first then return tonumber(first) end
-local row = redis.call('HMGET', record, unpack(ROW))
-if readable(row) then leave_gone(gone, record, row, replay_ms) end
+leave_gone(gone, record, replay_ms)
 redis.call('ZREM', index, digest)
 local deleted = redis.call('DEL', record)
 redis.call('SET', marker, deleted, 'PX', replay_ms)

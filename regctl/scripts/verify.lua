@@ -78,7 +78,7 @@ end
 local consumed = row
 consumed[AT.attempts] = tostring(attempts)
 consumed[AT.code_hash] = false
-leave_gone(gone, record, row, replay_ms)
+leave_gone(gone, record, replay_ms)
 redis.call('DEL', record)
 redis.pcall('ZREM', index, digest)  -- (an index something else replaced has no entry)
 funnel('verified', 1, keep_ms, client_day, now)
