@@ -22,9 +22,11 @@ import math
 from collections.abc import Awaitable, Callable
 
 from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from regctl import (
     AlreadyExists,
@@ -62,6 +64,7 @@ class Address(BaseModel):
 PENDING = {"status": "pending", "detail": "if the address can sign up, a code is on its way"}
 UNAVAILABLE = {"error": "unavailable", "detail": "the service cannot answer now; try again soon"}
 PUBLIC_HEALTH = ("status", "timestamp", "version", "redis", "pending_registrations")
+PUBLIC_REDIS = ("status", "ping", "connected_clients", "used_memory_human", "uptime_in_seconds")
 log = logging.getLogger("signup")
 
 
@@ -109,6 +112,13 @@ def create_app(
         fields = sorted({".".join(map(str, e["loc"][1:])) or "body" for e in exc.errors()})
         detail = f"missing or malformed: {', '.join(fields)}"
         return JSONResponse({"error": "invalid_input", "detail": detail}, 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unreadable(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # a body FastAPI could not parse: not JSON, too deep
+            detail = "the body is not readable JSON"
+            return JSONResponse({"error": "invalid_input", "detail": detail}, 400)
+        return await http_exception_handler(request, exc)  # (404, 405: FastAPI's own)
 
     @app.get("/")
     async def about() -> dict[str, str]:
@@ -167,12 +177,13 @@ def create_app(
         full = report.to_dict()
         if report.status != "ok":
             log.warning("health %s: %s", report.status, full["checks"])
-        # The original /health fields, for anyone: the store's hosts, paths and errors
-        # are for the log.
+        # The original /health fields, for anyone: the store's hosts, paths, version,
+        # errors and exact memory are for the log.
         shown = {key: full[key] for key in PUBLIC_HEALTH}
-        shown["redis"].pop("error", None)
-        if conceal:  # a count that grows for a new address and not for a pending one
+        shown["redis"] = {key: full["redis"].get(key) for key in PUBLIC_REDIS}
+        if conceal:  # a count (or memory) that grows for a new address, not a pending one
             shown["pending_registrations"]["total"] = None
+            shown["redis"]["used_memory_human"] = None
         return JSONResponse(shown, 200 if report.status != "critical" else 503)
 
     return app

@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from regctl.bridge import GATE, Awaited, Gate, bridged
-from regctl.connection import pool_exhausted
+from regctl.connection import pool_exhausted, pool_wait
 from regctl.errors import ConfigError, StoreUnavailable
 from regctl.manager import RegistrationManager
 
@@ -82,7 +82,8 @@ class _Pool:
 
         # (not asyncio.wait_for: on Python 3.11 it can return a place to a task cancelled
         # just after it was handed one, and the cancellation is lost)
-        timer = None if self.wait is None else loop.call_later(self.wait, expire)
+        wait = pool_wait(self.wait)  # (within the call's deadline, which the bridge set)
+        timer = None if wait is None else loop.call_later(wait, expire)
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
         try:

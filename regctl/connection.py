@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 import time
 import weakref
@@ -210,6 +211,36 @@ def connect(url: str, settings: Settings) -> Client:
     return client
 
 
+def pool_wait(wait: float | None) -> float | None:
+    """How long a call may wait for a free pooled connection: ``wait``
+    (REGCTL_POOL_TIMEOUT; None, as long as it takes), and no longer than the call's
+    deadline leaves, so a call on a stalled server's busy pool ends with the others."""
+    deadline = CALL_DEADLINE.get()
+    if deadline is None:
+        return wait
+    left = max(0.0, deadline - time.monotonic())
+    return left if wait is None else min(wait, left)
+
+
+@functools.cache
+def _deadline_pool() -> Any:
+    """redis-py's blocking pool, waiting for a connection within ``pool_wait``."""
+    from redis.connection import BlockingConnectionPool
+
+    class DeadlinePool(BlockingConnectionPool):
+        _wait_s: float | None
+
+        @property  # (redis-py reads it at each wait)
+        def timeout(self) -> float | None:
+            return pool_wait(self._wait_s)
+
+        @timeout.setter
+        def timeout(self, value: float | None) -> None:
+            self._wait_s = value
+
+    return DeadlinePool
+
+
 def _standalone(url: str, settings: Settings) -> Client:
     import redis
 
@@ -218,7 +249,7 @@ def _standalone(url: str, settings: Settings) -> Client:
     if url.startswith("rediss://"):
         kwargs.update(_tls_kwargs(settings))
     try:
-        pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
+        pool = _deadline_pool().from_url(url, **kwargs)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
     return redis.Redis(connection_pool=pool)
@@ -239,7 +270,7 @@ def _is_cluster_node(client: Client) -> bool:
 
 def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
     from redis.cluster import ClusterNode, RedisCluster
-    from redis.connection import BlockingConnectionPool, SSLConnection
+    from redis.connection import SSLConnection
 
     kwargs = _common_kwargs(settings)
     kwargs["retry"].per_try_s = max(kwargs["socket_timeout"], kwargs["socket_connect_timeout"])
@@ -258,7 +289,7 @@ def _cluster(endpoint: Endpoint, settings: Settings) -> Client:
         return RedisCluster(
             url=f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}",
             startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
-            connection_pool_class=BlockingConnectionPool,
+            connection_pool_class=_deadline_pool(),
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
             **kwargs,
@@ -318,7 +349,7 @@ def _waiting_sentinel_pool() -> type:
             self._slots = threading.BoundedSemaphore(self.max_connections)
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-            if not self._slots.acquire(timeout=self._wait_s):
+            if not self._slots.acquire(timeout=pool_wait(self._wait_s)):
                 import redis.exceptions as rex
 
                 raise rex.ConnectionError("No connection available.")  # -> PoolExhausted
@@ -379,7 +410,7 @@ def pool_limits(client: Client) -> tuple[int, float | None]:
         return int(kwargs.get("max_connections") or 2**31), kwargs.get("timeout", 0.0)
     pool = client.connection_pool
     # (a pool that does not wait, redis-py's default one, fails at once)
-    return int(pool.max_connections), getattr(pool, "timeout", getattr(pool, "_wait_s", 0.0))
+    return int(pool.max_connections), getattr(pool, "_wait_s", getattr(pool, "timeout", 0.0))
 
 
 def _async_standalone(pool: Any) -> Any:
@@ -610,7 +641,7 @@ class translated_errors:  # (named as the function it was: a context manager)
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
         if isinstance(exc, Exception) and not isinstance(exc, RegctlError):
             mapped = translated(exc)
             if mapped is not exc:
@@ -755,10 +786,23 @@ class call_deadline:  # (named as the function it was: a context manager)
             CALL_DEADLINE.reset(self.token)
 
 
+class one_command(call_deadline):
+    """``translated_errors`` within a call's one deadline (set here unless a call under
+    way set one): for a command sent outside a script (the layout, the secret's
+    fingerprint, the audit), so a wait for a pooled connection keeps within it too."""
+
+    __slots__ = ()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__()
+        translated_errors().__exit__(*exc)
+
+
 def pool_exhausted() -> PoolExhausted:
     return PoolExhausted(
-        "every pooled Redis connection stayed busy past the pool timeout",
-        "raise REGCTL_MAX_CONNECTIONS or REGCTL_POOL_TIMEOUT",
+        "every pooled Redis connection stayed busy as long as this call could wait "
+        "(the pool timeout, within the call's deadline)",
+        "raise REGCTL_MAX_CONNECTIONS, or REGCTL_POOL_TIMEOUT and REGCTL_TIMEOUT",
     )
 
 

@@ -184,13 +184,29 @@ def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: in
         raise ConfigError(f"mail template: {exc}") from None
     message = EmailMessage()
     message["From"] = config.sender
-    message["To"] = to
+    message["To"] = _deliverable(to)
     message["Subject"] = config.subject
     message["Message-ID"] = make_msgid(domain="regctl")
     # Quoted-printable: the code stays readable digits in any name's charset (base64 would
     # hide it on the console).
     message.set_content(body, cte="quoted-printable")
     return message
+
+
+def _deliverable(address: str) -> str:
+    """``address`` as every mail server takes it where it can be: an internationalized
+    domain in its ASCII form (IDNA 2008, as email-validator makes it: ``straße.de`` is
+    ``xn--strae-oqa.de``, not ``strasse.de``), so only a non-ASCII local part needs a
+    server with SMTPUTF8."""
+    if address.isascii():
+        return address
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        ascii_form = validate_email(address, check_deliverability=False).ascii_email
+    except EmailNotValidError:  # (stored by something else: the server says what it thinks)
+        return address
+    return ascii_form or address
 
 
 def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None = None) -> None:

@@ -86,6 +86,8 @@ from regctl.text import duration, visible
 from regctl.validation import (
     as_text,
     count_in,
+    email_identity,
+    identity_of,
     normalize_client_key,
     normalize_email,
     validate_code,
@@ -135,11 +137,13 @@ class RegistrationManager:
         ``conceal_pending`` makes ``add`` on an address already pending answer like
         a success, so a sign-up form does not reveal who is registering (see ``add``).
         """
+        if policy is not None and not isinstance(policy, Policy):
+            raise ConfigError(f"policy must be a regctl Policy, not {type(policy).__name__}")
         self.store = store
         self.policy = policy or Policy()
         self.audit_as = audit_as
         self.conceal_pending = conceal_pending
-        self._secret = secret
+        self._secret = security.checked_secret(secret)
         self._codes: security.CodeHasher | None = None
         self._secret_checked_at: float | None = None
         self._secret_recorded = False
@@ -279,7 +283,7 @@ class RegistrationManager:
         token = _call_token(token)
         # Checked first: a sign-up refused as invalid counts against no limit.
         form = _Form.checked(email, first_name, last_name, password, password_hash)
-        identity = form.email.casefold()
+        identity = identity_of(form.email)
         self._limit(client, "add", identity, token, "signup", "code")  # before the costly hash
         new, code = self._prepare(form, token=token)
         for _ in range(CONCEAL_TRIES):
@@ -389,7 +393,7 @@ class RegistrationManager:
         # (fail on config before the slow hash)
         code_hasher = codes or self._codes_of_store(writing=True)
         pw_hash = form.password_hash or offloaded(security.hash_password, form.password)
-        identity = form.email.casefold()
+        identity = identity_of(form.email)
         # The code is the call's: its token, and what it would store (the same token
         # with other names is another call, and gets another code).
         call = (form.email, form.first_name, form.last_name)
@@ -404,7 +408,7 @@ class RegistrationManager:
         return new, code
 
     def get(self, email: str) -> PendingRegistration | None:
-        return self.store.get(normalize_email(email).casefold())
+        return self.store.get(email_identity(email))
 
     def list(
         self,
@@ -510,7 +514,7 @@ class RegistrationManager:
         """A new code for a pending registration; the old code stops working.
         ``client`` counts one code against that key's limit first (see ``add``)."""
         token = _call_token(token)
-        identity = normalize_email(email).casefold()
+        identity = email_identity(email)
         self._limit(client, "resend", identity, token, "code")
         return self._resend(email, identity, token)
 
@@ -665,7 +669,7 @@ class RegistrationManager:
         ``token`` identifies this call: a retry of the same call with the same token
         after a lost reply gets the same VERIFIED answer.
         """
-        identity = normalize_email(email).casefold()
+        identity = email_identity(email)
         validate_code(code, self.policy.code_length)
         codes = self._codes_of_store(writing=False)
         candidate = codes.digest(identity, code)
@@ -684,13 +688,13 @@ class RegistrationManager:
 
     def unlock(self, email: str) -> bool:
         with _Call(self, "unlock", email, writes=False) as call:
-            done = self.store.unlock(normalize_email(email).casefold())
+            done = self.store.unlock(email_identity(email))
             call.outcome = "ok" if done else "not_found"
             return done
 
     def delete(self, email: str, *, token: str | None = None) -> bool:
         """Remove a registration; True if this call (or an earlier try of it) did."""
-        identity = normalize_email(email).casefold()
+        identity = email_identity(email)
         token = _call_token(token)
         with _Call(self, "delete", email, token=token) as call:
             done = self.store.delete(identity, self.policy, token)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from regctl.errors import InvalidInput
-from regctl.validation import CODE_LENGTHS, as_text, count_in, normalize_domain
+from regctl.validation import CODE_LENGTHS, as_text, count_in, identity_of, normalize_domain
 
 SCHEMA_VERSION = 1
 # A record's times (ms) and counters: whole numbers below 2^53 (exact in Lua and JSON).
@@ -26,6 +26,8 @@ NUMBER_FIELDS = (
 MAX_LIFETIME_MS = 30 * 86_400_000
 MAX_CODE_LIFETIME_MS = 86_400_000
 MAX_FUNNEL_DAYS = 3650
+# The largest count Lua and JSON hold exactly (a policy's limits may be that high).
+MAX_EXACT = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,13 @@ class Policy:
         return self.funnel_days * 86_400_000
 
     def __post_init__(self) -> None:
+        # Whole numbers only (a library caller may hand over anything): NaN, a fraction
+        # or text would fail in Redis, after a record changed; a whole float is taken.
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():  # (timedelta arithmetic)
+                object.__setattr__(self, name, value := int(value))
+            count_in(value, f"the policy's {name}", 0, MAX_EXACT)
         if self.code_length not in CODE_LENGTHS:
             raise InvalidInput("code length must be between 6 and 10 digits")
         if not 1000 <= self.lifetime_ms <= MAX_LIFETIME_MS:
@@ -104,7 +113,7 @@ class PendingRegistration:
 
     @property
     def identity(self) -> str:
-        return self.email.casefold()
+        return identity_of(self.email)
 
     @property
     def domain(self) -> str:

@@ -72,6 +72,20 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+def checked_secret(secret: object) -> str | bytes | None:
+    """``secret`` if it can key codes (text as UTF-8, or bytes), else ConfigError; its
+    length is checked where a code is made (a reading manager needs none)."""
+    if secret is None or isinstance(secret, bytes):
+        return secret
+    if not isinstance(secret, str):
+        raise ConfigError(f"the code secret must be text or bytes, not {type(secret).__name__}")
+    try:
+        secret.encode()
+    except UnicodeEncodeError:
+        raise ConfigError("the code secret is not valid text (a lone surrogate)") from None
+    return secret
+
+
 class CodeHasher:
     """Keyed digests of codes; the key never leaves this object."""
 

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     connect_timeout: float = _field(5.0, "seconds to connect", gt=0, le=300)
     timeout: float | None = _field(
         None,
-        "seconds one call may take in all: connect, retries and backoff",
+        "seconds one call may take in all: a pooled connection, connect, retries and backoff",
         unset="the socket timeout",
         example="5",
         gt=0,
@@ -140,7 +140,12 @@ class Settings(BaseSettings):
     health_timeout: float = _field(
         2.0, "seconds `health` waits for Redis in all (it must answer during a stall)", gt=0, le=60
     )
-    pool_timeout: float = _field(5.0, "seconds to wait for a free pooled connection", gt=0, le=300)
+    pool_timeout: float = _field(
+        5.0,
+        "seconds to wait for a free pooled connection (within the call's deadline)",
+        gt=0,
+        le=300,
+    )
     retries: int = _field(
         2, "retries on connection errors and timeouts (jittered backoff)", ge=0, le=10
     )

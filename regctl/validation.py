@@ -29,6 +29,19 @@ def normalize_email(raw: str) -> str:
     return _normalized(raw)
 
 
+def identity_of(address: str) -> str:
+    """The registration a normalized address names: the address in lower case, so
+    ``Alice@Example.com`` is ``alice@example.com``. Not ``str.casefold``: it folds more
+    than case (ß to ss, the long s to s), and would make one registration of two mailboxes
+    (``straße.de`` and ``strasse.de`` are two domains)."""
+    return address.lower()
+
+
+def email_identity(raw: str) -> str:
+    """The identity of an address as given (normalized first), or InvalidInput."""
+    return identity_of(normalize_email(raw))
+
+
 @functools.lru_cache(maxsize=16_384)
 def _normalized(raw: str) -> str:
     # Validation is a third of a `get`; a backend sees the same addresses again and again.
@@ -78,7 +91,7 @@ def _special_use() -> tuple[str, ...]:
 
 def normalize_domain(raw: str) -> str:
     """A domain filter as it compares with ``PendingRegistration.domain``."""
-    domain = raw.strip().lstrip("@").casefold()
+    domain = identity_of(raw.strip().lstrip("@"))
     if not domain or _has_forbidden(domain) or " " in domain or "@" in domain:
         raise InvalidInput(f"invalid domain {_shown(raw)}")
     return domain

@@ -90,6 +90,26 @@ def test_add_refuses_a_pending_address_in_any_case(manager: RegistrationManager,
         add(manager, pw_hash, EMAIL.upper())
 
 
+@pytest.mark.parametrize(
+    ("first", "other"),
+    [
+        ("victim@straße.de", "victim@strasse.de"),  # (two domains: xn--strae-oqa.de is one)
+        ("ſam@example.com", "sam@example.com"),  # (the long s)
+    ],
+)
+def test_addresses_that_differ_in_more_than_case_are_two_registrations(
+    manager: RegistrationManager, pw_hash: str, first: str, other: str
+):
+    mine = manager.add(first, "Mallory", "M", password_hash=pw_hash)
+    theirs = manager.add(other, "Victor", "V", password_hash=pw_hash)
+    assert mine.registration.identity != theirs.registration.identity
+    assert manager.verify(first, mine.code).ok
+    pending = manager.get(other.upper())  # (the first's verify consumed only its own)
+    assert pending is not None
+    assert pending.first_name == "Victor"
+    assert manager.get(first) is None
+
+
 def test_add_hashes_the_password_with_argon2id(manager: RegistrationManager):
     manager.add(EMAIL, "Alice", "Liddell", password="correct horse battery")
     reg = manager.get(EMAIL)

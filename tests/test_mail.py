@@ -154,6 +154,19 @@ def test_the_library_mailer_sends_what_the_cli_sends_in_both_forms(
         assert manager.verify(email, smtp.sink.code_for(email)).ok
 
 
+def test_an_internationalized_domain_is_mailed_in_its_ascii_form(smtp: SmtpServer, pw_hash: str):
+    from regctl import Mailer, MemoryStore, RegistrationManager
+    from regctl.settings import load_settings
+    from tests.conftest import SECRET
+
+    settings = load_settings({"mail_url": smtp.url}, environ={}).settings
+    manager = RegistrationManager(MemoryStore(), secret=SECRET)
+    added = manager.add("victim@straße.de", "Vic", "Tim", password_hash=pw_hash)
+    assert Mailer.from_settings(settings).send_code(added.registration, added.code) == "mail"
+    (message,) = smtp.sink.messages
+    assert message["To"] == "victim@xn--strae-oqa.de"  # (IDNA 2008: not strasse.de)
+
+
 def test_a_mailer_with_a_broken_template_fails_at_start_up(tmp_path):
     from regctl import ConfigError, Mailer
     from regctl.settings import load_settings

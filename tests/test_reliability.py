@@ -472,6 +472,44 @@ def test_a_stopped_server_is_given_up_on_after_one_deadline(tmp_path: Path, pw_h
         proc.stop()
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_calls_waiting_for_a_stalled_servers_connections_keep_their_deadline(
+    tmp_path: Path, api: str
+):
+    """Waiting for a pooled connection is part of a call's one deadline: 4 calls on
+    one connection to a stopped server each end within about their 1.5 s (each waited
+    for the one before it to give the connection back, then its own 1.5 s: up to 6 s)."""
+    from tests.awaited import Awaited
+
+    proc = RedisProcess(tmp_path / "wait").start()
+    manager = manager_for(
+        proc.url, prefix="wait", timeout=1.5, socket_timeout=1.5, max_connections=1, pool_timeout=60
+    )
+    caller = manager if api == "sync" else cast(RegistrationManager, Awaited(manager))
+    took: list[tuple[float, str]] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        with contextlib.suppress(StoreTimeout, PoolExhausted):
+            caller.get("waiting@example.com")
+        took.append((time.monotonic() - started, "done"))
+
+    try:
+        assert caller.get("waiting@example.com") is None  # (its one connection is open)
+        os.kill(proc.pid, signal.SIGSTOP)
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(took) == 4
+        assert max(seconds for seconds, _ in took) < 4.0, took  # (one deadline each)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        manager.close()
+        proc.stop()
+
+
 def test_a_small_pool_under_200_concurrent_operations_never_overflows(
     redis_proc: RedisProcess, pw_hash
 ):

@@ -380,6 +380,54 @@ def test_policy_validation_refuses_nonsense():
 
 
 @pytest.mark.parametrize(
+    "rule",
+    [
+        {"max_attempts": float("nan")},  # (every comparison with NaN is false)
+        {"max_attempts": float("inf")},
+        {"max_attempts": 2**53},  # past what Lua holds exactly
+        {"max_attempts": "5"},
+        {"max_attempts": None},
+        {"max_resends": True},
+        {"lifetime_ms": 1000.7},
+        {"signups_per_client": -1.0},
+    ],
+)
+def test_a_policy_takes_whole_numbers_only(rule: dict[str, object]):
+    """Checked when made: NaN or a fraction failed in Redis after a verify had counted
+    its attempt, and text with a TypeError."""
+    from regctl import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        Policy(**rule)  # type: ignore[arg-type]
+
+
+def test_a_policy_takes_a_whole_float_as_its_number():
+    from datetime import timedelta
+
+    policy = Policy(lifetime_ms=timedelta(hours=2).total_seconds() * 1000)  # type: ignore[arg-type]
+    assert policy.lifetime_ms == 7_200_000
+    assert type(policy.lifetime_ms) is int
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"secret": 12345}, "text or bytes"),
+        ({"secret": "\udcff" * 32}, "lone surrogate"),
+        ({"secret": SECRET, "policy": "strict"}, "a regctl Policy"),
+    ],
+)
+def test_a_manager_refuses_a_secret_or_policy_it_cannot_use_when_made(
+    arguments: dict[str, object], message: str
+):
+    """Not at the first add, after the store's secret fingerprint was written."""
+    from regctl import ConfigError, MemoryStore, RegistrationManager
+
+    with pytest.raises(ConfigError, match=message):
+        RegistrationManager(MemoryStore(), **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     "durations",
     [
         {"lifetime_ms": 2**53},  # past what Redis and the codec take as a time

@@ -21,6 +21,7 @@ from regctl.errors import (
 )
 from regctl.model import Filter, PendingRegistration, Policy, VerifyResult
 from regctl.reports import PurgeReport, Tally
+from regctl.validation import identity_of
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -50,7 +51,7 @@ class NewRegistration:
 
     @property
     def identity(self) -> str:
-        return self.email.casefold()
+        return identity_of(self.email)
 
     @property
     def names_and_password(self) -> tuple[str, str, str]:

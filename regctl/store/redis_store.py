@@ -12,6 +12,7 @@ from regctl.bridge import settled
 from regctl.codec import decode, decode_row, encode
 from regctl.connection import (
     Client,
+    one_command,
     stop_watching,
     translated_errors,
 )
@@ -178,7 +179,7 @@ class RedisStore:
         return Keyspace(self._wanted.prefix, recorded)
 
     def _recorded_buckets(self) -> int | None:
-        with translated_errors():
+        with self._command():
             recorded = self.client.hget(self._wanted.meta, "buckets")
         return None if recorded is None else self._checked(recorded)
 
@@ -193,12 +194,17 @@ class RedisStore:
             )
         return int(recorded)
 
+    def _command(self) -> one_command:
+        """Around a command sent outside a script: its errors translated, within the
+        call's one deadline."""
+        return one_command(self.scripts.call_budget_s)
+
     def _claim_layout(self) -> Keyspace:
         """Before creating records: record this layout unless one is (the first wins)."""
         if self._keyspace is None:
             # (No lock: two first writers both set what is unset and read the same back.
             # A lock held across the round trip would stall an event loop's other calls.)
-            with translated_errors():
+            with self._command():
                 want = self._wanted
                 pipe = self.client.pipeline(transaction=False)
                 pipe.hsetnx(want.meta, "buckets", want.buckets)
@@ -238,7 +244,7 @@ class RedisStore:
 
     def funnel_counts(self, days: int) -> list[tuple[int, dict[str, int]]]:
         ks = self.keyspace
-        with translated_errors():
+        with self._command():
             seconds, _micros = self.client.time()
             today = int(seconds) // 86_400
             pipe = self.client.pipeline(transaction=False)
@@ -267,12 +273,12 @@ class RedisStore:
 
     def reset_limits(self, client: str) -> bool:
         windows = [self.keyspace.client_limit(a, client) for a in LIMIT_ACTIONS]
-        with translated_errors():  # (one slot: one DEL, on Cluster too)
+        with self._command():  # (one slot: one DEL, on Cluster too)
             return int(self.client.delete(*windows)) > 0
 
     def secret_fingerprint(self, claim: str | None = None) -> str | None:
         meta = self._wanted.meta  # like the audit key, it needs no bucket layout
-        with translated_errors():
+        with self._command():
             stored: str | None = self.client.hget(meta, FINGERPRINT_FIELD)
             if stored is None and claim is not None:
                 pipe = self.client.pipeline(transaction=False)
@@ -282,17 +288,17 @@ class RedisStore:
         return stored
 
     def set_secret_fingerprint(self, fingerprint: str) -> None:
-        with translated_errors():
+        with self._command():
             self.client.hset(self._wanted.meta, FINGERPRINT_FIELD, fingerprint)
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
-        with translated_errors():
+        with self._command():
             # The audit key needs no bucket layout: no layout round trip for it.
             audit, cap = self._wanted.audit, self.audit_max
             self.client.xadd(audit, dict(entry), maxlen=cap, approximate=True)
 
     def audit_read(self, count: int) -> list[dict[str, str]]:
-        with translated_errors():
+        with self._command():
             rows = self.client.xrevrange(self._wanted.audit, count=count)
         # The server's time last: an entry cannot carry its own "at".
         return [{**fields, "at": entry_id.partition("-")[0]} for entry_id, fields in rows]

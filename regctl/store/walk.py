@@ -23,6 +23,7 @@ from regctl.model import Filter, Policy
 from regctl.reports import AGE_BUCKETS, SOON_MS, PurgeReport, Tally
 from regctl.store.base import PAGE, Helper, chunks
 from regctl.store.scripts import ScriptRunner
+from regctl.validation import identity_of
 
 
 def all_or_raise(replies: list[Any]) -> list[Any]:
@@ -213,7 +214,7 @@ def tally(scripts: ScriptRunner, ks: Keyspace) -> Tally:
             total.soon += int(soon)
             total.ages = [a + int(n) for a, n in zip(total.ages, ages, strict=True)]
             for domain, n in zip(by_domain[::2], by_domain[1::2], strict=True):
-                total.domains[domain.casefold()] += int(n)
+                total.domains[identity_of(domain)] += int(n)
     return total
 
 
