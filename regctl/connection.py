@@ -250,7 +250,10 @@ def _standalone(url: str, settings: Settings) -> Client:
         kwargs.update(_tls_kwargs(settings))
     try:
         pool = _deadline_pool().from_url(url, **kwargs)
-    except ValueError as exc:
+        # A query parameter no connection takes (?foo=1) fails here, not at the first
+        # command (a connection made unconnected: no I/O).
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
     return redis.Redis(connection_pool=pool)
 

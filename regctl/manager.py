@@ -37,6 +37,7 @@ from regctl.errors import (
     InvalidInput,
     NotFound,
     NotReplicated,
+    NotServing,
     PoolExhausted,
     RateLimited,
     RegctlError,
@@ -890,7 +891,8 @@ class _Call:
         if (
             self.writes
             and isinstance(exc, StoreUnavailable)
-            and not isinstance(exc, PoolExhausted | StoreFull)  # refused before anything ran
+            # refused before anything ran (NotServing: READONLY, a slot moving...)
+            and not isinstance(exc, PoolExhausted | StoreFull | NotServing)
             and not isinstance(exc, NotReplicated)  # made on the primary: it says so itself
             # (a connection refused may follow one lost after sending: unknown too)
             and "nothing of this call" not in exc.message

@@ -273,6 +273,17 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return value
 
+    @field_validator("code_secret")
+    @classmethod
+    def _check_code_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        from regctl.security import MIN_SECRET_BYTES
+
+        # (refused for every command, not at the first code: a setting out of bounds
+        # is an error wherever it would apply)
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"the code secret must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
     @field_validator("mail_url")
     @classmethod
     def _check_mail_url(cls, value: str) -> str:
@@ -346,7 +357,15 @@ class Settings(BaseSettings):
         )
 
     def code_secret_value(self) -> str | None:
-        return _secret(self.code_secret, self.code_secret_file, "code secret")
+        from regctl.security import MIN_SECRET_BYTES
+
+        secret = _secret(self.code_secret, self.code_secret_file, "code secret")
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:  # (a file's)
+            raise ConfigError(
+                f"the code secret in {self.code_secret_file} must be at least "
+                f"{MIN_SECRET_BYTES} bytes"
+            )
+        return secret
 
     def redis_password_value(self) -> str | None:
         return _secret(self.redis_password, self.redis_password_file, "Redis password")
@@ -362,12 +381,17 @@ def _secret(value: SecretStr | None, path: Path | None, what: str) -> str | None
         return None
     path = path.expanduser()
     try:
+        if path.is_dir():  # (before its mode: no chmod makes a folder a secret)
+            raise ConfigError(f"the {what} file {path} is a directory", "name the file in it")
         check_trusted(path, f"the {what} file", private=True, group_of_root=True)
-        return path.read_text().strip()
+        secret = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"the {what} file {path} is not UTF-8 text") from None
+    if not secret:  # (an empty password would be sent, and refused as a wrong one)
+        raise ConfigError(f"the {what} file {path} is empty", "write the secret into it")
+    return secret
 
 
 @dataclass(frozen=True)

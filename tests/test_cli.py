@@ -263,9 +263,11 @@ def test_wrong_code_exits_1_with_attempts_left(cli: Cli):
     assert ran.exit_code == 1
     assert ran.stderr == f"Error: wrong code for {EMAIL}; 4 attempts left\n"
     data = json.loads(cli("-o", "json", "verify", EMAIL, wrong(code)).stdout)
-    assert data == {
+    assert data == {  # (a failure's shape: reason, message and exit code, as every one)
         "ok": False,
         "reason": "invalid_code",
+        "message": f"wrong code for {EMAIL}; 3 attempts left",
+        "exit_code": 1,
         "attempts_left": 3,
         "store": data["store"],
     }
@@ -313,6 +315,9 @@ def test_resend_inside_the_cooldown_says_how_long_to_wait(cli: Cli):
     assert ran.exit_code == 1
     assert "wait" in ran.stderr
     assert "s before resending" in ran.stderr
+    as_json = json.loads(cli("-o", "json", "resend", EMAIL).stdout)
+    assert as_json["reason"] == "cooldown"
+    assert 0 < as_json["retry_after_ms"] <= 60_000  # (when a script may try again)
 
 
 def test_resend_gives_a_new_working_code(cli: Cli):

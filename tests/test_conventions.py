@@ -184,6 +184,7 @@ def test_csv_of_a_mutating_command_is_csv(cli: Cli):
         (("purge", "-o", "name"), "`regctl purge` has no -o name output"),
         (("export", "-o", "csv"), "`regctl export` has no -o csv output"),
         (("stats", "-o", "name"), "`regctl stats` has no -o name output"),
+        (("limits", "reset", "203.0.113.7", "-o", "name"), "`regctl limits reset` has no -o"),
         (("list", "-o", "json", "--field", "email"), "--field selects columns"),
         (("list", "--raw-csv"), "--raw-csv needs -o csv"),
         (("list", "--field", "password"), "unknown field 'password'"),
@@ -278,6 +279,28 @@ def test_ctrl_c_ends_a_live_view_with_exit_130(cli: Cli):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert proc.communicate(timeout=30)[1].strip().endswith("Interrupted")
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_then_ends_it_by_sigterm(cli: Cli):
+    """systemd, `timeout` and Kubernetes stop with SIGTERM: the command's cleanup runs
+    (here the JSON sample stream ends whole), and the process ends by the signal, as
+    a supervisor expects (143 to a shell); it died at once, its cleanup skipped."""
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    proc = subprocess.Popen(
+        [REGCTL, "-o", "ndjson", "stats", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # a sample: it is running
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert err.strip().endswith("Interrupted")
+    assert "Traceback" not in err
+    assert all(json.loads(line) for line in out.splitlines())
 
 
 def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():

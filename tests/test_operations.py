@@ -200,8 +200,12 @@ def test_an_import_names_its_refusal_even_quietly_and_counts_the_unnamed(cli: Cl
     told = cli("import", "-", input=lines)
     assert "line 20: not a JSON object" in told.stderr
     assert "and 5 more" in told.stderr
-    data = json.loads(cli("-o", "json", "import", "-", input=lines).stdout)
+    as_json = cli("-o", "json", "import", "-", input=lines)
+    data = json.loads(as_json.stdout)  # (one document: the report, a failure's fields in it)
     assert (data["invalid"], len(data["errors"])) == (25, 20)
+    assert (data["ok"], data["reason"], data["exit_code"]) == (False, "invalid_input", 2)
+    assert data["message"] == "25 lines of stdin refused"
+    assert as_json.exit_code == 2
 
 
 def test_a_second_line_for_an_address_is_refused_not_counted_twice(cli: Cli, fresh_redis):

@@ -430,6 +430,44 @@ def test_a_health_timeout_must_be_positive(redis_proc: RedisProcess):
     manager.close()
 
 
+@pytest.mark.parametrize("primary_up", [True, False])
+def test_health_and_doctor_call_a_store_on_a_replica_critical(
+    tmp_path: Path, unused_port: int, primary_up: bool
+):
+    """A URL that names a replica: every add, resend and verify is refused (READONLY),
+    healthy link or not; health said OK (no checks at all), or failed with exit 70."""
+    primary = RedisProcess(tmp_path / "primary", port=unused_port) if primary_up else None
+    if primary is not None:
+        primary.start()
+    replica = RedisProcess(
+        tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(unused_port)]
+    ).start()
+    try:
+        cli = Cli(cli_env(replica.url, "replica"))
+        health = cli("health", "-o", "json")
+        assert health.exit_code == 2, health.stdout + health.stderr
+        checks = {c["name"]: c for c in json.loads(health.stdout)["checks"]}
+        assert checks["role"]["status"] == "critical"
+        assert f"a replica of 127.0.0.1:{unused_port}" in checks["role"]["detail"]
+        assert "latency" in checks  # (its other checks too)
+        nagios = cli("health", "--nagios")
+        assert nagios.exit_code == 2
+        assert nagios.stdout.startswith("REGCTL CRITICAL")
+        doctor = cli("doctor", "-o", "json")
+        assert doctor.exit_code == 1, doctor.stdout + doctor.stderr
+        assert "store-is-replica" in {f["code"] for f in json.loads(doctor.stdout)["findings"]}
+        # A write it refuses ran nothing: said so, not "may or may not have happened".
+        verify = cli("-o", "json", "verify", "r@example.com", "000000", REGCTL_TIMEOUT="0.3")
+        assert verify.exit_code == 69
+        refused = json.loads(verify.stdout)
+        assert refused["reason"] == "unavailable", refused
+        assert "may or may not" not in refused["message"]
+    finally:
+        replica.stop()
+        if primary is not None:
+            primary.stop()
+
+
 @pytest.mark.slow
 def test_a_stopped_server_is_given_up_on_after_one_deadline(tmp_path: Path, pw_hash):
     """SIGSTOP: the kernel still accepts connections, nothing answers. One deadline

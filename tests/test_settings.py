@@ -506,9 +506,8 @@ def test_the_library_checks_the_code_secret_at_construction(redis_proc: RedisPro
     settings = load_settings({"redis_url": redis_proc.url}, environ={}).settings
     with pytest.raises(ConfigError, match="no code secret"):
         RegistrationManager.from_settings(settings)
-    short = load_settings({"redis_url": redis_proc.url, "code_secret": "short"}, environ={})
-    with pytest.raises(ConfigError, match="at least 16 bytes"):
-        RegistrationManager.from_settings(short.settings)
+    with pytest.raises(InvalidInput, match="at least 16 bytes"):  # (refused as it is read)
+        load_settings({"redis_url": redis_proc.url, "code_secret": "short"}, environ={})
     RegistrationManager.from_settings(settings, read_only=True).close()
 
 
@@ -657,6 +656,18 @@ def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
         assert "hunter2" not in ran.stdout + ran.stderr, (args, ran.stdout, ran.stderr)
 
 
+@pytest.mark.parametrize("query", ["foo=bar", "socket_timeot=3"])
+def test_a_url_parameter_no_connection_takes_is_a_setting_error(
+    cli: Cli, redis_proc: RedisProcess, query: str
+):
+    """(It was a TypeError at the first command: exit 70, "report the traceback".)"""
+    ran = cli("list", REGCTL_REDIS_URL=f"{redis_proc.url}?{query}&password=hunter2")
+    assert ran.exit_code == 78, ran.stderr
+    assert ran.stderr.startswith("Error: invalid Redis URL")
+    assert query.partition("=")[0] in ran.stderr
+    assert "hunter2" not in ran.stderr
+
+
 def test_a_secret_given_in_a_higher_layer_replaces_a_lower_layers_file(tmp_path: Path):
     (tmp_path / "regctl.toml").write_text('code_secret_file = "/run/secrets/regctl"\n')
     loaded = load_settings(
@@ -745,6 +756,32 @@ def test_a_secret_file_that_is_not_text_exits_78(cli: Cli, tmp_path: Path):
     )
     assert ran.exit_code == 78
     assert "is not UTF-8 text" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda path: path.mkdir(mode=0o700), "is a directory"),  # (no chmod would help)
+        (lambda path: path.write_text("\n"), "is empty"),  # (sent, and refused as wrong: 77)
+    ],
+)
+def test_a_password_file_that_holds_no_password_exits_78(
+    cli: Cli, tmp_path: Path, make: Callable[[Path], object], said: str
+):
+    make(tmp_path / "password")
+    (tmp_path / "password").chmod(0o700 if (tmp_path / "password").is_dir() else 0o600)
+    ran = cli("list", REGCTL_REDIS_PASSWORD_FILE="password")
+    assert ran.exit_code == 78, ran.stderr
+    assert said in ran.stderr
+
+
+def test_a_short_code_secret_stops_every_command_not_only_writes(cli: Cli, tmp_path: Path):
+    (tmp_path / "secret").write_text("short\n")
+    (tmp_path / "secret").chmod(0o600)
+    for secret in ({"REGCTL_CODE_SECRET": "abc"}, {"REGCTL_CODE_SECRET_FILE": "secret"}):
+        ran = cli("list", **{"REGCTL_CODE_SECRET": "", **secret})
+        assert ran.exit_code == 78, (secret, ran.stderr)
+        assert "must be at least 16 bytes" in ran.stderr
 
 
 def test_toml_booleans_are_not_numbers_and_a_bom_is_fine(tmp_path: Path):

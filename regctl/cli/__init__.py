@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from types import FrameType
 
 from regctl.errors import ExitStatus, local_io
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, `timeout`, Kubernetes): a command stops as at Ctrl-C (its lock
+    released, its audit entry written, its JSON closed), then regctl ends by SIGTERM."""
+
+
 def main() -> None:
     """Console-script entry point."""
+    received: list[int] = []
+
+    def terminated(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         from regctl.cli.app import build_app
 
@@ -24,3 +40,10 @@ def main() -> None:
 
         written(sys.stderr, f"Error: {failed.line()}\n")
         sys.exit(ExitStatus.LOCAL_IO)
+    finally:
+        if received:  # cleaned up: now end as SIGTERM ends a process (143 to a shell)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError):
+                    stream.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)

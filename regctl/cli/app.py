@@ -152,6 +152,8 @@ FORMATS = {
             "server status",
             "secret status",
             "secret rotate",
+            "limits show",
+            "limits reset",
         ),
         _NO_NAMES,
     ),

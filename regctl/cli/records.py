@@ -381,11 +381,12 @@ def verify(
         **_replicas(result.replicas_acked),
     }
     if reg is None:
-        if state.format() in (Format.JSON, Format.NDJSON, Format.CSV):
-            state.result(data, "")
-        state.err.print(f"Error: {escape(_refusal(result, email))}")
+        refusal, status = _refusal(result, email), VERIFY_STATUS[result.outcome]
+        if state.format() in (Format.JSON, Format.NDJSON, Format.CSV):  # (a failure's shape)
+            state.result(data | {"message": refusal, "exit_code": int(status)}, "")
+        state.err.print(f"Error: {escape(refusal)}")
         state.outcome = result.outcome.value
-        raise typer.Exit(VERIFY_STATUS[result.outcome])
+        raise typer.Exit(status)
     data["registration"] = reg.public_dict(include_password_hash=True)
     if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
         # In a pipe: the consumed record as TSV, for the script that creates the user.

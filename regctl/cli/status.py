@@ -12,7 +12,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, TextIO
 
 from regctl.cli.render import to_json
-from regctl.errors import ExitStatus, RegctlError
+from regctl.errors import CooldownActive, ExitStatus, RateLimited, RegctlError
 from regctl.model import VerifyOutcome
 from regctl.text import visible
 
@@ -82,5 +82,8 @@ def report_error(state: State | None, exc: BaseException) -> int:
     line = f"Error: {exc.line()}"
     written(sys.stderr, visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json() and not state.json_written:
-        written(sys.stdout, to_json(failure(exc.reason, exc.message, exc.exit_code)) + "\n")
+        document = failure(exc.reason, exc.message, exc.exit_code)
+        if isinstance(exc, CooldownActive | RateLimited):  # (when to try again)
+            document["retry_after_ms"] = exc.retry_after_ms
+        written(sys.stdout, to_json(document) + "\n")
     return int(exc.exit_code)

@@ -12,7 +12,7 @@ import typer
 
 from regctl.cli.render import Format, LeftOut, escape, to_json
 from regctl.cli.state import State
-from regctl.cli.status import report_error
+from regctl.cli.status import failure, report_error
 from regctl.errors import InvalidInput
 from regctl.reports import ImportReport
 from regctl.text import plural
@@ -75,7 +75,18 @@ def import_(
     if not dry_run:
         state.audited("import", source)
     report = _run_import(state, source, replace, dry_run)
-    state.report(report)
+    refused = None
+    if report.invalid:
+        done = "checked" if dry_run else "imported"
+        named = "named without -q" if state.quiet and not state.wants_json() else "named"
+        refused = InvalidInput(
+            f"{plural(report.invalid, 'line')} of {'stdin' if source == '-' else source} refused",
+            f"the valid ones were {done}; fix the lines {named}, then import them again",
+        )
+        # (the report is the one JSON document: it says so as every failure does)
+        state.report(report, **failure(refused.reason, refused.message, refused.exit_code))
+    else:
+        state.report(report)
     if not state.wants_json():
         for error in report.errors:
             state.note(f"  {escape(error)}")
@@ -86,15 +97,9 @@ def import_(
     if not dry_run:
         for email in report.reset:  # an operator granted fresh guesses: on the record
             state.audit("import --replace", email, "attempts or resends reset")
-    if report.invalid:
+    if refused is not None:
         # (not raised: the valid lines were imported, and the audit entry says so)
         state.outcome = plural(report.invalid, "invalid line")
-        done = "checked" if dry_run else "imported"
-        named = "named without -q" if state.quiet and not state.wants_json() else "named"
-        refused = InvalidInput(
-            f"{plural(report.invalid, 'line')} of {'stdin' if source == '-' else source} refused",
-            f"the valid ones were {done}; fix the lines {named}, then import them again",
-        )
         raise typer.Exit(report_error(state, refused))
 
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from regctl.acl import AclUnchecked, missing_commands
 from regctl.connection import translated_errors
 from regctl.diagnostics.health import Thresholds
-from regctl.diagnostics.topology import SAFE_POLICIES, open_slots_text, split_brain_text, topology
+from regctl.diagnostics.topology import (
+    SAFE_POLICIES,
+    open_slots_text,
+    replica_text,
+    split_brain_text,
+    topology,
+)
 from regctl.errors import (
     NotServing,
     StoreUnavailable,
@@ -46,9 +52,19 @@ def doctor(store: RedisStore, scan_limit: int = 1_000_000) -> list[Finding]:
     view = topology(store)
     findings: list[Finding] = []
     for facts in view["nodes"]:
-        if facts["role"] in ("master", "primary"):
+        primary = facts["role"] in ("master", "primary")
+        if primary or view["kind"] == "standalone":
             findings += _server_findings(facts, len(view["nodes"]) > 1)
-        elif facts.get("master_link_status") not in (None, "up"):
+        if not primary and view["kind"] == "standalone":
+            findings.append(
+                Finding(
+                    "error",
+                    "store-is-replica",
+                    replica_text(facts),
+                    "point REGCTL_REDIS_URL at the primary (or at Sentinel: redis+sentinel://)",
+                )
+            )
+        elif not primary and facts.get("master_link_status") not in (None, "up"):
             findings.append(
                 Finding(
                     "warning",

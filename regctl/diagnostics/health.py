@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from regctl.diagnostics.topology import SAFE_POLICIES, open_slots_text, split_brain_text, topology
+from regctl.diagnostics.topology import (
+    SAFE_POLICIES,
+    open_slots_text,
+    replica_text,
+    split_brain_text,
+    topology,
+)
 from regctl.errors import (
     DamagedRecord,
     InvalidInput,
@@ -293,11 +299,14 @@ def _total(store: RedisStore, view: dict[str, Any]) -> tuple[int | None, str | N
 def _topology_checks(view: dict[str, Any], limits: Thresholds) -> Iterator[Check]:
     many = len(view["nodes"]) > 1
     for node in view["nodes"]:
-        if node["role"] in ("master", "primary"):
+        primary = node["role"] in ("master", "primary")
+        if primary or view["kind"] == "standalone":  # (the one server: whatever it is)
             suffix = f" {node['address']}" if many else ""
             for check in _health_checks(node, limits):
                 yield Check(check.name + suffix, check.level, check.detail)
-        elif node.get("master_link_status") not in (None, "up"):
+        if not primary and view["kind"] == "standalone":
+            yield Check("role", Level.CRITICAL, replica_text(node))
+        elif not primary and node.get("master_link_status") not in (None, "up"):
             yield Check(f"replica {node['address']}", Level.WARNING, "link to its primary is down")
     if view["kind"] == "cluster":
         ok = view["cluster_state"] == "ok" and view["slots_ok"] == 16384

@@ -46,6 +46,8 @@ def node_facts(client: Any) -> dict[str, Any]:
         "rdb_last_save_time": info.get("rdb_last_save_time"),
         "uptime_in_seconds": info.get("uptime_in_seconds"),
         "master_link_status": info.get("master_link_status"),
+        # (a replica's primary, as INFO names it)
+        "primary": f"{info['master_host']}:{info['master_port']}" if "master_host" in info else "",
     }
 
 
@@ -117,6 +119,7 @@ def topology(store: RedisStore) -> dict[str, Any]:
             "any_replica": bool(backed),
         }
     facts = node_facts(client)
+    facts["address"] = _address(client)
     # Split brain: a node the topology holds for a replica that takes writes (promoted
     # by hand, or an old master never told); whatever it takes is lost.
     view: dict[str, Any] = {"kind": "standalone", "nodes": [facts], "other_masters": []}
@@ -174,9 +177,18 @@ def _answers(sentinel: Any) -> bool:
         return False
 
 
-def _address(sentinel: Any) -> str:
-    kwargs = sentinel.connection_pool.connection_kwargs
-    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+def _address(client: Any) -> str:
+    """Where ``client`` connects: host:port, or a unix socket's path."""
+    kwargs = client.connection_pool.connection_kwargs
+    return str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+
+
+def replica_text(facts: dict[str, Any]) -> str:
+    """The store's one server is a replica: what that means for the sign-ups."""
+    of = f" of {facts['primary']}" if facts.get("primary") else ""
+    link = facts.get("master_link_status")
+    lost = f" (its link to the primary is {link})" if link not in (None, "up") else ""
+    return f"the server is a replica{of}{lost}: it refuses add, resend and verify"
 
 
 def split_brain_text(addresses: list[str]) -> str:

@@ -127,6 +127,7 @@ class ScriptRunner:
         until the call's deadline. Nothing of a refused try ran: trying again is safe."""
         with call_deadline(self.call_budget_s) as deadline:
             wait = 0.02
+            made: NotReplicated | None = None  # a try that made its change on a primary
             while True:
                 try:
                     if self._watcher is not None:
@@ -134,9 +135,13 @@ class ScriptRunner:
                             raise NotServing("a Sentinel failover is under way")
                         settled(self._watcher.missed_by(self._pool))
                     return call(*args)
-                except (NotServing, NotReplicated):  # (a replay of a made change is safe)
+                except (NotServing, NotReplicated) as exc:  # (a replay of a made change is safe)
+                    if isinstance(exc, NotReplicated):
+                        made = exc
                     if time.monotonic() + wait >= deadline:
-                        raise
+                        # (the last try ran nothing; an earlier one may have changed a
+                        # primary: then that is what the caller must know)
+                        raise made or exc from None
                     self.rediscover()
                     pause(wait)
                     wait = min(2 * wait, 0.5)
