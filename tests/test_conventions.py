@@ -264,27 +264,19 @@ def test_a_streamed_live_view_starts_with_a_header_and_stamps_each_sample(cli: C
     assert [json.loads(line)["total"] for line in ndjson.splitlines()] == [0, 0]
 
 
-def test_ctrl_c_ends_a_live_view_with_exit_130(cli: Cli):
-    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
-    proc = subprocess.Popen(
-        [REGCTL, "stats", "--interval", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert proc.stdout is not None
-    proc.stdout.readline()  # the header: it is running
-    proc.stdout.readline()  # a sample
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    assert proc.communicate(timeout=30)[1].strip().endswith("Interrupted")
-
-
-def test_sigterm_stops_a_command_as_ctrl_c_does_then_ends_it_by_sigterm(cli: Cli):
-    """systemd, `timeout` and Kubernetes stop with SIGTERM: the command's cleanup runs
-    (here the JSON sample stream ends whole), and the process ends by the signal, as
-    a supervisor expects (143 to a shell); it died at once, its cleanup skipped."""
+@pytest.mark.parametrize(
+    ("stop", "status"),
+    [
+        (signal.SIGINT, 130),
+        # systemd, `timeout` and Kubernetes stop with SIGTERM: the command's cleanup runs
+        # as at Ctrl-C (it died at once, its cleanup skipped), then the process ends by
+        # the signal, as a supervisor expects (143 to a shell)
+        (signal.SIGTERM, -signal.SIGTERM),
+    ],
+)
+def test_ctrl_c_or_sigterm_ends_a_live_view_after_its_cleanup(
+    cli: Cli, stop: signal.Signals, status: int
+):
     env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
     proc = subprocess.Popen(
         [REGCTL, "-o", "ndjson", "stats", "--interval", "0.2"],
@@ -295,12 +287,12 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_then_ends_it_by_sigterm(cli: Cli
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # a sample: it is running
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGTERM
+    assert proc.returncode == status
     assert err.strip().endswith("Interrupted")
     assert "Traceback" not in err
-    assert all(json.loads(line) for line in out.splitlines())
+    assert all(json.loads(line) for line in out.splitlines())  # (each sample whole)
 
 
 def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():
