@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from regctl.errors import InvalidInput
 from regctl.model import NUMBER_FIELDS, SCHEMA_VERSION, PendingRegistration, Policy
@@ -24,6 +25,20 @@ _CODE_HASH = re.compile(r"(?:[0-9a-f]{16}:)?[0-9a-f]{64}")
 # between the servers, rounding); times stay below 2^53 so Lua's numbers are exact.
 IMPORT_MARGIN_MS = 60_000
 MAX_TIME_MS = 2**53 - 1
+# The longest line an import reads: a record with every field at its longest (an
+# address, two names, a password hash at its bounds) is under 2 000 characters.
+MAX_LINE = 16_384
+
+
+def bounded_lines(handle: IO[str], limit: int = MAX_LINE) -> Iterator[str]:
+    """``handle``'s lines, each read into memory up to ``limit + 1`` characters: a
+    longer one (a corrupt or hostile file, one line of gigabytes) comes cut there,
+    the rest of it skipped, so ``parse_record`` refuses it for its length."""
+    while line := handle.readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            while (rest := handle.readline(limit)) and not rest.endswith("\n"):
+                pass  # (the rest of the line, read in pieces and dropped)
+        yield line
 
 
 def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[str, Any]:
@@ -38,6 +53,8 @@ def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[st
 def parse_record(line: str, policy: Policy) -> PendingRegistration:
     """One NDJSON line of a secrets-included export, validated like fresh input and
     against ``policy``: an import cannot make what the API could not."""
+    if len(line.rstrip("\n")) > MAX_LINE:
+        raise InvalidInput(f"longer than {MAX_LINE:,} characters: no record is")
     try:
         data = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: nested beyond reason

@@ -208,6 +208,25 @@ def test_an_import_names_its_refusal_even_quietly_and_counts_the_unnamed(cli: Cl
     assert as_json.exit_code == 2
 
 
+def test_an_overlong_line_is_refused_without_being_read_whole(cli: Cli, fresh_redis):
+    """A corrupt or hostile backup (one line of gigabytes) cost its size in memory."""
+    import io
+
+    from regctl.transfer import MAX_LINE, bounded_lines
+
+    add(cli, "kept@example.com")
+    good = cli("export", "--include-secrets").stdout
+    huge = '{"email": "' + "a" * 100_000 + '@example.com"}\n'
+    assert [len(line) for line in bounded_lines(io.StringIO(huge + good))] == [
+        MAX_LINE + 1,  # (cut: the rest was read in pieces and dropped)
+        len(good),
+    ]
+    ran = cli("import", "-", input=huge + good, REGCTL_REDIS_URL=fresh_redis.url)
+    assert ran.exit_code == 2
+    assert f"line 1: longer than {MAX_LINE:,} characters" in ran.stderr
+    assert cli("inspect", "kept@example.com", REGCTL_REDIS_URL=fresh_redis.url).exit_code == 0
+
+
 def test_a_second_line_for_an_address_is_refused_not_counted_twice(cli: Cli, fresh_redis):
     add(cli, "twice@example.com")
     line = cli("export", "--include-secrets").stdout

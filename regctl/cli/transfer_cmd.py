@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -128,10 +127,13 @@ def _run_import(state: State, source: str, replace: bool, dry_run: bool) -> Impo
 
 
 def _import_lines(
-    state: State, handle: Iterable[str], size: int | None, replace: bool, dry_run: bool
+    state: State, handle: IO[str], size: int | None, replace: bool, dry_run: bool
 ) -> ImportReport:
+    from regctl.transfer import bounded_lines
+
     with state.progress("lines read", size, sized=True) as tally:
-        lines = tally.track(handle, weight=byte_size) if size else tally.track(handle)
+        read = bounded_lines(handle)  # (a line of gigabytes is not held whole)
+        lines = tally.track(read, weight=byte_size) if size else tally.track(read)
         return state.manager.import_records(lines, replace=replace, dry_run=dry_run)
 
 
