@@ -179,6 +179,16 @@ def test_csv_of_a_mutating_command_is_csv(cli: Cli):
 
 
 @pytest.mark.parametrize(
+    "args", [("-o", "json"), ("-o", "json", "server"), ("limits", "-o", "json")]
+)
+def test_a_missing_command_under_o_json_is_one_json_usage_error(cli: Cli, args: tuple[str, ...]):
+    """(A group without its command printed its help, exit 0: not a JSON document.)"""
+    ran = cli(*args)
+    assert ran.exit_code == 2
+    assert json.loads(ran.stdout)["reason"] == "usage"
+
+
+@pytest.mark.parametrize(
     ("args", "refused"),
     [
         (("purge", "-o", "name"), "`regctl purge` has no -o name output"),

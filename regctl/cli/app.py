@@ -71,13 +71,16 @@ class RegctlGroup(TyperGroup):
             if not _is_usage_error(exc):
                 raise
             context = getattr(exc, "ctx", None)
-            if context is not None and exc.format_message() == context.get_help():
-                with contextlib.suppress(BrokenPipeError):  # bare `regctl`: help, not an error
-                    sys.stdout.write(context.get_help() + "\n")
-                    sys.stdout.flush()
-                    sys.exit(ExitStatus.OK)
-                closed_pipe()
-            sys.exit(_usage_error(str(exc.format_message()), exc.exit_code, context, argv))
+            message = str(exc.format_message())
+            if context is not None and message == context.get_help():
+                if not _asks_json(argv):
+                    with contextlib.suppress(BrokenPipeError):  # bare `regctl`: help
+                        sys.stdout.write(context.get_help() + "\n")
+                        sys.stdout.flush()
+                        sys.exit(ExitStatus.OK)
+                    closed_pipe()
+                message = "Missing command."  # (-o json: one JSON document, help is none)
+            sys.exit(_usage_error(message, exc.exit_code, context, argv))
         sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
