@@ -55,6 +55,7 @@ class ExitStatus(enum.IntEnum):
     CONFIG = 78
     INTERRUPTED = 130
     CLOSED_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
+    TERMINATED = 143  # 128 + SIGTERM: the process ends by the signal, after its cleanup
 
     @property
     def meaning(self) -> str:
@@ -81,6 +82,8 @@ _MEANINGS = {
     ExitStatus.INTERRUPTED: "interrupted (Ctrl-C, end of input at a prompt, a live view's end)",
     ExitStatus.CLOSED_PIPE: "stdout's reader went away (`regctl list \\| head -1`): the "
     "command stops quietly",
+    ExitStatus.TERMINATED: "stopped by SIGTERM (systemd, `timeout`, Kubernetes): the cleanup "
+    "Ctrl-C gets (lock released, JSON closed), then the process ends by the signal",
 }
 
 

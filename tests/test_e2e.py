@@ -91,6 +91,28 @@ def wait_until_reading_a_pipe(pid: int) -> None:
         time.sleep(0.02)
 
 
+def test_sigterm_at_a_prompt_says_so_in_json_and_ends_by_the_signal(env: dict[str, str]):
+    proc = subprocess.Popen(
+        [REGCTL, "-o", "json", "verify", EMAIL],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    wait_until_reading_a_pipe(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGTERM  # (143 to a shell: the table's row)
+    assert json.loads(out) == {
+        "ok": False,
+        "reason": "interrupted",
+        "message": "terminated by SIGTERM",
+        "exit_code": 143,
+    }
+    assert err.strip() == "Interrupted"
+
+
 def test_ctrl_c_exits_130_without_a_traceback(env: dict[str, str]):
     proc = subprocess.Popen(
         [REGCTL, "verify", EMAIL],

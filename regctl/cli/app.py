@@ -63,8 +63,11 @@ class RegctlGroup(TyperGroup):
             if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click met a closed pipe
                 closed_pipe()
             raise
-        except typer.Abort:  # end of input or Ctrl-C at a prompt
-            sys.exit(interrupted(_asks_json(argv)))
+        except typer.Abort as stopped:  # end of input, Ctrl-C or SIGTERM at a prompt
+            from regctl.cli import Terminated
+
+            terminated = isinstance(stopped.__context__, Terminated)
+            sys.exit(interrupted(_asks_json(argv), terminated=terminated))
         except RegctlError as exc:  # found while reading the line, before any command
             sys.exit(_usage_error(exc.message, exc.exit_code, None, argv))
         except Exception as exc:

@@ -50,13 +50,15 @@ def plugin_line(level: str, message: str) -> str:
     return f"REGCTL {level} - {visible(' '.join(message.replace('|', '/').split()))}"
 
 
-def interrupted(as_json: bool) -> int:
-    """Ctrl-C (or end of input at a prompt): say so, in JSON too when asked; exit 130."""
+def interrupted(as_json: bool, *, terminated: bool = False) -> int:
+    """Ctrl-C (or end of input at a prompt), or SIGTERM: say so, in JSON too when
+    asked; exit 130 (SIGTERM: 143, which the process then ends by)."""
     sys.stderr.write("Interrupted\n")
+    status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
     if as_json:
-        error = failure("interrupted", "interrupted", ExitStatus.INTERRUPTED)
-        sys.stdout.write(to_json(error) + "\n")
-    return ExitStatus.INTERRUPTED
+        said = "terminated by SIGTERM" if terminated else "interrupted"
+        sys.stdout.write(to_json(failure("interrupted", said, status)) + "\n")
+    return status
 
 
 def written(stream: TextIO, text: str) -> None:
@@ -70,7 +72,10 @@ def written(stream: TextIO, text: str) -> None:
 def report_error(state: State | None, exc: BaseException) -> int:
     """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
     if isinstance(exc, KeyboardInterrupt):
-        return interrupted(state is not None and state.wants_json() and not state.json_written)
+        from regctl.cli import Terminated
+
+        as_json = state is not None and state.wants_json() and not state.json_written
+        return interrupted(as_json, terminated=isinstance(exc, Terminated))
     if state is not None and state.debug:
         with contextlib.suppress(OSError):
             traceback.print_exception(exc, file=sys.stderr)
