@@ -109,8 +109,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def malformed(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = sorted({".".join(map(str, e["loc"][1:])) or "body" for e in exc.errors()})
-        detail = f"missing or malformed: {', '.join(fields)}"
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            detail = "the body is not readable JSON"
+        else:
+            fields = sorted({".".join(map(str, e["loc"][1:])) or "body" for e in exc.errors()})
+            detail = f"missing or malformed: {', '.join(fields)}"
         return JSONResponse({"error": "invalid_input", "detail": detail}, 400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -314,9 +314,12 @@ def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
         if not rest[0].isdigit():
             raise ConfigError(f"invalid database number {rest[0]!r} in the Sentinel URL")
         kwargs["db"] = int(rest[0])
+    # Asking the sentinels in turn (each one silent, or not speaking TLS) fits in one
+    # call's deadline, not one socket timeout per sentinel.
+    each_s = settings.call_budget / len(endpoint.hosts)
     sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout,
-        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": min(settings.socket_timeout, each_s),
+        "socket_connect_timeout": min(settings.connect_timeout, each_s),
         "retry": kwargs["retry"],  # else redis-py's own: 10 s of backoff per sentinel
     }
     if settings.sentinel_username:
@@ -350,6 +353,10 @@ def _waiting_sentinel_pool() -> type:
             self._wait_s = kwargs.pop("pool_timeout")
             super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
             self._slots = threading.BoundedSemaphore(self.max_connections)
+            # The connections handed out, each holding a slot its release gives back. (A
+            # connection that fails to connect is released by redis-py before it is
+            # handed out: its slot is given back once, by get_connection.)
+            self._holding: set[int] = set()
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             if not self._slots.acquire(timeout=pool_wait(self._wait_s)):
@@ -357,16 +364,19 @@ def _waiting_sentinel_pool() -> type:
 
                 raise rex.ConnectionError("No connection available.")  # -> PoolExhausted
             try:
-                return super().get_connection(*args, **kwargs)
+                connection = super().get_connection(*args, **kwargs)
             except BaseException:
                 self._slots.release()
                 raise
+            self._holding.add(id(connection))
+            return connection
 
         def release(self, connection: Any) -> None:
             try:
                 super().release(connection)
             finally:
-                with contextlib.suppress(ValueError):  # released twice: no extra slot
+                if id(connection) in self._holding:
+                    self._holding.discard(id(connection))
                     self._slots.release()
 
     return WaitingSentinelPool
@@ -482,12 +492,67 @@ def _async_sentinel(client: Any, pool: Any) -> Any:
         sentinel_kwargs=_async_kwargs(manager.sentinel_kwargs, Connection),
         **_async_kwargs(manager.connection_kwargs, Connection),
     )
-    twin = sentinel.master_for(pool.service_name, max_connections=pool.max_connections)
+    twin = sentinel.master_for(
+        pool.service_name,
+        connection_pool_class=_switching_async_pool(),
+        max_connections=pool.max_connections,
+    )
     watcher = watcher_of(client)
     if watcher is not None:  # it pauses the twin's writes too; the twin follows its switches
         _WATCHERS[twin.connection_pool] = watcher
-        twin.connection_pool.switches_seen = watcher.switches
+        twin.connection_pool.follow(watcher)
     return twin
+
+
+@functools.cache
+def _switching_async_pool() -> Any:
+    """redis.asyncio's Sentinel pool, following the sync client's ``SwitchWatcher``.
+
+    After a switch the watcher saw, no connection is handed out before the pool has
+    asked the sentinels for the new master (the announcing one first: the others may
+    still name the old one) and closed its idle connections to the old one; and a
+    connection busy at the switch is closed when it comes back (redis.asyncio takes it
+    back as it is). Else later calls would write to the old master, which takes writes
+    until it turns replica and loses them then: a registration verified twice."""
+    import asyncio
+
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    class SwitchingSentinelPool(SentinelConnectionPool):
+        watcher: SwitchWatcher | None = None
+        switches_seen = 0
+
+        def follow(self, watcher: SwitchWatcher) -> None:
+            self.watcher, self.switches_seen = watcher, watcher.switches
+            self._switching = asyncio.Lock()
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            watcher = self.watcher
+            if watcher is not None and self.switches_seen != watcher.switches:
+                async with self._switching:  # (one task asks; the others wait for it)
+                    seen = watcher.switches
+                    if self.switches_seen != seen:
+                        self._ask_first(watcher.announcer)
+                        await self.get_master_address()  # type: ignore[no-untyped-call]
+                        self.switches_seen = seen
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        def _ask_first(self, address: tuple[str, int] | None) -> None:
+            order = self.sentinel_manager.sentinels
+            for sentinel in list(order):
+                kwargs = sentinel.connection_pool.connection_kwargs
+                if (kwargs.get("host"), kwargs.get("port")) == address:
+                    order.remove(sentinel)
+                    order.insert(0, sentinel)
+
+        async def release(self, connection: Any) -> None:
+            # (its owns_connection cannot be used: it calls one its base lacks)
+            master = self.master_address
+            if self.is_master and master and (connection.host, connection.port) != master:
+                await connection.disconnect()  # to a master it no longer is
+            await super().release(connection)
+
+    return SwitchingSentinelPool
 
 
 def _async_kwargs(kwargs: dict[str, Any], kind: Any) -> dict[str, Any]:
@@ -532,6 +597,7 @@ class SwitchWatcher:
         self.stopped = threading.Event()
         self._paused_until = 0.0
         self.switches = 0  # how many switches it has applied (diagnostics, tests)
+        self.announcer: tuple[str, int] | None = None  # the last switch's sentinel
         self._threads = [
             threading.Thread(
                 target=self._follow, args=(s,), name=f"regctl-sentinel-{service}", daemon=True
@@ -582,19 +648,11 @@ class SwitchWatcher:
         order = self.sentinel.sentinels
         with contextlib.suppress(ValueError):
             order.insert(0, order.pop(order.index(announcer)))
+        kwargs = announcer.connection_pool.connection_kwargs
+        self.announcer = (kwargs.get("host"), kwargs.get("port"))
         with contextlib.suppress(Exception):  # no master named yet: the next call asks
             self.pool.get_master_address()
         self.switches += 1
-
-    def missed_by(self, pool: Any) -> Any:
-        """For an asyncio twin's ``pool`` (``async_twin``) after a switch this watcher
-        saw: the coroutine that asks the sentinels for the new master and closes the
-        idle connections to the old one, to await on the twin's loop before its next
-        call. None otherwise (the sync pool is switched by the watcher itself)."""
-        if pool is self.pool or pool.switches_seen == self.switches:
-            return None
-        pool.switches_seen = self.switches
-        return pool.get_master_address()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -759,8 +817,11 @@ _NOT_SERVING = ("BUSY", "READONLY", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "MO
 
 
 def _cannot_serve(exc: BaseException) -> NotServing:
+    said = first_line(exc)
+    if said == "TTL exhausted.":  # (redis-py's words for it)
+        said = "the Cluster kept redirecting the call (a slot on the move)"
     return NotServing(
-        f"Redis cannot serve this call now: {first_line(exc)}",
+        f"Redis cannot serve this call now: {said}",
         "a failover or a slot migration is under way, or too few replicas are up; "
         "nothing was changed: try again",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 import unicodedata
 
 from regctl.errors import InvalidInput
@@ -30,11 +31,21 @@ def normalize_email(raw: str) -> str:
 
 
 def identity_of(address: str) -> str:
-    """The registration a normalized address names: the address in lower case, so
-    ``Alice@Example.com`` is ``alice@example.com``. Not ``str.casefold``: it folds more
-    than case (ß to ss, the long s to s), and would make one registration of two mailboxes
-    (``straße.de`` and ``strasse.de`` are two domains)."""
-    return address.lower()
+    """The registration a normalized address names: its domain in lower case (as DNS
+    compares names) and the ASCII letters of its local part too, so
+    ``Alice@Example.com`` is ``alice@example.com``. Every other letter is kept as
+    written: whether a mail server tells the sharp s from ss, or the long s and the
+    Greek capital and final sigma from their small forms, is its own affair, and one
+    registration for two mailboxes would let one verify the other's account
+    (``straße.de`` and ``strasse.de`` are two domains). Two spellings of one mailbox
+    make at worst two pending registrations."""
+    if address.isascii():
+        return address.lower()
+    local, at, domain = address.rpartition("@")
+    return local.translate(_ASCII_LOWER) + at + domain.lower()
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def email_identity(raw: str) -> str:

@@ -188,6 +188,16 @@ def test_health_tells_anyone_the_original_fields_and_no_count_that_reveals_a_sig
     run(test, redis_proc.url, prefix, smtp, conceal=conceal)
 
 
+def test_a_body_that_is_not_json_is_said_to_be_so(redis_proc: RedisProcess, prefix, smtp):
+    async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
+        answer = await client.post("/register", content=b"{bad", headers=JSON_TYPE)
+        assert answer.status_code == 400
+        said = {"error": "invalid_input", "detail": "the body is not readable JSON"}
+        assert answer.json() == said  # (it said "missing or malformed: 1")
+
+    run(test, redis_proc.url, prefix, smtp)
+
+
 def test_requests_without_a_client_address_share_no_limit(redis_proc: RedisProcess, prefix, smtp):
     """(A unix socket without proxy headers): no window every user would share."""
 

@@ -456,6 +456,12 @@ def test_health_and_doctor_call_a_store_on_a_replica_critical(
         doctor = cli("doctor", "-o", "json")
         assert doctor.exit_code == 1, doctor.stdout + doctor.stderr
         assert "store-is-replica" in {f["code"] for f in json.loads(doctor.stdout)["findings"]}
+        replica.client().config_set("replica-read-only", "no")  # (it takes writes: lost)
+        loose = cli("health", "-o", "json")
+        role = {c["name"]: c for c in json.loads(loose.stdout)["checks"]}["role"]
+        assert (role["status"], loose.exit_code) == ("critical", 2)
+        assert "what it takes, its primary overwrites" in role["detail"]
+        replica.client().config_set("replica-read-only", "yes")
         # A write it refuses ran nothing: said so, not "may or may not have happened".
         verify = cli("-o", "json", "verify", "r@example.com", "000000", REGCTL_TIMEOUT="0.3")
         assert verify.exit_code == 69

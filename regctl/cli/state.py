@@ -123,6 +123,9 @@ class State:
             return  # refused before anything happened: bad input writes nothing at all
         if outcome == "timeout":  # (the change may have happened: say it is not in the trail)
             self.warn("the audit entry was not written: Redis timed out")
+        if outcome == "internal_error":  # (what happened is unknown: nothing more is sent)
+            self.warn("the audit entry was not written: regctl failed")
+            return
         if outcome in UNSERVED or outcome == "permission_denied":
             return  # the store cannot take it now; trying would only delay the exit
         self.audit(*self.audit_event, outcome)

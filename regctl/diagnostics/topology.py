@@ -46,6 +46,7 @@ def node_facts(client: Any) -> dict[str, Any]:
         "rdb_last_save_time": info.get("rdb_last_save_time"),
         "uptime_in_seconds": info.get("uptime_in_seconds"),
         "master_link_status": info.get("master_link_status"),
+        "read_only": info.get("slave_read_only"),  # (a replica's replica-read-only)
         # (a replica's primary, as INFO names it)
         "primary": f"{info['master_host']}:{info['master_port']}" if "master_host" in info else "",
     }
@@ -188,6 +189,8 @@ def replica_text(facts: dict[str, Any]) -> str:
     of = f" of {facts['primary']}" if facts.get("primary") else ""
     link = facts.get("master_link_status")
     lost = f" (its link to the primary is {link})" if link not in (None, "up") else ""
+    if facts.get("read_only") == 0:  # (replica-read-only no)
+        return f"the server is a replica{of}{lost}: what it takes, its primary overwrites"
     return f"the server is a replica{of}{lost}: it refuses add, resend and verify"
 
 

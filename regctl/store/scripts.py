@@ -130,10 +130,10 @@ class ScriptRunner:
             made: NotReplicated | None = None  # a try that made its change on a primary
             while True:
                 try:
-                    if self._watcher is not None:
-                        if self._watcher.failing_over:  # the old master would lose it: wait
-                            raise NotServing("a Sentinel failover is under way")
-                        settled(self._watcher.missed_by(self._pool))
+                    # (the old master would lose it: wait; an asyncio pool follows the
+                    # switch itself: connection._switching_async_pool)
+                    if self._watcher is not None and self._watcher.failing_over:
+                        raise NotServing("a Sentinel failover is under way")
                     return call(*args)
                 except (NotServing, NotReplicated) as exc:  # (a replay of a made change is safe)
                     if isinstance(exc, NotReplicated):

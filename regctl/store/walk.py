@@ -304,13 +304,18 @@ def _matches(selection: Filter, row: list[str | None], now: int) -> bool:
 def refuse_during_reshard(client: Client) -> None:
     """A walk of the index (orphans, filters) waits for a reshard to end: records
     on their way between nodes are not what an orphan or a match looks like."""
-    moving = [
-        m["slot"] for node in client.get_primaries() for m in node_migrations(node.redis_connection)
-    ]
+    moving = sorted(  # (each slot once: it is importing on one node, migrating on another)
+        {
+            int(m["slot"])
+            for node in client.get_primaries()
+            for m in node_migrations(node.redis_connection)
+        }
+    )
     if moving:
         raise NotServing(
-            f"slots are moving between Cluster nodes (slot {moving[0]} and "
-            f"{len(moving) - 1} more): a walk of the index waits for the reshard",
+            f"slots are moving between Cluster nodes (slot {moving[0]}"
+            + (f" and {len(moving) - 1} more" if len(moving) > 1 else "")
+            + "): a walk of the index waits for the reshard",
             "run it again once `regctl health` shows no open slot; expired "
             "entries need no walk: `regctl purge` without --orphans or filters runs",
         )
