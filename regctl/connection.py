@@ -687,9 +687,10 @@ def is_cluster(client: Client) -> bool:
 
 
 def stop_watching(client: Client) -> None:
-    """Stop the Sentinel switch watcher of ``client``, if it has one."""
+    """Stop the Sentinel switch watcher of ``client``, if it has one of its own (an
+    asyncio twin's is its sync client's: one event loop ending stops nothing)."""
     watcher = watcher_of(client)
-    if watcher is not None:
+    if watcher is not None and watcher.pool is getattr(client, "connection_pool", None):
         watcher.stop()
 
 

@@ -174,6 +174,7 @@ def _template_text(path: Path) -> str:
 def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: int) -> EmailMessage:
     # Imported here: settings validation imports this module on every start-up.
     from email.message import EmailMessage
+    from email.policy import SMTPUTF8, default
     from email.utils import make_msgid
 
     template = DEFAULT_BODY if config.template is None else _template_text(config.template)
@@ -182,9 +183,12 @@ def compose(config: MailConfig, to: str, first_name: str, code: str, minutes: in
         body = template.format_map(fields)
     except ValueError as exc:  # a bad format spec: {minutes:zz}
         raise ConfigError(f"mail template: {exc}") from None
-    message = EmailMessage()
+    recipient = _deliverable(to)
+    # A local part that is not ASCII goes as UTF-8 (SMTPUTF8): an RFC 2047 encoded word
+    # is not allowed in an address, and the default policy would write one.
+    message = EmailMessage(policy=default if recipient.isascii() else SMTPUTF8)
     message["From"] = config.sender
-    message["To"] = _deliverable(to)
+    message["To"] = recipient
     message["Subject"] = config.subject
     message["Message-ID"] = make_msgid(domain="regctl")
     # Quoted-printable: the code stays readable digits in any name's charset (base64 would

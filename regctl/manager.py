@@ -479,15 +479,16 @@ class RegistrationManager:
         self, limit: int, *, command: str | None = None, target: str | None = None
     ) -> builtins.list[dict[str, str]]:
         """The newest ``limit`` entries, newest first: of ``command`` only, and whose
-        target contains ``target`` (in any case, as identities compare), when given. A
-        filter looks through the newest AUDIT_SEARCH entries."""
-        needle = identity_of(target) if target else None
+        target contains ``target`` (case-insensitively: a search may find more than one
+        address's entries, never fewer), when given. A filter looks through the newest
+        AUDIT_SEARCH entries."""
+        needle = target.casefold() if target else None
         entries = self.store.audit_read(AUDIT_SEARCH if command or needle else limit)
         return [
             e
             for e in entries
             if (command is None or e.get("command") == command)
-            and (needle is None or needle in identity_of(e.get("target", "")))
+            and (needle is None or needle in e.get("target", "").casefold())
         ][:limit]
 
     def counts(self) -> Counts:

@@ -167,6 +167,16 @@ def test_an_internationalized_domain_is_mailed_in_its_ascii_form(smtp: SmtpServe
     assert message["To"] == "victim@xn--strae-oqa.de"  # (IDNA 2008: not strasse.de)
 
 
+def test_a_local_part_that_is_not_ascii_is_written_as_utf8_not_an_encoded_word():
+    """RFC 2047's =?utf-8?q?...?= is not allowed in an address, and the message as
+    written (the console's, a server without SMTPUTF8's) carried one."""
+    from regctl.mail import MailConfig, compose
+
+    config = MailConfig("console", "shop <a@shop.example>", "Your verification code")
+    written = compose(config, "Élise@exemple.fr", "Élise", "123456", 15).as_string()
+    assert "To: Élise@exemple.fr" in written  # (was To: =?utf-8?q?=C3=89lise?=@exemple.fr)
+
+
 def test_a_mailer_with_a_broken_template_fails_at_start_up(tmp_path):
     from regctl import ConfigError, Mailer
     from regctl.settings import load_settings

@@ -264,6 +264,32 @@ def test_silent_sentinels_are_given_up_on_within_one_deadline(
     assert took < 10, took  # (about 1.5 s and the start-up; it took over 15 s)
 
 
+def test_an_event_loop_ending_leaves_the_failover_watcher_running(
+    sentinel_group: SentinelGroup, prefix: str
+):
+    """A loop's twin shares its sync client's watcher: closing the twin (a thread's
+    asyncio.run ending) stopped it, and with it every loop's and the sync pool's
+    following of failovers."""
+    import asyncio
+
+    from regctl import AsyncRegistrationManager
+    from regctl.connection import watcher_of
+
+    loaded = load_settings(
+        {"redis_url": sentinel_group.url, "prefix": prefix, "code_secret": SECRET}, environ={}
+    )
+    manager = AsyncRegistrationManager.from_settings(loaded.settings)
+    watcher = watcher_of(redis_store(manager.sync).client)
+    assert watcher is not None
+    ended = threading.Thread(target=lambda: asyncio.run(manager.get("a@example.com")))
+    ended.start()
+    ended.join(60)
+    assert not watcher.stopped.is_set()
+    asyncio.run(manager.aclose())
+    manager.sync.close()
+    assert watcher.stopped.is_set()  # (its own client's close stops it)
+
+
 def test_health_shows_the_sentinel_view(cli: Cli, sentinel_group: SentinelGroup):
     data = json.loads(cli("health", "-o", "json", REGCTL_REDIS_URL=sentinel_group.url).stdout)
     view = data["topology"]["sentinel"]
