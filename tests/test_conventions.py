@@ -310,13 +310,20 @@ def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():
 
     purge = Tally("buckets, then records examined", None)
     purge.at(10, 64)
-    assert purge.summary(interrupted=True).startswith(
+    assert purge.summary(interrupted="Ctrl-C").startswith(
         "interrupted: buckets, then records examined 10 of 64 before Ctrl-C"
     )
     lines = Tally("lines read", 9_000, sized=True)  # a file's size: not a count of lines
-    assert lines.summary(interrupted=True).startswith("interrupted: lines read 0 before Ctrl-C")
+    assert lines.summary(interrupted="Ctrl-C").startswith("interrupted: lines read 0 before Ctrl-C")
     lines.add(3, weight=120)
-    assert lines.summary(interrupted=True).startswith("interrupted: lines read 3 before Ctrl-C")
+    assert lines.summary(interrupted="Ctrl-C").startswith("interrupted: lines read 3 before Ctrl-C")
+
+
+def test_a_summary_names_the_signal_that_stopped_the_work():
+    from regctl.cli import Terminated
+    from regctl.cli.state import _by
+
+    assert (_by(Terminated()), _by(KeyboardInterrupt())) == ("SIGTERM", "Ctrl-C")
 
 
 def test_the_terminal_view_of_stats_is_the_whole_view_with_its_time(cli: Cli):

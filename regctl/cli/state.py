@@ -327,17 +327,17 @@ class State:
                 )
                 try:
                     yield tally
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as stop:
                     bar.stop()
-                    self.err.print(escape(tally.summary(interrupted=True)))
+                    self.err.print(escape(tally.summary(interrupted=_by(stop))))
                     raise
                 bar.stop()
                 self.err.print(escape(tally.summary()))
         else:
             try:
                 yield tally
-            except KeyboardInterrupt:
-                self.err.print(escape(tally.summary(interrupted=True)))
+            except KeyboardInterrupt as stop:
+                self.err.print(escape(tally.summary(interrupted=_by(stop))))
                 raise
 
 
@@ -381,12 +381,20 @@ class Tally:
     def line(self) -> str:
         return f"{self.what}: {self.done:,} ({self.rate:,.0f}/s)"
 
-    def summary(self, *, interrupted: bool = False) -> str:
+    def summary(self, *, interrupted: str | None = None) -> str:
+        """The work done; ``interrupted`` names what stopped it (Ctrl-C, SIGTERM)."""
         seconds = time.monotonic() - self._started
         if interrupted:
             of = f" of {self.total:,}" if self.total and not self.sized else ""
-            return f"interrupted: {self.what} {self.done:,}{of} before Ctrl-C ({seconds:.1f}s)"
+            done = f"{self.what} {self.done:,}{of}"
+            return f"interrupted: {done} before {interrupted} ({seconds:.1f}s)"
         return f"{self.what}: {self.done:,} in {seconds:.1f}s ({self.rate:,.0f}/s)"
+
+
+def _by(stop: KeyboardInterrupt) -> str:
+    from regctl.cli import Terminated
+
+    return "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
 
 
 def closed_pipe() -> NoReturn:
