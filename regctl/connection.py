@@ -483,10 +483,7 @@ def _async_sentinel(client: Any, pool: Any) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
     manager = pool.sentinel_manager
-    hosts = [
-        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-        for s in manager.sentinels
-    ]
+    hosts = [_host_port(s) for s in manager.sentinels]
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         hosts,
         sentinel_kwargs=_async_kwargs(manager.sentinel_kwargs, Connection),
@@ -540,8 +537,7 @@ def _switching_async_pool() -> Any:
         def _ask_first(self, address: tuple[str, int] | None) -> None:
             order = self.sentinel_manager.sentinels
             for sentinel in list(order):
-                kwargs = sentinel.connection_pool.connection_kwargs
-                if (kwargs.get("host"), kwargs.get("port")) == address:
+                if _host_port(sentinel) == address:
                     order.remove(sentinel)
                     order.insert(0, sentinel)
 
@@ -553,6 +549,12 @@ def _switching_async_pool() -> Any:
             await super().release(connection)
 
     return SwitchingSentinelPool
+
+
+def _host_port(client: Any) -> tuple[str, int]:
+    """Where a (sentinel's) client connects, sync or asyncio."""
+    kwargs = client.connection_pool.connection_kwargs
+    return kwargs.get("host"), kwargs.get("port")
 
 
 def _async_kwargs(kwargs: dict[str, Any], kind: Any) -> dict[str, Any]:
@@ -648,8 +650,7 @@ class SwitchWatcher:
         order = self.sentinel.sentinels
         with contextlib.suppress(ValueError):
             order.insert(0, order.pop(order.index(announcer)))
-        kwargs = announcer.connection_pool.connection_kwargs
-        self.announcer = (kwargs.get("host"), kwargs.get("port"))
+        self.announcer = _host_port(announcer)
         with contextlib.suppress(Exception):  # no master named yet: the next call asks
             self.pool.get_master_address()
         self.switches += 1

@@ -86,18 +86,24 @@ def checked_secret(secret: object) -> str | bytes | None:
     return secret
 
 
+def secret_key(secret: str | bytes) -> bytes:
+    """The HMAC key of a code secret, or ConfigError when it is too short to be one."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    if len(key) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the code secret must be at least {MIN_SECRET_BYTES} bytes",
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    return key
+
+
 class CodeHasher:
     """Keyed digests of codes; the key never leaves this object."""
 
     __slots__ = ("_fingerprint", "_mac")
 
     def __init__(self, secret: str | bytes) -> None:
-        key = secret.encode() if isinstance(secret, str) else secret
-        if len(key) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"the code secret must be at least {MIN_SECRET_BYTES} bytes",
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            )
+        key = secret_key(secret)
         # Keyed once: a copy per message skips the key schedule (a third of an HMAC).
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._fingerprint = self._hmac(b"regctl code-secret fingerprint").hex()[:32]

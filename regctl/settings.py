@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from regctl.errors import ConfigError, InvalidInput
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
 from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
-from regctl.security import check_trusted
+from regctl.security import check_trusted, secret_key
 from regctl.store.base import AUDIT_MAX
 from regctl.urls import mask_url
 
@@ -276,12 +276,13 @@ class Settings(BaseSettings):
     @field_validator("code_secret")
     @classmethod
     def _check_code_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        from regctl.security import MIN_SECRET_BYTES
-
         # (refused for every command, not at the first code: a setting out of bounds
         # is an error wherever it would apply)
-        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ValueError(f"the code secret must be at least {MIN_SECRET_BYTES} bytes")
+        if value is not None:
+            try:
+                secret_key(value.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
         return value
 
     @field_validator("mail_url")
@@ -357,14 +358,9 @@ class Settings(BaseSettings):
         )
 
     def code_secret_value(self) -> str | None:
-        from regctl.security import MIN_SECRET_BYTES
-
         secret = _secret(self.code_secret, self.code_secret_file, "code secret")
-        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:  # (a file's)
-            raise ConfigError(
-                f"the code secret in {self.code_secret_file} must be at least "
-                f"{MIN_SECRET_BYTES} bytes"
-            )
+        if secret is not None:
+            secret_key(secret)  # (a file's: the value's was checked as it was read)
         return secret
 
     def redis_password_value(self) -> str | None:

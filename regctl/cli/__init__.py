@@ -16,6 +16,11 @@ class Terminated(KeyboardInterrupt):
     released, its audit entry written, its JSON closed), then regctl ends by SIGTERM."""
 
 
+def by_sigterm(stop: BaseException) -> bool:
+    """Whether ``stop`` (an interruption, or click's Abort at a prompt) is SIGTERM's."""
+    return isinstance(stop, Terminated) or isinstance(stop.__context__, Terminated)
+
+
 def main() -> None:
     """Console-script entry point."""
     received: list[int] = []

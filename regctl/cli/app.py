@@ -64,10 +64,9 @@ class RegctlGroup(TyperGroup):
                 closed_pipe()
             raise
         except typer.Abort as stopped:  # end of input, Ctrl-C or SIGTERM at a prompt
-            from regctl.cli import Terminated
+            from regctl.cli import by_sigterm
 
-            terminated = isinstance(stopped.__context__, Terminated)
-            sys.exit(interrupted(_asks_json(argv), terminated=terminated))
+            sys.exit(interrupted(_asks_json(argv), terminated=by_sigterm(stopped)))
         except RegctlError as exc:  # found while reading the line, before any command
             sys.exit(_usage_error(exc.message, exc.exit_code, None, argv))
         except Exception as exc:

@@ -392,9 +392,9 @@ class Tally:
 
 
 def _by(stop: KeyboardInterrupt) -> str:
-    from regctl.cli import Terminated
+    from regctl.cli import by_sigterm
 
-    return "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+    return "SIGTERM" if by_sigterm(stop) else "Ctrl-C"
 
 
 def closed_pipe() -> NoReturn:

@@ -72,10 +72,10 @@ def written(stream: TextIO, text: str) -> None:
 def report_error(state: State | None, exc: BaseException) -> int:
     """Print one line on stderr (and a JSON error in JSON modes); return the exit status."""
     if isinstance(exc, KeyboardInterrupt):
-        from regctl.cli import Terminated
+        from regctl.cli import by_sigterm
 
         as_json = state is not None and state.wants_json() and not state.json_written
-        return interrupted(as_json, terminated=isinstance(exc, Terminated))
+        return interrupted(as_json, terminated=by_sigterm(exc))
     if state is not None and state.debug:
         with contextlib.suppress(OSError):
             traceback.print_exception(exc, file=sys.stderr)
