@@ -238,6 +238,19 @@ def _deadline_pool() -> Any:
         def timeout(self, value: float | None) -> None:
             self._wait_s = value
 
+        def disconnect_free_connections(self, moving_address_src: str | None = None) -> None:
+            # A Cluster client calls this on every node's pool when it reloads the slot
+            # map. redis-py's own lists the free connections, then closes them one by
+            # one, while another thread may take one of them from the queue (it has
+            # its own lock) and be reading a reply from it: "Bad file descriptor" for a
+            # call that ran. With the queue held, none is taken until all are closed.
+            with self._lock, self.pool.mutex:
+                for conn in self.pool.queue:
+                    if conn is not None and self._should_update_connection(
+                        conn, "connected_address", moving_address_src
+                    ):
+                        conn.disconnect()
+
     return DeadlinePool
 
 

@@ -589,6 +589,57 @@ def test_an_exhausted_pool_fails_with_a_pool_timeout(redis_proc: RedisProcess):
     manager.close()
 
 
+def test_closing_a_pools_free_connections_never_closes_one_taken_meanwhile(
+    redis_proc: RedisProcess,
+):
+    """A Cluster client closes every node pool's free connections when it reloads the
+    slot map; one another thread takes meanwhile must not be closed under its command.
+    The first close is held until the other thread has sent its command (or, as it
+    must, could not take a connection while the closing went on)."""
+    manager = manager_for(redis_proc.url, prefix="pool3", max_connections=2)
+    pool = redis_store(manager).client.connection_pool
+    free = [pool.get_connection() for _ in range(2)]
+    for conn in free:
+        pool.release(conn)
+    closing, taken = threading.Event(), threading.Event()
+
+    def held_close(close: Any) -> Any:
+        def disconnect(*args: Any, **kwargs: Any) -> Any:
+            if not closing.is_set():
+                closing.set()
+                taken.wait(30)
+            return close(*args, **kwargs)
+
+        return disconnect
+
+    for conn in free:
+        conn.disconnect = held_close(conn.disconnect)
+    reloader = threading.Thread(target=pool.disconnect_free_connections)
+    reloader.start()
+    assert closing.wait(30)
+    replies: list[object] = []
+
+    def command() -> None:
+        conn = pool.get_connection()
+        try:
+            conn.send_command("BLPOP", "pool3:nothing", "0.5")
+            taken.set()
+            replies.append(conn.read_response())
+        except redis.RedisError as exc:
+            replies.append(exc)
+        finally:
+            pool.release(conn)
+
+    user = threading.Thread(target=command)
+    user.start()
+    user.join(0.5)  # (held out by the closing: then let the closing end)
+    taken.set()
+    for thread in (reloader, user):
+        thread.join(30)
+    assert replies == [None]  # BLPOP's timeout, read whole
+    manager.close()
+
+
 def test_a_full_server_refuses_add_cleanly(tmp_path: Path, pw_hash):
     proc = RedisProcess(
         tmp_path / "full", extra=["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]
