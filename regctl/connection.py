@@ -455,6 +455,7 @@ def _async_standalone(pool: Any) -> Any:
             f"the async manager cannot open {pool.connection_class.__name__} connections",
             "build the client with redis.Redis.from_url or regctl's settings",
         )
+    kind = quick_writes(kind)
     kwargs = _async_kwargs(pool.connection_kwargs, kind)
     twin: aio.ConnectionPool
     if isinstance(pool, redis.BlockingConnectionPool):
@@ -479,7 +480,7 @@ def _async_cluster(client: Any) -> Any:
         kwargs["ssl"] = True  # a TLS cluster: the sync client names its SSLConnection class
     kwargs = _async_kwargs({**kwargs, "retry": client.retry}, RedisCluster)
     with translated_errors():
-        return RedisCluster(
+        twin = RedisCluster(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
             # The async manager's places are the limit (``aio._NodePlaces``: the pool
             # size per node, charged to the node that owns a call's slot, and as many
@@ -489,22 +490,36 @@ def _async_cluster(client: Any) -> Any:
             max_connections=2**31,
             **kwargs,
         )
+    # (redis.asyncio's cluster client takes no connection class: the nodes it learns
+    # are made with these arguments, at its first command)
+    made = twin.nodes_manager.connection_kwargs
+    made["connection_class"] = quick_writes(made["connection_class"])
+    return twin
 
 
 def _async_sentinel(client: Any, pool: Any) -> Any:
-    from redis.asyncio.connection import Connection
-    from redis.asyncio.sentinel import Sentinel
+    import redis
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import (
+        Sentinel,
+        SentinelManagedConnection,
+        SentinelManagedSSLConnection,
+    )
 
     manager = pool.sentinel_manager
     hosts = [_host_port(s) for s in manager.sentinels]
+    tls = issubclass(pool.connection_class, redis.SSLConnection)
+    kind = quick_writes(SentinelManagedSSLConnection if tls else SentinelManagedConnection)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         hosts,
-        sentinel_kwargs=_async_kwargs(manager.sentinel_kwargs, Connection),
-        **_async_kwargs(manager.connection_kwargs, Connection),
+        # (a sentinel is asked through a client of its own: ssl=True and the TLS files)
+        sentinel_kwargs=_async_kwargs(manager.sentinel_kwargs, aioredis.Redis),
+        **_async_kwargs(manager.connection_kwargs, kind),
     )
     twin = sentinel.master_for(
         pool.service_name,
         connection_pool_class=_switching_async_pool(),
+        connection_class=kind,
         max_connections=pool.max_connections,
     )
     watcher = watcher_of(client)
@@ -512,6 +527,38 @@ def _async_sentinel(client: Any, pool: Any) -> Any:
         _WATCHERS[twin.connection_pool] = watcher
         twin.connection_pool.follow(watcher)
     return twin
+
+
+@functools.cache
+def quick_writes(kind: type) -> Any:
+    """``kind``, a redis.asyncio connection class, sending a command the socket takes
+    whole without the ``asyncio.wait_for`` round redis-py gives every write when a
+    socket timeout is set (a task and a timer: about a fifth of a call on a unix
+    socket). Only a write that leaves bytes buffered waits, redis-py's way, within
+    the timeout."""
+
+    class QuickWrites(kind):  # type: ignore[misc]
+        async def send_packed_command(
+            self, command: str | bytes | list[bytes], check_health: bool = True
+        ) -> None:
+            if self.is_connected and check_health:
+                await self.check_health()  # (it may reconnect, or drop the connection)
+            if not self.is_connected:  # connect, redis-py's way
+                await super().send_packed_command(command, check_health=False)
+                return
+            if isinstance(command, str):
+                command = command.encode()
+            if isinstance(command, bytes):
+                command = [command]
+            writer = self._writer
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+                # (nothing more to write: its drain waits out the rest, or reports
+                # the failure, as it does after writing)
+                await super().send_packed_command([], check_health=False)
+
+    QuickWrites.__name__ = QuickWrites.__qualname__ = f"Quick{kind.__name__}"
+    return QuickWrites
 
 
 @functools.cache

@@ -216,6 +216,43 @@ def test_connection_errors_are_named_as_the_sync_manager_names_them(tmp_path: Pa
         proc.stop()
 
 
+def test_a_write_the_socket_cannot_take_at_once_is_sent_whole_or_times_out(tmp_path: Path):
+    """The async twin's connections skip redis-py's wait on a write the socket takes
+    whole; one it cannot (8 MB on a unix socket) is still waited for, and given up at
+    the socket timeout when the server reads nothing."""
+    import redis.asyncio as aioredis
+    import redis.exceptions as rex
+    from redis.asyncio.connection import UnixDomainSocketConnection
+
+    from regctl.connection import quick_writes
+
+    proc = RedisProcess(tmp_path / "big").start()
+    big = "x" * 8_000_000
+
+    async def main() -> int:
+        pool = aioredis.ConnectionPool(
+            connection_class=quick_writes(UnixDomainSocketConnection),
+            path=str(proc.socket),
+            socket_timeout=1,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        try:
+            await client.set("big", big)
+            length = await client.strlen("big")
+            os.kill(proc.pid, signal.SIGSTOP)
+            with pytest.raises(rex.TimeoutError, match="writing"):
+                await client.set("big-too", big)
+            return int(length)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            await client.aclose()
+
+    try:
+        assert asyncio.run(main()) == len(big)
+    finally:
+        proc.stop()
+
+
 def test_a_cancelled_call_writes_no_audit_entry_and_ends_at_once(tmp_path: Path, pw_hash: str):
     proc = RedisProcess(tmp_path / "audit").start()
     loaded = load_settings(

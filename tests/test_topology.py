@@ -524,6 +524,30 @@ def test_tls_with_the_ca_works_and_without_it_fails_clearly(
     assert bad.stderr.count("\n") == 1
 
 
+def test_the_async_manager_speaks_tls(tls_server: tuple[int, dict[str, Path]], pw_hash: str):
+    import asyncio
+
+    from regctl import AsyncRegistrationManager
+
+    tls_port, material = tls_server
+    settings = load_settings(
+        {
+            "redis_url": f"rediss://127.0.0.1:{tls_port}",
+            "tls_ca_file": str(material["ca.crt"]),
+            "code_secret": SECRET,
+        },
+        environ={},
+    ).settings
+
+    async def main() -> tuple[bool, bool]:
+        async with AsyncRegistrationManager.from_settings(settings) as manager:
+            added = await manager.add("tls@example.com", "T", "S", password_hash=pw_hash)
+            found = await manager.get("tls@example.com") is not None
+            return found, (await manager.verify("tls@example.com", added.code)).ok
+
+    assert asyncio.run(main()) == (True, True)
+
+
 # --- ACL least privilege ---------------------------------------------------------------
 
 
