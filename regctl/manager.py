@@ -83,7 +83,7 @@ from regctl.store.base import (
     chunks,
     paired,
 )
-from regctl.text import duration, visible
+from regctl.text import duration, plural, visible
 from regctl.validation import (
     as_text,
     count_in,
@@ -775,6 +775,7 @@ class RegistrationManager:
         def settled(batch: _ImportBatch, statuses: Iterable[str | RegctlError]) -> None:
             size, refused, good = batch
             for (number, reg), status in zip(good, statuses, strict=True):
+                _stop_if_unserved(status, number, report.restored)
                 if isinstance(status, RegctlError):
                     refused.append((number, f"not restored: {status.message}"))
                 elif status in ("restored", "reset"):
@@ -909,6 +910,19 @@ class _Call:
 
 # What each limited action is called in a refusal.
 LIMITED = {"signup": "sign-ups", "code": "codes"}
+
+
+def _stop_if_unserved(status: str | RegctlError, number: int, restored: int) -> None:
+    """Raise an import line's failure when the server is not serving writes now (too
+    few replicas, stalled, failing over): each line after it would wait out a deadline
+    of its own. (A full server refuses each line at once: those are counted.)"""
+    if isinstance(status, StoreUnavailable) and not isinstance(status, StoreFull):
+        status.hint = (
+            f"stopped at line {number}, {plural(restored, 'line')} restored before it: "
+            "import the file again once Redis takes writes (the lines restored are "
+            "kept, as existing ones)"
+        )
+        raise status
 
 
 def _utf8(line: str | bytes) -> str:

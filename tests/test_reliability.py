@@ -778,6 +778,48 @@ def test_a_bulk_add_or_import_on_a_full_server_loses_no_result(tmp_path: Path, p
         proc.stop()
 
 
+def test_an_import_stops_at_the_first_line_the_server_cannot_take_for_now(
+    tmp_path: Path, pw_hash: str
+):
+    """Too few replicas part-way (min-replicas-to-write): the import stops there and
+    says how far it got, instead of waiting out a deadline on every line left (and
+    calling them invalid)."""
+    proc = RedisProcess(tmp_path / "norepl").start()
+    try:
+        source = manager_for(proc.url, prefix="src")
+        rows = [
+            {"email": f"i{i}@example.com", "first_name": "A", "last_name": "B"} for i in range(60)
+        ]
+        assert all(
+            not isinstance(r, Exception)
+            for r in source.add_many({**row, "password_hash": pw_hash} for row in rows)
+        )
+        export = [json.dumps(r) for r in source.export(include_secrets=True)]
+        target = manager_for(proc.url, prefix="dst", socket_timeout=0.5)
+        client = proc.client()
+
+        def lines() -> Iterator[str]:
+            for n, line in enumerate(export):
+                if n == 30:
+                    client.config_set("min-replicas-to-write", 1)
+                yield line
+
+        with pytest.raises(NotServing) as caught:
+            target.import_records(lines())
+        client.config_set("min-replicas-to-write", 0)
+        assert "NOREPLICAS" in caught.value.message
+        restored = target.count()
+        assert 0 < restored <= 30
+        assert f", {restored} lines restored before it: import the file again" in str(
+            caught.value.hint
+        )
+        assert target.import_records(export).restored == 60 - restored  # the rest, later
+        source.close()
+        target.close()
+    finally:
+        proc.stop()
+
+
 def test_an_evicting_policy_is_reported_by_health_and_doctor(cli: Cli, tmp_path: Path):
     proc = RedisProcess(
         tmp_path / "ev", extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]
