@@ -536,11 +536,16 @@ def quick_writes(kind: type) -> Any:
     socket timeout is set (a task and a timer: about a fifth of a call on a unix
     socket). Only a write that leaves bytes buffered waits, redis-py's way, within
     the timeout."""
+    import redis.exceptions as rex
 
     class QuickWrites(kind):  # type: ignore[misc]
         async def send_packed_command(
             self, command: str | bytes | list[bytes], check_health: bool = True
         ) -> None:
+            if self.is_connected and self._writer.transport.is_closing():
+                # Lost while idle (a reset from the network): Python 3.12 raises on a
+                # write to it, and nothing was sent yet, so a new connection is safe.
+                await self.disconnect(nowait=True)
             if self.is_connected and check_health:
                 await self.check_health()  # (it may reconnect, or drop the connection)
             if not self.is_connected:  # connect, redis-py's way
@@ -551,7 +556,11 @@ def quick_writes(kind: type) -> Any:
             if isinstance(command, bytes):
                 command = [command]
             writer = self._writer
-            writer.writelines(command)
+            try:
+                writer.writelines(command)
+            except Exception as exc:  # (part may be sent: the connection is done)
+                await self.disconnect(nowait=True)
+                raise rex.ConnectionError(f"Error while writing to socket: {exc}") from exc
             if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
                 # (nothing more to write: its drain waits out the rest, or reports
                 # the failure, as it does after writing)

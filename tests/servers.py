@@ -8,9 +8,12 @@ import contextlib
 import functools
 import os
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +182,57 @@ def zset_members(client: redis.Redis, key: str) -> list[str]:
     members = client.zrange(key, 0, -1)
     assert all(isinstance(m, str) for m in members), members
     return [str(m) for m in members]
+
+
+class ResettingProxy:
+    """A loopback TCP proxy to ``port`` that can reset every connection through it
+    (an RST, as a load balancer or a firewall that forgot a connection sends)."""
+
+    def __init__(self, port: int) -> None:
+        self._target = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._pairs: list[tuple[socket.socket, socket.socket, threading.Thread]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self._target)
+            pump = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            with self._lock:
+                self._pairs.append((client, server, pump))
+            pump.start()
+
+    @staticmethod
+    def _pump(client: socket.socket, server: socket.socket) -> None:
+        with contextlib.suppress(OSError, ValueError):  # (reset or closed: done)
+            while True:
+                ready, _, _ = select.select([client, server], [], [], 0.05)
+                for end in ready:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    (server if end is client else client).sendall(data)
+
+    def reset_all(self) -> None:
+        """Reset every connection; when it returns, the resets are sent (a socket a
+        pump still selects on is torn down only when the select returns)."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, server, pump in pairs:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # with a zero linger: an RST
+            server.close()
+            pump.join(5)
+
+    def close(self) -> None:
+        self.reset_all()
+        self._listener.close()
 
 
 class RedisCluster:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from regctl import (
 )
 from regctl.settings import load_settings
 from tests.conftest import SECRET
-from tests.servers import RedisCluster, RedisProcess
+from tests.servers import RedisCluster, RedisProcess, ResettingProxy, free_port
 
 
 def async_manager(url: str, prefix: str, **settings: object) -> AsyncRegistrationManager:
@@ -240,7 +241,11 @@ def test_a_write_the_socket_cannot_take_at_once_is_sent_whole_or_times_out(tmp_p
             await client.set("big", big)
             length = await client.strlen("big")
             os.kill(proc.pid, signal.SIGSTOP)
-            with pytest.raises(rex.TimeoutError, match="writing"):
+            # (Python 3.12.0-3.12.8 and 3.13.0-3.13.1 leave writelines without flow
+            # control, CPython gh-127655: there no write waits, and the read times out)
+            version = sys.version_info[:3]
+            unchecked = (3, 12) <= version < (3, 12, 9) or (3, 13) <= version < (3, 13, 2)
+            with pytest.raises(rex.TimeoutError, match="Timeout" if unchecked else "writing"):
                 await client.set("big-too", big)
             return int(length)
         finally:
@@ -250,6 +255,30 @@ def test_a_write_the_socket_cannot_take_at_once_is_sent_whole_or_times_out(tmp_p
     try:
         assert asyncio.run(main()) == len(big)
     finally:
+        proc.stop()
+
+
+def test_a_connection_reset_while_idle_is_replaced_before_a_call_uses_it(tmp_path: Path):
+    """A pooled connection the network reset while it sat idle is closed and made anew
+    when a call takes it (nothing was sent on it): the call goes through, with no retry.
+    (On Python 3.12 a write to it raised, and it went back to the pool: every call
+    failed.)"""
+    port = free_port()
+    proc = RedisProcess(tmp_path / "rst", port=port).start()
+    proxy = ResettingProxy(port)
+
+    async def main() -> list[object]:
+        url = f"redis://127.0.0.1:{proxy.port}"
+        async with async_manager(url, "rst", retries=0, max_connections=1) as manager:
+            await manager.get("idle@example.com")
+            proxy.reset_all()
+            await asyncio.sleep(0.1)  # (the event loop reads the reset)
+            return [await manager.get("idle@example.com") for _ in range(2)]
+
+    try:
+        assert asyncio.run(main()) == [None, None]
+    finally:
+        proxy.close()
         proc.stop()
 
 
