@@ -493,8 +493,44 @@ def _async_cluster(client: Any) -> Any:
     # (redis.asyncio's cluster client takes no connection class: the nodes it learns
     # are made with these arguments, at its first command)
     made = twin.nodes_manager.connection_kwargs
-    made["connection_class"] = quick_writes(made["connection_class"])
+    made["connection_class"] = _kept_while_in_use(quick_writes(made["connection_class"]))
     return twin
+
+
+@functools.cache
+def _kept_while_in_use(kind: type) -> Any:
+    """``kind`` for a redis.asyncio Cluster node, whose idle connections are closed
+    from outside (``ClusterNode.disconnect_free_connections``, after any node error).
+    It lists them, then closes them in tasks of their own, and a call may take one in
+    between and send on it: closed under the call's read, a write that ran was reported
+    as failed ("may or may not have happened"). As regctl's sync pool does, a connection
+    taken is not closed under its call: the close waits for the call's end.
+
+    A call holds its connection from its first write until its node asks whether to
+    close it (``should_reconnect``, once the replies are read, on every path)."""
+    import asyncio
+
+    class KeptWhileInUse(kind):  # type: ignore[misc]
+        caller: asyncio.Task[Any] | None = None
+
+        async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+            self.caller = asyncio.current_task()
+            await super().send_packed_command(*args, **kwargs)
+
+        def should_reconnect(self) -> bool:
+            if self.caller is asyncio.current_task():
+                self.caller = None  # (its node takes it back)
+            return bool(super().should_reconnect())
+
+        async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+            caller = self.caller
+            if caller is not None and caller is not asyncio.current_task() and not caller.done():
+                self.mark_for_reconnect()  # (its node closes it when the call is over)
+                return
+            await super().disconnect(*args, **kwargs)
+
+    KeptWhileInUse.__name__ = KeptWhileInUse.__qualname__ = f"Kept{kind.__name__}"
+    return KeptWhileInUse
 
 
 def _async_sentinel(client: Any, pool: Any) -> Any:

@@ -548,6 +548,33 @@ def test_the_async_manager_speaks_tls(tls_server: tuple[int, dict[str, Path]], p
     assert asyncio.run(main()) == (True, True)
 
 
+def test_the_async_manager_on_sentinel_closes_every_connection_it_opened(
+    sentinel_group: SentinelGroup, prefix: str
+):
+    """The async twin asks the sentinels through clients of its own: closing the
+    manager closes them too (they were left open, a ResourceWarning each)."""
+    import asyncio
+    import gc
+    import warnings
+
+    from regctl import AsyncRegistrationManager
+
+    settings = load_settings(
+        {"redis_url": sentinel_group.url, "prefix": prefix, "code_secret": SECRET},
+        environ={},
+    ).settings
+
+    async def main() -> None:
+        async with AsyncRegistrationManager.from_settings(settings) as manager:
+            await manager.get("closed@example.com")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(main())
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
 # --- ACL least privilege ---------------------------------------------------------------
 
 

@@ -309,6 +309,9 @@ class RedisStore:
         pool = getattr(self.client, "connection_pool", None)  # a cluster closes its own
         if pool is not None:
             settled(pool.disconnect())  # (an asyncio pool's, awaited)
+        # On Sentinel, the clients that asked the sentinels for the master
+        for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+            settled(sentinel.connection_pool.disconnect())
 
     # --- operations -------------------------------------------------------
 
