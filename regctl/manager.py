@@ -113,6 +113,21 @@ MAX_TOKEN_LENGTH = 128
 CONCEAL_TRIES = 3
 # How many of the newest audit entries a filtered look at the trail searches.
 AUDIT_SEARCH = 10_000
+# The commands the audit trail records (the manager's, with ``audit_as``, and the
+# CLI's): what a look at the trail may be filtered by.
+AUDITED = (
+    "add",
+    "resend",
+    "resend-many",
+    "verify",
+    "unlock",
+    "delete",
+    "purge",
+    "import",
+    "import --replace",
+    "secret rotate",
+    "limits reset",
+)
 # How often a manager re-reads the store's code-secret fingerprint (a rotation
 # elsewhere is noticed within this time).
 SECRET_RECHECK_S = 60.0
@@ -471,7 +486,10 @@ class RegistrationManager:
 
     def audit(self, who: str, command: str, target: str, outcome: str) -> None:
         """One entry in the audit trail (stored visible: a name or address with odd
-        bytes cannot break the trail or the terminal that shows it)."""
+        bytes cannot break the trail or the terminal that shows it); ``command`` is
+        one of ``AUDITED``."""
+        if command not in AUDITED:  # (a command that writes it must be listed there)
+            raise ValueError(f"{command!r} is not in AUDITED")
         entry = {"who": who, "command": command, "target": target, "outcome": outcome}
         self.store.audit_append({k: visible(v) for k, v in entry.items()})
 
@@ -482,6 +500,11 @@ class RegistrationManager:
         target contains ``target`` (case-insensitively: a search may find more than one
         address's entries, never fewer), when given. A filter looks through the newest
         AUDIT_SEARCH entries."""
+        if command is not None and command not in AUDITED:
+            raise InvalidInput(
+                f"the audit trail records no command {command!r}",
+                "one of: " + ", ".join(AUDITED),
+            )
         needle = target.casefold() if target else None
         entries = self.store.audit_read(AUDIT_SEARCH if command or needle else limit)
         return [

@@ -1093,6 +1093,8 @@ def test_the_audit_trail_filters_by_command_and_target(manager: RegistrationMana
     assert manager.audit_trail(1, command="add", target="ann")[0]["target"] == "Ann@Example.com"
     manager.audit("ops", "add", "evil\x1b[2J@example.com", "ok")
     assert manager.audit_trail(1)[0]["target"] == "evil\\x1b[2J@example.com"  # stored visible
+    with pytest.raises(InvalidInput, match="records no command 'verfy'"):
+        manager.audit_trail(10, command="verfy")
 
 
 def test_health_counts_the_pending_in_the_original_shape(manager: RegistrationManager, pw_hash):

@@ -320,6 +320,16 @@ def test_every_mutating_command_leaves_an_audit_entry(cli: Cli):
     assert len(filtered) == 2
 
 
+def test_an_audit_filter_on_a_command_never_recorded_is_refused(cli: Cli):
+    """A misspelt command would match nothing, and an empty answer would look like
+    "nobody did that"."""
+    ran = cli("audit", "--command", "verfy")
+    assert ran.exit_code == 2
+    assert ran.stderr.startswith("Error: the audit trail records no command 'verfy' — one of:")
+    assert "secret rotate" in ran.stderr
+    assert ran.stdout == ""
+
+
 # --- safety rails ------------------------------------------------------------------------------
 
 
