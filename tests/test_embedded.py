@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from regctl.server import EmbeddedServer
+from regctl.server import EmbeddedServer, find_redis_server
 from tests.conftest import regctl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,10 +136,28 @@ def two_majors() -> tuple[Path, Path]:
 
 
 def _path_with(folder: Path, binary: Path) -> str:
-    """A PATH on which `redis-server` is ``binary`` (and nothing else is found first)."""
+    """A PATH on which `redis-server` is ``binary`` first."""
     folder.mkdir()
     (folder / "redis-server").symlink_to(binary)
     return f"{folder}:/bin"
+
+
+def test_a_new_store_takes_the_newest_redis_server_found_not_the_first(
+    tmp_path: Path, two_majors: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+):
+    """An activated venv with the embedded extra has the extra's Redis 6.2 first on
+    PATH; a system Redis 7 after it must still be the one a new store starts."""
+    older, newer = two_majors
+    first, then = _path_with(tmp_path / "first", older), _path_with(tmp_path / "then", newer)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'first'}:{then}")
+    assert find_redis_server() == tmp_path / "then" / "redis-server"
+    monkeypatch.setenv("PATH", f"{tmp_path / 'then'}:{first}")  # equals: the first found
+    assert find_redis_server() == tmp_path / "then" / "redis-server"
+
+
+def _made_by(binary: Path) -> dict[str, str]:
+    """Settings that make a store with ``binary`` (a new store takes the newest found)."""
+    return {"REGCTL_REDIS_SERVER": str(binary)}
 
 
 @pytest.mark.slow
@@ -147,7 +165,8 @@ def test_the_data_dir_keeps_the_binary_that_made_it(
     env: dict[str, str], data_dir: Path, tmp_path: Path, two_majors: tuple[Path, Path]
 ):
     older, newer = two_majors
-    made = {**env, "PATH": _path_with(tmp_path / "old", older)}
+    _path_with(tmp_path / "old", older)
+    made = {**env, **_made_by(tmp_path / "old" / "redis-server")}
     add(made, "kept@example.com")
     assert regctl(made, "server", "stop").returncode == 0
     later = {
@@ -190,7 +209,7 @@ def test_a_binary_replaced_in_place_by_another_major_is_refused(
 ):
     older, newer = two_majors
     path = _path_with(tmp_path / "bin", older)
-    add({**env, "PATH": path}, "kept@example.com")
+    add({**env, "PATH": path, **_made_by(tmp_path / "bin" / "redis-server")}, "kept@example.com")
     assert regctl(env, "server", "stop").returncode == 0
     (tmp_path / "bin" / "redis-server").unlink()
     (tmp_path / "bin" / "redis-server").symlink_to(newer)  # a package upgrade, say
