@@ -702,7 +702,7 @@ class RegistrationManager:
         try:
             with _Call(self, "verify", email, token=token) as call:
                 result = self.store.verify(identity, candidate, self.policy, token)
-                call.outcome = result.outcome.value
+                call.outcome = "ok" if result.ok else result.outcome.value  # (as the CLI's)
                 return result
         except SecretMismatch as exc:
             if self.store.secret_fingerprint() != codes.fingerprint():

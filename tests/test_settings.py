@@ -140,7 +140,7 @@ def _audit_label(settings: Settings, _tmp: Path) -> str:
     state = State()
     state._loaded = LoadedSettings(settings, {})
     try:
-        state.audit("probe", "label", "ok")
+        state.audit("unlock", "label", "ok")
         who = state.manager.audit_trail(1)[0]["who"]
         state.store.client.delete(state.store.keyspace.audit)
     finally:
