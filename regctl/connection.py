@@ -480,7 +480,7 @@ def _async_cluster(client: Any) -> Any:
         kwargs["ssl"] = True  # a TLS cluster: the sync client names its SSLConnection class
     kwargs = _async_kwargs({**kwargs, "retry": client.retry}, RedisCluster)
     with translated_errors():
-        twin = RedisCluster(
+        twin = _closing_cluster()(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes.startup_nodes.values()],
             # The async manager's places are the limit (``aio._NodePlaces``: the pool
             # size per node, charged to the node that owns a call's slot, and as many
@@ -495,6 +495,22 @@ def _async_cluster(client: Any) -> Any:
     made = twin.nodes_manager.connection_kwargs
     made["connection_class"] = _kept_while_in_use(quick_writes(made["connection_class"]))
     return twin
+
+
+@functools.cache
+def _closing_cluster() -> Any:
+    """redis.asyncio's Cluster client, whose ``aclose`` closes its nodes' connections
+    also after a node failed a call: it closes nothing while it means to learn the
+    slot map again (it left every connection open, and a warning each)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    class ClosingCluster(RedisCluster):
+        async def aclose(self) -> None:
+            await super().aclose()
+            await self.nodes_manager.aclose()  # (again, when it did: nothing is left)
+            await self.nodes_manager.aclose("startup_nodes")
+
+    return ClosingCluster
 
 
 @functools.cache
@@ -522,12 +538,17 @@ def _kept_while_in_use(kind: type) -> Any:
                 self.caller = None  # (its node takes it back)
             return bool(super().should_reconnect())
 
-        async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        async def disconnect(self, nowait: bool = False, **kwargs: Any) -> None:
             caller = self.caller
-            if caller is not None and caller is not asyncio.current_task() and not caller.done():
+            if caller is not None and caller.done():
+                caller = None  # (a call that ended without giving it back holds nothing)
+            if caller is not None and caller is not asyncio.current_task():
                 self.mark_for_reconnect()  # (its node closes it when the call is over)
                 return
-            await super().disconnect(*args, **kwargs)
+            # One no call holds is closed at once: while a close waited for the socket
+            # to end, a call could take the connection, connect it anew and send, and
+            # the close's end dropped the new socket under the call's read.
+            await super().disconnect(nowait=nowait or caller is None, **kwargs)
 
     KeptWhileInUse.__name__ = KeptWhileInUse.__qualname__ = f"Kept{kind.__name__}"
     return KeptWhileInUse
