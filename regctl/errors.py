@@ -302,10 +302,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def lock_held(name: str, wait_s: float) -> LockHeld:
-    waited = f" after waiting {wait_s:g}s" if wait_s else ""
+    if wait_s:
+        return LockHeld(
+            f"another {name} is running after waiting {wait_s:g}s",
+            "let it finish, or wait longer with a larger --wait",
+        )
     return LockHeld(
-        f"another {name} is running{waited}",
-        "let it finish, or pass --wait SECONDS to queue behind it",
+        f"another {name} is running", "let it finish, or pass --wait SECONDS to queue behind it"
     )
 
 

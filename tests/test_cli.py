@@ -244,6 +244,7 @@ def test_verify_with_the_right_code_prints_the_consumed_record(cli: Cli):
     assert data["ok"] is True
     assert data["reason"] == "verified"
     assert data["registration"]["password_hash"].startswith("$argon2id$")
+    assert data["registration"]["status"] == "verified"  # (consumed: no longer pending)
     assert cli("inspect", EMAIL).exit_code == 3
 
 
@@ -253,7 +254,7 @@ def test_verify_reads_the_code_from_stdin(cli: Cli):
     assert ran.exit_code == 0
     header, row = ran.stdout.splitlines()  # in a pipe: the consumed record, as TSV
     assert header.startswith("email\tname\tstatus")
-    assert row.startswith(f"{EMAIL}\tAlice Liddell\t")
+    assert row.startswith(f"{EMAIL}\tAlice Liddell\tverified\t")
     assert "argon2" not in ran.stdout
 
 
@@ -562,6 +563,12 @@ def test_a_purge_while_another_runs_exits_75(cli: Cli, redis_proc, prefix: str):
         ran = cli("purge")
         assert ran.exit_code == 75
         assert ran.stderr.startswith("Error: another purge is running")
+        waited = cli("purge", "--wait", "0.2")  # (its hint is not to pass --wait)
+        assert waited.exit_code == 75
+        assert waited.stderr == (
+            "Error: another purge is running after waiting 0.2s — let it finish, or wait "
+            "longer with a larger --wait\n"
+        )
     finally:
         lease.release()
     assert cli("purge").exit_code == 0
@@ -621,3 +628,11 @@ def test_rotating_the_secret_needs_yes_in_a_pipe_and_says_what_died(cli: Cli):
     assert json.loads(ran.stdout) == {"rotated": True, "pending_codes_invalidated": 1}
     assert cli("secret", "status", REGCTL_CODE_SECRET=OTHER_SECRET).exit_code == 0
     assert cli("secret", "status").exit_code == 78
+
+
+def test_the_rotate_prompt_counts_the_codes_that_die(cli: Cli, redis_proc, prefix: str):
+    add(cli)
+    env = subprocess_env(redis_proc.url, prefix) | {"REGCTL_CODE_SECRET": OTHER_SECRET}
+    seen = at_terminal(["secret", "rotate"], env, keys=b"n\n")
+    assert seen.exit_code == 1
+    assert "1 pending code stops working." in seen.output

@@ -83,7 +83,6 @@ def _sandbox(tmp_path: Path, redis_url: str, prefix: str) -> dict[str, str]:
         "PW": "correct horse battery",
         "CHECK_PASSWORD": "correct horse battery",
     }
-    (tmp_path / ".local/share/bash-completion/completions").mkdir(parents=True)
     (tmp_path / "prod.env").write_text(f"REGCTL_PREFIX={prefix}\n")
     (tmp_path / "prod.env").chmod(0o600)
     (tmp_path / "backup.ndjson").write_text("")
@@ -125,8 +124,13 @@ def test_the_readme_crontab_line_runs_silently(
 def test_the_readme_deploy_check_passes(redis_proc: RedisProcess, prefix: str, tmp_path: Path):
     readme = (ROOT / "README.md").read_text()
     (script,) = [b for b in re.findall(r"```sh\n(.*?)\n```", readme, re.DOTALL) if "set -eu" in b]
-    ran = _shell(script, _sandbox(tmp_path, redis_proc.url, prefix), tmp_path)
+    env = _sandbox(tmp_path, redis_proc.url, prefix)
+    ran = _shell(script, env, tmp_path)
     assert ran.returncode == 0, ran.stderr
+    short = _shell(script, {**env, "CHECK_PASSWORD": "short"}, tmp_path)  # a step that fails
+    assert short.returncode == 2
+    assert short.stderr.startswith("Error: "), short.stderr  # its own line, no traceback
+    assert "Traceback" not in short.stderr
 
 
 def test_every_json_reason_the_command_gives_is_in_the_readme():

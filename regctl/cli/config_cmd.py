@@ -79,7 +79,7 @@ def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")
     """Print the shell completion script.
 
     \b
-    Example: regctl completion bash > ~/.local/share/bash-completion/completions/regctl
+    Example: source <(regctl completion bash)
     """
     typer.echo(completion_script(shell), nl=False)
 

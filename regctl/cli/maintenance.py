@@ -79,7 +79,7 @@ def _confirm_live_deletes(state: State, walk: Filter | None) -> None:
     """Ask at a terminal, naming how many live records and which store; refuse elsewhere."""
     refusal = "purge with filters deletes live registrations"
     state.require_terminal(refusal)  # before counting: nobody would see the question
-    with state.progress("counting") as tally:
+    with state.progress("counting: buckets, then records examined") as tally:
         matched = state.manager.purge(walk, dry_run=True, on_progress=tally.at).matched
     if not matched:
         return  # nothing live to delete: the expired leftovers go without a question

@@ -387,10 +387,11 @@ def verify(
         state.err.print(f"Error: {escape(refusal)}")
         state.outcome = result.outcome.value
         raise typer.Exit(status)
-    data["registration"] = reg.public_dict(include_password_hash=True)
+    consumed = VerifyOutcome.VERIFIED.value  # (its status: it is pending no more)
+    data["registration"] = reg.public_dict(include_password_hash=True) | {"status": consumed}
     if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
         # In a pipe: the consumed record as TSV, for the script that creates the user.
-        state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
+        state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS, consumed)])
         return
     message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
     state.result(data | {"email": reg.email}, message, [reg.email])

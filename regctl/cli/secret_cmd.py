@@ -51,10 +51,12 @@ def rotate(
         state.result({"rotated": False, "pending_codes_invalidated": 0}, message)
         return
     if not yes:
-        codes = plural(manager.counts().total, "pending code")
+        pending = manager.counts().total
+        codes = plural(pending, "pending code")
         where = f"{state.store_description} (prefix {state.settings.prefix})"
         state.confirm(
-            f"Rotate the code secret of {where}? {codes} stop working.",
+            f"Rotate the code secret of {where}? {codes} {'stops' if pending == 1 else 'stop'} "
+            "working.",
             "rotating the code secret kills every pending code",
         )
     state.audited("secret rotate")
