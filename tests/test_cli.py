@@ -563,11 +563,11 @@ def test_a_purge_while_another_runs_exits_75(cli: Cli, redis_proc, prefix: str):
         ran = cli("purge")
         assert ran.exit_code == 75
         assert ran.stderr.startswith("Error: another purge is running")
-        waited = cli("purge", "--wait", "0.2")  # (its hint is not to pass --wait)
+        waited = cli("purge", "--wait", "0.2")  # (its hint: a longer wait)
         assert waited.exit_code == 75
         assert waited.stderr == (
-            "Error: another purge is running after waiting 0.2s — let it finish, or wait "
-            "longer with a larger --wait\n"
+            "Error: another purge is still running after a 0.2s wait — let it finish, or "
+            "wait longer (--wait SECONDS)\n"
         )
     finally:
         lease.release()

@@ -131,6 +131,9 @@ def test_the_readme_deploy_check_passes(redis_proc: RedisProcess, prefix: str, t
     assert short.returncode == 2
     assert short.stderr.startswith("Error: "), short.stderr  # its own line, no traceback
     assert "Traceback" not in short.stderr
+    unset = _shell(script, {k: v for k, v in env.items() if k != "CHECK_PASSWORD"}, tmp_path)
+    assert unset.returncode != 0
+    assert unset.stderr.count("\n") == 1, unset.stderr  # what is missing, said once
 
 
 def test_every_json_reason_the_command_gives_is_in_the_readme():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import importlib.util
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from regctl.server import EmbeddedServer, find_redis_server
+from regctl.server import EmbeddedServer, _bundled_redis_server, find_redis_server
 from tests.conftest import regctl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,21 +143,39 @@ def _path_with(folder: Path, binary: Path) -> str:
     return f"{folder}:/bin"
 
 
-def test_a_new_store_takes_the_newest_redis_server_found_not_the_first(
-    tmp_path: Path, two_majors: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+def test_a_misspelt_audit_filter_is_refused_before_the_store_starts(
+    env: dict[str, str], data_dir: Path
+):
+    ran = regctl(env, "audit", "--command", "verfy")
+    assert ran.returncode == 2
+    assert ran.stderr.startswith("Error: the audit trail records no command 'verfy'")
+    assert _pid(data_dir) is None  # nothing started, for nothing
+
+
+def test_a_new_store_takes_paths_redis_server_before_the_embedded_extras_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """An activated venv with the embedded extra has the extra's Redis 6.2 first on
-    PATH; a system Redis 7 after it must still be the one a new store starts."""
-    older, newer = two_majors
-    first, then = _path_with(tmp_path / "first", older), _path_with(tmp_path / "then", newer)
-    monkeypatch.setenv("PATH", f"{tmp_path / 'first'}:{then}")
-    assert find_redis_server() == tmp_path / "then" / "redis-server"
-    monkeypatch.setenv("PATH", f"{tmp_path / 'then'}:{first}")  # equals: the first found
-    assert find_redis_server() == tmp_path / "then" / "redis-server"
+    PATH; a system Redis after it is the one a new store starts. A relative PATH entry
+    names nothing (it would name another binary in another directory)."""
+    bundled = _bundled_redis_server()
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin")
+    if bundled is None or system is None or filecmp.cmp(system, bundled, shallow=False):
+        pytest.skip("needs the embedded extra and a system redis-server")
+    venv_bin, system_bin, relative = (tmp_path / d for d in ("venv-bin", "system-bin", "bin"))
+    for folder, binary in ((venv_bin, bundled), (system_bin, Path(system)), (relative, system)):
+        folder.mkdir()
+        (folder / "redis-server").symlink_to(binary)  # (as pip puts the extra's copy)
+    monkeypatch.setenv("PATH", f"{venv_bin}:{system_bin}")
+    assert find_redis_server() == system_bin / "redis-server"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"bin:{venv_bin}")
+    assert find_redis_server() == venv_bin / "redis-server"  # the extra's, none other
 
 
 def _made_by(binary: Path) -> dict[str, str]:
-    """Settings that make a store with ``binary`` (a new store takes the newest found)."""
+    """Settings that make a store with ``binary`` (a new store passes over the
+    embedded extra's copy on PATH)."""
     return {"REGCTL_REDIS_SERVER": str(binary)}
 
 

@@ -14,7 +14,7 @@ from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
 from regctl.metrics import check_metrics_path, write_purge_metrics
-from regctl.model import MAX_FUNNEL_DAYS, Filter
+from regctl.model import MAX_FUNNEL_DAYS, Filter, check_audited
 from regctl.reports import FUNNEL_EVENTS, MAX_TOP_DOMAINS, FunnelDay, Stats
 from regctl.text import plural
 
@@ -205,6 +205,8 @@ def audit(
     \b
     Example: regctl audit --target alice@example.com
     """
+    if command is not None:
+        check_audited(command)  # (before the store: the embedded one would start)
     state: State = ctx.obj
     rows = state.manager.audit_trail(limit, command=command, target=target)
     columns = ("at", "who", "command", "target", "outcome")
