@@ -4,6 +4,7 @@ import itertools
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,15 @@ from tests.servers import RedisCluster, RedisProcess
 
 SECRET = "test-secret-0123456789abcdef"
 _prefixes = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a shell without job control (`pytest &` in a
+    script) has SIGINT ignored, and so would every regctl it starts (an ignored signal
+    stays ignored across exec): the tests of Ctrl-C would wait for nothing. Heard
+    here, the signal is back to its default in the processes started from here."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
