@@ -501,6 +501,13 @@ def test_a_usage_error_of_a_nagios_check_is_unknown(cli: Cli):
     assert "|" not in ran.stdout  # nothing a runner would take for performance data
 
 
+def test_nagios_given_to_another_command_is_a_plain_usage_error(cli: Cli):
+    """Found by a fuzzed code: `verify EMAIL --nagios` answered as a failed check."""
+    ran = cli("verify", EMAIL, "--nagios")
+    assert (ran.exit_code, ran.stdout) == (2, "")
+    assert ran.stderr.startswith("Error: No such option: --nagios")
+
+
 def test_a_key_of_another_type_is_named_not_a_crash(cli: Cli, redis_proc: RedisProcess):
     prefix = cli.env["REGCTL_PREFIX"]
     client_of(redis_proc).set(Keyspace(prefix).audit, "not a stream")
