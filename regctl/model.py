@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from regctl.errors import InvalidInput
@@ -110,6 +110,8 @@ class PendingRegistration:
     replicas_acked: int | None = field(default=None, compare=False)
     # The code's HMAC: carried only for a backup export, never shown.
     code_hash: str = field(default="", repr=False, compare=False)
+    # Verified and so consumed: what a successful verify returns (pending no more).
+    consumed: bool = field(default=False, compare=False)
 
     @property
     def identity(self) -> str:
@@ -141,6 +143,8 @@ class PendingRegistration:
         return max(0, self.last_sent_at + policy.resend_cooldown_ms - self.observed_at)
 
     def status(self) -> str:
+        if self.consumed:
+            return VerifyOutcome.VERIFIED.value
         if self.locked:
             return "locked"
         return "code-expired" if self.code_expired else "pending"
@@ -181,6 +185,10 @@ class VerifyResult:
     attempts_left: int = 0
     registration: PendingRegistration | None = None
     replicas_acked: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.registration is not None and not self.registration.consumed and self.ok:
+            object.__setattr__(self, "registration", replace(self.registration, consumed=True))
 
     @property
     def ok(self) -> bool:

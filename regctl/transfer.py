@@ -66,7 +66,7 @@ def parse_record(line: str, policy: Policy) -> PendingRegistration:
     code_hash = data["code_hash"]
     if not isinstance(code_hash, str) or not _CODE_HASH.fullmatch(code_hash):
         raise InvalidInput("code_hash is not an HMAC-SHA256 hex digest")
-    numbers = {}
+    numbers: dict[str, Any] = {}  # (NUMBER_FIELDS: the integer fields, checked below)
     for name in NUMBER_FIELDS:
         value = data.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIME_MS:

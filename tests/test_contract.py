@@ -186,6 +186,16 @@ def test_verify_with_the_right_code_consumes_and_returns_the_record(
     assert manager.count() == 0
 
 
+def test_a_verified_registration_is_pending_no_more(manager: RegistrationManager, pw_hash: str):
+    code = add(manager, pw_hash)
+    first = manager.verify(EMAIL, code, token="call-1")
+    replayed = manager.verify(EMAIL, code, token="call-1")
+    for result in (first, replayed):
+        assert result.registration is not None
+        assert result.registration.status() == "verified"
+        assert result.registration.public_dict()["status"] == "verified"
+
+
 def test_verify_twice_finds_nothing_the_second_time(manager: RegistrationManager, pw_hash: str):
     code = add(manager, pw_hash)
     assert manager.verify(EMAIL, code).ok

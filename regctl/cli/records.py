@@ -387,11 +387,10 @@ def verify(
         state.err.print(f"Error: {escape(refusal)}")
         state.outcome = result.outcome.value
         raise typer.Exit(status)
-    consumed = VerifyOutcome.VERIFIED.value  # (its status: it is pending no more)
-    data["registration"] = reg.public_dict(include_password_hash=True) | {"status": consumed}
+    data["registration"] = reg.public_dict(include_password_hash=True)
     if state.format() in (Format.TABLE, Format.WIDE) and not state.is_tty:
         # In a pipe: the consumed record as TSV, for the script that creates the user.
-        state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS, consumed)])
+        state.rows(COLUMNS, [record_cells(reg, state.manager.policy, COLUMNS)])
         return
     message = f"verified {escape(reg.email)} ({escape(reg.first_name)} {escape(reg.last_name)})"
     state.result(data | {"email": reg.email}, message, [reg.email])

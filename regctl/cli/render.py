@@ -66,15 +66,12 @@ def timestamp(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def record_cells(
-    reg: PendingRegistration, policy: Policy, columns: Sequence[str], status: str | None = None
-) -> list[str]:
-    """One row of plain strings (not markup) for the given columns; ``status`` says
-    what became of a record no longer pending."""
+def record_cells(reg: PendingRegistration, policy: Policy, columns: Sequence[str]) -> list[str]:
+    """One row of plain strings (not markup) for the given columns."""
     values = {
         "email": reg.email,
         "name": f"{reg.first_name} {reg.last_name}",
-        "status": status or reg.status(),
+        "status": reg.status(),
         "attempts": f"{reg.attempts}/{policy.max_attempts}",
         "resends": f"{reg.resend_count}/{policy.max_resends}",
         "expires_in": duration(reg.ttl_ms),
