@@ -102,6 +102,14 @@ def check_url(url: str) -> None:
         raise ConfigError(
             "the Redis URL must start with one of " + ", ".join(f"{s}://" for s in SCHEMES)
         )
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    if at and not userinfo.startswith("/") and any(ch in userinfo for ch in "/?#"):
+        # (a URL parser ends the user-info there: the rest of the password would be
+        # taken for a host, a path or a socket, and printed as one)
+        raise ConfigError(
+            f"the user name or password in {mask_url(url)} holds a /, ? or #: "
+            "percent-encode it (%2F, %3F, %23; an @ is %40)"
+        )
     if "+" in scheme:
         parse_multi(url)
         return
@@ -115,9 +123,13 @@ def check_url(url: str) -> None:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
-    database = url.partition("://")[2].partition("?")[0].partition("/")[2]
+    address = url.partition("://")[2].partition("?")[0]
+    end_of_userinfo = address.rfind("@") + 1
+    host, _, database = address[end_of_userinfo:].partition("/")
     if scheme != "unix" and database.strip("/") and not database.strip("/").isdigit():
-        raise ConfigError(f"invalid Redis URL {mask_url(url)}: the database must be a number")
+        # (what stands there is not shown: it may be a password written in the wrong place)
+        shown = mask_url(f"{scheme}://{address[:end_of_userinfo]}{host}")
+        raise ConfigError(f"invalid Redis URL {shown}/...: the database must be a number")
 
 
 def _secret_param(key: str) -> bool:

@@ -648,6 +648,9 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         "redis+sentinel://app:hunter2@127.0.0.1:1,127.0.0.1:2/mymaster",
         "redis+cluster://app:pa/hunter2@127.0.0.1:1,127.0.0.1:2",
         "rediss://app:hunter2@localhost:abc/0",
+        "unix://app:pa/hunter2@/tmp/r.sock",
+        "redis+sentinel://app:hunter2/x@127.0.0.1:1/mymaster",
+        "redis://app:x@localhost/0;password=hunter2",
     ],
 )
 def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
