@@ -447,10 +447,25 @@ def test_a_confirmation_asks_on_the_terminal_not_into_the_output(
     )
     assert seen.exit_code == status
     assert "Delete 1 live registration from unix://" in seen.output
+    assert target.read_text().startswith("{")  # (not the prompt's last character)
     written = json.loads(target.read_text())  # one clean document, either way
     assert document.items() <= written.items()
     if status == 0:
         assert written["by_reason"]["matched"] == 1
+
+
+def test_the_code_prompt_asks_on_the_terminal_not_into_the_output(cli: Cli, tmp_path):
+    add(cli, "x@drop.example")
+    target = tmp_path / "verify.json"
+    seen = at_terminal(
+        ["-o", "json", "verify", "x@drop.example"],
+        _terminal_env(cli),
+        keys=b"000000\n",
+        stdout=target,
+    )
+    assert seen.exit_code == 1
+    assert "Code: " in seen.output
+    assert target.read_text().startswith("{"), target.read_text()
 
 
 def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):

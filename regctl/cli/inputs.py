@@ -60,6 +60,30 @@ def _stdin_line(what: str) -> str:
     return line.rstrip("\r\n")
 
 
+def ask(prompt: str) -> str:
+    """A line typed at the terminal, asked on stderr. (typer's prompt writes the
+    prompt's last character to stdout, into the output a script redirected.) Ctrl-C
+    or end of input: typer.Abort, as typer's own prompts."""
+    try:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+    except KeyboardInterrupt:
+        raise typer.Abort() from None
+    if not line:
+        raise typer.Abort()
+    return line.rstrip("\r\n")
+
+
+def ask_yes(question: str) -> bool:
+    """Whether the person at the terminal answers yes (no by default)."""
+    while True:
+        answer = ask(f"{question} [y/N]: ").strip().lower()
+        if answer in ("y", "yes", "n", "no", ""):
+            return answer in ("y", "yes")
+        sys.stderr.write("Error: invalid input\n")
+
+
 def read_password(from_stdin: bool) -> str:
     """From stdin (first line) or a hidden prompt with confirmation; never an argument."""
     if from_stdin:
@@ -93,8 +117,7 @@ def read_code(code: str | None) -> str:
         return code
     if not sys.stdin.isatty():
         return _stdin_line("code")
-    entered: str = typer.prompt("Code", err=True)
-    return entered.strip()
+    return ask("Code: ").strip()
 
 
 def check_delivery(state: State, send: bool) -> None:

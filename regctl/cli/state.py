@@ -175,8 +175,10 @@ class State:
         (exit 1, nothing changed). Without a terminal: refused, pointing at --yes."""
         import typer
 
+        from regctl.cli.inputs import ask_yes
+
         self.require_terminal(without_terminal)
-        if not typer.confirm(visible(question), err=True):
+        if not ask_yes(visible(question)):
             sys.stderr.write("nothing changed\n")
             self.outcome = "declined"
             if self.wants_json():
