@@ -493,12 +493,36 @@ def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):
         (("resend-many", "--rate", ""), "--rate must not be empty"),
         (("health", "--warn-latency", "600"), "latency warning must not be above"),
         (("export", "-o", "table"), "`regctl export` has no -o table output"),
+        (("list", "--locked", "--unlocked"), "give one of --locked and --unlocked"),
+        (("list", "--code-valid", "--code-expired"), "give one of --code-expired and --code-valid"),
+        (("list", "--older-than", "2h", "--newer-than", "1h"), "select nothing"),
+        (("-o", "name", "resend", EMAIL, "--show-code"), "--show-code needs another -o"),
     ],
 )
 def test_an_empty_or_conflicting_value_is_a_usage_error(cli: Cli, args, refused):
     ran = cli(*args)
     assert ran.exit_code == 2
     assert refused in ran.stderr
+
+
+def test_a_code_asked_for_where_it_cannot_be_shown_is_refused_before_the_add(cli: Cli):
+    ran = cli(
+        "-o",
+        "name",
+        "add",
+        EMAIL,
+        "-f",
+        "A",
+        "-l",
+        "L",
+        "--password-stdin",
+        "--show-code",
+        "--no-send",
+        input=PASSWORD,
+    )
+    assert (ran.exit_code, ran.stdout) == (2, "")
+    assert "--show-code needs another -o" in ran.stderr
+    assert cli("inspect", EMAIL).exit_code == 3  # nothing stored, no code lost
 
 
 def test_short_flags_run_together_after_the_command(cli: Cli):

@@ -31,6 +31,13 @@ def given(**options: object) -> str:
     return " ".join(f"{k.replace('_', '-')}={v}" for k, v in options.items() if v)
 
 
+def either(flag: str, given: bool, opposite: str, opposite_given: bool) -> bool | None:
+    """A state one of two opposite flags selects (None: neither given); both, refused."""
+    if given and opposite_given:
+        raise InvalidInput(f"give one of {flag} and {opposite}")
+    return True if given else False if opposite_given else None
+
+
 def selected(
     *,
     domain: str | None = None,
@@ -40,10 +47,17 @@ def selected(
     code_expired: bool | None = None,
 ) -> Filter:
     """The registrations the filter options select, each checked (no store touched)."""
+    older_than_ms = parse_duration(older_than) if older_than else None
+    newer_than_ms = parse_duration(newer_than) if newer_than else None
+    if older_than_ms is not None and newer_than_ms is not None and older_than_ms >= newer_than_ms:
+        raise InvalidInput(
+            f"--older-than {older_than} and --newer-than {newer_than} select nothing",
+            "--newer-than must be the longer of the two: --older-than 1h --newer-than 2h",
+        )
     return Filter(
         domain=normalize_domain(domain) if domain else None,
-        older_than_ms=parse_duration(older_than) if older_than else None,
-        newer_than_ms=parse_duration(newer_than) if newer_than else None,
+        older_than_ms=older_than_ms,
+        newer_than_ms=newer_than_ms,
         locked=locked,
         code_expired=code_expired,
     )
@@ -120,10 +134,14 @@ def read_code(code: str | None) -> str:
     return ask("Code: ").strip()
 
 
-def check_delivery(state: State, send: bool) -> None:
-    """Before any write: fail on mail settings that could not deliver the code."""
+def check_delivery(state: State, send: bool, *, show_code: bool = False) -> None:
+    """Before any write: fail on mail settings that could not deliver the code, and on
+    an output that could not show the code asked for (`-o name` prints the address alone)."""
+    from regctl.cli.render import Format
     from regctl.mail import Mailer
 
+    if show_code and state.format() is Format.NAME:
+        raise InvalidInput("-o name prints only the address: --show-code needs another -o")
     if send:
         Mailer.from_settings(state.settings)  # checks the template
 

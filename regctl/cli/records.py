@@ -17,6 +17,7 @@ from regctl.cli.inputs import (
     ShowCode,
     check_delivery,
     deliver_code,
+    either,
     given,
     read_code,
     read_secret_inputs,
@@ -121,7 +122,7 @@ def add(
     """
     state: State = ctx.obj
     state.audited("add", email)
-    check_delivery(state, not no_send)
+    check_delivery(state, not no_send, show_code=show_code)
     password, password_hash = read_secret_inputs(password_stdin, password_hash, password_hash_stdin)
     added = state.manager.add(
         email, first_name, last_name, password=password, password_hash=password_hash
@@ -142,10 +143,14 @@ def list_(
     domain: DomainOption = None,
     older_than: OlderThanOption = None,
     newer_than: Annotated[str | None, typer.Option(help="Created less than this ago.")] = None,
-    locked: Annotated[bool | None, typer.Option("--locked/--unlocked", help="Lock state.")] = None,
+    locked: Annotated[bool, typer.Option("--locked", help="Only locked ones.")] = False,
+    unlocked: Annotated[bool, typer.Option("--unlocked", help="Only unlocked ones.")] = False,
     code_expired: Annotated[
-        bool | None, typer.Option("--code-expired/--code-valid", help="Code state.")
-    ] = None,
+        bool, typer.Option("--code-expired", help="Only those whose code has expired.")
+    ] = False,
+    code_valid: Annotated[
+        bool, typer.Option("--code-valid", help="Only those whose code still works.")
+    ] = False,
     sort: Annotated[
         SortKey, typer.Option(help="Order: expires, created or newest.")
     ] = SortKey.EXPIRES,
@@ -174,8 +179,8 @@ def list_(
         domain=domain,
         older_than=older_than,
         newer_than=newer_than,
-        locked=locked,
-        code_expired=code_expired,
+        locked=either("--locked", locked, "--unlocked", unlocked),
+        code_expired=either("--code-expired", code_expired, "--code-valid", code_valid),
     )
     fmt = state.format()
     columns = _columns(field, fmt)
@@ -261,7 +266,7 @@ def resend(
     """
     state: State = ctx.obj
     state.audited("resend", email)
-    check_delivery(state, not no_send)
+    check_delivery(state, not no_send, show_code=show_code)
     resent = state.manager.resend(email)
     reg = resent.registration
     left = reg.resends_left(state.manager.policy)
