@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -303,6 +304,36 @@ def test_ctrl_c_or_sigterm_ends_a_live_view_after_its_cleanup(
     assert err.strip().endswith("Interrupted")
     assert "Traceback" not in err
     assert all(json.loads(line) for line in out.splitlines())  # (each sample whole)
+
+
+def test_a_stopped_bulk_resend_leaves_each_new_code_on_the_record(cli: Cli):
+    for n in range(3):
+        add(cli, f"w{n}@bulk.example")
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    proc = subprocess.Popen(
+        [REGCTL, "resend-many", "--older-than", "0s", "--rate", "1/min", "--no-send"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env | {"REGCTL_RESEND_COOLDOWN": "0"},
+        text=True,
+    )
+
+    def trail() -> list[dict[str, str]]:
+        entries = json.loads(cli("audit", "-o", "json").stdout)
+        return [e for e in entries if e["command"] == "resend-many"]
+
+    deadline = time.monotonic() + 60
+    while not trail() and time.monotonic() < deadline:  # the first new code: then it waits
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: new codes 1 before Ctrl-C" in err
+    resent = [e["target"] for e in trail() if e["target"].endswith("@bulk.example")]
+    records = [
+        json.loads(cli("inspect", f"w{n}@bulk.example", "-o", "json").stdout) for n in range(3)
+    ]
+    assert resent == [r["email"] for r in records if r["resend_count"] == 1]
 
 
 def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():

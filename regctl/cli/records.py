@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -38,10 +39,10 @@ from regctl.cli.render import (
     skipped_damaged,
     to_json,
 )
-from regctl.cli.state import State
+from regctl.cli.state import State, Tally
 from regctl.cli.status import VERIFY_STATUS, failure
 from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, locked_out, not_pending
-from regctl.model import PendingRegistration, SortKey, VerifyOutcome, VerifyResult
+from regctl.model import PendingRegistration, Resent, SortKey, VerifyOutcome, VerifyResult
 from regctl.reports import BulkResendReport
 from regctl.text import plural, visible
 from regctl.validation import parse_rate
@@ -321,20 +322,34 @@ def resend_many(
     if not dry_run:
         target = given(domain=domain, older_than=older_than, never_resent=never_resent)
         state.audited("resend-many", target)
-    report = state.manager.resend_many(
-        selection,
-        never_resent=never_resent,
-        limit=limit,
-        per_second=parse_rate(rate) if rate else None,
-        dry_run=dry_run,
-        deliver=None if no_send else lambda r: deliver_code(state, r.registration, r.code, True),
-    )
+    # (stopped, it says how far it got; a dry run makes none)
+    progress = contextlib.nullcontext(Tally("", None)) if dry_run else state.progress("new codes")
+    with progress as tally:
+
+        def each(resent: Resent) -> str:
+            """Deliver one new code, and put it on the record at once."""
+            email = resent.registration.email
+            try:
+                delivery = deliver_code(state, resent.registration, resent.code, not no_send)
+            except DeliveryFailed:
+                state.audit("resend-many", email, "delivery_failed")
+                raise
+            finally:
+                tally.add()
+            state.audit("resend-many", email, "ok")
+            return delivery
+
+        report = state.manager.resend_many(
+            selection,
+            never_resent=never_resent,
+            limit=limit,
+            per_second=parse_rate(rate) if rate else None,
+            dry_run=dry_run,
+            deliver=None if no_send and dry_run else each,  # (a dry run counts, never calls)
+        )
     skipped = skipped_damaged(report)
     if skipped:
         state.warn(skipped)
-    undelivered = set(report.undelivered)
-    for email in [] if dry_run else report.recipients:  # each new code on the record
-        state.audit("resend-many", email, "delivery_failed" if email in undelivered else "ok")
     failure = _undelivered(report) if report.failed else None
     if dry_run and state.format() in (Format.TABLE, Format.WIDE):  # who would get one
         state.lines(visible(email) for email in report.recipients)
