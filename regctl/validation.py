@@ -101,11 +101,16 @@ def _special_use() -> tuple[str, ...]:
 
 
 def normalize_domain(raw: str) -> str:
-    """A domain filter as it compares with ``PendingRegistration.domain``."""
-    domain = identity_of(raw.strip().lstrip("@"))
+    """A domain filter as it compares with ``PendingRegistration.domain``: normalized
+    as an address's domain is (``xn--strae-oqa.de``, as mail logs show it, is
+    ``straße.de``), so a filter matches the addresses it names."""
+    domain = as_text(raw, "a domain").strip().lstrip("@")
     if not domain or _has_forbidden(domain) or " " in domain or "@" in domain:
         raise InvalidInput(f"invalid domain {_shown(raw)}")
-    return domain
+    try:
+        return identity_of(normalize_email(f"x@{domain}")).partition("@")[2]
+    except InvalidInput:
+        raise InvalidInput(f"invalid domain {_shown(raw)}") from None
 
 
 def validate_name(raw: str, what: str = "name") -> str:

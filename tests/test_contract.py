@@ -457,6 +457,20 @@ def test_list_filters_by_domain_and_limit(manager: RegistrationManager, pw_hash:
     assert len(list(manager.list(limit=4))) == 4
 
 
+def test_a_domain_filter_matches_its_ascii_form_too(manager: RegistrationManager, pw_hash: str):
+    manager.add("Victim@Straße.DE", "V", "I", password_hash=pw_hash)
+    manager.add("ann@strasse.de", "A", "N", password_hash=pw_hash)
+    for domain in ("straße.de", "xn--strae-oqa.de", "XN--STRAE-OQA.DE"):  # (as mail logs show it)
+        assert [r.email for r in manager.list(Filter(domain=domain))] == ["Victim@straße.de"]
+    assert manager.purge(Filter(domain="xn--strae-oqa.de"), dry_run=True).matched == 1
+
+
+@pytest.mark.parametrize("domain", ["*", "a..b", "exa mple.com", "localhost"])
+def test_a_domain_no_address_can_have_is_refused(domain: str):
+    with pytest.raises(InvalidInput, match="invalid domain"):
+        Filter(domain=domain)
+
+
 def test_list_filters_by_lock_state(make_manager: MakeManager, pw_hash: str):
     manager = make_manager(Policy(max_attempts=1))
     code = add(manager, pw_hash)
