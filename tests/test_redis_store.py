@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -433,6 +434,29 @@ def test_whole_store_work_takes_no_round_trip_per_record(
         jobs[job]()
         counted.append(trips[0])
     assert counted[1] <= counted[0] + 8, counted  # (not 150 more)
+
+
+def test_the_funnel_reads_only_the_days_its_counters_are_kept(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """Days past REGCTL_FUNNEL_DAYS hold nothing: read, 3650 of them over 64 buckets
+    were 233 600 HGETALLs in one pipeline (with 4096 buckets, 9 GB of replies)."""
+    manager = manager_on(redis_proc, prefix, Policy(funnel_days=2))
+    manager.add("a@funnel.example", "F", "D", password_hash=pw_hash)
+    raw = redis_proc.client()
+
+    def hgetalls() -> int:
+        return int(raw.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
+
+    before = hgetalls()
+    days = manager.funnel(3650)
+    assert hgetalls() - before == 3 * manager.store.keyspace.buckets  # today and 2 kept
+    assert len(days) == 3650
+    assert days[0].created == 1
+    assert [d.day for d in days[-2:]] == [
+        (date.fromisoformat(days[-3].day) - timedelta(days=n)).isoformat() for n in (1, 2)
+    ]
+    assert all(d.created == d.sent == 0 for d in days[1:])
 
 
 def test_records_outside_the_index_are_regctls_own_not_look_alikes(
