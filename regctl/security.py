@@ -42,13 +42,18 @@ ARGON2_MAX_PARALLELISM = 16
 
 
 def check_trusted(
-    path: Path, what: str, *, private: bool = False, group_of_root: bool = False
+    path: Path,
+    what: str,
+    *,
+    private: bool = False,
+    group_of_root: bool = False,
+    holding: str | None = None,
 ) -> None:
     """Refuse a file or folder another user could have written (or, ``private``, read):
     regctl runs, or trusts, what it holds. Root-owned is trusted too; with
     ``group_of_root``, a root-owned private file may be read by its group (a secret an
     orchestrator mounts for a service's group, 0440 root:group: PostgreSQL's rule for
-    its key file)."""
+    its key file). ``holding`` names the secret that makes it private."""
     info = path.stat()
     if info.st_uid not in (os.geteuid(), 0):
         raise ConfigError(
@@ -60,7 +65,8 @@ def check_trusted(
         if group_of_root:
             fix += " (or, owned by root, 640)"
         others = "readable or writable" if private else "writable"
-        raise ConfigError(f"{what} {path} is {others} by others", f"chmod {fix} {path}")
+        held = f" holds {holding} and" if holding else ""
+        raise ConfigError(f"{what} {path}{held} is {others} by others", f"chmod {fix} {path}")
 
 
 def generate_secret() -> str:

@@ -69,6 +69,8 @@ def _field(
 
 # The settings that are URLs, shown masked (their other secrets are SecretStr).
 _URL_FIELDS = frozenset({"redis_url", "mail_url"})
+# The settings that are secrets (SecretStr), each also readable from a private file.
+_SECRETS = ("redis_password", "sentinel_password", "code_secret")
 
 
 class Settings(BaseSettings):
@@ -321,7 +323,7 @@ class Settings(BaseSettings):
             raise ValueError("code_lifetime must not exceed lifetime")
         if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
             raise ValueError("wait_timeout must be shorter than socket_timeout")
-        for secret in ("redis_password", "sentinel_password", "code_secret"):
+        for secret in _SECRETS:
             if getattr(self, secret) is not None and getattr(self, f"{secret}_file") is not None:
                 raise ValueError(f"set {secret} or {secret}_file, not both")
         return self
@@ -606,6 +608,7 @@ def _read_dotenv(path: Path, *, explicit: bool) -> list[_Given]:
         for key, value in values.items()
         if key in lines
     )
+    _check_private_if_secret(path, "env file", given)
     for value in given:
         if not explicit and value.field in _RUNS_OR_CREATES:
             raise ConfigError(
@@ -639,7 +642,20 @@ def _read_toml(path: Path) -> list[_Given]:
             )
         line = _toml_line(text, key)
         given.append(_Given(key, value, f"config file {path}" + (f" line {line}" if line else "")))
+    _check_private_if_secret(path, "config file", given)
     return given
+
+
+def _check_private_if_secret(path: Path, what: str, given: list[_Given]) -> None:
+    """A settings file holding a secret (a password in a URL too) is refused when others
+    may read it, as a secret's own file is."""
+    for value in given:
+        if value.field in _SECRETS or (
+            value.field in _URL_FIELDS and mask_url(str(value.value)) != str(value.value)
+        ):
+            held = f"a secret ({value.field})"
+            check_trusted(path, what, private=True, group_of_root=True, holding=held)
+            return
 
 
 def _toml_line(text: str, key: str) -> int | None:

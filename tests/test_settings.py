@@ -313,9 +313,11 @@ def _load(
         elif layer == "env file":
             env_file = tmp_path / "settings.env"
             env_file.write_text(f"# regctl\n{variable}={value}\n")
+            env_file.chmod(0o600)  # (it may hold a secret)
         else:
             config_file = tmp_path / "regctl.toml"
             config_file.write_text(f"{name} = {_toml_literal(value)}\n")
+            config_file.chmod(0o600)
     return load_settings(overrides, env_file=env_file, config_file=config_file, environ=environ)
 
 
@@ -749,6 +751,35 @@ def test_a_settings_file_others_can_write_is_refused(cli: Cli, tmp_path: Path, f
     ran = cli("--config", "regctl.toml", "list") if file.endswith("toml") else cli("list")
     assert ran.exit_code == 78
     assert "is writable by others — chmod go-w" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "secret"),
+    [
+        (".env", f"REGCTL_CODE_SECRET={SECRET}", "code_secret"),
+        (".env", "REDIS_URL=redis://:hunter2@localhost:1/0", "redis_url"),
+        ("regctl.toml", 'redis_password = "hunter2"', "redis_password"),
+        ("regctl.toml", 'mail_url = "smtp://u:hunter2@localhost:1"', "mail_url"),
+    ],
+)
+def test_a_settings_file_others_can_read_is_refused_when_it_holds_a_secret(
+    cli: Cli, tmp_path: Path, file: str, line: str, secret: str
+):
+    (tmp_path / file).write_text(line + "\n")
+    (tmp_path / file).chmod(0o644)  # (as a new file often is)
+    config = ("--config", "regctl.toml") if file.endswith("toml") else ()
+    ran = cli(*config, "config", REGCTL_CODE_SECRET="")
+    assert ran.exit_code == 78
+    assert f"holds a secret ({secret}) and is readable or writable by others" in ran.stderr
+    assert "hunter2" not in ran.stderr
+    (tmp_path / file).chmod(0o600)
+    assert cli(*config, "config", REGCTL_CODE_SECRET="").exit_code == 0
+
+
+def test_a_settings_file_without_a_secret_may_be_read_by_others(cli: Cli, tmp_path: Path):
+    (tmp_path / ".env").write_text("REGCTL_PREFIX=shared\nREDIS_URL=redis://localhost:1/0\n")
+    (tmp_path / ".env").chmod(0o644)
+    assert cli("config", REGCTL_CODE_SECRET="").exit_code == 0
 
 
 def test_a_secret_file_that_is_not_text_exits_78(cli: Cli, tmp_path: Path):
