@@ -522,7 +522,6 @@ def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):
         (("inspect", ""), "EMAIL must not be empty"),
         (("list", "-o"), "-o needs a value"),
         (("resend-many", "--rate", ""), "--rate must not be empty"),
-        (("health", "--warn-latency", "600"), "latency warning must not be above"),
         (("export", "-o", "table"), "`regctl export` has no -o table output"),
         (("list", "--locked", "--unlocked"), "give one of --locked and --unlocked"),
         (("list", "--code-valid", "--code-expired"), "give one of --code-expired and --code-valid"),
@@ -554,6 +553,22 @@ def test_a_code_asked_for_where_it_cannot_be_shown_is_refused_before_the_add(cli
     assert (ran.exit_code, ran.stdout) == (2, "")
     assert "--show-code needs another -o" in ran.stderr
     assert cli("inspect", EMAIL).exit_code == 3  # nothing stored, no code lost
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("health", "--warn-latency", "600"), "latency warning must not be above"),
+        (("health", "--bogus"), "No such option: --bogus"),
+        (("-o", "json", "health", "--count", "2"), "--count needs --interval"),
+    ],
+)
+def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused):
+    """health's exits are a monitoring plugin's, with or without --nagios: 2 is CRITICAL."""
+    ran = cli(*args)
+    assert ran.exit_code == 3
+    assert refused in ran.stderr
+    assert "REGCTL" not in ran.stdout  # (the plugin line is --nagios's)
 
 
 def test_short_flags_run_together_after_the_command(cli: Cli):

@@ -291,20 +291,19 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     if where.endswith(" resend") and message.startswith("No such option"):
         hint = "a resend by filters is `regctl resend-many` (see its --help)"
     written(sys.stderr, f"Error: {message} — {hint}\n")
-    if _of_a_plugin_check(context, argv):
-        sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
-        return 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN
+    words = argv[: argv.index("--") if "--" in argv else None]
+    if _of_health(context, words):
+        status = 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN
+        if "--nagios" in words:  # (given to another command, only an option it lacks)
+            sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
+            return status
     if _asks_json(argv):
         sys.stdout.write(to_json(failure("usage", message, status)) + "\n")
     return status
 
 
-def _of_a_plugin_check(context: Any, argv: list[str]) -> bool:
-    """Whether a usage error is `health --nagios`'s, whose runner reads one plugin line
-    (`--nagios` given to another command is only an option it does not have)."""
-    words = argv[: argv.index("--") if "--" in argv else None]
-    if "--nagios" not in words:
-        return False
+def _of_health(context: Any, words: list[str]) -> bool:
+    """Whether a usage error is `health`'s, whose exits follow the plugin convention."""
     if context is None or context.parent is None:  # (found reading the line, or the root's)
         return "health" in words
     return bool(context.info_name == "health")

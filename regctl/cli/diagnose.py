@@ -82,6 +82,7 @@ def _health_limits(
         return Thresholds(*values)
     except InvalidInput as exc:
         if not nagios:
+            exc.exit_code = Level.UNKNOWN  # (2 would read as CRITICAL)
             raise
         state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])
         raise typer.Exit(Level.UNKNOWN) from None
