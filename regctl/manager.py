@@ -75,6 +75,7 @@ from regctl.reports import (
     Stats,
 )
 from regctl.store.base import (
+    MAX_LOCK_WAIT_S,
     MAX_PURGE_BATCH,
     PAGE,
     PURGE_BATCH,
@@ -93,6 +94,7 @@ from regctl.validation import (
     identity_of,
     normalize_client_key,
     normalize_email,
+    number_in,
     validate_code,
     validate_name,
     validate_password,
@@ -751,8 +753,8 @@ class RegistrationManager:
         """
         from regctl.transfer import IMPORT_MARGIN_MS, parse_record
 
+        numbered = _numbered(lines)
         report = ImportReport(dry_run=dry_run)
-        numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
         max_ahead = self.policy.lifetime_ms + IMPORT_MARGIN_MS
         secret = self._codes_of_store(writing=False).fingerprint()
         seen: set[bytes] = set()  # the addresses read (their digests: 16 bytes each)
@@ -843,6 +845,7 @@ class RegistrationManager:
         """
         selection = _checked_filter(selection)  # (all checked before the first removal)
         count_in(batch, "batch", 1, MAX_PURGE_BATCH)
+        number_in(wait, "wait", 0, MAX_LOCK_WAIT_S)
         if dry_run:  # changes nothing, so it needs no lock
             report = self.store.purge(selection, self.policy, dry_run, batch, on_progress)
             report.reindexed = self.store.reindex(batch, True) if reindex else 0
@@ -937,9 +940,23 @@ def _stop_if_unserved(status: str | RegctlError, number: int, restored: int) -> 
         raise status
 
 
+def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
+    """The lines of an import that are not blank, numbered from 1 (a line that is not
+    text is kept, to be refused as that line); InvalidInput at once for no lines."""
+    if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
+        raise InvalidInput(f"lines are an iterable of lines, not {type(lines).__name__}")
+    return (
+        (n, line)
+        for n, line in enumerate(lines, 1)
+        if not isinstance(line, str | bytes) or line.strip()
+    )
+
+
 def _utf8(line: str | bytes) -> str:
     """``line`` as text, refused when it held bytes that are no UTF-8 (bytes, or a str
-    read with surrogateescape)."""
+    read with surrogateescape), or is neither."""
+    if not isinstance(line, str | bytes):
+        raise InvalidInput(f"a line is text or bytes, not {type(line).__name__}")
     if isinstance(line, bytes):
         try:
             return line.decode()

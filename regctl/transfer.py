@@ -75,8 +75,9 @@ def parse_record(line: str, policy: Policy) -> PendingRegistration:
     if not isinstance(data.get("locked"), bool):
         raise InvalidInput("locked must be true or false")
     _check_against_policy(numbers, data["locked"], policy)
-    if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise InvalidInput(f"unknown schema {data.get('schema')!r}")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if type(schema) is not int or schema != SCHEMA_VERSION:  # (true and 1.0 equal 1)
+        raise InvalidInput(f"unknown schema {schema!r}")
     return PendingRegistration(
         email=normalize_email(_text(data, "email")),
         first_name=validate_name(_text(data, "first_name"), "first name"),

@@ -158,6 +158,14 @@ def count_in(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
+def number_in(value: object, what: str, low: float, high: float) -> float:
+    """``value`` if it is a number from ``low`` to ``high`` (not NaN, not a bool), else
+    InvalidInput."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{what} must be a number from {low:g} to {high:g}")
+    return value
+
+
 def _has_forbidden(text: str) -> bool:
     return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text)
 

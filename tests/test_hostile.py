@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import time
@@ -213,6 +214,8 @@ def _pw_hash(pw_hash: str) -> None:
         ({"first_name": "\x1b[2J"}, "first name"),
         ({"expires_at": 1.5e12}, "integer"),
         ({"locked": "yes"}, "locked"),
+        ({"schema": True}, "unknown schema"),  # (True == 1 in Python)
+        ({"schema": 1.0}, "unknown schema"),
     ],
 )
 def test_import_refuses_what_the_api_could_not_make(changes: dict[str, object], message: str):
@@ -997,7 +1000,23 @@ _WRONG_KINDS: dict[str, Callable[[Any, str], object]] = {
     "a domain as bytes": lambda m, h: list(m.list(_Filter(domain=b"example.com"))),
     "thresholds as a dict": lambda m, h: m.health(thresholds={}),
     "a threshold as text": lambda m, h: m.health(thresholds=_Thresholds(latency_warn_ms="5")),
+    "a purge wait as text": lambda m, h: m.purge(wait="5"),
+    "a purge wait of NaN": lambda m, h: m.purge(wait=math.nan),  # (it never ended)
+    "import lines that are none": lambda m, h: m.import_records(None),
+    "import lines as one string": lambda m, h: m.import_records('{"email": "a@b.c"}'),
 }
+
+
+def test_an_import_line_that_is_not_text_is_refused_as_that_line(
+    redis_proc: RedisProcess, prefix: str
+):
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    report = manager.import_records([{}, 7])  # type: ignore[list-item]
+    assert (report.restored, report.invalid) == (0, 2)
+    assert report.errors == [
+        "line 1: a line is text or bytes, not dict",
+        "line 2: a line is text or bytes, not int",
+    ]
 
 
 @pytest.mark.parametrize("case", list(_WRONG_KINDS))

@@ -16,6 +16,7 @@ from regctl.cli.state import State
 from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import MAX_FUNNEL_DAYS, Filter, check_audited
 from regctl.reports import FUNNEL_EVENTS, MAX_TOP_DOMAINS, FunnelDay, Stats
+from regctl.store.base import MAX_LOCK_WAIT_S
 from regctl.text import plural
 
 
@@ -41,7 +42,10 @@ def purge(
     ] = False,
     batch: Annotated[int, typer.Option(min=1, max=1000, help="Entries per server step.")] = 500,
     wait: Annotated[
-        float, typer.Option(min=0, help="Wait this many seconds for a running purge.")
+        float,
+        typer.Option(
+            min=0, max=MAX_LOCK_WAIT_S, help="Wait this many seconds for a running purge."
+        ),
     ] = 0,
     metrics_file: Annotated[
         Path | None,

@@ -34,6 +34,8 @@ CLOCK_SKEW_MS = 300_000
 PAGE = 250
 AUDIT_MAX = 10_000
 MAX_PURGE_BATCH = 1000
+# The longest a purge waits for another's lock (a day: a cron job's wait is minutes).
+MAX_LOCK_WAIT_S = 86_400
 HOUR_MS = 3_600_000
 
 
