@@ -600,6 +600,12 @@ def _read_dotenv(path: Path, *, explicit: bool) -> list[_Given]:
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             raise ConfigError(f"env file {shown} line {binding.original.line} cannot be parsed")
+        if binding.key in lines:  # (the last would win, the other ignored unsaid)
+            raise ConfigError(
+                f"env file {shown} sets {binding.key} twice, "
+                f"on lines {lines[binding.key]} and {binding.original.line}",
+                "keep one of them",
+            )
         if binding.key is not None:
             lines[binding.key] = binding.original.line
     values = dotenv_values(stream=io.StringIO(text))
@@ -641,9 +647,18 @@ def _read_toml(path: Path) -> list[_Given]:
                 _suggest(plain, Settings.model_fields) or "`regctl config` lists the settings",
             )
         line = _toml_line(text, key)
-        given.append(_Given(key, value, f"config file {path}" + (f" line {line}" if line else "")))
+        origin = f"config file {path}" + (f" line {line}" if line else "")
+        given.append(_Given(key, _in_folder_of(path, key, value), origin))
     _check_private_if_secret(path, "config file", given)
     return given
+
+
+def _in_folder_of(path: Path, key: str, value: object) -> object:
+    """A config file's relative path as the file's folder holds it (a cron job's current
+    directory is not where the file and its secret are); any other value as it is."""
+    if Settings.model_fields[key].annotation != Path | None or not isinstance(value, str):
+        return value
+    return value if Path(value).expanduser().is_absolute() else str(path.absolute().parent / value)
 
 
 def _check_private_if_secret(path: Path, what: str, given: list[_Given]) -> None:

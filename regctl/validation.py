@@ -19,6 +19,7 @@ NAME_MAX = 100
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
 CODE_LENGTHS = range(6, 11)
+MAX_DURATION_MS = 100_000 * 86_400_000  # (a duration past it is a typo: 273 years)
 # Control, format (bidi overrides, zero-width), surrogate, line and paragraph separators.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
@@ -181,13 +182,17 @@ _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.AS
 def parse_duration(text: str) -> int:
     """``90s``, ``15m``, ``2h``, ``1d12h`` (or plain seconds) as milliseconds."""
     raw = text.strip().lower()
+    match = None if raw.isascii() and raw.isdigit() else _DURATION_RE.fullmatch(raw)
     if raw.isascii() and raw.isdigit():
-        return int(raw) * 1000
-    match = _DURATION_RE.fullmatch(raw)
-    if not raw or match is None or not any(match.groups()):
+        ms = int(raw) * 1000
+    elif not raw or match is None or not any(match.groups()):
         raise InvalidInput(f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
+    else:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        ms = (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
+    if ms > MAX_DURATION_MS:  # (no record is that old: a typo)
+        raise InvalidInput(f"duration {_shown(text)} is too long", "at most 100000d")
+    return ms
 
 
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}

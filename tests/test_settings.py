@@ -782,6 +782,26 @@ def test_a_settings_file_without_a_secret_may_be_read_by_others(cli: Cli, tmp_pa
     assert cli("config", REGCTL_CODE_SECRET="").exit_code == 0
 
 
+def test_a_relative_path_in_a_config_file_is_the_files_not_the_current_directorys(
+    cli: Cli, tmp_path: Path
+):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "code-secret").write_text(SECRET + "\n")
+    (folder / "code-secret").chmod(0o600)
+    (folder / "regctl.toml").write_text('code_secret_file = "code-secret"\n')
+    ran = cli("--config", "etc/regctl.toml", "-o", "json", "config", REGCTL_CODE_SECRET="")
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["code_secret_file"]["value"] == str(folder / "code-secret")
+
+
+def test_a_setting_an_env_file_gives_twice_is_refused(cli: Cli, tmp_path: Path):
+    (tmp_path / ".env").write_text("REGCTL_PREFIX=one\nREGCTL_MAX_ATTEMPTS=3\nREGCTL_PREFIX=two\n")
+    ran = cli("config")
+    assert ran.exit_code == 78
+    assert "./.env sets REGCTL_PREFIX twice, on lines 1 and 3" in ran.stderr
+
+
 def test_a_secret_file_that_is_not_text_exits_78(cli: Cli, tmp_path: Path):
     (tmp_path / "secret").write_bytes(b"\xff\xfe not utf-8 \x80")
     (tmp_path / "secret").chmod(0o600)
