@@ -249,12 +249,14 @@ class RegistrationManager:
     def rotate_secret(self) -> int:
         """Make this manager's secret the store's; return how many pending codes die.
 
-        Codes made with the old secret no longer verify; their users ask for a new one.
+        Codes made with the old secret no longer verify; they expire now (so every
+        view says so), and their users ask for a new one.
         """
-        self.store.set_secret_fingerprint(self.codes.fingerprint())
+        fingerprint = self.codes.fingerprint()
+        self.store.set_secret_fingerprint(fingerprint)
         self._secret_checked_at = time.monotonic()
         self._secret_recorded = True
-        return self.store.counts().total
+        return self.store.expire_codes(fingerprint)
 
     # --- operations -------------------------------------------------------
 

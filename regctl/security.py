@@ -158,6 +158,13 @@ def split_code_hash(value: str) -> tuple[str | None, str]:
     return (tag, mac) if sep else (None, value)
 
 
+def made_with(code_hash: str, fingerprint: str) -> bool:
+    """Whether the code of ``code_hash`` was made with the secret of ``fingerprint`` (an
+    older hash, which names none, counts as not: no verify can tell)."""
+    tag = split_code_hash(code_hash)[0]
+    return tag is not None and fingerprint.startswith(tag)
+
+
 @cache
 def _hasher() -> PasswordHasher:
     from argon2 import PasswordHasher, Type

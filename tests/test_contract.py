@@ -803,6 +803,23 @@ def test_rotating_the_secret_switches_the_store_and_kills_old_codes(
     assert reg.attempts == 0
 
 
+def test_a_code_a_rotation_killed_shows_as_expired(make_manager: MakeManager, pw_hash: str):
+    """inspect, list --code-expired and stats tell what verify would: the code is dead."""
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    add(manager, pw_hash)
+    add(manager, pw_hash, "later@example.com")
+    rotated = RegistrationManager(manager.store, secret=OTHER_SECRET, policy=manager.policy)
+    assert rotated.rotate_secret() == 2
+    reg = rotated.get(EMAIL)
+    assert reg is not None
+    assert (reg.code_expired, reg.status()) == (True, "code-expired")
+    assert len(list(rotated.list(Filter(code_expired=True)))) == 2
+    assert rotated.stats().code_expired == 2
+    new_code = rotated.resend(EMAIL).code  # (its user asks for a new one)
+    assert rotated.rotate_secret() == 0  # again: nothing more dies, the new code lives
+    assert rotated.verify(EMAIL, new_code).ok
+
+
 def test_a_stale_writer_after_a_rotation_counts_no_attempt(
     manager: RegistrationManager, pw_hash: str
 ):

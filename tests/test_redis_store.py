@@ -406,7 +406,7 @@ def _counting_store(proc: RedisProcess, prefix: str) -> tuple[RedisStore, list[i
 
 @pytest.mark.parametrize(
     "job",
-    ["stats", "list", "purge --dry-run --older-than 0s", "gaps", "unindexed", "doctor"],
+    ["stats", "list", "purge --dry-run --older-than 0s", "gaps", "unindexed", "doctor", "rotate"],
 )
 def test_whole_store_work_takes_no_round_trip_per_record(
     redis_proc: RedisProcess, prefix: str, pw_hash: str, job: str
@@ -425,6 +425,7 @@ def test_whole_store_work_takes_no_round_trip_per_record(
         "gaps": lambda: store.index_gaps([b""] * store.keyspace.buckets, store.live_index()),
         "unindexed": lambda: sum(1 for _ in store.unindexed()),
         "doctor": lambda: doctor(store),
+        "rotate": lambda: store.expire_codes("f" * 32),  # (every code another secret's)
     }
     counted: list[int] = []
     for batch in ("a", "b"):  # 150 records, then 300

@@ -46,9 +46,12 @@ def rotate(
     """
     state: State = ctx.obj
     manager = state.manager
-    if manager.secret_matches() is True:
-        message = "the configured code secret is already the store's; nothing changed"
-        state.result({"rotated": False, "pending_codes_invalidated": 0}, message)
+    if manager.secret_matches() is True:  # (a rotation stopped part-way is finished)
+        dead = manager.rotate_secret()
+        message = "the configured code secret is already the store's; " + (
+            f"expired {plural(dead, 'code')} made with another" if dead else "nothing changed"
+        )
+        state.result({"rotated": False, "pending_codes_invalidated": dead}, message)
         return
     if not yes:
         pending = manager.counts().total

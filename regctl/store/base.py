@@ -221,6 +221,11 @@ class Store(Protocol):
         """Record another code secret's fingerprint (a deliberate rotation)."""
         ...
 
+    def expire_codes(self, fingerprint: str) -> int:
+        """Expire now every live code not made with the secret of ``fingerprint`` (after
+        a rotation: no verify can accept one); how many were."""
+        ...
+
     def audit_append(self, entry: Mapping[str, str]) -> None:
         """Append to the capped audit trail (about the newest ``audit_max`` entries,
         AUDIT_MAX unless the store was given another cap, are kept)."""

@@ -30,7 +30,7 @@ from regctl.model import (
     VerifyResult,
 )
 from regctl.reports import PurgeReport, Tally
-from regctl.security import new_token, split_code_hash
+from regctl.security import made_with, new_token, split_code_hash
 from regctl.store.base import (
     AUDIT_MAX,
     CLOCK_SKEW_MS,
@@ -498,6 +498,20 @@ class MemoryStore:
     def set_secret_fingerprint(self, fingerprint: str) -> None:
         with self._lock:
             self._secret_fingerprint = fingerprint
+
+    def expire_codes(self, fingerprint: str) -> int:
+        with self._lock:
+            now = self._clock()
+            dead = [
+                entry
+                for identity in list(self._entries)
+                if (entry := self._live(identity, now)) is not None
+                and now < entry.record.code_expires_at
+                and not made_with(entry.code_hash, fingerprint)
+            ]
+            for entry in dead:
+                entry.record = replace(entry.record, code_expires_at=now)
+            return len(dead)
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ from regctl.model import (
     VerifyResult,
 )
 from regctl.reports import PurgeReport, Tally
-from regctl.security import new_token
+from regctl.security import made_with, new_token
 from regctl.store.base import (
     AUDIT_MAX,
     CLOCK_SKEW_MS,
@@ -75,6 +75,8 @@ R = TypeVar("R")
 FINGERPRINT_FIELD = "code_secret_fingerprint"
 # How long a bucket's index outlives its last entry (see add.lua).
 INDEX_GRACE_MS = 3_600_000
+# Codes a rotation expires per pipelined batch of scripts.
+EXPIRY_BATCH = 100
 
 
 def _created(
@@ -288,6 +290,21 @@ class RedisStore:
     def set_secret_fingerprint(self, fingerprint: str) -> None:
         with self._command():
             self.client.hset(self._wanted.meta, FINGERPRINT_FIELD, fingerprint)
+
+    def expire_codes(self, fingerprint: str) -> int:
+        dead = (
+            reg
+            for reg in self.scan()
+            if not reg.code_expired and not made_with(reg.code_hash, fingerprint)
+        )
+        expired = self._streamed(
+            "expire_code",
+            chunks(dead, EXPIRY_BATCH),
+            lambda ks, reg: ((ks.record(digest(reg.identity)),), (reg.code_hash,)),
+            lambda _batch, replies: [int(reply) for reply in replies],
+            claim=False,
+        )
+        return sum(sum(batch) for batch in expired)
 
     def audit_append(self, entry: Mapping[str, str]) -> None:
         with self._command():

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # Scripts that free memory or touch only a few small keys, so a full server must still
-# run them (purge, delete, unlock, the purge lock): Redis 7's allow-oom flag.
-ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some"}
+# run them (purge, delete, unlock, the purge lock, a rotation's expiry of dead codes):
+# Redis 7's allow-oom flag.
+ALLOW_OOM = {"lock", "delete", "unlock", "purge_expired", "purge_some", "expire_code"}
 # Redis 7 script flags (a first line the server reads): a flagged writing script is
 # refused whole on a full server before it starts, instead of failing part-way.
 SHEBANGS = {
