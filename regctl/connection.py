@@ -325,7 +325,7 @@ def _sentinel(endpoint: Endpoint, settings: Settings) -> Client:
         kwargs["username"] = endpoint.username
     if rest:
         if not rest[0].isdigit():
-            raise ConfigError(f"invalid database number {rest[0]!r} in the Sentinel URL")
+            raise ConfigError("the Sentinel URL's database is not a number")  # (not shown)
         kwargs["db"] = int(rest[0])
     # Asking the sentinels in turn (each one silent, or not speaking TLS) fits in one
     # call's deadline, not one socket timeout per sentinel.

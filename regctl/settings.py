@@ -37,7 +37,7 @@ from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_pref
 from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
 from regctl.security import check_trusted, secret_key
 from regctl.store.base import AUDIT_MAX
-from regctl.urls import mask_url
+from regctl.urls import has_password, mask_url
 
 ENV_PREFIX = "REGCTL_"
 CONFIG_ENV = "REGCTL_CONFIG"
@@ -665,9 +665,9 @@ def _check_private_if_secret(path: Path, what: str, given: list[_Given]) -> None
     """A settings file holding a secret (a password in a URL too) is refused when others
     may read it, as a secret's own file is."""
     for value in given:
-        if value.field in _SECRETS or (
-            value.field in _URL_FIELDS and mask_url(str(value.value)) != str(value.value)
-        ):
+        if value.value == "":  # (an empty value is unset: it holds nothing)
+            continue
+        if value.field in _SECRETS or (value.field in _URL_FIELDS and has_password(value.value)):
             held = f"a secret ({value.field})"
             check_trusted(path, what, private=True, group_of_root=True, holding=held)
             return

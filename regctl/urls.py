@@ -69,18 +69,47 @@ def parse_multi(url: str) -> Endpoint:
 _SECRET_PARAMS = ("pass", "pwd", "secret", "token", "auth")
 
 
+def _end_of_userinfo(rest: str) -> int:
+    """Where the user-info of a URL's part after ``://`` ends (its ``@``), or -1.
+
+    The host part ends at the first ``/``, ``?`` or ``#``; an ``@`` in it ends the
+    user-info. Without one, a later ``@`` with no ``=`` before it (not a query value,
+    as ``?password=se@cret``) ends a password holding an unencoded ``/``, ``?`` or
+    ``#``: it is hidden (and refused) all the same."""
+    host_end = next((i for i, ch in enumerate(rest) if ch in "/?#"), len(rest))
+    at = rest.rfind("@", 0, host_end)
+    if at >= 0 or host_end == 0:  # (unix:///path: no user-info)
+        return at
+    later = rest.find("@", host_end)
+    return later if later >= 0 and "=" not in rest[host_end:later] else -1
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (in its user-info or a query parameter)."""
+    rest = url.partition("://")[2]
+    at = _end_of_userinfo(rest)
+    if at >= 0 and rest[:at].partition(":")[2]:
+        return True
+    query = rest[at + 1 :].partition("?")[2]
+    return any(
+        _secret_param(key) and value
+        for key, _, value in (pair.partition("=") for pair in query.split("&"))
+    )
+
+
 def mask_url(url: str) -> str:
     """The URL with every credential replaced by ``***`` (safe to print and log).
 
-    It errs on the side of hiding: whatever stands between ``://`` and the last
-    ``@`` is user-info (a ``/``, ``?`` or ``#`` in a password included), and the
-    values of password-like query parameters are masked too.
+    It errs on the side of hiding: a password holding an unencoded ``/``, ``?`` or
+    ``#`` is hidden whole (see ``_end_of_userinfo``), and the values of password-like
+    query parameters are masked too.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    userinfo, at, after = rest.rpartition("@")
-    if at:
+    at = _end_of_userinfo(rest)
+    if at >= 0:
+        userinfo, after = rest[:at], rest[at + 1 :]
         user, colon, _password = userinfo.partition(":")
         if not colon and any(ch in user for ch in "/?#&="):
             user = "***"  # not a plain user name: hide it all
@@ -102,8 +131,9 @@ def check_url(url: str) -> None:
         raise ConfigError(
             "the Redis URL must start with one of " + ", ".join(f"{s}://" for s in SCHEMES)
         )
-    userinfo, at, _ = url.partition("://")[2].rpartition("@")
-    if at and not userinfo.startswith("/") and any(ch in userinfo for ch in "/?#"):
+    rest = url.partition("://")[2]
+    at = _end_of_userinfo(rest)
+    if at >= 0 and any(ch in rest[:at] for ch in "/?#"):
         # (a URL parser ends the user-info there: the rest of the password would be
         # taken for a host, a path or a socket, and printed as one)
         raise ConfigError(
@@ -111,7 +141,18 @@ def check_url(url: str) -> None:
             "percent-encode it (%2F, %3F, %23; an @ is %40)"
         )
     if "+" in scheme:
-        parse_multi(url)
+        path = parse_multi(url).path
+        # (not shown: what stands there may be a password written in the wrong place)
+        if "sentinel" in scheme and not (len(path) == 1 or (len(path) == 2 and path[1].isdigit())):
+            raise ConfigError(
+                f"invalid Redis URL {mask_url('/'.join(url.split('/', 3)[:3]))}/...: "
+                "a Sentinel URL's path is /service or /service/db (a number)"
+            )
+        if "cluster" in scheme and path not in ([], ["0"]):
+            raise ConfigError(
+                f"invalid Redis URL {mask_url('/'.join(url.split('/', 3)[:3]))}/...: "
+                "a Cluster URL takes no path but /0 (a cluster has one database)"
+            )
         return
     from redis.connection import parse_url
 
@@ -123,8 +164,8 @@ def check_url(url: str) -> None:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
-    address = url.partition("://")[2].partition("?")[0]
-    end_of_userinfo = address.rfind("@") + 1
+    address = rest.partition("?")[0]
+    end_of_userinfo = _end_of_userinfo(rest) + 1
     host, _, database = address[end_of_userinfo:].partition("/")
     if scheme != "unix" and database.strip("/") and not database.strip("/").isdigit():
         # (what stands there is not shown: it may be a password written in the wrong place)

@@ -19,6 +19,7 @@ from regctl.mail import MailConfig
 from regctl.security import CodeHasher
 from regctl.server import EmbeddedServer
 from regctl.settings import ENV_PREFIX, LoadedSettings, Settings, env_names, load_settings
+from regctl.urls import check_url
 from tests.conftest import REGCTL, SECRET, Cli, redis_store
 from tests.servers import RedisProcess
 
@@ -653,6 +654,10 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         "unix://app:pa/hunter2@/tmp/r.sock",
         "redis+sentinel://app:hunter2/x@127.0.0.1:1/mymaster",
         "redis://app:x@localhost/0;password=hunter2",
+        "redis://localhost:6379/0?password=se@hunter2",  # (an @ in a query value)
+        "unix:///tmp/r.sock?password=se@hunter2",
+        "redis+sentinel://:pw@127.0.0.1:1/mymaster/hunter2",  # (a password as the database)
+        "redis+cluster://127.0.0.1:1/hunter2",
     ],
 )
 def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
@@ -760,6 +765,7 @@ def test_a_settings_file_others_can_write_is_refused(cli: Cli, tmp_path: Path, f
         (".env", "REDIS_URL=redis://:hunter2@localhost:1/0", "redis_url"),
         ("regctl.toml", 'redis_password = "hunter2"', "redis_password"),
         ("regctl.toml", 'mail_url = "smtp://u:hunter2@localhost:1"', "mail_url"),
+        (".env", "REDIS_URL=redis://:***@localhost:1/0", "redis_url"),  # (a password: ***)
     ],
 )
 def test_a_settings_file_others_can_read_is_refused_when_it_holds_a_secret(
@@ -776,8 +782,24 @@ def test_a_settings_file_others_can_read_is_refused_when_it_holds_a_secret(
     assert cli(*config, "config", REGCTL_CODE_SECRET="").exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0?client_name=a@b",
+        "unix://:pw@/tmp/a@b/r.sock",
+        "unix:///tmp/a@b.sock",
+        "redis+sentinel://127.0.0.1:1/mymaster/3",
+        "redis+cluster://127.0.0.1:1/0",
+    ],
+)
+def test_an_at_sign_outside_the_user_info_is_no_password(url: str):
+    check_url(url)  # (accepted)
+
+
 def test_a_settings_file_without_a_secret_may_be_read_by_others(cli: Cli, tmp_path: Path):
-    (tmp_path / ".env").write_text("REGCTL_PREFIX=shared\nREDIS_URL=redis://localhost:1/0\n")
+    (tmp_path / ".env").write_text(
+        "REGCTL_PREFIX=shared\nREDIS_URL=redis://localhost:1/0\nREGCTL_CODE_SECRET=\n"
+    )
     (tmp_path / ".env").chmod(0o644)
     assert cli("config", REGCTL_CODE_SECRET="").exit_code == 0
 
