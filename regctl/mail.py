@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +244,9 @@ def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None =
             )
         else:
             client = smtplib.SMTP(parts.hostname, parts.port or 587, timeout=config.timeout)
-        with client:
+        # (not `with client`: on Ctrl-C its QUIT would read the reply the interrupted
+        # command is owed and raise in place of the interrupt, reported as a failure)
+        try:
             if parts.scheme == "smtp":
                 client.ehlo()
                 if client.has_extn("starttls"):
@@ -258,6 +261,12 @@ def deliver(config: MailConfig, message: EmailMessage, console: IO[str] | None =
             if user is not None:
                 client.login(user, password or "")
             client.send_message(message)
+        except BaseException:
+            client.close()
+            raise
+        with contextlib.suppress(OSError, smtplib.SMTPException):  # (sent: that is what counts)
+            client.quit()
+        client.close()
     except DeliveryFailed:
         raise
     except (OSError, smtplib.SMTPException) as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
+import threading
 from email import message_from_string
 from email.message import Message
 from typing import Any
@@ -28,8 +30,15 @@ class Sink:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.refusing = False  # an outage: every message refused, temporarily
+        # A slow server: each message's reply waits for ``release`` (``arrived`` is set
+        # when a message is in).
+        self.release: threading.Event | None = None
+        self.arrived = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.release is not None:
+            self.arrived.set()
+            await asyncio.to_thread(self.release.wait, 60)
         if self.refusing:
             return "451 4.3.0 try again later"
         self.messages.append(message_from_string(envelope.content.decode()))

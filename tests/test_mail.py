@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
+import subprocess
+import threading
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import REGCTL, Cli, subprocess_env
 from tests.smtp import SmtpServer, body_of
 
 EMAIL = "carol@example.com"
@@ -67,6 +71,64 @@ def test_credentials_are_never_sent_without_tls(cli: Cli, smtp: SmtpServer):
     assert "STARTTLS" in ran.stderr
     assert "s3cret" not in ran.stderr
     assert smtp.sink.messages == []
+
+
+def test_ctrl_c_while_the_mail_server_answers_is_an_interrupt_not_a_failure(
+    cli: Cli, smtp: SmtpServer
+):
+    """A QUIT sent on the way out read the reply the interrupted send was owed, and its
+    error took the interrupt's place: reported as a failed mail (exit 74), run on."""
+    added = cli("add", EMAIL, "-f", "C", "-l", "D", "--password-stdin", "--no-send", input=PASSWORD)
+    assert added.exit_code == 0, added.stderr
+    smtp.sink.release = threading.Event()
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    proc = subprocess.Popen(
+        [REGCTL, "-o", "json", "resend", EMAIL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env | {"REGCTL_MAIL_URL": smtp.url, "REGCTL_RESEND_COOLDOWN": "0"},
+        text=True,
+    )
+    try:
+        assert smtp.sink.arrived.wait(60)  # the message is in; its reply waits
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # (it ends at once: no QUIT)
+            proc.wait(timeout=10)
+    finally:
+        smtp.sink.release.set()  # the reply comes: a QUIT sent meanwhile would read it
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert json.loads(out)["reason"] == "interrupted"
+    assert "failed" not in err
+
+
+def test_a_bulk_resend_stopped_while_mailing_puts_that_code_on_the_record(
+    cli: Cli, smtp: SmtpServer
+):
+    added = cli("add", EMAIL, "-f", "C", "-l", "D", "--password-stdin", "--no-send", input=PASSWORD)
+    assert added.exit_code == 0, added.stderr
+    smtp.sink.release = threading.Event()
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"])
+    proc = subprocess.Popen(
+        [REGCTL, "resend-many", "--older-than", "0s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env | {"REGCTL_MAIL_URL": smtp.url, "REGCTL_RESEND_COOLDOWN": "0"},
+        text=True,
+    )
+    try:
+        assert smtp.sink.arrived.wait(60)  # the new code is made, its mail under way
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        smtp.sink.release.set()
+    assert proc.returncode == 130, err
+    assert "interrupted: new codes 1 before Ctrl-C" in err
+    trail = json.loads(cli("audit", "-o", "json").stdout)
+    assert [(e["target"], e["outcome"]) for e in trail if e["command"] == "resend-many"] == [
+        ("older-than=0s", "interrupted"),
+        (EMAIL, "interrupted"),  # (its old code is dead; whether the mail went is unknown)
+    ]
 
 
 def test_no_output_ever_shows_a_code_a_password_or_a_hash(cli: Cli, smtp: SmtpServer):

@@ -327,16 +327,18 @@ def resend_many(
     with progress as tally:
 
         def each(resent: Resent) -> str:
-            """Deliver one new code, and put it on the record at once."""
-            email = resent.registration.email
+            """Deliver one new code, and put it on the record at once (stopped while
+            mailing: made, its mail unknown)."""
+            outcome = "interrupted"
             try:
                 delivery = deliver_code(state, resent.registration, resent.code, not no_send)
+                outcome = "ok"
             except DeliveryFailed:
-                state.audit("resend-many", email, "delivery_failed")
+                outcome = "delivery_failed"
                 raise
             finally:
                 tally.add()
-            state.audit("resend-many", email, "ok")
+                state.audit("resend-many", resent.registration.email, outcome)
             return delivery
 
         report = state.manager.resend_many(
