@@ -515,11 +515,9 @@ class RegistrationManager:
         from datetime import UTC, datetime
 
         count_in(days, "days", 1, MAX_FUNNEL_DAYS)
-        # Only the days counters are kept can hold any (the oldest partly): the rest are
-        # zeros, not read, however many buckets and days are asked for.
-        counted = self.store.funnel_counts(min(days, self.policy.funnel_days + 1))
-        oldest = counted[-1][0]
-        counted += [(oldest - n, {}) for n in range(1, days - len(counted) + 1)]
+        # (every day asked for is read: the writers may keep counters longer than this
+        # manager's policy says)
+        counted = self.store.funnel_counts(days)
         return [
             FunnelDay(
                 datetime.fromtimestamp(day * 86_400, UTC).date().isoformat(),
