@@ -491,11 +491,11 @@ def test_the_code_prompt_asks_on_the_terminal_not_into_the_output(cli: Cli, tmp_
     seen = at_terminal(
         ["-o", "json", "verify", "x@drop.example"],
         _terminal_env(cli),
-        keys=b"000000\n",
+        keys=b"\n000000\n",  # (Enter alone asks again)
         stdout=target,
     )
     assert seen.exit_code == 1
-    assert "Code: " in seen.output
+    assert seen.output.count("Code: ") == 2
     assert target.read_text().startswith("{"), target.read_text()
 
 
@@ -562,6 +562,7 @@ def test_a_code_asked_for_where_it_cannot_be_shown_is_refused_before_the_add(cli
         (("health", "--warn-latency", "600"), "latency warning must not be above"),
         (("health", "--bogus"), "No such option: --bogus"),
         (("-o", "json", "health", "--count", "2"), "--count needs --interval"),
+        (("health", "-o", "name"), "`regctl health` has no -o name output"),
     ],
 )
 def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused):
@@ -570,6 +571,22 @@ def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused
     assert ran.exit_code == 3
     assert refused in ran.stderr
     assert "REGCTL" not in ran.stdout  # (the plugin line is --nagios's)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--prefix", "health", "lsit"), ("-o", "xml", "audit", "--command", "health")],
+)
+def test_health_as_an_options_value_makes_no_health_usage_error(cli: Cli, args):
+    assert cli(*args).exit_code == 2
+
+
+def test_a_format_health_has_not_is_unknown_as_a_plugin_line(cli: Cli):
+    ran = cli("health", "-o", "name", "--nagios")
+    assert (ran.exit_code, ran.stdout) == (
+        3,
+        "REGCTL UNKNOWN - `regctl health` has no -o name output\n",
+    )
 
 
 def test_short_flags_run_together_after_the_command(cli: Cli):

@@ -179,10 +179,15 @@ class RegctlCommand(TyperCommand):
         path = ctx.command_path.partition(" ")[2]
         formats = FORMATS.get(path, _ALL)
         if isinstance(state, State) and state.output and state.output not in formats:
-            raise InvalidInput(
+            refused = InvalidInput(
                 f"`regctl {path}` has no -o {state.output} output",
                 f"use {', '.join(f.value for f in Format if f in formats)}",
             )
+            if path == "health":
+                from regctl.cli.diagnose import refused_check
+
+                refused_check(state, refused, bool(ctx.params.get("nagios")))
+            raise refused
         return super().invoke(ctx)
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
@@ -304,9 +309,26 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
 
 def _of_health(context: Any, words: list[str]) -> bool:
     """Whether a usage error is `health`'s, whose exits follow the plugin convention."""
-    if context is None or context.parent is None:  # (found reading the line, or the root's)
-        return "health" in words
-    return bool(context.info_name == "health")
+    if context is not None and context.parent is not None:
+        return bool(context.info_name == "health")
+    # (found reading the line, or the root's: the command is the first word that is
+    # neither an option nor an option's value, as in `--prefix health list`)
+    root = context.find_root().command if context is not None else None
+    valued = {
+        name
+        for param in (root.params if root is not None else ())
+        if getattr(param, "param_type_name", "") == "option" and not param.is_flag
+        for name in param.opts
+    }
+    after_option = False
+    for word in words:
+        if after_option:
+            after_option = False
+        elif word.startswith("-"):
+            after_option = word in valued
+        else:
+            return word == "health"
+    return False
 
 
 def _all_local(group: Any, ctx: typer.Context) -> dict[str, bool]:

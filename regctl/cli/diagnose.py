@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -73,7 +73,7 @@ def _health_limits(
     state: State, nagios: bool, interval: float | None, count: int | None, *values: float
 ) -> Thresholds:
     """The checked thresholds; with --nagios a mistake in the check itself is UNKNOWN."""
-    from regctl.diagnostics import Level, Thresholds
+    from regctl.diagnostics import Thresholds
 
     try:
         check_live(state, interval, count)
@@ -81,11 +81,19 @@ def _health_limits(
             raise InvalidInput("--nagios is an output of its own: not with -o or --interval")
         return Thresholds(*values)
     except InvalidInput as exc:
-        if not nagios:
-            exc.exit_code = Level.UNKNOWN  # (2 would read as CRITICAL)
-            raise
-        state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])
-        raise typer.Exit(Level.UNKNOWN) from None
+        refused_check(state, exc, nagios)
+
+
+def refused_check(state: State, exc: InvalidInput, nagios: bool) -> NoReturn:
+    """A mistake in the health check itself: UNKNOWN (2 would read as CRITICAL), with
+    --nagios as the plugin's line."""
+    from regctl.diagnostics import Level
+
+    if not nagios:
+        exc.exit_code = Level.UNKNOWN
+        raise exc
+    state.lines([plugin_line(Level.UNKNOWN.name, exc.message)])
+    raise typer.Exit(Level.UNKNOWN) from None
 
 
 def _health_once(state: State, limits: Thresholds, nagios: bool) -> Health:

@@ -131,7 +131,9 @@ def read_code(code: str | None) -> str:
         return code
     if not sys.stdin.isatty():
         return _stdin_line("code")
-    return ask("Code: ").strip()
+    while not (entered := ask("Code: ").strip()):  # (Enter alone: asked again)
+        pass
+    return entered
 
 
 def check_delivery(state: State, send: bool, *, show_code: bool = False) -> None:
