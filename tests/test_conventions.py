@@ -527,6 +527,7 @@ def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):
         (("list", "--code-valid", "--code-expired"), "give one of --code-expired and --code-valid"),
         (("list", "--older-than", "2h", "--newer-than", "1h"), "select nothing"),
         (("list", "--older-than", "9999999999999999d"), "'9999999999999999d' is too long"),
+        (("stats", "--interval", "inf", "--count", "1"), "must be at most 86400"),
         (("-o", "name", "resend", EMAIL, "--show-code"), "--show-code needs another -o"),
     ],
 )

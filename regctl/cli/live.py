@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 IntervalOption = Annotated[
     float | None,
-    typer.Option(min=0.1, help="Repeat every N seconds (Ctrl-C stops: exit 130)."),
+    typer.Option(min=0.1, max=86_400, help="Repeat every N seconds (Ctrl-C stops: exit 130)."),
 ]
 CountOption = Annotated[
     int | None, typer.Option(min=1, help="With --interval: stop after this many samples.")
