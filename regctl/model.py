@@ -187,8 +187,9 @@ class VerifyResult:
     replicas_acked: int | None = None
 
     def __post_init__(self) -> None:
-        if self.registration is not None and not self.registration.consumed and self.ok:
-            object.__setattr__(self, "registration", replace(self.registration, consumed=True))
+        # (a registration is consumed exactly when the outcome says so, however made)
+        if self.registration is not None and self.registration.consumed != self.ok:
+            object.__setattr__(self, "registration", replace(self.registration, consumed=self.ok))
 
     @property
     def ok(self) -> bool:

@@ -194,6 +194,9 @@ def test_a_verified_registration_is_pending_no_more(manager: RegistrationManager
         assert result.registration is not None
         assert result.registration.status() == "verified"
         assert result.registration.public_dict()["status"] == "verified"
+    other = replace(first, outcome=VerifyOutcome.INVALID_CODE)
+    assert other.registration is not None
+    assert other.registration.status() == "pending"
 
 
 def test_verify_twice_finds_nothing_the_second_time(manager: RegistrationManager, pw_hash: str):
