@@ -5,6 +5,7 @@ Pure functions, no I/O: settings validate a URL with them before anything connec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -69,19 +70,31 @@ def parse_multi(url: str) -> Endpoint:
 _SECRET_PARAMS = ("pass", "pwd", "secret", "token", "auth")
 
 
+# A host part: host[:port], comma-separated for Sentinel and Cluster (IPv6 in brackets).
+_HOSTS = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]*)?(?:,(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]*)?)*"
+)
+
+
 def _end_of_userinfo(rest: str) -> int:
     """Where the user-info of a URL's part after ``://`` ends (its ``@``), or -1.
 
     The host part ends at the first ``/``, ``?`` or ``#``; an ``@`` in it ends the
-    user-info. Without one, a later ``@`` with no ``=`` before it (not a query value,
-    as ``?password=se@cret``) ends a password holding an unencoded ``/``, ``?`` or
-    ``#``: it is hidden (and refused) all the same."""
+    user-info. Without one, what stands there may be a password's start, cut by an
+    unencoded ``/``, ``?`` or ``#``: when it is no host (``:hunter2?x=``), the last
+    ``@`` ends the user-info, hidden (and refused) whole; a host's later ``@`` is a
+    query value's (``?password=se@cret``) unless no ``=`` leads to it."""
     host_end = next((i for i, ch in enumerate(rest) if ch in "/?#"), len(rest))
     at = rest.rfind("@", 0, host_end)
     if at >= 0 or host_end == 0:  # (unix:///path: no user-info)
         return at
-    later = rest.find("@", host_end)
-    return later if later >= 0 and "=" not in rest[host_end:later] else -1
+    later = rest.rfind("@")
+    if later < host_end:
+        return -1
+    if not _HOSTS.fullmatch(rest[:host_end]):
+        return later
+    value_start = max(rest.rfind("?", host_end, later), rest.rfind("&", host_end, later))
+    return -1 if value_start >= 0 and "=" in rest[value_start:later] else later
 
 
 def has_password(url: str) -> bool:
@@ -164,10 +177,11 @@ def check_url(url: str) -> None:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
-    address = rest.partition("?")[0]
+    address = rest.partition("?")[0].partition("#")[0]
     end_of_userinfo = _end_of_userinfo(rest) + 1
     host, _, database = address[end_of_userinfo:].partition("/")
-    if scheme != "unix" and database.strip("/") and not database.strip("/").isdigit():
+    database = unquote(database).strip("/")  # (%30 is 0, as redis-py reads it)
+    if scheme != "unix" and database and not database.isdigit():
         # (what stands there is not shown: it may be a password written in the wrong place)
         shown = mask_url(f"{scheme}://{address[:end_of_userinfo]}{host}")
         raise ConfigError(f"invalid Redis URL {shown}/...: the database must be a number")

@@ -658,6 +658,9 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         "unix:///tmp/r.sock?password=se@hunter2",
         "redis+sentinel://:pw@127.0.0.1:1/mymaster/hunter2",  # (a password as the database)
         "redis+cluster://127.0.0.1:1/hunter2",
+        "redis+sentinel://:hunter2?Qk9=@127.0.0.1:1/mymaster",  # (a base64 password)
+        "redis://:hunter2/Qk9=@localhost:6379/0",
+        "redis://:1234?x=hunter2@localhost",
     ],
 )
 def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
@@ -790,6 +793,8 @@ def test_a_settings_file_others_can_read_is_refused_when_it_holds_a_secret(
         "unix:///tmp/a@b.sock",
         "redis+sentinel://127.0.0.1:1/mymaster/3",
         "redis+cluster://127.0.0.1:1/0",
+        "redis://localhost/0#fragment",
+        "redis://localhost/%30",
     ],
 )
 def test_an_at_sign_outside_the_user_info_is_no_password(url: str):
