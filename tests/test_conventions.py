@@ -564,6 +564,8 @@ def test_a_code_asked_for_where_it_cannot_be_shown_is_refused_before_the_add(cli
         (("health", "--bogus"), "No such option: --bogus"),
         (("-o", "json", "health", "--count", "2"), "--count needs --interval"),
         (("health", "-o", "name"), "`regctl health` has no -o name output"),
+        (("--prefix", "p", "health", "--url"), "--url needs a value"),
+        (("-qo", "json", "--bogus", "health"), "No such option: --bogus"),
     ],
 )
 def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused):
@@ -576,10 +578,25 @@ def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused
 
 @pytest.mark.parametrize(
     "args",
-    [("--prefix", "health", "lsit"), ("-o", "xml", "audit", "--command", "health")],
+    [
+        ("--prefix", "health", "lsit"),
+        ("-o", "xml", "audit", "--command", "health"),
+        ("--prefix", "health", "list", "--url"),
+    ],
 )
 def test_health_as_an_options_value_makes_no_health_usage_error(cli: Cli, args):
     assert cli(*args).exit_code == 2
+
+
+def test_flags_run_together_still_ask_for_json(cli: Cli):
+    ran = cli("-qo", "json", "list", "--bogus")
+    assert ran.exit_code == 2
+    assert json.loads(ran.stdout) == {
+        "ok": False,
+        "reason": "usage",
+        "message": "No such option: --bogus",
+        "exit_code": 2,
+    }
 
 
 def test_a_format_health_has_not_is_unknown_as_a_plugin_line(cli: Cli):

@@ -68,7 +68,7 @@ class RegctlGroup(TyperGroup):
 
             sys.exit(interrupted(_asks_json(argv), terminated=by_sigterm(stopped)))
         except RegctlError as exc:  # found while reading the line, before any command
-            sys.exit(_usage_error(exc.message, exc.exit_code, None, argv))
+            sys.exit(_usage_error(exc.message, exc.exit_code, None, argv, self))
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise
@@ -82,7 +82,7 @@ class RegctlGroup(TyperGroup):
                         sys.exit(ExitStatus.OK)
                     closed_pipe()
                 message = "Missing command."  # (-o json: one JSON document, help is none)
-            sys.exit(_usage_error(message, exc.exit_code, context, argv))
+            sys.exit(_usage_error(message, exc.exit_code, context, argv, self))
         sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -285,7 +285,7 @@ def _reopen_closed_streams() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
-def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
+def _usage_error(text: str, status: int, context: Any, argv: list[str], root: Any) -> int:
     """One line on stderr (and the JSON error object, or the plugin's UNKNOWN line for
     `health --nagios`); click would print usage, a hint and the error."""
     from regctl.text import visible
@@ -297,7 +297,7 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
         hint = "a resend by filters is `regctl resend-many` (see its --help)"
     written(sys.stderr, f"Error: {message} — {hint}\n")
     words = argv[: argv.index("--") if "--" in argv else None]
-    if _of_health(context, words):
+    if _of_health(context, words, root):
         status = 3  # a monitoring runner reads 2 as CRITICAL: a bad check is UNKNOWN
         if "--nagios" in words:  # (given to another command, only an option it lacks)
             sys.stdout.write(plugin_line("UNKNOWN", message) + "\n")
@@ -307,27 +307,27 @@ def _usage_error(text: str, status: int, context: Any, argv: list[str]) -> int:
     return status
 
 
-def _of_health(context: Any, words: list[str]) -> bool:
+def _of_health(context: Any, words: list[str], root: Any) -> bool:
     """Whether a usage error is `health`'s, whose exits follow the plugin convention."""
     if context is not None and context.parent is not None:
         return bool(context.info_name == "health")
     # (found reading the line, or the root's: the command is the first word that is
     # neither an option nor an option's value, as in `--prefix health list`)
-    root = context.find_root().command if context is not None else None
-    valued = {
-        name
-        for param in (root.params if root is not None else ())
-        if getattr(param, "param_type_name", "") == "option" and not param.is_flag
-        for name in param.opts
-    }
-    after_option = False
-    for word in words:
-        if after_option:
-            after_option = False
-        elif word.startswith("-"):
-            after_option = word in valued
-        else:
+    valued = _option_table(root.params)
+    tokens = iter(words)
+    for word in tokens:
+        if not word.startswith("-") or word == "-":
             return word == "health"
+        if word.startswith("--"):
+            name, attached = _split_option(word)
+            if valued.get(name) and not attached:
+                next(tokens, None)
+            continue
+        for at, letter in enumerate(word[1:], 2):  # -qo json: flags run together
+            if valued.get(f"-{letter}"):
+                if at == len(word):
+                    next(tokens, None)
+                break
     return False
 
 
@@ -394,8 +394,10 @@ def _asks_json(args: list[str]) -> bool:
         if arg == "--":
             break
         name, attached = _split_option(arg)
-        if name in ("-o", "--output"):
-            value = arg[len(name) :].lstrip("=") if attached else next(tokens, None)
+        if name == "--output":
+            value = arg.partition("=")[2] if attached else next(tokens, None)
+        elif arg.startswith("-") and not arg.startswith("--") and "o" in arg[1:]:
+            value = arg[arg.index("o", 1) + 1 :] or next(tokens, None)  # -o, -ojson, -qo json
     return value in ("json", "ndjson")
 
 
