@@ -22,6 +22,7 @@ from regctl import (
     StoreUnavailable,
     VerifyOutcome,
     bridge,
+    security,
 )
 from regctl.settings import load_settings
 from tests.conftest import SECRET
@@ -558,18 +559,30 @@ def test_a_loop_that_ends_takes_its_connections_with_it(tmp_path: Path):
     assert kept <= 1  # the last loop's, ended (dropped when the next loop calls)
 
 
-def test_hashing_a_password_holds_no_connection(redis_proc: RedisProcess, prefix: str):
-    """One connection, 30 sign-ups with clear passwords at once, a short pool wait: the
-    Argon2id hashes (on threads) do not queue for the connection; only Redis does."""
+def test_hashing_a_password_holds_no_connection(
+    redis_proc: RedisProcess, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """One connection, 8 sign-ups with clear passwords at once, each hash taking half a
+    second (on threads): the hashes do not queue for the connection, only Redis does. A
+    connection held while hashing would keep the last sign-up waiting 3.5 s, past the
+    pool's 1.5 s; Redis alone serves 8 calls well within it on a slow machine. (With
+    real hashes of 30 ms and a 0.2 s wait, a loaded machine failed it.)"""
+    real_hash = security.hash_password
+
+    def slow_hash(password: str) -> str:
+        time.sleep(0.5)
+        return real_hash(password)
+
+    monkeypatch.setattr(security, "hash_password", slow_hash)
 
     async def main() -> list[object]:
-        manager = async_manager(redis_proc.url, prefix, max_connections=1, pool_timeout=0.2)
+        manager = async_manager(redis_proc.url, prefix, max_connections=1, pool_timeout=1.5)
         async with manager:
             return list(
                 await asyncio.gather(
                     *(
                         manager.add(f"h{i}@example.com", "H", "P", password="a long password")
-                        for i in range(30)
+                        for i in range(8)
                     ),
                     return_exceptions=True,
                 )
