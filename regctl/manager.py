@@ -515,15 +515,14 @@ class RegistrationManager:
         from datetime import UTC, datetime
 
         count_in(days, "days", 1, MAX_FUNNEL_DAYS)
-        # (every day asked for is read: the writers may keep counters longer than this
-        # manager's policy says)
-        counted = self.store.funnel_counts(days)
         return [
             FunnelDay(
                 datetime.fromtimestamp(day * 86_400, UTC).date().isoformat(),
                 **{event: counts.get(event, 0) for event in FUNNEL_EVENTS},
             )
-            for day, counts in counted
+            # (every day asked for: the writers may keep counters longer than this
+            # manager's policy says)
+            for day, counts in self.store.funnel_counts(days)
         ]
 
     def resend(self, email: str, *, token: str | None = None, client: str | None = None) -> Resent:

@@ -71,9 +71,8 @@ _SECRET_PARAMS = ("pass", "pwd", "secret", "token", "auth")
 
 
 # A host part: host[:port], comma-separated for Sentinel and Cluster (IPv6 in brackets).
-_HOSTS = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]*)?(?:,(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]*)?)*"
-)
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]*)?"
+_HOSTS = re.compile(rf"{_HOST}(?:,{_HOST})*")
 
 
 def _end_of_userinfo(rest: str) -> int:
@@ -84,7 +83,7 @@ def _end_of_userinfo(rest: str) -> int:
     unencoded ``/``, ``?`` or ``#``: when it is no host (``:hunter2?x=``), the last
     ``@`` ends the user-info, hidden (and refused) whole; a host's later ``@`` is a
     query value's (``?password=se@cret``) unless no ``=`` leads to it."""
-    host_end = next((i for i, ch in enumerate(rest) if ch in "/?#"), len(rest))
+    host_end = _end_of_host(rest)
     at = rest.rfind("@", 0, host_end)
     if at >= 0 or host_end == 0:  # (unix:///path: no user-info)
         return at
@@ -95,6 +94,19 @@ def _end_of_userinfo(rest: str) -> int:
         return later
     value_start = max(rest.rfind("?", host_end, later), rest.rfind("&", host_end, later))
     return -1 if value_start >= 0 and "=" in rest[value_start:later] else later
+
+
+def _end_of_host(text: str) -> int:
+    """Where the host part that starts ``text`` ends: its first ``/``, ``?`` or ``#``."""
+    return next((i for i, ch in enumerate(text) if ch in "/?#"), len(text))
+
+
+def _up_to_path(url: str) -> str:
+    """``url`` masked, without its path and query (``.../...``): what stands there may be
+    a password written in the wrong place, never shown."""
+    scheme, _, rest = url.partition("://")
+    host_start = _end_of_userinfo(rest) + 1
+    return mask_url(f"{scheme}://{rest[: host_start + _end_of_host(rest[host_start:])]}")
 
 
 def has_password(url: str) -> bool:
@@ -158,12 +170,12 @@ def check_url(url: str) -> None:
         # (not shown: what stands there may be a password written in the wrong place)
         if "sentinel" in scheme and not (len(path) == 1 or (len(path) == 2 and path[1].isdigit())):
             raise ConfigError(
-                f"invalid Redis URL {mask_url('/'.join(url.split('/', 3)[:3]))}/...: "
+                f"invalid Redis URL {_up_to_path(url)}/...: "
                 "a Sentinel URL's path is /service or /service/db (a number)"
             )
         if "cluster" in scheme and path not in ([], ["0"]):
             raise ConfigError(
-                f"invalid Redis URL {mask_url('/'.join(url.split('/', 3)[:3]))}/...: "
+                f"invalid Redis URL {_up_to_path(url)}/...: "
                 "a Cluster URL takes no path but /0 (a cluster has one database)"
             )
         return
@@ -177,14 +189,12 @@ def check_url(url: str) -> None:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
-    address = rest.partition("?")[0].partition("#")[0]
-    end_of_userinfo = _end_of_userinfo(rest) + 1
-    host, _, database = address[end_of_userinfo:].partition("/")
+    database = rest[at + 1 :].partition("?")[0].partition("#")[0].partition("/")[2]
     database = unquote(database).strip("/")  # (%30 is 0, as redis-py reads it)
     if scheme != "unix" and database and not database.isdigit():
-        # (what stands there is not shown: it may be a password written in the wrong place)
-        shown = mask_url(f"{scheme}://{address[:end_of_userinfo]}{host}")
-        raise ConfigError(f"invalid Redis URL {shown}/...: the database must be a number")
+        raise ConfigError(
+            f"invalid Redis URL {_up_to_path(url)}/...: the database must be a number"
+        )
 
 
 def _secret_param(key: str) -> bool:

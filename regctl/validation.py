@@ -182,12 +182,14 @@ _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.AS
 def parse_duration(text: str) -> int:
     """``90s``, ``15m``, ``2h``, ``1d12h`` (or plain seconds) as milliseconds."""
     raw = text.strip().lower()
-    match = None if raw.isascii() and raw.isdigit() else _DURATION_RE.fullmatch(raw)
     if raw.isascii() and raw.isdigit():
         ms = int(raw) * 1000
-    elif not raw or match is None or not any(match.groups()):
-        raise InvalidInput(f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d")
     else:
+        match = _DURATION_RE.fullmatch(raw)
+        if not raw or match is None or not any(match.groups()):
+            raise InvalidInput(
+                f"invalid duration {_shown(text)}", "write it like 90s, 15m, 2h or 1d"
+            )
         days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
         ms = (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
     if ms > MAX_DURATION_MS:  # (no record is that old: a typo)

@@ -88,8 +88,12 @@ def test_an_error_is_one_json_object_wherever_json_was_asked_for(cli: Cli, args)
     }
 
 
-def test_a_usage_error_in_json_mode_is_a_json_object_too(cli: Cli):
-    ran = cli("list", "--bogus", "-o", "json")
+@pytest.mark.parametrize(
+    "args",
+    [("list", "--bogus", "-o", "json"), ("-qo", "json", "list", "--bogus")],  # (flags run together)
+)
+def test_a_usage_error_in_json_mode_is_a_json_object_too(cli: Cli, args):
+    ran = cli(*args)
     assert ran.exit_code == 2
     error = json.loads(ran.stdout)
     assert (error["ok"], error["reason"], error["exit_code"]) == (False, "usage", 2)
@@ -586,17 +590,6 @@ def test_a_usage_error_of_health_is_unknown_not_critical(cli: Cli, args, refused
 )
 def test_health_as_an_options_value_makes_no_health_usage_error(cli: Cli, args):
     assert cli(*args).exit_code == 2
-
-
-def test_flags_run_together_still_ask_for_json(cli: Cli):
-    ran = cli("-qo", "json", "list", "--bogus")
-    assert ran.exit_code == 2
-    assert json.loads(ran.stdout) == {
-        "ok": False,
-        "reason": "usage",
-        "message": "No such option: --bogus",
-        "exit_code": 2,
-    }
 
 
 def test_a_format_health_has_not_is_unknown_as_a_plugin_line(cli: Cli):
