@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from regctl.errors import ConfigError, InvalidInput
+from regctl.errors import ConfigError, InvalidInput, RegctlError
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
 from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
 from regctl.security import check_trusted, secret_key
@@ -406,10 +406,7 @@ class LoadedSettings:
         value given for regctl: worth a word to the user."""
         notes = []
         for name, origin in self.sources.items():
-            variable = origin.split()[-1].strip("()")
-            if origin.startswith(("environment", "env file")) and not variable.startswith(
-                ENV_PREFIX
-            ):
+            if _legacy(origin):
                 lost = [i for i in self.ignored.get(name, []) if not i.endswith("(empty)")]
                 notes += [f"{origin} overrides {i.removesuffix(' (overridden)')}" for i in lost]
         return notes
@@ -467,18 +464,43 @@ def load_settings(
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        origin = sources.get(field, "default")
-        message = _plain_message(first)
-        if not field:  # a rule between settings: name where each of them came from
-            named = [n for n in Settings.model_fields if re.search(rf"\b{n}\b", message)]
-            origins = ", ".join(f"{n} from {sources.get(n, 'default')}" for n in named)
-            raise ConfigError(f"bad settings: {message} ({origins})") from None
-        if origin.startswith("flag"):  # typed on this command line: invalid input
-            raise InvalidInput(f"invalid {origin.removeprefix('flag ')}: {message}") from None
-        raise ConfigError(f"bad setting {field} (from {origin}): {message}") from None
+        raise _refusal(exc.errors()[0], sources) from None
+    _check_overridden(layers, merged, sources)
     return LoadedSettings(settings, sources, ignored)
+
+
+def _check_overridden(
+    layers: list[_Given], merged: Mapping[str, Any], sources: Mapping[str, str]
+) -> None:
+    """A value given for regctl and overridden by a higher layer must be valid on its
+    own: it takes effect the day the higher one goes (a typo in the config file, hidden
+    by the environment of today's shell). A legacy name's value (``REDIS_URL``) may be
+    another program's, and a rule between settings is checked where they take effect."""
+    for given in layers:
+        if given.value == "" or sources.get(given.field) == given.origin or _legacy(given.origin):
+            continue
+        try:
+            Settings(**{**merged, given.field: given.value})
+        except ValidationError as exc:
+            own = [e for e in exc.errors() if tuple(e["loc"]) == (given.field,)]
+            if own:
+                origin = f"{given.origin}, overridden by {sources[given.field]}"
+                hint = "correct or remove it: it applies as soon as the other is unset"
+                raise _refusal(own[0], {given.field: origin}, hint) from None
+
+
+def _refusal(error: Any, sources: Mapping[str, str], hint: str | None = None) -> RegctlError:
+    """One of pydantic's errors as regctl's refusal, naming where the value came from."""
+    field = ".".join(str(p) for p in error["loc"])
+    message = _plain_message(error)
+    if not field:  # a rule between settings: name where each of them came from
+        named = [n for n in Settings.model_fields if re.search(rf"\b{n}\b", message)]
+        origins = ", ".join(f"{n} from {sources.get(n, 'default')}" for n in named)
+        return ConfigError(f"bad settings: {message} ({origins})")
+    origin = sources.get(field, "default")
+    if origin.startswith("flag"):  # typed on this command line: invalid input
+        return InvalidInput(f"invalid {origin.removeprefix('flag ')}: {message}")
+    return ConfigError(f"bad setting {field} (from {origin}): {message}", hint)
 
 
 _MESSAGES = {
@@ -528,6 +550,12 @@ _SIBLINGS = {
 
 def _layer(origin: str) -> str:
     return origin.split(maxsplit=1)[0]
+
+
+def _legacy(origin: str) -> bool:
+    """Whether a value came by a legacy name (``REDIS_URL``), not one of regctl's own."""
+    variable = origin.rsplit(maxsplit=1)[-1].strip("()")
+    return origin.startswith(("environment", "env file")) and not variable.startswith(ENV_PREFIX)
 
 
 # Settings naming a program regctl runs or a folder it creates.

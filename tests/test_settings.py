@@ -366,6 +366,37 @@ def test_the_regctl_name_beats_the_legacy_name_in_one_layer(base: dict[str, str]
     assert loaded.ignored["max_connections"] == ["environment REDIS_MAX_CONNECTIONS (overridden)"]
 
 
+def test_a_bad_value_a_higher_layer_overrides_is_refused(tmp_path: Path, base: dict[str, str]):
+    """It would take effect, unchecked until then, the day the higher one goes."""
+    (tmp_path / "regctl.toml").write_text("max_attempts = 7.5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            config_file=tmp_path / "regctl.toml", environ={**base, "REGCTL_MAX_ATTEMPTS": "5"}
+        )
+    assert caught.value.message == (
+        f"bad setting max_attempts (from config file {tmp_path / 'regctl.toml'} line 1, "
+        "overridden by environment REGCTL_MAX_ATTEMPTS): must be a whole number"
+    )
+    assert "applies as soon as the other is unset" in str(caught.value.hint)
+
+
+def test_an_overridden_value_is_held_to_its_own_bounds_not_to_rules_between_settings(
+    tmp_path: Path, base: dict[str, str]
+):
+    """Two hours is a valid code lifetime, though longer than the record lifetime that
+    overrides the config file's: that rule is checked on the values in effect."""
+    (tmp_path / "regctl.toml").write_text("code_lifetime = 7200\nlifetime = 86400\n")
+    environ = {**base, "REGCTL_CODE_LIFETIME": "600", "REGCTL_LIFETIME": "3600"}
+    loaded = load_settings(config_file=tmp_path / "regctl.toml", environ=environ)
+    assert (loaded.settings.code_lifetime, loaded.settings.lifetime) == (600, 3600)
+
+
+def test_a_legacy_variable_a_regctl_one_overrides_is_left_to_its_program(base: dict[str, str]):
+    """REDIS_URL may be set for another program, in a form regctl does not take."""
+    environ = {**base, "REDIS_URL": "memcached://cache:11211", "REGCTL_REDIS_URL": "redis://r"}
+    assert load_settings(environ=environ).settings.redis_url == "redis://r"
+
+
 # --- empty means unset --------------------------------------------------------------
 
 
