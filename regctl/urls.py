@@ -143,8 +143,8 @@ def mask_url(url: str) -> str:
     if question:
         pairs = (pair.partition("=") for pair in query.split("&"))
         query = "&".join(
-            f"{key}={'***' if _secret_param(key) else value}" if eq else key
-            for key, eq, value in pairs
+            f"{key}={'***' if _secret_param(key) else value}" if eq else key and "***"
+            for key, eq, value in pairs  # (a bare word may be a password's tail after an &)
         )
     return f"{scheme}://{base}{question}{query}"
 
@@ -164,6 +164,13 @@ def check_url(url: str) -> None:
         raise ConfigError(
             f"the user name or password in {mask_url(url)} holds a /, ? or #: "
             "percent-encode it (%2F, %3F, %23; an @ is %40)"
+        )
+    query = rest[at + 1 :].partition("?")[2].partition("#")[0]
+    if any(pair and "=" not in pair for pair in query.split("&")):
+        # (redis-py would drop it unsaid; it may be a password's tail after an unencoded &)
+        raise ConfigError(
+            f"invalid Redis URL {mask_url(url)}: a query parameter without a value "
+            "(write name=value; an & in a password is %26)"
         )
     if "+" in scheme:
         path = parse_multi(url).path

@@ -692,6 +692,7 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         "redis+sentinel://:hunter2?Qk9=@127.0.0.1:1/mymaster",  # (a base64 password)
         "redis://:hunter2/Qk9=@localhost:6379/0",
         "redis://:1234?x=hunter2@localhost",
+        "redis://localhost:6379/0?password=hun&hunter2",  # (an & in a password, unencoded)
     ],
 )
 def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
@@ -710,6 +711,16 @@ def test_a_url_parameter_no_connection_takes_is_a_setting_error(
     assert ran.stderr.startswith("Error: invalid Redis URL")
     assert query.partition("=")[0] in ran.stderr
     assert "hunter2" not in ran.stderr
+
+
+def test_a_url_query_word_without_a_value_is_refused_not_dropped(
+    cli: Cli, redis_proc: RedisProcess
+):
+    """redis-py drops ``?password=hun&ter2``'s ``ter2`` unsaid, and connects with ``hun``."""
+    ran = cli("list", REGCTL_REDIS_URL=f"{redis_proc.url}?password=hun&ter2")
+    assert ran.exit_code == 78, ran.stderr
+    assert "a query parameter without a value" in ran.stderr
+    assert "ter2" not in ran.stderr
 
 
 def test_a_secret_given_in_a_higher_layer_replaces_a_lower_layers_file(tmp_path: Path):
