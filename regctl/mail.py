@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, first_line
 from regctl.urls import mask_url
+from regctl.validation import normalize_email, number_in
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from regctl.model import PendingRegistration
     from regctl.settings import Settings
 
+MAX_TIMEOUT_S = 300  # (REGCTL_MAIL_TIMEOUT's bound)
 DEFAULT_BODY = """\
 Hello {first_name},
 
@@ -64,7 +66,16 @@ class MailConfig:
         return self.url != "none"
 
     def check(self) -> None:
-        """Fail now (ConfigError) on what would fail at delivery: the template."""
+        """Fail now (ConfigError) on what would fail or go wrong at delivery: each value
+        as the settings check it (one built by a library caller too), and the template."""
+        try:
+            check_mail_url(self.url)
+            check_sender(check_header(self.sender, "sender"))
+            check_header(self.subject, "mail subject")
+            number_in(self.timeout, "the timeout (seconds)", 0.001, MAX_TIMEOUT_S)
+        except (ValueError, InvalidInput) as exc:
+            said = exc.message if isinstance(exc, InvalidInput) else str(exc)
+            raise ConfigError(f"bad mail settings: {said}") from None
         if self.enabled:
             compose(self, "check@example.com", "Check", "000000", 15)
 
@@ -99,6 +110,9 @@ class Mailer:
         """
         if not code:  # an Added with send False: there is nothing to send
             raise InvalidInput("no code to send (the add asked for none: Added.send is False)")
+        if not (isinstance(code, str) and code.isascii() and code.isdigit()):
+            raise InvalidInput("a verification code is digits 0-9")
+        normalize_email(registration.email)  # (one made by hand: no NUL into RCPT TO)
         if not self.enabled:
             return "not_sent"
         minutes = max(1, (registration.code_expires_at - registration.observed_at) // 60_000)
@@ -136,11 +150,11 @@ def check_header(value: str, what: str) -> str:
 
 def check_sender(value: str) -> str:
     """A From: an address with an @, a name before it if any (`regctl <a@b.org>`)."""
-    from email.utils import parseaddr
+    from email.utils import getaddresses, parseaddr
 
     _name, address = parseaddr(value)
-    if "@" not in address.strip("@") or " " in address:
-        raise ValueError("the sender must be an address, like regctl <no-reply@example.com>")
+    if "@" not in address.strip("@") or " " in address or len(getaddresses([value])) != 1:
+        raise ValueError("the sender must be one address, like regctl <no-reply@example.com>")
     return value
 
 

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from regctl.errors import ConfigError, InvalidInput, RegctlError
 from regctl.keys import DEFAULT_BUCKETS, MAX_BUCKETS, MIN_BUCKETS, validate_prefix
+from regctl.mail import MAX_TIMEOUT_S
 from regctl.model import MAX_CODE_LIFETIME_MS, MAX_FUNNEL_DAYS, MAX_LIFETIME_MS, Policy
 from regctl.security import check_trusted, secret_key
 from regctl.store.base import AUDIT_MAX
@@ -230,7 +231,7 @@ class Settings(BaseSettings):
         unset="a built-in text",
         example="/etc/regctl/code-mail.txt",
     )
-    mail_timeout: float = _field(10, "seconds for the SMTP conversation", gt=0, le=300)
+    mail_timeout: float = _field(10, "seconds for the SMTP conversation", gt=0, le=MAX_TIMEOUT_S)
 
     audit_max_entries: int = _field(
         AUDIT_MAX,

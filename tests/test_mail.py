@@ -264,3 +264,51 @@ def test_the_mailer_refuses_an_empty_code(pw_hash):
     assert not quiet.send
     with pytest.raises(InvalidInput, match="no code to send"):
         mailer.send_code(quiet.registration, quiet.code)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"subject": "Hi\r\nBcc: x@example.com"}, "must be one line"),
+        ({"sender": "not an address"}, "the sender must be one address"),
+        ({"sender": "shop <a@shop.example>, b@x.example"}, "the sender must be one address"),
+        ({"url": "http://mail.example"}, "use smtp://"),
+        ({"timeout": float("nan")}, "the timeout (seconds) must be a number"),
+        ({"timeout": 0}, "the timeout (seconds) must be a number"),
+    ],
+)
+def test_a_mail_config_a_library_caller_builds_is_checked_as_the_settings_are(
+    change: dict[str, object], message: str
+):
+    """(A bad subject was a ValueError from the email package at the first mail, and a
+    sender that is no address went out as MAIL FROM:not.)"""
+    from regctl import ConfigError, Mailer
+    from regctl.mail import MailConfig
+
+    given = {"url": "console", "sender": "shop <a@shop.example>", "subject": "Code"} | change
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Mailer(MailConfig(**given))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("code", "email", "message"),
+    [
+        ("12345\r\nX", "e@example.com", "a verification code is digits 0-9"),
+        ("123456", "e\x00@example.com", "invalid email address"),
+    ],
+)
+def test_the_mailer_refuses_a_code_or_an_address_no_registration_has(
+    pw_hash: str, code: str, email: str, message: str
+):
+    import dataclasses
+
+    from regctl import InvalidInput, Mailer, MemoryStore, RegistrationManager
+    from regctl.mail import MailConfig
+    from tests.conftest import SECRET
+
+    manager = RegistrationManager(MemoryStore(), secret=SECRET)
+    added = manager.add("e@example.com", "E", "C", password_hash=pw_hash)
+    made = dataclasses.replace(added.registration, email=email)  # (by hand)
+    mailer = Mailer(MailConfig("console", "shop <a@shop.example>", "Code"))
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        mailer.send_code(made, code)

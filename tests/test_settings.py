@@ -628,7 +628,12 @@ def test_the_readme_settings_table_lists_every_setting():
         ("REGCTL_MAIL_SUBJECT", "Code\nBcc: x@example.com", "must be one line"),
         ("REGCTL_MAIL_FROM", "a@example.com\r\nBcc: x@example.com", "must be one line"),
         ("REGCTL_MAIL_TEMPLATE", "/nonexistent/template.txt", "cannot read mail template"),
-        ("REGCTL_MAIL_FROM", "not an address <<", "the sender must be an address"),
+        ("REGCTL_MAIL_FROM", "not an address <<", "the sender must be one address"),
+        (
+            "REGCTL_MAIL_FROM",
+            "shop <a@shop.example>, b@x.example",
+            "the sender must be one address",
+        ),
         ("REGCTL_MAIL_TEMPLATE", b"Hello {first_name}", "has no {code}"),
         ("REGCTL_MAIL_TEMPLATE", b"{code} {first_name.__class__}", "unknown placeholder"),
         ("REGCTL_MAIL_TEMPLATE", b"{code} \xff\xfe", "is not UTF-8 text"),
