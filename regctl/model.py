@@ -112,6 +112,9 @@ class PendingRegistration:
     code_hash: str = field(default="", repr=False, compare=False)
     # Verified and so consumed: what a successful verify returns (pending no more).
     consumed: bool = field(default=False, compare=False)
+    # The answer to a replay of an earlier add or resend (the same token): its code is
+    # that call's, which went out with that call's answer if it reached the caller.
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def identity(self) -> str:

@@ -902,6 +902,8 @@ def test_a_replayed_add_hands_back_the_code_it_stored(manager: RegistrationManag
     first = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-1")
     again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-1")
     assert again.code == first.code
+    # (so a backend that takes a client's idempotency key as the token mails it once)
+    assert (first.registration.replayed, again.registration.replayed) == (False, True)
     with pytest.raises(AlreadyExists):
         manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-2")
     assert manager.verify(EMAIL, again.code).outcome is VerifyOutcome.VERIFIED
@@ -962,6 +964,7 @@ def test_an_add_replayed_after_its_record_is_gone_creates_nothing(
         assert manager.delete(EMAIL)
     again = manager.add(EMAIL, "Alice", "Liddell", password_hash=pw_hash, token="add-gone")
     assert again.code == first.code
+    assert again.registration.replayed
     assert again.registration.created_at == first.registration.created_at
     assert manager.get(EMAIL) is None
     assert manager.verify(EMAIL, first.code).outcome is VerifyOutcome.NOT_FOUND
@@ -1040,6 +1043,7 @@ def test_a_replayed_resend_hands_back_the_code_that_verifies(
     first = manager.resend(EMAIL, token="resend-1")
     again = manager.resend(EMAIL, token="resend-1")
     assert again.code == first.code != old
+    assert (first.registration.replayed, again.registration.replayed) == (False, True)
     assert again.registration.resend_count == 1
     assert manager.verify(EMAIL, old).outcome is VerifyOutcome.INVALID_CODE
     assert manager.verify(EMAIL, again.code).outcome is VerifyOutcome.VERIFIED
@@ -1235,6 +1239,7 @@ def test_a_concealed_add_replayed_with_its_token_hands_back_the_same_code(
     once = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="signup-42")
     twice = manager.add(EMAIL, "A", "L", password_hash=pw_hash, token="signup-42")
     assert once.code == twice.code
+    assert (once.registration.replayed, twice.registration.replayed) == (False, True)
     assert twice.registration.resend_count == 1  # one resend, not two
 
 

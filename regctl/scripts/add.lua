@@ -3,9 +3,9 @@
 -- `gone` hash, for the replay window after) gets the first answer and creates
 -- nothing: its code was used.
 -- KEYS: record, index, gone, funnel x3
--- Returns {status, now[, row]}: "created" (a replay: with the record in codec.ROW order,
--- or, the record gone, `now` its creation time; else the record is what the caller
--- sent, as of now) or "exists".
+-- Returns {status, now[, row]}: "created" (the record is what the caller sent, as of
+-- now), "replayed" (with the record in codec.ROW order, or, the record gone, `now` its
+-- creation time) or "exists".
 local digest, email, first_name, last_name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local password_hash, code_hash = ARGV[5], ARGV[6]
 local lifetime_ms, code_lifetime_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -23,14 +23,14 @@ if redis.call('EXISTS', record) == 1 then
   -- The same token with anything else is another call, refused as any add on a
   -- pending address is.
   if redis.call('HGET', record, F.add_token) == call then
-    return {'created', now, redis.call('HMGET', record, unpack(ROW))}
+    return {'replayed', now, redis.call('HMGET', record, unpack(ROW))}
   end
   return {'exists', now, {}}
 end
 -- (read as any key might be: something else may have made it another type, an error
 -- whole() reads as nothing)
 local made = whole(redis.pcall('HGET', gone, call))
-if made then return {'created', made} end
+if made then return {'replayed', made} end
 local expires = now + lifetime_ms
 -- The index first: an index something else made another type fails here, before any
 -- write (Redis undoes nothing), not after the record is stored.

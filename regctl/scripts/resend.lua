@@ -4,7 +4,8 @@
 -- the code mailed now confirms the data of the sign-up that asked for it.
 -- KEYS: record, funnel x3
 -- ARGV: ..., first_name, last_name, password_hash ('' each: keep the record's)
--- Returns {status, now, detail}: ok (the record in codec.ROW order) | not_found | locked |
+-- Returns {status, now, detail}: ok or replayed (the record in codec.ROW order) | not_found |
+-- locked |
 -- resend_limit | cooldown (wait ms) | damaged (a record regctl cannot read, left as it was)
 local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
 local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -25,7 +26,7 @@ local last_sent, last_token = tonumber(row[AT.last_sent_at]), row[#asked]
 -- A replay of this same call (lost reply): the code it stored is the current one.
 if last_token == token then
   row[#asked] = nil
-  return {'ok', now, row}
+  return {'replayed', now, row}
 end
 if locked == '1' then return {'locked', now, {}} end
 if resends >= max_resends then return {'resend_limit', now, {}} end

@@ -135,11 +135,14 @@ class MemoryStore:
             call = "\0".join((token, new.email, new.first_name, new.last_name))  # (add.lua's)
             if entry is not None:
                 if entry.add_call == call:  # a replay of this same call (see add.lua)
-                    return replace(entry.record, observed_at=now, code_hash=entry.code_hash)
+                    return replace(
+                        entry.record, observed_at=now, code_hash=entry.code_hash, replayed=True
+                    )
                 raise already_exists(new.email)
             gone = self._gone.get(new.identity)
             if gone is not None and gone[0] > now and call in gone[1]:
-                return new.created(gone[1][call], policy)  # (its record consumed: add.lua)
+                # (its record consumed: add.lua)
+                return replace(new.created(gone[1][call], policy), replayed=True)
             record = new.created(now, policy)
             # (the entry keeps the code's hash apart: a resend replaces it there)
             self._entries[new.identity] = _Entry(replace(record, code_hash=""), new.code_hash, call)
@@ -258,7 +261,7 @@ class MemoryStore:
                 raise resend_refusal("not_found", identity)
             rec = entry.record
             if entry.resend_token == token:
-                return replace(rec, observed_at=now)
+                return replace(rec, observed_at=now, replayed=True)
             if rec.locked:
                 raise resend_refusal("locked", identity)
             if rec.resend_count >= policy.max_resends:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from regctl.bridge import settled
@@ -84,11 +84,12 @@ def _created(
 ) -> PendingRegistration | AlreadyExists:
     """The record add.lua created (or found, for a replay of the same call), or the
     refusal of an address already pending."""
-    status, now, *replayed = reply
+    status, now, *row = reply
     if status == "exists":
         return already_exists(new.email)
-    if replayed:
-        return decode_row(replayed[0], int(now), acked)
+    if status == "replayed":  # (the record, or only its creation time: consumed since)
+        made = decode_row(row[0], int(now), acked) if row else new.created(int(now), policy, acked)
+        return replace(made, replayed=True)
     return new.created(int(now), policy, acked)
 
 
@@ -454,9 +455,10 @@ class RedisStore:
                 *names,
             ),
         )
-        if status != "ok":
+        if status not in ("ok", "replayed"):
             raise resend_refusal(status, identity, detail if status == "cooldown" else 0)
-        return decode_row(detail, int(now), acked)
+        registration = decode_row(detail, int(now), acked)
+        return replace(registration, replayed=True) if status == "replayed" else registration
 
     def verify(
         self, identity: str, candidate_hash: str, policy: Policy, token: str
