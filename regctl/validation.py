@@ -10,9 +10,13 @@ import functools
 import re
 import string
 import unicodedata
+from typing import TYPE_CHECKING
 
 from regctl.errors import InvalidInput
 from regctl.text import clipped
+
+if TYPE_CHECKING:
+    import ipaddress
 
 MAX_EMAIL_LENGTH = 254
 NAME_MAX = 100
@@ -211,11 +215,19 @@ def parse_rate(text: str) -> float:
 MAX_CLIENT_KEY = 256
 
 
+@functools.cache
+def _nat64() -> ipaddress.IPv6Network:
+    """NAT64's well-known prefix (RFC 6052): an IPv4 address in its last 32 bits."""
+    import ipaddress
+
+    return ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def normalize_client_key(client: str) -> str:
     """A client key (an IP, a session id), checked and in one form, so spellings of one
     client share its windows: an IP address in its canonical form (an IPv4 address
-    mapped into IPv6 as itself, an IPv6 address as its /64: one machine's share);
-    other text without surrounding space, NFC."""
+    mapped into IPv6, or translated by NAT64, as itself; an IPv6 address as its /64:
+    one machine's share); other text without surrounding space, NFC."""
     text = unicodedata.normalize("NFC", as_text(client, "a client key").strip())
     if not 1 <= len(text) <= MAX_CLIENT_KEY:
         raise InvalidInput(f"a client key must be 1-{MAX_CLIENT_KEY} characters")
@@ -229,6 +241,9 @@ def normalize_client_key(client: str) -> str:
         return text
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address) and address in _nat64():
+        # (an IPv4 client behind NAT64: its /64 would be every IPv4 client's)
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)

@@ -1344,6 +1344,7 @@ def test_a_refused_call_counts_in_no_window(make_manager: MakeManager, pw_hash: 
     ("one", "same"),
     [
         ("203.0.113.7", "::ffff:203.0.113.7"),
+        ("203.0.113.7", "64:ff9b::cb00:7107"),  # NAT64's well-known prefix
         ("2001:db8::1", "2001:DB8:0:0:ffff::9"),  # one /64: one machine's share
         ("2001:db8::1", "2001:db8::1%eth0"),
         ("10.0.0.1", " 10.0.0.1 "),
@@ -1357,6 +1358,13 @@ def test_spellings_of_one_client_share_its_windows(
     manager.add("s0@example.com", "S", "P", password_hash=pw_hash, client=one)
     with pytest.raises(RateLimited):
         manager.add("s1@example.com", "S", "P", password_hash=pw_hash, client=same)
+
+
+def test_ipv4_clients_behind_nat64_are_told_apart(make_manager: MakeManager, pw_hash: str):
+    """(As IPv6 addresses, they all had one /64: one window for every IPv4 client.)"""
+    manager = make_manager(Policy(signups_per_client=1))
+    manager.add("n0@example.com", "N", "A", password_hash=pw_hash, client="64:ff9b::1.2.3.4")
+    manager.add("n1@example.com", "N", "A", password_hash=pw_hash, client="64:ff9b::5.6.7.8")
 
 
 @pytest.mark.parametrize("client", ["", "  ", "x" * 257, "bad\nkey", "\x1b[2J"])
