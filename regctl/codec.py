@@ -77,9 +77,13 @@ def decode(
 
 
 def decode_row(
-    row: Sequence[str | None], observed_at: int, replicas_acked: int | None = None
+    row: Sequence[str | None],
+    observed_at: int,
+    replicas_acked: int | None = None,
+    consumed: bool = False,
 ) -> PendingRegistration:
-    """A record from its values in ``ROW`` order (None: the field is missing).
+    """A record from its values in ``ROW`` order (None: the field is missing);
+    ``consumed``: what a successful verify returns.
 
     A hash regctl cannot read (a field missing or not a number, a time beyond 2^53:
     written by something else) raises DamagedRecord.
@@ -111,6 +115,7 @@ def decode_row(
             version[0] if version else SCHEMA_VERSION,
             replicas_acked,
             code_hash or "",
+            consumed,
         )
     except (KeyError, ValueError) as exc:
         email = str(required[0] if required[0] is not None else "?")

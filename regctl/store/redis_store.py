@@ -77,6 +77,8 @@ FINGERPRINT_FIELD = "code_secret_fingerprint"
 INDEX_GRACE_MS = 3_600_000
 # Codes a rotation expires per pipelined batch of scripts.
 EXPIRY_BATCH = 100
+# verify.lua's statuses (a lookup: calling VerifyOutcome costs 15 times as much)
+_OUTCOMES = {outcome.value: outcome for outcome in VerifyOutcome}
 
 
 def _created(
@@ -483,10 +485,10 @@ class RedisStore:
             raise other_secret(int(left))
         if status == "damaged":
             raise damaged(identity, UNREADABLE)
-        outcome = VerifyOutcome(status)
+        outcome = _OUTCOMES[status]
         registration = None
-        if isinstance(payload, list):
-            registration = decode_row(payload, int(now))
+        if isinstance(payload, list):  # (consumed when verified: made so, not copied so)
+            registration = decode_row(payload, int(now), None, outcome is VerifyOutcome.VERIFIED)
         elif payload:  # a replay: the record as its marker keeps it, JSON field/value pairs
             registration = decode(json.loads(payload), int(now))
         return VerifyResult(outcome, int(left), registration, acked)
