@@ -354,51 +354,6 @@ def test_ctrl_c_says_how_far_of_how_much_in_the_units_counted():
     assert lines.summary(interrupted="Ctrl-C").startswith("interrupted: lines read 3 before Ctrl-C")
 
 
-class _InterruptedAfter(io.StringIO):
-    """A stdout that Ctrl-C hits just as its nth write has gone through."""
-
-    def __init__(self, writes: int) -> None:
-        super().__init__()
-        self.left = writes
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt
-        return written
-
-
-@pytest.mark.parametrize(("output", "items_in"), [("ndjson", 3), ("json", 4)])
-def test_an_interrupted_export_counts_exactly_the_records_it_wrote(
-    cli: Cli,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    output: str,
-    items_in: int,
-):
-    """(Counted as the next one was asked for, the record being written when Ctrl-C came
-    was in the output and not in the summary.) ``items_in``: the writes that hold the
-    first three records (a JSON array's opening bracket is one more)."""
-    import typer
-
-    from regctl.cli.app import build_app
-
-    for i in range(5):
-        add(cli, f"c{i}@count.example")
-    for name, value in cli.env.items():
-        monkeypatch.setenv(name, value)
-    stream = _InterruptedAfter(items_in)
-    monkeypatch.setattr("sys.stdout", stream)
-    command = typer.main.get_command(build_app())
-    status = command.main(["-o", output, "export"], prog_name="regctl", standalone_mode=False)
-    assert status == 130
-    written = stream.getvalue()
-    records = written.count("@count.example")
-    assert records == 3, written
-    assert "interrupted: exported 3 before Ctrl-C" in capsys.readouterr().err
-
-
 def test_a_summary_names_the_signal_that_stopped_the_work():
     from regctl.cli import Terminated
     from regctl.cli.state import _by

@@ -7,14 +7,13 @@ and closed with ``ctx.call_on_close``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from regctl.cli.render import Format, csv_lines, escape, to_json, tsv_lines
 from regctl.errors import UNSERVED, ExitStatus, InvalidInput
@@ -208,13 +207,11 @@ class State:
     def err_is_tty(self) -> bool:
         return _terminal(sys.stderr)
 
-    def write(self, chunks: Iterable[str], *, tally: Tally | None = None) -> None:
-        """Plain text to stdout, exactly as given (JSON, TSV, CSV): no markup, no wrap.
-        With ``tally``, each chunk is one item, counted as it is written."""
+    def write(self, chunks: Iterable[str]) -> None:
+        """Plain text to stdout, exactly as given (JSON, TSV, CSV): no markup, no wrap."""
         stream = sys.stdout
-        put = stream.write if tally is None else functools.partial(tally.wrote, stream)
         for chunk in chunks:
-            put(chunk)
+            stream.write(chunk)
         stream.flush()
 
     def lines(self, lines: Iterable[str]) -> None:
@@ -253,24 +250,22 @@ class State:
 
         self.result(report_json(report) | extra, report_summary(report), names)
 
-    def json_array(self, items: Iterable[Any], *, tally: Tally | None = None) -> None:
+    def json_array(self, items: Iterable[Any]) -> None:
         """A JSON array streamed item by item (a long list needs no memory). Cut short
         by Ctrl-C or an error, it is closed all the same: still one JSON document, the
         exit status saying it is partial. One that fails before its first item (Redis
         down) writes nothing, so the error's own document is the only one: an empty
-        array would look like an empty store. With ``tally``, items are counted as
-        they are written."""
+        array would look like an empty store."""
         iterator = iter(items)
         first = next(iterator, None)
         self.json_written = True
         stream = sys.stdout
-        put = stream.write if tally is None else functools.partial(tally.wrote, stream)
         stream.write("[")
         try:
             if first is not None:
-                put(to_json(first))
+                stream.write(to_json(first))
                 for item in iterator:
-                    put("," + to_json(item))
+                    stream.write("," + to_json(item))
         finally:
             stream.write("]\n")
             stream.flush()
@@ -365,18 +360,6 @@ class Tally:
     def add(self, n: int = 1, weight: int | None = None) -> None:
         self.done += n
         self.weight += n if weight is None else weight
-        self._redraw()
-
-    def wrote(self, stream: TextIO, text: str) -> None:
-        """Write one item's text and count it. Nothing between the count and the write
-        lets Ctrl-C in (Python takes a signal on entering a function or after a call
-        returns), so an interrupted command's summary counts exactly the items written."""
-        self.done += 1
-        stream.write(text)
-        self.weight += 1
-        self._redraw()
-
-    def _redraw(self) -> None:
         now = time.monotonic()
         if self.on_change is not None and now - self._shown >= 0.1:  # 10 redraws a second
             self._shown = now

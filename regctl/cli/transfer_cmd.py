@@ -40,11 +40,11 @@ def export(
     total = manager.counts().total if state.shows_progress else None
     left_out = LeftOut()
     with state.progress("exported", total) as tally:
-        rows = manager.export(include_secrets=include_secrets, on_damaged=left_out)
+        rows = tally.track(manager.export(include_secrets=include_secrets, on_damaged=left_out))
         if state.format() is Format.JSON:
-            state.json_array(rows, tally=tally)
+            state.json_array(rows)
         else:
-            state.write((to_json(row) + "\n" for row in rows), tally=tally)
+            state.write(to_json(row) + "\n" for row in rows)
     if left_out.count:
         state.warn(left_out.warning("not in this export"))
     unseen = unseen_after_eviction(state.store)
