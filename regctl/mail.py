@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, first_line
 from regctl.urls import mask_url
-from regctl.validation import normalize_email, number_in
+from regctl.validation import as_text, normalize_email, number_in
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -69,10 +69,14 @@ class MailConfig:
         """Fail now (ConfigError) on what would fail or go wrong at delivery: each value
         as the settings check it (one built by a library caller too), and the template."""
         try:
-            check_mail_url(self.url)
-            check_sender(check_header(self.sender, "sender"))
-            check_header(self.subject, "mail subject")
-            number_in(self.timeout, "the timeout (seconds)", 0.001, MAX_TIMEOUT_S)
+            check_mail_url(as_text(self.url, "the mail URL"))
+            check_sender(check_header(as_text(self.sender, "the sender"), "sender"))
+            check_header(as_text(self.subject, "the mail subject"), "mail subject")
+            if not (self.template is None or isinstance(self.template, Path)):
+                raise ValueError("the mail template must be a Path (or None)")
+            # (REGCTL_MAIL_TIMEOUT's bounds: more than 0, at most MAX_TIMEOUT_S)
+            if number_in(self.timeout, "the timeout (seconds)", 0, MAX_TIMEOUT_S) == 0:
+                raise ValueError("the timeout (seconds) must be more than 0")
         except (ValueError, InvalidInput) as exc:
             said = exc.message if isinstance(exc, InvalidInput) else str(exc)
             raise ConfigError(f"bad mail settings: {said}") from None
@@ -153,7 +157,8 @@ def check_sender(value: str) -> str:
     from email.utils import getaddresses, parseaddr
 
     _name, address = parseaddr(value)
-    if "@" not in address.strip("@") or " " in address or len(getaddresses([value])) != 1:
+    several = len(getaddresses([value])) != 1 or value.rstrip().endswith((",", ";"))
+    if "@" not in address.strip("@") or " " in address or several:
         raise ValueError("the sender must be one address, like regctl <no-reply@example.com>")
     return value
 

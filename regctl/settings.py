@@ -485,7 +485,9 @@ def _check_overridden(
         except ValidationError as exc:
             own = [e for e in exc.errors() if tuple(e["loc"]) == (given.field,)]
             if own:
-                origin = f"{given.origin}, overridden by {sources[given.field]}"
+                # (by the same setting, or by its twin: a secret replaces its file)
+                by = sources.get(given.field) or sources[_SIBLINGS[given.field]]
+                origin = f"{given.origin}, overridden by {by}"
                 hint = "correct or remove it: it applies as soon as the other is unset"
                 raise _refusal(own[0], {given.field: origin}, hint) from None
 

@@ -165,7 +165,7 @@ def check_url(url: str) -> None:
             f"the user name or password in {mask_url(url)} holds a /, ? or #: "
             "percent-encode it (%2F, %3F, %23; an @ is %40)"
         )
-    query = rest[at + 1 :].partition("?")[2].partition("#")[0]
+    query = rest[at + 1 :].partition("#")[0].partition("?")[2]
     if any(pair and "=" not in pair for pair in query.split("&")):
         # (redis-py would drop it unsaid; it may be a password's tail after an unencoded &)
         raise ConfigError(

@@ -274,7 +274,10 @@ def test_the_mailer_refuses_an_empty_code(pw_hash):
         ({"sender": "shop <a@shop.example>, b@x.example"}, "the sender must be one address"),
         ({"url": "http://mail.example"}, "use smtp://"),
         ({"timeout": float("nan")}, "the timeout (seconds) must be a number"),
-        ({"timeout": 0}, "the timeout (seconds) must be a number"),
+        ({"timeout": 0}, "the timeout (seconds) must be more than 0"),
+        ({"sender": None}, "the sender must be text"),
+        ({"sender": "a@shop.example,"}, "the sender must be one address"),
+        ({"template": "/etc/template.txt"}, "the mail template must be a Path"),
     ],
 )
 def test_a_mail_config_a_library_caller_builds_is_checked_as_the_settings_are(
@@ -288,6 +291,14 @@ def test_a_mail_config_a_library_caller_builds_is_checked_as_the_settings_are(
     given = {"url": "console", "sender": "shop <a@shop.example>", "subject": "Code"} | change
     with pytest.raises(ConfigError, match=re.escape(message)):
         Mailer(MailConfig(**given))  # type: ignore[arg-type]
+
+
+def test_a_mail_timeout_the_settings_take_the_mailer_takes():
+    from regctl import Mailer
+    from regctl.settings import load_settings
+
+    settings = load_settings({"mail_url": "console", "mail_timeout": 0.0005}, environ={}).settings
+    assert Mailer.from_settings(settings).config.timeout == 0.0005
 
 
 @pytest.mark.parametrize(

@@ -380,6 +380,24 @@ def test_a_bad_value_a_higher_layer_overrides_is_refused(tmp_path: Path, base: d
     assert "applies as soon as the other is unset" in str(caught.value.hint)
 
 
+def test_a_bad_secret_its_file_overrides_is_refused_naming_the_file_setting(
+    tmp_path: Path, base: dict[str, str]
+):
+    """(A secret's file replaces the secret given lower down: the override was looked
+    up under the secret's own name, a KeyError, exit 70.)"""
+    config = tmp_path / "regctl.toml"
+    config.write_text('code_secret = "short"\n')
+    config.chmod(0o600)
+    environ = {**base, "REGCTL_CODE_SECRET_FILE": str(tmp_path / "s1.txt")}
+    environ.pop("REGCTL_CODE_SECRET", None)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file=config, environ=environ)
+    assert caught.value.message.startswith(
+        f"bad setting code_secret (from config file {config} line 1, "
+        "overridden by environment REGCTL_CODE_SECRET_FILE): "
+    )
+
+
 def test_an_overridden_value_is_held_to_its_own_bounds_not_to_rules_between_settings(
     tmp_path: Path, base: dict[str, str]
 ):
@@ -716,6 +734,10 @@ def test_a_url_parameter_no_connection_takes_is_a_setting_error(
     assert ran.stderr.startswith("Error: invalid Redis URL")
     assert query.partition("=")[0] in ran.stderr
     assert "hunter2" not in ran.stderr
+
+
+def test_a_question_mark_in_a_url_fragment_is_no_query():
+    check_url("redis://localhost/0#frag?x")  # (as redis-py reads it: no query)
 
 
 def test_a_url_query_word_without_a_value_is_refused_not_dropped(
