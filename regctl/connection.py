@@ -426,6 +426,20 @@ def async_twin(client: Client) -> Any:
     return _async_standalone(pool)
 
 
+def check_decoding(client: Any) -> None:
+    """Refuse a client (sync or asyncio, any topology) that hands back bytes: every
+    reply regctl reads is text, and bytes would read as another secret's codes."""
+    nodes = getattr(client, "nodes_manager", None)
+    pool = nodes if nodes is not None else getattr(client, "connection_pool", None)
+    made_with = getattr(pool, "connection_kwargs", None)
+    if isinstance(made_with, dict) and not made_with.get("decode_responses"):
+        raise ConfigError(
+            "the Redis client hands back bytes, and regctl reads text",
+            "make it with decode_responses=True: "
+            'redis.Redis.from_url("redis://…", decode_responses=True)',
+        )
+
+
 def pool_limits(client: Client) -> tuple[int, float | None]:
     """How many connections the sync ``client`` may open (per node on Cluster), and how
     long a call waits for a free one (None: as long as it takes)."""

@@ -574,3 +574,24 @@ def test_what_made_a_consumed_record_is_kept_for_the_replay_window_from_then_onl
     assert manager.verify("kept@example.com", added.code).ok
     assert 0 < redis_proc.client().pttl(gone) <= manager.policy.replay_window_ms
     manager.close()
+
+
+def test_a_client_that_hands_back_bytes_is_refused_when_the_store_is_made(
+    redis_proc: RedisProcess, redis_cluster: Any
+):
+    """(Made as redis-py's own examples make one, the first add failed with "another
+    code secret": a bytes reply read as another secret's fingerprint.)"""
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.cluster import RedisCluster
+
+    port = redis_cluster.nodes[0].port
+    clients = [
+        redis.Redis.from_url(redis_proc.url),
+        AsyncRedis.from_url(redis_proc.url),
+        RedisCluster(host="127.0.0.1", port=port),
+    ]
+    for client in clients:
+        with pytest.raises(ConfigError, match="hands back bytes") as refused:
+            RedisStore(client)
+        assert "decode_responses=True" in str(refused.value.hint)
+    RedisStore(RedisCluster(host="127.0.0.1", port=port, decode_responses=True)).close()

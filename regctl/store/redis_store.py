@@ -12,6 +12,7 @@ from regctl.bridge import settled
 from regctl.codec import decode, decode_row, encode
 from regctl.connection import (
     Client,
+    check_decoding,
     one_command,
     stop_watching,
     translated_errors,
@@ -124,7 +125,10 @@ class RedisStore:
 
     Example::
 
-        store = RedisStore(redis.Redis.from_url("redis://localhost"), prefix="shop")
+        client = redis.Redis.from_url("redis://localhost", decode_responses=True)
+        store = RedisStore(client, prefix="shop")
+
+    A client that hands back bytes (no ``decode_responses=True``) is a ConfigError.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class RedisStore:
         audit_max: int = AUDIT_MAX,
         call_budget_s: float = 5.0,
     ) -> None:
+        check_decoding(client)
         self.client = client
         self._wanted = Keyspace(prefix, buckets) if buckets else Keyspace(prefix)
         # A bucket count asked for (not the default) must be the stored layout's.
