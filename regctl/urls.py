@@ -5,6 +5,8 @@ Pure functions, no I/O: settings validate a URL with them before anything connec
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -142,9 +144,13 @@ def mask_url(url: str) -> str:
     base, question, query = rest.partition("?")
     if question:
         pairs = (pair.partition("=") for pair in query.split("&"))
+        # (a bare word, or a name no connection takes, may be a password's tail after
+        # an unencoded &: hidden whole)
         query = "&".join(
-            f"{key}={'***' if _secret_param(key) else value}" if eq else key and "***"
-            for key, eq, value in pairs  # (a bare word may be a password's tail after an &)
+            f"{key}={'***' if _secret_param(key) else value}"
+            if eq and _known(key)
+            else key and "***"
+            for key, eq, value in pairs
         )
     return f"{scheme}://{base}{question}{query}"
 
@@ -166,12 +172,22 @@ def check_url(url: str) -> None:
             "percent-encode it (%2F, %3F, %23; an @ is %40)"
         )
     query = rest[at + 1 :].partition("#")[0].partition("?")[2]
-    if any(pair and "=" not in pair for pair in query.split("&")):
-        # (redis-py would drop it unsaid; it may be a password's tail after an unencoded &)
-        raise ConfigError(
-            f"invalid Redis URL {mask_url(url)}: a query parameter without a value "
-            "(write name=value; an & in a password is %26)"
-        )
+    for pair in filter(None, query.split("&")):
+        # (redis-py would drop a bare word unsaid, and refuse an unknown name naming it:
+        # either may be a password's tail after an unencoded &, never shown)
+        name, eq, _ = pair.partition("=")
+        if not eq:
+            raise ConfigError(
+                f"invalid Redis URL {mask_url(url)}: a query parameter without a value "
+                "(write name=value; an & in a password is %26)"
+            )
+        if not _known(name):
+            close = difflib.get_close_matches(unquote(name), _connection_params(), n=1)
+            raise ConfigError(
+                f"invalid Redis URL {mask_url(url)}: a query parameter no connection takes "
+                f"(shown as ***{'; did you mean ' + close[0] + '?' if close else ''})",
+                "an & in a password is %26",
+            )
     if "+" in scheme:
         path = parse_multi(url).path
         # (not shown: what stands there may be a password written in the wrong place)
@@ -202,6 +218,30 @@ def check_url(url: str) -> None:
         raise ConfigError(
             f"invalid Redis URL {_up_to_path(url)}/...: the database must be a number"
         )
+
+
+def _known(name: str) -> bool:
+    return unquote(name) in _connection_params()
+
+
+@functools.cache
+def _connection_params() -> frozenset[str]:
+    """The query parameters a redis-py connection or its pool takes (``db``,
+    ``socket_timeout``, ``password``...): redis-py passes any other on, and refuses it."""
+    import inspect
+
+    from redis import connection
+
+    names = set(connection.URL_QUERY_ARGUMENT_PARSERS)
+    for made in (
+        connection.ConnectionPool,
+        connection.AbstractConnection,
+        connection.Connection,
+        connection.SSLConnection,
+        connection.UnixDomainSocketConnection,
+    ):
+        names.update(inspect.signature(made.__init__).parameters)
+    return frozenset(names - {"self", "kwargs", "connection_class", "connection_kwargs"})
 
 
 def _secret_param(key: str) -> bool:
