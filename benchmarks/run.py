@@ -234,7 +234,7 @@ def per_operation(sock: Path, n: int, pw_hash: str) -> None:
 
     def raw_resend(i: int) -> None:
         d, (record, _index) = raw_keys(i)
-        args = ("0" * 64, 900_000, 0, 10**9, f"r{i}", keep, day, "", "", "")  # ("": keep names)
+        args = ("0" * 64, 900_000, 0, 10**9, f"r{i}", keep, day, "", "", "", "")  # ("": keep names)
         evalsha("resend", (record, *funnel(d)), *args)
 
     out["resend"] = row("resend", paired(resend, raw_resend, n))

@@ -29,6 +29,7 @@ FIELDS = {
     "locked": "l",  # "1" or "0"
     "add_token": "at",  # the idempotency token of the add that created it
     "resend_token": "rt",  # ... and of the last resend
+    "concealed_add": "ca",  # the call of the last concealed add that resent (see add_token)
 }
 
 

@@ -1016,6 +1016,22 @@ def test_an_add_replayed_after_a_concealed_sign_up_renamed_its_record_creates_no
     assert manager.get(EMAIL) is None
 
 
+def test_a_concealed_sign_up_replayed_after_the_verify_creates_nothing(
+    make_manager: MakeManager,
+):
+    """The owner's second sign-up resent the code (its call is not the record's add);
+    its retry after a lost reply, arriving once the user verified, is answered as a
+    replay, not stored as a new pending registration of a verified address."""
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    manager.add(EMAIL, "Erin", "Old", password="the owners password", token="tok-1")
+    again = manager.add(EMAIL, "Erin", "New", password="the owners password", token="tok-2")
+    assert manager.verify(EMAIL, again.code).ok
+    replay = manager.add(EMAIL, "Erin", "New", password="the owners password", token="tok-2")
+    assert replay.registration.replayed  # (its code is the add's: dead with the record)
+    assert manager.get(EMAIL) is None
+
+
 def test_an_add_token_reused_after_verify_with_other_names_gets_another_code(
     manager: RegistrationManager, pw_hash: str
 ):

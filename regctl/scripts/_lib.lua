@@ -61,18 +61,24 @@ local function extend_index(index, expires, grace_ms, now)
   end
 end
 
--- The add that made a record stays in its F.add_token: that add's call (a digest of
--- its token, address as written and names), which a resend never changes. Verify
--- and delete keep it in the address's `gone` hash (declared by the caller): call ->
--- creation time, every consumed add of the replay window (from the last one), so a
--- replay of any of them is answered and stores nothing (add.lua). (A `gone` key
+-- An add's call: a digest of its token, address as written and names.
+local function add_call(token, email, first_name, last_name)
+  return redis.sha1hex(token .. '\0' .. email .. '\0' .. first_name .. '\0' .. last_name)
+end
+
+-- The add that made a record stays in its F.add_token: that add's call, which a resend
+-- never changes (and the last concealed add that resent its code, in F.concealed_add).
+-- Verify and delete keep them in the address's `gone` hash (declared by the caller):
+-- call -> creation time, every consumed add of the replay window (from the last one),
+-- so a replay of any of them is answered and stores nothing (add.lua). (A `gone` key
 -- something else made another type is left as it is, never failing the step
 -- half-way: those adds' late replays are then new calls.)
 local function leave_gone(gone_key, record_key, replay_ms)
-  local made = redis.call('HMGET', record_key, F.add_token, F.created_at)
-  local call, created = made[1], whole(made[2])
+  local made = redis.call('HMGET', record_key, F.add_token, F.created_at, F.concealed_add)
+  local call, created, concealed = made[1], whole(made[2]), made[3]
   if not (call and created) then return end  -- (imported, or something else wrote it)
-  if type(redis.pcall('HSET', gone_key, call, created)) == 'number' then
+  local kept = redis.pcall('HSET', gone_key, call, created, concealed or call, created)
+  if type(kept) == 'number' then
     redis.pcall('PEXPIRE', gone_key, replay_ms)  -- (never a TTL on another's key)
   end
 end

@@ -16,7 +16,7 @@ allowed({{'hset', record, 'f', 'v'}, {'pexpireat', record, '1'}, {'zadd', index,
   {'pexpireat', index, '1'}, {'hincrby', KEYS[#KEYS], 'f', '1'}})
 local now = server_now()
 -- This call: its token, address as written and names (see leave_gone in _lib).
-local call = redis.sha1hex(token .. '\0' .. email .. '\0' .. first_name .. '\0' .. last_name)
+local call = add_call(token, email, first_name, last_name)
 if redis.call('EXISTS', record) == 1 then
   -- A replay of this same call (lost reply) is a success, not a conflict. (Each try
   -- hashes the password anew: whether it is the same one is the manager's to check.)

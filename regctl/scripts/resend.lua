@@ -3,14 +3,15 @@
 -- password hash (a concealed add), those replace the record's along with the code, so
 -- the code mailed now confirms the data of the sign-up that asked for it.
 -- KEYS: record, funnel x3
--- ARGV: ..., first_name, last_name, password_hash ('' each: keep the record's)
+-- ARGV: ..., first_name, last_name, password_hash, email as written ('' each: keep the
+-- record's; given, that add's call is kept too, for its replays after a verify)
 -- Returns {status, now, detail}: ok or replayed (the record in codec.ROW order) | not_found |
 -- locked |
 -- resend_limit | cooldown (wait ms) | damaged (a record regctl cannot read, left as it was)
 local code_hash, code_lifetime_ms = ARGV[1], tonumber(ARGV[2])
 local cooldown_ms, max_resends, token = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local funnel_keep_ms, client_day = tonumber(ARGV[6]), tonumber(ARGV[7])
-local first_name, last_name, password_hash = ARGV[8], ARGV[9], ARGV[10]
+local first_name, last_name, password_hash, email = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local record = KEYS[1]
 allowed({{'hset', record, 'f', 'v'}, {'hincrby', record, 'f', '1'}, {'pexpireat', record, '1'}})
 local now = server_now()
@@ -36,7 +37,7 @@ redis.call('HSET', record, F.code_hash, code_hash, F.code_expires_at, now + code
   F.last_sent_at, now, F.resend_token, token)
 if password_hash ~= '' then
   redis.call('HSET', record, F.first_name, first_name, F.last_name, last_name,
-    F.password_hash, password_hash)
+    F.password_hash, password_hash, F.concealed_add, add_call(token, email, first_name, last_name))
 end
 redis.call('HINCRBY', record, F.resend_count, 1)
 funnel('sent', 1, funnel_keep_ms, client_day, now)

@@ -56,8 +56,10 @@ class NewRegistration:
         return identity_of(self.email)
 
     @property
-    def names_and_password(self) -> tuple[str, str, str]:
-        return self.first_name, self.last_name, self.password_hash
+    def signup(self) -> tuple[str, str, str, str]:
+        """What a concealed add hands a resend: its names and password hash, and the
+        address as written (which names its call, with the token and names)."""
+        return self.first_name, self.last_name, self.password_hash, self.email
 
     def created(
         self, now: int, policy: Policy, replicas_acked: int | None = None

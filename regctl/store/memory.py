@@ -50,12 +50,18 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _add_call(token: str, email: str, first_name: str, last_name: str) -> str:
+    """An add's call (_lib.lua's add_call): its token, address as written and names."""
+    return "\0".join((token, email, first_name, last_name))
+
+
 @dataclass(slots=True)
 class _Entry:
     record: PendingRegistration  # observed_at is meaningless inside the store
     code_hash: str
     add_call: str  # the add that made it: its token, address as written and names
     resend_token: str = ""
+    concealed_add: str = ""  # ... and the last concealed add that resent its code
 
 
 @dataclass
@@ -132,7 +138,7 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             entry = self._live(new.identity, now)
-            call = "\0".join((token, new.email, new.first_name, new.last_name))  # (add.lua's)
+            call = _add_call(token, new.email, new.first_name, new.last_name)
             if entry is not None:
                 if entry.add_call == call:  # a replay of this same call (see add.lua)
                     return replace(
@@ -276,10 +282,11 @@ class MemoryStore:
                 resend_count=rec.resend_count + 1,
             )
             if signup is not None:  # the concealed add's data goes with its code
-                first, last, password_hash = signup.names_and_password
+                first, last, password_hash, email = signup.signup
                 entry.record = replace(
                     entry.record, first_name=first, last_name=last, password_hash=password_hash
                 )
+                entry.concealed_add = _add_call(token, email, first, last)
             entry.code_hash = code_hash
             entry.resend_token = token
             self._count("sent", 1, now, policy)
@@ -340,7 +347,8 @@ class MemoryStore:
         until, calls = self._gone.get(identity, (0, {}))
         if until <= now:
             calls = {}
-        calls[entry.add_call] = entry.record.created_at
+        for call in filter(None, (entry.add_call, entry.concealed_add)):
+            calls[call] = entry.record.created_at
         self._sweep(now)
         self._gone[identity] = (now + policy.replay_window_ms, calls)
 

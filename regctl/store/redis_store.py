@@ -445,7 +445,7 @@ class RedisStore:
         signup: NewRegistration | None = None,
     ) -> PendingRegistration:
         d = digest(identity)
-        names = ("", "", "") if signup is None else signup.names_and_password
+        names = ("", "", "", "") if signup is None else signup.signup
         ks = self.keyspace
         funnel, day = ks.funnels_today(ks.bucket_of(d))
         (status, now, detail), acked = self.scripts.write(
