@@ -88,6 +88,24 @@ def http_answer(exc: RegctlError) -> JSONResponse:
     return JSONResponse(UNAVAILABLE, 503, headers={"Retry-After": "5"})
 
 
+def client_of(request: Request) -> str | None:
+    """The client key of a request: its address. Behind a proxy, the address it reports
+    (uvicorn --proxy-headers). No address (a unix socket without proxy headers): no
+    limit, rather than one window every user would share; the log says so, once."""
+    if request.client:
+        return request.client.host
+    _say_unlimited()
+    return None
+
+
+@functools.cache
+def _say_unlimited() -> None:
+    log.warning(
+        "a request without a client address: sign-ups and codes are not limited per "
+        "client (behind a proxy, run uvicorn with --proxy-headers)"
+    )
+
+
 def create_app(
     manager: AsyncRegistrationManager,
     mailer: Mailer,
@@ -126,12 +144,6 @@ def create_app(
     @app.get("/")
     async def about() -> dict[str, str]:
         return {"service": "sign-up"}  # needs no Redis: answers during an outage too
-
-    def client_of(request: Request) -> str | None:
-        # Behind a proxy, take the address it reports (uvicorn --proxy-headers). No
-        # address (a unix socket without proxy headers): no limit, rather than one
-        # window every user would share.
-        return request.client.host if request.client else None
 
     @app.post("/register", status_code=202)
     async def register(

@@ -198,8 +198,11 @@ def test_a_body_that_is_not_json_is_said_to_be_so(redis_proc: RedisProcess, pref
     run(test, redis_proc.url, prefix, smtp)
 
 
-def test_requests_without_a_client_address_share_no_limit(redis_proc: RedisProcess, prefix, smtp):
-    """(A unix socket without proxy headers): no window every user would share."""
+def test_requests_without_a_client_address_share_no_limit(
+    redis_proc: RedisProcess, prefix, smtp, caplog: pytest.LogCaptureFixture
+):
+    """(A unix socket without proxy headers): no window every user would share, and
+    the log says once that the limits per client are off."""
 
     async def test(client: httpx.AsyncClient, _accounts: list[PendingRegistration]) -> None:
         for n in range(3):
@@ -207,6 +210,8 @@ def test_requests_without_a_client_address_share_no_limit(redis_proc: RedisProce
             assert (await client.post("/register", json=sign_up)).status_code == 202
 
     run(test, redis_proc.url, prefix, smtp, address=None, signups_per_client=1)
+    said = [r for r in caplog.records if "not limited per client" in r.getMessage()]
+    assert len(said) == 1
 
 
 def test_a_stalled_redis_is_a_503_and_other_endpoints_still_answer(tmp_path: Path, smtp):
