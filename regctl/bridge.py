@@ -11,7 +11,8 @@ are plain calls.
 
 Example::
 
-    manager = RegistrationManager(RedisStore(Awaited(redis.asyncio.Redis())), secret=s)
+    client = redis.asyncio.Redis(decode_responses=True)
+    manager = RegistrationManager(RedisStore(Awaited(client)), secret=s)
     result = await bridged(manager.verify, "alice@example.com", "123456")
 """
 

@@ -28,22 +28,25 @@ FIELDS = {
     "attempts": "a",
     "locked": "l",  # "1" or "0"
     "add_token": "at",  # the idempotency token of the add that created it
-    "resend_token": "rt",  # ... and of the last resend
-    "concealed_add": "ca",  # the call of the last concealed add that resent (see add_token)
+    "resend_token": "rt",  # ... and of the last resend (a concealed add's: its add call)
+    "concealed_add": "ca",  # the calls of the concealed adds that resent (see add_token)
 }
+# How many concealed adds' calls a record keeps (the last ones), for their replays.
+CONCEALED_KEPT = 16
 
 
 def lua_legend() -> str:
     """``local F = {schema = 'v', ...}``: the field names as every script sees them;
     ``ROW``, the fields a record is read with in ``ROW`` order (``HMGET record
     unpack(ROW)``: one flat reply that ``decode_row`` reads as it comes); and ``AT``,
-    each field's place in a row by name."""
+    each field's place in a row by name; and ``CONCEALED_KEPT``."""
     pairs = ", ".join(f"{name} = '{field}'" for name, field in FIELDS.items())
     row = ", ".join(f"'{field}'" for field in ROW)
     places = ", ".join(f"{name} = {ROW.index(FIELDS[name]) + 1}" for name in _ROW_NAMES)
     return (
         f"-- The record's field names (regctl/codec.py).\nlocal F = {{{pairs}}}\n"
         f"local ROW = {{{row}}}\nlocal AT = {{{places}}}\n"
+        f"local CONCEALED_KEPT = {CONCEALED_KEPT}\n"
     )
 
 

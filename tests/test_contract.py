@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -1030,6 +1031,63 @@ def test_a_concealed_sign_up_replayed_after_the_verify_creates_nothing(
     replay = manager.add(EMAIL, "Erin", "New", password="the owners password", token="tok-2")
     assert replay.registration.replayed  # (its code is the add's: dead with the record)
     assert manager.get(EMAIL) is None
+
+
+def _concealing(make_manager: MakeManager) -> RegistrationManager:
+    manager = make_manager(Policy(resend_cooldown_ms=0))
+    manager.conceal_pending = True
+    return manager
+
+
+def _signup(manager: RegistrationManager, last: str, token: str) -> Added:
+    return manager.add(EMAIL, "Erin", last, password="the owners password", token=token)
+
+
+def test_every_concealed_sign_up_is_kept_for_replays_not_only_the_last(
+    make_manager: MakeManager,
+):
+    manager = _concealing(make_manager)
+    _signup(manager, "Old", "tok-1")
+    _signup(manager, "New", "tok-2")
+    last = _signup(manager, "Newer", "tok-3")
+    assert manager.verify(EMAIL, last.code).ok
+    assert _signup(manager, "New", "tok-2").registration.replayed
+    assert manager.get(EMAIL) is None
+
+
+def test_a_concealed_sign_up_on_an_imported_record_is_kept_for_replays(
+    make_manager: MakeManager,
+):
+    """An imported record has no add of its own; the sign-up that resent its code does."""
+    manager = _concealing(make_manager)
+    _signup(manager, "Old", "tok-1")
+    exported = list(manager.export(include_secrets=True))
+    assert manager.delete(EMAIL)
+    manager.import_records(json.dumps(line) for line in exported)
+    again = _signup(manager, "New", "tok-2")
+    assert again.send
+    assert manager.verify(EMAIL, again.code).ok
+    assert _signup(manager, "New", "tok-2").registration.replayed
+    assert manager.get(EMAIL) is None
+
+
+def test_a_concealed_sign_up_token_is_bound_to_its_call(make_manager: MakeManager):
+    """The same token with other names, or a resend's token taken by a sign-up, is
+    another call (its data applied, a fresh answer); a replay after a later resend is
+    still a replay (no second code, no resend counted)."""
+    manager = _concealing(make_manager)
+    _signup(manager, "Old", "tok-1")
+    _signup(manager, "New", "tok-2")
+    other = _signup(manager, "Other", "tok-2")
+    assert (other.registration.replayed, other.registration.last_name) == (False, "Other")
+    manager.resend(EMAIL, token="plain")
+    taken = _signup(manager, "Taken", "plain")
+    assert (taken.registration.replayed, taken.registration.last_name) == (False, "Taken")
+    sent = taken.registration.resend_count
+    manager.resend(EMAIL, token="later")
+    replay = _signup(manager, "Taken", "plain")
+    assert replay.registration.replayed
+    assert replay.registration.resend_count == sent + 1  # (the later resend's only)
 
 
 def test_an_add_token_reused_after_verify_with_other_names_gets_another_code(

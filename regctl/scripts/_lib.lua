@@ -66,19 +66,39 @@ local function add_call(token, email, first_name, last_name)
   return redis.sha1hex(token .. '\0' .. email .. '\0' .. first_name .. '\0' .. last_name)
 end
 
+-- The concealed adds that resent a record's code (each its add call, space-separated),
+-- the last CONCEALED_KEPT of them (codec.py).
+local function with_concealed(concealed, call)
+  local calls = {}
+  for kept in string.gmatch(concealed or '', '%S+') do calls[#calls + 1] = kept end
+  calls[#calls + 1] = call
+  return table.concat(calls, ' ', math.max(1, #calls - CONCEALED_KEPT + 1))
+end
+
+-- Whether `call` is one of them.
+local function concealed_by(concealed, call)
+  return string.find(' ' .. (concealed or '') .. ' ', ' ' .. call .. ' ', 1, true) ~= nil
+end
+
 -- The add that made a record stays in its F.add_token: that add's call, which a resend
--- never changes (and the last concealed add that resent its code, in F.concealed_add).
--- Verify and delete keep them in the address's `gone` hash (declared by the caller):
--- call -> creation time, every consumed add of the replay window (from the last one),
--- so a replay of any of them is answered and stores nothing (add.lua). (A `gone` key
+-- never changes; the concealed adds that resent its code, in F.concealed_add. Verify
+-- and delete keep them in the address's `gone` hash (declared by the caller): call ->
+-- creation time, every consumed add of the replay window (from the last one), so a
+-- replay of any of them is answered and stores nothing (add.lua). (A `gone` key
 -- something else made another type is left as it is, never failing the step
 -- half-way: those adds' late replays are then new calls.)
 local function leave_gone(gone_key, record_key, replay_ms)
   local made = redis.call('HMGET', record_key, F.add_token, F.created_at, F.concealed_add)
-  local call, created, concealed = made[1], whole(made[2]), made[3]
-  if not (call and created) then return end  -- (imported, or something else wrote it)
-  local kept = redis.pcall('HSET', gone_key, call, created, concealed or call, created)
-  if type(kept) == 'number' then
+  local created = whole(made[2])
+  if not created then return end  -- (something else wrote it)
+  local kept = {}
+  -- (an imported record has no add, but may have concealed ones since)
+  for call in string.gmatch((made[1] or '') .. ' ' .. (made[3] or ''), '%S+') do
+    kept[#kept + 1] = call
+    kept[#kept + 1] = created
+  end
+  if #kept == 0 then return end
+  if type(redis.pcall('HSET', gone_key, unpack(kept))) == 'number' then
     redis.pcall('PEXPIRE', gone_key, replay_ms)  -- (never a TTL on another's key)
   end
 end

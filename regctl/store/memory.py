@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from regctl.codec import CONCEALED_KEPT
 from regctl.errors import (
     AlreadyExists,
     RegctlError,
@@ -60,8 +61,8 @@ class _Entry:
     record: PendingRegistration  # observed_at is meaningless inside the store
     code_hash: str
     add_call: str  # the add that made it: its token, address as written and names
-    resend_token: str = ""
-    concealed_add: str = ""  # ... and the last concealed add that resent its code
+    resend_call: str = ""  # the last resend's token; a concealed add's, its add call
+    concealed: tuple[str, ...] = ()  # the concealed adds that resent its code (resend.lua's)
 
 
 @dataclass
@@ -266,7 +267,10 @@ class MemoryStore:
             if entry is None:
                 raise resend_refusal("not_found", identity)
             rec = entry.record
-            if entry.resend_token == token:
+            call = token  # (resend.lua's: a concealed add's call is its add call)
+            if signup is not None:
+                call = _add_call(token, signup.email, signup.first_name, signup.last_name)
+            if entry.resend_call == call or (signup is not None and call in entry.concealed):
                 return replace(rec, observed_at=now, replayed=True)
             if rec.locked:
                 raise resend_refusal("locked", identity)
@@ -282,13 +286,13 @@ class MemoryStore:
                 resend_count=rec.resend_count + 1,
             )
             if signup is not None:  # the concealed add's data goes with its code
-                first, last, password_hash, email = signup.signup
+                first, last, password_hash, _email = signup.signup
                 entry.record = replace(
                     entry.record, first_name=first, last_name=last, password_hash=password_hash
                 )
-                entry.concealed_add = _add_call(token, email, first, last)
+                entry.concealed = (*entry.concealed, call)[-CONCEALED_KEPT:]
             entry.code_hash = code_hash
-            entry.resend_token = token
+            entry.resend_call = call
             self._count("sent", 1, now, policy)
             return replace(entry.record, observed_at=now)
 
@@ -341,13 +345,14 @@ class MemoryStore:
     def _leave_gone(self, entry: _Entry, now: int, policy: Policy) -> None:
         """The add that made a consumed record, for its replays (_lib.lua's leave_gone):
         the address's consumed adds, kept for the replay window from the last one."""
-        if not entry.add_call:  # (an imported record: no add made it)
+        made_by = [c for c in (entry.add_call, *entry.concealed) if c]
+        if not made_by:  # (an imported record no concealed add resent: no add made it)
             return
         identity = entry.record.identity
         until, calls = self._gone.get(identity, (0, {}))
         if until <= now:
             calls = {}
-        for call in filter(None, (entry.add_call, entry.concealed_add)):
+        for call in made_by:
             calls[call] = entry.record.created_at
         self._sweep(now)
         self._gone[identity] = (now + policy.replay_window_ms, calls)
