@@ -83,8 +83,8 @@ def _end_of_userinfo(rest: str) -> int:
     The host part ends at the first ``/``, ``?`` or ``#``; an ``@`` in it ends the
     user-info. Without one, what stands there may be a password's start, cut by an
     unencoded ``/``, ``?`` or ``#``: when it is no host (``:hunter2?x=``), the last
-    ``@`` ends the user-info, hidden (and refused) whole; a host's later ``@`` is a
-    query value's (``?password=se@cret``) unless no ``=`` leads to it."""
+    ``@`` ends the user-info, hidden (and refused) whole; a host's later ``@`` is in
+    its query (``?password=se@cret``, ``?password=a?b@c``) unless no ``=`` leads to it."""
     host_end = _end_of_host(rest)
     at = rest.rfind("@", 0, host_end)
     if at >= 0 or host_end == 0:  # (unix:///path: no user-info)
@@ -94,8 +94,8 @@ def _end_of_userinfo(rest: str) -> int:
         return -1
     if not _HOSTS.fullmatch(rest[:host_end]):
         return later
-    value_start = max(rest.rfind("?", host_end, later), rest.rfind("&", host_end, later))
-    return -1 if value_start >= 0 and "=" in rest[value_start:later] else later
+    query_start = rest.find("?", host_end, later)
+    return -1 if query_start >= 0 and "=" in rest[query_start:later] else later
 
 
 def _end_of_host(text: str) -> int:
@@ -175,7 +175,7 @@ def check_url(url: str) -> None:
     for pair in filter(None, query.split("&")):
         # (redis-py would drop a bare word unsaid, and refuse an unknown name naming it:
         # either may be a password's tail after an unencoded &, never shown)
-        name, eq, _ = pair.partition("=")
+        name, eq, value = pair.partition("=")
         if not eq:
             raise ConfigError(
                 f"invalid Redis URL {mask_url(url)}: a query parameter without a value "
@@ -188,6 +188,7 @@ def check_url(url: str) -> None:
                 f"(shown as ***{'; did you mean ' + close[0] + '?' if close else ''})",
                 "an & in a password is %26",
             )
+        _check_param(unquote(name), unquote(value), url)
     if "+" in scheme:
         path = parse_multi(url).path
         # (not shown: what stands there may be a password written in the wrong place)
@@ -218,6 +219,21 @@ def check_url(url: str) -> None:
         raise ConfigError(
             f"invalid Redis URL {_up_to_path(url)}/...: the database must be a number"
         )
+
+
+def _check_param(name: str, value: str, url: str) -> None:
+    """What redis-py only finds wrong at the first command (an unexpected error there)."""
+    import codecs
+
+    if name == "protocol" and value not in ("2", "3"):
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: the protocol is 2 or 3")
+    if name == "encoding":
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ConfigError(
+                f"invalid Redis URL {mask_url(url)}: no text encoding is named {value!r}"
+            ) from None
 
 
 def _known(name: str) -> bool:

@@ -717,6 +717,8 @@ def test_a_sub_millisecond_wait_timeout_never_means_wait_forever(redis_proc: Red
         "redis://:1234?x=hunter2@localhost",
         "redis://localhost:6379/0?password=hun&hunter2",  # (an & in a password, unencoded)
         "redis://localhost:6379/0?password=hun&hunter2=k2",  # (and an = after it)
+        "redis://localhost:6379/0?password=Qz9?k2X@hunter2",  # (a ? and an @ in the query)
+        "redis://u:1234?x=hunter2@localhost",  # (a host and port, then a query)
     ],
 )
 def test_no_form_of_redis_url_shows_its_password(cli: Cli, url: str):
@@ -741,6 +743,19 @@ def test_a_url_parameter_no_connection_takes_is_a_setting_error(
     assert said in ran.stderr
     assert query.partition("=")[0] not in ran.stderr
     assert "hunter2" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [("protocol=4", "the protocol is 2 or 3"), ("encoding=bogus", "no text encoding is named")],
+)
+def test_a_url_parameter_redis_py_would_fail_on_at_the_first_command_is_refused(
+    cli: Cli, redis_proc: RedisProcess, query: str, said: str
+):
+    """(An unexpected ConnectionError, a LookupError from the parser: exit 70.)"""
+    ran = cli("list", REGCTL_REDIS_URL=f"{redis_proc.url}?{query}")
+    assert ran.exit_code == 78, ran.stderr
+    assert said in ran.stderr
 
 
 def test_a_question_mark_in_a_url_fragment_is_no_query():
