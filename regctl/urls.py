@@ -111,13 +111,20 @@ def _up_to_path(url: str) -> str:
     return mask_url(f"{scheme}://{rest[: host_start + _end_of_host(rest[host_start:])]}")
 
 
+def _path_and_query(rest: str, at: int) -> tuple[str, str]:
+    """The path (after the host part's ``/``) and the query of a URL's part after
+    ``://`` whose user-info ends at ``at``; no fragment."""
+    path, _, query = rest[at + 1 :].partition("#")[0].partition("?")
+    return path.partition("/")[2], query
+
+
 def has_password(url: str) -> bool:
     """Whether ``url`` carries a password (in its user-info or a query parameter)."""
     rest = url.partition("://")[2]
     at = _end_of_userinfo(rest)
     if at >= 0 and rest[:at].partition(":")[2]:
         return True
-    query = rest[at + 1 :].partition("?")[2]
+    query = _path_and_query(rest, at)[1]
     return any(
         _secret_param(key) and value
         for key, _, value in (pair.partition("=") for pair in query.split("&"))
@@ -171,7 +178,7 @@ def check_url(url: str) -> None:
             f"the user name or password in {mask_url(url)} holds a /, ? or #: "
             "percent-encode it (%2F, %3F, %23; an @ is %40)"
         )
-    query = rest[at + 1 :].partition("#")[0].partition("?")[2]
+    database, query = _path_and_query(rest, at)
     for pair in filter(None, query.split("&")):
         # (redis-py would drop a bare word unsaid, and refuse an unknown name naming it:
         # either may be a password's tail after an unencoded &, never shown)
@@ -213,7 +220,6 @@ def check_url(url: str) -> None:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {detail}") from None
     if scheme == "unix" and not parsed.get("path"):
         raise ConfigError(f"the unix:// URL {mask_url(url)} names no socket path")
-    database = rest[at + 1 :].partition("?")[0].partition("#")[0].partition("/")[2]
     database = unquote(database).strip("/")  # (%30 is 0, as redis-py reads it)
     if scheme != "unix" and database and not database.isdigit():
         raise ConfigError(

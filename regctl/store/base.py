@@ -57,7 +57,7 @@ class NewRegistration:
 
     @property
     def signup(self) -> tuple[str, str, str, str]:
-        """What a concealed add hands a resend: its names and password hash, and the
+        """What a concealed add hands resend.lua: its names and password hash, and the
         address as written (which names its call, with the token and names)."""
         return self.first_name, self.last_name, self.password_hash, self.email
 

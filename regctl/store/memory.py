@@ -286,9 +286,11 @@ class MemoryStore:
                 resend_count=rec.resend_count + 1,
             )
             if signup is not None:  # the concealed add's data goes with its code
-                first, last, password_hash, _email = signup.signup
                 entry.record = replace(
-                    entry.record, first_name=first, last_name=last, password_hash=password_hash
+                    entry.record,
+                    first_name=signup.first_name,
+                    last_name=signup.last_name,
+                    password_hash=signup.password_hash,
                 )
                 entry.concealed = (*entry.concealed, call)[-CONCEALED_KEPT:]
             entry.code_hash = code_hash
