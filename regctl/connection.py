@@ -742,7 +742,10 @@ class SwitchWatcher:
         self.announcer: tuple[str, int] | None = None  # the last switch's sentinel
         self._threads = [
             threading.Thread(
-                target=self._follow, args=(s,), name=f"regctl-sentinel-{service}", daemon=True
+                target=self._follow,
+                args=(s, _listener(s)),
+                name=f"regctl-sentinel-{service}",
+                daemon=True,
             )
             for s in sentinel.sentinels
         ]
@@ -755,14 +758,15 @@ class SwitchWatcher:
     def failing_over(self) -> bool:
         return time.monotonic() < self._paused_until
 
-    def _follow(self, sentinel: Any) -> None:
+    def _follow(self, sentinel: Any, listener: Any) -> None:
         while not self.stopped.is_set():
             with contextlib.suppress(Exception):  # the sentinel is away: listen again soon
-                self._listen(sentinel)
+                self._listen(sentinel, listener)
             self.stopped.wait(0.5)
+        listener.close()
 
-    def _listen(self, sentinel: Any) -> None:
-        pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+    def _listen(self, sentinel: Any, listener: Any) -> None:
+        pubsub = listener.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(*_FAILOVER_BEGINS, *_FAILOVER_ENDS)
             while not self.stopped.is_set():
@@ -797,6 +801,21 @@ class SwitchWatcher:
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+def _listener(sentinel: Any) -> Any:
+    """A client of ``sentinel``'s own for the watcher, which tries each connect once
+    (it listens again itself): with the shared client's retries, a watcher stopped
+    while its sentinels were away lived on in their backoff for a call's deadline."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = sentinel.connection_pool
+    once = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **once)
+    )
 
 
 def _text(value: Any) -> str:

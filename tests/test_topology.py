@@ -290,6 +290,22 @@ def test_an_event_loop_ending_leaves_the_failover_watcher_running(
     assert watcher.stopped.is_set()  # (its own client's close stops it)
 
 
+def test_a_closed_managers_failover_watcher_ends_while_its_sentinels_are_away(prefix: str):
+    """Its listeners try each connect once: on the shared sentinel clients' retries,
+    they lived on in backoff (5 s of it here) after the close."""
+    service = f"gone-{prefix}"
+    manager = manager_for(
+        f"redis+sentinel://127.0.0.1:{free_port()}/{service}", prefix, socket_timeout=30, retries=10
+    )
+    watching = [t for t in threading.enumerate() if t.name == f"regctl-sentinel-{service}"]
+    assert watching
+    time.sleep(0.3)  # (into a listen's connect)
+    manager.close()
+    for thread in watching:
+        thread.join(2)  # (half a second at most: its wait between listens)
+        assert not thread.is_alive()
+
+
 def test_health_shows_the_sentinel_view(cli: Cli, sentinel_group: SentinelGroup):
     data = json.loads(cli("health", "-o", "json", REGCTL_REDIS_URL=sentinel_group.url).stdout)
     view = data["topology"]["sentinel"]
