@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
     from regctl.settings import Settings
 
 START_TIMEOUT = 15.0
+LOAD_TIMEOUT = 600.0
 STOP_TIMEOUT = 15.0
+# sun_path holds 108 bytes on Linux (104 on macOS and the BSDs), the last one a NUL
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 @dataclass(frozen=True)
@@ -170,15 +174,24 @@ class EmbeddedServer:
         )
 
     def ping(self) -> bool:
+        """Whether the server answers commands."""
+        return self._state() == "up"
+
+    def _state(self) -> str | None:
+        """ "up"; "loading" (its data, after a start: it answers LOADING to commands
+        until done, which can take minutes); or None, not running."""
         import redis
 
         if not self.socket.exists():
-            return False
+            return None
         client = self._client(2)
         try:
-            return bool(client.ping())
+            client.ping()
+            return "up"
+        except redis.exceptions.BusyLoadingError:  # (a ConnectionError to redis-py)
+            return "loading"
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            return False
+            return None
         finally:
             client.close()
 
@@ -188,7 +201,7 @@ class EmbeddedServer:
             return False
         with self._start_lock():
             pid = _read_pid(self.pidfile)
-            if pid is not None and _is_redis(pid):
+            if pid is not None and self._runs_here(pid):
                 # Started by someone else, maybe still loading its AOF: wait for it.
                 self._wait_until_up()
                 return False
@@ -202,13 +215,13 @@ class EmbeddedServer:
         """Shut the server down (AOF is flushed); False if it was not running."""
         import redis
 
-        if not self.ping():
+        if self._state() is None:
             return False
         client = self._client(STOP_TIMEOUT)
-        with contextlib.suppress(redis.ConnectionError):
+        with contextlib.suppress(redis.ConnectionError):  # (a loading server stops too)
             client.shutdown()
         deadline = time.monotonic() + STOP_TIMEOUT
-        while self.ping() and time.monotonic() < deadline:
+        while self._state() is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         return True
 
@@ -216,6 +229,7 @@ class EmbeddedServer:
         """What `regctl server status` shows; raises nothing when stopped."""
         info: dict[str, Any] = {
             "running": False,
+            "loading": False,
             "data_dir": str(self.data_dir),
             "socket": str(self.socket),
             "data_bytes": _tree_size(self.data_dir),
@@ -227,14 +241,16 @@ class EmbeddedServer:
             info.update(binary=None, binary_error=exc.message)
         recorded = self.recorded()
         info["recorded"] = f"{recorded[1]} ({recorded[0]})" if recorded else None
-        if self.ping():
+        state = self._state()
+        if state is not None:
             client = self._client(STOP_TIMEOUT, decode_responses=True)
             try:
-                server = client.info("server")
+                server = client.info("server")  # (answered while loading too)
             finally:
                 client.close()
             info.update(
                 running=True,
+                loading=state == "loading",
                 binary=server.get("executable") or info["binary"],  # what actually runs
                 pid=server.get("process_id"),
                 version=server.get("redis_version"),
@@ -246,12 +262,8 @@ class EmbeddedServer:
         """The HMAC secret of this store, created on first use (mode 0600)."""
         self._make_dir()
         if not self.secret_file.exists():
-            # Written whole under another name, then linked: a concurrent first use
-            # finds either no file or the complete one, never an empty one.
-            draft = self.data_dir / f".code-secret.{os.getpid()}"
-            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(security.generate_secret() + "\n")
+            # Linked, not replaced: the first of concurrent first uses makes the secret.
+            draft = _draft(self.secret_file, security.generate_secret() + "\n")
             with contextlib.suppress(FileExistsError):
                 os.link(draft, self.secret_file)
             draft.unlink()
@@ -260,14 +272,39 @@ class EmbeddedServer:
 
     # --- internals --------------------------------------------------------
 
+    def _runs_here(self, pid: int) -> bool:
+        """Whether ``pid`` is a live redis-server of this data dir (ours, and in it),
+        not a stranger that reused a crashed server's pid: another user's Redis, or any
+        command line that names one. Where the working dir cannot be read, a
+        redis-server of ours is taken as this one: a second server on one AOF loses data."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            owner = Path(f"/proc/{pid}").stat().st_uid
+        except OSError:
+            return False
+        if b"redis-server" not in cmdline or owner != os.geteuid():
+            return False
+        try:
+            return Path(os.readlink(f"/proc/{pid}/cwd")) == self.data_dir.resolve()
+        except OSError:
+            return True
+
     def _make_dir(self) -> None:
+        length = len(os.fsencode(self.socket))
+        if length > MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"the embedded store's socket path {self.socket} is {length} bytes; a unix "
+                f"socket's is at most {MAX_SOCKET_PATH}",
+                "set REGCTL_DATA_DIR to a shorter path",
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         security.check_trusted(self.data_dir, "the embedded store's data dir", private=True)
 
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
         self._make_dir()
-        with open(self.data_dir / "start.lock", "w") as handle:
+        lock = os.open(self.data_dir / "start.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        with open(lock, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -276,14 +313,14 @@ class EmbeddedServer:
 
     def _spawn(self) -> None:
         binary, version = self.binary()
-        self.conf.write_text(self._config_text())
-        self.conf.chmod(0o600)
+        _write_private(self.conf, self._config_text())
         result = subprocess.run(
             [str(binary), str(self.conf)],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
             check=False,
+            umask=0o077,  # its pidfile, log and AOF: the caller's umask may share them
         )
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
@@ -293,28 +330,34 @@ class EmbeddedServer:
             )
         self._wait_until_up()
         record = {"binary": str(binary), "version": version}
-        self.record_file.write_text(json.dumps(record) + "\n")
+        _write_private(self.record_file, json.dumps(record) + "\n")
 
     def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.ping():
-                return
+        """Wait for the server to answer: START_TIMEOUT, or LOAD_TIMEOUT while it says
+        it is loading its data (a large store's AOF)."""
+        began = time.monotonic()
+        state = self._state()
+        while state != "up":
+            waited = time.monotonic() - began
+            if waited >= (LOAD_TIMEOUT if state == "loading" else START_TIMEOUT):
+                what = "is still loading its data" if state else "did not answer"
+                raise StoreUnavailable(
+                    f"the embedded redis-server {what} after {waited:.0f} s",
+                    f"see {self.logfile}",
+                )
             time.sleep(0.02)
-        raise StoreUnavailable(
-            "the embedded redis-server did not answer in time", f"see {self.logfile}"
-        )
+            state = self._state()
 
     def _config_text(self) -> str:
         return "\n".join(
             [
                 "port 0",
-                f'unixsocket "{self.socket}"',
+                f"unixsocket {_quoted(self.socket)}",
                 "unixsocketperm 700",
-                f'dir "{self.data_dir}"',
+                f"dir {_quoted(self.data_dir)}",
                 "daemonize yes",
-                f'pidfile "{self.pidfile}"',
-                f'logfile "{self.logfile}"',
+                f"pidfile {_quoted(self.pidfile)}",
+                f"logfile {_quoted(self.logfile)}",
                 "appendonly yes",
                 "appendfsync everysec",
                 'save ""',
@@ -322,6 +365,30 @@ class EmbeddedServer:
                 "",
             ]
         )
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a redis.conf string: every byte but plain printable ASCII escaped
+    (a quote or a backslash in a data dir's name would end or bend it)."""
+    plain = (
+        chr(b) if 0x20 <= b < 0x7F and b not in b'"\\' else f"\\x{b:02x}" for b in os.fsencode(path)
+    )
+    return '"' + "".join(plain) + '"'
+
+
+def _draft(path: Path, text: str) -> Path:
+    """``text`` written whole to a private file beside ``path`` (mode 0600, whatever
+    the umask: a group-writable record would be refused as untrusted), to be moved
+    into place: a concurrent reader finds no file or a complete one, never half."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return draft
+
+
+def _write_private(path: Path, text: str) -> None:
+    os.replace(_draft(path, text), path)
 
 
 def find_redis_server() -> Path:
@@ -382,15 +449,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _is_redis(pid: int) -> bool:
-    """Whether ``pid`` is a live redis-server (not a stranger that reused the pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"redis-server" in cmdline
 
 
 def _tree_size(path: Path) -> int:

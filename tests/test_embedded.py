@@ -23,6 +23,7 @@ import pytest
 
 from regctl.server import EmbeddedServer, _bundled_redis_server, find_redis_server
 from tests.conftest import regctl
+from tests.servers import server_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,14 +279,100 @@ def test_an_untrustworthy_data_dir_is_refused(
     assert not (data_dir / "redis.pid").exists()
 
 
+def _stranger(named: str) -> subprocess.Popen[bytes]:
+    """A live process whose command line ends with ``named``, in another directory."""
+    code = "import sys, time; sys.stdin.read(); time.sleep(60)"
+    return subprocess.Popen([sys.executable, "-c", code, named], stdin=subprocess.PIPE, cwd="/")
+
+
 @pytest.mark.slow
-def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path):
-    (data_dir / "redis.pid").write_text(f"{os.getpid()}\n")  # alive, but not a redis-server
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(data_dir / "redis.sock"))
-    stale.close()
-    add(env, "stale@example.com")
-    assert regctl(env, "list", "-o", "name").stdout == "stale@example.com\n"
+@pytest.mark.parametrize("named", ["sleeper", "redis-server"])
+def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir: Path, named: str):
+    """The pid a crashed server left may be any process's by now, another Redis's too
+    (one in another dir: it waited 15 s for it, exit 69, until the pidfile went)."""
+    stranger = _stranger(named)
+    try:
+        (data_dir / "redis.pid").write_text(f"{stranger.pid}\n")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(data_dir / "redis.sock"))
+        stale.close()
+        add(env, "stale@example.com")
+        assert regctl(env, "list", "-o", "name").stdout == "stale@example.com\n"
+        assert _pid(data_dir) != stranger.pid
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_first_use_under_a_shared_umask_keeps_its_files_private(
+    env: dict[str, str], data_dir: Path
+):
+    """Under umask 002 (many desktops' default) the record was written 0664, then
+    refused as writable by others: the first command failed with 78, and every start."""
+    was = os.umask(0o002)
+    try:
+        add(env, "umask@example.com")
+        assert regctl(env, "server", "stop").returncode == 0
+        started = regctl(env, "server", "start")
+    finally:
+        os.umask(was)
+    assert started.returncode == 0, started.stderr
+    files = [p for p in data_dir.rglob("*") if not p.is_socket()]
+    shared = {p.name: oct(p.stat().st_mode) for p in files if p.stat().st_mode & 0o077}
+    assert len(files) > 6  # (the record, conf, pid, log, lock, AOF...)
+    assert not shared
+
+
+def test_a_data_dir_too_long_for_its_socket_is_refused_at_once(env: dict[str, str], data_dir: Path):
+    """It waited 15 s for a server that could not start (exit 69, the cause in its log)."""
+    deep = data_dir / ("L" * 100)
+    ran = regctl({**env, "REGCTL_DATA_DIR": str(deep)}, "list")
+    assert ran.returncode == 78
+    assert f"socket path {deep}/redis.sock is {len(str(deep)) + 11} bytes" in ran.stderr
+    assert not deep.exists()
+
+
+def test_a_data_dir_with_quotes_and_backslashes_in_its_name_serves(
+    env: dict[str, str], data_dir: Path
+):
+    """Its paths are escaped in redis.conf: a quote ended one (exit 69 after 15 s)."""
+    odd = data_dir / 'a"b\\c d'
+    odd_env = {**env, "REGCTL_DATA_DIR": str(odd)}
+    try:
+        add(odd_env, "odd@example.com")
+        status = json.loads(regctl(odd_env, "server", "status", "-o", "json").stdout)
+        assert (status["running"], status["socket"]) == (True, f"{odd}/redis.sock")
+    finally:
+        _shut_down(odd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(server_version() < (7,), reason="needs Redis 7")
+def test_a_server_loading_its_data_is_running_to_status_and_stop(
+    env: dict[str, str], data_dir: Path
+):
+    """While it loads its AOF it answers LOADING, which read as not running: `status`
+    said so (exit 3) and `stop` left it running."""
+    import redis
+
+    add(env, "load@example.com")
+    client = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
+    client.mset({f"filler{i}": os.urandom(100).hex() for i in range(200)})
+    client.bgrewriteaof()  # into the RDB base, whose loading the delay slows
+    deadline = time.monotonic() + 60
+    while client.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.close()
+    assert regctl(env, "server", "stop").returncode == 0
+    binary = json.loads((data_dir / "server.json").read_text())["binary"]
+    slow = ["--key-load-delay", "50000", "--loading-process-events-interval-bytes", "1024"]
+    subprocess.run([binary, str(data_dir / "redis.conf"), *slow], check=True, timeout=30)
+    status = regctl(env, "server", "status", "-o", "json")
+    assert status.returncode == 0, status.stdout
+    assert json.loads(status.stdout)["loading"] is True
+    stopped = regctl(env, "server", "stop", "-o", "json")
+    assert json.loads(stopped.stdout)["stopped"] is True
+    assert not EmbeddedServer(data_dir).socket.exists()
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def status(ctx: typer.Context) -> None:
         state.json(info)
     else:
         pairs = [
-            ("running", "yes" if info["running"] else "no"),
+            ("running", _running(info)),
             ("binary", str(info.get("binary") or info.get("binary_error"))),
             ("version", str(info.get("version", ""))),
             ("recorded", str(info.get("recorded") or "none yet")),
@@ -77,6 +77,12 @@ def status(ctx: typer.Context) -> None:
             state.rows(("field", "value"), pairs)
     if not info["running"]:
         raise typer.Exit(ExitStatus.NOT_FOUND)
+
+
+def _running(info: dict[str, object]) -> str:
+    if not info["running"]:
+        return "no"
+    return "yes, loading its data (commands wait)" if info["loading"] else "yes"
 
 
 def _uptime(seconds: int | None) -> str:
