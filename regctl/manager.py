@@ -785,22 +785,19 @@ class RegistrationManager:
                 good.append((number, reg))
             return len(chunk), refused, good
 
+        stopped_at: list[int] = []  # the line whose store failure stops the import
+
         def settled(batch: _ImportBatch, statuses: Iterable[str | RegctlError]) -> None:
             size, refused, good = batch
             for (number, reg), status in zip(good, statuses, strict=True):
-                _stop_if_unserved(status, number, report.restored)
-                if isinstance(status, RegctlError):
-                    refused.append((number, f"not restored: {status.message}"))
-                elif status in ("restored", "reset"):
-                    report.restored += 1
-                    if status == "reset":
-                        report.reset.append(reg.email)
-                elif status == "exists":
-                    report.existing += 1
-                elif status == "expired":
-                    report.expired += 1
-                else:
-                    refused.append((number, "its times lie ahead of the server's clock"))
+                # (a full server refuses each line at once: those are counted; when it
+                # serves no writes, each line would wait out a deadline of its own)
+                if isinstance(status, StoreUnavailable) and not isinstance(status, StoreFull):
+                    stopped_at.append(number)
+                    raise status
+                reason = report.settle(reg.email, status)
+                if reason is not None:
+                    refused.append((number, reason))
             for number, reason in sorted(refused):  # (in line order, as they were read)
                 report.refuse(number, reason)
             if on_progress is not None:
@@ -815,14 +812,19 @@ class RegistrationManager:
             settled(first, ())  # every line of it refused: reported now
         else:
             return report
-        if not dry_run:
-            self._codes_of_store(writing=True)  # the importer's secret is the store's now
-        for read_batch, statuses in paired(
-            chain([first], batches),
-            lambda batch: [reg for _n, reg in batch[2]],
-            lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
-        ):
-            settled(read_batch, statuses)
+        report.reached_store = True
+        try:
+            if not dry_run:
+                self._codes_of_store(writing=True)  # the importer's secret is the store's now
+            for read_batch, statuses in paired(
+                chain([first], batches),
+                lambda batch: [reg for _n, reg in batch[2]],
+                lambda records: self.store.restore_batches(records, replace, dry_run, max_ahead),
+            ):
+                settled(read_batch, statuses)
+        except StoreUnavailable as exc:  # a line's, or a whole batch's (the server gone)
+            exc.hint = _import_stopped(stopped_at[0] if stopped_at else None, report.restored)
+            raise
         return report
 
     def purge(
@@ -926,17 +928,14 @@ class _Call:
 LIMITED = {"signup": "sign-ups", "code": "codes"}
 
 
-def _stop_if_unserved(status: str | RegctlError, number: int, restored: int) -> None:
-    """Raise an import line's failure when the server is not serving writes now (too
-    few replicas, stalled, failing over): each line after it would wait out a deadline
-    of its own. (A full server refuses each line at once: those are counted.)"""
-    if isinstance(status, StoreUnavailable) and not isinstance(status, StoreFull):
-        status.hint = (
-            f"stopped at line {number}, {plural(restored, 'line')} restored before it: "
-            "import the file again once Redis takes writes (the lines restored are "
-            "kept, as existing ones)"
-        )
-        raise status
+def _import_stopped(line: int | None, restored: int) -> str:
+    """The hint of an import that the store stopped (at ``line``, or in a batch)."""
+    count = plural(restored, "line")
+    where = f"at line {line}, {count} restored before it" if line else f"with {count} restored"
+    return (
+        f"stopped {where}: import the file again once Redis takes writes (the lines "
+        "restored are kept, as existing ones)"
+    )
 
 
 def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:

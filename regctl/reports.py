@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from regctl.errors import RegctlError
+
 if TYPE_CHECKING:
     from regctl.model import PendingRegistration
 
@@ -124,6 +126,25 @@ class ImportReport:
     errors: list[str] = field(default_factory=list)
     # Addresses a --replace gave guesses or resends back to (or cleared the lock of).
     reset: list[str] = field(default_factory=list)
+    # Whether any line was sent to the store: none is before one could be restored.
+    reached_store: bool = False
+
+    def settle(self, email: str, status: str | RegctlError) -> str | None:
+        """Count the store's answer for one line (``email``'s); the reason it was not
+        restored, if it was not."""
+        if isinstance(status, RegctlError):
+            return f"not restored: {status.message}"
+        if status in ("restored", "reset"):
+            self.restored += 1
+            if status == "reset":
+                self.reset.append(email)
+        elif status == "exists":
+            self.existing += 1
+        elif status == "expired":
+            self.expired += 1
+        else:
+            return "its times lie ahead of the server's clock"
+        return None
 
     def refuse(self, line: int, reason: str) -> None:
         self.invalid += 1

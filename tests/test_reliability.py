@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -778,6 +779,19 @@ def test_a_bulk_add_or_import_on_a_full_server_loses_no_result(tmp_path: Path, p
         proc.stop()
 
 
+def _an_export(proc: RedisProcess, pw_hash: str, n: int) -> list[str]:
+    """The lines of a secrets-included export of ``n`` registrations added on ``proc``."""
+    source = manager_for(proc.url, prefix="src")
+    rows = [{"email": f"i{i}@example.com", "first_name": "A", "last_name": "B"} for i in range(n)]
+    assert all(
+        not isinstance(r, Exception)
+        for r in source.add_many({**row, "password_hash": pw_hash} for row in rows)
+    )
+    export = [json.dumps(r) for r in source.export(include_secrets=True)]
+    source.close()
+    return export
+
+
 def test_an_import_stops_at_the_first_line_the_server_cannot_take_for_now(
     tmp_path: Path, pw_hash: str
 ):
@@ -786,15 +800,7 @@ def test_an_import_stops_at_the_first_line_the_server_cannot_take_for_now(
     calling them invalid)."""
     proc = RedisProcess(tmp_path / "norepl").start()
     try:
-        source = manager_for(proc.url, prefix="src")
-        rows = [
-            {"email": f"i{i}@example.com", "first_name": "A", "last_name": "B"} for i in range(60)
-        ]
-        assert all(
-            not isinstance(r, Exception)
-            for r in source.add_many({**row, "password_hash": pw_hash} for row in rows)
-        )
-        export = [json.dumps(r) for r in source.export(include_secrets=True)]
+        export = _an_export(proc, pw_hash, 60)
         target = manager_for(proc.url, prefix="dst", socket_timeout=0.5)
         client = proc.client()
 
@@ -814,8 +820,33 @@ def test_an_import_stops_at_the_first_line_the_server_cannot_take_for_now(
             caught.value.hint
         )
         assert target.import_records(export).restored == 60 - restored  # the rest, later
-        source.close()
         target.close()
+    finally:
+        proc.stop()
+
+
+def test_an_import_that_loses_its_server_says_how_far_it_got(tmp_path: Path, pw_hash: str):
+    """A whole batch's failure (the server gone) carried no count: only the
+    connection error, while thousands of lines had been restored."""
+    proc = RedisProcess(tmp_path / "gone").start()
+    try:
+        export = _an_export(proc, pw_hash, 90)
+        target = manager_for(proc.url, prefix="dst", socket_timeout=0.5)
+
+        def lines() -> Iterator[str]:
+            for n, line in enumerate(export):
+                if n == 80:
+                    proc.kill()
+                yield line
+
+        with pytest.raises(StoreUnavailable) as caught:
+            target.import_records(lines())
+        target.close()
+        said = re.search(
+            r"stopped with (\d+) lines restored: import the file again", str(caught.value.hint)
+        )
+        assert said is not None, caught.value.hint
+        assert 25 <= int(said[1]) <= 75  # (the batches of 25 answered before the kill)
     finally:
         proc.stop()
 

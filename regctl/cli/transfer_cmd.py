@@ -74,6 +74,8 @@ def import_(
     if not dry_run:
         state.audited("import", source)
     report = _run_import(state, source, replace, dry_run)
+    if not report.reached_store:  # (a file refused whole, or empty: nothing written at all)
+        state.audit_event = None
     refused = None
     if report.invalid:
         done = "checked" if dry_run else "imported"
