@@ -206,8 +206,12 @@ class EmbeddedServer:
                 self._wait_until_up()
                 return False
             for path in (self.socket, self.pidfile):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # (a folder in its place, say)
+                    raise ConfigError(f"cannot clear {path}: {exc.strerror}", "remove it") from None
             self._spawn()
             return True
 

@@ -304,6 +304,14 @@ def test_a_stale_pidfile_and_socket_are_recovered(env: dict[str, str], data_dir:
         stranger.wait()
 
 
+def test_a_folder_where_the_socket_goes_is_named(env: dict[str, str], data_dir: Path):
+    """(It was an unexpected IsADirectoryError: exit 70.)"""
+    (data_dir / "redis.sock").mkdir()
+    ran = regctl(env, "list")
+    assert ran.returncode == 78
+    assert f"cannot clear {data_dir}/redis.sock: Is a directory — remove it" in ran.stderr
+
+
 def test_first_use_under_a_shared_umask_keeps_its_files_private(
     env: dict[str, str], data_dir: Path
 ):

@@ -154,7 +154,10 @@ def test_visible_leaves_nothing_invisible(text: str):
     assert_safe(shown, text)
 
 
-@pytest.mark.parametrize("args", [["list"], ["audit"], ["inspect", "h1@hostile.example"]])
+@pytest.mark.parametrize(
+    "args",
+    [["list"], ["audit"], ["inspect", "h1@hostile.example"], ["list", "-o", "csv", "--raw-csv"]],
+)
 def test_a_terminal_sees_no_escape_from_data(cli: Cli, hostile: dict[str, str], args: list[str]):
     env = {
         **subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"]),

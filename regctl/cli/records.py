@@ -167,7 +167,13 @@ def list_(
     ] = None,
     raw_csv: Annotated[
         bool,
-        typer.Option("--raw-csv", help="CSV cells exactly as stored (no formula guard)."),
+        typer.Option(
+            "--raw-csv",
+            help=(
+                "CSV cells exactly as stored (no formula guard; a terminal still sees "
+                "control characters escaped)."
+            ),
+        ),
     ] = False,
 ) -> None:
     """List pending registrations (streamed; empty is not an error).

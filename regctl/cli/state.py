@@ -221,9 +221,12 @@ class State:
         self, header: Sequence[str] | None, rows: Iterable[Sequence[str]], *, raw: bool = False
     ) -> None:
         """Rows for programs: CSV when ``-o csv`` was asked for (cells exactly as they
-        are when ``raw``), else TSV; the header line unless --no-headers."""
+        are when ``raw``, but for control characters at a terminal), else TSV; the
+        header line unless --no-headers."""
         shown = None if self.no_headers or header is None else header
         if self.format() is Format.CSV:
+            if raw and self.is_tty:  # (a person reads it: no escape sequence reaches them)
+                rows = ([visible(str(cell)) for cell in row] for row in rows)
             self.write(csv_lines(shown, rows, raw=raw))
         else:
             self.lines(tsv_lines(shown, rows))
