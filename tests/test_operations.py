@@ -307,13 +307,14 @@ def test_a_redacted_or_broken_line_is_refused_by_line_number(cli: Cli):
 def test_every_mutating_command_leaves_an_audit_entry(cli: Cli):
     env = {"REGCTL_RESEND_COOLDOWN": "0"}
     add(cli, "a1@example.com", **env)
+    dump = cli("export", "--include-secrets").stdout
     code = json.loads(cli("-o", "json", "resend", "a1@example.com", "--show-code", **env).stdout)
     cli("verify", "a1@example.com", "000000" if code["code"] != "000000" else "111111")
     cli("unlock", "a1@example.com")
     cli("verify", "a1@example.com", code["code"])
     cli("delete", "a1@example.com")
     cli("purge", "--domain", "example.com", "--yes")
-    cli("import", "-", input="")
+    cli("import", "-", input=dump)
     entries = json.loads(cli("audit", "-o", "json").stdout)
     seen = [(e["command"], e["outcome"]) for e in reversed(entries)]
     assert seen == [
