@@ -76,7 +76,11 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket}"
+        """The socket's URL (its path percent-encoded: a ``#``, ``?`` or ``%41`` in the
+        data dir's name would end the path or name another one)."""
+        from urllib.parse import quote
+
+        return f"unix://{quote(str(self.socket))}"
 
     @property
     def description(self) -> str:
@@ -182,6 +186,7 @@ class EmbeddedServer:
         until done, which can take minutes); or None, not running."""
         import redis
 
+        self._check_socket_path()
         if not self.socket.exists():
             return None
         client = self._client(2)
@@ -293,7 +298,7 @@ class EmbeddedServer:
         except OSError:
             return True
 
-    def _make_dir(self) -> None:
+    def _check_socket_path(self) -> None:
         length = len(os.fsencode(self.socket))
         if length > MAX_SOCKET_PATH:
             raise ConfigError(
@@ -301,7 +306,25 @@ class EmbeddedServer:
                 f"socket's is at most {MAX_SOCKET_PATH}",
                 "set REGCTL_DATA_DIR to a shorter path",
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _make_dir(self) -> None:
+        """The data dir, and each missing folder above it, made mode 0700 (as the XDG
+        spec asks: a world-writable parent, under umask 000, would let another user
+        swap the data dir for a link to a folder of theirs)."""
+        self._check_socket_path()
+        missing = [self.data_dir, *self.data_dir.parents]
+        missing = missing[: next(i for i, p in enumerate(missing) if p.is_dir())]
+        try:
+            for folder in reversed(missing):
+                folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            why = (  # (a file, or a dangling link)
+                f"{exc.filename} is no folder" if isinstance(exc, FileExistsError) else exc.strerror
+            )
+            raise ConfigError(
+                f"cannot make the embedded store's data dir {self.data_dir}: {why}",
+                "set REGCTL_DATA_DIR to a folder of yours",
+            ) from None
         security.check_trusted(self.data_dir, "the embedded store's data dir", private=True)
 
     @contextlib.contextmanager

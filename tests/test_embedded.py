@@ -338,13 +338,49 @@ def test_a_data_dir_too_long_for_its_socket_is_refused_at_once(env: dict[str, st
     assert ran.returncode == 78
     assert f"socket path {deep}/redis.sock is {len(str(deep)) + 11} bytes" in ran.stderr
     assert not deep.exists()
+    assert regctl({**env, "REGCTL_DATA_DIR": str(deep)}, "server", "status").returncode == 78
 
 
-def test_a_data_dir_with_quotes_and_backslashes_in_its_name_serves(
-    env: dict[str, str], data_dir: Path
+@pytest.mark.parametrize(
+    ("plant", "data"),
+    [
+        (lambda d: (d / "link").symlink_to(d / "nowhere" / "x"), "link"),
+        (lambda d: (d / "file").touch(), "file"),
+        (lambda d: (d / "file").touch(), "file/sub"),
+    ],
+)
+def test_a_data_dir_that_cannot_be_a_folder_is_refused(
+    env: dict[str, str], data_dir: Path, plant, data: str
 ):
-    """Its paths are escaped in redis.conf: a quote ended one (exit 69 after 15 s)."""
-    odd = data_dir / 'a"b\\c d'
+    """(It was an unexpected FileExistsError or NotADirectoryError: exit 70.)"""
+    plant(data_dir)
+    ran = regctl({**env, "REGCTL_DATA_DIR": str(data_dir / data)}, "list")
+    assert ran.returncode == 78
+    blocker = data_dir / data.split("/", maxsplit=1)[0]
+    assert f"data dir {data_dir / data}: {blocker} is no folder" in ran.stderr
+
+
+def test_the_folders_made_above_the_data_dir_are_private(env: dict[str, str], data_dir: Path):
+    """As the XDG spec asks: under umask 000 they were world-writable."""
+    deep = data_dir / "p1" / "p2" / "data"
+    was = os.umask(0)
+    try:
+        ran = regctl({**env, "REGCTL_DATA_DIR": str(deep)}, "list")
+    finally:
+        os.umask(was)
+        _shut_down(deep)
+    assert ran.returncode == 0, ran.stderr
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (deep.parents[1], deep.parent, deep)]
+    assert modes == [0o700] * 3
+
+
+@pytest.mark.parametrize("name", ['a"b\\c d', "h#1", "h%41", "h?1&x=y", "h\n1"])
+def test_a_data_dir_with_odd_characters_in_its_name_serves(
+    env: dict[str, str], data_dir: Path, name: str
+):
+    """Its paths are escaped in redis.conf (a quote ended one: exit 69 after 15 s) and
+    in the socket's URL (a # ended it, a ? began a query, %41 named another path)."""
+    odd = data_dir / name
     odd_env = {**env, "REGCTL_DATA_DIR": str(odd)}
     try:
         add(odd_env, "odd@example.com")
