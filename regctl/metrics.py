@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from regctl.errors import ConfigError
+from regctl.errors import ConfigError, LocalIOError
 from regctl.reports import PurgeReport
 from regctl.store.base import Counts
 
@@ -63,5 +63,8 @@ def write_purge_metrics(path: Path, report: PurgeReport, seconds: float, counts:
     ).set(counts.expiring_within_hour)
     try:
         write_to_textfile(str(path), registry)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the metrics file {path}: {exc.strerror}") from None
+    except OSError as exc:  # (the purge is done: no configuration to blame)
+        raise LocalIOError(
+            f"the purge ran, but its metrics file {path} was not written: {exc.strerror}",
+            "free space or fix the folder; the next successful run writes it",
+        ) from None

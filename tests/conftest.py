@@ -208,6 +208,13 @@ def regctl(
     return run([REGCTL, *args], env, stdin=stdin)
 
 
+def started(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The installed `regctl` running in the background, its output piped."""
+    return subprocess.Popen(
+        [REGCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
 def run(
     argv: Sequence[str], env: dict[str, str], *, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

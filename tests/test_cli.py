@@ -630,6 +630,17 @@ def test_rotating_the_secret_needs_yes_in_a_pipe_and_says_what_died(cli: Cli):
     assert cli("secret", "status").exit_code == 78
 
 
+def test_a_rotation_finished_by_a_rerun_is_audited_too(cli: Cli):
+    """The rerun that finishes a rotation stopped part-way expires codes: it left no
+    entry in the trail."""
+    add(cli)
+    assert cli("secret", "rotate", "--yes", REGCTL_CODE_SECRET=OTHER_SECRET).exit_code == 0
+    rerun = cli("-o", "json", "secret", "rotate", REGCTL_CODE_SECRET=OTHER_SECRET)
+    assert json.loads(rerun.stdout) == {"rotated": False, "pending_codes_invalidated": 0}
+    trail = json.loads(cli("-o", "json", "audit", "--command", "secret rotate").stdout)
+    assert [e["outcome"] for e in trail] == ["ok", "ok"]
+
+
 def test_the_rotate_prompt_counts_the_codes_that_die(cli: Cli, redis_proc, prefix: str):
     add(cli)
     env = subprocess_env(redis_proc.url, prefix) | {"REGCTL_CODE_SECRET": OTHER_SECRET}

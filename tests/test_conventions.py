@@ -310,6 +310,32 @@ def test_ctrl_c_or_sigterm_ends_a_live_view_after_its_cleanup(
     assert all(json.loads(line) for line in out.splitlines())  # (each sample whole)
 
 
+def test_ctrl_c_again_during_a_purges_cleanup_still_releases_its_lease(
+    cli: Cli, redis_proc: RedisProcess, pw_hash: str
+):
+    """Each Ctrl-C raised: one pressed again while the first's cleanup released the
+    lease cut that short, and the lease stayed held (the next purge exited 75)."""
+    from regctl import RedisStore
+    from tests.conftest import started
+    from tests.test_reliability import bulk_load
+
+    prefix = cli.env["REGCTL_PREFIX"]
+    client = client_of(redis_proc)
+    bulk_load(RedisStore(client, prefix=prefix), 3000, pw_hash)
+    lease = Keyspace(prefix).lock("purge")
+    env = subprocess_env(cli.env["REGCTL_REDIS_URL"], prefix)
+    proc = started(env, "purge", "--older-than", "0s", "--yes", "--batch", "1")
+    deadline = time.monotonic() + 60
+    while not client.exists(lease) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(40):  # (the first, then more while it cleans up)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not client.exists(lease)
+
+
 def test_a_stopped_bulk_resend_leaves_each_new_code_on_the_record(cli: Cli):
     for n in range(3):
         add(cli, f"w{n}@bulk.example")
@@ -380,6 +406,43 @@ def test_a_bad_metrics_file_is_refused_before_the_purge(cli: Cli, tmp_path, redi
     assert ran.exit_code == 78
     assert "no directory" in ran.stderr
     assert written(redis_proc, cli) == before  # no purge ran, no audit entry
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dry-run", "--wait", "5"), "--wait is for a running purge's lease"),
+        (("--dry-run", "--metrics-file", "m.prom"), "--metrics-file is written after a real"),
+        (("--metrics-file", ""), "--metrics-file . names no file"),
+    ],
+)
+def test_a_purge_flag_a_dry_run_or_no_file_would_ignore_is_refused(
+    cli: Cli, redis_proc, args: tuple[str, ...], message: str
+):
+    """(A dry run waited for no lease and wrote no metrics, unsaid.)"""
+    add(cli)
+    before = written(redis_proc, cli)
+    ran = cli("purge", *args)
+    assert ran.exit_code == 2
+    assert message in ran.stderr
+    assert written(redis_proc, cli) == before
+
+
+def test_a_metrics_file_that_fails_after_the_purge_is_a_local_error(tmp_path):
+    """The purge is done by then: bad configuration (78, "found before anything is
+    written") was the wrong word for a full disk."""
+    from regctl.errors import LocalIOError
+    from regctl.metrics import write_purge_metrics
+    from regctl.reports import PurgeReport
+    from regctl.store.base import Counts
+
+    taken = tmp_path / "taken"  # (a folder holding a file: no file is renamed onto it)
+    taken.mkdir()
+    (taken / "inside").touch()
+    with pytest.raises(LocalIOError) as caught:
+        write_purge_metrics(taken, PurgeReport(), 0.1, Counts(0, 0))
+    assert caught.value.exit_code == 71
+    assert caught.value.message.startswith(f"the purge ran, but its metrics file {taken} was not")
 
 
 # --- messages ------------------------------------------------------------------------------------

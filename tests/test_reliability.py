@@ -38,7 +38,7 @@ from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
-from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store, subprocess_env
+from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store, started, subprocess_env
 from tests.servers import RedisProcess, server_version, zset_members
 
 
@@ -91,13 +91,7 @@ def test_kill_9_during_a_purge_leaves_nothing_half_deleted(aof_redis: RedisProce
     store = RedisStore(aof_redis.client(), prefix="crash")
     bulk_load(store, 100_000, pw_hash)
     env = {**os.environ, **cli_env(aof_redis.url, "crash"), "REGCTL_RETRIES": "0"}
-    purge = subprocess.Popen(
-        [REGCTL, "purge", "--older-than", "0s", "--yes", "--batch", "200"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    purge = started(env, "purge", "--older-than", "0s", "--yes", "--batch", "200")
     probe = aof_redis.client()
     deadline = time.monotonic() + 60
     while sum(1 for _ in probe.scan_iter(Keyspace("crash").record_pattern(), count=5000)) > 90_000:

@@ -25,13 +25,19 @@ def main() -> None:
     """Console-script entry point."""
     received: list[int] = []
 
-    def terminated(signum: int, _frame: FrameType | None) -> None:
+    def stopped(signum: int, _frame: FrameType | None) -> None:
+        # (a second one, a Ctrl-C pressed twice, would cut the cleanup short: a
+        # purge's lease left held; the cleanup's calls have deadlines of their own)
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         received.append(signum)
-        # (a second one would cut the cleanup short: a purge's lock left held)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
 
-    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGTERM, stopped)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not if ignored)
+        signal.signal(signal.SIGINT, stopped)
     try:
         from regctl.cli.app import build_app
 

@@ -13,6 +13,7 @@ from regctl.cli.inputs import given, selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
+from regctl.errors import InvalidInput
 from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import MAX_FUNNEL_DAYS, Filter, check_audited
 from regctl.reports import FUNNEL_EVENTS, MAX_TOP_DOMAINS, FunnelDay, Stats
@@ -59,8 +60,7 @@ def purge(
     """
     state: State = ctx.obj
     selection = selected(domain=domain, older_than=older_than, locked=True if locked else None)
-    if metrics_file is not None:
-        check_metrics_path(metrics_file)
+    _check_run_flags(dry_run, wait, metrics_file)
     walk = selection if (orphans or not selection.is_empty) else None
     if not selection.is_empty and not dry_run and not yes:
         _confirm_live_deletes(state, walk)
@@ -77,6 +77,20 @@ def purge(
     if metrics_file is not None and not dry_run:
         write_purge_metrics(metrics_file, report, seconds, state.manager.counts())
     state.report(report, duration_s=round(seconds, 3), store=state.store_description)
+
+
+def _check_run_flags(dry_run: bool, wait: float, metrics_file: Path | None) -> None:
+    """What only a real run does (a dry run takes no lease), asked of a dry run: refused,
+    not ignored; the metrics file, checked before any work."""
+    if dry_run and wait:
+        raise InvalidInput("--wait is for a running purge's lease, which --dry-run takes none of")
+    if metrics_file is None:
+        return
+    if dry_run:
+        raise InvalidInput("--metrics-file is written after a real purge, not a --dry-run")
+    if not metrics_file.name:
+        raise InvalidInput(f"--metrics-file {metrics_file} names no file")
+    check_metrics_path(metrics_file)
 
 
 def _confirm_live_deletes(state: State, walk: Filter | None) -> None:

@@ -47,6 +47,8 @@ def rotate(
     state: State = ctx.obj
     manager = state.manager
     if manager.secret_matches() is True:  # (a rotation stopped part-way is finished)
+        # (no question: the codes it expires stopped verifying with the switch)
+        state.audited("secret rotate")
         dead = manager.rotate_secret()
         message = "the configured code secret is already the store's; " + (
             f"expired {plural(dead, 'code')} made with another" if dead else "nothing changed"
