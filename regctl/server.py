@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -197,6 +198,8 @@ class EmbeddedServer:
             return "loading"
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return None
+        except redis.ResponseError:  # (BUSY with a script: it runs, and says why not now)
+            return "up"
         finally:
             client.close()
 
@@ -225,7 +228,7 @@ class EmbeddedServer:
         import redis
 
         if self._state() is None:
-            return False
+            return self._stop_unanswering()
         client = self._client(STOP_TIMEOUT)
         with contextlib.suppress(redis.ConnectionError):  # (a loading server stops too)
             client.shutdown()
@@ -234,10 +237,37 @@ class EmbeddedServer:
             time.sleep(0.05)
         return True
 
+    def _hung(self) -> int | None:
+        """The pid of this data dir's server when it runs but does not answer (stopped
+        with SIGSTOP, stalled, its socket moved away); else None."""
+        pid = _read_pid(self.pidfile)
+        return pid if pid is not None and self._runs_here(pid) else None
+
+    def _stop_unanswering(self) -> bool:
+        """Stop a server that answers nothing by SIGTERM (Redis flushes its AOF on it);
+        False if none runs."""
+        pid = self._hung()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self._runs_here(pid):
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(
+                    f"the embedded redis-server (pid {pid}) answers nothing and did not stop "
+                    f"in {STOP_TIMEOUT:.0f} s",
+                    f"see {self.logfile}; `kill -9 {pid}` ends it (its AOF may lose the "
+                    "last second)",
+                )
+            time.sleep(0.05)
+        return True
+
     def status(self) -> dict[str, Any]:
         """What `regctl server status` shows; raises nothing when stopped."""
         info: dict[str, Any] = {
             "running": False,
+            "answering": False,
             "loading": False,
             "data_dir": str(self.data_dir),
             "socket": str(self.socket),
@@ -259,12 +289,17 @@ class EmbeddedServer:
                 client.close()
             info.update(
                 running=True,
+                answering=True,
                 loading=state == "loading",
                 binary=server.get("executable") or info["binary"],  # what actually runs
                 pid=server.get("process_id"),
                 version=server.get("redis_version"),
                 uptime_seconds=server.get("uptime_in_seconds"),
             )
+        else:
+            hung = self._hung()
+            if hung is not None:
+                info.update(running=True, pid=hung)
         return info
 
     def code_secret(self) -> str:

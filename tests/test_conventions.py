@@ -589,6 +589,7 @@ def test_a_declined_or_abandoned_command_leaves_no_audit_entry(cli: Cli):
         (("inspect", ""), "EMAIL must not be empty"),
         (("list", "-o"), "-o needs a value"),
         (("resend-many", "--rate", ""), "--rate must not be empty"),
+        (("resend-many", "--older-than", "1h", "--rate", "0/s"), "invalid rate '0/s'"),
         (("export", "-o", "table"), "`regctl export` has no -o table output"),
         (("list", "--locked", "--unlocked"), "give one of --locked and --unlocked"),
         (("list", "--code-valid", "--code-expired"), "give one of --code-expired and --code-valid"),

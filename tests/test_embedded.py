@@ -391,6 +391,30 @@ def test_a_data_dir_with_odd_characters_in_its_name_serves(
 
 
 @pytest.mark.slow
+def test_a_server_that_answers_nothing_is_running_to_status_and_stop(
+    env: dict[str, str], data_dir: Path
+):
+    """Paused, or its socket moved away: `status` said not running (exit 3), and `stop`
+    "not running" while it ran on."""
+    add(env, "hung@example.com")
+    pid = _pid(data_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = regctl(env, "server", "status", "-o", "json")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    shown = json.loads(status.stdout)
+    assert (status.returncode, shown["running"], shown["answering"]) == (0, True, False)
+    assert shown["pid"] == pid
+    (data_dir / "redis.sock").rename(data_dir / "moved.sock")  # (alive, out of reach)
+    stopped = regctl(env, "server", "stop", "-o", "json")
+    assert json.loads(stopped.stdout)["stopped"] is True
+    with contextlib.suppress(FileNotFoundError):  # (a zombie, not yet reaped, has none)
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(server_version() < (7,), reason="needs Redis 7")
 def test_a_server_loading_its_data_is_running_to_status_and_stop(
     env: dict[str, str], data_dir: Path

@@ -315,6 +315,7 @@ def resend_many(
     selection = selected(domain=domain, older_than=older_than)
     if selection.is_empty and not never_resent:
         raise InvalidInput("give filters for a bulk resend (e.g. --older-than 2h)")
+    per_second = parse_rate(rate) if rate else None  # (a usage error before configuration's)
     check_delivery(state, not no_send)  # (a dry run too: it foretells the real one)
     from regctl.mail import MailConfig
 
@@ -351,7 +352,7 @@ def resend_many(
             selection,
             never_resent=never_resent,
             limit=limit,
-            per_second=parse_rate(rate) if rate else None,
+            per_second=per_second,
             dry_run=dry_run,
             deliver=None if no_send and dry_run else each,  # (a dry run counts, never calls)
         )

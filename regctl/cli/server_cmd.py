@@ -82,6 +82,8 @@ def status(ctx: typer.Context) -> None:
 def _running(info: dict[str, object]) -> str:
     if not info["running"]:
         return "no"
+    if not info["answering"]:
+        return "yes, but it answers nothing (`regctl server stop` ends it)"
     return "yes, loading its data (commands wait)" if info["loading"] else "yes"
 
 
