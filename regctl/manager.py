@@ -931,7 +931,11 @@ LIMITED = {"signup": "sign-ups", "code": "codes"}
 def _import_stopped(line: int | None, restored: int) -> str:
     """The hint of an import that the store stopped (at ``line``, or in a batch)."""
     count = plural(restored, "line")
-    where = f"at line {line}, {count} restored before it" if line else f"with {count} restored"
+    where = (
+        f"at line {line}, {count} restored before it"
+        if line
+        else f"with at least {count} restored"  # (the batches in flight may have been too)
+    )
     return (
         f"stopped {where}: import the file again once Redis takes writes (the lines "
         "restored are kept, as existing ones)"

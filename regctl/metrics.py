@@ -8,6 +8,7 @@ is the alert: "purge has not succeeded for 30 minutes".
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from regctl.errors import ConfigError, LocalIOError
@@ -24,6 +25,14 @@ def check_metrics_path(path: Path) -> None:
         raise ConfigError(f"cannot write the metrics file {path}: no directory {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write the metrics file {path}: {folder} is not writable")
+    # (written first as "<name>.<pid>.<thread>", then renamed: prometheus-client's way)
+    draft = len(os.fsencode(path.name)) + len(f".{os.getpid()}.{threading.get_ident()}")
+    longest = os.pathconf(folder, "PC_NAME_MAX")
+    if draft > longest:
+        raise ConfigError(
+            f"the metrics file's name {path.name[:40]}... is too long: its draft beside it "
+            f"takes {draft} bytes, and {folder} allows {longest}"
+        )
 
 
 def write_purge_metrics(path: Path, report: PurgeReport, seconds: float, counts: Counts) -> None:

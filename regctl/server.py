@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl import security
 from regctl.errors import ConfigError, StoreUnavailable
+from regctl.text import clipped, visible
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
@@ -187,7 +189,7 @@ class EmbeddedServer:
         until done, which can take minutes); or None, not running."""
         import redis
 
-        self._check_socket_path()
+        self._check_paths()
         if not self.socket.exists():
             return None
         client = self._client(2)
@@ -209,7 +211,8 @@ class EmbeddedServer:
             return False
         with self._start_lock():
             pid = _read_pid(self.pidfile)
-            if pid is not None and self._runs_here(pid):
+            # (asked again under the lock: another start may have just finished)
+            if self._state() is not None or (pid is not None and self._runs_here(pid)):
                 # Started by someone else, maybe still loading its AOF: wait for it.
                 self._wait_until_up()
                 return False
@@ -230,8 +233,15 @@ class EmbeddedServer:
         if self._state() is None:
             return self._stop_unanswering()
         client = self._client(STOP_TIMEOUT)
-        with contextlib.suppress(redis.ConnectionError):  # (a loading server stops too)
+        try:
             client.shutdown()
+        except redis.ConnectionError:  # (gone before it answered; a loading one stops too)
+            pass
+        except redis.ResponseError as exc:  # (BUSY: a long script runs)
+            raise StoreUnavailable(
+                f"the embedded redis-server refused to stop: {visible(clipped(str(exc), 200))}",
+                "wait for the script to end (or SCRIPT KILL it), then stop again",
+            ) from None
         deadline = time.monotonic() + STOP_TIMEOUT
         while self._state() is not None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -251,6 +261,7 @@ class EmbeddedServer:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # (a paused one acts on it once resumed)
         deadline = time.monotonic() + STOP_TIMEOUT
         while self._runs_here(pid):
             if time.monotonic() >= deadline:
@@ -319,21 +330,37 @@ class EmbeddedServer:
     def _runs_here(self, pid: int) -> bool:
         """Whether ``pid`` is a live redis-server of this data dir (ours, and in it),
         not a stranger that reused a crashed server's pid: another user's Redis, or any
-        command line that names one. Where the working dir cannot be read, a
-        redis-server of ours is taken as this one: a second server on one AOF loses data."""
+        command line that names one. Its name is redis-server's or the recorded
+        binary's (a Valkey build, a renamed copy). Where the working dir cannot be
+        read, or there is no /proc (macOS), a live pid of ours is taken as this one:
+        a second server on one AOF loses data; a stranger taken for it costs a wait."""
+        proc = Path(f"/proc/{pid}")
+        if not Path("/proc/self").exists():
+            return _alive(pid)
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            owner = Path(f"/proc/{pid}").stat().st_uid
+            cmdline = (proc / "cmdline").read_bytes()
+            owner = proc.stat().st_uid
         except OSError:
             return False
-        if b"redis-server" not in cmdline or owner != os.geteuid():
+        names = {b"redis-server"}
+        with contextlib.suppress(ConfigError):  # (an unreadable record names nothing)
+            recorded = self.recorded()
+            if recorded is not None:
+                names.add(os.fsencode(recorded[0].name))
+        if owner != os.geteuid() or not any(name in cmdline for name in names):
             return False
         try:
-            return Path(os.readlink(f"/proc/{pid}/cwd")) == self.data_dir.resolve()
+            return Path(os.readlink(proc / "cwd")) == self.data_dir.resolve()
         except OSError:
             return True
 
-    def _check_socket_path(self) -> None:
+    def _check_paths(self) -> None:
+        path = str(self.data_dir)
+        if "\x00" in path or not _utf8(path):  # (its socket's URL, and redis.conf, need text)
+            raise ConfigError(
+                f"the embedded store's data dir {visible(path)} is not a UTF-8 path",
+                "set REGCTL_DATA_DIR to one that is",
+            )
         length = len(os.fsencode(self.socket))
         if length > MAX_SOCKET_PATH:
             raise ConfigError(
@@ -346,7 +373,7 @@ class EmbeddedServer:
         """The data dir, and each missing folder above it, made mode 0700 (as the XDG
         spec asks: a world-writable parent, under umask 000, would let another user
         swap the data dir for a link to a folder of theirs)."""
-        self._check_socket_path()
+        self._check_paths()
         missing = [self.data_dir, *self.data_dir.parents]
         missing = missing[: next(i for i, p in enumerate(missing) if p.is_dir())]
         try:
@@ -442,11 +469,26 @@ def _draft(path: Path, text: str) -> Path:
     """``text`` written whole to a private file beside ``path`` (mode 0600, whatever
     the umask: a group-writable record would be refused as untrusted), to be moved
     into place: a concurrent reader finds no file or a complete one, never half."""
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, draft = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # (0600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
-    return draft
+    return Path(draft)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # (gone, or another user's)
+        return False
+    return True
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # (bytes that are no UTF-8, read as surrogates)
+        return False
+    return True
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -53,10 +53,12 @@ def export_record(reg: PendingRegistration, *, include_secrets: bool) -> dict[st
 def parse_record(line: str, policy: Policy) -> PendingRegistration:
     """One NDJSON line of a secrets-included export, validated like fresh input and
     against ``policy``: an import cannot make what the API could not."""
+    if line.lstrip().startswith("["):  # (`export -o json`, or another tool's array)
+        raise InvalidInput(
+            "a JSON array: import reads one object a line, as `export` writes without -o json"
+        )
     if len(line.rstrip("\n")) > MAX_LINE:
         raise InvalidInput(f"longer than {MAX_LINE:,} characters: no record is")
-    if line.lstrip().startswith("["):  # (`export -o json`, or another tool's array)
-        raise InvalidInput("a JSON array: import reads one object a line, as `export` writes")
     try:
         data = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: nested beyond reason

@@ -3,13 +3,16 @@ document, doctor's knowledge of regctl's own keys, formats, live views, messages
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -328,12 +331,77 @@ def test_ctrl_c_again_during_a_purges_cleanup_still_releases_its_lease(
     deadline = time.monotonic() + 60
     while not client.exists(lease) and time.monotonic() < deadline:
         time.sleep(0.01)
-    for _ in range(40):  # (the first, then more while it cleans up)
+    burst = time.monotonic() + 0.3  # (the first, then more while it cleans up: a key
+    while time.monotonic() < burst:  # pressed twice, well within AGAIN_S)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.002)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert not client.exists(lease)
+
+
+def _connecting(pid: int) -> bool:
+    """Whether process ``pid`` holds a socket (regctl opens one only to reach Redis)."""
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith("socket:"):
+                    return True
+    return False
+
+
+def test_ctrl_c_pressed_again_later_ends_a_stalled_cleanup_at_once(tmp_path: Path):
+    """Every stop after the first was ignored: a cleanup waiting on a paused Redis
+    (its audit entry) held the command its whole deadline, a minute here."""
+    from regctl.cli import AGAIN_S
+    from tests.conftest import started
+
+    proc = RedisProcess(tmp_path / "paused").start()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        env = subprocess_env(proc.url, "paused") | {"REGCTL_TIMEOUT": "60"}
+        command = started(env, "verify", "a@example.com", "123456")
+        deadline = time.monotonic() + 60
+        while not _connecting(command.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        command.send_signal(signal.SIGINT)  # (its cleanup waits on the paused server too)
+        time.sleep(AGAIN_S + 0.5)
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=30)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stop()
+    assert command.returncode == -signal.SIGINT, err
+    assert err.endswith("Stopped again: ending without cleanup\n")
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_command():
+    """Raised inside a ``__del__`` (a redis-py parser collected mid-purge, in CI), the
+    interruption was printed as ignored and lost, and the purge ran to its end."""
+    stand_in = """
+import os, signal, sys, time
+import regctl.cli.app
+
+class Collected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)  # (handled here, inside __del__)
+        time.sleep(0.2)
+
+def build_app():
+    def command(**_):
+        Collected()
+        time.sleep(10)
+        sys.exit(0)
+    return command
+
+regctl.cli.app.build_app = build_app
+from regctl.cli import main
+main()
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", stand_in], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (ran.returncode, ran.stderr) == (130, "Interrupted\n")
 
 
 def test_a_stopped_bulk_resend_leaves_each_new_code_on_the_record(cli: Cli):
@@ -399,12 +467,22 @@ def test_the_terminal_view_of_stats_is_the_whole_view_with_its_time(cli: Cli):
 # --- validated before writing --------------------------------------------------------------
 
 
-def test_a_bad_metrics_file_is_refused_before_the_purge(cli: Cli, tmp_path, redis_proc):
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("missing/regctl.prom", "no directory"),
+        # (its draft, "<name>.<pid>.<thread>", was refused only after the purge)
+        ("x" * 250 + ".prom", "is too long: its draft beside it takes"),
+    ],
+)
+def test_a_bad_metrics_file_is_refused_before_the_purge(
+    cli: Cli, tmp_path, redis_proc, name: str, refused: str
+):
     add(cli)
     before = written(redis_proc, cli)
-    ran = cli("purge", "--metrics-file", str(tmp_path / "missing" / "regctl.prom"))
+    ran = cli("purge", "--metrics-file", str(tmp_path / name))
     assert ran.exit_code == 78
-    assert "no directory" in ran.stderr
+    assert refused in ran.stderr
     assert written(redis_proc, cli) == before  # no purge ran, no audit entry
 
 
@@ -413,7 +491,7 @@ def test_a_bad_metrics_file_is_refused_before_the_purge(cli: Cli, tmp_path, redi
     [
         (("--dry-run", "--wait", "5"), "--wait is for a running purge's lease"),
         (("--dry-run", "--metrics-file", "m.prom"), "--metrics-file is written after a real"),
-        (("--metrics-file", ""), "--metrics-file . names no file"),
+        (("--metrics-file", ""), "--metrics-file names no file"),
     ],
 )
 def test_a_purge_flag_a_dry_run_or_no_file_would_ignore_is_refused(
@@ -428,21 +506,27 @@ def test_a_purge_flag_a_dry_run_or_no_file_would_ignore_is_refused(
     assert written(redis_proc, cli) == before
 
 
-def test_a_metrics_file_that_fails_after_the_purge_is_a_local_error(tmp_path):
+def test_a_metrics_file_that_fails_after_the_purge_is_a_local_error(cli: Cli, tmp_path):
     """The purge is done by then: bad configuration (78, "found before anything is
-    written") was the wrong word for a full disk."""
-    from regctl.errors import LocalIOError
-    from regctl.metrics import write_purge_metrics
-    from regctl.reports import PurgeReport
-    from regctl.store.base import Counts
+    written") was the wrong word for a full disk, and its report was lost. A file size
+    limit of 0 makes the write fail as a full disk would (EFBIG)."""
+    import resource
 
-    taken = tmp_path / "taken"  # (a folder holding a file: no file is renamed onto it)
-    taken.mkdir()
-    (taken / "inside").touch()
-    with pytest.raises(LocalIOError) as caught:
-        write_purge_metrics(taken, PurgeReport(), 0.1, Counts(0, 0))
-    assert caught.value.exit_code == 71
-    assert caught.value.message.startswith(f"the purge ran, but its metrics file {taken} was not")
+    metrics = tmp_path / "regctl.prom"
+    ran = subprocess.run(
+        [REGCTL, "-o", "json", "purge", "--metrics-file", str(metrics)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(cli.env["REGCTL_REDIS_URL"], cli.env["REGCTL_PREFIX"]),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 71, ran.stderr
+    document = json.loads(ran.stdout)
+    assert (document["reason"], document["purged"]) == ("local_io", 0)
+    assert document["message"].startswith(f"the purge ran, but its metrics file {metrics}")
+    assert not metrics.exists()
 
 
 # --- messages ------------------------------------------------------------------------------------

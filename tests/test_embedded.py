@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +342,41 @@ def test_a_data_dir_too_long_for_its_socket_is_refused_at_once(env: dict[str, st
     assert regctl({**env, "REGCTL_DATA_DIR": str(deep)}, "server", "status").returncode == 78
 
 
+@pytest.mark.parametrize("name", [os.fsdecode(b"bin\xff\xfe"), "nul\x00"])
+def test_a_data_dir_that_is_no_utf8_text_is_refused(env: dict[str, str], data_dir: Path, name: str):
+    """Its socket's URL and redis.conf are text: the server started, then the command
+    failed (70), and `status` with it."""
+    odd = str(data_dir / name)
+    if "\x00" in odd:  # (no environment variable holds a NUL: a config file can)
+        config = data_dir / "regctl.toml"
+        config.write_text(f"data_dir = {json.dumps(odd)}\n")
+        env = {**env, "REGCTL_CONFIG": str(config)}
+        env.pop("REGCTL_DATA_DIR")
+    else:
+        env = {**env, "REGCTL_DATA_DIR": odd}
+    for args in (("list",), ("server", "status")):
+        ran = regctl(env, *args)
+        assert ran.returncode == 78, ran.stderr
+        assert "is not a UTF-8 path — set REGCTL_DATA_DIR to one that is" in ran.stderr
+    assert sorted(p.name for p in data_dir.iterdir()) == (["regctl.toml"] if "\x00" in odd else [])
+
+
+def test_concurrent_first_uses_in_threads_make_one_code_secret(data_dir: Path):
+    """Threads of one process shared a draft file's name: all but one failed."""
+    for n in range(10):
+        server = EmbeddedServer(data_dir / str(n))
+        together = threading.Barrier(6)
+
+        def first_use(server: EmbeddedServer = server, together=together) -> str:
+            together.wait()
+            return server.code_secret()
+
+        with ThreadPoolExecutor(6) as pool:
+            secrets = {pool.submit(first_use) for _ in range(6)}
+        assert len({made.result() for made in secrets}) == 1
+        assert [p.name for p in server.data_dir.iterdir()] == ["code-secret"]
+
+
 @pytest.mark.parametrize(
     ("plant", "data"),
     [
@@ -390,28 +426,76 @@ def test_a_data_dir_with_odd_characters_in_its_name_serves(
         _shut_down(odd)
 
 
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie, not yet reaped, has no command line)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+    except FileNotFoundError:
+        return True
+
+
+def _renamed_binary(folder: Path) -> Path:
+    """redis-server under another name, as a Valkey or KeyDB build runs (its title is
+    its own name, not redis-server)."""
+    wrapper = folder / "keydb-server"
+    wrapper.write_text(f'#!/bin/bash\nexec -a "$0" {find_redis_server()} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("renamed", [False, True])
 def test_a_server_that_answers_nothing_is_running_to_status_and_stop(
-    env: dict[str, str], data_dir: Path
+    env: dict[str, str], data_dir: Path, tmp_path: Path, renamed: bool
 ):
-    """Paused, or its socket moved away: `status` said not running (exit 3), and `stop`
-    "not running" while it ran on."""
+    """Paused: `status` said not running (exit 3), `stop` "not running" while it ran on
+    (then a SIGTERM it could not act on while paused); a renamed binary's server was
+    no server at all, and a start beside it made two on one AOF."""
+    if renamed:
+        env = {**env, "REGCTL_REDIS_SERVER": str(_renamed_binary(tmp_path))}
     add(env, "hung@example.com")
     pid = _pid(data_dir)
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
         status = regctl(env, "server", "status", "-o", "json")
+        shown = json.loads(status.stdout)
+        assert (status.returncode, shown["running"], shown["answering"]) == (69, True, False)
+        assert shown["pid"] == pid
+        stopped = regctl(env, "server", "stop", "-o", "json")
+        assert json.loads(stopped.stdout)["stopped"] is True, stopped.stderr
+        assert _gone(pid)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    shown = json.loads(status.stdout)
-    assert (status.returncode, shown["running"], shown["answering"]) == (0, True, False)
-    assert shown["pid"] == pid
-    (data_dir / "redis.sock").rename(data_dir / "moved.sock")  # (alive, out of reach)
-    stopped = regctl(env, "server", "stop", "-o", "json")
-    assert json.loads(stopped.stdout)["stopped"] is True
-    with contextlib.suppress(FileNotFoundError):  # (a zombie, not yet reaped, has none)
-        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_a_stop_refused_by_a_running_script_says_so(env: dict[str, str], data_dir: Path):
+    """BUSY (a long script, someone else's) was an unexpected ResponseError: exit 70."""
+    import redis
+
+    add(env, "busy@example.com")
+    client = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
+    client.config_set("lua-time-limit", 100)  # (BUSY after 0.1 s)
+    spin = "local t = redis.call('time')[1] + 3 while redis.call('time')[1] + 0 < t do end"
+    other = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
+    runner = threading.Thread(target=other.eval, args=(spin, 0))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+        except redis.ResponseError:  # BUSY
+            break
+        time.sleep(0.02)
+    ran = regctl(env, "server", "stop")
+    runner.join(30)
+    assert ran.returncode == 69
+    assert "refused to stop: BUSY" in ran.stderr
+    assert "SCRIPT KILL" in ran.stderr
+    client.close()
+    other.close()
 
 
 @pytest.mark.slow

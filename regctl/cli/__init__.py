@@ -6,14 +6,30 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 from regctl.errors import ExitStatus, local_io
+
+# A second Ctrl-C or SIGTERM sooner than this after the first is the same one, pressed
+# twice; a later one ends regctl at once.
+AGAIN_S = 1.0
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (systemd, `timeout`, Kubernetes): a command stops as at Ctrl-C (its lock
     released, its audit entry written, its JSON closed), then regctl ends by SIGTERM."""
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside a ``__del__`` (a connection collected mid-command),
+    whose exceptions Python ignores: an interruption raised there would be lost."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def by_sigterm(stop: BaseException) -> bool:
@@ -24,12 +40,24 @@ def by_sigterm(stop: BaseException) -> bool:
 def main() -> None:
     """Console-script entry point."""
     received: list[int] = []
+    first: list[float] = []  # when the first stop came
 
-    def stopped(signum: int, _frame: FrameType | None) -> None:
-        # (a second one, a Ctrl-C pressed twice, would cut the cleanup short: a
-        # purge's lease left held; the cleanup's calls have deadlines of their own)
-        for each in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(each, signal.SIG_IGN)
+    def stopped(signum: int, frame: FrameType | None) -> None:
+        if _in_finalizer(frame):  # (raised there, Python prints it and carries on)
+            again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+            again.daemon = True
+            again.start()
+            return
+        if first:
+            # A key pressed twice (a burst of signals) would cut the cleanup short: a
+            # purge's lease left held. One that comes later is meant: it ends regctl
+            # now, cleanup or not (a stalled Redis may hold each call its deadline).
+            if time.monotonic() - first[0] < AGAIN_S:
+                return
+            os.write(2, b"Stopped again: ending without cleanup\n")  # (no buffered write)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        first.append(time.monotonic())
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         received.append(signum)
@@ -54,6 +82,9 @@ def main() -> None:
         written(sys.stderr, f"Error: {failed.line()}\n")
         sys.exit(ExitStatus.LOCAL_IO)
     finally:
+        if first:  # (cleaned up: a stop now could only turn its exit status into a kill)
+            for each in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(each, signal.SIG_IGN)
         if received:  # cleaned up: now end as SIGTERM ends a process (143 to a shell)
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError):

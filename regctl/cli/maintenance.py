@@ -13,7 +13,8 @@ from regctl.cli.inputs import given, selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
-from regctl.errors import InvalidInput
+from regctl.cli.status import failure
+from regctl.errors import InvalidInput, LocalIOError
 from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import MAX_FUNNEL_DAYS, Filter, check_audited
 from regctl.reports import FUNNEL_EVENTS, MAX_TOP_DOMAINS, FunnelDay, Stats
@@ -74,9 +75,14 @@ def purge(
             walk, dry_run=dry_run, batch=batch, on_progress=tally.at, wait=wait, reindex=reindex
         )
     seconds = time.monotonic() - started
-    if metrics_file is not None and not dry_run:
-        write_purge_metrics(metrics_file, report, seconds, state.manager.counts())
-    state.report(report, duration_s=round(seconds, 3), store=state.store_description)
+    done: dict[str, Any] = {"duration_s": round(seconds, 3), "store": state.store_description}
+    try:
+        if metrics_file is not None and not dry_run:
+            write_purge_metrics(metrics_file, report, seconds, state.manager.counts())
+    except LocalIOError as exc:  # (the purge ran: its report is still the document)
+        state.report(report, **done, **failure(exc.reason, exc.message, exc.exit_code))
+        raise
+    state.report(report, **done)
 
 
 def _check_run_flags(dry_run: bool, wait: float, metrics_file: Path | None) -> None:
@@ -89,7 +95,7 @@ def _check_run_flags(dry_run: bool, wait: float, metrics_file: Path | None) -> N
     if dry_run:
         raise InvalidInput("--metrics-file is written after a real purge, not a --dry-run")
     if not metrics_file.name:
-        raise InvalidInput(f"--metrics-file {metrics_file} names no file")
+        raise InvalidInput("--metrics-file names no file")
     check_metrics_path(metrics_file)
 
 

@@ -50,7 +50,8 @@ def stop(ctx: typer.Context) -> None:
 def status(ctx: typer.Context) -> None:
     """Show the embedded server: binary, version, pid, socket, data size, uptime.
 
-    Exit 0 when it runs, 3 when it does not.
+    Exit 0 when it runs (loading its data too), 3 when it does not, 69 when it runs
+    but answers nothing.
 
     \b
     Example: regctl server status -o json
@@ -77,6 +78,8 @@ def status(ctx: typer.Context) -> None:
             state.rows(("field", "value"), pairs)
     if not info["running"]:
         raise typer.Exit(ExitStatus.NOT_FOUND)
+    if not info["answering"]:
+        raise typer.Exit(ExitStatus.UNAVAILABLE)
 
 
 def _running(info: dict[str, object]) -> str:

@@ -80,9 +80,10 @@ def import_(
     if report.invalid:
         done = "checked" if dry_run else "imported"
         named = "named without -q" if state.quiet and not state.wants_json() else "named"
+        valid = f"the valid ones were {done}" if report.reached_store else "none was valid"
         refused = InvalidInput(
             f"{plural(report.invalid, 'line')} of {'stdin' if source == '-' else source} refused",
-            f"the valid ones were {done}; fix the lines {named}, then import them again",
+            f"{valid}; fix the lines {named}, then import them again",
         )
         # (the report is the one JSON document: it says so as every failure does)
         state.report(report, **failure(refused.reason, refused.message, refused.exit_code))
