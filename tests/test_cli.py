@@ -215,14 +215,21 @@ def test_inspect_of_an_unknown_address_exits_3(cli: Cli):
     assert ran.stderr.startswith("Error: no pending registration for nobody@example.com")
 
 
-def test_json_errors_carry_a_machine_readable_reason(cli: Cli):
+def test_json_errors_carry_a_machine_readable_reason_and_the_hint(cli: Cli):
+    """(The hint, what to do, was on stderr only: an import's count of lines restored
+    before a lost server was in no JSON.)"""
     ran = cli("-o", "json", "inspect", "nobody@example.com")
     assert json.loads(ran.stdout) == {
         "ok": False,
         "reason": "not_found",
         "exit_code": 3,
         "message": "no pending registration for nobody@example.com",
+        "hint": "it was verified, expired or never added",
     }
+    assert ran.stderr == (
+        "Error: no pending registration for nobody@example.com — it was verified, expired or "
+        "never added\n"
+    )
 
 
 def test_user_data_is_escaped_before_rich_markup(cli: Cli):

@@ -88,6 +88,7 @@ def test_an_error_is_one_json_object_wherever_json_was_asked_for(cli: Cli, args)
         "reason": "not_found",
         "message": "no pending registration for nobody@example.com",
         "exit_code": 3,
+        "hint": "it was verified, expired or never added",
     }
 
 

@@ -13,7 +13,7 @@ from regctl.cli.inputs import given, selected
 from regctl.cli.live import CountOption, IntervalOption, check_live, watch
 from regctl.cli.render import Format, escape, key_value_table, table, timestamp, to_json
 from regctl.cli.state import State
-from regctl.cli.status import failure
+from regctl.cli.status import failure_of
 from regctl.errors import InvalidInput, LocalIOError
 from regctl.metrics import check_metrics_path, write_purge_metrics
 from regctl.model import MAX_FUNNEL_DAYS, Filter, check_audited
@@ -80,7 +80,7 @@ def purge(
         if metrics_file is not None and not dry_run:
             write_purge_metrics(metrics_file, report, seconds, state.manager.counts())
     except LocalIOError as exc:  # (the purge ran: its report is still the document)
-        state.report(report, **done, **failure(exc.reason, exc.message, exc.exit_code))
+        state.report(report, **done, **failure_of(exc))
         raise
     state.report(report, **done)
 

@@ -40,7 +40,7 @@ from regctl.cli.render import (
     to_json,
 )
 from regctl.cli.state import State, Tally
-from regctl.cli.status import VERIFY_STATUS, failure
+from regctl.cli.status import VERIFY_STATUS, failure_of
 from regctl.errors import ConfigError, DeliveryFailed, InvalidInput, locked_out, not_pending
 from regctl.model import PendingRegistration, Resent, SortKey, VerifyOutcome, VerifyResult
 from regctl.reports import BulkResendReport
@@ -80,7 +80,7 @@ def _deliver_and_report(
         delivery, undelivered = "failed", exc
     extra: dict[str, Any] = {"code": code} if show_code else {}
     if undelivered is not None:  # stored, not delivered: one document that says both
-        extra |= failure(undelivered.reason, undelivered.message, undelivered.exit_code)
+        extra |= failure_of(undelivered)
     data = record_json(
         reg,
         state.manager.policy,

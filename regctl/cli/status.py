@@ -45,6 +45,14 @@ def failure(reason: str, message: str, status: int) -> dict[str, Any]:
     return {"ok": False, "reason": reason, "message": message, "exit_code": int(status)}
 
 
+def failure_of(exc: RegctlError) -> dict[str, Any]:
+    """``exc`` as the JSON error object, with its hint (what to do) when it has one."""
+    document = failure(exc.reason, exc.message, exc.exit_code)
+    if exc.hint:
+        document["hint"] = exc.hint
+    return document
+
+
 def plugin_line(level: str, message: str) -> str:
     """A monitoring-plugin status line without performance data ("|" would start it)."""
     return f"REGCTL {level} - {visible(' '.join(message.replace('|', '/').split()))}"
@@ -87,7 +95,7 @@ def report_error(state: State | None, exc: BaseException) -> int:
     line = f"Error: {exc.line()}"
     written(sys.stderr, visible(" ".join(line.split())) + "\n")  # data in it reaches a terminal
     if state is not None and state.wants_json() and not state.json_written:
-        document = failure(exc.reason, exc.message, exc.exit_code)
+        document = failure_of(exc)
         if isinstance(exc, CooldownActive | RateLimited):  # (when to try again)
             document["retry_after_ms"] = exc.retry_after_ms
         written(sys.stdout, to_json(document) + "\n")

@@ -11,7 +11,7 @@ import typer
 
 from regctl.cli.render import Format, LeftOut, escape, to_json
 from regctl.cli.state import State
-from regctl.cli.status import failure, report_error
+from regctl.cli.status import failure_of, report_error
 from regctl.errors import InvalidInput
 from regctl.reports import ImportReport
 from regctl.text import plural
@@ -86,7 +86,7 @@ def import_(
             f"{valid}; fix the lines {named}, then import them again",
         )
         # (the report is the one JSON document: it says so as every failure does)
-        state.report(report, **failure(refused.reason, refused.message, refused.exit_code))
+        state.report(report, **failure_of(refused))
     else:
         state.report(report)
     if not state.wants_json():
