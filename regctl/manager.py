@@ -86,7 +86,7 @@ from regctl.store.base import (
     chunks,
     paired,
 )
-from regctl.text import duration, plural, visible
+from regctl.text import duration, is_utf8, plural, visible
 from regctl.validation import (
     as_text,
     count_in,
@@ -964,11 +964,8 @@ def _utf8(line: str | bytes) -> str:
             return line.decode()
         except UnicodeDecodeError:
             raise InvalidInput("not UTF-8") from None
-    if not line.isascii():
-        try:
-            line.encode()
-        except UnicodeEncodeError:
-            raise InvalidInput("not UTF-8") from None
+    if not is_utf8(line):
+        raise InvalidInput("not UTF-8")
     return line
 
 

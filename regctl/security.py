@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regctl.errors import ConfigError, InvalidInput
+from regctl.text import is_utf8
 from regctl.validation import as_text
 
 if TYPE_CHECKING:
@@ -85,10 +86,8 @@ def checked_secret(secret: object) -> str | bytes | None:
         return secret
     if not isinstance(secret, str):
         raise ConfigError(f"the code secret must be text or bytes, not {type(secret).__name__}")
-    try:
-        secret.encode()
-    except UnicodeEncodeError:
-        raise ConfigError("the code secret is not valid text (a lone surrogate)") from None
+    if not is_utf8(secret):
+        raise ConfigError("the code secret is not valid text (a lone surrogate)")
     return secret
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from regctl import security
 from regctl.errors import ConfigError, StoreUnavailable
-from regctl.text import clipped, visible
+from regctl.text import clipped, is_utf8, visible
 
 if TYPE_CHECKING:
     from regctl.settings import Settings
@@ -356,7 +356,7 @@ class EmbeddedServer:
 
     def _check_paths(self) -> None:
         path = str(self.data_dir)
-        if "\x00" in path or not _utf8(path):  # (its socket's URL, and redis.conf, need text)
+        if "\x00" in path or not is_utf8(path):  # (its socket's URL, and redis.conf, need text)
             raise ConfigError(
                 f"the embedded store's data dir {visible(path)} is not a UTF-8 path",
                 "set REGCTL_DATA_DIR to one that is",
@@ -479,14 +479,6 @@ def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # (gone, or another user's)
-        return False
-    return True
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # (bytes that are no UTF-8, read as surrogates)
         return False
     return True
 

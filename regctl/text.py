@@ -5,6 +5,18 @@ Used by the core's messages and by the CLI's renderers alike."""
 from __future__ import annotations
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is text UTF-8 can hold: no lone surrogate (bytes that were no
+    UTF-8, read with ``surrogateescape``, or a stray half of a pair)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def visible(text: str) -> str:
     """``text`` with every control, escape, bidi-override and other invisible format
     character shown as an escape (``\\x1b``, ``\\u202e``): data written by others

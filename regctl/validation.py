@@ -13,7 +13,7 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 from regctl.errors import InvalidInput
-from regctl.text import clipped
+from regctl.text import clipped, is_utf8
 
 if TYPE_CHECKING:
     import ipaddress
@@ -133,10 +133,8 @@ def validate_password(raw: str) -> str:
         raise InvalidInput(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
     if "\x00" in raw:
         raise InvalidInput("password contains a NUL character")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no text, and the hash cannot take it
-        raise InvalidInput("password contains a character that is not text") from None
+    if not is_utf8(raw):  # a lone surrogate: no text, and the hash cannot take it
+        raise InvalidInput("password contains a character that is not text")
     return raw
 
 
