@@ -803,16 +803,23 @@ class SwitchWatcher:
         self.stopped.set()
 
 
+def no_retries() -> Any:
+    """redis-py's Retry that tries once: for a client whose caller asks again itself,
+    or must not ask twice."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
 def _listener(sentinel: Any) -> Any:
     """A client of ``sentinel``'s own for the watcher, which tries each connect once
     (it listens again itself): with the shared client's retries, a watcher stopped
     while its sentinels were away lived on in their backoff for a call's deadline."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     pool = sentinel.connection_pool
-    once = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    once = {**pool.connection_kwargs, "retry": no_retries()}
     return redis.Redis(
         connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **once)
     )

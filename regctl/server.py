@@ -169,14 +169,14 @@ class EmbeddedServer:
         """A client of the local socket that never retries: a server that is going away
         (a SHUTDOWN under way) must not be asked again, nor one started since."""
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+
+        from regctl.connection import no_retries
 
         return redis.Redis(
             unix_socket_path=str(self.socket),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=no_retries(),
             **kwargs,
         )
 
