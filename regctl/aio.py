@@ -165,6 +165,7 @@ class _OnLoop:
         self.ending = False  # closing or closed: no more calls on this loop
         self.closed = False  # the twin's connections are closed
         self.keeper: AsyncGenerator[None] | None = None
+        self.closing: asyncio.Future[None] | None = None  # (held: a task is weakly kept)
 
     def enter(self) -> None:
         self.calls += 1
@@ -187,6 +188,10 @@ class _OnLoop:
             await self.idle.wait()
         finally:
             await self.shut(sync)
+
+    def close_soon(self, sync: RegistrationManager) -> None:
+        """``close`` as a task of this loop (asked from another loop)."""
+        self.closing = asyncio.ensure_future(self.close(sync))
 
     async def shut(self, sync: RegistrationManager) -> None:
         """Close the twin's connections now (again after the last call under way at a
@@ -391,7 +396,10 @@ class AsyncRegistrationManager:
             if loop is here:  # (the keeper's end closes the loop's twin)
                 await state.keeper.aclose()
             elif loop.is_running():  # (its keeper, kept here, is the loop's end's to close)
-                asyncio.run_coroutine_threadsafe(state.close(self.sync), loop)
+                # The close is made on its loop, when it runs there: a loop that ends
+                # first (its keeper's end closes the twin) drops no unawaited coroutine.
+                with contextlib.suppress(RuntimeError):  # (closed since: nothing to do)
+                    loop.call_soon_threadsafe(state.close_soon, self.sync)
             # (a closed loop's connections are left to the garbage collector)
         await asyncio.to_thread(self.sync.close)
 

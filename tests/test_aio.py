@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -694,3 +696,41 @@ def test_the_connection_gate_serves_waiters_in_turn_and_loses_no_place():
         assert not hurried.waiting
 
     asyncio.run(main())
+
+
+def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(
+    redis_proc: RedisProcess, prefix: str
+):
+    """Another loop's close is scheduled from ``aclose``; when that loop stops and is
+    closed before it runs the callback, nothing was made that is never awaited (a
+    coroutine made here and dropped there warned "never awaited" as it was collected)."""
+    manager = async_manager(redis_proc.url, prefix)
+    loop = asyncio.new_event_loop()
+    joined, scheduled = threading.Event(), threading.Event()
+
+    async def first_call() -> None:
+        await manager.get("first@example.com")
+
+    def hold_then_stop() -> None:  # (a callback: the close lands in the next batch)
+        joined.set()
+        assert scheduled.wait(60)
+        loop.stop()
+
+    def run() -> None:
+        loop.run_until_complete(first_call())
+        loop.call_soon(hold_then_stop)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert joined.wait(60)
+        asyncio.run(manager.aclose())
+    finally:
+        scheduled.set()
+        thread.join(60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop.close()  # (without running the scheduled close, nor shutting down)
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
