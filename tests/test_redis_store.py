@@ -595,3 +595,26 @@ def test_a_client_that_hands_back_bytes_is_refused_when_the_store_is_made(
             RedisStore(client)
         assert "decode_responses=True" in str(refused.value.hint)
     RedisStore(RedisCluster(host="127.0.0.1", port=port, decode_responses=True)).close()
+
+
+def test_a_client_that_changed_how_commands_run_keeps_its_way(
+    redis_proc: RedisProcess, prefix: str
+):
+    """A plain client's scripts go straight to a pooled connection (redis-py's generic
+    dispatch skipped); a subclass that hooks ``execute_command`` (tracing, metrics) sees
+    every script call go through its hook."""
+    seen: list[str] = []
+
+    class Traced(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            seen.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+    client = Traced(connection_pool=redis_proc.client().connection_pool)
+    manager = RegistrationManager(RedisStore(client, prefix=prefix), secret=SECRET)
+    try:
+        code = manager.add("traced@example.com", "T", "R", password="correct horse 1").code
+        assert manager.verify("traced@example.com", code).ok
+    finally:
+        manager.close()
+    assert seen.count("EVALSHA") >= 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import threading
@@ -357,6 +359,24 @@ def test_codes_and_passwords_appear_nowhere_in_redis(watched_redis: RedisProcess
             assert not re.search(rf"(?<![0-9a-zA-Z]){re.escape(secret)}(?![0-9a-zA-Z])", hay), name
         assert SECRET not in hay
     manager.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=16, max_size=200),  # (past 64 bytes, HMAC hashes the key first)
+    identity=st.text(st.characters(exclude_categories=["Cs"]), max_size=80),
+    code=st.text("0123456789", min_size=6, max_size=10),
+)
+def test_a_code_hash_is_hmac_sha256_under_the_secret(key: bytes, identity: str, code: str):
+    """Stored code hashes and fingerprints are plain HMAC-SHA256: the hasher's own
+    keyed states give what ``hmac.new`` gives, so every stored hash still verifies."""
+    hasher = CodeHasher(key)
+    tag, _, mac = hasher.digest(identity, code).partition(":")
+    message = identity.encode() + b"\x00" + code.encode()
+    assert mac == hmac.new(key, message, hashlib.sha256).hexdigest()
+    fingerprint = hmac.new(key, b"regctl code-secret fingerprint", hashlib.sha256).hexdigest()
+    assert hasher.fingerprint() == fingerprint[:32]
+    assert fingerprint.startswith(tag)
 
 
 def test_codes_are_uniform_per_digit_and_keep_leading_zeros():

@@ -22,6 +22,7 @@ from regctl.connection import (
     Client,
     call_deadline,
     is_cluster,
+    script_sender,
     translated,
     translated_errors,
     watcher_of,
@@ -93,7 +94,7 @@ class ScriptRunner:
         wait_timeout_ms: int = 1000,
         call_budget_s: float = 5.0,
     ) -> None:
-        self.client = client
+        self.client = client  # (and how a script call is sent on it: the setter)
         self._keyspace = keyspace
         self._scripts: dict[str, Script] = {}
         self._pipelined_once: set[str] = set()
@@ -107,6 +108,15 @@ class ScriptRunner:
         # The Sentinel failover watcher, and the pool it may have to switch (a twin's).
         self._watcher = watcher_of(client)
         self._pool = getattr(client, "connection_pool", None)
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @client.setter
+    def client(self, client: Client) -> None:
+        self._client = client
+        self._send = script_sender(client)
 
     @property
     def is_cluster(self) -> bool:
@@ -177,7 +187,7 @@ class ScriptRunner:
             with translated_errors():
                 for attempt in range(NOSCRIPT_TRIES):
                     try:
-                        return self.client.evalsha(script.sha, len(keys), *keys, *args)
+                        return self._send(script.sha, keys, args)
                     except rex.NoScriptError:  # not run: load it, send it again
                         if attempt == NOSCRIPT_TRIES - 1:
                             raise  # (flushed again and again)
