@@ -846,37 +846,63 @@ ScriptSender = Callable[[str, Sequence[str], Sequence[Any]], Any]
 def script_sender(client: Client) -> ScriptSender:
     """How one script call is sent on ``client``.
 
-    On a plain pooled client, straight to a connection of its pool, under the
-    connection's own retry policy (the call's deadline): what redis-py's
-    ``execute_command`` does, without its generic dispatch (parsing the command's name,
-    response callbacks, per-command telemetry), which cost about 20 µs a call on a
-    2-core machine, a fifth of a round trip (docs/performance.md). Any other client
-    (Cluster, the asyncio twin, a client of one dedicated connection, a subclass that
-    changed how commands run) sends it its own way."""
+    On a plain pooled client, sync or the async manager's asyncio twin, straight to a
+    connection of its pool, under the connection's own retry policy (the call's
+    deadline): what redis-py's ``execute_command`` does, without its generic dispatch
+    (parsing the command's name, response callbacks, per-command telemetry), which
+    cost about 20 µs a call on a 2-core machine, a fifth of a round trip
+    (docs/performance.md). Any other client (Cluster, a client of one dedicated
+    connection, a subclass that changed how commands run) sends it its own way."""
     import redis
+    import redis.asyncio as aioredis
 
-    if not (
-        isinstance(client, redis.Redis)
-        and type(client).execute_command is redis.Redis.execute_command
-        and client.connection is None
-    ):
-        return lambda sha, keys, args: client.evalsha(sha, len(keys), *keys, *args)
+    from regctl.bridge import Awaited, settled
 
-    def send(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        pool = client.connection_pool
-        conn: Any = pool.get_connection()
-        try:
+    if _plain(client, redis.Redis):
 
-            def once() -> Any:
-                conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                return conn.read_response()
+        def send(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            pool = client.connection_pool
+            conn: Any = pool.get_connection()
+            try:
 
-            # (a failed try's connection is closed; the next try connects again)
-            return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
-        finally:
-            pool.release(conn)
+                def once() -> Any:
+                    conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                    return conn.read_response()
 
-    return send
+                # (a failed try's connection is closed; the next try connects again)
+                return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+            finally:
+                pool.release(conn)
+
+        return send
+    target: Any = client.target if isinstance(client, Awaited) else None
+    if _plain(target, aioredis.Redis):
+
+        async def sent(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            pool = target.connection_pool
+            conn: Any = await pool.get_connection()
+            try:
+
+                async def once() -> Any:
+                    await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                    return await conn.read_response()
+
+                return await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+            finally:
+                await pool.release(conn)
+
+        return lambda sha, keys, args: settled(sent(sha, keys, args))
+    return lambda sha, keys, args: client.evalsha(sha, len(keys), *keys, *args)
+
+
+def _plain(client: Any, kind: Any) -> bool:
+    """Whether ``client`` is a ``kind`` (redis-py's sync or asyncio client) sending each
+    command on a connection of its pool, in redis-py's own way."""
+    return (
+        isinstance(client, kind)
+        and type(client).execute_command is kind.execute_command
+        and getattr(client, "connection", None) is None
+    )
 
 
 def is_cluster(client: Client) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 import redis
 
 from regctl import (
+    AsyncRegistrationManager,
     Filter,
     InvalidInput,
     NotReplicated,
@@ -219,6 +221,19 @@ def test_a_lost_verify_reply_still_verifies_exactly_once(dropper, pw_hash):
     assert result.registration.email == "lost@example.com"
     again = manager.verify("lost@example.com", code)
     assert again.outcome is VerifyOutcome.NOT_FOUND
+
+
+def test_a_lost_async_verify_reply_still_verifies_exactly_once(dropper, pw_hash):
+    """The async manager's scripts, sent on its own connections, are tried again after
+    a lost reply as the sync manager's are (its loop's end closes its connections)."""
+    proxy, manager = dropper
+    code = manager.add("alost@example.com", "L", "R", password_hash=pw_hash).code
+    proxy.marker = _marker(manager, "verify", "alost@example.com", "async-lost-reply")
+    on_loop = AsyncRegistrationManager(manager)
+    result = asyncio.run(on_loop.verify("alost@example.com", code, token="async-lost-reply"))
+    assert proxy.dropped == 1
+    assert result.outcome is VerifyOutcome.VERIFIED
+    assert manager.verify("alost@example.com", code).outcome is VerifyOutcome.NOT_FOUND
 
 
 def test_a_lost_reply_to_a_wrong_code_counts_one_attempt(dropper, pw_hash):
