@@ -851,16 +851,26 @@ def script_sender(client: Client) -> ScriptSender:
     deadline): what redis-py's ``execute_command`` does, without its generic dispatch
     (parsing the command's name, response callbacks, per-command telemetry), which
     cost about 20 µs a call on a 2-core machine, a fifth of a round trip
-    (docs/performance.md). Any other client (Cluster, a client of one dedicated
-    connection, a subclass that changed how commands run) sends it its own way."""
+    (docs/performance.md). Any other client sends it its own way: Cluster, a client of
+    one dedicated connection, and one whose ``execute_command`` someone hooked (a
+    subclass, a patch of the class or of the client: tracing, as Sentry's does), or
+    while redis-py's own telemetry is on."""
     import redis
     import redis.asyncio as aioredis
+    import redis.exceptions as rex
 
     from regctl.bridge import Awaited, settled
+
+    telemetry = _redis_telemetry()
+
+    def evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return client.evalsha(sha, len(keys), *keys, *args)
 
     if _plain(client, redis.Redis):
 
         def send(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            if telemetry():
+                return evalsha(sha, keys, args)
             pool = client.connection_pool
             conn: Any = pool.get_connection()
             try:
@@ -871,12 +881,20 @@ def script_sender(client: Client) -> ScriptSender:
 
                 # (a failed try's connection is closed; the next try connects again)
                 return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+            except BaseException as exc:
+                # Interrupted between sending and reading (Ctrl-C): its reply may be on
+                # its way, and the next call on this connection would read it as its own.
+                if not isinstance(exc, rex.ResponseError):
+                    conn.disconnect()
+                raise
             finally:
                 pool.release(conn)
 
         return send
     target: Any = client.target if isinstance(client, Awaited) else None
     if _plain(target, aioredis.Redis):
+        # (no await between the send and the read: a cancellation lands in one of
+        # them, and each closes the connection on it)
 
         async def sent(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
             pool = target.connection_pool
@@ -891,18 +909,38 @@ def script_sender(client: Client) -> ScriptSender:
             finally:
                 await pool.release(conn)
 
-        return lambda sha, keys, args: settled(sent(sha, keys, args))
-    return lambda sha, keys, args: client.evalsha(sha, len(keys), *keys, *args)
+        return lambda sha, keys, args: (
+            evalsha(sha, keys, args) if telemetry() else settled(sent(sha, keys, args))
+        )
+    return evalsha
 
 
 def _plain(client: Any, kind: Any) -> bool:
-    """Whether ``client`` is a ``kind`` (redis-py's sync or asyncio client) sending each
-    command on a connection of its pool, in redis-py's own way."""
+    """Whether ``client`` is a ``kind`` (redis-py's sync or asyncio client) that sends
+    each command on a connection of its pool with redis-py's own ``execute_command``:
+    not overridden, nor replaced on the class or on the client."""
+    import sys
+
+    own = kind.execute_command
+    code = getattr(own, "__code__", None)
     return (
         isinstance(client, kind)
-        and type(client).execute_command is kind.execute_command
         and getattr(client, "connection", None) is None
+        and getattr(client.execute_command, "__func__", None) is own
+        and code is not None
+        and code.co_filename == getattr(sys.modules[kind.__module__], "__file__", None)
     )
+
+
+def _redis_telemetry() -> Callable[[], bool]:
+    """Whether redis-py's own OpenTelemetry metrics are on (redis-py 8), asked at each
+    call (they may be switched on later): then every command goes through redis-py's
+    dispatch, which records them."""
+    try:
+        from redis.observability.recorder import is_enabled
+    except ImportError:  # (an older redis-py has none)
+        return lambda: False
+    return is_enabled
 
 
 def is_cluster(client: Client) -> bool:

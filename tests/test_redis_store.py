@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -597,20 +597,35 @@ def test_a_client_that_hands_back_bytes_is_refused_when_the_store_is_made(
     RedisStore(RedisCluster(host="127.0.0.1", port=port, decode_responses=True)).close()
 
 
-def test_a_client_that_changed_how_commands_run_keeps_its_way(
-    redis_proc: RedisProcess, prefix: str
+def _traced(hooked: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the commands ``client`` runs, seen by a hook on ``execute_command``
+    set ``hooked`` way: a subclass, a patch of the class (as Sentry's integration
+    does), or of the one client."""
+    seen: list[str] = []
+    own = redis.Redis.execute_command
+
+    def hook(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        seen.append(str(args[0]))
+        return own(self, *args, **options)
+
+    if hooked == "subclass":
+        client.__class__ = type("Traced", (redis.Redis,), {"execute_command": hook})
+    elif hooked == "class":
+        monkeypatch.setattr(redis.Redis, "execute_command", hook)
+    else:
+        monkeypatch.setattr(client, "execute_command", hook.__get__(client))
+    return seen
+
+
+@pytest.mark.parametrize("hooked", ["subclass", "class", "client"])
+def test_a_client_whose_commands_are_hooked_keeps_its_way(
+    redis_proc: RedisProcess, prefix: str, hooked: str, monkeypatch: pytest.MonkeyPatch
 ):
     """A plain client's scripts go straight to a pooled connection (redis-py's generic
-    dispatch skipped); a subclass that hooks ``execute_command`` (tracing, metrics) sees
-    every script call go through its hook."""
-    seen: list[str] = []
-
-    class Traced(redis.Redis):
-        def execute_command(self, *args: Any, **options: Any) -> Any:
-            seen.append(str(args[0]))
-            return super().execute_command(*args, **options)
-
-    client = Traced(connection_pool=redis_proc.client().connection_pool)
+    dispatch skipped); a hook on ``execute_command`` (tracing, metrics) sees every
+    script call, however it was set."""
+    client = redis_proc.client()
+    seen = _traced(hooked, client, monkeypatch)
     manager = RegistrationManager(RedisStore(client, prefix=prefix), secret=SECRET)
     try:
         code = manager.add("traced@example.com", "T", "R", password="correct horse 1").code
@@ -618,3 +633,83 @@ def test_a_client_that_changed_how_commands_run_keeps_its_way(
     finally:
         manager.close()
     assert seen.count("EVALSHA") >= 2
+
+
+def test_with_redis_py_telemetry_on_every_script_call_is_recorded(
+    redis_proc: RedisProcess, prefix: str
+):
+    """redis-py's own OpenTelemetry metrics, switched on after the manager is made,
+    record regctl's script calls (which then go through redis-py's dispatch)."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+    from redis.observability.config import MetricGroup, OTelConfig
+    from redis.observability.providers import (
+        get_observability_instance,
+        reset_observability_instance,
+    )
+    from redis.observability.recorder import reset_collector
+
+    manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
+    manager.get("before@example.com")  # (made and used before the metrics are on)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    get_observability_instance().init(OTelConfig(metric_groups=[MetricGroup.COMMAND]))
+    try:
+        for n in range(3):
+            manager.get(f"counted{n}@example.com")
+    finally:
+        reset_observability_instance()
+        reset_collector()
+        manager.close()
+    data = reader.get_metrics_data()
+    assert data is not None
+    calls = sum(
+        cast("HistogramDataPoint", point).count  # (a duration: a histogram's points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "db.client.operation.duration"
+        for point in metric.data.data_points
+        if (point.attributes or {}).get("db.operation.name") == "EVALSHA"
+    )
+    assert calls == 3
+
+
+def test_a_call_interrupted_after_sending_leaves_no_reply_for_the_next(
+    redis_proc: RedisProcess, prefix: str
+):
+    """An interrupt (Ctrl-C) landing after a script was sent, before its reply was read:
+    the connection is closed, not handed to the next call with that reply on its way
+    (which the next call, on a paused server, read as its own)."""
+    armed = threading.Event()
+
+    class Interrupted(redis.UnixDomainSocketConnection):
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            super().send_command(*args, **kwargs)
+            if args[0] == "EVALSHA" and armed.is_set():
+                armed.clear()
+                raise KeyboardInterrupt
+
+    pool = redis.ConnectionPool(
+        connection_class=Interrupted,
+        path=str(redis_proc.socket),
+        password=redis_proc.password,
+        decode_responses=True,
+        max_connections=1,
+    )
+    manager = RegistrationManager(
+        RedisStore(redis.Redis(connection_pool=pool), prefix=prefix), secret=SECRET
+    )
+    try:
+        code = manager.add("first@example.com", "F", "R", password="correct horse 1").code
+        manager.add("second@example.com", "S", "R", password="correct horse 1")
+        redis_proc.client().client_pause(300)  # (the verify's reply comes after the get is sent)
+        armed.set()
+        with pytest.raises(KeyboardInterrupt):
+            manager.verify("first@example.com", code)
+        second = manager.get("second@example.com")
+        assert second is not None
+        assert second.email == "second@example.com"
+    finally:
+        manager.close()
