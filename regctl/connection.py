@@ -854,14 +854,15 @@ def script_sender(client: Client) -> ScriptSender:
     (docs/performance.md). Any other client sends it its own way: Cluster, a client of
     one dedicated connection, and one whose ``execute_command`` someone hooked (a
     subclass, a patch of the class or of the client: tracing, as Sentry's does), or
-    while redis-py's own telemetry is on."""
+    while redis-py's own OpenTelemetry metrics are on (asked at each call: they may
+    be switched on later), which its dispatch records."""
     import redis
     import redis.asyncio as aioredis
     import redis.exceptions as rex
+    from redis.observability.recorder import is_enabled as telemetry
 
     from regctl.bridge import Awaited, settled
 
-    telemetry = _redis_telemetry()
 
     def evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return client.evalsha(sha, len(keys), *keys, *args)
@@ -930,17 +931,6 @@ def _plain(client: Any, kind: Any) -> bool:
         and code is not None
         and code.co_filename == getattr(sys.modules[kind.__module__], "__file__", None)
     )
-
-
-def _redis_telemetry() -> Callable[[], bool]:
-    """Whether redis-py's own OpenTelemetry metrics are on (redis-py 8), asked at each
-    call (they may be switched on later): then every command goes through redis-py's
-    dispatch, which records them."""
-    try:
-        from redis.observability.recorder import is_enabled
-    except ImportError:  # (an older redis-py has none)
-        return lambda: False
-    return is_enabled
 
 
 def is_cluster(client: Client) -> bool:

@@ -733,4 +733,5 @@ def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(
         warnings.simplefilter("always")
         loop.close()  # (without running the scheduled close, nor shutting down)
         gc.collect()
-    assert [str(w.message) for w in caught] == []
+    # (the loop's connections, closed with it unshut, may warn as unclosed: not this)
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
