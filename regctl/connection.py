@@ -863,7 +863,6 @@ def script_sender(client: Client) -> ScriptSender:
 
     from regctl.bridge import Awaited, settled
 
-
     def evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return client.evalsha(sha, len(keys), *keys, *args)
 
