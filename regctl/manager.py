@@ -851,8 +851,7 @@ class RegistrationManager:
             report = self.store.purge(selection, self.policy, dry_run, batch, on_progress)
             report.reindexed = self.store.reindex(batch, True) if reindex else 0
             return report
-        lease = self.store.lease("purge", PURGE_LEASE_MS, wait)
-        last_renewal = time.monotonic()
+        last_renewal = 0.0
 
         def progress(done: int, total: int) -> None:
             nonlocal last_renewal
@@ -862,7 +861,11 @@ class RegistrationManager:
             if on_progress is not None:
                 on_progress(done, total)
 
+        # (nothing between taking the lease and the try: an interrupt there would
+        # leave it taken)
+        lease = self.store.lease("purge", PURGE_LEASE_MS, wait)
         try:
+            last_renewal = time.monotonic()
             reindexed = self.store.reindex(batch, False) if reindex else 0
             report = self.store.purge(selection, self.policy, False, batch, progress)
             report.reindexed = reindexed

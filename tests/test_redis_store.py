@@ -676,13 +676,9 @@ def test_with_redis_py_telemetry_on_every_script_call_is_recorded(
     assert calls == 3
 
 
-def test_a_call_interrupted_after_sending_leaves_no_reply_for_the_next(
-    redis_proc: RedisProcess, prefix: str
-):
-    """An interrupt (Ctrl-C) landing after a script was sent, before its reply was read:
-    the connection is closed, not handed to the next call with that reply on its way
-    (which the next call, on a paused server, read as its own)."""
-    armed = threading.Event()
+def _interrupting_client(proc: RedisProcess, armed: threading.Event) -> redis.Redis:
+    """A client of one connection that raises KeyboardInterrupt (a Ctrl-C) just after
+    sending a script, once ``armed`` is set: the server runs it, nobody reads its reply."""
 
     class Interrupted(redis.UnixDomainSocketConnection):
         def send_command(self, *args: Any, **kwargs: Any) -> None:
@@ -693,14 +689,23 @@ def test_a_call_interrupted_after_sending_leaves_no_reply_for_the_next(
 
     pool = redis.ConnectionPool(
         connection_class=Interrupted,
-        path=str(redis_proc.socket),
-        password=redis_proc.password,
+        path=str(proc.socket),
+        password=proc.password,
         decode_responses=True,
         max_connections=1,
     )
-    manager = RegistrationManager(
-        RedisStore(redis.Redis(connection_pool=pool), prefix=prefix), secret=SECRET
-    )
+    return redis.Redis(connection_pool=pool)
+
+
+def test_a_call_interrupted_after_sending_leaves_no_reply_for_the_next(
+    redis_proc: RedisProcess, prefix: str
+):
+    """An interrupt (Ctrl-C) landing after a script was sent, before its reply was read:
+    the connection is closed, not handed to the next call with that reply on its way
+    (which the next call, on a paused server, read as its own)."""
+    armed = threading.Event()
+    client = _interrupting_client(redis_proc, armed)
+    manager = RegistrationManager(RedisStore(client, prefix=prefix), secret=SECRET)
     try:
         code = manager.add("first@example.com", "F", "R", password="correct horse 1").code
         manager.add("second@example.com", "S", "R", password="correct horse 1")
@@ -713,3 +718,20 @@ def test_a_call_interrupted_after_sending_leaves_no_reply_for_the_next(
         assert second.email == "second@example.com"
     finally:
         manager.close()
+
+
+def test_a_lease_interrupted_as_it_is_taken_is_given_back(redis_proc: RedisProcess, prefix: str):
+    """Ctrl-C with the lease's acquire sent: the server took it, and no caller held it
+    to release (a purge stopped then left it taken until its TTL ran out, and the next
+    purge exited 75)."""
+    armed = threading.Event()
+    store = RedisStore(_interrupting_client(redis_proc, armed), prefix=prefix)
+    try:
+        store.lease("purge", 60_000, 0).release()  # (its script loaded: the acquire runs)
+        armed.set()
+        with pytest.raises(KeyboardInterrupt):
+            store.lease("purge", 60_000, 0)
+        assert not redis_proc.client().exists(store.keyspace.lock("purge"))
+        store.lease("purge", 60_000, 0).release()  # (and it is free to take)
+    finally:
+        store.close()

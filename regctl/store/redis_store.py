@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -244,13 +245,21 @@ class RedisStore:
 
     def lease(self, name: str, ttl_ms: int, wait_s: float) -> _RedisLease:
         key = self.keyspace.lock(name)
-        token = new_token()
+        lease = _RedisLease(self, key, new_token(), ttl_ms)
         deadline = time.monotonic() + wait_s
-        while not self.scripts.run("lock", (key,), ("acquire", token, ttl_ms)):
-            if time.monotonic() >= deadline:
-                raise lock_held(name, wait_s)
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        return _RedisLease(self, key, token, ttl_ms)
+        try:
+            while not self.scripts.run("lock", (key,), ("acquire", lease.token, ttl_ms)):
+                if time.monotonic() >= deadline:
+                    raise lock_held(name, wait_s)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        except BaseException:
+            # Interrupted (Ctrl-C) with an acquire sent: the server may have run it, and
+            # no caller holds the lease to release it (it would stay taken until its
+            # TTL ran out). Released by its token: a lease not taken is left alone.
+            with contextlib.suppress(Exception):
+                lease.release()
+            raise
+        return lease
 
     def funnel_counts(self, days: int) -> list[tuple[int, dict[str, int]]]:
         ks = self.keyspace
