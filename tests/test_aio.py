@@ -698,13 +698,13 @@ def test_the_connection_gate_serves_waiters_in_turn_and_loses_no_place():
     asyncio.run(main())
 
 
-def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(
-    redis_proc: RedisProcess, prefix: str
-):
+def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(tmp_path: Path):
     """Another loop's close is scheduled from ``aclose``; when that loop stops and is
     closed before it runs the callback, nothing was made that is never awaited (a
-    coroutine made here and dropped there warned "never awaited" as it was collected)."""
-    manager = async_manager(redis_proc.url, prefix)
+    coroutine made here and dropped there warned "never awaited" as it was collected).
+    (A server of its own: the closed loop's connections stay open until collected.)"""
+    proc = RedisProcess(tmp_path / "unshut").start()
+    manager = async_manager(proc.url, "unshut")
     loop = asyncio.new_event_loop()
     joined, scheduled = threading.Event(), threading.Event()
 
@@ -729,9 +729,12 @@ def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(
     finally:
         scheduled.set()
         thread.join(60)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loop.close()  # (without running the scheduled close, nor shutting down)
-        gc.collect()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop.close()  # (without running the scheduled close, nor shutting down)
+            gc.collect()
+    finally:
+        proc.stop()
     # (the loop's connections, closed with it unshut, may warn as unclosed: not this)
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

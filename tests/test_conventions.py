@@ -341,6 +341,39 @@ def test_ctrl_c_again_during_a_purges_cleanup_still_releases_its_lease(
     assert not client.exists(lease)
 
 
+def test_an_interruption_is_held_off_inside_a_condition_taken_or_a_finalizer():
+    """Raised inside ``threading``'s ``Condition.__enter__`` (a pool's queue) just after
+    its lock was taken, an interruption left that lock held, and the purge's cleanup
+    waited on it for ever; raised inside a ``__del__``, it was lost. Both come a little
+    later instead; anywhere else, at once."""
+    import threading
+
+    from regctl.cli import _held_off
+
+    frames: dict[str, Any] = {}
+
+    def watch(frame: Any, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code.co_name in ("__enter__", "__del__"):
+            frames.setdefault(frame.f_code.co_name, frame)
+
+    class Collected:
+        def __del__(self) -> None:
+            pass
+
+    condition = threading.Condition()
+    sys.setprofile(watch)
+    try:
+        with condition:
+            pass
+        Collected().__del__()
+    finally:
+        sys.setprofile(None)
+    assert _held_off(frames["__enter__"])
+    assert _held_off(frames["__del__"])
+    assert not _held_off(sys._getframe())
+    assert not _held_off(None)
+
+
 def _connecting(pid: int) -> bool:
     """Whether process ``pid`` holds a socket (regctl opens one only to reach Redis)."""
     with contextlib.suppress(OSError):

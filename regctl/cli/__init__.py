@@ -22,9 +22,16 @@ class Terminated(KeyboardInterrupt):
     released, its audit entry written, its JSON closed), then regctl ends by SIGTERM."""
 
 
-def _in_finalizer(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside a ``__del__`` (a connection collected mid-command),
-    whose exceptions Python ignores: an interruption raised there would be lost."""
+def _held_off(frame: FrameType | None) -> bool:
+    """Whether an interruption raised at ``frame`` would do harm, so it must come a
+    little later: inside a ``__del__`` (a connection collected mid-command), whose
+    exceptions Python ignores, it would be lost; inside ``threading``'s Python-level
+    ``__enter__`` (a Condition's, a Semaphore's: the queues of redis-py's pools), it
+    would leave the lock just taken held, and the next call (the cleanup's, releasing
+    a purge's lease) would wait on it for ever."""
+    code = frame.f_code if frame is not None else None
+    if code is not None and code.co_name == "__enter__" and code.co_filename == threading.__file__:
+        return True
     while frame is not None:
         if frame.f_code.co_name == "__del__":
             return True
@@ -43,7 +50,7 @@ def main() -> None:
     first: list[float] = []  # when the first stop came
 
     def stopped(signum: int, frame: FrameType | None) -> None:
-        if _in_finalizer(frame):  # (raised there, Python prints it and carries on)
+        if _held_off(frame):
             again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
             again.daemon = True
             again.start()
