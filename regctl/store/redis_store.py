@@ -252,6 +252,8 @@ class RedisStore:
                 if time.monotonic() >= deadline:
                     raise lock_held(name, wait_s)
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        except Exception:
+            raise  # (refused, or the server failed: a release would only wait as long)
         except BaseException:
             # Interrupted (Ctrl-C) with an acquire sent: the server may have run it, and
             # no caller holds the lease to release it (it would stay taken until its
