@@ -29,13 +29,14 @@ import timeit
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
 from regctl import Filter, MemoryStore, Policy, RedisStore, RegistrationManager
 from regctl.keys import digest
 from regctl.security import hash_password
+from regctl.settings import load_settings
 from regctl.store import NewRegistration
 
 T = TypeVar("T")
@@ -164,13 +165,34 @@ def row(name: str, samples: tuple[list[float], list[float]]) -> dict[str, float]
 # --- per operation --------------------------------------------------------------------------
 
 
+def regctl_client(sock: Path) -> redis.Redis:
+    """The client regctl makes for ``unix://<sock>`` with its default settings: what
+    ``from_settings`` gives a backend (its pool, timeouts and retry budget)."""
+    from regctl.connection import connect
+
+    url = f"unix://{sock}"
+    return cast(redis.Redis, connect(url, load_settings({"redis_url": url}, environ={}).settings))
+
+
+def raw_settings() -> dict[str, Any]:
+    """redis-py's client options as regctl sets them by default (timeouts, health
+    checks), for the raw side: the same client, on redis-py's own pool and dispatch."""
+    settings = load_settings({}, environ={}).settings
+    return {
+        "decode_responses": True,
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "health_check_interval": settings.health_check_interval,
+    }
+
+
 def per_operation(sock: Path, n: int, pw_hash: str) -> None:
     """Each regctl call against raw redis-py sending the same script, keys and arguments
     (EVALSHA with everything precomputed): the difference is regctl's own work."""
     print(f"\nper operation, one thread, {n} calls each (ms)")
     print(f"  {'operation':<22} {'p50':>7} {'p99':>7}   {'raw p50':>7} {'raw p99':>7}   ratio")
-    client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
-    raw = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    client = regctl_client(sock)
+    raw = redis.Redis(unix_socket_path=str(sock), **raw_settings())
     policy = Policy(resend_cooldown_ms=0, max_resends=10**9)
     store = RedisStore(client, prefix="bench")
     manager = RegistrationManager(store, secret=SECRET, policy=policy)
@@ -342,13 +364,13 @@ def async_operations(sock: Path, n: int, pw_hash: str) -> None:
     print(f"\nasync manager vs raw redis.asyncio EVALSHA, {n} calls each (ms)")
     print(f"  {'operation':<22} {'p50':>7} {'p99':>7}   {'raw p50':>7} {'raw p99':>7}   ratio")
     policy = Policy(resend_cooldown_ms=0, max_resends=10**9)
-    store = RedisStore(redis.Redis(unix_socket_path=str(sock), decode_responses=True), prefix="aio")
+    store = RedisStore(regctl_client(sock), prefix="aio")
     manager = AsyncRegistrationManager(RegistrationManager(store, secret=SECRET, policy=policy))
     ks = store.keyspace
     day = int(time.time()) // 86_400
 
     async def main() -> dict[str, Any]:
-        raw = aioredis.Redis(unix_socket_path=str(sock), decode_responses=True)
+        raw = aioredis.Redis(unix_socket_path=str(sock), **raw_settings())
         codes = {}
         for i in range(n):  # records to verify: regctl's, and raw ones with a known hash
             codes[i] = (
@@ -494,19 +516,15 @@ def throughput(sock: Path, seconds: float, pw_hash: str) -> None:
     print(f"\nthroughput of get vs raw EVALSHA of the same script, {seconds:g} s a point (ops/s)")
     out = {}
     for threads in (1, 8, 32):
-
-        def pool() -> redis.Redis:
-            return redis.Redis(
-                connection_pool=redis.BlockingConnectionPool.from_url(
-                    f"unix://{sock}", max_connections=50, decode_responses=True
-                )
-            )
-
-        store = RedisStore(pool(), prefix="tp")
+        store = RedisStore(regctl_client(sock), prefix="tp")  # (a pool of 50, as raw's)
         manager = RegistrationManager(store, secret=SECRET)
         with contextlib.suppress(Exception):
             manager.add("tp@bench.example", "T", "P", password_hash=pw_hash)
-        raw = pool()
+        raw = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                f"unix://{sock}", max_connections=50, **raw_settings()
+            )
+        )
         key = store.keyspace.record(digest("tp@bench.example"))
         sha = store.scripts.script("get").sha
         # In turns, a quarter of the time each, so a noisy machine hits both alike.

@@ -124,6 +124,59 @@ def redis_store(manager: RegistrationManager) -> RedisStore:
 
 
 @pytest.fixture(scope="session")
+def _metric_reader() -> Any:
+    """OpenTelemetry's meter provider, with a reader held in memory: set once for the
+    session, since OpenTelemetry allows no second one in a process."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+Points = Callable[[str, str, str], float]
+
+
+@pytest.fixture
+def telemetry(_metric_reader: Any) -> Iterator[Callable[..., Points]]:
+    """Switches redis-py's own OpenTelemetry metrics on (``telemetry(MetricGroup.X)``);
+    what it returns sums a metric's points whose attribute has a value (a counter's
+    value, a histogram's count): cumulative over the session, so a test compares
+    before and after. They are switched off again after the test."""
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint
+    from redis.observability.config import OTelConfig
+    from redis.observability.providers import (
+        get_observability_instance,
+        reset_observability_instance,
+    )
+    from redis.observability.recorder import reset_collector
+
+    def total(name: str, attribute: str, value: str) -> float:
+        data = _metric_reader.get_metrics_data()
+        return sum(
+            point.count if isinstance(point, HistogramDataPoint) else point.value
+            for resource in (data.resource_metrics if data else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+            if (point.attributes or {}).get(attribute) == value
+        )
+
+    def switch_on(*groups: Any) -> Points:
+        get_observability_instance().init(OTelConfig(metric_groups=list(groups)))
+        return total
+
+    try:
+        yield switch_on
+    finally:
+        reset_observability_instance()
+        reset_collector()
+
+
+@pytest.fixture(scope="session")
 def pw_hash() -> str:
     """One real Argon2id hash, so tests need not pay for hashing on every add."""
     from regctl.security import hash_password

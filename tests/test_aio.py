@@ -738,3 +738,46 @@ def test_aclose_scheduled_on_a_loop_that_ends_first_leaves_no_coroutine(tmp_path
         proc.stop()
     # (the loop's connections, closed with it unshut, may warn as unclosed: not this)
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_the_async_pool_hands_a_given_back_connection_to_the_call_waiting_for_it(
+    redis_proc: RedisProcess,
+):
+    """The async twin's pool gives out and takes back connections without its lock
+    while no one waits; a call that waits for one (the pool full) is woken when one
+    is given back, and a connection given back with a reply unread is made afresh."""
+    from redis.asyncio.client import Redis as AsyncRedis
+
+    from regctl.connection import async_twin, connect
+
+    loaded = load_settings(
+        {"redis_url": redis_proc.url, "max_connections": 1, "pool_timeout": None}, environ={}
+    )
+
+    async def stray(pool: Any, conn: Any) -> None:
+        """``conn`` given back with a reply unread, once it is there to be found."""
+        await conn.send_command("ECHO", "a stray reply")
+        for _ in range(3000):
+            if await conn.can_read():
+                break
+            await asyncio.sleep(0.01)
+        await pool.release(conn)
+
+    async def main() -> list[object]:
+        client = async_twin(connect(redis_proc.url, loaded.settings))
+        pool = client.connection_pool
+        held = await pool.get_connection()
+        waiter = asyncio.ensure_future(AsyncRedis(connection_pool=pool).echo("woken"))
+        for _ in range(3000):  # (until it waits: the pool's one connection is held)
+            if pool._condition._waiters:
+                break
+            await asyncio.sleep(0.01)
+        await stray(pool, held)
+        replies: list[object] = [await asyncio.wait_for(waiter, 30)]
+        held = await pool.get_connection()  # (no one waits now: taken without the lock)
+        await stray(pool, held)
+        replies.append(await AsyncRedis(connection_pool=pool).echo("next"))
+        await pool.disconnect()
+        return replies
+
+    assert asyncio.run(main()) == ["woken", "next"]

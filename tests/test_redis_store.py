@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -30,7 +30,7 @@ from regctl.diagnostics import doctor
 from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.target import open_target
-from tests.conftest import SECRET, redis_store
+from tests.conftest import SECRET, Points, redis_store
 from tests.servers import RedisProcess, zset_members
 
 HOSTILE = ["a{b}c@example.com", "x*y?z@example.com", "}{@example.com"]
@@ -636,44 +636,26 @@ def test_a_client_whose_commands_are_hooked_keeps_its_way(
 
 
 def test_with_redis_py_telemetry_on_every_script_call_is_recorded(
-    redis_proc: RedisProcess, prefix: str
+    redis_proc: RedisProcess, prefix: str, telemetry: Callable[..., Points]
 ):
     """redis-py's own OpenTelemetry metrics, switched on after the manager is made,
     record regctl's script calls (which then go through redis-py's dispatch)."""
-    from opentelemetry import metrics
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-    from redis.observability.config import MetricGroup, OTelConfig
-    from redis.observability.providers import (
-        get_observability_instance,
-        reset_observability_instance,
-    )
-    from redis.observability.recorder import reset_collector
+    from redis.observability.config import MetricGroup
 
     manager = RegistrationManager(RedisStore(redis_proc.client(), prefix=prefix), secret=SECRET)
     manager.get("before@example.com")  # (made and used before the metrics are on)
-    reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    get_observability_instance().init(OTelConfig(metric_groups=[MetricGroup.COMMAND]))
+    total = telemetry(MetricGroup.COMMAND)
+
+    def scripts_run() -> float:
+        return total("db.client.operation.duration", "db.operation.name", "EVALSHA")
+
+    before = scripts_run()
     try:
         for n in range(3):
             manager.get(f"counted{n}@example.com")
     finally:
-        reset_observability_instance()
-        reset_collector()
         manager.close()
-    data = reader.get_metrics_data()
-    assert data is not None
-    calls = sum(
-        cast("HistogramDataPoint", point).count  # (a duration: a histogram's points)
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "db.client.operation.duration"
-        for point in metric.data.data_points
-        if (point.attributes or {}).get("db.operation.name") == "EVALSHA"
-    )
-    assert calls == 3
+    assert scripts_run() - before == 3
 
 
 def _interrupting_client(proc: RedisProcess, armed: threading.Event) -> redis.Redis:

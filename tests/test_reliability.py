@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -40,7 +40,16 @@ from regctl.keys import Keyspace, digest
 from regctl.settings import load_settings
 from regctl.store import NewRegistration
 from regctl.target import open_target
-from tests.conftest import REGCTL, SECRET, Cli, cli_env, redis_store, started, subprocess_env
+from tests.conftest import (
+    REGCTL,
+    SECRET,
+    Cli,
+    Points,
+    cli_env,
+    redis_store,
+    started,
+    subprocess_env,
+)
 from tests.servers import RedisProcess, server_version, zset_members
 
 
@@ -648,6 +657,73 @@ def test_closing_a_pools_free_connections_never_closes_one_taken_meanwhile(
         thread.join(30)
     assert replies == [None]  # BLPOP's timeout, read whole
     manager.close()
+
+
+def test_a_pooled_connection_left_with_a_reply_unread_is_not_handed_out_as_it_is(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """A connection given back with a reply on its way (or closed by the server while
+    idle) is made afresh before the next call uses it: that call reads its own reply."""
+    manager = manager_for(redis_proc.url, prefix=prefix, max_connections=1)
+    manager.add("unread@example.com", "U", "R", password_hash=pw_hash)
+    pool = redis_store(manager).client.connection_pool
+    conn = pool.get_connection()
+    conn.send_command("ECHO", "a stray reply")
+    pool.release(conn)
+    assert conn.can_read(timeout=30)
+    assert getattr(manager.get("unread@example.com"), "first_name", None) == "U"
+    redis_proc.client().client_kill_filter(_type="normal", skipme=True)
+    assert getattr(manager.get("unread@example.com"), "first_name", None) == "U"
+    manager.close()
+
+
+def test_a_forked_child_makes_connections_of_its_own(
+    redis_proc: RedisProcess, prefix: str, pw_hash: str
+):
+    """After a fork (a pre-forking web server's workers), the child never shares the
+    parent's sockets: its calls open connections of its own."""
+    manager = manager_for(redis_proc.url, prefix=prefix)
+    manager.add("forked@example.com", "F", "K", password_hash=pw_hash)
+    pool = redis_store(manager).client.connection_pool
+    child = os.fork()
+    if child == 0:  # (the child: its verdict is its exit status)
+        ok = False
+        with contextlib.suppress(BaseException):
+            ok = manager.get("forked@example.com") is not None and all(
+                conn.pid == os.getpid() for conn in pool._connections
+            )
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert manager.get("forked@example.com") is not None  # (the parent's own, untouched)
+    manager.close()
+
+
+def test_with_redis_py_telemetry_on_the_pools_connection_counts_stay_balanced(
+    redis_proc: RedisProcess, prefix: str, telemetry: Callable[..., Points]
+):
+    """regctl's pool skips redis-py's per-checkout metrics while they are off, and
+    records them while they are on: the count of connections in use goes back to where
+    it was, even for connections taken before they were switched on."""
+    from redis.observability.config import MetricGroup
+
+    manager = manager_for(redis_proc.url, prefix=prefix)
+    pool = redis_store(manager).client.connection_pool
+    taken = pool.get_connection()  # (taken while nothing is counted)
+    manager.get("before@example.com")  # (another, given back uncounted: reused below)
+    total = telemetry(MetricGroup.CONNECTION_BASIC)
+
+    def in_use() -> float:
+        return total("db.client.connection.count", "db.client.connection.state", "used")
+
+    before = in_use()
+    try:
+        for n in range(3):
+            manager.get(f"counted{n}@example.com")
+        pool.release(taken)
+    finally:
+        manager.close()
+    assert in_use() == before
 
 
 def test_a_full_server_refuses_add_cleanly(tmp_path: Path, pw_hash):
