@@ -28,11 +28,11 @@ from regctl import (
     SortKey,
     Thresholds,
 )
-from regctl.cli.render import csv_cell
+from regctl.cli.render import csv_cell, record_json, record_line, to_json
 from regctl.codec import FIELDS, ROW
 from regctl.errors import first_line
 from regctl.keys import Keyspace, digest
-from regctl.model import NUMBER_FIELDS
+from regctl.model import NUMBER_FIELDS, PendingRegistration
 from regctl.store import NewRegistration
 from regctl.text import visible
 from regctl.transfer import parse_record
@@ -291,6 +291,35 @@ def test_import_fuzzing_never_yields_a_record_the_store_cannot_keep(field: str, 
     assert reg.locked == (reg.attempts >= Policy().max_attempts)
     statuses = MemoryStore(clock=lambda: reg.created_at).restore([reg], False, False, 10**12)
     assert statuses[0] in ("restored", "expired")
+
+
+_TIME = st.integers(0, 2**53 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reg=st.builds(
+        PendingRegistration,
+        email=st.text(),
+        first_name=st.text(),
+        last_name=st.text(),
+        password_hash=st.just(""),
+        created_at=_TIME,
+        expires_at=_TIME,
+        code_expires_at=_TIME,
+        last_sent_at=_TIME,
+        resend_count=_TIME,
+        attempts=_TIME,
+        locked=st.booleans(),
+        observed_at=_TIME,
+        consumed=st.booleans(),
+    ),
+    policy=st.builds(Policy, resend_cooldown_ms=st.integers(0, 86_400_000)),
+)
+def test_a_listed_line_is_the_records_json_document(reg: PendingRegistration, policy: Policy):
+    """list -o ndjson writes each record's line at once; it is the JSON document of the
+    record, as every other output gives it, invisible characters escaped alike."""
+    assert record_line(reg, policy) == to_json(record_json(reg, policy))
 
 
 def test_the_password_hash_can_come_from_stdin(cli: Cli, pw_hash: str):

@@ -34,10 +34,10 @@ from regctl.cli.render import (
     key_value_table,
     record_cells,
     record_json,
+    record_line,
     records_table,
     report_summary,
     skipped_damaged,
-    to_json,
 )
 from regctl.cli.state import State, Tally
 from regctl.cli.status import VERIFY_STATUS, failure_of
@@ -207,7 +207,7 @@ def _show_records(
     if fmt is Format.JSON:
         state.json_array(record_json(r, policy) for r in rows)
     elif fmt is Format.NDJSON:
-        state.write(to_json(record_json(r, policy)) + "\n" for r in rows)
+        state.write(record_line(r, policy) + "\n" for r in rows)
     elif fmt is Format.NAME:
         state.lines(visible(r.email) for r in rows)
     elif state.wants_table:  # a table needs every row: count them as they come

@@ -17,6 +17,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quoted  # (the encoder's own, in C)
 from typing import TYPE_CHECKING, Any
 
 from regctl.errors import DamagedRecord
@@ -159,6 +160,38 @@ def record_json(reg: PendingRegistration, policy: Policy, **extra: Any) -> dict[
     )
     data.update(extra)
     return data
+
+
+# record_json's document for list -o ndjson, one line per record, without the dict or
+# the encoder's walk of it: a third of the time (a test holds the two equal).
+_RECORD_LINE = (
+    '{"email":%s,"first_name":%s,"last_name":%s,"status":"%s","created_at":%d,'
+    '"expires_at":%d,"code_expires_at":%d,"last_sent_at":%d,"resend_count":%d,'
+    '"attempts":%d,"locked":%s,"attempts_left":%d,"resends_left":%d,"cooldown_ms":%d,'
+    '"ttl_ms":%d}'
+)
+
+
+def record_line(reg: PendingRegistration, policy: Policy) -> str:
+    """``to_json(record_json(reg, policy))``, made at once."""
+    text = _RECORD_LINE % (
+        _quoted(reg.email),
+        _quoted(reg.first_name),
+        _quoted(reg.last_name),
+        reg.status(),
+        reg.created_at,
+        reg.expires_at,
+        reg.code_expires_at,
+        reg.last_sent_at,
+        reg.resend_count,
+        reg.attempts,
+        "true" if reg.locked else "false",
+        reg.attempts_left(policy),
+        reg.resends_left(policy),
+        reg.cooldown_left_ms(policy),
+        reg.ttl_ms,
+    )
+    return text if text.isprintable() else "".join(map(_json_char, text))
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -5,17 +5,29 @@
 -- Returns {{value, value, ...} or nil, ...}: a missing field's value is nil, and so is
 -- every value of a key that is not a hash (not regctl's: read as a damaged record)
 local out = {}
+local pcall, find = redis.pcall, string.find
+local fields = #ARGV
 for i = 1, #KEYS do
   local record = KEYS[i]
-  local kind = redis.call('TYPE', record).ok
-  if kind == 'hash' then
-    out[i] = redis.call('HMGET', record, unpack(ARGV))
-  elseif kind == 'none' then
-    out[i] = false
+  -- One command per record (the page's cost on the server): HMGET alone tells a hash,
+  -- a key of another type (its error) and, when no field is found, a key gone since.
+  local row = pcall('HMGET', record, unpack(ARGV))
+  if row.err then
+    if not find(row.err, '^WRONGTYPE') then error(row) end
+    row = {}
+    for j = 1, fields do row[j] = false end
   else
-    local unread = {}
-    for j = 1, #ARGV do unread[j] = false end
-    out[i] = unread
+    local found = false
+    for j = 1, fields do
+      if row[j] then
+        found = true
+        break
+      end
+    end
+    -- (none of the fields: gone since, or a hash of none of regctl's, as the rest are
+    -- read: all nil)
+    if not found and redis.call('EXISTS', record) == 0 then row = false end
   end
+  out[i] = row
 end
 return out
