@@ -222,6 +222,10 @@ def pool_wait(wait: float | None) -> float | None:
     return left if wait is None else min(wait, left)
 
 
+# Set while a thread is in redis-py's own checkout: what it gives back then, it counted.
+_HANDING_OVER = threading.local()
+
+
 @functools.cache
 def _deadline_pool() -> Any:
     """redis-py's blocking pool, waiting for a connection within ``pool_wait``, and
@@ -259,7 +263,12 @@ def _deadline_pool() -> Any:
             # command. Where any of those is on, redis-py's own runs, and so does its
             # release (``_watched``: the counts stay balanced if metrics start between).
             if args or self._watched():
-                connection = super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+                # (one it fails to connect is given back inside: redis-py's way too)
+                _HANDING_OVER.now = True
+                try:
+                    connection = super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+                finally:
+                    _HANDING_OVER.now = False
                 connection._watched = True
                 return connection
             self._checkpid()
@@ -291,7 +300,7 @@ def _deadline_pool() -> Any:
             return connection
 
         def release(self, connection: Any) -> None:
-            if getattr(connection, "_watched", True):
+            if getattr(connection, "_watched", True) or getattr(_HANDING_OVER, "now", False):
                 super().release(connection)  # type: ignore[no-untyped-call]
                 return
             self._checkpid()

@@ -700,14 +700,16 @@ def test_a_forked_child_makes_connections_of_its_own(
 
 
 def test_with_redis_py_telemetry_on_the_pools_connection_counts_stay_balanced(
-    redis_proc: RedisProcess, prefix: str, telemetry: Callable[..., Points]
+    tmp_path: Path, telemetry: Callable[..., Points]
 ):
     """regctl's pool skips redis-py's per-checkout metrics while they are off, and
     records them while they are on: the count of connections in use goes back to where
-    it was, even for connections taken before they were switched on."""
+    it was, for connections taken before they were switched on, and for calls that
+    fail to connect (the server down)."""
     from redis.observability.config import MetricGroup
 
-    manager = manager_for(redis_proc.url, prefix=prefix)
+    proc = RedisProcess(tmp_path / "counted").start()
+    manager = manager_for(proc.url, prefix="counted", retries=0)
     pool = redis_store(manager).client.connection_pool
     taken = pool.get_connection()  # (taken while nothing is counted)
     manager.get("before@example.com")  # (another, given back uncounted: reused below)
@@ -721,8 +723,14 @@ def test_with_redis_py_telemetry_on_the_pools_connection_counts_stay_balanced(
         for n in range(3):
             manager.get(f"counted{n}@example.com")
         pool.release(taken)
+        assert in_use() == before
+        proc.stop()
+        for n in range(3):
+            with pytest.raises(StoreUnavailable):
+                manager.get(f"down{n}@example.com")
     finally:
         manager.close()
+        proc.stop()
     assert in_use() == before
 
 
