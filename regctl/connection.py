@@ -222,10 +222,6 @@ def pool_wait(wait: float | None) -> float | None:
     return left if wait is None else min(wait, left)
 
 
-# Set while a thread is in redis-py's own checkout: what it gives back then, it counted.
-_HANDING_OVER = threading.local()
-
-
 @functools.cache
 def _deadline_pool() -> Any:
     """redis-py's blocking pool, waiting for a connection within ``pool_wait``, and
@@ -261,16 +257,11 @@ def _deadline_pool() -> Any:
             # the maintenance-window locking (only with maintenance notifications or a
             # client-side cache). About 5 µs of a 10 µs checkout and release, on every
             # command. Where any of those is on, redis-py's own runs, and so does its
-            # release (``_watched``: the counts stay balanced if metrics start between).
+            # release: a connection is marked ``_watched`` False only while it is out
+            # this way, so each goes back the way it came (counts stay balanced if the
+            # metrics start between, or redis-py gives one back that failed to connect).
             if args or self._watched():
-                # (one it fails to connect is given back inside: redis-py's way too)
-                _HANDING_OVER.now = True
-                try:
-                    connection = super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
-                finally:
-                    _HANDING_OVER.now = False
-                connection._watched = True
-                return connection
+                return super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
             self._checkpid()
             try:
                 connection = self.pool.get(block=True, timeout=self.timeout)
@@ -300,9 +291,10 @@ def _deadline_pool() -> Any:
             return connection
 
         def release(self, connection: Any) -> None:
-            if getattr(connection, "_watched", True) or getattr(_HANDING_OVER, "now", False):
+            if getattr(connection, "_watched", True):
                 super().release(connection)  # type: ignore[no-untyped-call]
                 return
+            connection._watched = True
             self._checkpid()
             if not self.owns_connection(connection):  # made before a fork
                 connection.disconnect()
@@ -547,17 +539,15 @@ def _quick_async_pool() -> Any:
             )
 
         async def get_connection(self, *args: Any, **options: Any) -> Any:
-            waiting = self._condition._waiters  # (tasks waiting for a connection)
+            # (``_watched`` False only while out this way, as DeadlinePool's)
             if (
                 args
-                or waiting
+                or self._condition._waiters  # (tasks waiting for a connection)
                 or self._condition.locked()  # (queued behind them, never ahead)
                 or not self.can_get_connection()
                 or self._watched()
             ):
-                connection = await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
-                connection._watched = True
-                return connection
+                return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
             connection = self.get_available_connection()  # type: ignore[no-untyped-call]
             connection._watched = False
             try:
@@ -571,6 +561,7 @@ def _quick_async_pool() -> Any:
             if getattr(connection, "_watched", True):
                 await super().release(connection)
                 return
+            connection._watched = True
             self._in_use_connections.remove(connection)
             if connection.should_reconnect():
                 await connection.disconnect()

@@ -51,6 +51,24 @@ local function readable(row)
 end
 
 
+-- A record's values of `fields` (codec.ROW's names, in order) by one HMGET, the
+-- whole-store reads' cost on the server: the values (nil for a field it lacks); nil
+-- when the key is gone; OTHER_TYPE for a key that is not a hash (not regctl's).
+local OTHER_TYPE = {}
+local function record_values(record, fields)
+  local row = redis.pcall('HMGET', record, unpack(fields))
+  if row.err then
+    if not string.find(row.err, '^WRONGTYPE') then error(row) end
+    return OTHER_TYPE
+  end
+  for j = 1, #fields do
+    if row[j] then return row end
+  end
+  -- (none of the fields: gone since, or a hash of none of regctl's, damaged)
+  if redis.call('EXISTS', record) == 0 then return nil end
+  return row
+end
+
 -- Let the shared index outlive its longest-lived entry by a grace period, so purge
 -- can still count expired entries; an idle bucket then cleans itself up.
 local function extend_index(index, expires, grace_ms, now)

@@ -16,25 +16,14 @@ local last_limit = #limits
 local soon_until = now + soon_ms
 local domains, named = {}, {}
 -- Looked up once, not per record: this loop runs for every record in the store.
-local find, sub, tonum, pcall = string.find, string.sub, tonumber, redis.pcall
+local find, sub, tonum = string.find, string.sub, tonumber
 for i = 1, #KEYS do
-  local row = pcall('HMGET', KEYS[i], unpack(ROW))
-  if row.err and not find(row.err, '^WRONGTYPE') then error(row) end
+  local row = record_values(KEYS[i], ROW)
   -- A key that is not a hash, or a hash regctl cannot read (something else wrote it),
-  -- is left out, as `list` does, and counted as damaged (one gone since is not).
-  if row.err then
+  -- is left out, as `list` does, and counted as damaged (one gone since, nil, is not).
+  if row == OTHER_TYPE or (row and not readable(row)) then
     damaged = damaged + 1
-  elseif not readable(row) then
-    local found = false
-    for j = 1, #ROW do
-      if row[j] then
-        found = true
-        break
-      end
-    end
-    -- (none of the fields: gone since, or a hash of none of regctl's fields)
-    if found or redis.call('EXISTS', KEYS[i]) == 1 then damaged = damaged + 1 end
-  else
+  elseif row then
     local email, is_locked = row[AT.email], row[AT.locked] == '1'
     local created, expires = tonum(row[AT.created_at]), tonum(row[AT.expires_at])
     local code_expires = tonum(row[AT.code_expires_at])
